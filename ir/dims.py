@@ -1,0 +1,261 @@
+"""Symbolic dimensions.
+
+A dimension is an `int` or a `Sym`: an integer polynomial over named symbols (`batch`, `seq`,
+`past+seq`, `2*seq`, `(seq+1)//2`). Symbols are non-negative integers bound at run time from the
+input shapes. Sym supports the arithmetic that shape computations in exported graphs do, so shape
+subgraphs (Shape -> Gather -> Concat -> Reshape) fold into symbolic constants.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Callable, Union
+
+Dim = Union[int, "Sym"]
+
+
+@dataclass(frozen=True)
+class FloorDiv:
+    """An opaque atom `num // den` for a division that does not simplify."""
+
+    num: "Sym"
+    den: int
+
+    def __str__(self) -> str:
+        return f"({self.num})//{self.den}"
+
+
+Atom = Union[str, FloorDiv]
+
+
+def _atom_key(a: Atom) -> str:
+    return a if isinstance(a, str) else str(a)
+
+
+class Sym:
+    """An integer polynomial: sum of coeff * product(atoms). Immutable and hashable."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms):
+        # terms: {monomial (tuple of atoms, sorted): coeff}
+        object.__setattr__(self, "terms", tuple(sorted(((m, c) for m, c in terms.items() if c),
+                                                       key=lambda t: (not t[0], [_atom_key(a) for a in t[0]]))))
+
+    def __setattr__(self, *_):
+        raise AttributeError("Sym is immutable")
+
+    @staticmethod
+    def symbol(name: str) -> "Sym":
+        return Sym({(name,): 1})
+
+    # -- construction helpers -------------------------------------------------------------
+    @staticmethod
+    def _lift(x) -> "Sym":
+        if isinstance(x, Sym):
+            return x
+        return Sym({(): int(x)})
+
+    def _simplify(self) -> Dim:
+        d = dict(self.terms)
+        if not d:
+            return 0
+        if list(d) == [()]:
+            return int(d[()])
+        return self
+
+    # -- arithmetic -----------------------------------------------------------------------
+    def __add__(self, other):
+        if not _is_dim(other):
+            return NotImplemented
+        d = dict(self.terms)
+        for m, c in Sym._lift(other).terms:
+            d[m] = d.get(m, 0) + c
+        return Sym(d)._simplify()
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Sym({m: -c for m, c in self.terms})._simplify()
+
+    def __sub__(self, other):
+        if not _is_dim(other):
+            return NotImplemented
+        return self + (-Sym._lift(other))
+
+    def __rsub__(self, other):
+        if not _is_dim(other):
+            return NotImplemented
+        return Sym._lift(other) + (-self)
+
+    def __mul__(self, other):
+        if not _is_dim(other):
+            return NotImplemented
+        d: dict = {}
+        for m1, c1 in self.terms:
+            for m2, c2 in Sym._lift(other).terms:
+                m = tuple(sorted(m1 + m2, key=_atom_key))
+                d[m] = d.get(m, 0) + c1 * c2
+        return Sym(d)._simplify()
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other):
+        if isinstance(other, Sym):
+            if other == self:
+                return 1
+            raise ValueError(f"cannot divide symbolic dims {self} // {other}")
+        other = int(other)
+        if other == 1:
+            return self
+        if other > 0 and all(c % other == 0 for _, c in self.terms):
+            return Sym({m: c // other for m, c in self.terms})._simplify()
+        return Sym({(FloorDiv(self, other),): 1})
+
+    def __truediv__(self, other):
+        return self.__floordiv__(other)
+
+    def __rfloordiv__(self, other):
+        raise ValueError(f"cannot divide {other} by symbolic dim {self}")
+
+    def __mod__(self, other):
+        if not isinstance(other, Sym) and all(c % int(other) == 0 for _, c in self.terms):
+            return 0
+        raise ValueError(f"cannot take symbolic dim {self} modulo {other}")
+
+    # -- comparison: structural (symbols are unknown non-negative integers) -------------------
+    def __eq__(self, other):
+        if isinstance(other, Sym):
+            return self.terms == other.terms
+        return False
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __lt__(self, other):
+        raise ValueError(f"cannot order symbolic dim {self} against {other}")
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+    def __hash__(self):
+        return hash(self.terms)
+
+    def __bool__(self):
+        return True  # a symbolic dim is assumed non-zero when used as a truth value
+
+    def __index__(self):
+        raise TypeError(f"symbolic dim {self} used where a concrete integer is required")
+
+    # -- evaluation and printing ----------------------------------------------------------
+    @property
+    def symbols(self) -> set[str]:
+        out: set[str] = set()
+        for m, _ in self.terms:
+            for a in m:
+                out |= {a} if isinstance(a, str) else a.num.symbols
+        return out
+
+    def evaluate(self, env: dict[str, int]) -> int:
+        total = 0
+        for m, c in self.terms:
+            p = c
+            for a in m:
+                p *= env[a] if isinstance(a, str) else evaluate(a.num, env) // a.den
+            total += p
+        return total
+
+    def upper_bound(self, bounds: dict[str, int]) -> int:
+        """A bound valid for every binding with 0 <= symbol <= bounds[symbol]."""
+        total = 0
+        for m, c in self.terms:
+            if c < 0:
+                continue  # a negative term is at most 0
+            p = c
+            for a in m:
+                p *= bounds[a] if isinstance(a, str) else upper_bound(a.num, bounds) // a.den
+            total += p
+        return total
+
+    def to_c(self, var: Callable[[str], str]) -> str:
+        parts = []
+        for m, c in self.terms:
+            factors = [var(a) if isinstance(a, str) else f"(({a.num.to_c(var)}) / {a.den})" for a in m]
+            if c != 1 or not factors:
+                factors.insert(0, f"(int64_t){c}" if not factors else str(c))
+            parts.append("*".join(factors))
+        return "(" + " + ".join(parts) + ")"
+
+    def __str__(self) -> str:
+        out = ""
+        for m, c in self.terms:
+            factors = [a if isinstance(a, str) else str(a) for a in m]
+            mag = abs(c)
+            body = "*".join(([str(mag)] if mag != 1 or not factors else []) + factors)
+            if not out:
+                out = ("-" if c < 0 else "") + body
+            else:
+                out += ("-" if c < 0 else "+") + body
+        return out
+
+    def __repr__(self) -> str:
+        return f"Sym({self})"
+
+
+def _is_dim(x) -> bool:
+    return isinstance(x, (int, Sym)) or (hasattr(x, "__index__") and not isinstance(x, float))
+
+
+def is_static(d) -> bool:
+    return not isinstance(d, Sym)
+
+
+def evaluate(d: Dim, env: dict[str, int]) -> int:
+    return d.evaluate(env) if isinstance(d, Sym) else int(d)
+
+
+def upper_bound(d: Dim, bounds: dict[str, int]) -> int:
+    return d.upper_bound(bounds) if isinstance(d, Sym) else int(d)
+
+
+def to_c(d: Dim, var: Callable[[str], str]) -> str:
+    return d.to_c(var) if isinstance(d, Sym) else str(int(d))
+
+
+def symbols_of(d: Dim) -> set[str]:
+    return d.symbols if isinstance(d, Sym) else set()
+
+
+def dim_str(d: Dim) -> str:
+    return str(d)
+
+
+def parse_dim(text: str) -> Dim:
+    """Parse `seq`, `past+seq`, `2*seq`, `(seq+1)//2`, `17`."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"bad dimension {text!r}") from e
+    return _eval_ast(tree.body, text)
+
+
+def _eval_ast(node, text):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, ast.Name):
+        return Sym.symbol(node.id)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_eval_ast(node.operand, text)
+    if isinstance(node, ast.BinOp):
+        a, b = _eval_ast(node.left, text), _eval_ast(node.right, text)
+        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
+               ast.FloorDiv: lambda: a // b}
+        if type(node.op) in ops:
+            return ops[type(node.op)]()
+    raise ValueError(f"bad dimension {text!r}")
+
+
+def product(dims) -> Dim:
+    out: Dim = 1
+    for d in dims:
+        out = out * d
+    return out
