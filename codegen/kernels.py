@@ -79,7 +79,11 @@ class KernelSpec:
 
     @property
     def signature(self) -> str:
-        return FAMILIES[self.family].signature.format(name=self.name)
+        """The C prototype; `{name}` and any `{param}` / family-context placeholder are filled in."""
+        family = FAMILIES[self.family]
+        values = dict(self.params)
+        values.update(family.context(self))
+        return family.signature.format(name=self.name, **values)
 
     def context(self) -> dict[str, Any]:
         ctx: dict[str, Any] = dict(self.params)
@@ -111,7 +115,8 @@ def render(spec: KernelSpec) -> str:
 
     body = environment().get_template(spec.template).render(**spec.context())
     header = GENERATED_HEADER.format(version=__version__, template=spec.template, name=spec.name)
-    return header + '#include "tcc_kernel.h"\n\n' + body
+    # The prototype first gives the definition C linkage whatever the template writes.
+    return header + '#include "tcc_kernel.h"\n\nextern "C" ' + spec.signature + ";\n\n" + body
 
 
 def write_kernels(specs, out_dir: str) -> list[str]:

@@ -12,6 +12,8 @@ PIPELINES: dict[str, list[str]] = {
         "fuse-attention",
         "fold-constants",
         "eliminate-dead-code",
+        "lower-ops",
+        "eliminate-dead-code",
         "plan-memory",
     ],
     # What `tcc ir` shows by default: everything but memory planning.

@@ -3,11 +3,13 @@
 // Pool design (decode calls tcc_parallel_for hundreds of times per token, so dispatch must be cheap):
 // - Workers are created once. Between jobs they spin for a short while (the next kernel usually
 //   follows within microseconds), then block on a condition variable.
-// - One 64-bit `state` word holds (generation << 32 | CLOSED | number of workers inside the job).
-//   A worker joins a job by CAS-incrementing the count while the job is open; the caller closes the
-//   job after it has run out of chunks and waits only for workers that joined. So the caller never
-//   waits for a sleeping worker to wake up: a late worker finds the job closed and goes back to wait.
-// - Chunks are claimed from an atomic counter (dynamic scheduling), the calling thread included.
+// - A job is published in one 64-bit `claim` word: generation (16 bits) | chunk count (24) | next chunk
+//   index (24). Every thread, the caller included, claims chunks with fetch_add on that word and
+//   decides from the returned value alone, so a worker that wakes late can never run a chunk twice or
+//   run a chunk of a finished job. The job's fn/ctx/ranges share the word's cache line and are read
+//   only after a successful claim (they cannot change before that chunk is done).
+// - The caller waits until `done` counts every chunk, never for a worker that has not woken up yet:
+//   such a worker finds no chunk left and goes back to waiting.
 // - A parallel_for issued from inside a task (or while another thread is dispatching on the same
 //   pool) runs serially on the calling thread instead of deadlocking.
 #include "tcc_kernel.h"
@@ -37,17 +39,20 @@ static inline void cpu_relax() {}
 
 namespace {
 
-constexpr uint64_t kClosed = uint64_t(1) << 31;
-constexpr uint64_t kCountMask = kClosed - 1;
 // How long an idle worker spins before blocking: long enough to bridge the gap between two kernels
 // of one model step, short enough not to burn a core while the host program does something else.
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 constexpr int kChunksPerThread = 4;  // dynamic scheduling slack for uneven chunks
+constexpr int kIndexBits = 24, kCountBits = 24;
+constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
+constexpr int64_t kMaxChunks = int64_t(1) << 20;  // leaves room in the index bits for failed claims
 
 thread_local bool tl_in_task = false;  // inside a task (or dispatching): nested calls run serially
 thread_local int tl_thread_index = 0;
 
-inline uint64_t gen_of(uint64_t s) { return s >> 32; }
+inline uint64_t gen_of(uint64_t c) { return c >> (kIndexBits + kCountBits); }
+inline int64_t count_of(uint64_t c) { return int64_t((c >> kIndexBits) & ((uint64_t(1) << kCountBits) - 1)); }
+inline int64_t index_of(uint64_t c) { return int64_t(c & kIndexMask); }
 
 int hardware_threads() {
 #if defined(__linux__)
@@ -67,43 +72,48 @@ struct tcc_pool {
   int nthreads = 1;
   std::vector<std::thread> workers;
 
-  // The current job; written by the dispatcher only while no worker is inside a job.
-  tcc_task_fn fn = nullptr;
-  void* ctx = nullptr;
-  int64_t n = 0, chunk = 1, nchunks = 0;
-
-  alignas(64) std::atomic<int64_t> next_chunk{0};
-  alignas(64) std::atomic<uint64_t> state{kClosed};
+  // The job: claim word plus what a successful claim may read, on one cache line.
+  struct alignas(64) Job {
+    std::atomic<uint64_t> claim{0};
+    tcc_task_fn fn = nullptr;
+    void* ctx = nullptr;
+    int64_t n = 0, chunk = 1;
+  } job;
+  alignas(64) std::atomic<int64_t> done{0};  // chunks finished by workers in the current job
   alignas(64) std::atomic<int> sleepers{0};
   std::atomic<bool> stop{false};
   std::mutex sleep_mu;
   std::condition_variable sleep_cv;
   std::mutex dispatch_mu;  // one dispatcher at a time; others run serially
 
-  void run_chunks(int thread_index) {
+  // Claim and run chunks until none is left; returns how many this thread ran and the generation seen.
+  int64_t run_chunks(int thread_index, uint64_t* gen) {
+    int64_t ran = 0;
     for (;;) {
-      int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
-      if (c >= nchunks) return;
-      int64_t b = c * chunk;
-      fn(ctx, b, std::min(n, b + chunk), thread_index);
+      const uint64_t c = job.claim.fetch_add(1, std::memory_order_acq_rel);
+      const int64_t i = index_of(c);
+      if (i >= count_of(c)) {
+        *gen = gen_of(c);
+        return ran;
+      }
+      const int64_t b = i * job.chunk;
+      job.fn(job.ctx, b, std::min(job.n, b + job.chunk), thread_index);
+      ++ran;
     }
   }
 
-  // Returns the first state whose generation differs from `seen`.
-  uint64_t wait_for_job(uint64_t seen) {
+  // Returns once the claim word carries a generation other than `seen`.
+  void wait_for_job(uint64_t seen) {
     auto start = std::chrono::steady_clock::now();
     for (int i = 0;; ++i) {
-      uint64_t s = state.load(std::memory_order_acquire);
-      if (gen_of(s) != seen) return s;
+      if (gen_of(job.claim.load(std::memory_order_acquire)) != seen) return;
       cpu_relax();
       if ((i & 255) == 255 && std::chrono::steady_clock::now() - start > kSpinTime) break;
     }
     std::unique_lock<std::mutex> lock(sleep_mu);
     sleepers.fetch_add(1, std::memory_order_seq_cst);
-    uint64_t s;
-    while (gen_of(s = state.load(std::memory_order_seq_cst)) == seen) sleep_cv.wait(lock);
+    while (gen_of(job.claim.load(std::memory_order_seq_cst)) == seen) sleep_cv.wait(lock);
     sleepers.fetch_sub(1, std::memory_order_relaxed);
-    return s;
   }
 
   void worker_main(int thread_index) {
@@ -111,44 +121,34 @@ struct tcc_pool {
     tl_thread_index = thread_index;
     uint64_t seen = 0;
     for (;;) {
-      uint64_t s = wait_for_job(seen);
-      seen = gen_of(s);
+      wait_for_job(seen);
       if (stop.load(std::memory_order_acquire)) return;
-      bool joined = false;
-      while (gen_of(s) == seen && !(s & kClosed)) {
-        if (state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
-          joined = true;
-          break;
-        }
-      }
-      if (!joined) continue;  // job already finished (or a newer one started: wait returns at once)
-      run_chunks(thread_index);
-      state.fetch_sub(1, std::memory_order_release);
+      const int64_t ran = run_chunks(thread_index, &seen);
+      if (ran) done.fetch_add(ran, std::memory_order_release);
     }
   }
 
-  void wake_sleepers() {
+  void publish(uint64_t count) {
+    const uint64_t gen = (gen_of(job.claim.load(std::memory_order_relaxed)) + 1) & 0xffff;
+    job.claim.store((gen << (kIndexBits + kCountBits)) | (count << kIndexBits), std::memory_order_seq_cst);
     if (sleepers.load(std::memory_order_seq_cst) > 0) {
       { std::lock_guard<std::mutex> lock(sleep_mu); }
       sleep_cv.notify_all();
     }
   }
 
-  void dispatch(int64_t n_, int64_t chunk_, int64_t nchunks_, tcc_task_fn fn_, void* ctx_) {
-    fn = fn_;
-    ctx = ctx_;
-    n = n_;
-    chunk = chunk_;
-    nchunks = nchunks_;
-    next_chunk.store(0, std::memory_order_relaxed);
-    uint64_t gen = gen_of(state.load(std::memory_order_relaxed)) + 1;
-    state.store(gen << 32, std::memory_order_seq_cst);  // open, nobody inside yet
-    wake_sleepers();
+  void dispatch(int64_t n_, int64_t chunk_, int64_t nchunks, tcc_task_fn fn_, void* ctx_) {
+    done.store(0, std::memory_order_relaxed);
+    job.fn = fn_;
+    job.ctx = ctx_;
+    job.n = n_;
+    job.chunk = chunk_;
+    publish(uint64_t(nchunks));
     tl_in_task = true;
-    run_chunks(tl_thread_index);
+    uint64_t gen;
+    const int64_t mine = run_chunks(tl_thread_index, &gen);
     tl_in_task = false;
-    state.fetch_or(kClosed, std::memory_order_acq_rel);
-    while (state.load(std::memory_order_acquire) & kCountMask) cpu_relax();
+    while (done.load(std::memory_order_acquire) + mine < nchunks) cpu_relax();
   }
 };
 
@@ -168,11 +168,8 @@ void tcc_pool_destroy(tcc_pool* pool) {
   if (!pool) return;
   {
     std::lock_guard<std::mutex> lock(pool->dispatch_mu);
-    pool->stop.store(true, std::memory_order_release);
-    uint64_t gen = gen_of(pool->state.load(std::memory_order_relaxed)) + 1;
-    pool->state.store((gen << 32) | kClosed, std::memory_order_seq_cst);
-    { std::lock_guard<std::mutex> lock2(pool->sleep_mu); }
-    pool->sleep_cv.notify_all();
+    pool->stop.store(true, std::memory_order_seq_cst);
+    pool->publish(0);  // a new generation with no chunks wakes every worker, which then sees stop
   }
   for (auto& t : pool->workers) t.join();
   delete pool;
@@ -183,12 +180,12 @@ int tcc_pool_threads(const tcc_pool* pool) { return pool ? pool->nthreads : 1; }
 void tcc_parallel_for(tcc_pool* pool, int64_t n, int64_t grain, tcc_task_fn fn, void* ctx) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
-  int64_t max_chunks = (n + grain - 1) / grain;
+  const int64_t max_chunks = n / grain + (n % grain != 0);  // no overflow for a huge grain
   if (!pool || pool->nthreads <= 1 || tl_in_task || max_chunks <= 1) {
     fn(ctx, 0, n, tl_thread_index);
     return;
   }
-  int64_t nchunks = std::min<int64_t>(max_chunks, int64_t(pool->nthreads) * kChunksPerThread);
+  int64_t nchunks = std::min<int64_t>({max_chunks, int64_t(pool->nthreads) * kChunksPerThread, kMaxChunks});
   int64_t chunk = (n + nchunks - 1) / nchunks;
   nchunks = (n + chunk - 1) / chunk;
   if (!pool->dispatch_mu.try_lock()) {  // another thread is using this pool right now

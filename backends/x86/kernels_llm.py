@@ -1,0 +1,34 @@
+"""x86 kernel families that exported LLMs need: GatherND and CumSum (scalar: they run on small index and
+mask tensors) and RotaryEmbedding."""
+from __future__ import annotations
+
+from ...codegen.kernels import KernelFamily, KernelSpec, register_family
+
+_CTYPES = {"f32": "float", "i64": "int64_t", "i32": "int32_t"}
+
+register_family(KernelFamily(
+    "gathernd",
+    "void {name}(const void* data, const int64_t* idx, void* out, int64_t batch, int64_t n_idx, int32_t k, "
+    "const int64_t* dims, int64_t slice, int64_t data_batch_stride, tcc_pool* pool)",
+    doc="out[b, i, :slice] = data[b, idx[b, i, 0..k), :slice]; negative indices wrap; out of range raises"))
+
+register_family(KernelFamily(
+    "cumsum",
+    "void {name}(const {T}* x, {T}* y, int64_t outer, int64_t n, int64_t inner, int32_t exclusive, "
+    "int32_t reverse, tcc_pool* pool)",
+    context=lambda spec: {"T": _CTYPES[spec.param("dtype")]},
+    doc="cumulative sum over the middle axis of [outer, n, inner]"))
+
+register_family(KernelFamily(
+    "rope",
+    "void {name}(const float* x, const float* cos_cache, const float* sin_cache, const int64_t* pos, float* y, "
+    "int64_t B, int64_t S, int64_t H, int64_t D, int64_t rd, const int64_t* x_strides, int64_t max_pos, "
+    "int32_t interleaved, tcc_pool* pool)",
+    doc="rotary embedding; x/y strides over (b, s, h, d); cache rows of rd/2 selected by pos[b*S+s] "
+        "(or b*S+s when pos is null); dims >= rd pass through"))
+
+VARIANTS = [
+    KernelSpec.make("x86", "rope", "scalar", dtype="f32"),
+    *(KernelSpec.make("x86", "gathernd", "scalar", esize=e) for e in (1, 4, 8)),
+    *(KernelSpec.make("x86", "cumsum", "scalar", dtype=d) for d in ("f32", "i64", "i32")),
+]

@@ -1,0 +1,46 @@
+"""Weight packing for the x86 gemm kernels (layout contract: docs/kernels.md, family gemm).
+
+B[K, N] is cut into ceil(N / nr) column panels of `nr` columns. Each panel stores its K rows one after
+the other, so the gemm micro-kernel streams one panel front to back with unit stride; the last panel
+is zero padded so the kernel never needs a column tail on the B side::
+
+    B (K=3, N=20, nr=16)            packed (flat float32, 2 panels x 3 rows x 16)
+    k0: b00 b01 .. b0,15 | b0,16 .. b0,19     panel 0: [b00..b0,15][b10..b1,15][b20..b2,15]
+    k1: b10 b11 .. b1,15 | b1,16 .. b1,19     panel 1: [b0,16..b0,19 0 x12][b1,16..b1,19 0 x12]
+    k2: b20 b21 .. b2,15 | b2,16 .. b2,19              [b2,16..b2,19 0 x12]
+
+Element B[k, n] lives at ((n // nr) * K + k) * nr + n % nr. A panel is K * nr * 4 bytes (a multiple of
+64 for nr=16), so panels stay 64-byte aligned when the weights file aligns the first one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NR = 16  # panel width of the gemm kernels: two 8-float AVX2 vectors per packed row
+
+
+def packed_size(K: int, N: int, nr: int = NR) -> int:
+    """Number of float32 elements `pack_f32_panels` produces for B[K, N]."""
+    return -(-N // nr) * K * nr
+
+
+def pack_f32_panels(w: np.ndarray, nr: int = NR) -> np.ndarray:
+    """Pack B[K, N] (float32) into nr-column panels; returns a flat float32 array."""
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"pack_f32_panels expects a 2-D [K, N] array, got shape {w.shape}")
+    K, N = w.shape
+    npanels = -(-N // nr)
+    padded = np.zeros((K, npanels * nr), dtype=np.float32)
+    padded[:, :N] = w
+    # [K, P, nr] -> [P, K, nr]: panel-major, then rows of one panel.
+    return np.ascontiguousarray(padded.reshape(K, npanels, nr).transpose(1, 0, 2)).reshape(-1)
+
+
+def unpack_f32_panels(packed: np.ndarray, K: int, N: int, nr: int = NR) -> np.ndarray:
+    """Inverse of `pack_f32_panels`: the [K, N] float32 matrix (padding dropped)."""
+    packed = np.asarray(packed, dtype=np.float32).reshape(-1)
+    if packed.size != packed_size(K, N, nr):
+        raise ValueError(f"packed buffer has {packed.size} floats, expected {packed_size(K, N, nr)} for K={K}, N={N}, nr={nr}")
+    npanels = -(-N // nr)
+    return np.ascontiguousarray(packed.reshape(npanels, K, nr).transpose(1, 0, 2).reshape(K, npanels * nr)[:, :N])

@@ -1,0 +1,265 @@
+"""The `tcc` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+from . import __version__, flags
+from .errors import TccError
+
+
+def _kv_ints(items, what: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items or []:
+        name, sep, val = item.partition("=")
+        if not sep or not name:
+            raise TccError(f"{what} expects NAME=N, got {item!r}")
+        try:
+            out[name] = int(val)
+        except ValueError:
+            raise TccError(f"{what} {name}: {val!r} is not an integer") from None
+        if out[name] < 1:
+            raise TccError(f"{what} {name}: must be at least 1, got {out[name]}")
+    return out
+
+
+def _feeds(items) -> dict:
+    import numpy as np
+
+    feeds = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise TccError(f"--input expects NAME=FILE.npy, got {item!r}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise TccError(f"input {name!r}: file {path} not found") from None
+        except (ValueError, OSError) as e:
+            raise TccError(f"input {name!r}: {path} is not a readable .npy file ({e})") from None
+    return feeds
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+def cmd_compile(args) -> int:
+    from .driver import CompileOptions, compile_model, progress_printer
+
+    opts = CompileOptions(target=args.target, qm=args.qm, dump_ir=args.dump_ir,
+                          max_dims=_kv_ints(args.max_dim, "--max-dim"), dims=_kv_ints(args.dim, "--dim"),
+                          print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
+                          kernel_variant=args.kernel_variant, pipeline=args.pipeline)
+    manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
+    mem = manifest["memory"]
+    print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
+          f"{len(manifest['kernels'])} kernels, weights {_mib(manifest['weights']['bytes'])}, "
+          f"arena {_mib(mem['arena_bytes'])} (lower bound {_mib(mem['lower_bound_bytes'])}), "
+          f"{manifest['compile_seconds']:.1f} s")
+    if args.dump_ir:
+        print(f"IR dumps in {args.dump_ir}/")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .runtime.session import load
+
+    sess = load(args.artifact, threads=args.threads)
+    feeds = _feeds(args.input)
+    if args.random:
+        feeds = {**random_feeds(sess, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
+    t0 = time.perf_counter()
+    outputs = sess.run(feeds)
+    ms = (time.perf_counter() - t0) * 1e3
+    os.makedirs(args.output_dir, exist_ok=True)
+    for name, arr in outputs.items():
+        fname = name.replace("/", "_").replace(":", "_") + ".npy"
+        path = os.path.join(args.output_dir, fname)
+        tmp = path + ".tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+        print(f"{name}: {arr.dtype}{list(arr.shape)} -> {path}")
+    print(f"run: {ms:.2f} ms")
+    return 0
+
+
+def random_feeds(sess, dims: dict[str, int], seed: int) -> dict:
+    """Random inputs for every model input: dynamic dims from `dims` (default 1); floats standard
+    normal, integers in [0, 16) (valid token ids for any vocabulary of 16 or more), random booleans."""
+    import numpy as np
+
+    from .ir.dims import evaluate
+
+    r = np.random.default_rng(seed)
+    env = {s: dims.get(s, 1) for info in sess.inputs for d in info.shape for s in getattr(d, "symbols", ())}
+    feeds = {}
+    for info in sess.inputs:
+        shape = tuple(evaluate(d, env) for d in info.shape)
+        if info.dtype.is_float:
+            feeds[info.name] = r.standard_normal(shape).astype(info.dtype.np)
+        elif info.dtype.is_int:
+            feeds[info.name] = r.integers(0, 16, shape).astype(info.dtype.np)
+        else:
+            feeds[info.name] = r.integers(0, 2, shape).astype(bool)
+    return feeds
+
+
+def cmd_ir(args) -> int:
+    from .ir.graphviz import to_dot
+    from .passes.context import PassContext
+    from .passes.runner import render, run_pipeline
+
+    if args.model.endswith(".tir"):
+        from .ir.text import load_ir
+
+        graph, ctx = load_ir(args.model), PassContext()
+    else:
+        from .driver import CompileOptions, optimize
+
+        after = args.after
+        opts = CompileOptions(target=args.target, max_dims=_kv_ints(args.max_dim, "--max-dim"),
+                              dims=_kv_ints(args.dim, "--dim"), pipeline=args.pipeline)
+        if after:
+            from .passes.pipelines import get_pipeline
+
+            names = ["import"] + get_pipeline(args.pipeline)
+            if after not in names:
+                raise TccError(f"--after {after!r} is not a pass of pipeline {args.pipeline!r}: {', '.join(names)}")
+            opts.pipeline = names[1:names.index(after) + 1]
+        graph, ctx, _ = optimize(args.model, opts)
+    if args.run:
+        from .ir.interpreter import run_graph
+
+        for name, arr in run_graph(graph, _feeds(args.run)).items():
+            print(f"{name}: {arr.dtype}{list(arr.shape)}\n{arr}")
+        return 0
+    text = to_dot(graph) if args.dot else render(graph, ctx)
+    if args.output:
+        tmp = args.output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .runtime.session import _read_manifest
+
+    m = _read_manifest(os.path.abspath(args.artifact))
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    mem = m["memory"]
+    print(f"artifact   {os.path.abspath(args.artifact)}")
+    print(f"source     {m['source']}")
+    print(f"target     {m['target']}   qm {m['qm']}   tcc {m['tcc_version']}")
+    for kind in ("inputs", "outputs"):
+        for t in m[kind]:
+            print(f"{kind[:-1]:<10} {t['name']}: {t['dtype']}[{','.join(map(str, t['shape']))}]")
+    if m.get("symbols"):
+        print("max dims   " + ", ".join(f"{k}<={v}" for k, v in m["symbols"].items()))
+    print(f"weights    {m['weights']['file']} {_mib(m['weights']['bytes'])} sha256 {m['weights']['sha256'][:16]}")
+    print(f"arena      {_mib(mem['arena_bytes'])} (sum of intermediates {_mib(mem['intermediates_bytes'])}, "
+          f"lower bound {_mib(mem['lower_bound_bytes'])})")
+    print(f"kernels    {len(m['kernels'])}: {', '.join(m['kernels'])}")
+    print("ops        " + ", ".join(f"{k}×{v}" for k, v in sorted(m["ops"].items())))
+    return 0
+
+
+def cmd_flags(args) -> int:
+    for f in flags.FLAGS.values():
+        print(f"{f.env:<20} default {f.default!r:<10} {f.help}")
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tcc", description="Compile ONNX models into fast native programs.")
+    p.add_argument("--version", action="version", version=f"tcc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
+    c.add_argument("model", help="the .onnx file")
+    c.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    c.add_argument("--target", default="x86", help="x86 (default)")
+    c.add_argument("--qm", default="fp32", help="quantization mode (fp32)")
+    _shape_args(c)
+    c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass: DIR/000_import.tir, ...")
+    c.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after PASS")
+    c.add_argument("--disable-pass", action="append", metavar="PASS", help="skip PASS")
+    c.add_argument("--pipeline", default="default", help="named pass pipeline (default)")
+    c.add_argument("--kernel-variant", choices=("avx2", "scalar"), help="force one kernel variant")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(fn=cmd_compile)
+
+    r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
+    r.add_argument("artifact")
+    r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input (repeat)")
+    r.add_argument("-o", "--output-dir", default=".", help="where to write NAME.npy outputs")
+    r.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    r.add_argument("--random", action="store_true", help="feed random inputs (dynamic dims from --dim, default 1)")
+    r.add_argument("--dim", action="append", metavar="NAME=N", help="a dynamic dim's value for --random")
+    r.add_argument("--seed", type=int, default=0, help="seed for --random")
+    r.set_defaults(fn=cmd_run)
+
+    i = sub.add_parser("ir", help="print a model's IR (after the passes) or an IR dump")
+    i.add_argument("model", help=".onnx model or .tir dump")
+    i.add_argument("--after", metavar="PASS", help="stop after PASS ('import' for the imported IR)")
+    i.add_argument("--pipeline", default="optimize", help="named pass pipeline (optimize)")
+    i.add_argument("--target", default="x86")
+    _shape_args(i)
+    i.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of IR text")
+    i.add_argument("--run", action="append", metavar="NAME=FILE.npy", help="run the IR with the interpreter")
+    i.add_argument("-o", "--output", help="write to a file instead of stdout")
+    i.set_defaults(fn=cmd_ir)
+
+    n = sub.add_parser("info", help="describe a compiled artifact")
+    n.add_argument("artifact")
+    n.add_argument("--json", action="store_true", help="print the manifest")
+    n.set_defaults(fn=cmd_info)
+
+    f = sub.add_parser("flags", help="list the debug flags (environment variables)")
+    f.set_defaults(fn=cmd_flags)
+    return p
+
+
+def _shape_args(p) -> None:
+    p.add_argument("--max-dim", action="append", metavar="NAME=N",
+                   help="upper bound of a dynamic dim (default 256; '*=N' sets every one)")
+    p.add_argument("--dim", action="append", metavar="NAME=N", help="fix a dynamic dim to N")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except TccError as e:
+        print(f"tcc: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tcc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in tcc, not the user's input
+        if flags.get("debug"):
+            traceback.print_exc()
+        print(f"tcc: internal error: {type(e).__name__}: {e} (set TCC_DEBUG=1 for a traceback; please report)",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

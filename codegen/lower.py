@@ -1,0 +1,551 @@
+"""Lowering: each IR node becomes C++ statements that call kernels with arena/weight/IO pointers.
+
+The decisions (which kernel, which strides, which sizes) are made here in Python; the model template
+only pastes the statements. Sizes are C expressions over the shape symbols bound at run time
+(`s_<symbol>`), so one compiled program serves every shape up to the compiled bounds.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import TccError, UnsupportedError
+from ..ir.core import Graph, Node, Value
+from ..ir.dims import Dim, Sym, product, to_c
+from ..ir.dtypes import DType
+from ..ir.registry import norm_axis
+
+ALIGN = 64
+
+
+def sym_var(name: str) -> str:
+    return "s_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def c_dim(d: Dim) -> str:
+    return to_c(d, sym_var)
+
+
+def dense_strides(shape) -> list[Dim]:
+    strides: list[Dim] = []
+    acc: Dim = 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc = acc * d
+    return strides[::-1]
+
+
+def broadcast_strides(shape, out_shape) -> list[Dim]:
+    """Element strides that read a dense tensor of `shape` broadcast to `out_shape` (0 on broadcast axes)."""
+    dense = dense_strides(shape)
+    pad = len(out_shape) - len(shape)
+    out: list[Dim] = []
+    for i, od in enumerate(out_shape):
+        j = i - pad
+        if j < 0 or (shape[j] == 1 and od != 1):
+            out.append(0)
+        else:
+            out.append(dense[j])
+    return out
+
+
+DTYPE_CODE = {DType.f32: "f32", DType.i64: "i64", DType.i32: "i32", DType.bool: "bool", DType.f16: "f16",
+              DType.i8: "i8", DType.u8: "u8"}
+
+
+class WeightsBuilder:
+    """Lays constants out in one 64-byte aligned blob; each (constant, transform) is stored once."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.index: dict[tuple, int] = {}
+        self.entries: list[dict] = []
+
+    def add(self, key: tuple, data: np.ndarray, name: str) -> int:
+        if key in self.index:
+            return self.index[key]
+        pad = (-self.size) % ALIGN
+        if pad:
+            self.chunks.append(b"\0" * pad)
+            self.size += pad
+        off = self.size
+        raw = np.ascontiguousarray(data).tobytes()
+        self.chunks.append(raw)
+        self.size += len(raw)
+        self.index[key] = off
+        self.entries.append({"name": name, "offset": off, "bytes": len(raw), "dtype": str(data.dtype),
+                             "shape": list(data.shape), "layout": key[1]})
+        return off
+
+    def blob(self) -> bytes:
+        pad = (-self.size) % ALIGN
+        return b"".join(self.chunks) + b"\0" * pad
+
+
+@dataclass
+class Emitter:
+    graph: Graph
+    plan: object  # passes.memory_plan.MemoryPlan
+    select: Callable  # backend kernel selection: select(family, **params) -> KernelSpec | None
+    pack: Callable  # backend weight packing: pack(kind, array) -> (layout name, packed array)
+    weights: WeightsBuilder = field(default_factory=WeightsBuilder)
+    lines: list[str] = field(default_factory=list)
+    kernels: set = field(default_factory=set)
+    variant: str | None = None
+    _tmp: int = 0
+
+    # -- names and pointers -----------------------------------------------------------------------
+    def tmp(self, hint: str) -> str:
+        self._tmp += 1
+        return f"{hint}{self._tmp}"
+
+    def array(self, hint: str, values) -> str:
+        """Declare a local int64 array of C expressions; returns its name (nullptr if empty)."""
+        values = list(values)
+        if not values:
+            return "nullptr"
+        name = self.tmp(hint)
+        self.lines.append(f"  const int64_t {name}[] = {{{', '.join(c_dim(v) for v in values)}}};")
+        return name
+
+    def ptr(self, v: Value | None, ctype: str | None = None) -> str:
+        if v is None:
+            return "nullptr"
+        ctype = ctype or v.dtype.ctype
+        if v.const is not None:
+            return self._const_ptr(v, ctype)
+        p = self.plan.placements[v.name]
+        root = self.plan.placements[p.root]
+        if root.kind == "input":
+            base = f"in[{root.index}].data"
+        elif root.kind == "output":
+            base = f"m->out[{root.index}]"
+        elif root.kind == "arena":
+            base = f"(m->arena + {root.offset})"
+        else:
+            raise TccError(f"value %{v.name} has no storage (placement {p})")
+        return f"(({ctype}*){base})"
+
+    def _const_ptr(self, v: Value, ctype: str) -> str:
+        arr = v.const
+        if arr.dtype == object:
+            # A symbolic constant (e.g. [batch, seq]) is evaluated at run time into a local array.
+            name = self.array("symc", [x if isinstance(x, Sym) else int(x) for x in arr.reshape(-1)])
+            return f"(({ctype}*){name})"
+        off = self.weights.add((v.name, "dense"), arr, v.name)
+        return f"(({ctype}*)(m->weights + {off}))"
+
+    def packed_ptr(self, v: Value, kind: str) -> str:
+        layout, packed = self.pack(kind, v.const)
+        off = self.weights.add((v.name, layout), packed, v.name)
+        return f"((const float*)(m->weights + {off}))"
+
+    # -- kernel calls -----------------------------------------------------------------------------
+    def call(self, node: Node, family: str, args: list[str], check_error: bool = False, **params) -> None:
+        spec = self.select(family, variant=self.variant, **params) if self.variant else None
+        spec = spec or self.select(family, **params)
+        if spec is None:
+            raise UnsupportedError(f"{node.op} node {node.name!r}: no {family} kernel for "
+                                   + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+        self.kernels.add(spec)
+        self.lines.append(f"  {spec.name}({', '.join(args)});")
+        if check_error:
+            self.lines.append(f'  if (tcc_error_pending()) return fail("{_c_str(node.op)} node {_c_str(node.name)}: %s", tcc_error_message());')
+
+
+def _c_str(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+LOWERINGS: dict[str, Callable[[Node, Emitter], None]] = {}
+
+
+def lowering(*ops: str):
+    def deco(fn):
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def lower_node(node: Node, em: Emitter) -> None:
+    fn = LOWERINGS.get(node.op)
+    if fn is None:
+        raise UnsupportedError(f"op {node.op} (node {node.name!r}) has no code generator for this target")
+    em.lines.append(f"  // {node.op} {node.name}".rstrip())
+    fn(node, em)
+
+
+# -- views and shape-only ops: no code ---------------------------------------------------------------
+
+@lowering("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+def _view(node: Node, em: Emitter) -> None:
+    em.lines.pop()  # a view aliases its input's storage: nothing to run
+
+
+# -- linear algebra --------------------------------------------------------------------------------
+
+@lowering("Linear")
+def _linear(node: Node, em: Emitter) -> None:
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.input(2)
+    k, n = w.shape
+    m = product(x.shape[:-1])
+    bias_ptr = em.ptr(bias) if bias is not None else "nullptr"
+    em.call(node, "gemm", [em.ptr(x), c_dim(k), em.packed_ptr(w, "gemm_f32"), bias_ptr, em.ptr(node.output),
+                           c_dim(n), c_dim(m), c_dim(n), c_dim(k), "m->pool"], dtype="f32")
+
+
+@lowering("MatMul")
+def _matmul(node: Node, em: Emitter) -> None:
+    a, b = node.inputs
+    _check_f32(node, a)
+    ash, bsh = list(a.shape), list(b.shape)
+    if len(ash) == 1:
+        ash = [1] + ash
+    if len(bsh) == 1:
+        bsh = bsh + [1]
+    mdim, kdim, ndim_ = ash[-2], ash[-1], bsh[-1]
+    batch = list(_batch_shape(ash[:-2], bsh[:-2]))
+    a_str, b_str = dense_strides(ash), dense_strides(bsh)
+    a_b = broadcast_strides(ash[:-2], batch) if batch else []
+    b_b = broadcast_strides(bsh[:-2], batch) if batch else []
+    # broadcast_strides uses dense strides of the batch shape alone; rescale by the matrix size.
+    a_b = [s * (mdim * kdim) if not (isinstance(s, int) and s == 0) else 0 for s in a_b]
+    b_b = [s * (kdim * ndim_) if not (isinstance(s, int) and s == 0) else 0 for s in b_b]
+    em.call(node, "matmul", [em.ptr(a), em.ptr(b), em.ptr(node.output), c_dim(mdim), c_dim(ndim_), c_dim(kdim),
+                             c_dim(a_str[-2]), "1", c_dim(b_str[-2]), "1", str(len(batch)),
+                             em.array("bshape", batch), em.array("abs", a_b), em.array("bbs", b_b), "m->pool"],
+            dtype="f32")
+
+
+def _batch_shape(a, b):
+    from ..ir.registry import broadcast_shapes
+
+    return broadcast_shapes(a, b)
+
+
+@lowering("Attention")
+def _attention(node: Node, em: Emitter) -> None:
+    q, k, v = node.inputs[:3]
+    mask = node.input(3)
+    b, hq, sq, d = q.shape
+    _, hkv, skv, _ = k.shape
+    dv = v.shape[3]
+    out = node.output
+    mask_strides = broadcast_strides(mask.shape, (b, hq, sq, skv)) if mask is not None else []
+    em.call(node, "attention", [
+        em.ptr(q), em.ptr(k), em.ptr(v), em.ptr(mask), em.ptr(out),
+        c_dim(b), c_dim(hq), c_dim(hkv), c_dim(sq), c_dim(skv), c_dim(d), c_dim(dv),
+        em.array("qs", dense_strides(q.shape)), em.array("ks", dense_strides(k.shape)),
+        em.array("vs", dense_strides(v.shape)), em.array("ms", mask_strides) if mask is not None else "nullptr",
+        em.array("os", dense_strides(out.shape)), _c_float(node.attrs["scale"]), str(int(node.attrs.get("causal", 0))),
+        "m->pool"], dtype="f32")
+
+
+# -- elementwise -----------------------------------------------------------------------------------
+
+BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min",
+          "Mod": "mod", "Equal": "equal", "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
+          "GreaterOrEqual": "greater_equal", "And": "and", "Or": "or", "Xor": "xor"}
+
+
+@lowering(*BINARY)
+def _binary(node: Node, em: Emitter) -> None:
+    a, b = node.inputs
+    out = node.output
+    shape = out.shape
+    em.call(node, "binary", [em.ptr(a), em.ptr(b), em.ptr(out), str(len(shape)), em.array("shp", shape),
+                             em.array("as", broadcast_strides(a.shape, shape)),
+                             em.array("bs", broadcast_strides(b.shape, shape)), "m->pool"],
+            op=BINARY[node.op], dtype=DTYPE_CODE[a.dtype])
+
+
+@lowering("Where")
+def _where(node: Node, em: Emitter) -> None:
+    c, x, y = node.inputs
+    out = node.output
+    shape = out.shape
+    em.call(node, "where", [em.ptr(c), em.ptr(x), em.ptr(y), em.ptr(out), str(len(shape)), em.array("shp", shape),
+                            em.array("cs", broadcast_strides(c.shape, shape)),
+                            em.array("xs", broadcast_strides(x.shape, shape)),
+                            em.array("ys", broadcast_strides(y.shape, shape)), "m->pool"],
+            dtype=DTYPE_CODE[x.dtype])
+
+
+UNARY = {"Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
+         "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Floor": "floor", "Ceil": "ceil",
+         "Sin": "sin", "Cos": "cos", "Not": "not", "Clip": "clip", "Gelu": None}
+
+
+@lowering(*UNARY)
+def _unary(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    op = UNARY[node.op]
+    alpha, beta = "0.0f", "0.0f"
+    if node.op == "Gelu":
+        op = "gelu_tanh" if node.attrs.get("approximate", "none") == "tanh" else "gelu_erf"
+    if node.op == "Clip":
+        alpha, beta = _clip_bounds(node)
+    em.call(node, "unary", [em.ptr(x), em.ptr(out), c_dim(out.type.numel), alpha, beta, "m->pool"],
+            op=op, dtype=DTYPE_CODE[x.dtype])
+
+
+def _clip_bounds(node: Node) -> tuple[str, str]:
+    bounds = []
+    for i, default in ((1, -math.inf), (2, math.inf)):
+        v = node.input(i)
+        if v is None:
+            bounds.append(default)
+        elif v.const is not None and v.const.dtype != object:
+            bounds.append(float(v.const.reshape(-1)[0]))
+        else:
+            raise UnsupportedError(f"Clip node {node.name!r}: min/max must be constants")
+    return _c_float(bounds[0]), _c_float(bounds[1])
+
+
+def _c_float(x: float) -> str:
+    x = float(x)
+    if math.isnan(x):
+        return "NAN"
+    if math.isinf(x):
+        return "INFINITY" if x > 0 else "-INFINITY"
+    return repr(float(np.float32(x))) + "f"
+
+
+@lowering("Cast")
+def _cast(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    em.call(node, "cast", [em.ptr(x), em.ptr(out), c_dim(out.type.numel), "m->pool"],
+            src=DTYPE_CODE[x.dtype], dst=DTYPE_CODE[out.dtype])
+
+
+@lowering("Copy")
+def _copy(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    _copy_call(node, em, em.ptr(x, "void"), em.ptr(out, "void"), out.shape, dense_strides(x.shape),
+               dense_strides(out.shape), out.dtype)
+
+
+def _copy_call(node, em, src, dst, shape, src_strides, dst_strides, dtype: DType) -> None:
+    em.call(node, "copy", [src, dst, str(len(shape)), em.array("shp", shape), em.array("ss", src_strides),
+                           em.array("ds", dst_strides), "m->pool"], esize=dtype.itemsize)
+
+
+# -- reductions and normalizations -----------------------------------------------------------------
+
+REDUCE = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
+
+
+@lowering(*REDUCE)
+def _reduce(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    rank = x.type.rank
+    axes = sorted(norm_axis(a, rank) for a in (node.attrs.get("axes") or range(rank)))
+    if axes and axes != list(range(axes[0], axes[-1] + 1)):
+        raise TccError(f"{node.op} node {node.name!r}: reduced axes {axes} are not contiguous (lower-ops should fix)")
+    lo, hi = (axes[0], axes[-1] + 1) if axes else (rank, rank)
+    outer, r, inner = product(x.shape[:lo]), product(x.shape[lo:hi]), product(x.shape[hi:])
+    em.call(node, "reduce", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(r), c_dim(inner), "m->pool"],
+            op=REDUCE[node.op], dtype=DTYPE_CODE[x.dtype])
+
+
+@lowering("Softmax", "LogSoftmax")
+def _softmax(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    axis = norm_axis(node.attrs.get("axis", -1), x.type.rank)
+    outer, n, inner = product(x.shape[:axis]), x.shape[axis], product(x.shape[axis + 1:])
+    em.call(node, "softmax", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(n), c_dim(inner), "m->pool"],
+            op=node.op.lower(), dtype="f32")
+
+
+@lowering("LayerNorm", "RMSNorm")
+def _norm(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    axis = norm_axis(node.attrs["axis"], x.type.rank)
+    rows, cols = product(x.shape[:axis]), product(x.shape[axis:])
+    gamma, beta = node.input(1), node.input(2)
+    for p in (gamma, beta):
+        if p is not None and p.type.numel != cols:
+            raise TccError(f"{node.op} node {node.name!r}: parameter %{p.name} must have {cols} elements "
+                           "(lower-ops should have expanded it)")
+    em.call(node, "norm", [em.ptr(x), em.ptr(gamma), em.ptr(beta), em.ptr(out), c_dim(rows), c_dim(cols),
+                           _c_float(node.attrs["eps"]), "m->pool"], op=node.op.lower(), dtype="f32")
+
+
+# -- data movement ---------------------------------------------------------------------------------
+
+@lowering("Transpose")
+def _transpose(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    perm = node.attrs.get("perm") or list(range(x.type.rank))[::-1]
+    src = dense_strides(x.shape)
+    _copy_call(node, em, em.ptr(x, "void"), em.ptr(out, "void"), out.shape, [src[p] for p in perm],
+               dense_strides(out.shape), out.dtype)
+
+
+@lowering("Expand")
+def _expand(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    _copy_call(node, em, em.ptr(x, "void"), em.ptr(out, "void"), out.shape, broadcast_strides(x.shape, out.shape),
+               dense_strides(out.shape), out.dtype)
+
+
+@lowering("Concat")
+def _concat(node: Node, em: Emitter) -> None:
+    out = node.output
+    axis = norm_axis(node.attrs["axis"], out.type.rank)
+    ostr = dense_strides(out.shape)
+    offset: Dim = 0
+    base = em.ptr(out, "char")
+    for x in node.inputs:
+        if x.type.numel != 0:
+            dst = f"({base} + ({c_dim(offset * ostr[axis])}) * {out.dtype.itemsize})"
+            _copy_call(node, em, em.ptr(x, "void"), dst, x.shape, dense_strides(x.shape), ostr, out.dtype)
+        offset = offset + x.shape[axis]
+
+
+@lowering("Split")
+def _split(node: Node, em: Emitter) -> None:
+    x = node.inputs[0]
+    axis = norm_axis(node.attrs["axis"], x.type.rank)
+    xstr = dense_strides(x.shape)
+    base = em.ptr(x, "char")
+    offset: Dim = 0
+    for out in node.outputs:
+        src = f"({base} + ({c_dim(offset * xstr[axis])}) * {x.dtype.itemsize})"
+        _copy_call(node, em, src, em.ptr(out, "void"), out.shape, xstr, dense_strides(out.shape), x.dtype)
+        offset = offset + out.shape[axis]
+
+
+@lowering("Slice")
+def _slice(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    rank = x.type.rank
+    params = [_const_ints(node, node.input(i), what) for i, what in ((1, "starts"), (2, "ends"))]
+    starts = params[0]
+    axes = _const_ints(node, node.input(3), "axes") if node.input(3) is not None else list(range(len(starts)))
+    steps = _const_ints(node, node.input(4), "steps") if node.input(4) is not None else [1] * len(starts)
+    xstr = dense_strides(x.shape)
+    begin = [0] * rank
+    step = [1] * rank
+    for s, a, st in zip(starts, axes, steps):
+        a = norm_axis(a, rank)
+        begin[a] = _slice_start(s, x.shape[a], st)
+        step[a] = st
+    # Offset (elements) of the first element read, and strides scaled by the steps.
+    offset = " + ".join(f"({b}) * ({c_dim(xstr[i])})" for i, b in enumerate(begin) if b != 0) or "0"
+    src = f"({em.ptr(x, 'char')} + ({offset}) * {x.dtype.itemsize})"
+    src_strides = [xstr[i] * step[i] for i in range(rank)]
+    _copy_call(node, em, src, em.ptr(out, "void"), out.shape, src_strides, dense_strides(out.shape), out.dtype)
+
+
+def _slice_start(start, dim: Dim, step: int) -> str:
+    """C expression of the clamped start index (ONNX Slice semantics), evaluated at run time."""
+    return f"tcc_slice_start({c_dim(start)}, {c_dim(dim)}, {step})"
+
+
+def _const_ints(node: Node, v: Value | None, what: str) -> list:
+    if v is None or v.const is None:
+        raise UnsupportedError(f"{node.op} node {node.name!r}: {what} must be constant")
+    return [x if isinstance(x, Sym) else int(x) for x in v.const.reshape(-1).tolist()]
+
+
+@lowering("Gather")
+def _gather(node: Node, em: Emitter) -> None:
+    data, idx = node.inputs
+    out = node.output
+    axis = norm_axis(node.attrs.get("axis", 0), data.type.rank)
+    outer, axis_len, inner = product(data.shape[:axis]), data.shape[axis], product(data.shape[axis + 1:])
+    if idx.dtype != DType.i64:
+        raise TccError(f"Gather node {node.name!r}: indices must be i64 (lower-ops should cast)")
+    em.call(node, "gather", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), c_dim(outer), c_dim(axis_len),
+                             c_dim(inner), c_dim(idx.type.numel), "m->pool"], check_error=True,
+            esize=data.dtype.itemsize)
+
+
+@lowering("Range")
+def _range(node: Node, em: Emitter) -> None:
+    start, _, delta = node.inputs
+    out = node.output
+    em.call(node, "range", [em.ptr(start), em.ptr(delta), em.ptr(out), c_dim(out.shape[0])],
+            dtype=DTYPE_CODE[out.dtype])
+
+
+@lowering("Trilu")
+def _trilu(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    k = _const_ints(node, node.input(1), "k")[0] if node.input(1) is not None else 0
+    rows, cols = x.shape[-2], x.shape[-1]
+    em.call(node, "trilu", [em.ptr(x, "void"), em.ptr(out, "void"), c_dim(product(x.shape[:-2])), c_dim(rows),
+                            c_dim(cols), c_dim(k), "m->pool"],
+            upper=int(node.attrs.get("upper", 1)), esize=x.dtype.itemsize)
+
+
+@lowering("ConstantOfShape")
+def _constant_of_shape(node: Node, em: Emitter) -> None:
+    out = node.output
+    value = np.array(node.attrs.get("value", 0), dtype=out.dtype.np).reshape(1)
+    off = em.weights.add((f"fill:{out.dtype}:{value.tobytes().hex()}", "dense"), value, "fill value")
+    em.call(node, "fill", [em.ptr(out, "void"), f"(m->weights + {off})", c_dim(out.type.numel)],
+            esize=out.dtype.itemsize)
+
+
+def _check_f32(node: Node, v: Value) -> None:
+    if v.dtype != DType.f32:
+        raise UnsupportedError(f"{node.op} node {node.name!r}: {v.dtype} inputs are not supported by the compiled "
+                               "backends yet (f32 only)")
+
+
+@lowering("GatherND")
+def _gather_nd(node: Node, em: Emitter) -> None:
+    data, idx = node.inputs
+    out = node.output
+    b = int(node.attrs.get("batch_dims", 0))
+    k = idx.shape[-1]
+    if idx.dtype != DType.i64:
+        raise UnsupportedError(f"GatherND node {node.name!r}: indices must be i64")
+    batch = product(data.shape[:b])
+    n_idx = product(idx.shape[b:-1])
+    slice_ = product(data.shape[b + k:])
+    em.call(node, "gathernd", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), c_dim(batch), c_dim(n_idx),
+                               str(k), em.array("dims", data.shape[b:b + k]), c_dim(slice_),
+                               c_dim(product(data.shape[b:])), "m->pool"],
+            check_error=True, esize=data.dtype.itemsize)
+
+
+@lowering("CumSum")
+def _cumsum(node: Node, em: Emitter) -> None:
+    x, out = node.inputs[0], node.output
+    axis = norm_axis(_const_ints(node, node.inputs[1], "axis")[0], x.type.rank)
+    outer, n, inner = product(x.shape[:axis]), x.shape[axis], product(x.shape[axis + 1:])
+    em.call(node, "cumsum", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(n), c_dim(inner),
+                             str(int(node.attrs.get("exclusive", 0))), str(int(node.attrs.get("reverse", 0))),
+                             "m->pool"], dtype=DTYPE_CODE[x.dtype])
+
+
+@lowering("RotaryEmbedding")
+def _rope(node: Node, em: Emitter) -> None:
+    x, cos, sin = node.inputs[:3]
+    pos = node.input(3)
+    out = node.output
+    if x.type.rank == 4:
+        b, h, s, d = x.shape
+        st = dense_strides(x.shape)
+        strides = [st[0], st[2], st[1], st[3]]  # (b, s, h, d) order
+    else:
+        h = int(node.attrs["num_heads"])
+        b, s, hidden = x.shape
+        d = hidden // h
+        strides = [s * hidden, hidden, d, 1]
+    rd = int(node.attrs.get("rotary_embedding_dim", 0)) or d
+    max_pos = cos.shape[0] if pos is not None else product(cos.shape[:-1])
+    em.call(node, "rope", [em.ptr(x), em.ptr(cos), em.ptr(sin), em.ptr(pos) if pos is not None else "nullptr",
+                           em.ptr(out), c_dim(b), c_dim(s), c_dim(h), c_dim(d), c_dim(rd),
+                           em.array("xs", strides), c_dim(max_pos), str(int(node.attrs.get("interleaved", 0))),
+                           "m->pool"], check_error=pos is not None, dtype="f32")

@@ -1,0 +1,757 @@
+"""ONNX -> tcc IR.
+
+`import_onnx(path_or_model, dims=...)` loads a model (with external data), refuses in ONE error every op,
+attribute and dtype tcc does not support, then builds the Graph node by node (types are inferred as
+nodes are added) and normalizes ONNX's opset differences into the IR forms documented in `ir/ops/*.py`:
+Reduce* axes, Squeeze/Unsqueeze axes, Split sizes, Softmax axis, Cast `to`, Transpose perm become
+attributes; Reshape/Expand/Slice/Range/ConstantOfShape/Tile shape-like operands stay inputs, which must be
+constant, possibly symbolic. Nodes whose inputs are all constants and whose result is small (shape
+computations) are folded while importing, so Shape -> Gather -> Concat -> Reshape chains give symbolic
+shapes. LayerNormalization -> LayerNorm, RMSNormalization -> RMSNorm, Attention -> tcc Attention.
+
+Accepted: default-domain opsets 13..23, and newer opsets (up to what the installed onnx knows) whenever
+every node resolves to an op version vetted here (later versions of most ops only add dtypes).
+"""
+from __future__ import annotations
+
+import keyword
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import IRError, ModelFormatError, ShapeError, TccError, UnsupportedError
+from ..ir.core import Graph, Node, TensorType, Value
+from ..ir.dims import Sym, product
+from ..ir.dtypes import DType
+from ..ir.ops.shape import shape_constant
+from ..ir.registry import as_ints, get_op, infer_types, run_ref
+
+MIN_OPSET = 13
+# Opsets 24..27 (onnx 1.22) only add dtypes to the ops handled here (checked op by op: Reshape-25,
+# Cast-25 ...), except Attention-24, which is refused through its handler's `versions`.
+MAX_OPSET = 27
+FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most this many elements
+
+DTYPES = {TensorProto.FLOAT: DType.f32, TensorProto.FLOAT16: DType.f16, TensorProto.INT64: DType.i64,
+          TensorProto.INT32: DType.i32, TensorProto.INT8: DType.i8, TensorProto.UINT8: DType.u8,
+          TensorProto.BOOL: DType.bool}
+
+
+def _dtype_name(code: int) -> str:
+    try:
+        return helper.tensor_dtype_to_string(code).replace("TensorProto.", "").lower()
+    except Exception:  # noqa: BLE001  (an unknown enum value)
+        return f"dtype code {code}"
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+_TOP_FIELDS = {1: "ir_version", 2: "producer_name", 3: "producer_version", 4: "domain", 5: "model_version",
+               6: "doc_string", 7: "graph", 8: "opset_import", 14: "metadata_props", 20: "training_info",
+               25: "functions", 26: "configuration"}
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if i >= len(data):
+            raise ValueError("varint runs past the end")
+        b = data[i]
+        result |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return result, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _wire_problem(data: bytes) -> str:
+    """Walk ModelProto's top-level fields to say where the protobuf breaks (offset, field, sizes)."""
+    i = 0
+    while i < len(data):
+        start = i
+        try:
+            key, i = _varint(data, i)
+            field, wire = key >> 3, key & 7
+            name = _TOP_FIELDS.get(field, f"#{field}")
+            if wire == 0:
+                _, i = _varint(data, i)
+            elif wire == 2:
+                n, i = _varint(data, i)
+                if i + n > len(data):
+                    return (f"field {name} at offset {start} declares {n} bytes but only {len(data) - i} remain "
+                            f"(file of {len(data)} bytes is truncated?)")
+                i += n
+            elif wire in (1, 5):
+                i += 8 if wire == 1 else 4
+            else:
+                return f"bad wire type {wire} at offset {start}"
+        except ValueError as e:
+            return f"{e} at offset {start}"
+    return f"{len(data)} bytes"
+
+
+def _load(src) -> tuple[onnx.ModelProto, str, str | None]:
+    if isinstance(src, onnx.ModelProto):
+        return src, src.graph.name or "<model>", None
+    path = os.fspath(src)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelFormatError(f"file {path}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise ModelFormatError(f"file {path}: empty file (0 bytes), not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:  # noqa: BLE001  (protobuf's DecodeError; the message has no position)
+        raise ModelFormatError(f"file {path}: not a valid ONNX model (protobuf parse failed: "
+                               f"{_wire_problem(data)})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelFormatError(f"file {path}: not a valid ONNX model (no graph or opset_import in "
+                               f"{len(data)} bytes; {_wire_problem(data)})")
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        onnx.load_external_data_for_model(model, base)
+    except Exception as e:  # noqa: BLE001  (missing/short external file: OSError, ValueError...)
+        raise ModelFormatError(f"file {path}: cannot load external data: {e}") from None
+    return model, os.path.basename(path), base
+
+
+# ---------------------------------------------------------------------------------------------
+# per-op handlers
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class OnnxNode:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    version: int  # the op's since_version at the model's opset (-1: no such op)
+    domain: str = ""
+
+
+Check = Callable[[OnnxNode], "str | None"]  # returns why a node is unsupported, or None
+
+
+@dataclass
+class Handler:
+    build: Callable  # (importer, node, inputs: list[Value|None]) -> list[Value|None], one per output
+    attrs: tuple[str, ...] = ()  # attributes understood (others are refused)
+    versions: tuple[int, ...] = ()  # vetted since_versions (empty: all from MIN_OPSET on)
+    check: Check | None = None
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(ops, attrs=(), versions=(), check=None):
+    def deco(fn):
+        for op in ops.split():
+            HANDLERS[op] = Handler(fn, tuple(attrs.split()) if isinstance(attrs, str) else attrs, versions, check)
+        return fn
+    return deco
+
+
+def _same(imp, n, ins):
+    """ONNX op == IR op, attributes passed through."""
+    return imp.emit(n.op, ins, dict(n.attrs), n)
+
+
+handler("Add Sub Mul Div Pow Sqrt Reciprocal Neg Exp Log Erf Tanh Sigmoid Relu Abs Floor Ceil Sin Cos Sign "
+        "Not Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor Where Identity MatMul Max Min Expand "
+        "Tile Range Slice")(_same)
+handler("Concat Gather", "axis")(_same)
+handler("Trilu", "upper")(_same)
+handler("Mod", "fmod")(_same)
+handler("Flatten", "axis")(_same)
+handler("Gemm", "alpha beta transA transB")(_same)
+handler("Softmax LogSoftmax", "axis")(_same)
+handler("Reshape", "allowzero")(_same)
+
+
+def _check_gelu(n):
+    a = n.attrs.get("approximate", "none")
+    return None if a in ("none", "tanh") else f"attribute approximate={a!r}"
+
+
+handler("Gelu", "approximate", check=_check_gelu)(_same)
+
+
+# ONNX-form ops defined in ir/ops/indexing_extra.py
+handler("GatherND", "batch_dims")(_same)
+handler("CumSum", "exclusive reverse")(_same)
+handler("RotaryEmbedding", "interleaved num_heads rotary_embedding_dim")(_same)
+
+
+@handler("Sum Mean")
+def _sum(imp, n, ins):
+    """Variadic Sum/Mean as a chain of broadcasting Adds (Mean then divides by the count)."""
+    acc = ins[0]
+    for i, x in enumerate(ins[1:]):
+        last = i == len(ins) - 2 and n.op == "Sum"
+        acc = imp.emit("Add", [acc, x], {}, n, helper=None if last else f"sum{i}")[0]
+    if n.op == "Mean":
+        count = imp.const(np.array(len(ins), dtype=acc.dtype.np), imp.helper_name(n, "count"))
+        return imp.emit("Div", [acc, count], {}, n)
+    return [acc] if len(ins) > 1 else imp.emit("Identity", [acc], {}, n)
+
+
+def _check_dropout(n):
+    if len(n.inputs) > 2 and n.inputs[2]:
+        return "training_mode input"
+    return None
+
+
+@handler("Dropout", "seed", check=_check_dropout)
+def _dropout(imp, n, ins):
+    """Inference Dropout (no training_mode) is the identity; its mask output is all true."""
+    out = imp.emit("Identity", ins[:1], {}, n, n_out=1)
+    if len(n.outputs) > 1 and n.outputs[1]:
+        mask = np.ones([int(d) for d in ins[0].shape], dtype=bool) if ins[0].type.is_static else None
+        if mask is None:
+            raise UnsupportedError(f"Dropout node {n.name!r}: mask output of a symbolic-shaped input")
+        out.append(imp.const(mask, n.outputs[1]))
+    return out
+
+
+@handler("Clip")
+def _clip(imp, n, ins):
+    return imp.emit("Clip", ins, {}, n)
+
+
+def _check_cast(n):
+    to = n.attrs["to"] if n.op == "Cast" else None
+    if to is not None and to not in DTYPES:
+        return f"cast to {_dtype_name(to)}"
+    return None
+
+
+@handler("Cast CastLike", "to saturate round_mode", check=_check_cast)
+def _cast(imp, n, ins):
+    # saturate / round_mode only affect float8 targets, which are refused as dtypes
+    to = DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype
+    return imp.emit("Cast", ins[:1], {"to": to.value}, n)
+
+
+@handler("Transpose", "perm")
+def _transpose(imp, n, ins):
+    perm = n.attrs.get("perm") or list(range(ins[0].type.rank))[::-1]
+    return imp.emit("Transpose", ins, {"perm": [int(p) for p in perm]}, n)
+
+
+@handler("Shape", "start end")
+def _shape(imp, n, ins):
+    attrs = {"start": n.attrs.get("start", 0), "end": n.attrs.get("end")}
+    return [imp.const(shape_constant(ins[0].type, attrs), n.outputs[0])]
+
+
+@handler("Size")
+def _size(imp, n, ins):
+    return [imp.const(_obj_scalar(product(ins[0].shape)), n.outputs[0])]
+
+
+def _obj_scalar(d) -> np.ndarray:
+    if not isinstance(d, Sym):
+        return np.array(int(d), dtype=np.int64)
+    arr = np.empty((), dtype=object)
+    arr[()] = d
+    return arr
+
+
+@handler("Squeeze")
+def _squeeze(imp, n, ins):
+    if len(ins) > 1 and ins[1] is not None:
+        axes = imp.const_ints(ins[1], n, "axes")
+    else:
+        shape = ins[0].shape
+        if any(isinstance(d, Sym) for d in shape):
+            raise UnsupportedError(f"Squeeze node {n.name!r}: no axes given and input {ins[0].type} has "
+                                   "symbolic dims (which would be squeezed only if 1 at run time)")
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    return imp.emit("Squeeze", ins[:1], {"axes": axes}, n)
+
+
+@handler("Unsqueeze")
+def _unsqueeze(imp, n, ins):
+    return imp.emit("Unsqueeze", ins[:1], {"axes": imp.const_ints(ins[1], n, "axes")}, n)
+
+
+@handler("Split", "axis num_outputs split")
+def _split(imp, n, ins):
+    x = ins[0]
+    axis = n.attrs.get("axis", 0)
+    rank = x.type.rank
+    if not -rank <= axis < rank:
+        raise ShapeError(f"Split node {n.name!r}: axis {axis} out of range for {x.type}")
+    d = x.shape[axis % rank]
+    k = len(n.outputs)
+    if len(ins) > 1 and ins[1] is not None:
+        parts = imp.const_ints(ins[1], n, "split")
+    elif "split" in n.attrs:
+        parts = list(n.attrs["split"])
+    elif "num_outputs" in n.attrs:
+        # opset 18: chunks of ceil(d / k), the last one smaller
+        k = n.attrs["num_outputs"]
+        chunk = -(-d // k) if not isinstance(d, Sym) else (d + k - 1) // k
+        parts = [chunk] * (k - 1) + [d - chunk * (k - 1)]
+    else:
+        if not isinstance(d, Sym) and d % k:
+            raise ShapeError(f"Split node {n.name!r}: dim {d} of {x.type} does not split evenly into {k}")
+        parts = [d // k] * k
+    if len(parts) != len(n.outputs):
+        raise ShapeError(f"Split node {n.name!r}: {len(parts)} parts {parts} for {len(n.outputs)} outputs")
+    return imp.emit("Split", ins[:1], {"axis": axis, "split": parts}, n)
+
+
+def _reduce_axes_from_input(n) -> bool:
+    return n.op == "ReduceSum" or n.version >= 18
+
+
+@handler("ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd", "axes keepdims noop_with_empty_axes")
+def _reduce(imp, n, ins):
+    x = ins[0]
+    if _reduce_axes_from_input(n):
+        axes = imp.const_ints(ins[1], n, "axes") if len(ins) > 1 and ins[1] is not None else []
+    else:
+        axes = list(n.attrs.get("axes", []))
+    if not axes:
+        if n.attrs.get("noop_with_empty_axes", 0):
+            return imp.emit("Identity", [x], {}, n)
+        axes = list(range(x.type.rank))
+    return imp.emit(n.op, [x], {"axes": axes, "keepdims": n.attrs.get("keepdims", 1)}, n)
+
+
+def _check_cos(n):
+    t = n.attrs.get("value")
+    if t is not None and t.data_type not in DTYPES:
+        return f"value of dtype {_dtype_name(t.data_type)}"
+    return None
+
+
+@handler("ConstantOfShape", "value", check=_check_cos)
+def _constant_of_shape(imp, n, ins):
+    t = n.attrs.get("value")
+    value, dtype = (0.0, DType.f32) if t is None else (numpy_helper.to_array(t).reshape(-1)[0].item(),
+                                                      DTYPES[t.data_type])
+    return imp.emit("ConstantOfShape", ins, {"value": value, "dtype": dtype.value}, n)
+
+
+def _check_constant(n):
+    for k in ("sparse_value", "value_string", "value_strings"):
+        if k in n.attrs:
+            return f"attribute {k}"
+    t = n.attrs.get("value")
+    if t is not None and t.data_type not in DTYPES:
+        return f"value of dtype {_dtype_name(t.data_type)}"
+    return None
+
+
+@handler("Constant", "value value_float value_floats value_int value_ints sparse_value value_string "
+         "value_strings", check=_check_constant)
+def _constant(imp, n, ins):
+    a = n.attrs
+    if "value" in a:
+        arr = imp.tensor(a["value"])
+    elif "value_float" in a:
+        arr = np.array(a["value_float"], dtype=np.float32)
+    elif "value_floats" in a:
+        arr = np.array(a["value_floats"], dtype=np.float32).reshape(-1)
+    elif "value_int" in a:
+        arr = np.array(a["value_int"], dtype=np.int64)
+    elif "value_ints" in a:
+        arr = np.array(a["value_ints"], dtype=np.int64).reshape(-1)
+    else:
+        raise ModelFormatError(f"Constant node {n.name!r} has no value attribute")
+    return [imp.const(arr, n.outputs[0])]
+
+
+def _check_norm(n):
+    if n.attrs.get("stash_type", 1) != 1:
+        return f"attribute stash_type={n.attrs['stash_type']}"
+    return None
+
+
+@handler("LayerNormalization", "axis epsilon stash_type", check=_check_norm)
+def _layernorm(imp, n, ins):
+    attrs = {"axis": n.attrs.get("axis", -1), "eps": float(n.attrs.get("epsilon", 1e-5))}
+    if any(o and o in imp.consumed for o in n.outputs[1:]):
+        return _layernorm_decomposed(imp, n, ins, attrs)
+    return imp.emit("LayerNorm", ins, attrs, n, n_out=1) + [None] * (len(n.outputs) - 1)
+
+
+def _layernorm_decomposed(imp, n, ins, attrs):
+    """LayerNormalization whose Mean/InvStdDev outputs are used: ONNX's own function body, in f32
+    (stash_type=1), so the statistics are real values of the graph."""
+    x, scale, bias = (ins + [None])[:3]
+    rank = x.type.rank
+    axes = list(range(attrs["axis"] % rank if rank else 0, rank))
+    h = lambda op, args, what, a=None: imp.emit(op, args, a or {}, n, helper=what)[0]  # noqa: E731
+    xf = h("Cast", [x], "x32", {"to": "f32"}) if x.dtype != DType.f32 else x
+    mean = h("ReduceMean", [xf], "mean", {"axes": axes, "keepdims": 1})
+    d = h("Sub", [xf, mean], "centered")
+    var = h("ReduceMean", [h("Mul", [d, d], "sq")], "var", {"axes": axes, "keepdims": 1})
+    eps = imp.const(np.array(attrs["eps"], np.float32), imp.helper_name(n, "eps"))
+    inv = h("Reciprocal", [h("Sqrt", [h("Add", [var, eps], "var_eps")], "std")], "inv_std")
+    y = h("Mul", [d, inv], "normalized")
+    if y.dtype != x.dtype:
+        y = h("Cast", [y], "normalized_x", {"to": x.dtype.value})
+    y = h("Mul", [y, scale], "scaled")
+    y = h("Add", [y, bias], "biased") if bias is not None else y
+    outs = [imp.emit("Identity", [y], {}, n, n_out=1)[0], mean, inv]
+    return outs[:len(n.outputs)]
+
+
+@handler("RMSNormalization", "axis epsilon stash_type", check=_check_norm)
+def _rmsnorm(imp, n, ins):
+    attrs = {"axis": n.attrs.get("axis", -1), "eps": float(n.attrs.get("epsilon", 1e-5))}
+    return imp.emit("RMSNorm", ins, attrs, n)
+
+
+def _check_attention(n):
+    if n.attrs.get("softcap", 0.0):
+        return f"attribute softcap={n.attrs['softcap']}"
+    if n.attrs.get("qk_matmul_output_mode", 0):
+        return f"attribute qk_matmul_output_mode={n.attrs['qk_matmul_output_mode']}"
+    if len(n.inputs) > 4 and any(n.inputs[4:]):
+        return "past_key/past_value inputs"
+    if len(n.outputs) > 1 and any(n.outputs[1:]):
+        return "present_key/present_value/qk_matmul outputs"
+    return None
+
+
+@handler("Attention", "is_causal kv_num_heads q_num_heads qk_matmul_output_mode scale softcap "
+         "softmax_precision", versions=(23,), check=_check_attention)
+def _attention(imp, n, ins):
+    q, k, v, mask = (ins + [None])[:4]
+    three_d = q.type.rank == 3
+    if three_d:
+        hq, hkv = n.attrs.get("q_num_heads"), n.attrs.get("kv_num_heads")
+        if not hq or not hkv:
+            raise ShapeError(f"Attention node {n.name!r}: 3-D inputs need q_num_heads and kv_num_heads")
+        q, k, v = (imp.heads_first(t, h, n) for t, h in ((q, hq), (k, hkv), (v, hkv)))
+    elif q.type.rank != 4:
+        raise ShapeError(f"Attention node {n.name!r}: q must be 3-D or 4-D, got {q.type}")
+    sq, skv = q.shape[2], k.shape[2]
+    d = q.shape[3]
+    if "scale" in n.attrs:
+        scale = float(n.attrs["scale"])
+    elif isinstance(d, Sym):
+        raise UnsupportedError(f"Attention node {n.name!r}: default scale needs a static head size, got {q.type}")
+    else:
+        scale = 1.0 / math.sqrt(d)
+    causal = int(n.attrs.get("is_causal", 0))
+    if mask is not None:
+        if causal and mask.dtype == DType.bool:
+            # the ONNX reference turns a bool mask into (1 - mask) * -inf = NaN there; no defined meaning
+            raise UnsupportedError(f"Attention node {n.name!r}: is_causal with a bool attn_mask")
+        if mask.shape[-1] != skv:
+            raise UnsupportedError(f"Attention node {n.name!r}: attn_mask {mask.type} shorter than the "
+                                   f"{skv} keys (padding is not supported)")
+        mask = imp.additive_mask(mask, n)
+    if causal and sq != skv:
+        # ONNX aligns the causal mask top-left (key j <= query i); tcc's `causal` is bottom-right
+        if isinstance(sq, Sym) or isinstance(skv, Sym):
+            raise UnsupportedError(f"Attention node {n.name!r}: is_causal with different symbolic query and "
+                                   f"key lengths {sq}, {skv}")
+        tri = np.where(np.triu(np.ones((sq, skv), dtype=bool), k=1), -np.inf, 0).astype(np.float32)
+        tri_v = imp.const(tri, imp.helper_name(n, "causal"))
+        mask = tri_v if mask is None else imp.emit("Add", [mask, tri_v], {}, n, helper="causal_mask")[0]
+        causal = 0
+    y = imp.emit("Attention", [q, k, v] + ([mask] if mask is not None else []),
+                 {"scale": scale, "causal": causal}, n, n_out=1, helper=None if not three_d else "bhsd")[0]
+    if three_d:
+        t = imp.emit("Transpose", [y], {"perm": [0, 2, 1, 3]}, n, helper="bshd")[0]
+        y = imp.emit("Reshape", [t, imp.const(np.array([0, 0, -1], dtype=np.int64), imp.helper_name(n, "shape"))],
+                     {}, n, n_out=1)[0]
+    return [y] + [None] * (len(n.outputs) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the importer
+# ---------------------------------------------------------------------------------------------
+
+_SYM_RE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def sanitize_symbol(name: str) -> str:
+    """A dim_param as an identifier usable in dims and IR text ("batch size" -> "batch_size")."""
+    s = _SYM_RE.sub("_", name.strip()) or "d"
+    if s[0].isdigit():
+        s = "d_" + s
+    if keyword.iskeyword(s) or s in ("none", "true", "false", "nan", "inf"):
+        s += "_"
+    return s
+
+
+class Importer:
+    def __init__(self, model: onnx.ModelProto, source: str, base_dir: str | None, dims: dict | None):
+        self.model, self.source, self.base_dir = model, source, base_dir
+        self.opset = self._default_opset()
+        self.g = Graph(sanitize_symbol(model.graph.name) if model.graph.name else "main")
+        self.env: dict[str, Value | None] = {"": None}
+        self.dims = dict(dims or {})
+        self.used_dims: set[str] = set()
+        self.fresh = 0
+        self.consumed = {i for nd in model.graph.node for i in nd.input} | {o.name for o in model.graph.output}
+
+    # -- checks ------------------------------------------------------------------------------
+    def _default_opset(self) -> int:
+        ops = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if not ops:
+            raise UnsupportedError(f"{self.source}: the model imports no default-domain ONNX opset")
+        v = ops[0]
+        if not MIN_OPSET <= v <= MAX_OPSET:
+            raise UnsupportedError(f"{self.source}: ONNX opset {v} is not supported (tcc supports "
+                                   f"{MIN_OPSET}..{MAX_OPSET})")
+        return v
+
+    def nodes(self) -> list[OnnxNode]:
+        out = []
+        for i, nd in enumerate(self.model.graph.node):
+            attrs = {a.name: helper.get_attribute_value(a) for a in nd.attribute}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+            version = 0
+            if nd.domain in ("", "ai.onnx"):
+                try:
+                    version = onnx.defs.get_schema(nd.op_type, self.opset, "").since_version
+                except Exception:  # noqa: BLE001  (no such op in the default domain)
+                    version = -1
+            out.append(OnnxNode(nd.op_type, nd.name or f"{nd.op_type}_{i}", list(nd.input), list(nd.output),
+                                attrs, version, nd.domain))
+        return out
+
+    def unsupported(self, nodes: list[OnnxNode]) -> None:
+        """Collect every unsupported op, attribute and dtype; raise them all in one error."""
+        ops: dict[str, str] = {}
+        for n in nodes:
+            h = HANDLERS.get(n.op)
+            qual, why = n.op, None
+            if n.domain not in ("", "ai.onnx"):
+                qual, why = f"{n.domain}.{n.op}", ""
+            elif h is None or n.version < 0:
+                why = ""
+            elif h.versions and n.version not in h.versions:
+                qual, why = f"{n.op}-{n.version}", ""
+            else:
+                extra = sorted(set(n.attrs) - set(h.attrs))
+                why = f"attribute {extra[0]}" if extra else (h.check(n) if h.check else None)
+            if why is not None:
+                ops.setdefault(f"{qual}: {why}", f"{qual} (node {n.name!r}" + (f", {why})" if why else ")"))
+        dtypes = self._bad_dtypes(nodes)
+        parts = []
+        if ops:
+            parts.append(f"unsupported ONNX ops (opset {self.opset}): " + ", ".join(ops.values()))
+        if dtypes:
+            parts.append("unsupported dtypes: " + ", ".join(dtypes))
+        if parts:
+            raise UnsupportedError("; ".join(parts))
+
+    def _bad_dtypes(self, nodes) -> list[str]:
+        bad: dict[str, str] = {}
+        g = self.model.graph
+        inits = {t.name for t in g.initializer}
+
+        def tensor_type(kind, vi):
+            t = vi.type
+            if not t.HasField("tensor_type"):
+                which = t.WhichOneof("value") or "untyped"
+                bad.setdefault(vi.name, f"{kind} {vi.name!r} is a {which.replace('_type', '')}")
+            elif t.tensor_type.elem_type not in DTYPES and (kind == "input" or t.tensor_type.elem_type):
+                bad.setdefault(vi.name, f"{kind} {vi.name!r} is {_dtype_name(t.tensor_type.elem_type)}")
+
+        for vi in g.input:
+            if vi.name not in inits:
+                tensor_type("input", vi)
+        for vi in g.output:
+            tensor_type("output", vi)
+        for vi in g.value_info:
+            if vi.type.HasField("tensor_type"):
+                tensor_type("tensor", vi)
+        for t in g.initializer:
+            if t.data_type not in DTYPES:
+                bad.setdefault(t.name, f"initializer {t.name!r} is {_dtype_name(t.data_type)}")
+        for t in g.sparse_initializer:
+            bad.setdefault(t.values.name, f"sparse initializer {t.values.name!r}")
+        return list(bad.values())
+
+    # -- helpers for handlers ---------------------------------------------------------------------
+    def tensor(self, t: TensorProto) -> np.ndarray:
+        arr = numpy_helper.to_array(t, self.base_dir or "")
+        return np.array(arr, dtype=DTYPES[t.data_type].np)
+
+    def helper_name(self, n: OnnxNode, what: str) -> str:
+        return f"{n.outputs[0] or n.name}.{what}"
+
+    def const(self, arr: np.ndarray, name: str) -> Value:
+        return self.g.add_const(arr, name or "const")
+
+    def const_ints(self, v: Value | None, n: OnnxNode, what: str) -> list:
+        if v is None:
+            return []
+        if v.const is None:
+            raise UnsupportedError(f"{n.op} node {n.name!r}: {what} input %{v.name} is computed at run time; "
+                                   "tcc needs it constant")
+        return as_ints(v.const)
+
+    def heads_first(self, t: Value, heads: int, n: OnnxNode) -> Value:
+        """[B, S, heads*D] -> [B, heads, S, D] (Reshape + Transpose), as ONNX's 3-D Attention does."""
+        shape = self.const(np.array([0, 0, heads, -1], dtype=np.int64), self.helper_name(n, f"{t.name}.shape"))
+        r = self.emit("Reshape", [t, shape], {}, n, helper=f"{t.name}.bshd")[0]
+        return self.emit("Transpose", [r], {"perm": [0, 2, 1, 3]}, n, helper=f"{t.name}.bhsd")[0]
+
+    def additive_mask(self, mask: Value, n: OnnxNode) -> Value:
+        """A bool mask (True = attend) becomes Where(mask, 0, -inf); a float mask is cast to f32."""
+        if mask.dtype == DType.bool:
+            zero = self.const(np.array(0.0, dtype=np.float32), self.helper_name(n, "zero"))
+            ninf = self.const(np.array(-np.inf, dtype=np.float32), self.helper_name(n, "ninf"))
+            return self.emit("Where", [mask, zero, ninf], {}, n, helper="mask")[0]
+        if mask.dtype != DType.f32:
+            return self.emit("Cast", [mask], {"to": "f32"}, n, helper="mask")[0]
+        return mask
+
+    # -- emitting nodes ---------------------------------------------------------------------------
+    def emit(self, op: str, ins: list, attrs: dict, n: OnnxNode, n_out: int | None = None,
+             helper: str | None = None) -> list[Value]:
+        """Add an IR node for ONNX node `n` (named after it); its outputs take n's output names unless
+        `helper` names an intermediate. All-constant small results are folded into constants."""
+        while ins and ins[-1] is None:
+            ins = ins[:-1]
+        node = Node(op, list(ins), [], attrs, n.name)
+        try:
+            types = infer_types(node)
+        except ShapeError as e:
+            shapes = ", ".join(str(v.type) if v is not None else "none" for v in ins)
+            raise ShapeError(f"{e} (ONNX {n.op}, inputs {shapes})") from None
+        except IRError as e:
+            raise ModelFormatError(f"{e} (ONNX {n.op})") from None
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{op} node {n.name!r}: {e}") from None
+        except (ValueError, TypeError) as e:  # symbolic dims that cannot be reasoned about
+            raise UnsupportedError(f"{op} node {n.name!r}: symbolic shapes: {e}") from None
+        if n_out is not None:
+            types = types[:n_out]
+        names = [self.helper_name(n, helper)] * len(types) if helper else \
+            [o or self.helper_name(n, "unused") for o in n.outputs[:len(types)]]
+        folded = self._fold(node, types, names)
+        if folded is not None:
+            return folded
+        out = self.g.add_node(op, ins, attrs, name=n.name, out_names=names, out_types=types)
+        return list(out.outputs)
+
+    def _fold(self, node: Node, types, names) -> list[Value] | None:
+        if not node.inputs or any(v is not None and v.const is None for v in node.inputs):
+            return None
+        if any(not t.is_static for t in types) or sum(int(np.prod(t.shape)) for t in types) > FOLD_LIMIT:
+            return None
+        try:
+            with np.errstate(all="ignore"):
+                results = run_ref(node, [None if v is None else v.const for v in node.inputs])
+        except (ValueError, TypeError, ArithmeticError, IndexError):
+            return None  # e.g. symbolic values an op cannot compute on: keep the node
+        outs = []
+        for r, t, nm in zip(results, types, names):
+            r = np.asarray(r)
+            if tuple(r.shape) != t.shape or (r.dtype == object and t.dtype != DType.i64) or \
+                    (r.dtype != object and r.dtype != t.dtype.np):
+                return None
+            outs.append(self.const(r, nm))
+        return outs
+
+    # -- the whole graph ----------------------------------------------------------------------------
+    def dim(self, d) -> Any:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            return int(d.dim_value)
+        if d.HasField("dim_param") and d.dim_param:
+            name = sanitize_symbol(d.dim_param)
+        else:
+            name = f"d{self.fresh}"
+            self.fresh += 1
+        self.used_dims.add(name)
+        return int(self.dims[name]) if name in self.dims else Sym.symbol(name)
+
+    def run(self) -> Graph:
+        nodes = self.nodes()
+        self.unsupported(nodes)
+        g = self.model.graph
+        params = {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+        while f"d{self.fresh}" in {sanitize_symbol(p) for p in params}:
+            self.fresh += 1
+        inits = {t.name: t for t in g.initializer}
+        for vi in g.input:
+            if vi.name in inits:
+                continue  # an initializer listed as an input is a constant (ONNX IR < 4 style)
+            tt = vi.type.tensor_type
+            shape = [self.dim(d) for d in tt.shape.dim] if tt.HasField("shape") else None
+            if shape is None:
+                raise UnsupportedError(f"input {vi.name!r} has no shape (unknown rank)")
+            self.env[vi.name] = self.g.add_input(vi.name, TensorType(DTYPES[tt.elem_type], tuple(shape)))
+        unknown = set(self.dims) - self.used_dims
+        if unknown:
+            raise TccError(f"dims names unknown symbol(s) {sorted(unknown)}; the model's are {sorted(self.used_dims)}")
+        for t in g.initializer:
+            self.env[t.name] = self.g.add_const(self.tensor(t), t.name, exact_name=True)
+        for n in nodes:
+            self._build(n)
+        self.g.outputs = []
+        for o in g.output:
+            v = self.env.get(o.name)
+            if v is None:
+                raise ModelFormatError(f"{self.source}: graph output {o.name!r} is never produced")
+            self.g.outputs.append(v)
+        self._fix_output_names([o.name for o in g.output])
+        self.g.meta = {"source": self.source, "opset": self.opset,
+                       "producer": " ".join(x for x in (self.model.producer_name, self.model.producer_version) if x)}
+        self.g.verify()
+        return self.g
+
+    def _build(self, n: OnnxNode) -> None:
+        ins = []
+        for name in n.inputs:
+            if name not in self.env:
+                raise ModelFormatError(f"{self.source}: {n.op} node {n.name!r} input {name!r} is not defined "
+                                       "before use")
+            ins.append(self.env[name])
+        try:
+            outs = HANDLERS[n.op].build(self, n, ins)
+        except (KeyError, IndexError) as e:  # a required attribute or input is missing
+            raise ModelFormatError(f"{self.source}: {n.op} node {n.name!r} lacks a required attribute or "
+                                   f"input ({e})") from None
+        for name, v in zip(n.outputs, outs):
+            if name:
+                self.env[name] = v
+
+    def _fix_output_names(self, names: list[str]) -> None:
+        """Graph outputs keep their ONNX names (a helper value may have taken one: rename it)."""
+        changed = False
+        for v, name in zip(self.g.outputs, names):
+            if v.name == name:
+                continue
+            for other in self.g.values():
+                if other.name == name:
+                    other.name = f"{name}.tcc{id(other) % 100000}"
+            if v.name in self.g.constants:
+                self.g.constants[name] = self.g.constants.pop(v.name)
+            v.name = name
+            changed = True
+        if changed:
+            self.g.constants = {v.name: v for v in self.g.constants.values()}
+            self.g.rename_names()
+
+
+def import_onnx(path_or_model, *, dims: dict[str, int] | None = None) -> Graph:
+    """Load an ONNX model (path or ModelProto) into a tcc Graph. `dims` specializes symbolic dims by name."""
+    model, source, base = _load(path_or_model)
+    return Importer(model, source, base, dims).run()

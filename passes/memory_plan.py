@@ -1,0 +1,107 @@
+"""The memory plan's data structures (made by `plan_memory.py`, read by the code generator).
+
+Every value of the graph gets a `Placement`:
+
+    kind "input"   the caller's buffer of graph input `index` (a view of an input too)
+    kind "output"  the caller's buffer of graph output `index` (and every view of / in-place into it)
+    kind "const"   the constant's own data (a view of a constant too)
+    kind "arena"   `offset` bytes into the one intermediate arena (64-byte aligned)
+
+`root` names the value that owns the storage: the value itself, unless it is a view (then the root of its
+input) or written in place into an input's storage (then that input's root).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALIGN = 64
+
+
+@dataclass
+class Placement:
+    kind: str  # "input" | "output" | "const" | "arena"
+    index: int | None  # graph input / output index for kind input/output, else None
+    offset: int  # byte offset in the arena (kind "arena"), else 0
+    root: str  # name of the value that owns the storage (itself unless view / in-place)
+
+
+@dataclass(repr=False)
+class MemoryPlan:
+    placements: dict[str, Placement]  # EVERY value name (inputs, constants, node outputs)
+    arena_bytes: int  # size of the arena (a multiple of ALIGN)
+    total_bytes: int  # sum of the sizes of every intermediate that would own a buffer without planning
+    lower_bound: int  # the largest set of arena storages alive at one node (ALIGN-rounded sizes)
+    # Details for comments and tests (not needed by the code generator):
+    sizes: dict[str, int] = field(default_factory=dict)  # storage root name -> bytes (upper bound)
+    live: dict[str, tuple[int, int]] = field(default_factory=dict)  # arena root -> (first, last) node index
+    inplace_of: dict[str, str] = field(default_factory=dict)  # value -> the input value whose storage it reuses
+    view_of: dict[str, str] = field(default_factory=dict)  # value -> the input value it is a view of
+    strategy: str = ""  # the ordering heuristic that gave the smallest arena
+
+    def __repr__(self) -> str:
+        return (f"MemoryPlan({len(self.placements)} values, arena={self.arena_bytes}, "
+                f"total={self.total_bytes}, lower_bound={self.lower_bound})")
+
+    def comments(self, graph) -> dict[int, list[str]]:
+        """Node index -> comment lines describing where the node's outputs live."""
+        out: dict[int, list[str]] = {}
+        for i, n in enumerate(graph.nodes):
+            lines = []
+            for o in n.outputs:
+                p = self.placements.get(o.name)
+                if p is None:
+                    continue
+                lines.append("plan: " + self.describe(o.name))
+            if lines:
+                out[i] = lines
+        return out
+
+    def describe(self, name: str) -> str:
+        p = self.placements[name]
+        if name in self.inplace_of:
+            text = f"%{name} in-place of %{self.inplace_of[name]}"
+        elif name in self.view_of:
+            text = f"%{name} view of %{self.view_of[name]}"
+        else:
+            text = f"%{name}"
+        if p.kind == "arena":
+            where = f"arena+{p.offset}"
+            if p.root == name:
+                return f"{text} @ {where} ({format_bytes(self.sizes.get(p.root, 0))})"
+            return f"{text} (@ {where})"
+        if p.kind in ("input", "output"):
+            return f"{text} -> {p.kind} {p.index}"
+        return f"{text} -> const"
+
+    def summary_lines(self) -> list[str]:
+        return [f"plan: arena {format_bytes(self.arena_bytes)} (sum of intermediates "
+                f"{format_bytes(self.total_bytes)}, lower bound {format_bytes(self.lower_bound)})"]
+
+    def overlaps(self) -> list[tuple[str, str]]:
+        """Pairs of arena storages alive at the same node whose byte ranges intersect (must be empty)."""
+        roots = [r for r in self.live if self.sizes.get(r, 0) > 0]
+        bad = []
+        for i, a in enumerate(roots):
+            sa, ea = self.live[a]
+            oa = self.placements[a].offset
+            for b in roots[i + 1:]:
+                sb, eb = self.live[b]
+                if sa > eb or sb > ea:
+                    continue
+                ob = self.placements[b].offset
+                if oa < ob + self.sizes[b] and ob < oa + self.sizes[a]:
+                    bad.append((a, b))
+        return bad
+
+
+def format_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):
+        if n < scale * 1024 or unit == "GiB":
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"  # pragma: no cover
+
+
+def align_up(n: int, align: int = ALIGN) -> int:
+    return (n + align - 1) // align * align

@@ -1,0 +1,281 @@
+"""plan-memory: place every intermediate in one arena (liveness + best fit), with views and in-place reuse.
+
+1. Every graph output must own a buffer: an output that is (a view of) a graph input or a constant, or that
+   shares storage with another output, gets a `Copy` node first.
+2. Storage: a view op (kind "view") shares its input's storage; an op with `OpDef.inplace` may write output 0
+   into an input's storage when that input has the output's shape and itemsize, lives in the arena, and its
+   storage dies at this node (input 0 first; other inputs only for elementwise/broadcast ops, whose kernels
+   support any aliased operand). A storage whose value (or a view of it) is graph output `j` is output `j`'s
+   buffer; graph inputs and constants keep their own buffers.
+3. Liveness over the final node order: a storage lives from the node that creates it to the last use of
+   any of its aliases (inclusive). Sizes are `TensorType.nbytes_bound(ctx.symbol_bounds)`.
+4. Offsets: best fit (smallest gap that fits among the storages alive at the same time), 64-byte aligned,
+   tried with a few orderings; the smallest arena wins.
+
+Result: `ctx.stats["plan-memory"]`, a `MemoryPlan` (see memory_plan.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import TccError
+from ..ir.core import Graph, Node, Value
+from ..ir.registry import get_op
+from . import register_pass
+from .memory_plan import ALIGN, MemoryPlan, Placement, align_up
+
+NAME = "plan-memory"
+INF = 1 << 62
+
+
+def is_view(node: Node) -> bool:
+    return (get_op(node.op).kind == "view" and len(node.outputs) == 1 and len(node.inputs) >= 1
+            and node.inputs[0] is not None)
+
+
+def view_root(v: Value) -> Value:
+    """Follow view ops up to the value that owns the buffer."""
+    while v.producer is not None and is_view(v.producer):
+        v = v.producer.inputs[0]
+    return v
+
+
+@dataclass
+class _Storage:
+    root: Value
+    kind: str  # input | output | const | arena
+    index: int | None
+    first: int
+    last: int
+    members: list[Value] = field(default_factory=list)
+    size: int = 0
+    asize: int = 0
+    offset: int = 0
+
+
+def insert_output_copies(graph: Graph, ctx=None) -> int:
+    """Give every graph output a buffer of its own (see module doc). Returns the number of Copies."""
+    seen_roots: set[int] = set()
+    count = 0
+    for j, v in enumerate(list(graph.outputs)):
+        root = view_root(v)
+        duplicate = any(w is v for w in graph.outputs[:j])
+        why = None
+        if root.producer is None:
+            why = "graph input" if any(root is x for x in graph.inputs) else "constant"
+        elif id(root) in seen_roots:
+            why = "storage of another output"
+        seen_roots.add(id(root))
+        if why is None:
+            continue
+        public = v.name
+        if duplicate or any(v is x for x in graph.inputs):
+            out_name = public + ".copy"  # a hint: add_node makes it unique
+        else:
+            # The Copy takes over the public name; the source value is renamed.
+            new_name = graph.unique_name(public + ".src")
+            if v.const is not None:
+                del graph.constants[public]
+                graph.constants[new_name] = v
+            v.name = new_name
+            graph._names.discard(public)
+            out_name = public
+        if v.producer is not None:
+            after = graph.nodes.index(v.producer) + 1
+            before = graph.nodes[after] if after < len(graph.nodes) else None
+        else:
+            before = graph.nodes[0] if graph.nodes else None
+        copy = graph.add_node("Copy", [v], out_names=[out_name], before=before)
+        graph.outputs[j] = copy.outputs[0]
+        count += 1
+        if ctx is not None:
+            ctx.log(NAME, f"output {j} %{public} is (a view of) a {why}: inserted Copy -> %{copy.outputs[0].name}")
+    return count
+
+
+def _last_uses(graph: Graph) -> dict[int, int]:
+    """id(value) -> index of the last node that reads it or any view of it (INF for graph outputs)."""
+    last: dict[int, int] = {}
+    for v in graph.inputs:
+        last[id(v)] = -1
+    for v in graph.constants.values():
+        last[id(v)] = -1
+    for i, n in enumerate(graph.nodes):
+        for o in n.outputs:
+            last[id(o)] = i
+        for v in n.inputs:
+            if v is not None:
+                last[id(v)] = max(last.get(id(v), -1), i)
+    for v in graph.outputs:
+        last[id(v)] = INF
+    for n in reversed(graph.nodes):
+        if is_view(n):
+            src = n.inputs[0]
+            last[id(src)] = max(last[id(src)], last[id(n.outputs[0])])
+    return last
+
+
+def _place(storages: list[_Storage], order: list[_Storage]) -> int:
+    """Best-fit offsets in the given order; returns the arena size."""
+    placed: list[_Storage] = []
+    top = 0
+    for s in order:
+        conflicts = sorted((p for p in placed if not (p.first > s.last or s.first > p.last)),
+                           key=lambda p: p.offset)
+        best = None  # (gap size, offset)
+        end = 0
+        for p in conflicts:
+            gap = p.offset - end
+            if gap >= s.asize and (best is None or gap < best[0]):
+                best = (gap, end)
+            end = max(end, p.offset + p.asize)
+        s.offset = best[1] if best is not None else end
+        top = max(top, s.offset + s.asize)
+        placed.append(s)
+    return top
+
+
+def _max_live(storages: list[_Storage]) -> int:
+    """The largest total size of storages alive at one node (intervals are inclusive)."""
+    events = []
+    for s in storages:
+        events.append((s.first, 0, s.asize))  # starts sort before ends at the same node
+        events.append((s.last, 1, -s.asize))
+    cur = best = 0
+    for _, _, d in sorted(events):
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def plan_memory(graph: Graph, ctx) -> MemoryPlan:
+    copies = insert_output_copies(graph, ctx)
+    if copies:
+        graph.rename_names()
+    nodes = graph.nodes
+    last = _last_uses(graph)
+    out_index: dict[int, int] = {id(view_root(v)): j for j, v in enumerate(graph.outputs)}
+
+    root_of: dict[int, _Storage] = {}
+    storages: list[_Storage] = []
+    inplace_of: dict[str, str] = {}
+    view_of: dict[str, str] = {}
+
+    def new_storage(v: Value, kind: str, index, first: int) -> _Storage:
+        s = _Storage(v, kind, index, first, last.get(id(v), first), [v])
+        storages.append(s)
+        root_of[id(v)] = s
+        return s
+
+    for i, v in enumerate(graph.inputs):
+        new_storage(v, "input", i, -1)
+    for v in graph.constants.values():
+        new_storage(v, "const", None, -1)
+
+    for i, n in enumerate(nodes):
+        if is_view(n):
+            o, src = n.outputs[0], n.inputs[0]
+            s = root_of[id(src)]
+            s.members.append(o)
+            s.last = max(s.last, last[id(o)])
+            root_of[id(o)] = s
+            view_of[o.name] = src.name
+            continue
+        op = get_op(n.op)
+        reused: set[int] = set()
+        for k, o in enumerate(n.outputs):
+            if k == 0 and op.inplace and id(o) not in out_index:
+                s = _inplace_candidate(n, o, i, root_of, op.kind, reused)
+                if s is not None:
+                    src = s[1]
+                    s = s[0]
+                    reused.add(id(s))
+                    s.members.append(o)
+                    s.last = max(s.last, last[id(o)])
+                    root_of[id(o)] = s
+                    inplace_of[o.name] = src.name
+                    continue
+            if id(o) in out_index:
+                new_storage(o, "output", out_index[id(o)], i)
+            else:
+                new_storage(o, "arena", None, i)
+
+    arena = [s for s in storages if s.kind == "arena"]
+    bounds = ctx.symbol_bounds
+    missing: dict[str, Value] = {}
+    for s in arena:
+        for m in s.members:
+            for sym in m.type.symbols - set(bounds):
+                missing.setdefault(sym, m)
+    if missing:
+        example = next(iter(missing.values()))
+        raise TccError(f"plan-memory: no upper bound for shape symbol(s) {', '.join(sorted(missing))} "
+                       f"(needed to size intermediates such as %{example.name} : {example.type}); "
+                       f"give one for each in symbol_bounds")
+    for s in arena:
+        s.size = max(m.type.nbytes_bound(bounds) for m in s.members)
+        s.asize = align_up(s.size)
+
+    live = [s for s in arena if s.asize > 0]
+    orders = {
+        "size": sorted(live, key=lambda s: (-s.asize, s.first, s.last)),
+        "first": sorted(live, key=lambda s: (s.first, -s.asize)),
+        "area": sorted(live, key=lambda s: (-s.asize * (s.last - s.first + 1), s.first)),
+    }
+    best_name, best_top, best_offsets = "", None, None
+    for name, order in orders.items():
+        top = _place(live, order)
+        if best_top is None or top < best_top:
+            best_name, best_top, best_offsets = name, top, {id(s): s.offset for s in live}
+    for s in arena:
+        s.offset = best_offsets.get(id(s), 0) if best_offsets else 0
+    arena_bytes = best_top or 0
+
+    lower = _max_live(live)
+    total = 0
+    for n in nodes:
+        if is_view(n):
+            continue
+        for o in n.outputs:
+            if id(o) not in out_index:
+                total += align_up(o.type.nbytes_bound(bounds))
+
+    placements: dict[str, Placement] = {}
+    for s in storages:
+        for m in s.members:
+            if s.kind == "arena":
+                placements[m.name] = Placement("arena", None, s.offset, s.root.name)
+            else:
+                placements[m.name] = Placement(s.kind, s.index, 0, s.root.name)
+    plan = MemoryPlan(placements, arena_bytes, total, lower,
+                      sizes={s.root.name: s.size for s in storages if s.kind == "arena"},
+                      live={s.root.name: (s.first, s.last) for s in arena},
+                      inplace_of=inplace_of, view_of=view_of, strategy=best_name)
+    return plan
+
+
+def _inplace_candidate(n: Node, o: Value, i: int, root_of: dict, kind: str, reused: set):
+    slots = range(len(n.inputs)) if kind in ("elementwise", "broadcast") else range(min(1, len(n.inputs)))
+    for k in slots:
+        x = n.inputs[k]
+        if x is None:
+            continue
+        s = root_of[id(x)]
+        if s.kind != "arena" or id(s) in reused or s.last != i:
+            continue
+        if tuple(x.shape) != tuple(o.shape) or x.dtype.itemsize != o.dtype.itemsize:
+            continue
+        # Another operand reading the same storage through a different value could see a partly
+        # overwritten buffer in another layout: only the same value (read elementwise) is safe.
+        if any(y is not None and y is not x and root_of[id(y)] is s for y in n.inputs):
+            continue
+        return s, x
+    return None
+
+
+@register_pass(NAME)
+def run(graph: Graph, ctx) -> None:
+    plan = plan_memory(graph, ctx)
+    ctx.stats[NAME] = plan
+    for line in plan.summary_lines():
+        ctx.log(NAME, line)

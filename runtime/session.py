@@ -1,0 +1,164 @@
+"""The Python runtime: `tcc.load(out_dir)` opens a compiled artifact and runs it through its C API."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import RuntimeFeedError, TccError
+from ..ir.dims import Sym, evaluate, parse_dim
+from ..ir.dtypes import DType
+
+MAX_RANK = 8
+DTYPE_ORDER = (DType.f32, DType.f16, DType.f64, DType.i64, DType.i32, DType.i8, DType.u8, DType.bool)
+
+
+class _Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("shape", ctypes.c_int64 * MAX_RANK), ("ndim", ctypes.c_int32),
+                ("dtype", ctypes.c_int32)]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: DType
+    shape: tuple  # ints and symbolic dims (Sym)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+def _info(d: dict) -> TensorInfo:
+    shape = tuple(x if isinstance(x, int) else parse_dim(x) for x in d["shape"])
+    return TensorInfo(d["name"], DType(d["dtype"]), shape)
+
+
+class Session:
+    """A loaded artifact. `run(feeds)` returns a dict of numpy outputs (copies, safe to keep)."""
+
+    def __init__(self, out_dir: str, threads: int | None = None):
+        self.path = os.path.abspath(out_dir)
+        self.manifest = _read_manifest(self.path)
+        self.inputs = [_info(d) for d in self.manifest["inputs"]]
+        self.outputs = [_info(d) for d in self.manifest["outputs"]]
+        self.symbol_bounds: dict[str, int] = dict(self.manifest.get("symbols", {}))
+        lib_path = os.path.join(self.path, self.manifest["library"])
+        try:
+            self._lib = ctypes.CDLL(lib_path, mode=ctypes.RTLD_LOCAL)
+        except OSError as e:
+            raise TccError(f"cannot load {lib_path}: {e} (was it compiled for another target?)") from None
+        self._bind()
+        weights = os.path.join(self.path, self.manifest["weights"]["file"])
+        from .. import flags
+
+        n_threads = threads if threads is not None else flags.get("threads")
+        self._model = self._lib.tcc_model_load(weights.encode(), int(n_threads))
+        if not self._model:
+            raise TccError(self._lib.tcc_model_last_error().decode())
+
+    def _bind(self) -> None:
+        lib = self._lib
+        lib.tcc_model_load.restype = ctypes.c_void_p
+        lib.tcc_model_load.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.tcc_model_free.argtypes = [ctypes.c_void_p]
+        lib.tcc_model_last_error.restype = ctypes.c_char_p
+        lib.tcc_model_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int,
+                                      ctypes.POINTER(_Tensor), ctypes.c_int]
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            self._lib.tcc_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = [i.name for i in self.inputs]
+        unknown = sorted(set(feeds) - set(names))
+        if unknown:
+            raise RuntimeFeedError(f"unknown input(s) {unknown}; the model's inputs are {names}")
+        env: dict[str, int] = {}
+        arrays = []
+        for info in self.inputs:
+            if info.name not in feeds:
+                raise RuntimeFeedError(f"missing input {info.name!r} ({info.dtype}[{','.join(map(str, info.shape))}])")
+            arr = np.asarray(feeds[info.name])
+            if arr.dtype != info.dtype.np:
+                raise RuntimeFeedError(f"input {info.name!r}: expected dtype {info.dtype.np}, got {arr.dtype}")
+            if arr.ndim != len(info.shape):
+                raise RuntimeFeedError(f"input {info.name!r}: expected shape [{','.join(map(str, info.shape))}], "
+                                       f"got {list(arr.shape)}")
+            for d, n in zip(info.shape, arr.shape):
+                if isinstance(d, Sym) and len(d.symbols) == 1 and d == Sym.symbol(next(iter(d.symbols))):
+                    s = next(iter(d.symbols))
+                    if env.setdefault(s, n) != n:
+                        raise RuntimeFeedError(f"input {info.name!r}: dim {s}={n}, but {s}={env[s]} in another input")
+                    if n > self.symbol_bounds.get(s, n):
+                        raise RuntimeFeedError(f"input {info.name!r}: dim {s}={n} exceeds the compiled maximum "
+                                               f"{self.symbol_bounds[s]}; recompile with --max-dim {s}={n}")
+            arrays.append(np.ascontiguousarray(arr))
+        for info, arr in zip(self.inputs, arrays):
+            want = tuple(evaluate(d, env) for d in info.shape)
+            if tuple(arr.shape) != want:
+                raise RuntimeFeedError(f"input {info.name!r}: expected shape {list(want)} "
+                                       f"([{','.join(map(str, info.shape))}]), got {list(arr.shape)}")
+        return arrays
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._model:
+            raise TccError("session is closed")
+        arrays = self._check_feeds(feeds)
+        ins = (_Tensor * max(len(arrays), 1))()
+        for t, arr, info in zip(ins, arrays, self.inputs):
+            t.data = arr.ctypes.data
+            for i, n in enumerate(arr.shape):
+                t.shape[i] = n
+            t.ndim = arr.ndim
+            t.dtype = DTYPE_ORDER.index(info.dtype)
+        outs = (_Tensor * max(len(self.outputs), 1))()
+        rc = self._lib.tcc_model_run(self._model, ins, len(arrays), outs, len(self.outputs))
+        if rc != 0:
+            raise TccError(self._lib.tcc_model_last_error().decode())
+        result = {}
+        for t, info in zip(outs, self.outputs):
+            shape = tuple(t.shape[i] for i in range(t.ndim))
+            dtype = DTYPE_ORDER[t.dtype].np
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            buf = ctypes.string_at(t.data, n) if n else b""
+            result[info.name] = np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+        return result
+
+
+def _read_manifest(path: str) -> dict:
+    mpath = os.path.join(path, "manifest.json")
+    if not os.path.isdir(path):
+        raise TccError(f"{path} is not a compiled tcc artifact directory (run `tcc compile` first)")
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise TccError(f"{path} has no manifest.json: not a tcc artifact") from None
+    except json.JSONDecodeError as e:
+        raise TccError(f"{mpath}: malformed manifest at line {e.lineno} column {e.colno}: {e.msg}") from None
+    for key in ("inputs", "outputs", "library", "weights"):
+        if key not in manifest:
+            raise TccError(f"{mpath}: manifest lacks {key!r}")
+    return manifest
+
+
+def load(out_dir: str, threads: int | None = None) -> Session:
+    """Open a compiled artifact directory."""
+    return Session(out_dir, threads=threads)

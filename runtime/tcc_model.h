@@ -1,0 +1,44 @@
+// The C API of a compiled tcc model (libmodel.so). Part of the tcc runtime; every generated model
+// program implements these functions, and the standalone binaries and Python (ctypes) call them.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TCC_MAX_RANK 8
+
+// Element type codes (same order as tcc.ir.dtypes.DType in tcc.runtime.session).
+enum tcc_dtype { TCC_F32 = 0, TCC_F16 = 1, TCC_F64 = 2, TCC_I64 = 3, TCC_I32 = 4, TCC_I8 = 5, TCC_U8 = 6, TCC_BOOL = 7 };
+
+typedef struct tcc_tensor {
+  void* data;
+  int64_t shape[TCC_MAX_RANK];
+  int32_t ndim;
+  int32_t dtype;  // enum tcc_dtype
+} tcc_tensor;
+
+typedef struct tcc_model tcc_model;
+
+// Load a model: mmap its weights file and allocate its arena once. n_threads <= 0: all cores.
+// Returns NULL on failure; tcc_model_last_error() says why.
+tcc_model* tcc_model_load(const char* weights_path, int n_threads);
+void tcc_model_free(tcc_model* model);
+const char* tcc_model_last_error(void);
+
+// Run once. `inputs` in the manifest's order; `outputs` (n_outputs of them) are filled in with
+// pointers into buffers owned by the model, valid until the next run or free. Returns 0 on success.
+int tcc_model_run(tcc_model* model, const tcc_tensor* inputs, int n_inputs, tcc_tensor* outputs, int n_outputs);
+
+// Metadata (also in manifest.json).
+int tcc_model_num_inputs(void);
+int tcc_model_num_outputs(void);
+const char* tcc_model_input_name(int i);
+const char* tcc_model_output_name(int i);
+int64_t tcc_model_arena_bytes(void);
+int64_t tcc_model_weights_bytes(void);
+
+#ifdef __cplusplus
+}
+#endif

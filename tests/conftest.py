@@ -1,0 +1,41 @@
+"""Shared test fixtures: compiled-artifact caching and ONNX Runtime helpers."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+MODELS_DIR = os.path.join(os.path.dirname(__file__), "models")
+
+
+def ort_run(model_path_or_bytes, feeds: dict) -> dict:
+    """Run a model through ONNX Runtime (the correctness oracle) on the CPU, single threaded."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model_path_or_bytes, so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory):
+    """A session-wide directory for compiled artifacts (each test names its own subdirectory)."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _build_cache(tmp_path_factory):
+    """Keep build trees out of the user's ~/.cache: one per test session (ccache still shares objects)."""
+    from tcc import flags
+
+    if not os.environ.get("TCC_CACHE_DIR"):
+        flags.set_flag("cache-dir", str(tmp_path_factory.mktemp("tcc-cache")))
+    yield
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)

@@ -1,0 +1,128 @@
+"""Fixtures for the x86 kernel tests: every x86 kernel variant built once into one shared library.
+
+`x86_kernel_lib` renders all of `tcc.backends.x86.kernels.VARIANTS`, builds them with the tcc runtime
+linked in (`codegen/cmake.py: build_library`) and loads the result as a ctypes.CDLL subclass:
+`lib.kernel(spec)` returns the kernel with argtypes derived from the family's C signature (pointers
+are c_void_p: pass `array.ctypes.data`, and keep the arrays alive across the call); `lib.pool(n)` is
+a context manager around tcc_pool_create/tcc_pool_destroy; `x86_pool` runs a test serially (null
+pool) and with a 2-thread pool.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tcc.backends.x86.target import TARGET, host_supports
+from tcc.codegen.cmake import build_library
+from tcc.codegen.kernels import KernelSpec, write_kernels
+
+_C_TYPES = {
+    "int64_t": ctypes.c_int64,
+    "int32_t": ctypes.c_int32,
+    "int": ctypes.c_int,
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+}
+
+
+def argtypes_of(signature: str) -> list:
+    """ctypes argtypes for a C prototype: every pointer is c_void_p, scalars map by type name."""
+    params = signature[signature.index("(") + 1: signature.rindex(")")]
+    types = []
+    for param in filter(None, (p.strip() for p in params.split(","))):
+        if "*" in param:
+            types.append(ctypes.c_void_p)
+            continue
+        ctype = re.sub(r"\s+\w+$", "", param).replace("const ", "").strip()
+        if ctype not in _C_TYPES:
+            raise TypeError(f"no ctypes mapping for parameter {param!r} in {signature!r}")
+        types.append(_C_TYPES[ctype])
+    return types
+
+
+def ptr(a) -> int | None:
+    """The address of a numpy array's first element (None for None), for c_void_p arguments."""
+    return None if a is None else a.ctypes.data
+
+
+class KernelLib(ctypes.CDLL):
+    """A loaded kernel library (a ctypes.CDLL): kernels by spec, plus the tcc runtime API with its
+    argtypes declared (lib.tcc_pool_create, lib.tcc_error_message, ...)."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+        self.tcc_pool_create.argtypes, self.tcc_pool_create.restype = [ctypes.c_int], ctypes.c_void_p
+        self.tcc_pool_destroy.argtypes, self.tcc_pool_destroy.restype = [ctypes.c_void_p], None
+        self.tcc_pool_threads.argtypes, self.tcc_pool_threads.restype = [ctypes.c_void_p], ctypes.c_int
+        self.tcc_parallel_for.restype = None
+        self.tcc_error_pending.argtypes, self.tcc_error_pending.restype = [], ctypes.c_int
+        self.tcc_error_message.argtypes, self.tcc_error_message.restype = [], ctypes.c_char_p
+        self.tcc_clear_error.argtypes, self.tcc_clear_error.restype = [], None
+        self._kernels: dict[str, ctypes._CFuncPtr] = {}
+
+    @property
+    def cdll(self) -> "KernelLib":
+        return self
+
+    def kernel(self, spec: KernelSpec):
+        fn = self._kernels.get(spec.name)
+        if fn is None:
+            fn = getattr(self, spec.name)
+            fn.argtypes = argtypes_of(spec.signature)
+            fn.restype = None
+            self._kernels[spec.name] = fn
+        return fn
+
+    def pool_create(self, n_threads: int) -> int:
+        return self.tcc_pool_create(n_threads)
+
+    def pool_destroy(self, pool: int | None) -> None:
+        self.tcc_pool_destroy(pool)
+
+    @contextlib.contextmanager
+    def pool(self, n_threads: int):
+        handle = self.pool_create(n_threads)
+        try:
+            yield handle
+        finally:
+            self.pool_destroy(handle)
+
+
+@pytest.fixture(scope="session")
+def x86_kernel_lib(tmp_path_factory) -> KernelLib:
+    ok, reason = host_supports(TARGET)
+    if not ok:
+        pytest.skip(f"x86 kernels need AVX2/FMA: {reason}")
+    from tcc.backends.x86.kernels import VARIANTS
+    from tcc.codegen.kernels import TEMPLATE_DIR
+
+    missing = sorted({s.template for s in VARIANTS if not os.path.exists(os.path.join(TEMPLATE_DIR, s.template))})
+    if missing:  # one clear error instead of a Jinja traceback from deep inside the fixture
+        raise FileNotFoundError(f"x86 VARIANTS use templates that do not exist: {', '.join(missing)}")
+    build_dir = tmp_path_factory.mktemp("x86_kernels")
+    sources = write_kernels(VARIANTS, str(build_dir / "kernels"))
+    return KernelLib(build_library(sources, str(build_dir), TARGET, "tcc_x86_kernels"))
+
+
+@pytest.fixture(scope="session")
+def x86_pool2(x86_kernel_lib):
+    """A 2-thread pool shared by the session (the machine under test has 2 cores)."""
+    with x86_kernel_lib.pool(2) as pool:
+        yield pool
+
+
+@pytest.fixture(params=["serial", "pool2"])
+def x86_pool(request, x86_kernel_lib):
+    """Each test runs with a null pool and with the 2-thread pool."""
+    return None if request.param == "serial" else request.getfixturevalue("x86_pool2")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240607)
