@@ -138,7 +138,9 @@ def cmd_ir(args) -> int:
         for name, arr in run_graph(graph, _feeds(args.run)).items():
             print(f"{name}: {arr.dtype}{list(arr.shape)}\n{arr}")
         return 0
-    text = to_dot(graph) if args.dot else render(graph, ctx)
+    # A file gets its large constants in blobs/ beside it, so `tcc ir FILE --run` can execute it.
+    blob_dir = os.path.join(os.path.dirname(os.path.abspath(args.output)), "blobs") if args.output else None
+    text = to_dot(graph) if args.dot else render(graph, ctx, blob_dir=blob_dir)
     if args.output:
         tmp = args.output + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -147,7 +147,10 @@ def _first_error(log: str) -> str:
 
 
 def _run(cmd: list[str], env: dict, log_path: str, what: str) -> None:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    except OSError as e:
+        raise BuildError(f"{what} failed: cannot run {cmd[0]}: {e.strerror}") from None
     with open(log_path, "a", encoding="utf-8") as log:
         log.write("$ " + shlex.join(cmd) + "\n" + proc.stdout + "\n")
     if proc.returncode != 0:
@@ -157,11 +160,15 @@ def _run(cmd: list[str], env: dict, log_path: str, what: str) -> None:
         raise BuildError(f"{what} failed: {err} (full log: {log_path})")
 
 
-def _env() -> dict:
+def _env(build_dir: str) -> dict:
     env = dict(os.environ)
     env["LC_ALL"] = "C"  # untranslated compiler messages, so _first_error can find them
-    # CCACHE_DIR is left to the user (ccache's default otherwise): one ccache shared by every build
-    # directory and test session is what makes rebuilding the same kernels nearly free.
+    # One ccache (the user's CCACHE_DIR or ccache's default) shared by every build directory and test
+    # session is what makes rebuilding the same kernels nearly free. ccache hashes the command line,
+    # which names the build directory; with the build directory as base dir those paths become
+    # relative, so the same kernel compiled in another directory is a hit.
+    env.setdefault("CCACHE_BASEDIR", build_dir)
+    env.setdefault("CCACHE_NOHASHDIR", "1")
     return env
 
 
@@ -182,7 +189,7 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     bin_dir = os.path.join(build_dir, "cmake-build")
     log_path = os.path.join(build_dir, "build.log")
     open(log_path, "w").close()
-    env = _env()
+    env = _env(build_dir)
 
     text = cmakelists(sources, build_dir, target, name, extra_executables)
     write_if_changed(os.path.join(build_dir, "CMakeLists.txt"), text)

@@ -51,6 +51,11 @@ def register_family(family: KernelFamily) -> KernelFamily:
     return family
 
 
+# The order params appear in a kernel's name, so names read as a contract: the operation, then the
+# types (source before destination), then layout details: tcc_binary_add_f32, tcc_cast_f32_f16.
+NAME_ORDER = ("op", "src", "dst", "dtype", "upper", "esize")
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     target: str
@@ -70,8 +75,9 @@ class KernelSpec:
 
     @property
     def name(self) -> str:
-        parts = [str(v) for _, v in self.params]
-        return "_".join(["tcc", self.family, *parts]) + "__" + self.variant
+        ordered = sorted(self.params, key=lambda kv: (NAME_ORDER.index(kv[0]) if kv[0] in NAME_ORDER
+                                                      else len(NAME_ORDER), kv[0]))
+        return "_".join(["tcc", self.family, *(str(v) for _, v in ordered)]) + "__" + self.variant
 
     @property
     def template(self) -> str:

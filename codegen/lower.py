@@ -53,6 +53,9 @@ def broadcast_strides(shape, out_shape) -> list[Dim]:
     return out
 
 
+# Families whose kernels compute in f32 only: any other float dtype is refused at code generation.
+F32_ONLY = frozenset({"gemm", "matmul", "attention", "softmax", "norm", "rope"})
+
 DTYPE_CODE = {DType.f32: "f32", DType.i64: "i64", DType.i32: "i32", DType.bool: "bool", DType.f16: "f16",
               DType.i8: "i8", DType.u8: "u8"}
 
@@ -127,6 +130,8 @@ class Emitter:
             base = f"m->out[{root.index}]"
         elif root.kind == "arena":
             base = f"(m->arena + {root.offset})"
+        elif root.kind == "const":  # a view of a constant (when folding was disabled)
+            return self._const_ptr(self.graph.constants[p.root], ctype)
         else:
             raise TccError(f"value %{v.name} has no storage (placement {p})")
         return f"(({ctype}*){base})"
@@ -147,6 +152,11 @@ class Emitter:
 
     # -- kernel calls -----------------------------------------------------------------------------
     def call(self, node: Node, family: str, args: list[str], check_error: bool = False, **params) -> None:
+        if family in F32_ONLY:
+            for v in [*node.inputs, *node.outputs]:
+                if v is not None and v.dtype.is_float and v.dtype != DType.f32:
+                    raise UnsupportedError(f"{node.op} node {node.name!r}: {v.dtype} tensor %{v.name} is not "
+                                           f"supported by the {family} kernels (f32 only)")
         spec = self.select(family, variant=self.variant, **params) if self.variant else None
         spec = spec or self.select(family, **params)
         if spec is None:

@@ -7,10 +7,13 @@ Reduce* axes, Squeeze/Unsqueeze axes, Split sizes, Softmax axis, Cast `to`, Tran
 attributes; Reshape/Expand/Slice/Range/ConstantOfShape/Tile shape-like operands stay inputs, which must be
 constant, possibly symbolic. Nodes whose inputs are all constants and whose result is small (shape
 computations) are folded while importing, so Shape -> Gather -> Concat -> Reshape chains give symbolic
-shapes. LayerNormalization -> LayerNorm, RMSNormalization -> RMSNorm, Attention -> tcc Attention.
+shapes. LayerNormalization -> LayerNorm (decomposed into primitive ops when its Mean/InvStdDev outputs
+are used), RMSNormalization -> RMSNorm, Attention (opset 23) -> tcc Attention; Sum/Mean -> Add chains,
+inference Dropout -> Identity, CastLike -> Cast, Size/Shape -> constants, ReduceX with
+noop_with_empty_axes and no axes -> Identity.
 
-Accepted: default-domain opsets 13..23, and newer opsets (up to what the installed onnx knows) whenever
-every node resolves to an op version vetted here (later versions of most ops only add dtypes).
+Accepted: default-domain opsets 13..23, and 24..27 as long as every node resolves to an op version vetted
+here (those versions only add dtypes, except Attention-24, which is refused).
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from ..errors import IRError, ModelFormatError, ShapeError, TccError, Unsupporte
 from ..ir.core import Graph, Node, TensorType, Value
 from ..ir.dims import Sym, product
 from ..ir.dtypes import DType
+from ..ir.ops.movement import split_parts
 from ..ir.ops.shape import shape_constant
-from ..ir.registry import as_ints, get_op, infer_types, run_ref
+from ..ir.registry import as_ints, infer_types, run_ref
 
 MIN_OPSET = 13
 # Opsets 24..27 (onnx 1.22) only add dtypes to the ops handled here (checked op by op: Reshape-25,
@@ -291,29 +295,26 @@ def _unsqueeze(imp, n, ins):
 
 @handler("Split", "axis num_outputs split")
 def _split(imp, n, ins):
-    x = ins[0]
-    axis = n.attrs.get("axis", 0)
-    rank = x.type.rank
-    if not -rank <= axis < rank:
-        raise ShapeError(f"Split node {n.name!r}: axis {axis} out of range for {x.type}")
-    d = x.shape[axis % rank]
-    k = len(n.outputs)
+    """The split input (13+) or attribute become `split`; otherwise len(outputs) (or num_outputs)
+    chunks, given as explicit sizes when the dim is static."""
+    x, axis = ins[0], n.attrs.get("axis", 0)
     if len(ins) > 1 and ins[1] is not None:
-        parts = imp.const_ints(ins[1], n, "split")
+        attrs = {"split": imp.const_ints(ins[1], n, "split")}
     elif "split" in n.attrs:
-        parts = list(n.attrs["split"])
-    elif "num_outputs" in n.attrs:
-        # opset 18: chunks of ceil(d / k), the last one smaller
-        k = n.attrs["num_outputs"]
-        chunk = -(-d // k) if not isinstance(d, Sym) else (d + k - 1) // k
-        parts = [chunk] * (k - 1) + [d - chunk * (k - 1)]
+        attrs = {"split": list(n.attrs["split"])}
     else:
-        if not isinstance(d, Sym) and d % k:
+        k = n.attrs.get("num_outputs", len(n.outputs))
+        d = x.shape[axis % x.type.rank] if x.type.rank else None
+        if isinstance(d, int) and "num_outputs" not in n.attrs and d % k:
             raise ShapeError(f"Split node {n.name!r}: dim {d} of {x.type} does not split evenly into {k}")
-        parts = [d // k] * k
-    if len(parts) != len(n.outputs):
-        raise ShapeError(f"Split node {n.name!r}: {len(parts)} parts {parts} for {len(n.outputs)} outputs")
-    return imp.emit("Split", ins[:1], {"axis": axis, "split": parts}, n)
+        attrs = {"num_outputs": k}
+        if isinstance(d, int):  # static: explicit sizes
+            attrs = {"split": split_parts(d, {"split": None, "num_outputs": k})}
+    attrs = {"axis": axis, **attrs}
+    outs = imp.emit("Split", ins[:1], attrs, n)
+    if len(outs) != len(n.outputs):
+        raise ShapeError(f"Split node {n.name!r}: {len(outs)} parts for {len(n.outputs)} outputs")
+    return outs
 
 
 def _reduce_axes_from_input(n) -> bool:

@@ -188,7 +188,9 @@ class Sym:
     def __str__(self) -> str:
         out = ""
         for m, c in self.terms:
-            factors = [a if isinstance(a, str) else str(a) for a in m]
+            # a floor-division atom after a factor or a minus sign needs parentheses to parse back
+            paren = c != 1 or len(m) > 1
+            factors = [a if isinstance(a, str) else (f"({a})" if paren else str(a)) for a in m]
             mag = abs(c)
             body = "*".join(([str(mag)] if mag != 1 or not factors else []) + factors)
             if not out:

@@ -59,6 +59,10 @@ def format_scalar(x: Any) -> str:
             return "nan"
         if math.isinf(f):
             return "inf" if f > 0 else "-inf"
+        if float(np.float32(f)) == f:
+            # A float32 value (weights, ONNX float attributes): its shortest float32 spelling reads back
+            # to the same float32, and `1e-06` reads better than `9.999999974752427e-07`.
+            return str(np.float32(f))
         return repr(f)
     if isinstance(x, str):
         return json.dumps(x)

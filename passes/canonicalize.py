@@ -19,7 +19,7 @@ import numpy as np
 from ..ir.core import Graph, Node
 from ..ir.dtypes import DType
 from . import register_pass
-from .rewrite_utils import as_f32, attrs, is_graph_output, only_consumer, replace_value
+from .rewrite_utils import as_f32, attrs, only_consumer, replace_value
 
 NAME = "canonicalize"
 

@@ -5,6 +5,7 @@
 - Clip with run-time bounds -> Max/Min
 - Gather with i32 indices -> Cast to i64 first
 - Pow with an exponent of another dtype -> Cast the exponent
+- integer Mod with fmod=1 -> a - trunc(a / b) * b
 - Reduce* over non-adjacent axes -> Transpose the reduced axes to the end, reduce, Reshape
 - LayerNorm/RMSNorm with a gamma/beta that only broadcasts over the normalized axes -> full-size constant
 """
@@ -133,5 +134,15 @@ def _norm(graph: Graph, node: Node) -> bool:
     return changed
 
 
-RULES = {"Gemm": _gemm, "Max": _variadic, "Min": _variadic, "Clip": _clip, "Gather": _gather, "Pow": _pow,
+def _mod(graph: Graph, node: Node) -> bool:
+    a, b = node.inputs
+    if not node.attrs.get("fmod", 0) or a.dtype.is_float:
+        return False
+    # Integer fmod (sign of the dividend) = a - trunc(a / b) * b; integer Div truncates toward zero.
+    q = graph.add_node("Div", [a, b], before=node).output
+    y = graph.add_node("Sub", [a, graph.add_node("Mul", [q, b], before=node).output], before=node).output
+    return _replace(graph, node, y)
+
+
+RULES = {"Gemm": _gemm, "Max": _variadic, "Min": _variadic, "Clip": _clip, "Gather": _gather, "Pow": _pow, "Mod": _mod,
          "LayerNorm": _norm, "RMSNorm": _norm, **{op: _reduce for op in REDUCES}}

@@ -22,7 +22,7 @@ from ..errors import TccError
 from ..ir.core import Graph, Node, Value
 from ..ir.registry import get_op
 from . import register_pass
-from .memory_plan import ALIGN, MemoryPlan, Placement, align_up
+from .memory_plan import MemoryPlan, Placement, align_up
 
 NAME = "plan-memory"
 INF = 1 << 62

@@ -45,11 +45,7 @@ class Session:
         self.inputs = [_info(d) for d in self.manifest["inputs"]]
         self.outputs = [_info(d) for d in self.manifest["outputs"]]
         self.symbol_bounds: dict[str, int] = dict(self.manifest.get("symbols", {}))
-        lib_path = os.path.join(self.path, self.manifest["library"])
-        try:
-            self._lib = ctypes.CDLL(lib_path, mode=ctypes.RTLD_LOCAL)
-        except OSError as e:
-            raise TccError(f"cannot load {lib_path}: {e} (was it compiled for another target?)") from None
+        self._lib = _dlopen_fresh(os.path.join(self.path, self.manifest["library"]))
         self._bind()
         weights = os.path.join(self.path, self.manifest["weights"]["file"])
         from .. import flags
@@ -109,7 +105,8 @@ class Session:
                     if n > self.symbol_bounds.get(s, n):
                         raise RuntimeFeedError(f"input {info.name!r}: dim {s}={n} exceeds the compiled maximum "
                                                f"{self.symbol_bounds[s]}; recompile with --max-dim {s}={n}")
-            arrays.append(np.ascontiguousarray(arr))
+            # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+            arrays.append(arr if arr.flags.c_contiguous else arr.copy(order="C"))
         for info, arr in zip(self.inputs, arrays):
             want = tuple(evaluate(d, env) for d in info.shape)
             if tuple(arr.shape) != want:
@@ -140,6 +137,32 @@ class Session:
             buf = ctypes.string_at(t.data, n) if n else b""
             result[info.name] = np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
         return result
+
+
+def _dlopen_fresh(lib_path: str) -> ctypes.CDLL:
+    """dlopen a library so that a recompiled file at the same path is really loaded.
+
+    glibc returns an already-loaded object when the *name* matches, so reloading an artifact that was
+    rebuilt in place would run the old code. Loading through a uniquely named symlink avoids the name
+    match; an unchanged file (same inode) still shares one mapping.
+    """
+    import tempfile
+
+    if not os.path.exists(lib_path):
+        raise TccError(f"{lib_path} not found: the artifact is incomplete (recompile it)")
+    tmp = tempfile.mkdtemp(prefix="tcc-dl-")
+    link = os.path.join(tmp, os.path.basename(lib_path))
+    try:
+        os.symlink(os.path.abspath(lib_path), link)
+        return ctypes.CDLL(link, mode=ctypes.RTLD_LOCAL)
+    except OSError as e:
+        raise TccError(f"cannot load {lib_path}: {e} (was it compiled for another target?)") from None
+    finally:
+        try:
+            os.unlink(link)
+            os.rmdir(tmp)
+        except OSError:
+            pass
 
 
 def _read_manifest(path: str) -> dict:

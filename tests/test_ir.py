@@ -207,3 +207,15 @@ def test_parse_rejects_use_before_def():
     text = "graph main(%x: f32[2]) -> (%y) {\n  %y : f32[2] = Neg(%t)\n  %t : f32[2] = Relu(%x)\n  return %y\n}\n"
     with pytest.raises(IRError, match="used before it is defined"):
         parse_graph(text)
+
+
+def test_round_trip_symbolic_floor_division(tmp_path):
+    """Split into 2 of a symbolic dim gives parts (seq+1)//2 and seq-(seq+1)//2; their printed forms must
+    parse back to the same dims (a leading minus or a factor before a floor division needs parentheses)."""
+    m = model_for("Split", {"x": X}, {"axis": 1, "num_outputs": 2}, n_out=2, opset=18, sym=B)
+    g = import_onnx(m)
+    assert [str(v.type) for v in g.outputs] == ["f32[batch,(seq+1)//2,4]", "f32[batch,-((seq+1)//2)+seq,4]"]
+    text = print_graph(g)
+    assert print_graph(parse_graph(text)) == text
+    out = run_graph(parse_graph(text), {"x": f32(2, 5, 4)})
+    assert [a.shape for a in out.values()] == [(2, 3, 4), (2, 2, 4)]

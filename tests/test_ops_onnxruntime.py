@@ -11,6 +11,8 @@ the exact result; ORT's f32 kernels are a few ulp off):
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import onnx
@@ -57,9 +59,38 @@ def model_for(op: str, inputs: dict, attrs: dict | None = None, *, consts: dict 
     return model
 
 
-def check(model, feeds: dict, tol=EXACT, dims=None):
+@pytest.fixture(autouse=True, params=["interpreter", "compiled"])
+def engine(request, tmp_path_factory):
+    """Every op test runs twice: through the reference interpreter, and through `tcc.compile` + the
+    generated x86 kernels (one build tree per worker, reused, so ccache serves repeated kernels)."""
+    global ENGINE, BUILD_DIR
+    ENGINE = request.param
+    if BUILD_DIR is None:
+        BUILD_DIR = str(tmp_path_factory.mktemp("op-build"))
+    yield request.param
+
+
+ENGINE = "interpreter"
+BUILD_DIR: str | None = None
+
+
+def run_tcc(model, feeds: dict, dims=None):
+    """tcc's outputs for a one-node model on the current engine, and the imported graph."""
     g = import_onnx(model, dims=dims)
-    got = run_graph(g, feeds)
+    if ENGINE == "interpreter":
+        return run_graph(g, feeds), g
+    import tcc
+
+    path = os.path.join(BUILD_DIR, "model.onnx")
+    onnx.save(model, path)
+    out = os.path.join(BUILD_DIR, "artifact")
+    tcc.compile(path, out, dims=dims or {}, build_dir=os.path.join(BUILD_DIR, "build"))
+    with tcc.load(out) as sess:
+        return sess.run(feeds), g
+
+
+def check(model, feeds: dict, tol=EXACT, dims=None):
+    got, g = run_tcc(model, feeds, dims)
     want = ort_run(model.SerializeToString(), feeds)
     assert list(got) == list(want)
     for name, w in want.items():
@@ -418,9 +449,8 @@ def test_range(vals, dt):
     consts = {k: np.array(v, dtype=dt) for k, v in zip("sld", vals)}
     x = f32(1)
     m = model_for("Range", {}, consts=consts)
-    g = import_onnx(m)
     want = ort_run(m.SerializeToString(), {})["y0"]
-    got = run_graph(g, {})["y0"]
+    got = run_tcc(m, {})[0]["y0"]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.dtype == want.dtype and x.size == 1
 
@@ -439,7 +469,7 @@ def test_shape_and_constant_of_shape():
     check(model_for("Shape", {"x": x}, {"start": 1, "end": -1}, opset=15), {"x": x})
     value = numpy_helper.from_array(np.array([7], np.int64))
     m = model_for("ConstantOfShape", {}, {"value": value}, consts={"s": np.array([2, 3], np.int64)})
-    np.testing.assert_array_equal(run_graph(import_onnx(m), {})["y0"], ort_run(m.SerializeToString(), {})["y0"])
+    np.testing.assert_array_equal(run_tcc(m, {})[0]["y0"], ort_run(m.SerializeToString(), {})["y0"])
 
 
 # -- normalizations / attention ---------------------------------------------------------------------

@@ -2,9 +2,10 @@
 reduce, softmax, norm, copy, gather, range, trilu, fill.
 
 The per-op logic lives here as C expressions (scalar, and AVX2 where a family has an `avx2` variant);
-the templates in `codegen/templates/x86/` only substitute them and unroll loops. Scalar helpers the
-expressions call (`tcc_idiv`, `tcc_f32_to_f16`, ...) are in `codegen/templates/x86/_scalar.inc.j2`; the
-AVX2 vector math (`tcc::avx2::exp_ps`, ...) is in `runtime/tcc_math_avx2.h`.
+the templates in `codegen/templates/x86/<family>-<variant>.cpp.j2` only substitute them and unroll loops.
+Scalar helpers the expressions call (`tcc_idiv`, `tcc_f32_to_f16`, ...) are in
+`codegen/templates/x86/_scalar_ops.inc.j2`, the broadcasting N-d iteration in `_nd_iter.inc.j2`, and the
+AVX2 vector math (`tcc::avx2::exp_ps`, ...) in `runtime/tcc_math_avx2.h`.
 
 Which variants exist (the `VARIANTS` list at the bottom is the authority):
   binary, where     scalar for every dtype; avx2 for f32 (all ops, comparisons included)
@@ -229,7 +230,8 @@ def _reduce_context(spec: KernelSpec) -> dict[str, Any]:
         finish = "(r ? acc / r : 0)" if op == "mean" else "acc"  # integer mean of nothing: 0 (no NaN)
     vector = {"sum": "_mm256_add_ps(acc, v)", "mean": "_mm256_add_ps(acc, v)", "prod": "_mm256_mul_ps(acc, v)",
               "max": "tcc::avx2::max_ps(acc, v)", "min": "tcc::avx2::min_ps(acc, v)"}[op]
-    return {"T": t, "identity": identity, "scalar_combine": combine, "finish": finish,
+    empty = ("NaN" if dt == "f32" else "0") if op == "mean" else identity
+    return {"T": t, "identity": identity, "scalar_combine": combine, "finish": finish, "empty_result": empty,
             "vector_combine": vector if dt == "f32" else None, "grain": GRAIN_CHEAP}
 
 

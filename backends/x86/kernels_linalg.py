@@ -47,7 +47,7 @@ def _matmul_context(spec: KernelSpec) -> dict:
     if spec.variant == "avx2":
         # AXPY path (b_cs == 1): MR x NR register tiles, like gemm. DOT path (b_rs == a_cs == 1): tiles
         # of dot products; one row gets 8 columns so 8 independent FMA chains hide the FMA latency.
-        ctx.update(MR=6, NR=16, KC=256, ROW_BLOCK=48, COL_BLOCK=256, DOT_TILES=[(1, 8), (2, 4)],
+        ctx.update(MR=6, NR=16, KC=256, ROW_VECS=8, ROW_BLOCK=48, COL_BLOCK=256, DOT_TILES=[(1, 8), (2, 4)],
                    DOT_ROW_BLOCK=16, DOT_COL_BLOCK=64)
     return ctx
 

@@ -27,7 +27,7 @@ from ..core import TensorType
 from ..dims import Sym
 from ..dtypes import DType
 from ..registry import REQUIRED, broadcast_shapes, register_op
-from ._common import (ALL, FLOATS, INTS, MANY, NUMERIC, check_dtypes, is_obj, objwise, quiet,
+from ._common import (ALL, FLOATS, MANY, NUMERIC, check_dtypes, is_obj, objwise, quiet,
                       same_dtype, tidy, to_obj)
 
 # -- unary --------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ Slice(x, starts, ends, axes?, steps?)  index inputs stay inputs (they are often 
                                     must be constant, possibly symbolic. ONNX clamping; against a
                                     symbolic dim d: end >= 2^31-1 means d, a negative start/end means
                                     d + it, and a non-negative constant is taken to lie within d.
-Split(x) {axis=0, split}            `split` explicit (the frontend turns the ONNX input, attribute or
-                                    num_outputs into it; entries may be symbolic); one output per part.
+Split(x) {axis=0, split=None, num_outputs=0}   `split` lists the sizes (the frontend turns ONNX's split
+                                    input or attribute into it; at most one entry symbolic); without it,
+                                    num_outputs chunks of ceil(dim / n), the last smaller (ONNX 18's rule,
+                                    equal parts when n divides dim); one output per part.
 Gather(data, indices) {axis=0}      negative indices count from the end; runs on symbolic constants.
 Trilu(x, k?) {upper=1}              k stays an optional scalar input (may be computed at run time).
 Tile(x, repeats)                    repeats input, constant.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ShapeError
+from ...errors import ShapeError, UnsupportedError
 from ..core import TensorType
 from ..dims import Sym
 from ..dtypes import DType
@@ -143,10 +145,25 @@ register_op("Slice", infer=_slice_infer, ref=_slice_ref, kind="injective", input
 
 # -- Split ------------------------------------------------------------------------------------------
 
+def split_parts(d, attrs) -> list:
+    """The part sizes: `split` when given, else `num_outputs` chunks of ceil(d / n), the last smaller
+    (ONNX opset 18; equal parts when n divides d, as opset 13 requires)."""
+    if attrs["split"] is not None:
+        return list(attrs["split"])
+    k = int(attrs["num_outputs"])
+    if k < 1:
+        raise ShapeError("Split needs `split` or num_outputs >= 1")
+    chunk = (d + k - 1) // k if isinstance(d, Sym) else -(-d // k)
+    return [chunk] * (k - 1) + [d - chunk * (k - 1)]
+
+
 def _split_infer(ins, attrs):
     shape = ins[0].shape
     axis = norm_axis(attrs["axis"], len(shape), "Split axis")
-    parts = list(attrs["split"])
+    parts = split_parts(shape[axis], attrs)
+    if sum(isinstance(p, Sym) for p in parts) > 1 and attrs["split"] is not None:
+        raise UnsupportedError(f"Split sizes {parts}: at most one may be symbolic (it is solved at run time "
+                               "from the input dim)")
     total = sum(parts[1:], parts[0]) if parts else 0
     if not isinstance(total, Sym) and not isinstance(shape[axis], Sym) and total != shape[axis]:
         raise ShapeError(f"Split {parts} does not add up to dim {shape[axis]} of {shape_str(shape)}")
@@ -156,14 +173,16 @@ def _split_infer(ins, attrs):
 def _split_ref(xs, attrs):
     x = xs[0]
     axis = attrs["axis"] % x.ndim
-    parts = [int(p) for p in attrs["split"]] if all(not isinstance(p, Sym) for p in attrs["split"]) else None
-    if parts is None:
-        raise ValueError("Split with symbolic parts runs only under a binding")
+    parts = split_parts(x.shape[axis], attrs)
+    sym = [i for i, p in enumerate(parts) if isinstance(p, Sym)]
+    if sym:  # the one symbolic size is what the others leave of the (concrete) dim
+        parts[sym[0]] = x.shape[axis] - sum(int(p) for i, p in enumerate(parts) if i != sym[0])
     return [np.array(p) for p in np.split(x, np.cumsum(parts)[:-1], axis=axis)]
 
 
 register_op("Split", infer=_split_infer, ref=_split_ref, kind="injective", inputs=1, outputs=None,
-            attrs={"axis": 0, "split": REQUIRED}, doc="split along axis into parts of the listed sizes")
+            attrs={"axis": 0, "split": None, "num_outputs": 0},
+            doc="split along axis into `split` sizes, or num_outputs chunks of ceil(dim / num_outputs)")
 
 
 # -- Gather -----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..core import TensorType
 from ..dims import Sym, product
 from ..dtypes import DType
 from ..registry import REQUIRED, broadcast_shapes, norm_axis, register_op
-from ._common import ALL, check_dtypes, const_ints, div_exact, is_obj, shape_str, tidy, to_obj
+from ._common import check_dtypes, const_ints, div_exact, is_obj, shape_str, tidy, to_obj
 
 
 # -- Shape ------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_model_matches_onnxruntime(name, artifact_dir):
         for k in want:
             assert got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
             np.testing.assert_allclose(got[k], want[k], rtol=RTOL, atol=ATOL, err_msg=f"{name} {k} b={batch} s={seq}")
-    return manifest
+
 
 
 EXPECTED_FUSED = {

@@ -68,7 +68,8 @@ def assert_close(got, ref, rtol, atol=0.0, what=""):
     with np.errstate(over="ignore", invalid="ignore"):
         ref32 = ref.astype(np.float32).astype(np.float64)
     nan = np.isnan(ref32)
-    assert np.array_equal(np.isnan(got), nan), f"{what}: NaN mismatch at {np.argwhere(np.isnan(got) != nan)[:4].tolist()}"
+    mismatch = np.argwhere(np.isnan(got) != nan)[:4].tolist()
+    assert not mismatch, f"{what}: NaN mismatch at {mismatch}"
     inf = np.isinf(ref32)
     assert np.array_equal(got[inf], ref32[inf]), f"{what}: inf mismatch {got[inf][:4]} vs {ref32[inf][:4]}"
     ok = ~nan & ~inf
@@ -273,7 +274,9 @@ def unary_domain(op: str, n: int, rng) -> np.ndarray:
     else:
         x = rng.uniform(*r, n).astype(np.float32)
     extra = {"exp": [88.7, 88.73, -87.3, -103.9, -104.5, 1e-8], "log": [1.0, 1.0000001, 0.99999994, 3e-45, 3e38, -1.0],
-             "sin": [3.1415927, 1e5, -7e5, 1.5707964, 1e-20], "cos": [1.5707964, 4.712389, 1e5, -3e6],
+             # Floats nearest multiples of pi/2: sin/cos near their zeros test the range reduction.
+             "sin": [1e5, -7e5, 1e-20, *(np.float32(k * np.pi / 2) for k in (1, 2, 3, 4, 101, 1001, 20001, 63000))],
+             "cos": [1e5, -3e6, *(np.float32(k * np.pi / 2) for k in (1, 2, 3, 5, 101, 1001, 20001, 63001))],
              "tanh": [0.6249, 0.6251, 9.1, 1e-20], "erf": [0.9999, 1.0001, 3.9, 11.5, 1e-20],
              "gelu_erf": [-0.88, -1.42, -2.83, -5.0, -9.0, -15.0, 20.0], "gelu_tanh": [-5.0, -8.0, 12.0],
              "sigmoid": [-87.0, -88.8, 100.0], "silu": [-87.0, -104.0, 100.0]}.get(op, [])
@@ -373,8 +376,8 @@ SPECIAL_CASES = {  # exact results the ABI requires
 }
 
 
-@pytest.mark.parametrize("spec", [s for s in of("unary") if s.param("op") in SPECIAL_CASES and s.param("dtype") == "f32"],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s for s in of("unary") if s.param("op") in SPECIAL_CASES
+                                  and s.param("dtype") == "f32"], ids=lambda s: s.name)
 def test_unary_special_values(x86_kernel_lib, spec):
     xs, want = SPECIAL_CASES[spec.param("op")]
     # Repeat so that both the vector body and the tail see every value.
@@ -436,6 +439,11 @@ def test_cast(x86_kernel_lib, x86_pool, spec, rng):
             nan = np.isnan(ref)
             assert np.array_equal(np.isnan(y), nan) and np.array_equal(y[~nan].view(np.uint16),
                                                                        ref[~nan].view(np.uint16)), spec.name
+    if np.dtype(NP[src]).itemsize == np.dtype(NP[dst]).itemsize:  # in place (y == x): same element size
+        x = cast_inputs(src, dst, 77, rng)
+        ref = cast_ref(src, dst, x)
+        fn(ptr(x), ptr(x), x.size, None)
+        assert_exact(x.view(NP[dst]), ref, f"{spec.name} in place")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -189,6 +189,16 @@ def test_matmul_batched(x86_kernel_lib, spec, batches, a_layout, b_layout, x86_p
 
 
 @pytest.mark.parametrize("spec", MATMUL, ids=IDS)
+@pytest.mark.parametrize("layout", ["dense", "bT"])
+def test_matmul_large(x86_kernel_lib, spec, layout, x86_pool, rng):
+    """Several column blocks, row blocks and K blocks per batch."""
+    for M, N, K in [(1, 300, 70), (50, 300, 300), (7, 530, 16), (100, 20, 600)]:
+        A = make_operand(rng, (2,), M, K, "dense")
+        B = make_operand(rng, (2,), K, N, "T" if layout == "bT" else "dense")
+        check_matmul(x86_kernel_lib, spec, A, B, x86_pool, f"{spec.name} {layout} M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("spec", MATMUL, ids=IDS)
 def test_matmul_empty(x86_kernel_lib, spec):
     got = run_matmul(x86_kernel_lib, spec, np.ones((2, 3, 0), np.float32), np.ones((2, 0, 4), np.float32), None)
     np.testing.assert_array_equal(got, np.zeros((2, 3, 4), np.float32))

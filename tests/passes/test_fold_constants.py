@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from tcc.ir.core import Graph
-from tcc.ir.dims import Sym
 from tcc.ir.text import print_graph
 
 from .helpers import S, check_pass, make_ctx, refusals, run_pass, t

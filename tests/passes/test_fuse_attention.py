@@ -272,7 +272,7 @@ def test_golden_text():
     assert print_graph(g) == (
         "# tcc IR v1\n"
         "graph main(%q: f32[b,4,s,8], %k: f32[b,2,s,8], %v: f32[b,2,s,8], %mask: f32[b,1,s,s]) -> (%out) {\n"
-        "  %out : f32[b,4,s,8] = Attention(%q, %k, %v, %mask) {causal=0, scale=0.3535533845424652}\n"
+        "  %out : f32[b,4,s,8] = Attention(%q, %k, %v, %mask) {causal=0, scale=0.35355338}\n"
         "  return %out\n"
         "}\n")
 

@@ -9,7 +9,7 @@ from tcc.ir.core import Graph
 from tcc.ir.text import print_graph
 from tcc.passes.runner import render
 
-from .helpers import check_pass, make_ctx, run_pass, t
+from .helpers import make_ctx, run_pass, t
 
 
 def _shape(*dims):
