@@ -290,7 +290,7 @@ def _where(node: Node, em: Emitter) -> None:
 
 UNARY = {"Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
          "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Floor": "floor", "Ceil": "ceil",
-         "Sin": "sin", "Cos": "cos", "Not": "not", "Clip": "clip", "Gelu": None}
+         "Sin": "sin", "Cos": "cos", "Not": "not", "Clip": "clip", "Gelu": None, "Silu": "silu"}
 
 
 @lowering(*UNARY)

@@ -6,6 +6,7 @@
 - Gather with i32 indices -> Cast to i64 first
 - Pow with an exponent of another dtype -> Cast the exponent
 - integer Mod with fmod=1 -> a - trunc(a / b) * b
+- f16 arithmetic -> Cast to f32, compute, Cast back (data movement stays f16)
 - Reduce* over non-adjacent axes -> Transpose the reduced axes to the end, reduce, Reshape
 - LayerNorm/RMSNorm with a gamma/beta that only broadcasts over the normalized axes -> full-size constant
 """
@@ -28,7 +29,36 @@ def lower_ops(graph: Graph, ctx) -> None:
         rule = RULES.get(node.op)
         if rule is not None and rule(graph, node):
             ctx.log("lower-ops", f"lowered {node.op} {node.name!r}")
+    for node in list(graph.nodes):
+        if _compute_f16_in_f32(graph, node):
+            ctx.log("lower-ops", f"{node.op} {node.name!r} computes f16 in f32")
     graph.remove_unused_constants()
+
+
+# Ops that only move f16 data (the copy/gather kernels work on element sizes) or convert it.
+_F16_NATIVE = {"Cast", "Copy", "Transpose", "Slice", "Concat", "Split", "Gather", "GatherND", "Expand",
+               "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "ConstantOfShape", "Trilu"}
+
+
+def _compute_f16_in_f32(graph: Graph, node: Node) -> bool:
+    """f16 arithmetic runs in f32 between casts, as CPU runtimes do: results are the f32 result rounded
+    once to f16 (at least as accurate as native half arithmetic)."""
+    if node.op in _F16_NATIVE:
+        return False
+    if not any(v is not None and v.dtype == DType.f16 for v in [*node.inputs, *node.outputs]):
+        return False
+    ins = []
+    for v in node.inputs:
+        if v is not None and v.dtype == DType.f16:
+            v = graph.add_node("Cast", [v], {"to": "f32"}, before=node).output
+        ins.append(v)
+    wide = graph.add_node(node.op, ins, dict(node.attrs), name=node.name, before=node, num_outputs=len(node.outputs))
+    for old, new in zip(node.outputs, wide.outputs):
+        if old.dtype == DType.f16:
+            new = graph.add_node("Cast", [new], {"to": "f16"}, before=node).output
+        graph.replace_uses(old, new)
+    graph.remove_nodes([node])
+    return True
 
 
 def _replace(graph: Graph, node: Node, new_out) -> bool:

@@ -131,3 +131,12 @@ register_op("Attention", infer=_attention_infer, ref=_attention_ref, kind="opaqu
 
 register_op("Copy", infer=lambda ins, attrs: [ins[0].type], ref=lambda xs, attrs: [np.array(xs[0], copy=True)],
             kind="injective", inputs=1, doc="materialize a tensor in its own buffer")
+
+
+def _silu_ref(xs, attrs):
+    x = xs[0].astype(np.float64)
+    return [(x / (1.0 + np.exp(-x))).astype(xs[0].dtype)]
+
+
+register_op("Silu", infer=lambda ins, attrs: [ins[0].type], ref=_silu_ref, kind="elementwise", inputs=1,
+            inplace=True, doc="x * sigmoid(x)")

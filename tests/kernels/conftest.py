@@ -105,9 +105,20 @@ def x86_kernel_lib(tmp_path_factory) -> KernelLib:
     missing = sorted({s.template for s in VARIANTS if not os.path.exists(os.path.join(TEMPLATE_DIR, s.template))})
     if missing:  # one clear error instead of a Jinja traceback from deep inside the fixture
         raise FileNotFoundError(f"x86 VARIANTS use templates that do not exist: {', '.join(missing)}")
-    build_dir = tmp_path_factory.mktemp("x86_kernels")
-    sources = write_kernels(VARIANTS, str(build_dir / "kernels"))
-    return KernelLib(build_library(sources, str(build_dir), TARGET, "tcc_x86_kernels"))
+    # One build for all pytest-xdist workers: the first takes the lock and builds, the others wait and
+    # load the same library (building 200+ kernels twice would double the cold CI time).
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    build_dir = shared / "x86_kernels"
+    build_dir.mkdir(exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sources = write_kernels(VARIANTS, str(build_dir / "kernels"))
+        path = build_library(sources, str(build_dir), TARGET, "tcc_x86_kernels")
+    return KernelLib(path)
 
 
 @pytest.fixture(scope="session")
