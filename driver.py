@@ -106,7 +106,8 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     lib = build_library(sources, build_dir, backend.target, "model", extra_executables={"run": [run_cpp]},
                         jobs=flags.get("build-jobs"))
     manifest = _manifest(model, graph, ctx, opts, program, time.perf_counter() - t0)
-    _assemble(out_dir, lib, os.path.join(build_dir, "run"), program.weights, manifest)
+    keep_src = os.path.join(build_dir, "src") if flags.get("keep-build") else None
+    _assemble(out_dir, lib, os.path.join(build_dir, "run"), program.weights, manifest, keep_src)
     _say(progress, f"wrote {out_dir}")
     return manifest
 
@@ -151,7 +152,8 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
     }
 
 
-def _assemble(out_dir: str, lib: str, run_bin: str, weights: bytes, manifest: dict) -> None:
+def _assemble(out_dir: str, lib: str, run_bin: str, weights: bytes, manifest: dict,
+              src_dir: str | None = None) -> None:
     """Write the artifact into a temp dir beside `out_dir`, then swap it in."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
@@ -166,6 +168,8 @@ def _assemble(out_dir: str, lib: str, run_bin: str, weights: bytes, manifest: di
         shutil.copy2(run_bin, os.path.join(tmp, "run"))
         with open(os.path.join(tmp, "weights.bin"), "wb") as f:
             f.write(weights)
+        if src_dir:
+            shutil.copytree(src_dir, os.path.join(tmp, "src"))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")

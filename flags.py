@@ -50,9 +50,9 @@ def set_flag(name: str, value: Any) -> None:
 
 declare("debug", 0, int, "0 quiet; 1 pass timings; 2 + applied rewrites and refusals; 3 + IR after every pass")
 declare("verify-each", True, _bool, "verify the IR after every pass (cheap; turn off only to profile the compiler)")
-declare("keep-build", False, _bool, "keep the CMake build directory inside the artifact for inspection")
+declare("keep-build", False, _bool, "copy the generated sources (model.cpp, kernels/) into <artifact>/src for inspection")
 declare("cache-dir", os.path.join(os.path.expanduser("~"), ".cache", "tcc"), str,
-        "where tcc keeps its build caches (ccache, demo artifacts)")
+        "where tcc keeps its build trees (one per artifact path)")
 declare("cxx", "", str, "C++ compiler to use (default: CMake's choice)")
 declare("build-jobs", os.cpu_count() or 1, int, "parallel jobs for the C++ build")
 declare("threads", 0, int, "default number of runtime threads (0: all cores)")

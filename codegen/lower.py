@@ -290,7 +290,7 @@ def _where(node: Node, em: Emitter) -> None:
 
 UNARY = {"Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
          "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Floor": "floor", "Ceil": "ceil",
-         "Sin": "sin", "Cos": "cos", "Not": "not", "Clip": "clip", "Gelu": None, "Silu": "silu"}
+         "Sin": "sin", "Cos": "cos", "Not": "not", "Clip": "clip", "Gelu": None, "Silu": "silu", "Sign": "sign"}
 
 
 @lowering(*UNARY)
@@ -490,10 +490,18 @@ def _range(node: Node, em: Emitter) -> None:
 @lowering("Trilu")
 def _trilu(node: Node, em: Emitter) -> None:
     x, out = node.inputs[0], node.output
-    k = _const_ints(node, node.input(1), "k")[0] if node.input(1) is not None else 0
+    kv = node.input(1)
+    if kv is None:
+        k = "0"
+    elif kv.const is not None:
+        k = c_dim(_const_ints(node, kv, "k")[0])
+    elif kv.dtype == DType.i64:
+        k = f"{em.ptr(kv)}[0]"  # a run-time diagonal offset: read when the kernel is called
+    else:
+        raise UnsupportedError(f"Trilu node {node.name!r}: k must be i64, got {kv.dtype}")
     rows, cols = x.shape[-2], x.shape[-1]
     em.call(node, "trilu", [em.ptr(x, "void"), em.ptr(out, "void"), c_dim(product(x.shape[:-2])), c_dim(rows),
-                            c_dim(cols), c_dim(k), "m->pool"],
+                            c_dim(cols), k, "m->pool"],
             upper=int(node.attrs.get("upper", 1)), esize=x.dtype.itemsize)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .. import __version__
 from ..errors import TccError
 from ..ir.core import Graph
-from ..ir.dims import Sym
+from ..ir.dims import Sym, bare_symbol
 from ..ir.dtypes import DType
 from .kernels import declarations, environment, write_if_changed, write_kernels
 from .lower import Emitter, c_dim, lower_node, sym_var
@@ -38,8 +38,8 @@ def bind_symbols(graph: Graph, bounds: dict[str, int]) -> list[str]:
     for i, v in enumerate(graph.inputs):
         for d_i, d in enumerate(v.shape):
             where = f"input '{_c_string(v.name)}' dim {d_i}"
-            if isinstance(d, Sym) and len(d.symbols) == 1 and d == Sym.symbol(next(iter(d.symbols))):
-                s = next(iter(d.symbols))
+            s = bare_symbol(d)
+            if s is not None:
                 if s not in bound_syms:
                     bound_syms.add(s)
                     var = sym_var(s)
@@ -56,12 +56,7 @@ def bind_symbols(graph: Graph, bounds: dict[str, int]) -> list[str]:
 
 
 def _all_bare_symbols(graph: Graph) -> set[str]:
-    out = set()
-    for v in graph.inputs:
-        for d in v.shape:
-            if isinstance(d, Sym) and len(d.symbols) == 1 and d == Sym.symbol(next(iter(d.symbols))):
-                out |= d.symbols
-    return out
+    return {s for v in graph.inputs for s in map(bare_symbol, v.shape) if s is not None}
 
 
 def output_lines(graph: Graph) -> list[str]:

@@ -207,6 +207,15 @@ def _is_dim(x) -> bool:
     return isinstance(x, (int, Sym)) or (hasattr(x, "__index__") and not isinstance(x, float))
 
 
+def bare_symbol(d) -> str | None:
+    """The symbol's name when `d` is exactly one symbol (`seq`, not `seq+1`): such dims bind symbols."""
+    if isinstance(d, Sym) and len(d.terms) == 1:
+        (mono, coeff), = d.terms
+        if coeff == 1 and len(mono) == 1 and isinstance(mono[0], str):
+            return mono[0]
+    return None
+
+
 def is_static(d) -> bool:
     return not isinstance(d, Sym)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import RuntimeFeedError, ShapeError
 from .core import Graph, Value
-from .dims import Sym, evaluate
+from .dims import Sym, bare_symbol, evaluate
 from .registry import run_ref
 
 
@@ -30,11 +30,9 @@ def bind_symbols(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, int]:
             raise RuntimeFeedError(f"input {v.name!r}: expected shape {list(map(str, v.shape))}, "
                                    f"got {list(arr.shape)}")
         for d, n in zip(v.shape, arr.shape):
-            if isinstance(d, Sym):
-                if len(d.symbols) == 1 and d == Sym.symbol(next(iter(d.symbols))):
-                    s = next(iter(d.symbols))
-                    if env.setdefault(s, n) != n:
-                        raise RuntimeFeedError(f"input {v.name!r}: dim {s}={n} but {s}={env[s]} elsewhere")
+            s = bare_symbol(d)
+            if s is not None and env.setdefault(s, n) != n:
+                raise RuntimeFeedError(f"input {v.name!r}: dim {s}={n} but {s}={env[s]} elsewhere")
     for v in graph.inputs:
         arr = np.asarray(feeds[v.name])
         want = v.type.concrete_shape(env) if v.type.symbols <= set(env) else None

@@ -1,33 +1,24 @@
 """Named pipelines: the one place that says which passes run, in which order."""
 from __future__ import annotations
 
+# Target-independent cleanup and fusion. Folding runs again after the fusions because they leave
+# constant subgraphs (e.g. scales) behind.
+OPTIMIZE = [
+    "fold-constants",
+    "eliminate-dead-code",
+    "canonicalize",
+    "fuse-norms",
+    "fuse-attention",
+    "fuse-activations",
+    "fold-constants",
+    "eliminate-dead-code",
+]
+
 PIPELINES: dict[str, list[str]] = {
-    # Target-independent cleanup and fusion, then memory planning. Folding runs again after the
-    # fusions because they leave constant subgraphs (e.g. scales) behind.
-    "default": [
-        "fold-constants",
-        "eliminate-dead-code",
-        "canonicalize",
-        "fuse-norms",
-        "fuse-attention",
-        "fuse-activations",
-        "fold-constants",
-        "eliminate-dead-code",
-        "lower-ops",
-        "eliminate-dead-code",
-        "plan-memory",
-    ],
-    # What `tcc ir` shows by default: everything but memory planning.
-    "optimize": [
-        "fold-constants",
-        "eliminate-dead-code",
-        "canonicalize",
-        "fuse-norms",
-        "fuse-attention",
-        "fuse-activations",
-        "fold-constants",
-        "eliminate-dead-code",
-    ],
+    # What `tcc compile` runs: optimize, rewrite ops into kernel-family forms, plan memory.
+    "default": OPTIMIZE + ["lower-ops", "eliminate-dead-code", "plan-memory"],
+    # What `tcc ir` shows by default: everything but lowering and memory planning.
+    "optimize": OPTIMIZE,
     "cleanup": ["fold-constants", "eliminate-dead-code"],
 }
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RuntimeFeedError, TccError
-from ..ir.dims import Sym, evaluate, parse_dim
+from ..ir.dims import bare_symbol, evaluate, parse_dim
 from ..ir.dtypes import DType
 
 MAX_RANK = 8
@@ -98,8 +98,8 @@ class Session:
                 raise RuntimeFeedError(f"input {info.name!r}: expected shape [{','.join(map(str, info.shape))}], "
                                        f"got {list(arr.shape)}")
             for d, n in zip(info.shape, arr.shape):
-                if isinstance(d, Sym) and len(d.symbols) == 1 and d == Sym.symbol(next(iter(d.symbols))):
-                    s = next(iter(d.symbols))
+                s = bare_symbol(d)
+                if s is not None:
                     if env.setdefault(s, n) != n:
                         raise RuntimeFeedError(f"input {info.name!r}: dim {s}={n}, but {s}={env[s]} in another input")
                     if n > self.symbol_bounds.get(s, n):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -39,3 +40,24 @@ def _build_cache(tmp_path_factory):
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+# -- ONNX node-test counts (tests/conformance) ------------------------------------------------------
+# Here, not in tests/conformance/conftest.py: under pytest-xdist the controller, which writes the summary,
+# loads only the top-level conftest.
+PATHS = {"conformance": "interpreter", "conformance-compiled": "compiled x86"}
+
+
+def pytest_terminal_summary(terminalreporter):
+    counts: Counter = Counter()
+    for reports in terminalreporter.stats.values():
+        for r in reports:
+            if getattr(r, "when", None) != "call" or not r.passed:
+                continue
+            for key, value in getattr(r, "user_properties", []):
+                if key in PATHS:
+                    counts[key, value] += 1
+    for key, label in PATHS.items():
+        if counts[key, "passed"] or counts[key, "refused"]:
+            terminalreporter.write_line(f"ONNX node tests ({label}): {counts[key, 'passed']} supported-passing, "
+                                        f"{counts[key, 'refused']} refused")

@@ -106,7 +106,7 @@ def _direct_graph():
     s = g.add_node("Shape", [h], {"start": 0, "end": None}).output
     shp = g.add_const(np.array([Sym.symbol("batch"), 4, 5], dtype=object), "sym shape")
     r = g.add_node("Reshape", [h, shp]).output
-    c = g.add_node("Copy", [r], out_names=["out put"]).output
+    c = g.add_node("Copy", [g.add_node("Silu", [r]).output], out_names=["out put"]).output
     rot = _rope(g, c)
     g.outputs = [c, s, rot]
     return g

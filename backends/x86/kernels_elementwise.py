@@ -26,7 +26,7 @@ TARGET = "x86"
 
 CTYPE = {"f32": "float", "f16": "uint16_t", "i64": "int64_t", "i32": "int32_t", "i8": "int8_t",
          "u8": "uint8_t", "bool": "uint8_t"}
-UTYPE = {"i64": "uint64_t", "i32": "uint32_t"}  # wrap-around integer arithmetic (signed overflow is UB)
+UTYPE = {"i64": "uint64_t", "i32": "uint32_t", "i8": "uint8_t", "u8": "uint8_t"}  # wrap-around integer arithmetic (signed overflow is UB)
 ESIZE_CTYPE = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t"}
 INT_LIMITS = {"i64": ("INT64_MIN", "INT64_MAX"), "i32": ("INT32_MIN", "INT32_MAX")}
 
@@ -40,8 +40,8 @@ GRAIN_TRANSCENDENTAL = 1 << 12
 ARITH_OPS = ("add", "sub", "mul", "div", "pow", "max", "min", "mod")
 COMPARE_OPS = ("equal", "less", "less_equal", "greater", "greater_equal")
 LOGIC_OPS = ("and", "or", "xor")
-BINARY_DOMAIN = ([{"op": op, "dtype": dt} for op in ARITH_OPS for dt in ("f32", "i64", "i32")]
-                 + [{"op": op, "dtype": dt} for op in COMPARE_OPS for dt in ("f32", "i64", "i32", "bool")]
+BINARY_DOMAIN = ([{"op": op, "dtype": dt} for op in ARITH_OPS for dt in ("f32", "i64", "i32", "i8", "u8")]
+                 + [{"op": op, "dtype": dt} for op in COMPARE_OPS for dt in ("f32", "i64", "i32", "i8", "u8", "bool")]
                  + [{"op": op, "dtype": "bool"} for op in LOGIC_OPS])
 
 _CMP_C = {"equal": "==", "less": "<", "less_equal": "<=", "greater": ">", "greater_equal": ">="}
@@ -91,7 +91,7 @@ register_family(KernelFamily(
 # ---------------------------------------------------------------------------------------------------
 # where
 
-WHERE_DOMAIN = [{"dtype": dt} for dt in ("f32", "i64", "i32", "bool")]
+WHERE_DOMAIN = [{"dtype": dt} for dt in ("f32", "i64", "i32", "i8", "u8", "bool")]
 
 
 register_family(KernelFamily(
@@ -106,11 +106,13 @@ register_family(KernelFamily(
 # unary
 
 UNARY_F32_OPS = ("neg", "abs", "exp", "log", "sqrt", "reciprocal", "erf", "tanh", "sigmoid", "relu",
-                 "gelu_erf", "gelu_tanh", "silu", "clip", "floor", "ceil", "sin", "cos", "identity")
-UNARY_INT_OPS = ("neg", "abs", "relu", "clip", "identity")
+                 "gelu_erf", "gelu_tanh", "silu", "clip", "floor", "ceil", "sin", "cos", "sign", "identity")
+UNARY_INT_OPS = ("neg", "abs", "relu", "clip", "sign", "identity")
+UNARY_UNSIGNED_OPS = ("relu", "clip", "sign", "identity")  # neg/abs make no sense on uint8
 UNARY_BOOL_OPS = ("not", "identity")
 UNARY_DOMAIN = ([{"op": op, "dtype": "f32"} for op in UNARY_F32_OPS]
-                + [{"op": op, "dtype": dt} for op in UNARY_INT_OPS for dt in ("i64", "i32")]
+                + [{"op": op, "dtype": dt} for op in UNARY_INT_OPS for dt in ("i64", "i32", "i8")]
+                + [{"op": op, "dtype": "u8"} for op in UNARY_UNSIGNED_OPS]
                 + [{"op": op, "dtype": "bool"} for op in UNARY_BOOL_OPS])
 TRANSCENDENTAL = {"exp", "log", "erf", "tanh", "sigmoid", "gelu_erf", "gelu_tanh", "silu", "sin", "cos"}
 
@@ -124,7 +126,7 @@ _UNARY_F32 = {
     "sigmoid": "(float)(1.0 / (1.0 + exp(-(double)x)))", "relu": "(x < 0.0f ? 0.0f : x)",
     "gelu_erf": "(float)(0.5 * x * erfc(-0.70710678118654752 * x))",
     "gelu_tanh": "(float)(x / (1.0 + exp(-1.5957691216057308 * x * (1.0 + 0.044715 * (double)x * x))))",
-    "silu": "(float)(x / (1.0 + exp(-(double)x)))", "clip": "tcc_clip(x, lo, hi)", "floor": "floorf(x)",
+    "silu": "(float)(x / (1.0 + exp(-(double)x)))", "clip": "tcc_clip(x, lo, hi)", "sign": "(x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x))", "floor": "floorf(x)",
     "ceil": "ceilf(x)", "sin": "sinf(x)", "cos": "cosf(x)", "identity": "x",
 }
 _UNARY_AVX = {
@@ -139,6 +141,9 @@ _UNARY_AVX = {
     "floor": "_mm256_round_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)",
     "ceil": "_mm256_round_ps(x, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC)",
     "sin": "tcc::avx2::sin_ps(x)", "cos": "tcc::avx2::cos_ps(x)", "identity": "x",
+    # 1 where x > 0, -1 where x < 0, x itself otherwise (keeps +-0 and NaN, like numpy)
+    "sign": ("_mm256_blendv_ps(_mm256_blendv_ps(x, _mm256_set1_ps(-1.0f), _mm256_cmp_ps(x, _mm256_setzero_ps(), "
+             "_CMP_LT_OQ)), _mm256_set1_ps(1.0f), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ))"),
 }
 
 
@@ -150,7 +155,7 @@ def _unary_scalar(op: str, dt: str) -> str:
     t, u = CTYPE[dt], UTYPE[dt]
     neg = f"({t})(({u})0 - ({u})x)"  # wraps at INT_MIN like numpy instead of UB
     return {"neg": neg, "abs": f"(x < 0 ? {neg} : x)", "relu": "(x < 0 ? 0 : x)",
-            "clip": "tcc_clip(x, lo, hi)", "identity": "x"}[op]
+            "clip": "tcc_clip(x, lo, hi)", "sign": f"({t})((x > 0) - (x < 0))", "identity": "x"}[op]
 
 
 def _unary_bounds(op: str, dt: str) -> str:

@@ -120,10 +120,11 @@ def binary_inputs(op: str, dt: str, shape, rng):
             return sprinkle((rng.standard_normal(shape) * 2).astype(np.float32), values, rng, 0.5)
         return sprinkle((rng.standard_normal(shape) * 4).astype(np.float32), F32_SPECIALS, rng)
     info = np.iinfo(NP[dt])
+    lo = max(info.min, -1000)  # the values wrap into int8/uint8 ranges on astype, as integer inputs do
     if op == "pow":
-        return rng.integers(-3, 6, shape).astype(NP[dt])
-    edge = np.array([0, -1, 1, info.min, info.max, -7, 7], NP[dt])
-    return sprinkle(rng.integers(-1000, 1000, shape).astype(NP[dt]), edge, rng)
+        return rng.integers(max(info.min, -3), 6, shape).astype(NP[dt])
+    edge = np.array([v for v in (0, -1, 1, info.min, info.max, -7, 7) if info.min <= v <= info.max], NP[dt])
+    return sprinkle(rng.integers(lo, 1000, shape).astype(NP[dt]), edge, rng)
 
 
 def trunc_div(a, b):
@@ -289,7 +290,7 @@ def unary_ref(op: str, x: np.ndarray, alpha: float, beta: float):
     with np.errstate(all="ignore"):
         exact = {"neg": np.negative, "abs": np.abs, "sqrt": np.sqrt, "reciprocal": lambda v: np.float32(1) / v,
                  "relu": lambda v: np.where(v < 0, v.dtype.type(0), v), "floor": np.floor, "ceil": np.ceil,
-                 "identity": lambda v: v, "not": lambda v: (v == 0).astype(np.uint8),
+                 "identity": lambda v: v, "not": lambda v: (v == 0).astype(np.uint8), "sign": np.sign,
                  "clip": lambda v: np.minimum(np.maximum(v, v.dtype.type(alpha)), v.dtype.type(beta))}
         if op in exact:
             return exact[op](x)
@@ -305,7 +306,8 @@ def int_unary_ref(op, x, alpha, beta):
     lo, hi = (x.dtype.type(max(alpha, info.min)), x.dtype.type(min(beta, info.max))) if op == "clip" else (0, 0)
     with np.errstate(all="ignore"):
         return {"neg": np.negative, "abs": np.abs, "relu": lambda v: np.maximum(v, 0),
-                "clip": lambda v: np.minimum(np.maximum(v, lo), hi), "identity": lambda v: v}[op](x)
+                "clip": lambda v: np.minimum(np.maximum(v, lo), hi), "identity": lambda v: v,
+                "sign": np.sign}[op](x)
 
 
 def unary_inputs(op, dt, n, rng):
@@ -314,7 +316,8 @@ def unary_inputs(op, dt, n, rng):
     if dt == "bool":
         return rng.integers(0, 2, n).astype(np.uint8)
     info = np.iinfo(NP[dt])
-    return sprinkle(rng.integers(-50, 50, n).astype(NP[dt]), np.array([info.min, info.max, 0, -1], NP[dt]), rng)
+    edge = np.array([v for v in (info.min, info.max, 0, -1) if info.min <= v <= info.max], NP[dt])
+    return sprinkle(rng.integers(max(info.min, -50), 50, n).astype(NP[dt]), edge, rng)
 
 
 def check_unary(spec, x, got, alpha, beta, what):
