@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 from .errors import TccError, UnsupportedError  # noqa: E402
 
+__all__ = ["TccError", "UnsupportedError", "load", "compile", "__version__"]
+
 
 def __getattr__(name):
     # Heavy submodules load lazily so `import tcc` stays fast for the CLI.

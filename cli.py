@@ -112,7 +112,7 @@ def random_feeds(sess, dims: dict[str, int], seed: int) -> dict:
 def cmd_ir(args) -> int:
     from .ir.graphviz import to_dot
     from .passes.context import PassContext
-    from .passes.runner import render, run_pipeline
+    from .passes.runner import render
 
     if args.model.endswith(".tir"):
         from .ir.text import load_ir

@@ -87,7 +87,7 @@ def _attention_infer(ins, attrs):
         if t.type.rank != 4:
             raise ShapeError(f"Attention expects 4-D [B,H,S,D] q/k/v, got {t.name!r} {t.type}")
     (b, hq, sq, d), (bk, hkv, skv, dk), (bv, hv, sv, dv) = q.shape, k.shape, v.shape
-    if dk != d or hv != hkv or sv != skv:
+    if dk != d or hv != hkv or sv != skv or bk != b or bv != b:
         raise ShapeError(f"Attention shapes do not match: q {q.type}, k {k.type}, v {v.type}")
     if isinstance(hq, int) and isinstance(hkv, int) and hq % hkv:
         raise ShapeError(f"Attention: query heads {hq} not a multiple of kv heads {hkv}")

@@ -10,7 +10,6 @@ few ulps on these small shapes; atol covers results that cancel to ~0.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import tcc

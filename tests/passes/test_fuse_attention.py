@@ -281,7 +281,7 @@ def test_golden_text():
                                          ("dyn_lt", 0), ("dyn_off1", 0), ("dyn_trilu0", 0)])
 def test_runtime_mask_proven_causal_or_kept(mask, causal):
     g = build(mask=mask)
-    ctx = check_pass("fuse-attention", g, [{"b": 2, "s": 5}, {"b": 1, "s": 1}, {"b": 1, "s": 9}]
+    check_pass("fuse-attention", g, [{"b": 2, "s": 5}, {"b": 1, "s": 1}, {"b": 1, "s": 9}]
                      if causal else [{"b": 2, "s": 5}, {"b": 1, "s": 9}])
     run_pass("eliminate-dead-code", g)
     a = _attention(g)
