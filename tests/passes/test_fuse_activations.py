@@ -80,3 +80,40 @@ def test_silu_not_fused_when_mul_broadcasts_or_operand_differs():
     g.outputs = [y1]
     check_pass("fuse-activations", g, [{}])
     assert g.ops() == {"Sigmoid": 1, "Mul": 1}
+
+
+def _gelu_tanh_graph(cube: str, half_first: bool) -> Graph:
+    """GPT-2's gelu_new as the exporters write it: x^3 by Pow or by two Muls; 0.5*x first or last."""
+    g = Graph()
+    x = g.add_input("x", t("f32", "n", 16))
+    c = lambda v, name: g.add_const(np.array(v, np.float32), name)  # noqa: E731
+    if cube == "pow":
+        x3 = g.add_node("Pow", [x, c(3.0, "three")]).output
+    else:
+        x3 = g.add_node("Mul", [g.add_node("Mul", [x, x]).output, x]).output
+    inner = g.add_node("Add", [x, g.add_node("Mul", [c(0.044715, "k"), x3]).output]).output
+    th = g.add_node("Tanh", [g.add_node("Mul", [c(math.sqrt(2 / math.pi), "s2pi"), inner]).output]).output
+    a = g.add_node("Add", [c(1.0, "one"), th]).output
+    if half_first:
+        y = g.add_node("Mul", [g.add_node("Mul", [c(0.5, "half"), x]).output, a]).output
+    else:
+        y = g.add_node("Mul", [g.add_node("Mul", [x, a]).output, c(0.5, "half")]).output
+    g.outputs = [y]
+    return g
+
+
+@pytest.mark.parametrize("cube", ["pow", "mul"])
+@pytest.mark.parametrize("half_first", [True, False])
+def test_gelu_tanh_forms(cube, half_first):
+    g = _gelu_tanh_graph(cube, half_first)
+    check_pass("fuse-activations", g, [{"n": 3}, {"n": 1}])
+    assert g.ops() == {"Gelu": 1} and g.nodes[0].attrs == {"approximate": "tanh"}
+
+
+def test_gelu_tanh_needs_the_cubic_coefficient():
+    g = _gelu_tanh_graph("pow", False)
+    k = g.constants["k"]
+    g.constants["k"].const = np.array(0.05, np.float32)  # not gelu_new any more
+    assert k.const.item() == np.float32(0.05)
+    check_pass("fuse-activations", g, [{"n": 2}])
+    assert "Gelu" not in g.ops()
