@@ -73,8 +73,10 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     em = Emitter(graph, plan, backend.select, backend.pack, variant=variant)
     for node in graph.nodes:
         lower_node(node, em)
-    io = lambda v: {"cname": _c_string(v.name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,  # noqa: E731
-                    "max_bytes": v.type.nbytes_bound(bounds)}
+    def io(v):
+        return {"cname": _c_string(v.name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
+                "max_bytes": v.type.nbytes_bound(bounds)}
+
     weights = em.weights.blob()
     text = environment().get_template("common/model.cpp.j2").render(
         inputs=[io(v) for v in graph.inputs], outputs=[io(v) for v in graph.outputs],

@@ -328,6 +328,7 @@ def parse_graph(text: str, blob_dir: str | None = None, source: str = "<ir>") ->
     g: Graph | None = None
     env: dict[str, Value] = {}
     outputs: list[str] = []
+    meta: dict = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#") or line == "}":
@@ -338,7 +339,7 @@ def parse_graph(text: str, blob_dir: str | None = None, source: str = "<ir>") ->
             continue
         if line.startswith("graph "):
             g = _parse_header(sc, env, outputs)
-            g.meta = locals().get("meta", {})
+            g.meta = meta
             continue
         if g is None:
             raise sc.error("expected 'graph'")
