@@ -73,9 +73,13 @@ def cmd_run(args) -> int:
     feeds = _feeds(args.input)
     if args.random:
         feeds = {**random_feeds(sess, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
+    if args.profile:
+        sess.run(feeds)  # warm-up: page in the weights, grow scratch buffers
+        sess.set_profiling(True)
     t0 = time.perf_counter()
-    outputs = sess.run(feeds)
-    ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(max(args.repeat, 1)):
+        outputs = sess.run(feeds)
+    ms = (time.perf_counter() - t0) * 1e3 / max(args.repeat, 1)
     os.makedirs(args.output_dir, exist_ok=True)
     for name, arr in outputs.items():
         fname = name.replace("/", "_").replace(":", "_") + ".npy"
@@ -84,8 +88,23 @@ def cmd_run(args) -> int:
         np.save(tmp, arr)
         os.replace(tmp, path)
         print(f"{name}: {arr.dtype}{list(arr.shape)} -> {path}")
-    print(f"run: {ms:.2f} ms")
+    print(f"run: {ms:.2f} ms" + (f" (mean of {args.repeat})" if args.repeat > 1 else ""))
+    if args.profile:
+        print_profile(sess.profile(), args.repeat)
     return 0
+
+
+def print_profile(rows: list[dict], runs: int, top: int = 15) -> None:
+    """The slowest nodes, then time per op type, as ms per run and share of the total."""
+    total = sum(r["ms"] for r in rows) or 1e-9
+    print(f"\nprofile: {total / runs:.3f} ms per run in kernels")
+    print(f"{'ms/run':>9} {'share':>6}  {'op':<16} node")
+    for r in sorted(rows, key=lambda r: -r["ms"])[:top]:
+        print(f"{r['ms'] / runs:9.3f} {100 * r['ms'] / total:5.1f}%  {r['op']:<16} {r['node']}")
+    by_op: dict[str, float] = {}
+    for r in rows:
+        by_op[r["op"]] = by_op.get(r["op"], 0.0) + r["ms"]
+    print("\nby op: " + ", ".join(f"{op} {100 * v / total:.1f}%" for op, v in sorted(by_op.items(), key=lambda kv: -kv[1])))
 
 
 def random_feeds(sess, dims: dict[str, int], seed: int) -> dict:
@@ -214,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--random", action="store_true", help="feed random inputs (dynamic dims from --dim, default 1)")
     r.add_argument("--dim", action="append", metavar="NAME=N", help="a dynamic dim's value for --random")
     r.add_argument("--seed", type=int, default=0, help="seed for --random")
+    r.add_argument("--repeat", type=int, default=1, help="run R times (timing is the mean)")
+    r.add_argument("--profile", action="store_true", help="time every node and print the slowest and a per-op summary")
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("ir", help="print a model's IR (after the passes) or an IR dump")

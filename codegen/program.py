@@ -71,8 +71,14 @@ def output_lines(graph: Graph) -> list[str]:
 def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str | None = None) -> Program:
     """Lower every node and render the model program."""
     em = Emitter(graph, plan, backend.select, backend.pack, variant=variant)
+    profiled: list[tuple[str, str]] = []  # (op, node name) of every node that runs code
     for node in graph.nodes:
+        start = len(em.lines)
         lower_node(node, em)
+        if len(em.lines) > start:  # views emit nothing and are not timed
+            em.lines.insert(start, f"  TCC_PROF_BEGIN({len(profiled)});")
+            em.lines.append(f"  TCC_PROF_END({len(profiled)});")
+            profiled.append((node.op, node.name))
     def io(v):
         return {"cname": _c_string(v.name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
                 "max_bytes": v.type.nbytes_bound(bounds)}
@@ -81,7 +87,8 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     text = environment().get_template("common/model.cpp.j2").render(
         inputs=[io(v) for v in graph.inputs], outputs=[io(v) for v in graph.outputs],
         arena_bytes=plan.arena_bytes, weights_bytes=len(weights),
-        bind_lines=bind_symbols(graph, bounds), body_lines=em.lines, output_lines=output_lines(graph))
+        bind_lines=bind_symbols(graph, bounds), body_lines=em.lines, output_lines=output_lines(graph),
+        profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled])
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text
     return Program(source, sorted(em.kernels, key=lambda s: s.name), weights, em.weights.entries, plan.arena_bytes)
 

@@ -63,6 +63,23 @@ class Session:
         lib.tcc_model_last_error.restype = ctypes.c_char_p
         lib.tcc_model_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int,
                                       ctypes.POINTER(_Tensor), ctypes.c_int]
+        lib.tcc_model_set_profiling.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.tcc_model_profile_op.restype = lib.tcc_model_profile_node.restype = ctypes.c_char_p
+        lib.tcc_model_profile_op.argtypes = lib.tcc_model_profile_node.argtypes = [ctypes.c_int]
+        lib.tcc_model_profile_ns.restype = lib.tcc_model_profile_calls.restype = ctypes.c_int64
+        lib.tcc_model_profile_ns.argtypes = lib.tcc_model_profile_calls.argtypes = [ctypes.c_void_p, ctypes.c_int]
+
+    def set_profiling(self, on: bool = True) -> None:
+        """Time every node of the following runs (enabling resets the counters)."""
+        self._lib.tcc_model_set_profiling(self._model, int(on))
+
+    def profile(self) -> list[dict]:
+        """Per-node timings since profiling was enabled: op, node (source name), calls, ms (total)."""
+        lib = self._lib
+        return [{"op": lib.tcc_model_profile_op(i).decode(), "node": lib.tcc_model_profile_node(i).decode(),
+                 "calls": lib.tcc_model_profile_calls(self._model, i),
+                 "ms": lib.tcc_model_profile_ns(self._model, i) / 1e6}
+                for i in range(lib.tcc_model_profile_count())]
 
     def close(self) -> None:
         if getattr(self, "_model", None):

@@ -39,6 +39,15 @@ const char* tcc_model_output_name(int i);
 int64_t tcc_model_arena_bytes(void);
 int64_t tcc_model_weights_bytes(void);
 
+// Per-node timing. Enabling it resets the counters; every run then adds to them. Entries are the nodes
+// that run code, in program order (views run none).
+void tcc_model_set_profiling(tcc_model* model, int on);
+int tcc_model_profile_count(void);
+const char* tcc_model_profile_op(int i);
+const char* tcc_model_profile_node(int i);
+int64_t tcc_model_profile_ns(const tcc_model* model, int i);
+int64_t tcc_model_profile_calls(const tcc_model* model, int i);
+
 #ifdef __cplusplus
 }
 #endif
