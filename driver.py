@@ -74,6 +74,8 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     backend = check_target(opts)
     _say(progress, "importing ONNX")
     graph = import_onnx(model, dims=opts.dims or None)
+    # Public output names, kept whatever the passes do to the values behind them.
+    graph.meta["output_names"] = [v.name for v in graph.outputs]
     ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts))
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
                  disable=opts.disable_passes, progress=lambda name: _say(progress, f"pass {name}"))
@@ -124,11 +126,14 @@ def _write_template(name: str, path: str) -> None:
     write_if_changed(path, header + environment().get_template(name).render())
 
 
-def _io(v) -> dict:
-    return {"name": v.name, "dtype": str(v.dtype), "shape": [str(d) if not isinstance(d, int) else d for d in v.shape]}
+def _io(v, name: str | None = None) -> dict:
+    return {"name": name or v.name, "dtype": str(v.dtype),
+            "shape": [str(d) if not isinstance(d, int) else d for d in v.shape]}
 
 
 def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: float) -> dict:
+    from .codegen.program import output_names
+
     plan = ctx.stats["plan-memory"]
     return {
         "format": "tcc-artifact-1",
@@ -137,7 +142,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "target": opts.target,
         "qm": opts.qm,
         "inputs": [_io(v) for v in graph.inputs],
-        "outputs": [_io(v) for v in graph.outputs],
+        "outputs": [_io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
         "symbols": ctx.symbol_bounds,
         "library": "libmodel.so",
         "binaries": {"run": "run"},

@@ -59,6 +59,15 @@ def _all_bare_symbols(graph: Graph) -> set[str]:
     return {s for v in graph.inputs for s in map(bare_symbol, v.shape) if s is not None}
 
 
+def output_names(graph: Graph) -> list[str]:
+    """The model's public output names: as imported (graph.meta["output_names"]), since IR value names must
+    be unique and an ONNX output may share its name with an input (a passthrough gets a Copy named x.copy)."""
+    names = graph.meta.get("output_names")
+    if names is None or len(names) != len(graph.outputs):
+        return [v.name for v in graph.outputs]
+    return list(names)
+
+
 def output_lines(graph: Graph) -> list[str]:
     lines = []
     for i, v in enumerate(graph.outputs):
@@ -79,13 +88,14 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
             em.lines.insert(start, f"  TCC_PROF_BEGIN({len(profiled)});")
             em.lines.append(f"  TCC_PROF_END({len(profiled)});")
             profiled.append((node.op, node.name))
-    def io(v):
-        return {"cname": _c_string(v.name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
+    def io(v, name):
+        return {"cname": _c_string(name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
                 "max_bytes": v.type.nbytes_bound(bounds)}
 
     weights = em.weights.blob()
     text = environment().get_template("common/model.cpp.j2").render(
-        inputs=[io(v) for v in graph.inputs], outputs=[io(v) for v in graph.outputs],
+        inputs=[io(v, v.name) for v in graph.inputs],
+        outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
         arena_bytes=plan.arena_bytes, weights_bytes=len(weights),
         bind_lines=bind_symbols(graph, bounds), body_lines=em.lines, output_lines=output_lines(graph),
         profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled])

@@ -242,3 +242,30 @@ def test_profiling_times_every_node_that_runs_code(mlp_artifact, capsys):
     assert main(["run", str(mlp_artifact), "--random", "--profile", "--repeat", "2", "-o", str(mlp_artifact.parent)]) == 0
     out = capsys.readouterr().out
     assert "profile:" in out and "by op: " in out and "Linear" in out
+
+
+def test_odd_names_passthrough_and_constant_outputs(tmp_path):
+    """Public names survive: an output that is also an input (ONNX allows it), names with quotes, slashes
+    and colons, and an output that folds to a constant."""
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    c = onnx.numpy_helper.from_array(np.array([1, 2], np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ['in "x"'], ["out/1:relu"]), helper.make_node("Identity", ["c"], ["const out"])],
+        "g", [vi('in "x"', ["n", 3])], [vi("out/1:relu", ["n", 3]), vi('in "x"', ["n", 3]), vi("const out", [2])], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "odd"
+    tcc.compile(str(path), str(out))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    got = tcc.load(str(out)).run({'in "x"': x})
+    assert list(got) == ["out/1:relu", 'in "x"', "const out"]
+    np.testing.assert_array_equal(got["out/1:relu"], np.maximum(x, 0))
+    np.testing.assert_array_equal(got['in "x"'], x)
+    np.testing.assert_array_equal(got["const out"], [1, 2])
+    np.save(tmp_path / "x.npy", x)
+    p = subprocess.run([str(out / "run"), f'in "x"={tmp_path / "x.npy"}', "-o", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out_1_relu.npy"), np.maximum(x, 0))
