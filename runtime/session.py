@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import RuntimeFeedError, TccError
-from ..ir.dims import bare_symbol, evaluate, parse_dim
+from ..errors import TccError
+from ..ir.dims import parse_dim
 from ..ir.dtypes import DType
 
 MAX_RANK = 8
@@ -99,37 +99,12 @@ class Session:
         self.close()
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        names = [i.name for i in self.inputs]
-        unknown = sorted(set(feeds) - set(names))
-        if unknown:
-            raise RuntimeFeedError(f"unknown input(s) {unknown}; the model's inputs are {names}")
-        env: dict[str, int] = {}
-        arrays = []
-        for info in self.inputs:
-            if info.name not in feeds:
-                raise RuntimeFeedError(f"missing input {info.name!r} ({info.dtype}[{','.join(map(str, info.shape))}])")
-            arr = np.asarray(feeds[info.name])
-            if arr.dtype != info.dtype.np:
-                raise RuntimeFeedError(f"input {info.name!r}: expected dtype {info.dtype.np}, got {arr.dtype}")
-            if arr.ndim != len(info.shape):
-                raise RuntimeFeedError(f"input {info.name!r}: expected shape [{','.join(map(str, info.shape))}], "
-                                       f"got {list(arr.shape)}")
-            for d, n in zip(info.shape, arr.shape):
-                s = bare_symbol(d)
-                if s is not None:
-                    if env.setdefault(s, n) != n:
-                        raise RuntimeFeedError(f"input {info.name!r}: dim {s}={n}, but {s}={env[s]} in another input")
-                    if n > self.symbol_bounds.get(s, n):
-                        raise RuntimeFeedError(f"input {info.name!r}: dim {s}={n} exceeds the compiled maximum "
-                                               f"{self.symbol_bounds[s]}; recompile with --max-dim {s}={n}")
-            # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
-            arrays.append(arr if arr.flags.c_contiguous else arr.copy(order="C"))
-        for info, arr in zip(self.inputs, arrays):
-            want = tuple(evaluate(d, env) for d in info.shape)
-            if tuple(arr.shape) != want:
-                raise RuntimeFeedError(f"input {info.name!r}: expected shape {list(want)} "
-                                       f"([{','.join(map(str, info.shape))}]), got {list(arr.shape)}")
-        return arrays
+        from ..ir.interpreter import check_feeds
+
+        check_feeds(self.inputs, feeds, self.symbol_bounds)
+        # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+        arrays = [np.asarray(feeds[i.name]) for i in self.inputs]
+        return [a if a.flags.c_contiguous else a.copy(order="C") for a in arrays]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._model:
