@@ -12,6 +12,7 @@ the exact result; ORT's f32 kernels are a few ulp off):
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -63,8 +64,11 @@ def model_for(op: str, inputs: dict, attrs: dict | None = None, *, consts: dict 
 def engine(request, tmp_path_factory):
     """Every op test runs twice: through the reference interpreter, and through `tcc.compile` + the
     generated x86 kernels (one build tree per worker, reused, so ccache serves repeated kernels)."""
-    global ENGINE, BUILD_DIR
+    global ENGINE, BUILD_DIR, R
     ENGINE = request.param
+    # Each test draws its own inputs, seeded by its id without the engine: the same data on both engines,
+    # whatever order pytest-xdist runs the tests in.
+    R = np.random.default_rng(zlib.crc32(request.node.nodeid.replace(request.param, "").encode()))
     if BUILD_DIR is None:
         BUILD_DIR = str(tmp_path_factory.mktemp("op-build"))
     yield request.param
@@ -89,18 +93,30 @@ def run_tcc(model, feeds: dict, dims=None):
         return sess.run(feeds), g
 
 
-def check(model, feeds: dict, tol=EXACT, dims=None):
+def check(model, feeds: dict, tol=EXACT, dims=None, bound=None):
+    """Compare with ONNX Runtime: exactly, within (rtol, atol), or within a per-element absolute `bound`
+    (for sums of products, whose rounding error scales with the terms, not with the result)."""
     got, g = run_tcc(model, feeds, dims)
     want = ort_run(model.SerializeToString(), feeds)
     assert list(got) == list(want)
     for name, w in want.items():
         r = got[name]
         assert r.dtype == w.dtype and r.shape == w.shape, (name, r.dtype, r.shape, w.dtype, w.shape)
-        if tol == EXACT or w.dtype.kind not in "f":
+        if bound is not None:
+            err = np.abs(r.astype(np.float64) - w.astype(np.float64))
+            assert np.all(err <= bound), f"{name}: max error {err.max():.3g} over the bound (max {np.max(bound):.3g})"
+        elif tol == EXACT or w.dtype.kind not in "f":
             np.testing.assert_array_equal(r, w)
         else:
             np.testing.assert_allclose(r.astype(np.float64), w.astype(np.float64), rtol=tol[0], atol=tol[1])
     return g
+
+
+def dot_bound(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """How far two fp32 evaluations of a @ b may differ: each is within k * u * (|a| @ |b|) of the exact
+    product (u = 2^-24, any summation order), so they differ by at most twice that. With cancellation the
+    result can be far smaller than the terms, which is why a relative tolerance is the wrong test here."""
+    return 2 * k * 2.0**-24 * np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64)) + 1e-30
 
 
 R = np.random.default_rng(0)
@@ -275,12 +291,13 @@ MATMULS = [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 6)), ((4
 @pytest.mark.parametrize("sa,sb", MATMULS)
 def test_matmul(sa, sb):
     a, b = f32(*sa), f32(*sb)
-    check(model_for("MatMul", {"a": a, "b": b}), {"a": a, "b": b}, ARITH)
+    check(model_for("MatMul", {"a": a, "b": b}), {"a": a, "b": b}, bound=dot_bound(a, b, sa[-1]))
 
 
 def test_matmul_symbolic_and_int():
     a, b = f32(2, 3, 4), f32(4, 5)
-    g = check(model_for("MatMul", {"a": a, "b": b}, sym={"a": ["batch", "seq", 4]}), {"a": a, "b": b}, ARITH)
+    g = check(model_for("MatMul", {"a": a, "b": b}, sym={"a": ["batch", "seq", 4]}), {"a": a, "b": b},
+              bound=dot_bound(a, b, 4))
     assert str(g.outputs[0].type) == "f32[batch,seq,5]"
     x, y = i64(3, 4), i64(4, 2)
     m = model_for("MatMul", {"x": x, "y": y})
@@ -302,7 +319,11 @@ def test_gemm(ta, tb, alpha, beta, cshape):
     consts = {"c": f32(*cshape)} if cshape else {}
     m = model_for("Gemm", {"a": a, "b": b}, {"transA": ta, "transB": tb, "alpha": alpha, "beta": beta},
                   consts=consts)
-    check(m, {"a": a, "b": b}, ARITH)
+    # alpha * A @ B + beta * C: the dot-product bound with K + 2 roundings (scale, add C) over its terms.
+    terms = abs(alpha) * np.matmul(np.abs(a.T if ta else a), np.abs(b.T if tb else b)).astype(np.float64)
+    if cshape:
+        terms = terms + abs(beta) * np.abs(consts["c"])
+    check(m, {"a": a, "b": b}, bound=2 * (4 + 2) * 2.0**-24 * terms + 1e-30)
 
 
 # -- softmax and reductions -------------------------------------------------------------------------
