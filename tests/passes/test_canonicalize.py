@@ -1,6 +1,8 @@
 """canonicalize: MatMul/Gemm -> Linear (bias folded), Div by a constant -> Mul."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,15 @@ from tcc.ir.text import print_graph
 from .helpers import check_pass, make_ctx, refusals, run_pass, t
 
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _per_test_rng(request):
+    """Each test draws its own constants, seeded by its id: the same data whatever order tests run in."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
 
 
 def w(*shape):
