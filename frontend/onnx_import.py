@@ -34,7 +34,8 @@ from ..ir.dims import Sym, product
 from ..ir.dtypes import DType
 from ..ir.ops.movement import split_parts
 from ..ir.ops.shape import shape_constant
-from ..ir.registry import as_ints, infer_types, run_ref
+from ..ir.registry import infer_types, run_ref
+from ..ir.ops._common import const_ints
 
 MIN_OPSET = 13
 # Opsets 24..27 (onnx 1.22) only add dtypes to the ops handled here (checked op by op: Reshape-25,
@@ -600,12 +601,11 @@ class Importer:
         return self.g.add_const(arr, name or "const")
 
     def const_ints(self, v: Value | None, n: OnnxNode, what: str) -> list:
-        if v is None:
-            return []
-        if v.const is None:
-            raise UnsupportedError(f"{n.op} node {n.name!r}: {what} input %{v.name} is computed at run time; "
-                                   "tcc needs it constant")
-        return as_ints(v.const)
+        """ir/ops/_common.const_ints, with the ONNX node named in the error."""
+        try:
+            return const_ints(v, f"{what} input")
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{n.op} node {n.name!r}: {e}") from None
 
     def heads_first(self, t: Value, heads: int, n: OnnxNode) -> Value:
         """[B, S, heads*D] -> [B, heads, S, D] (Reshape + Transpose), as ONNX's 3-D Attention does."""
