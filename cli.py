@@ -52,15 +52,107 @@ def cmd_compile(args) -> int:
     opts = CompileOptions(target=args.target, qm=args.qm, dump_ir=args.dump_ir,
                           max_dims=_kv_ints(args.max_dim, "--max-dim"), dims=_kv_ints(args.dim, "--dim"),
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
-                          kernel_variant=args.kernel_variant, pipeline=args.pipeline)
+                          kernel_variant=args.kernel_variant, pipeline=args.pipeline,
+                          max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template)
     manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
     mem = manifest["memory"]
     print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
           f"{len(manifest['kernels'])} kernels, weights {_mib(manifest['weights']['bytes'])}, "
           f"arena {_mib(mem['arena_bytes'])} (lower bound {_mib(mem['lower_bound_bytes'])}), "
           f"{manifest['compile_seconds']:.1f} s")
+    llm = manifest.get("llm")
+    if llm and llm.get("kv_cache"):
+        print(f"language model: {llm['layers']} KV-cache attention layers, context {llm['capacity']} tokens "
+              f"(KV cache {_mib(llm['kv_cache_bytes'])}), prefill chunks of {llm['max_prefill']}, "
+              f"tokenizer {'yes' if llm.get('tokenizer') else 'none'}")
+    elif llm:
+        print(f"note: decoder with past inputs, but no KV cache: {llm.get('kv_cache_refused')}")
     if args.dump_ir:
         print(f"IR dumps in {args.dump_ir}/")
+    return 0
+
+
+def _sampling_args(p) -> None:
+    from .runtime.generate import DEFAULT_SAMPLING as d
+
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most (256)")
+    p.add_argument("--temperature", type=float, default=d["temperature"], help=f"0 = greedy ({d['temperature']})")
+    p.add_argument("--top-k", type=int, default=d["top_k"], help=f"0 = off ({d['top_k']})")
+    p.add_argument("--top-p", type=float, default=d["top_p"], help=f"1 = off ({d['top_p']})")
+    p.add_argument("--repetition-penalty", type=float, default=d["repetition_penalty"],
+                   help=f"1 = off ({d['repetition_penalty']})")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+
+
+def _sampling(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def _speed(g) -> str:
+    return (f"[prefill {len(g.prompt_tokens)} tok {g.prefill_tokens_per_second:.1f} tok/s | "
+            f"decode {len(g.tokens)} tok {g.decode_tokens_per_second:.1f} tok/s | {g.stop_reason}]")
+
+
+def _echo(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def cmd_generate(args) -> int:
+    from .runtime.session import load
+
+    sess = load(args.artifact, threads=args.threads)
+    prompt = args.prompt
+    if args.prompt_ids is not None:
+        prompt = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
+    elif prompt is None:
+        raise TccError("give --prompt TEXT (or --prompt-ids)")
+    g = sess.generate(prompt, stop=tuple(args.stop or ()), stream=None if args.ids else _echo, **_sampling(args))
+    if args.ids:
+        print(" ".join(map(str, g.tokens)))
+    else:
+        print()
+    print(_speed(g), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .runtime.session import load
+
+    sess = load(args.artifact, threads=args.threads)
+    gen = sess.generator
+    if sess.tokenizer is None:
+        raise TccError(f"{args.artifact} has no tokenizer.json: chat needs one (compile with --tokenizer)")
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"tcc chat: {args.artifact} (context {gen.capacity} tokens). /reset starts over, /quit or Ctrl-D "
+              f"exits; Ctrl-C stops a reply.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if tty else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        msg = line.strip()
+        if not msg:
+            continue
+        if msg in ("/quit", "/exit"):
+            break
+        if msg == "/reset":
+            sess.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        try:
+            g = sess.chat(msg, system=args.system, stream=_echo, **_sampling(args))
+        except TccError as e:
+            print(f"tcc: error: {e}", file=sys.stderr)
+            continue
+        print()
+        print(_speed(g), file=sys.stderr)
     return 0
 
 
@@ -222,8 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disable-pass", action="append", metavar="PASS", help="skip PASS")
     c.add_argument("--pipeline", default="default", help="named pass pipeline (default)")
     c.add_argument("--kernel-variant", choices=("avx2", "scalar"), help="force one kernel variant")
+    c.add_argument("--max-context", type=int, metavar="N",
+                   help="KV-cache capacity in tokens of a decoder with past (default: config.json's, else 2048)")
+    c.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or its directory (default: beside the model)")
+    c.add_argument("--chat-template", metavar="NAME", help="llama2 | chatml | plain | a template name of the "
+                   "tokenizer config (default: the config's chat_template, else chatml or plain)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.set_defaults(fn=cmd_compile)
+
+    g = sub.add_parser("generate", help="continue a prompt with a compiled language model")
+    g.add_argument("artifact")
+    g.add_argument("--prompt", "-p", help="the text to continue")
+    g.add_argument("--prompt-ids", metavar="IDS", help="token ids instead of text ('1 2 3')")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="stop when TEXT is generated (repeat)")
+    g.add_argument("--ids", action="store_true", help="print the generated token ids instead of streaming text")
+    _sampling_args(g)
+    g.set_defaults(fn=cmd_generate)
+
+    ch = sub.add_parser("chat", help="chat with a compiled language model (interactive, streaming)")
+    ch.add_argument("artifact")
+    ch.add_argument("--system", help="system prompt")
+    _sampling_args(ch)
+    ch.set_defaults(fn=cmd_chat)
 
     r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
     r.add_argument("artifact")

@@ -36,6 +36,9 @@ class CompileOptions:
     disable_passes: tuple[str, ...] = ()
     kernel_variant: str | None = None
     build_dir: str | None = None
+    max_context: int | None = None  # KV-cache capacity of a decoder with past (default: config.json or 2048)
+    tokenizer: str | None = None  # tokenizer.json or its directory (default: beside the ONNX file)
+    chat_template: str | None = None  # built-in name, a named template of the config, or Jinja text
 
 
 def _say(progress: Callable | None, msg: str) -> None:
@@ -51,6 +54,25 @@ def symbol_bounds(graph: Graph, opts: CompileOptions) -> dict[str, int]:
                        f"{', '.join(symbols) or 'none'}")
     default = opts.max_dims.get("*", DEFAULT_MAX_DIM)
     return {s: int(opts.max_dims.get(s, default)) for s in symbols}
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_config_context(model) -> int | None:
+    """The context length in the config.json beside an ONNX file (HF's keys), if there is one."""
+    if not isinstance(model, str):
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(model)), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    for key in CONTEXT_KEYS:
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return None
 
 
 def check_target(opts: CompileOptions):
@@ -76,7 +98,9 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     graph = import_onnx(model, dims=opts.dims or None)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
-    ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts))
+    ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts),
+                      options={"max_context": opts.max_context or model_config_context(model),
+                               "explicit_bounds": tuple(opts.max_dims)})
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
                  disable=opts.disable_passes, progress=lambda name: _say(progress, f"pass {name}"))
     return graph, ctx, backend
@@ -108,8 +132,14 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     lib = build_library(sources, build_dir, backend.target, "model", extra_executables={"run": [run_cpp]},
                         jobs=flags.get("build-jobs"))
     manifest = _manifest(model, graph, ctx, opts, program, time.perf_counter() - t0)
-    keep_src = os.path.join(build_dir, "src") if flags.get("keep-build") else None
-    _assemble(out_dir, lib, os.path.join(build_dir, "run"), program.weights, manifest, keep_src)
+    files = {"libmodel.so": lib, "run": os.path.join(build_dir, "run")}
+    texts = {}
+    if "llm" in manifest:
+        files.update(_tokenizer_files(model, opts))
+        texts.update(_llm_texts(manifest, files, opts))
+    if flags.get("keep-build"):
+        files["src"] = os.path.join(build_dir, "src")
+    _assemble(out_dir, files, program.weights, manifest, texts)
     _say(progress, f"wrote {out_dir}")
     return manifest
 
@@ -135,7 +165,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
     from .codegen.program import output_names
 
     plan = ctx.stats["plan-memory"]
-    return {
+    manifest = {
         "format": "tcc-artifact-1",
         "tcc_version": __version__,
         "source": os.path.abspath(model) if isinstance(model, str) else "<in-memory model>",
@@ -155,11 +185,73 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "passes": [[name, round(dt, 6)] for name, dt in ctx.timings],
         "compile_seconds": round(seconds, 3),
     }
+    llm = graph.meta.get("llm")
+    if llm:
+        manifest["llm"] = _llm_manifest(llm, graph, ctx, plan)
+    return manifest
 
 
-def _assemble(out_dir: str, lib: str, run_bin: str, weights: bytes, manifest: dict,
-              src_dir: str | None = None) -> None:
-    """Write the artifact into a temp dir beside `out_dir`, then swap it in."""
+def _llm_manifest(llm: dict, graph: Graph, ctx, plan) -> dict:
+    out = dict(llm)
+    if llm.get("kv_cache"):
+        out.update(vocab=graph.outputs[0].shape[-1], max_prefill=ctx.symbol_bounds[llm["seq"]],
+                   max_batch=ctx.symbol_bounds[llm["batch"]], kv_cache_bytes=sum(plan.state_bytes.values()))
+    return out
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
+                   "config.json")
+
+
+def _tokenizer_files(model, opts: CompileOptions) -> dict[str, str]:
+    """The tokenizer files to copy into a language model's artifact: from --tokenizer (a tokenizer.json
+    or its directory), else from beside the ONNX file. None found: no tokenizer (ids only)."""
+    if opts.tokenizer:
+        path = os.path.abspath(opts.tokenizer)
+        if os.path.isfile(path):
+            folder = os.path.dirname(path)
+            found = {"tokenizer.json": path}
+        elif os.path.isdir(path):
+            folder, found = path, {}
+        else:
+            raise TccError(f"--tokenizer {opts.tokenizer}: no such file or directory")
+        if "tokenizer.json" not in found and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            raise TccError(f"--tokenizer {opts.tokenizer}: no tokenizer.json there")
+    elif isinstance(model, str):
+        folder, found = os.path.dirname(os.path.abspath(model)), {}
+    else:
+        return {}
+    for name in TOKENIZER_FILES:
+        p = os.path.join(folder, name)
+        if name not in found and os.path.isfile(p):
+            found[name] = p
+    return found if "tokenizer.json" in found else {}
+
+
+def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, str]:
+    """chat.json for a language model with a tokenizer (the chat template cut into turn segments)."""
+    from .runtime.tokenizer import Tokenizer, chat_config
+
+    llm = manifest["llm"]
+    if "tokenizer.json" not in files:
+        return {}
+    tj = files["tokenizer.json"]
+    cj = files.get("tokenizer_config.json")
+    tok = Tokenizer.from_files(tj, cj)
+    if tok.vocab_size > llm["vocab"]:
+        raise TccError(f"{tj}: the tokenizer has {tok.vocab_size} tokens, more than the model's vocabulary "
+                       f"of {llm['vocab']}")
+    cc = chat_config(tok, opts.chat_template, llm["capacity"])
+    llm["chat_config"] = cc
+    llm["eos_token_ids"] = cc["eos_token_ids"]
+    llm["tokenizer"] = "tokenizer.json"
+    return {"chat.json": json.dumps(cc, indent=2) + "\n"}
+
+
+def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dict,
+              texts: dict[str, str] | None = None) -> None:
+    """Write the artifact into a temp dir beside `out_dir`, then swap it in. `files` maps artifact
+    names to paths to copy (directories too); `texts` artifact names to contents."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -169,12 +261,16 @@ def _assemble(out_dir: str, lib: str, run_bin: str, weights: bytes, manifest: di
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        shutil.copy2(lib, os.path.join(tmp, "libmodel.so"))
-        shutil.copy2(run_bin, os.path.join(tmp, "run"))
+        for name, src in files.items():
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(tmp, name))
+            else:
+                shutil.copy2(src, os.path.join(tmp, name))
         with open(os.path.join(tmp, "weights.bin"), "wb") as f:
             f.write(weights)
-        if src_dir:
-            shutil.copytree(src_dir, os.path.join(tmp, "src"))
+        for name, text in (texts or {}).items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.write(text)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")

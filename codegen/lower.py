@@ -54,7 +54,7 @@ def broadcast_strides(shape, out_shape) -> list[Dim]:
 
 
 # Families whose kernels compute in f32 only: any other float dtype is refused at code generation.
-F32_ONLY = frozenset({"gemm", "matmul", "attention", "softmax", "norm", "rope"})
+F32_ONLY = frozenset({"gemm", "matmul", "attention", "kvattention", "softmax", "norm", "rope"})
 
 DTYPE_CODE = {DType.f32: "f32", DType.i64: "i64", DType.i32: "i32", DType.bool: "bool", DType.f16: "f16",
               DType.i8: "i8", DType.u8: "u8"}
@@ -130,6 +130,8 @@ class Emitter:
             base = f"m->out[{root.index}]"
         elif root.kind == "arena":
             base = f"(m->arena + {root.offset})"
+        elif root.kind == "state":
+            base = f"m->state[{root.index}]"
         elif root.kind == "const":  # a view of a constant (when folding was disabled)
             return self._const_ptr(self.graph.constants[p.root], ctype)
         else:
@@ -256,6 +258,22 @@ def _attention(node: Node, em: Emitter) -> None:
         em.array("vs", dense_strides(v.shape)), em.array("ms", mask_strides) if mask is not None else "nullptr",
         em.array("os", dense_strides(out.shape)), _c_float(node.attrs["scale"]), str(int(node.attrs.get("causal", 0))),
         "m->pool"], dtype="f32")
+
+
+@lowering("KVAttention")
+def _kv_attention(node: Node, em: Emitter) -> None:
+    q, k, v, kc, vc, past = node.inputs[:6]
+    cos, sin = node.input(6), node.input(7)
+    b, hq, s, d = q.shape
+    hkv, cap, dv = k.shape[1], kc.shape[2], v.shape[3]
+    out = node.output
+    em.call(node, "kvattention", [
+        em.ptr(q), em.ptr(k), em.ptr(v), em.ptr(kc), em.ptr(vc), em.ptr(out),
+        c_dim(b), c_dim(hq), c_dim(hkv), c_dim(s), c_dim(past.const.item()), str(cap), c_dim(d), c_dim(dv),
+        em.array("qs", dense_strides(q.shape)), em.array("ks", dense_strides(k.shape)),
+        em.array("vs", dense_strides(v.shape)), em.array("os", dense_strides(out.shape)),
+        em.ptr(cos), em.ptr(sin), str(int(node.attrs.get("rotary_dim", 0))), str(int(node.attrs.get("rope", 0))),
+        _c_float(node.attrs["scale"]), "m->pool"], dtype="f32")
 
 
 # -- elementwise -----------------------------------------------------------------------------------

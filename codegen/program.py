@@ -52,7 +52,23 @@ def bind_symbols(graph: Graph, bounds: dict[str, int]) -> list[str]:
                           f'", got %" PRId64, (int64_t)({expr}), in[{i}].shape[{d_i}]);')
             if isinstance(d, Sym) and not d.symbols <= bound_syms | _all_bare_symbols(graph):
                 raise TccError(f"{where} has shape {d}, whose symbols are not all dims of some input")
-    return lines + checks
+    return lines + checks + llm_bind_lines(graph)
+
+
+def llm_bind_lines(graph: Graph) -> list[str]:
+    """A KV-cache program binds `past` from the cache length and `n_logits` from the requested rows."""
+    llm = graph.meta.get("llm")
+    if not llm or not llm.get("kv_cache"):
+        return []
+    seq, past, n = sym_var(llm["seq"]), sym_var(llm["past"]), sym_var(llm["n_logits"])
+    return [
+        f"  const int64_t {past} = m->kv_len;",
+        f"  if ({seq} < 1) return fail(\"input_ids has no tokens (seq = 0)\");",
+        f"  if ({past} + {seq} > kKvCapacity) return fail(\"context overflow: %\" PRId64 \" cached + %\" PRId64 "
+        f"\" new tokens exceed the context of %\" PRId64 \" tokens (compile with a larger --max-context, or "
+        f"reset / truncate the cache)\", {past}, {seq}, kKvCapacity);",
+        f"  const int64_t {n} = (m->logits_rows <= 0 || m->logits_rows > {seq}) ? {seq} : m->logits_rows;",
+    ]
 
 
 def _all_bare_symbols(graph: Graph) -> set[str]:
@@ -93,7 +109,11 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
                 "max_bytes": v.type.nbytes_bound(bounds)}
 
     weights = em.weights.blob()
+    llm = graph.meta.get("llm") or {}
+    kv = bool(llm.get("kv_cache"))
     text = environment().get_template("common/model.cpp.j2").render(
+        states=[{"name": _c_string(n), "bytes": v.type.nbytes_bound(bounds)} for n, v in graph.states.items()],
+        kv_capacity=llm["capacity"] if kv else 0, kv_seq_var=sym_var(llm["seq"]) if kv else "",
         inputs=[io(v, v.name) for v in graph.inputs],
         outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
         arena_bytes=plan.arena_bytes, weights_bytes=len(weights),

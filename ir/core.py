@@ -2,7 +2,9 @@
 
 A Graph is a list of Nodes kept in topological order, with ordered graph inputs and outputs. A Value has
 exactly one definition: a graph input, a constant (`Value.const` holds its numpy data; an object array of
-dims for a symbolic integer constant such as a folded `Shape`), or one output of one Node.
+dims for a symbolic integer constant such as a folded `Shape`), a state, or one output of one Node.
+A state is a buffer the program owns across runs (a language model's KV cache): allocated and zeroed
+once at load, read and updated in place by the ops that take it (they declare `effects` in the registry).
 Node inputs are ordered; an absent optional input is `None`.
 
 Passes mutate graphs through the helpers here (`add_node`, `replace_uses`, `remove_nodes`) so types are
@@ -123,6 +125,7 @@ class Graph:
         self.outputs: list[Value] = []
         self.nodes: list[Node] = []
         self.constants: dict[str, Value] = {}
+        self.states: dict[str, Value] = {}
         self.meta: dict[str, Any] = {}
         self._names: set[str] = set()
         self._counter = itertools.count()
@@ -162,6 +165,11 @@ class Graph:
         self.constants[v.name] = v
         return v
 
+    def add_state(self, name: str, type: TensorType) -> Value:
+        v = Value(self.unique_name(name), type)
+        self.states[v.name] = v
+        return v
+
     def add_node(self, op: str, inputs: Sequence[Value | None], attrs: dict | None = None,
                  name: str = "", out_names: Sequence[str] | None = None, before: Node | None = None,
                  out_types: Sequence[TensorType] | None = None, num_outputs: int | None = None) -> Node:
@@ -191,6 +199,7 @@ class Graph:
     def values(self) -> Iterable[Value]:
         yield from self.inputs
         yield from self.constants.values()
+        yield from self.states.values()
         for n in self.nodes:
             yield from n.outputs
 
@@ -236,6 +245,17 @@ class Graph:
         old.name = self.unique_name(public + ".replaced")
         ident = self.add_node("Identity", [new], out_names=[public])
         self.outputs = [ident.outputs[0] if v is old else v for v in self.outputs]
+
+    def substitute_symbols(self, mapping: dict[str, Dim]) -> None:
+        """Replace shape symbols everywhere: value types and symbolic constants (e.g. an input dim named
+        `total` that is really `past+seq`)."""
+        from .dims import substitute
+
+        for v in self.values():
+            v.type = v.type.with_shape([substitute(d, mapping) for d in v.shape])
+            if v.const is not None and v.const.dtype == object:
+                flat = [substitute(x, mapping) if isinstance(x, Sym) else x for x in v.const.reshape(-1)]
+                v.const = np.array(flat, dtype=object).reshape(v.const.shape)
 
     def remove_nodes(self, nodes: Iterable[Node]) -> None:
         dead = set(map(id, nodes))
@@ -291,6 +311,10 @@ class Graph:
             nv = Value(g._claim(name), v.type, const=v.const)
             g.constants[name] = nv
             vmap[id(v)] = nv
+        for name, v in self.states.items():
+            nv = Value(g._claim(name), v.type)
+            g.states[name] = nv
+            vmap[id(v)] = nv
         for n in self.nodes:
             nn = Node(n.op, [None if v is None else vmap[id(v)] for v in n.inputs], [], dict(n.attrs), n.name)
             for o in n.outputs:
@@ -328,6 +352,10 @@ class Graph:
             if tuple(v.const.shape) != v.shape:
                 raise IRError(f"constant %{name}: data shape {v.const.shape} != type {v.type}")
             define(v, "constant")
+        for name, v in self.states.items():
+            if v.const is not None or v.producer is not None or v.name != name:
+                raise IRError(f"state %{name} has constant data, a producer or a mismatched name")
+            define(v, "state")
         for n in self.nodes:
             if n.op not in OPS:
                 raise IRError(f"unknown op {n.op} in node {n.name!r}")

@@ -232,6 +232,16 @@ def to_c(d: Dim, var: Callable[[str], str]) -> str:
     return d.to_c(var) if isinstance(d, Sym) else str(int(d))
 
 
+def substitute(d: Dim, mapping: dict[str, Dim]) -> Dim:
+    """d with symbols replaced by dims (`total` -> `past+seq`); other symbols stay."""
+    if not isinstance(d, Sym) or not d.symbols & set(mapping):
+        return d
+    env: dict = {s: Sym.symbol(s) for s in d.symbols}
+    env.update(mapping)
+    out = d.evaluate(env)
+    return out._simplify() if isinstance(out, Sym) else out
+
+
 def symbols_of(d: Dim) -> set[str]:
     return d.symbols if isinstance(d, Sym) else set()
 

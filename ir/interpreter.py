@@ -67,15 +67,57 @@ def concrete(arr: np.ndarray, env: dict[str, int]) -> np.ndarray:
     return np.array(flat, dtype=np.int64).reshape(arr.shape)
 
 
+class ProgramState:
+    """The states of a graph between runs (a language model's KV cache) and the symbols they bind.
+
+    For a graph with `meta["llm"]` (see passes/kv_cache.py): `length` cached tokens bind the `past`
+    symbol, and `logits_rows` (0 = all) with the run's sequence length binds `n_logits`. Each run
+    appends its tokens: `length` grows by the sequence length.
+    """
+
+    def __init__(self, graph: Graph):
+        self.arrays = {name: np.zeros(v.type.concrete_shape({}), v.dtype.np) for name, v in graph.states.items()}
+        self.length = 0
+        self.logits_rows = 1
+
+    def reset(self) -> None:
+        for a in self.arrays.values():
+            a[...] = 0
+        self.length = 0
+
+
+def _bind_llm_symbols(graph: Graph, env: dict[str, int], state: ProgramState) -> int:
+    """Bind past / n_logits; returns the run's sequence length."""
+    llm = graph.meta["llm"]
+    seq = env[llm["seq"]]
+    if state.length + seq > llm["capacity"]:
+        raise RuntimeFeedError(f"context overflow: {state.length} cached + {seq} new tokens exceed the "
+                               f"context of {llm['capacity']} tokens")
+    env[llm["past"]] = state.length
+    rows = state.logits_rows
+    env[llm["n_logits"]] = seq if rows <= 0 else min(rows, seq)
+    return seq
+
+
 def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = True,
-              keep: bool = False) -> dict[str, np.ndarray]:
-    """Run the graph; returns the outputs by name (every value's array if `keep`)."""
+              keep: bool = False, state: ProgramState | None = None,
+              symbols: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Run the graph; returns the outputs by name (every value's array if `keep`).
+
+    `state` carries a stateful graph's states across runs (a fresh, empty one when omitted); `symbols`
+    binds shape symbols no input binds (e.g. to evaluate a subgraph of constants)."""
     env = bind_symbols(graph, feeds)
+    env.update(symbols or {})
+    if graph.states and state is None:
+        state = ProgramState(graph)
+    seq = _bind_llm_symbols(graph, env, state) if "llm" in graph.meta and state is not None else 0
     vals: dict[int, np.ndarray] = {}
     for v in graph.inputs:
         vals[id(v)] = np.asarray(feeds[v.name])
     for v in graph.constants.values():
         vals[id(v)] = concrete(v.const, env)
+    for name, v in graph.states.items():
+        vals[id(v)] = state.arrays[name]
     for node in graph.nodes:
         args = [None if v is None else vals[id(v)] for v in node.inputs]
         results = run_ref(node, args)
@@ -84,6 +126,8 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
             if check_types:
                 _check(o, r, env, node)
             vals[id(o)] = r
+    if state is not None:
+        state.length += seq
     if keep:
         out = {v.name: vals[id(v)] for v in graph.values() if id(v) in vals}
         return out

@@ -32,6 +32,7 @@ class OpDef:
     attrs: dict[str, Any] = field(default_factory=dict)  # name -> default (or REQUIRED)
     inplace: bool = False  # output 0 may share input 0's buffer when input 0 dies here
     doc: str = ""
+    effects: bool = False  # updates a state input in place: never folded, removed or reordered past a use
 
 
 OPS: dict[str, OpDef] = {}
@@ -40,14 +41,14 @@ KINDS = ("elementwise", "broadcast", "injective", "reduction", "view", "shape", 
 
 def register_op(name: str, *, infer, ref, kind: str = "opaque", inputs: tuple[int, int] | int = 1,
                 outputs: int | None = 1, attrs: dict | None = None, inplace: bool = False,
-                doc: str = "") -> OpDef:
+                doc: str = "", effects: bool = False) -> OpDef:
     if name in OPS:
         raise ValueError(f"op {name} registered twice")
     if kind not in KINDS:
         raise ValueError(f"op {name}: unknown kind {kind!r}")
     if isinstance(inputs, int):
         inputs = (inputs, inputs)
-    op = OpDef(name, infer, ref, kind, inputs, outputs, dict(attrs or {}), inplace, doc)
+    op = OpDef(name, infer, ref, kind, inputs, outputs, dict(attrs or {}), inplace, doc, effects)
     OPS[name] = op
     return op
 

@@ -132,6 +132,8 @@ def print_graph(g: Graph, blob_dir: str | None = None, inline_limit: int = INLIN
     lines.append(f"graph {g.name}({params}) -> ({outs}) {{")
     for v in g.constants.values():
         lines.append(f"  {value_ref(v)} : {v.type} = const {format_const(v, blob_dir, inline_limit)}")
+    for v in g.states.values():
+        lines.append(f"  {value_ref(v)} : {v.type} = state")
     for i, n in enumerate(g.nodes):
         lines.append("  " + format_node(n))
         for c in (comments or {}).get(i, []):
@@ -394,6 +396,14 @@ def _parse_def(sc: _Scanner, g: Graph, env: dict, blob_dir: str | None) -> None:
             raise sc.error(f"value %{name} defined twice")
         arr = _parse_const_body(sc, t, blob_dir)
         env[name] = g.add_const(arr, name, exact_name=True)
+        return
+    if sc.peek("state") and sc.s[sc.i:].strip() == "state":
+        name, t = outs[0]
+        if name in env:
+            raise sc.error(f"value %{name} defined twice")
+        v = Value(g._claim(name), t)
+        g.states[name] = v
+        env[name] = v
         return
     op = sc.ident()
     args = sc.balanced("(", ")")[1:-1]

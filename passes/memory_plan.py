@@ -5,6 +5,7 @@ Every value of the graph gets a `Placement`:
     kind "input"   the caller's buffer of graph input `index` (a view of an input too)
     kind "output"  the caller's buffer of graph output `index` (and every view of / in-place into it)
     kind "const"   the constant's own data (a view of a constant too)
+    kind "state"   state `index` (in graph.states order): a buffer the program allocates at load
     kind "arena"   `offset` bytes into the one intermediate arena (64-byte aligned)
 
 `root` names the value that owns the storage: the value itself, unless it is a view (then the root of its
@@ -19,8 +20,8 @@ ALIGN = 64
 
 @dataclass
 class Placement:
-    kind: str  # "input" | "output" | "const" | "arena"
-    index: int | None  # graph input / output index for kind input/output, else None
+    kind: str  # "input" | "output" | "const" | "state" | "arena"
+    index: int | None  # graph input / output / state index for kind input/output/state, else None
     offset: int  # byte offset in the arena (kind "arena"), else 0
     root: str  # name of the value that owns the storage (itself unless view / in-place)
 
@@ -37,6 +38,7 @@ class MemoryPlan:
     inplace_of: dict[str, str] = field(default_factory=dict)  # value -> the input value whose storage it reuses
     view_of: dict[str, str] = field(default_factory=dict)  # value -> the input value it is a view of
     strategy: str = ""  # the ordering heuristic that gave the smallest arena
+    state_bytes: dict[str, int] = field(default_factory=dict)  # state name -> bytes
 
     def __repr__(self) -> str:
         return (f"MemoryPlan({len(self.placements)} values, arena={self.arena_bytes}, "
@@ -69,12 +71,15 @@ class MemoryPlan:
             if p.root == name:
                 return f"{text} @ {where} ({format_bytes(self.sizes.get(p.root, 0))})"
             return f"{text} (@ {where})"
-        if p.kind in ("input", "output"):
+        if p.kind in ("input", "output", "state"):
             return f"{text} -> {p.kind} {p.index}"
         return f"{text} -> const"
 
     def summary_lines(self) -> list[str]:
-        return [f"plan: arena {format_bytes(self.arena_bytes)} (sum of intermediates "
+        states = [p for p in self.placements.values() if p.kind == "state" and p.root in self.state_bytes]
+        extra = [f"plan: states (KV cache) {format_bytes(sum(self.state_bytes.values()))} in {len(states)} buffers, "
+                 f"allocated at load"] if self.state_bytes else []
+        return extra + [f"plan: arena {format_bytes(self.arena_bytes)} (sum of intermediates "
                 f"{format_bytes(self.total_bytes)}, lower bound {format_bytes(self.lower_bound)})"]
 
     def overlaps(self) -> list[tuple[str, str]]:

@@ -14,11 +14,16 @@ OPTIMIZE = [
     "eliminate-dead-code",
 ]
 
+# Decoders with past inputs get their generation interface first (so folding sees the computed mask
+# and positions) and their KV cache after fuse-attention; both are no-ops for other graphs.
+LLM_BEFORE = ["llm-interface"]
+LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "eliminate-dead-code"]
+
 PIPELINES: dict[str, list[str]] = {
     # What `tcc compile` runs: optimize, rewrite ops into kernel-family forms, plan memory.
-    "default": OPTIMIZE + ["lower-ops", "eliminate-dead-code", "plan-memory"],
+    "default": LLM_BEFORE + OPTIMIZE + LLM_AFTER + ["lower-ops", "eliminate-dead-code", "plan-memory"],
     # What `tcc ir` shows by default: everything but lowering and memory planning.
-    "optimize": OPTIMIZE,
+    "optimize": LLM_BEFORE + OPTIMIZE + LLM_AFTER,
     "cleanup": ["fold-constants", "eliminate-dead-code"],
 }
 

@@ -6,7 +6,7 @@
    into an input's storage when that input has the output's shape and itemsize, lives in the arena, and its
    storage dies at this node (input 0 first; other inputs only for elementwise/broadcast ops, whose kernels
    support any aliased operand). A storage whose value (or a view of it) is graph output `j` is output `j`'s
-   buffer; graph inputs and constants keep their own buffers.
+   buffer; graph inputs, constants and states (the KV cache, allocated once at load) keep their own.
 3. Liveness over the final node order: a storage lives from the node that creates it to the last use of
    any of its aliases (inclusive). Sizes are `TensorType.nbytes_bound(ctx.symbol_bounds)`.
 4. Offsets: best fit (smallest gap that fits among the storages alive at the same time), 64-byte aligned,
@@ -43,7 +43,7 @@ def view_root(v: Value) -> Value:
 @dataclass
 class _Storage:
     root: Value
-    kind: str  # input | output | const | arena
+    kind: str  # input | output | const | state | arena
     index: int | None
     first: int
     last: int
@@ -100,6 +100,8 @@ def _last_uses(graph: Graph) -> dict[int, int]:
         last[id(v)] = -1
     for v in graph.constants.values():
         last[id(v)] = -1
+    for v in graph.states.values():
+        last[id(v)] = INF
     for i, n in enumerate(graph.nodes):
         for o in n.outputs:
             last[id(o)] = i
@@ -171,6 +173,8 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
         new_storage(v, "input", i, -1)
     for v in graph.constants.values():
         new_storage(v, "const", None, -1)
+    for i, v in enumerate(graph.states.values()):
+        new_storage(v, "state", i, -1)
 
     for i, n in enumerate(nodes):
         if is_view(n):
@@ -250,7 +254,8 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
     plan = MemoryPlan(placements, arena_bytes, total, lower,
                       sizes={s.root.name: s.size for s in storages if s.kind == "arena"},
                       live={s.root.name: (s.first, s.last) for s in arena},
-                      inplace_of=inplace_of, view_of=view_of, strategy=best_name)
+                      inplace_of=inplace_of, view_of=view_of, strategy=best_name,
+                      state_bytes={n: v.type.nbytes_bound(bounds) for n, v in graph.states.items()})
     return plan
 
 

@@ -81,6 +81,52 @@ class Session:
                  "ms": lib.tcc_model_profile_ns(self._model, i) / 1e6}
                 for i in range(lib.tcc_model_profile_count())]
 
+    # -- language models (manifest "llm"; see runtime/generate.py) ----------------------------------
+    @property
+    def tokenizer(self):
+        """The artifact's tokenizer (tokenizer.json copied at compile time), or None."""
+        if not hasattr(self, "_tokenizer"):
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = (Tokenizer.from_dir(self.path)
+                               if os.path.isfile(os.path.join(self.path, "tokenizer.json")) else None)
+        return self._tokenizer
+
+    @property
+    def generator(self):
+        if getattr(self, "_generator", None) is None:
+            from .generate import Generator
+
+            self._generator = Generator(self, self.tokenizer)
+        return self._generator
+
+    def generate(self, prompt, max_new_tokens: int = 256, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+                 stop=(), stream=None, keep_context: bool = False, keep_logits: bool = False):
+        """Continue `prompt` (text, or a list of token ids). Starts a new context unless keep_context
+        (then the prompt is appended to the conversation so far). temperature 0 is greedy; unset sampling
+        parameters take the chat binary's defaults (runtime/generate.py: DEFAULT_SAMPLING). `stream`
+        gets each new piece of text; `stop` strings end the reply (not included). Returns a Generation."""
+        g = self.generator
+        if not keep_context:
+            g.reset()
+        ids = g.prompt_ids(prompt)
+        return g.run(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, stream,
+                     keep_logits=keep_logits)
+
+    def chat(self, message: str, system: str | None = None, max_new_tokens: int = 256,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float | None = None, seed: int | None = None, stop=(), stream=None):
+        """One chat turn: the message, formatted with the chat template, is appended to the conversation
+        (the KV cache keeps earlier turns), and the reply is generated. `reset()` starts over."""
+        g = self.generator
+        return g.run(g.turn_ids(message, system), max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                     seed, stop, stream)
+
+    def reset(self) -> None:
+        """Forget the conversation (empty the KV cache)."""
+        self.generator.reset()
+
     def close(self) -> None:
         if getattr(self, "_model", None):
             self._lib.tcc_model_free(self._model)

@@ -48,6 +48,31 @@ const char* tcc_model_profile_node(int i);
 int64_t tcc_model_profile_ns(const tcc_model* model, int i);
 int64_t tcc_model_profile_calls(const tcc_model* model, int i);
 
+// Language-model programs (manifest "llm" section; see docs/llm.md). The program owns a KV cache,
+// allocated once at load for kv_capacity tokens. Each run takes only `input_ids` [batch, seq] (int64),
+// appends seq tokens to the cache at positions length..length+seq-1, and returns logits
+// [batch, n, vocab] for the last n = min(logits_rows, seq) positions (logits_rows 0 = all).
+// Models without a KV cache report capacity 0 and ignore these calls.
+int64_t tcc_model_kv_capacity(void);
+int64_t tcc_model_kv_length(const tcc_model* model);
+// Forget cached tokens n.. (0 empties the cache). Returns non-zero (see last_error) if n > length.
+int tcc_model_kv_truncate(tcc_model* model, int64_t n);
+void tcc_model_set_logits_rows(tcc_model* model, int64_t n);
+
+// Token sampling shared by the Python runtime and the standalone chat binary, so both pick the same
+// tokens for the same logits and seed. temperature <= 0 is greedy (argmax, lowest id on ties).
+typedef struct tcc_sampling {
+  float temperature;         // 1.0: the model's distribution
+  int32_t top_k;             // <= 0: no top-k cut
+  float top_p;               // >= 1.0: no nucleus cut
+  float repetition_penalty;  // 1.0: none; applied to tokens in `recent` (CTRL-style: divide positive logits)
+} tcc_sampling;
+// Seed a generator state (splitmix64 of seed).
+uint64_t tcc_rng_seed(uint64_t seed);
+// Pick a token from `logits` [vocab]. `recent` (n_recent ids) feeds the repetition penalty. Advances *rng.
+int64_t tcc_sample(const float* logits, int64_t vocab, const tcc_sampling* params, const int64_t* recent,
+                   int64_t n_recent, uint64_t* rng);
+
 #ifdef __cplusplus
 }
 #endif

@@ -230,6 +230,11 @@ class Tokenizer:
                 del ids[0]
         return ids
 
+    @property
+    def adds_bos(self) -> bool:
+        """Whether encode(text, add_special_tokens=True) starts with BOS."""
+        return self.bos_id is not None and self.encode("a", add_special_tokens=True)[:1] == [self.bos_id]
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
@@ -461,3 +466,73 @@ def format_chat(
         raise TccError(f"{label} failed: {_first_line(e.message or type(e).__name__)}") from None
     except Exception as e:  # noqa: BLE001 -- a template bug (e.g. a type error in an expression)
         raise TccError(f"{label} failed: {type(e).__name__}: {_first_line(e)}") from None
+
+
+# -- chat turns as text segments (chat.json) ----------------------------------------------------------
+
+_U1, _U2, _A1, _SYS = "\x02U1\x03", "\x02U2\x03", "\x02A1\x03", "\x02SYS\x03"
+
+
+def _split(text: str, *marks: str) -> list[str] | None:
+    parts = []
+    for m in marks:
+        if text.count(m) != 1:
+            return None
+        head, text = text.split(m)
+        parts.append(head)
+    return parts + [text]
+
+
+def chat_config(tokenizer: Tokenizer, template: str | None = None, max_context: int = 0) -> dict:
+    """The chat template as text segments, for chat turns appended to a KV cache (written to chat.json).
+
+    The template is rendered with sentinel messages and cut at them:
+      turn 1:  (first_user_prefix | fups[0] + system + fups[1]) + user + user_suffix
+      turn n:  assistant_suffix + user_prefix + user + user_suffix
+    (the reply's own tokens sit between user_suffix and assistant_suffix). The Python runtime and the
+    standalone chat binary both follow these segments. A template that cannot be cut this way (its output
+    does not contain each message once, in order) raises TccError naming it.
+    """
+    def render(msgs, gen):
+        return format_chat(msgs, tokenizer, template=template, add_generation_prompt=gen)
+
+    name = template or ("default" if "default" in tokenizer.chat_templates else
+                        "chatml" if tokenizer.token_to_id("<|im_start|>") is not None else "plain")
+    t1 = _split(render([{"role": "user", "content": _U1}], True), _U1)
+    t3 = _split(render([{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1}], False), _U1, _A1)
+    t2 = _split(render([{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
+                        {"role": "user", "content": _U2}], True), _U1, _A1, _U2)
+    if t1 is None or t2 is None or t3 is None or t2[0] != t1[0] or t3[0] != t1[0]:
+        raise TccError(f"chat template '{name}' cannot be split into turns (it must render each message once, "
+                       f"in order, with the same prefix every time)")
+    first_prefix, user_suffix = t1
+    assistant_suffix = t3[2]
+    if not t2[2].startswith(assistant_suffix) or t2[3] != user_suffix:
+        raise TccError(f"chat template '{name}': a second turn does not continue the first one's text")
+    user_prefix = t2[2][len(assistant_suffix):]
+    try:
+        ts = _split(render([{"role": "system", "content": _SYS}, {"role": "user", "content": _U1}], True), _SYS, _U1)
+    except TccError:
+        ts = None  # a template without system messages
+    fups = [ts[0], ts[1]] if ts is not None and ts[2] == user_suffix else None
+
+    eos = set(tokenizer.eos_ids)
+    end_turn = tokenizer.token_to_id("<|im_end|>")
+    if end_turn is not None and "<|im_end|>" in assistant_suffix:
+        eos.add(end_turn)  # ChatML replies end with <|im_end|>, whatever the tokenizer's eos is
+    bos_text = tokenizer.bos_token or ""
+    starts_with_bos = bool(bos_text) and first_prefix.startswith(bos_text)
+    return {
+        "template_name": name,
+        "bos_token_id": tokenizer.bos_id,
+        # BOS goes first unless the template writes it itself (Llama-2's "<s>[INST]")
+        "add_bos": tokenizer.adds_bos and not starts_with_bos,
+        "eos_token_ids": sorted(eos),
+        "first_user_prefix": first_prefix,
+        "first_user_prefix_with_system": fups,
+        "user_prefix": user_prefix,
+        "user_suffix": user_suffix,
+        "assistant_suffix": assistant_suffix,
+        "default_system": None,
+        "max_context": max_context,
+    }
