@@ -193,7 +193,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
 
 def _llm_manifest(llm: dict, graph: Graph, ctx, plan) -> dict:
     out = dict(llm)
-    if llm.get("kv_cache"):
+    if llm.get("kv_cache") or llm.get("recompute"):
         out.update(vocab=graph.outputs[0].shape[-1], max_prefill=ctx.symbol_bounds[llm["seq"]],
                    max_batch=ctx.symbol_bounds[llm["batch"]], kv_cache_bytes=sum(plan.state_bytes.values()))
     return out

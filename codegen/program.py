@@ -58,16 +58,20 @@ def bind_symbols(graph: Graph, bounds: dict[str, int]) -> list[str]:
 def llm_bind_lines(graph: Graph) -> list[str]:
     """A KV-cache program binds `past` from the cache length and `n_logits` from the requested rows."""
     llm = graph.meta.get("llm")
-    if not llm or not llm.get("kv_cache"):
+    if not llm or not (llm.get("kv_cache") or llm.get("recompute")):
         return []
-    seq, past, n = sym_var(llm["seq"]), sym_var(llm["past"]), sym_var(llm["n_logits"])
+    seq, n = sym_var(llm["seq"]), sym_var(llm["n_logits"])
+    rows = f"  const int64_t {n} = (m->logits_rows <= 0 || m->logits_rows > {seq}) ? {seq} : m->logits_rows;"
+    if not llm.get("kv_cache"):
+        return [f"  if ({seq} < 1) return fail(\"input_ids has no tokens (seq = 0)\");", rows]
+    past = sym_var(llm["past"])
     return [
         f"  const int64_t {past} = m->kv_len;",
         f"  if ({seq} < 1) return fail(\"input_ids has no tokens (seq = 0)\");",
         f"  if ({past} + {seq} > kKvCapacity) return fail(\"context overflow: %\" PRId64 \" cached + %\" PRId64 "
         f"\" new tokens exceed the context of %\" PRId64 \" tokens (compile with a larger --max-context, or "
         f"reset / truncate the cache)\", {past}, {seq}, kKvCapacity);",
-        f"  const int64_t {n} = (m->logits_rows <= 0 || m->logits_rows > {seq}) ? {seq} : m->logits_rows;",
+        rows,
     ]
 
 

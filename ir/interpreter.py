@@ -90,12 +90,14 @@ def _bind_llm_symbols(graph: Graph, env: dict[str, int], state: ProgramState) ->
     """Bind past / n_logits; returns the run's sequence length."""
     llm = graph.meta["llm"]
     seq = env[llm["seq"]]
+    rows = state.logits_rows
+    env[llm["n_logits"]] = seq if rows <= 0 else min(rows, seq)
+    if not llm.get("kv_cache"):
+        return 0  # recomputing generation: each run is the whole sequence
     if state.length + seq > llm["capacity"]:
         raise RuntimeFeedError(f"context overflow: {state.length} cached + {seq} new tokens exceed the "
                                f"context of {llm['capacity']} tokens")
     env[llm["past"]] = state.length
-    rows = state.logits_rows
-    env[llm["n_logits"]] = seq if rows <= 0 else min(rows, seq)
     return seq
 
 
@@ -108,7 +110,7 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
     binds shape symbols no input binds (e.g. to evaluate a subgraph of constants)."""
     env = bind_symbols(graph, feeds)
     env.update(symbols or {})
-    if graph.states and state is None:
+    if (graph.states or "llm" in graph.meta) and state is None:
         state = ProgramState(graph)
     seq = _bind_llm_symbols(graph, env, state) if "llm" in graph.meta and state is not None else 0
     vals: dict[int, np.ndarray] = {}

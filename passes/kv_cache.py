@@ -107,7 +107,7 @@ def _match(graph: Graph, att: Node, pasts: set[int], llm: dict) -> dict:
 
 def kv_cache(graph: Graph, ctx) -> int:
     llm = graph.meta.get("llm")
-    if llm is None or llm.get("kv_cache"):
+    if llm is None or llm.get("kv_cache") or llm.get("recompute"):
         return 0
     pasts = past_inputs(graph)
     ids = {id(v) for v in pasts}

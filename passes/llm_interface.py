@@ -78,41 +78,61 @@ def _positions(graph: Graph, past: Sym, seq: Sym, dtype: DType, before) -> Value
     return rng
 
 
+def _logits_output(graph: Graph, batch, seq) -> bool:
+    outs = graph.outputs
+    return len(outs) >= 1 and outs[0].type.rank == 3 and outs[0].dtype == DType.f32 \
+        and tuple(outs[0].shape[:2]) == (batch, seq)
+
+
 def llm_interface(graph: Graph, ctx) -> bool:
     _bypass_noops(graph)
     pasts = past_inputs(graph)
+    by_name = {v.name: v for v in graph.inputs}
+    ids = by_name.get("input_ids")
     if not pasts:
-        return False
+        # A decoder exported without past: input_ids [batch, seq] (+ role inputs) -> logits [batch, seq, V].
+        # It generates by recomputing the whole sequence for every token (no KV cache to keep).
+        if (ids is None or ids.type.rank != 2 or ids.dtype not in (DType.i64, DType.i32)
+                or any(v.name not in ROLE_INPUTS for v in graph.inputs)
+                or not _logits_output(graph, ids.shape[0], ids.shape[1])
+                or bare_symbol(ids.shape[0]) is None or bare_symbol(ids.shape[1]) is None):
+            return False
+        return _rewrite(graph, ctx, ids, [], None)
     past_syms = {bare_symbol(v.shape[2]) for v in pasts}
     if len(past_syms) != 1 or None in past_syms:
         raise UnsupportedError(f"past inputs {[v.name for v in pasts]} do not share one symbolic sequence dim "
                                f"(got {sorted(map(str, {v.shape[2] for v in pasts}))})")
-    by_name = {v.name: v for v in graph.inputs}
-    ids = by_name.get("input_ids")
     if ids is None or ids.type.rank != 2 or ids.dtype not in (DType.i64, DType.i32):
         raise UnsupportedError("decoder with past inputs has no input_ids [batch, seq] integer input "
                                f"(inputs: {[v.name for v in graph.inputs]})")
-    batch_sym, seq_sym = bare_symbol(ids.shape[0]), bare_symbol(ids.shape[1])
-    if batch_sym is None or seq_sym is None:
+    if bare_symbol(ids.shape[0]) is None or bare_symbol(ids.shape[1]) is None:
         raise UnsupportedError(f"input_ids must have symbolic [batch, seq] dims for generation, got {ids.type}")
     others = [v.name for v in graph.inputs if v not in pasts and v.name not in ROLE_INPUTS]
     if others:
         raise UnsupportedError(f"decoder input(s) {others} have no role in generation (known: "
                                f"{', '.join(ROLE_INPUTS)} and the past key/value inputs)")
-    past, seq, batch = Sym.symbol(past_syms.pop()), Sym.symbol(seq_sym), Sym.symbol(batch_sym)
+    return _rewrite(graph, ctx, ids, pasts, past_syms.pop())
+
+
+def _rewrite(graph: Graph, ctx, ids: Value, pasts: list[Value], past_sym: str | None) -> bool:
+    """Replace the role inputs by computed values; record graph.meta["llm"] and the symbol bounds."""
+    batch_sym, seq_sym = bare_symbol(ids.shape[0]), bare_symbol(ids.shape[1])
+    seq, batch = Sym.symbol(seq_sym), Sym.symbol(batch_sym)
+    past = Sym.symbol(past_sym) if past_sym else 0  # without past, every run starts at position 0
+    total = past + seq
     # Exporters often name the mask length on its own (`total`, `past_sequence_length + 1`): it is past+seq.
-    mask = by_name.get("attention_mask")
+    mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
     if mask is not None and mask.type.rank == 2:
-        total = bare_symbol(mask.shape[1])
-        if total is not None and total not in (str(past), seq_sym, batch_sym):
-            graph.substitute_symbols({total: past + seq})
-            ctx.log(NAME, f"attention_mask length {total} = {past + seq}")
+        t = bare_symbol(mask.shape[1])
+        if t is not None and t not in (past_sym, seq_sym, batch_sym):
+            graph.substitute_symbols({t: total})
+            ctx.log(NAME, f"attention_mask length {t} = {total}")
     first = graph.nodes[0] if graph.nodes else None
     replaced = []
     for v in list(graph.inputs):
         if v.name == "attention_mask":
-            _expect(v, (batch, past + seq))
-            ones = graph.add_node("ConstantOfShape", [_sym_const(graph, [batch, past + seq], "mask_shape")],
+            _expect(v, (batch, total))
+            ones = graph.add_node("ConstantOfShape", [_sym_const(graph, [batch, total], "mask_shape")],
                                   {"value": 1.0, "dtype": str(v.dtype)}, name="llm/attention_mask", before=first)
             new = ones.output
         elif v.name == "position_ids":
@@ -131,16 +151,21 @@ def llm_interface(graph: Graph, ctx) -> bool:
         replaced.append(v.name)
     graph.toposort()
     capacity = int(ctx.options.get("max_context") or DEFAULT_CONTEXT)
-    graph.meta["llm"] = {"batch": batch_sym, "seq": seq_sym, "past": str(past), "n_logits": "n_logits",
-                         "capacity": capacity, "input_ids": ids.name, "kv_cache": False}
+    graph.meta["llm"] = {"batch": batch_sym, "seq": seq_sym, "past": past_sym, "n_logits": "n_logits",
+                         "capacity": capacity, "input_ids": ids.name, "kv_cache": False,
+                         "logits": graph.meta.get("output_names", [graph.outputs[0].name])[0]}
     bounds = ctx.symbol_bounds
-    bounds[str(past)] = capacity
     if batch_sym not in ctx.options.get("explicit_bounds", ()):
         bounds[batch_sym] = int(ctx.options.get("batch", 1))
-    bounds[seq_sym] = min(bounds.get(seq_sym, capacity), capacity)
+    if past_sym:
+        bounds[past_sym] = capacity
+        bounds[seq_sym] = min(bounds.get(seq_sym, capacity), capacity)
+    else:  # recomputing generation runs the whole context at once
+        graph.meta["llm"]["recompute"] = True
+        bounds[seq_sym] = capacity
     bounds["n_logits"] = bounds[seq_sym]
-    ctx.log(NAME, f"decoder with {len(pasts)} past inputs (symbol {past}); computed {replaced or 'no inputs'}; "
-                  f"context {capacity}")
+    ctx.log(NAME, f"decoder with {len(pasts)} past inputs{f' (symbol {past})' if past_sym else ''}; computed "
+                  f"{replaced or 'no inputs'}; context {capacity}")
     return True
 
 

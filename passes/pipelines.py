@@ -5,6 +5,7 @@ from __future__ import annotations
 # constant subgraphs (e.g. scales) behind.
 OPTIMIZE = [
     "fold-constants",
+    "llm-interface",
     "eliminate-dead-code",
     "canonicalize",
     "fuse-norms",
@@ -14,16 +15,15 @@ OPTIMIZE = [
     "eliminate-dead-code",
 ]
 
-# Decoders with past inputs get their generation interface first (so folding sees the computed mask
-# and positions) and their KV cache after fuse-attention; both are no-ops for other graphs.
-LLM_BEFORE = ["llm-interface"]
+# Decoders with past inputs get their generation interface early in OPTIMIZE (so the fusions see the
+# computed mask and positions) and their KV cache after fuse-attention; all are no-ops for other graphs.
 LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "eliminate-dead-code"]
 
 PIPELINES: dict[str, list[str]] = {
     # What `tcc compile` runs: optimize, rewrite ops into kernel-family forms, plan memory.
-    "default": LLM_BEFORE + OPTIMIZE + LLM_AFTER + ["lower-ops", "eliminate-dead-code", "plan-memory"],
+    "default": OPTIMIZE + LLM_AFTER + ["lower-ops", "eliminate-dead-code", "plan-memory"],
     # What `tcc ir` shows by default: everything but lowering and memory planning.
-    "optimize": LLM_BEFORE + OPTIMIZE + LLM_AFTER,
+    "optimize": OPTIMIZE + LLM_AFTER,
     "cleanup": ["fold-constants", "eliminate-dead-code"],
 }
 

@@ -1,6 +1,6 @@
 """slice-logits: compute the LM head only for the positions whose logits are wanted.
 
-For a KV-cache program (graph.meta["llm"]["kv_cache"]), the logits output is Linear(h, W) with h
+For a language-model program (graph.meta["llm"]: a KV cache, or recomputing generation), the logits output is Linear(h, W) with h
 [batch, seq, hidden]. Generation needs the last position's logits only; perplexity needs all. The
 Linear's input becomes Slice(h, seq - n_logits, seq) on the sequence axis, where the symbol `n_logits`
 is bound at run time (tcc_model_set_logits_rows: min(rows, seq), 0 = all), so the vocabulary-sized
@@ -21,7 +21,7 @@ NAME = "slice-logits"
 
 def slice_logits(graph: Graph, ctx) -> bool:
     llm = graph.meta.get("llm")
-    if not llm or not llm.get("kv_cache") or llm.get("sliced_logits"):
+    if not llm or not (llm.get("kv_cache") or llm.get("recompute")) or llm.get("sliced_logits"):
         return False
     out = graph.outputs[0]
     lin = producer(out, "Linear")

@@ -54,13 +54,15 @@ class Generator:
 
     def __init__(self, session, tokenizer=None):
         llm = session.manifest.get("llm")
-        if not llm or not llm.get("kv_cache"):
+        if not llm or not (llm.get("kv_cache") or llm.get("recompute")):
             why = (llm or {}).get("kv_cache_refused")
             raise TccError(f"{session.path} is not a language-model program with a KV cache"
                            + (f" (the kv-cache rewrite was refused: {why})" if why else
                               " (compile a decoder exported with past key/values)"))
         self.session = session
         self.llm = llm
+        # Exported without past: no cache, every step runs the whole context (O(n^2), but correct).
+        self.recompute = bool(llm.get("recompute"))
         self.capacity = int(llm["capacity"])
         self.vocab = int(llm["vocab"])
         self.max_chunk = int(llm["max_prefill"])
@@ -86,7 +88,7 @@ class Generator:
         self._truncate(0)
 
     def _truncate(self, n: int) -> None:
-        if self._lib.tcc_model_kv_truncate(self.session._model, n) != 0:
+        if not self.recompute and self._lib.tcc_model_kv_truncate(self.session._model, n) != 0:
             raise TccError(self._lib.tcc_model_last_error().decode())
         del self.context[n:]
 
@@ -106,8 +108,13 @@ class Generator:
         if len(self.context) + len(ids) > self.capacity:
             raise RuntimeFeedError(f"context overflow: {len(self.context)} tokens in the context + {len(ids)} new "
                                    f"exceed the model's context of {self.capacity} tokens")
-        logits = None
         name = self.session.inputs[0].name
+        if self.recompute:
+            self.context.extend(ids)
+            self._lib.tcc_model_set_logits_rows(self.session._model, logits_rows)
+            out = self.session.run({name: np.array([self.context], dtype=np.int64)})
+            return next(iter(out.values()))[0]
+        logits = None
         for start in range(0, len(ids), self.max_chunk):
             chunk = ids[start:start + self.max_chunk]
             last = start + self.max_chunk >= len(ids)
@@ -119,6 +126,8 @@ class Generator:
 
     def logits_of(self, ids: list[int]) -> np.ndarray:
         """Logits for every position of `ids` appended to the context (for perplexity)."""
+        if self.recompute:
+            return self.feed(ids, logits_rows=0)[-len(ids):]
         rows = []
         for start in range(0, len(ids), self.max_chunk):
             rows.append(self.feed(ids[start:start + self.max_chunk], logits_rows=0))

@@ -121,7 +121,24 @@ def _rope(g, x):
     return g.add_node("RotaryEmbedding", [x4, cache, cache, pos], {"rotary_embedding_dim": 4}).output
 
 
+def _kv_graph():
+    """A KV-cache attention layer: states (the cache) and a symbolic `past` scalar, with rotary tables."""
+    g = Graph("kv")
+    b, s = Sym.symbol("batch"), Sym.symbol("seq")
+    q = g.add_input("q", TensorType(DType.f32, (b, 4, s, 8)))
+    k = g.add_input("k", TensorType(DType.f32, (b, 2, s, 8)))
+    v = g.add_input("v", TensorType(DType.f32, (b, 2, s, 8)))
+    kc = g.add_state("kv.0.key", TensorType(DType.f32, (1, 2, 16, 8)))
+    vc = g.add_state("kv.0.value", TensorType(DType.f32, (1, 2, 16, 8)))
+    past = g.add_const(np.array(Sym.symbol("past"), dtype=object), "past")
+    cos, sin = g.add_const(f32(16, 2), "cos"), g.add_const(f32(16, 2), "sin")
+    g.outputs = [g.add_node("KVAttention", [q, k, v, kc, vc, past, cos, sin],
+                            {"scale": 0.35, "rope": 2, "rotary_dim": 4}).output]
+    return g
+
+
 def _graphs():
+    yield "kv", _kv_graph()
     for case in CASES:
         ident, op, ins, attrs, consts, opset, n_out, sym = case
         yield ident, import_onnx(model_for(ident, ins, attrs, consts=consts, n_out=n_out, opset=opset, sym=sym))
@@ -156,6 +173,8 @@ def test_round_trip_features():
     assert "%y0 : f32[batch,seq,1], %y1 : f32[batch,seq,3] = Split(%x) {axis=-1, split=[1, 3]}" in split
     r = print_graph(dict(GRAPHS)["range"])
     assert "i64[seq] = Range(" in r and "f32[seq] = ConstantOfShape(" in r
+    kv = print_graph(dict(GRAPHS)["kv"])
+    assert "%kv.0.key : f32[1,2,16,8] = state" in kv and "const past" in kv
 
 
 def test_round_tripped_graph_runs_the_same(tmp_path):
