@@ -427,10 +427,12 @@ def _check_attention(n):
         return f"attribute softcap={n.attrs['softcap']}"
     if n.attrs.get("qk_matmul_output_mode", 0):
         return f"attribute qk_matmul_output_mode={n.attrs['qk_matmul_output_mode']}"
-    if len(n.inputs) > 4 and any(n.inputs[4:]):
-        return "past_key/past_value inputs"
-    if len(n.outputs) > 1 and any(n.outputs[1:]):
-        return "present_key/present_value/qk_matmul outputs"
+    if len(n.inputs) > 4 and bool(n.inputs[4]) != bool((n.inputs + [""] * 6)[5]):
+        return "past_key without past_value (or the reverse)"
+    if len(n.inputs) > 6 and n.inputs[6]:
+        return "nonpad_kv_seqlen input"
+    if len(n.outputs) > 3 and n.outputs[3]:
+        return "qk_matmul output"
     return None
 
 
@@ -446,6 +448,12 @@ def _attention(imp, n, ins):
         q, k, v = (imp.heads_first(t, h, n) for t, h in ((q, hq), (k, hkv), (v, hkv)))
     elif q.type.rank != 4:
         raise ShapeError(f"Attention node {n.name!r}: q must be 3-D or 4-D, got {q.type}")
+    past_k, past_v = (ins + [None] * 6)[4:6]
+    new_len = k.shape[2]
+    if past_k is not None:
+        # present = Concat(past, new) on the sequence axis: what kv-cache turns into a KV-cache state
+        k = imp.emit("Concat", [past_k, k], {"axis": 2}, n, helper="present_key")[0]
+        v = imp.emit("Concat", [past_v, v], {"axis": 2}, n, helper="present_value")[0]
     sq, skv = q.shape[2], k.shape[2]
     d = q.shape[3]
     if "scale" in n.attrs:
@@ -463,7 +471,12 @@ def _attention(imp, n, ins):
             raise UnsupportedError(f"Attention node {n.name!r}: attn_mask {mask.type} shorter than the "
                                    f"{skv} keys (padding is not supported)")
         mask = imp.additive_mask(mask, n)
-    if causal and sq != skv:
+    if causal and past_k is not None:
+        # with past, ONNX masks key j > past + i: bottom-right causal when the new keys are the queries
+        if new_len != sq:
+            raise UnsupportedError(f"Attention node {n.name!r}: is_causal with past and {new_len} new keys for "
+                                   f"{sq} queries")
+    elif causal and sq != skv:
         # ONNX aligns the causal mask top-left (key j <= query i); tcc's `causal` is bottom-right
         if isinstance(sq, Sym) or isinstance(skv, Sym):
             raise UnsupportedError(f"Attention node {n.name!r}: is_causal with different symbolic query and "
@@ -478,7 +491,12 @@ def _attention(imp, n, ins):
         t = imp.emit("Transpose", [y], {"perm": [0, 2, 1, 3]}, n, helper="bshd")[0]
         y = imp.emit("Reshape", [t, imp.const(np.array([0, 0, -1], dtype=np.int64), imp.helper_name(n, "shape"))],
                      {}, n, n_out=1)[0]
-    return [y] + [None] * (len(n.outputs) - 1)
+    outs = [y] + [None] * (len(n.outputs) - 1)
+    if past_k is not None:
+        for i, present in ((1, k), (2, v)):
+            if i < len(n.outputs) and n.outputs[i]:
+                outs[i] = present
+    return outs
 
 
 # ---------------------------------------------------------------------------------------------

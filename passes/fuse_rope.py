@@ -23,11 +23,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TccError
-from ..ir.core import Graph, Node, TensorType, Value
+from ..ir.core import Graph, Node, Value
 from ..ir.dims import Sym
 from ..ir.ops.kv import ROPE_HALF, ROPE_INTERLEAVED, apply_rope
 from . import register_pass
-from .rewrite_utils import attrs, producer, scalar
+from .rewrite_utils import attrs, producer
 
 NAME = "fuse-rope"
 CHECK_BINDINGS = [(0, 3), (5, 2)]  # (past, seq) for the numeric check

@@ -98,19 +98,26 @@ def llm_interface(graph: Graph, ctx) -> bool:
                 or bare_symbol(ids.shape[0]) is None or bare_symbol(ids.shape[1]) is None):
             return False
         return _rewrite(graph, ctx, ids, [], None)
+    # Past inputs without a generation interface (e.g. one attention node with fixed shapes) compile as they
+    # are; the reason is kept so `generate` can say why the program has no KV cache.
     past_syms = {bare_symbol(v.shape[2]) for v in pasts}
+    reason = None
     if len(past_syms) != 1 or None in past_syms:
-        raise UnsupportedError(f"past inputs {[v.name for v in pasts]} do not share one symbolic sequence dim "
-                               f"(got {sorted(map(str, {v.shape[2] for v in pasts}))})")
-    if ids is None or ids.type.rank != 2 or ids.dtype not in (DType.i64, DType.i32):
-        raise UnsupportedError("decoder with past inputs has no input_ids [batch, seq] integer input "
-                               f"(inputs: {[v.name for v in graph.inputs]})")
-    if bare_symbol(ids.shape[0]) is None or bare_symbol(ids.shape[1]) is None:
-        raise UnsupportedError(f"input_ids must have symbolic [batch, seq] dims for generation, got {ids.type}")
-    others = [v.name for v in graph.inputs if v not in pasts and v.name not in ROLE_INPUTS]
-    if others:
-        raise UnsupportedError(f"decoder input(s) {others} have no role in generation (known: "
-                               f"{', '.join(ROLE_INPUTS)} and the past key/value inputs)")
+        reason = (f"past inputs {[v.name for v in pasts]} do not share one symbolic sequence dim "
+                  f"(got {sorted(map(str, {v.shape[2] for v in pasts}))})")
+    elif ids is None or ids.type.rank != 2 or ids.dtype not in (DType.i64, DType.i32):
+        reason = f"no input_ids [batch, seq] integer input (inputs: {[v.name for v in graph.inputs]})"
+    elif bare_symbol(ids.shape[0]) is None or bare_symbol(ids.shape[1]) is None:
+        reason = f"input_ids must have symbolic [batch, seq] dims for generation, got {ids.type}"
+    else:
+        others = [v.name for v in graph.inputs if v not in pasts and v.name not in ROLE_INPUTS]
+        if others:
+            reason = (f"input(s) {others} have no role in generation (known: {', '.join(ROLE_INPUTS)} and the "
+                      f"past key/value inputs)")
+    if reason is not None:
+        graph.meta["llm_refused"] = reason
+        ctx.messages.append(f"[{NAME}] past inputs but no generation interface: {reason}")
+        return False
     return _rewrite(graph, ctx, ids, pasts, past_syms.pop())
 
 

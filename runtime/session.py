@@ -102,17 +102,18 @@ class Session:
 
     def generate(self, prompt, max_new_tokens: int = 256, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-                 stop=(), stream=None, keep_context: bool = False, keep_logits: bool = False):
+                 stop=(), stream=None, keep_context: bool = False, keep_logits: bool = False, eos_ids=None):
         """Continue `prompt` (text, or a list of token ids). Starts a new context unless keep_context
         (then the prompt is appended to the conversation so far). temperature 0 is greedy; unset sampling
         parameters take the chat binary's defaults (runtime/generate.py: DEFAULT_SAMPLING). `stream`
-        gets each new piece of text; `stop` strings end the reply (not included). Returns a Generation."""
+        gets each new piece of text; `stop` strings end the reply (not included); `eos_ids` overrides the
+        end-of-sequence ids of chat.json (an empty set generates max_new_tokens). Returns a Generation."""
         g = self.generator
         if not keep_context:
             g.reset()
         ids = g.prompt_ids(prompt)
         return g.run(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, stream,
-                     keep_logits=keep_logits)
+                     eos_ids=eos_ids, keep_logits=keep_logits)
 
     def chat(self, message: str, system: str | None = None, max_new_tokens: int = 256,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,

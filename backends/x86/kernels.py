@@ -6,10 +6,10 @@ selects, and the kernel tests render and test all of them.
 from __future__ import annotations
 
 from ...codegen.kernels import KernelSpec
-from . import kernels_elementwise, kernels_llm, kernels_linalg
+from . import kernels_elementwise, kernels_kv, kernels_llm, kernels_linalg
 
 TARGET = "x86"
-VARIANTS: list[KernelSpec] = [*kernels_linalg.VARIANTS, *kernels_elementwise.VARIANTS, *kernels_llm.VARIANTS]
+VARIANTS: list[KernelSpec] = [*kernels_linalg.VARIANTS, *kernels_elementwise.VARIANTS, *kernels_llm.VARIANTS, *kernels_kv.VARIANTS]
 
 # Preferred variant order when several implement the same (family, params).
 VARIANT_PREFERENCE = ("avx2", "scalar")
