@@ -233,7 +233,7 @@ def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, s
     from .runtime.tokenizer import Tokenizer, chat_config
 
     llm = manifest["llm"]
-    if "tokenizer.json" not in files:
+    if "tokenizer.json" not in files or "vocab" not in llm:
         return {}
     tj = files["tokenizer.json"]
     cj = files.get("tokenizer_config.json")

@@ -198,6 +198,15 @@ handler("Gelu", "approximate", check=_check_gelu)(_same)
 # ONNX-form ops defined in ir/ops/indexing_extra.py
 handler("GatherND", "batch_dims")(_same)
 handler("CumSum", "exclusive reverse")(_same)
+handler("ScatterND", "reduction")(_same)
+handler("GatherElements", "axis")(_same)
+
+
+@handler("IsNaN")
+def _isnan(imp, n, ins):
+    """IsNaN(x) = Not(Equal(x, x)): NaN is the only value unequal to itself."""
+    eq = imp.emit("Equal", [ins[0], ins[0]], {}, n, helper="self_equal")[0]
+    return imp.emit("Not", [eq], {}, n)
 handler("RotaryEmbedding", "interleaved num_heads rotary_embedding_dim")(_same)
 
 
@@ -504,6 +513,7 @@ def _attention(imp, n, ins):
 # ---------------------------------------------------------------------------------------------
 
 _SYM_RE = re.compile(r"[^A-Za-z0-9_]")
+_SUM_RE = re.compile(r"^\s*[A-Za-z_]\w*(\s*\+\s*([A-Za-z_]\w*|\d+))+\s*$")
 
 
 def sanitize_symbol(name: str) -> str:
@@ -694,6 +704,19 @@ class Importer:
         if d.HasField("dim_value") and d.dim_value >= 0:
             return int(d.dim_value)
         if d.HasField("dim_param") and d.dim_param:
+            if _SUM_RE.match(d.dim_param):
+                # "past_sequence_length + sequence_length": a sum of symbols (what exporters write for the
+                # total length), kept as that sum so shape arithmetic downstream simplifies
+                total: Any = 0
+                for term in d.dim_param.split("+"):
+                    term = term.strip()
+                    if term.isdigit():
+                        total = total + int(term)
+                    else:
+                        name = sanitize_symbol(term)
+                        self.used_dims.add(name)
+                        total = total + (int(self.dims[name]) if name in self.dims else Sym.symbol(name))
+                return total
             name = sanitize_symbol(d.dim_param)
         else:
             name = f"d{self.fresh}"

@@ -334,6 +334,23 @@ def _provably_causal(parts, sq, skv) -> bool:
     return ac == 1 and ar == -1 and isinstance(off, int) and off >= 0 and b == -off
 
 
+def _nan_guard(graph: Graph, users, p: Value) -> list[Node]:
+    """[Equal, Not, Where] of Where(Not(Equal(p, p)), 0, p) (SDPA exports zero the NaN rows of fully
+    masked queries), else []."""
+    uses = users.get(p, [])
+    eq = next((n for n, _ in uses if n.op == "Equal" and n.inputs[0] is p and n.inputs[1] is p), None)
+    if eq is None or len(uses) != 3:
+        return []
+    nt = only_consumer(users, graph, eq.output)
+    if nt is None or nt.op != "Not":
+        return []
+    w = only_consumer(users, graph, nt.output)
+    if (w is None or w.op != "Where" or w.inputs[0] is not nt.output or w.inputs[2] is not p
+            or scalar(w.inputs[1]) != 0.0 or not any(n is w for n, _ in uses)):
+        return []
+    return [eq, nt, w]
+
+
 def _match(graph: Graph, users, sm: Node) -> dict:
     x = sm.inputs[0]
     if x.type.rank != 4:
@@ -342,8 +359,11 @@ def _match(graph: Graph, users, sm: Node) -> dict:
         raise _Refuse(f"Softmax axis {attrs(sm)['axis']} is not the last axis")
     if x.dtype != DType.f32:
         raise _Refuse(f"scores are {x.dtype}, not f32")
-    pv = only_consumer(users, graph, sm.output)
-    if pv is None or pv.op != "MatMul" or pv.inputs[0] is not sm.output:
+    probs, guard = sm.output, _nan_guard(graph, users, sm.output)
+    if guard:
+        probs = guard[-1].output  # Where(IsNaN(p), 0, p): Attention already gives zeros for dead rows
+    pv = only_consumer(users, graph, probs)
+    if pv is None or pv.op != "MatMul" or pv.inputs[0] is not probs:
         raise _Refuse("the probabilities are not consumed by exactly one MatMul(probs, v)")
     w = _walk(x)
     if w is None:
@@ -351,7 +371,7 @@ def _match(graph: Graph, users, sm: Node) -> dict:
     qk, ops, chain = w
     if qk.output.type != x.type:
         raise _Refuse(f"a mask term broadens the scores {qk.output.type} to {x.type}")
-    inner = [qk] + chain + [sm, pv]
+    inner = [qk] + chain + [sm] + guard + [pv]
     bad = outside_consumers(graph, users, inner, exclude=pv.output)
     if bad is not None:
         raise _Refuse(f"inner value %{bad.name} is used outside the attention pattern")

@@ -208,7 +208,20 @@ def _onnx_tables(graph, node: Node, llm: dict, inputs: set[int]):
         if cos.const.shape[0] < cap:
             raise _Refuse(f"RotaryEmbedding cache has {cos.const.shape[0]} positions, fewer than the context {cap}")
         return cos.const[:cap].astype(np.float32), sin.const[:cap].astype(np.float32)
-    return None
+    tables = []
+    for c in (cos, sin):  # [batch, seq, rd/2] computed from the positions
+        sub = _subgraph(graph, c)
+        if sub is None or c.type.rank != 3:
+            return None
+        from ..ir.interpreter import run_graph
+
+        try:
+            (arr,) = run_graph(sub, {}, symbols={llm["batch"]: 1, llm["past"]: 0,
+                                                  llm["seq"]: llm["capacity"]}).values()
+        except (TccError, ValueError, IndexError):
+            return None
+        tables.append(np.ascontiguousarray(np.asarray(arr, np.float32)[0]))
+    return tuple(tables)
 
 
 def _match(graph: Graph, kva: Node, llm: dict) -> dict:

@@ -26,7 +26,7 @@ from ..ir.core import Graph, Node, TensorType, Value
 from ..ir.dims import Sym
 from ..ir.dtypes import DType
 from . import register_pass
-from .fuse_attention import CAUSAL_FILL
+from .fuse_attention import CAUSAL_FILL, _unrepeat
 from .llm_interface import past_inputs
 from .rewrite_utils import attrs, producer
 
@@ -88,7 +88,11 @@ def mask_is_causal(graph: Graph, mask: Value, llm: dict) -> bool:
 
 
 def _match(graph: Graph, att: Node, pasts: set[int], llm: dict) -> dict:
-    ck, cv = _concat_of(att.inputs[1], pasts), _concat_of(att.inputs[2], pasts)
+    k, v = att.inputs[1], att.inputs[2]
+    rk, rv = _unrepeat(k), _unrepeat(v)  # an imported ONNX Attention may still read repeat_kv(present)
+    if rk is not None and rv is not None and rk[1] == rv[1]:
+        k, v = rk[0], rv[0]
+    ck, cv = _concat_of(k, pasts), _concat_of(v, pasts)
     if ck is None or cv is None:
         raise _Refuse("k and v are not Concat(past, new) on the sequence axis")
     mask = att.input(3)
@@ -101,8 +105,7 @@ def _match(graph: Graph, att: Node, pasts: set[int], llm: dict) -> dict:
         if p.shape[2] != past or new.shape[0] != att.inputs[0].shape[0] or new.shape[2] != att.inputs[0].shape[2]:
             raise _Refuse(f"past %{p.name} {p.type} / new rows {new.type} do not line up with q "
                           f"{att.inputs[0].type}")
-    return dict(att=att, past_k=ck[0], k=ck[1], past_v=cv[0], v=cv[1],
-                presents=[att.inputs[1], att.inputs[2]])
+    return dict(att=att, past_k=ck[0], k=ck[1], past_v=cv[0], v=cv[1], presents=[k, v])
 
 
 def kv_cache(graph: Graph, ctx) -> int:

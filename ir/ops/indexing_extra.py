@@ -9,6 +9,7 @@ import numpy as np
 
 from ...errors import ShapeError, UnsupportedError
 from ..core import TensorType
+from ..dtypes import DType
 from ..registry import as_ints, norm_axis, register_op
 
 
@@ -134,3 +135,59 @@ def _rope_ref(xs, attrs):
 register_op("RotaryEmbedding", infer=_rope_infer, ref=_rope_ref, kind="opaque", inputs=(3, 4),
             attrs={"interleaved": 0, "num_heads": 0, "rotary_embedding_dim": 0},
             doc="ONNX RotaryEmbedding (opset 23): 4-D input [B,H,S,D] or 3-D [B,S,H*D]")
+
+
+# ScatterND(data, indices, updates) {reduction}: ONNX ScatterND. OPT's exported attention-mask code
+# uses it; the kv-cache pass evaluates such masks with this reference and drops them, so there is no
+# kernel (a graph that keeps one is refused at code generation).
+_SCATTER_REDUCE = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _scatternd_infer(ins, attrs):
+    data, idx, upd = ins
+    if idx.dtype not in (DType.i64, DType.i32):
+        raise ShapeError(f"ScatterND indices must be integers, got {idx.type}")
+    if upd.dtype != data.dtype:
+        raise ShapeError(f"ScatterND updates {upd.type} and data {data.type} differ in dtype")
+    if attrs["reduction"] not in _SCATTER_REDUCE:
+        raise UnsupportedError(f"ScatterND reduction {attrs['reduction']!r}")
+    return [data.type]
+
+
+def _scatternd_ref(xs, attrs):
+    data, idx, upd = xs
+    out = np.array(data, copy=True)
+    k = idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)
+    flat_upd = upd.reshape((flat_idx.shape[0],) + data.shape[k:])
+    op = _SCATTER_REDUCE[attrs["reduction"]]
+    for i, ind in enumerate(flat_idx):
+        pos = tuple(int(j) for j in ind)
+        out[pos] = flat_upd[i] if op is None else op(out[pos], flat_upd[i])
+    return [out]
+
+
+register_op("ScatterND", infer=_scatternd_infer, ref=_scatternd_ref, kind="injective", inputs=3,
+            attrs={"reduction": "none"}, doc="ONNX ScatterND (reference only)")
+
+
+# GatherElements(data, indices) {axis}: ONNX GatherElements (GPT-J gathers its sin/cos rows with it).
+def _gather_elements_infer(ins, attrs):
+    data, idx = ins
+    if idx.type.rank != data.type.rank:
+        raise ShapeError(f"GatherElements indices {idx.type} and data {data.type} differ in rank")
+    norm_axis(attrs["axis"], data.type.rank)
+    return [TensorType(data.dtype, idx.shape)]
+
+
+def _gather_elements_ref(xs, attrs):
+    data, idx = xs
+    axis = norm_axis(attrs["axis"], data.ndim)
+    n = data.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"GatherElements index out of range for axis of {n}")
+    return [np.take_along_axis(data, np.where(idx < 0, idx + n, idx).astype(np.int64), axis=axis)]
+
+
+register_op("GatherElements", infer=_gather_elements_infer, ref=_gather_elements_ref, kind="injective", inputs=2,
+            attrs={"axis": 0}, doc="ONNX GatherElements (reference only)")
