@@ -129,10 +129,18 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     run_cpp = os.path.join(build_dir, "src", "run_main.cpp")
     _write_template("common/run_main.cpp.j2", run_cpp)
     _say(progress, f"building with CMake ({len(program.kernels)} kernels)")
-    lib = build_library(sources, build_dir, backend.target, "model", extra_executables={"run": [run_cpp]},
+    executables = {"run": [run_cpp]}
+    llm = graph.meta.get("llm") or {}
+    if (llm.get("kv_cache") or llm.get("recompute")) and _tokenizer_files(model, opts):
+        if _have_json_header():
+            executables["chat"] = _chat_sources(build_dir)
+        else:
+            _say(progress, "no nlohmann/json.hpp (apt-get install nlohmann-json3-dev): building without the chat binary")
+    lib = build_library(sources, build_dir, backend.target, "model", extra_executables=executables,
                         jobs=flags.get("build-jobs"))
     manifest = _manifest(model, graph, ctx, opts, program, time.perf_counter() - t0)
-    files = {"libmodel.so": lib, "run": os.path.join(build_dir, "run")}
+    files = {"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}}
+    manifest["binaries"] = {exe: exe for exe in executables}
     texts = {}
     if "llm" in manifest:
         files.update(_tokenizer_files(model, opts))
@@ -142,6 +150,21 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     _assemble(out_dir, files, program.weights, manifest, texts)
     _say(progress, f"wrote {out_dir}")
     return manifest
+
+
+def _have_json_header() -> bool:
+    return any(os.path.isfile(os.path.join(d, "nlohmann", "json.hpp"))
+               for d in ("/usr/include", "/usr/local/include", os.environ.get("CPATH", "")) if d)
+
+
+def _chat_sources(build_dir: str) -> list[str]:
+    """The standalone chat binary: runtime/chat/ plus the generated Unicode tables its tokenizer needs."""
+    from .codegen.cmake import RUNTIME_DIR
+    from .codegen.unicode_tables import write_unicode_header
+
+    write_unicode_header(os.path.join(build_dir, "tcc_unicode_tables.h"))
+    chat = os.path.join(RUNTIME_DIR, "chat")
+    return [os.path.join(chat, "chat_main.cpp"), os.path.join(chat, "tokenizer.cpp")]
 
 
 def _default_build_dir(out_dir: str) -> str:

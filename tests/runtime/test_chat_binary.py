@@ -1,0 +1,453 @@
+"""The standalone `chat` binary (runtime/chat/chat_main.cpp), linked with a fake model
+(tests/runtime/fake_model.cpp) instead of a compiled LLM: argument parsing, the chat template and BOS
+handling of chat.json, the tokens fed to the model, stop conditions (eos, max_new_tokens, full context,
+Ctrl-C), streaming, /reset, context overflow and error messages.
+
+The fake model's logits put the next token of FAKE_REPLY on top after every prompt, then FAKE_EOS; its
+sampler stub is greedy and logs its arguments, and every model call is logged to FAKE_LOG.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tokenizers")
+from tokenizers import Tokenizer
+
+from .test_cpp_tokenizer import build_chat_tools, make_tokenizer
+
+LLAMA2_CHAT = {
+    "bos_token_id": 1, "add_bos": True, "eos_token_ids": [2],
+    "first_user_prefix": "[INST] ", "first_user_prefix_with_system": ["[INST] <<SYS>>\n", "\n<</SYS>>\n\n"],
+    "user_prefix": "<s>[INST] ", "user_suffix": " [/INST]", "assistant_suffix": " </s>",
+    "default_system": None, "max_context": 2048, "template_name": "llama2",
+}
+REPLY_TEXT = "Sure, here it is: 東京 🙂 naïve!"
+
+STATS_RE = re.compile(r"^\[prefill (\d+) tok [\d.]+ tok/s \| decode (\d+) tok [\d.]+ tok/s\]$")
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    return build_chat_tools(tmp_path_factory, with_chat=True)
+
+
+@pytest.fixture(scope="module")
+def hf_tok(tmp_path_factory) -> tuple[Tokenizer, str]:
+    tok = make_tokenizer("llama2_old")
+    text = tok.to_str()
+    return Tokenizer.from_str(text), text
+
+
+@pytest.fixture
+def artifact(tmp_path, tools, hf_tok):
+    """An artifact directory: tokenizer.json, chat.json, an empty weights.bin and the chat binary."""
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(hf_tok[1], encoding="utf-8")
+    (d / "chat.json").write_text(json.dumps(LLAMA2_CHAT), encoding="utf-8")
+    (d / "weights.bin").write_bytes(b"")
+    shutil.copy(tools["chat"], d / "chat")
+    return d
+
+
+class Run:
+    def __init__(self, p: subprocess.CompletedProcess, log: Path):
+        self.rc = p.returncode
+        self.out = p.stdout.decode("utf-8")
+        self.err = p.stderr.decode("utf-8")
+        self.log = log.read_text().splitlines() if log.exists() else []
+
+    @property
+    def runs(self) -> list[tuple[int, list[int]]]:
+        out = []
+        for line in self.log:
+            m = re.match(r"run pos=(\d+) ids=([\d,]*)$", line)
+            if m:
+                out.append((int(m.group(1)), [int(x) for x in m.group(2).split(",") if x]))
+        return out
+
+    @property
+    def samples(self) -> list[dict]:
+        out = []
+        for line in self.log:
+            m = re.match(r"sample temp=(\S+) top_k=(\S+) top_p=(\S+) rep=(\S+) rng=(\d+) n_recent=(\d+) "
+                         r"recent=([\d,]*) -> (\d+)$", line)
+            if m:
+                out.append({"temp": float(m.group(1)), "top_k": int(m.group(2)), "top_p": float(m.group(3)),
+                            "rep": float(m.group(4)), "rng": int(m.group(5)),
+                            "recent": [int(x) for x in m.group(7).split(",") if x], "token": int(m.group(8))})
+        return out
+
+    @property
+    def id_lines(self) -> list[tuple[list[int], list[int]]]:
+        out = []
+        for line in self.err.splitlines():
+            if line.startswith("ids: "):
+                a, b = line[5:].split("|")
+                out.append(([int(x) for x in a.split()], [int(x) for x in b.split()]))
+        return out
+
+    @property
+    def stats(self) -> list[tuple[int, int]]:
+        return [(int(m.group(1)), int(m.group(2))) for m in map(STATS_RE.match, self.err.splitlines()) if m]
+
+
+def fake_env(tmp_path, hf, reply=None, eos=2, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(FAKE_VOCAB=str(hf.get_vocab_size(with_added_tokens=True)), FAKE_LOG=str(tmp_path / "model.log"))
+    if reply is not None:
+        env["FAKE_REPLY"] = ",".join(map(str, reply))
+    if eos is not None:
+        env["FAKE_EOS"] = str(eos)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_chat(binary, args, env, stdin: str = "", cwd=None, timeout=60) -> Run:
+    Path(env["FAKE_LOG"]).unlink(missing_ok=True)  # the log of this run only
+    p = subprocess.run([str(binary), *map(str, args)], input=stdin.encode(), capture_output=True, env=env,
+                       cwd=cwd, timeout=timeout)
+    return Run(p, Path(env["FAKE_LOG"]))
+
+
+def enc(hf, text, special=False) -> list[int]:
+    return hf.encode(text, add_special_tokens=special).ids
+
+
+# -- one-shot and templates ---------------------------------------------------------------------------------
+
+
+def test_one_shot_prompt(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    reply = enc(hf, REPLY_TEXT)
+    env = fake_env(tmp_path, hf, reply)
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "What is up?", "--print-ids", "--temperature", "0"], env)
+    assert r.rc == 0, r.err
+    assert r.out == hf.decode(reply) + "\n" == REPLY_TEXT + "\n"
+    prompt = [1] + enc(hf, "[INST] What is up? [/INST]")
+    assert r.id_lines == [(prompt, reply)]
+    # prefill, then every reply token fed one at a time (the eos that ends it is not)
+    assert r.runs == [(0, prompt)] + [(len(prompt) + i, [t]) for i, t in enumerate(reply)]
+    # the sampler saw everything in the context, prompt and the reply so far
+    samples = r.samples
+    assert [s["token"] for s in samples] == reply + [2]
+    for i, s in enumerate(samples):
+        assert s["recent"] == prompt + reply[:i]
+    assert r.stats == [(len(prompt), len(reply))]
+    assert "chat: error" not in r.err
+
+
+def test_default_dir_is_the_programs_directory(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "Hello"))
+    r = run_chat(artifact / "chat", ["--prompt", "hi"], env, cwd=tmp_path)
+    assert r.rc == 0, r.err
+    assert r.out == "Hello\n"
+    assert r.log[0] == "load threads=0"
+
+
+def test_system_prompt(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "Ok."))
+    r = run_chat(artifact / "chat", [artifact, "--system", "Be brief.", "--prompt", "Hi", "--print-ids"], env)
+    assert r.rc == 0, r.err
+    assert r.id_lines[0][0] == [1] + enc(hf, "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]")
+
+
+def test_default_system_and_no_bos(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    cfg = dict(LLAMA2_CHAT, default_system="You help.", add_bos=False)
+    (artifact / "chat.json").write_text(json.dumps(cfg))
+    env = fake_env(tmp_path, hf, enc(hf, "Ok."))
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "Hi", "--print-ids"], env)
+    assert r.rc == 0, r.err
+    assert r.id_lines[0][0] == enc(hf, "[INST] <<SYS>>\nYou help.\n<</SYS>>\n\nHi [/INST]")
+
+
+def test_raw_mode(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "upon a time"))  # "▁upon▁a▁time"
+    r = run_chat(artifact / "chat", [artifact, "--raw", "--prompt", "Once", "--print-ids"], env)
+    assert r.rc == 0, r.err
+    assert r.id_lines[0][0] == hf.encode("Once", add_special_tokens=True).ids  # the post-processor adds <s>
+    assert r.out == "upon a time\n"  # a reply's leading space is stripped (SentencePiece decoder)
+
+
+def test_interactive_turns_and_reset(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    reply = enc(hf, "Fine.")
+    env = fake_env(tmp_path, hf, reply)
+    r = run_chat(artifact / "chat", [artifact, "--print-ids"], env, stdin="Hi\n\nHow are you?\n/reset\nAgain\n")
+    assert r.rc == 0, r.err
+    assert r.out == "Fine.\nFine.\nFine.\n"  # no "> " prompt when stdin is not a terminal
+    t1 = [1] + enc(hf, "[INST] Hi [/INST]")
+    t2 = enc(hf, " </s><s>[INST] How are you? [/INST]")
+    t3 = [1] + enc(hf, "[INST] Again [/INST]")
+    assert r.id_lines == [(t1, reply), (t2, reply), (t3, reply)]
+    assert 2 in t2 and 1 in t2  # "</s>" and "<s>" in the text are the special tokens
+    runs = r.runs
+    prefills = [(pos, ids) for pos, ids in runs if len(ids) > 1]
+    n1 = len(t1) + len(reply)
+    assert prefills == [(0, t1), (n1, t2), (0, t3)]
+    assert "truncate 0" in r.log
+    assert "[conversation reset]" in r.err
+    assert len(r.stats) == 3
+
+
+def test_quit_command(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "A"))
+    r = run_chat(artifact / "chat", [artifact], env, stdin="one\n/quit\ntwo\n")
+    assert r.rc == 0 and r.out == "A\n"
+
+
+def test_max_new_tokens_and_pending_token(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    reply = enc(hf, "one two three four five six")
+    assert len(reply) >= 4
+    env = fake_env(tmp_path, hf, reply, eos=None)
+    r = run_chat(artifact / "chat", [artifact, "--max-new-tokens", "3", "--print-ids"], env, stdin="a\nb\n")
+    assert r.rc == 0, r.err
+    (p1, g1), (p2, g2) = r.id_lines
+    assert g1 == reply[:3] and g2 == reply[:3]
+    # the third token was printed but not fed; it goes first in the next turn
+    assert p2 == [reply[2]] + enc(hf, " </s><s>[INST] b [/INST]")
+    runs = r.runs
+    assert runs[:3] == [(0, p1), (len(p1), [reply[0]]), (len(p1) + 1, [reply[1]])]
+    assert runs[3] == (len(p1) + 2, p2)
+    assert r.out == hf.decode(reply[:3]) + "\n" + hf.decode(reply[:3]) + "\n"
+
+
+def test_eos_ids_stop_and_are_not_printed(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    stop = enc(hf, "STOP")[0]
+    cfg = dict(LLAMA2_CHAT, eos_token_ids=[2, stop])
+    (artifact / "chat.json").write_text(json.dumps(cfg))
+    reply = enc(hf, "Go on")
+    env = fake_env(tmp_path, hf, reply, eos=stop)
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "x", "--print-ids"], env)
+    assert r.rc == 0, r.err
+    assert r.out == "Go on\n"
+    assert r.id_lines[0][1] == reply
+    assert all(stop not in ids for _, ids in r.runs[1:])
+
+
+def test_sampling_options_reach_the_sampler(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "Hi"))
+    args = [artifact, "--prompt", "x", "--temperature", "0.5", "--top-k", "7", "--top-p", "0.8",
+            "--repetition-penalty", "1.3", "--seed", "42", "--threads", "3"]
+    r = run_chat(artifact / "chat", args, env)
+    assert r.rc == 0, r.err
+    s = r.samples[0]
+    assert (s["temp"], s["top_k"], s["top_p"], s["rep"]) == (0.5, 7, 0.8, 1.3)
+    # the generator state is tcc_rng_seed(42) (splitmix64), advanced by each tcc_sample call
+    mask = (1 << 64) - 1
+
+    def splitmix(x):
+        z = (x + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    assert s["rng"] == splitmix(42)
+    assert r.samples[1]["rng"] == splitmix(splitmix(42))
+    assert "load threads=3" in r.log
+    d = run_chat(artifact / "chat", [artifact, "--prompt", "x"], env)
+    assert d.samples[0]["temp"] == pytest.approx(0.7) and d.samples[0]["top_k"] == 40
+    assert d.samples[0]["top_p"] == pytest.approx(0.9) and d.samples[0]["rep"] == pytest.approx(1.1)
+
+
+def test_model_without_kv_cache(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    reply = enc(hf, "No cache here")
+    env = fake_env(tmp_path, hf, reply, FAKE_KV_CAPACITY=0)
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "q", "--print-ids"], env)
+    assert r.rc == 0, r.err
+    assert r.out == "No cache here\n"
+    prompt = r.id_lines[0][0]
+    runs = [ids for _, ids in r.runs]
+    assert runs == [prompt + reply[:i] for i in range(len(reply) + 1)]  # the whole context every time
+
+
+# -- limits ----------------------------------------------------------------------------------------------------
+
+
+def test_context_overflow_one_shot(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "x"), FAKE_KV_CAPACITY=16)
+    long_text = "the quick brown fox jumps over the lazy dog " * 4
+    r = run_chat(artifact / "chat", [artifact, "--prompt", long_text], env)
+    n = 1 + len(enc(hf, f"[INST] {long_text} [/INST]"))
+    assert r.rc == 1
+    assert r.err.strip() == (f"chat: error: the message needs {n} tokens but only 16 of the 16-token context "
+                             f"are left (0 used)")
+    assert r.runs == [] and r.out == ""
+
+
+def test_context_overflow_keeps_the_session(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    cfg = dict(LLAMA2_CHAT, max_context=40)  # smaller than the cache: the limit
+    (artifact / "chat.json").write_text(json.dumps(cfg))
+    env = fake_env(tmp_path, hf, enc(hf, "ok"), FAKE_KV_CAPACITY=256)
+    long_text = "the quick brown fox jumps over the lazy dog " * 6
+    r = run_chat(artifact / "chat", [artifact, "--print-ids"], env, stdin=f"{long_text}\nhi\n")
+    assert r.rc == 0
+    lines = r.err.splitlines()
+    assert re.match(r"chat: error: the message needs \d+ tokens but only 40 of the 40-token context are left "
+                    r"\(0 used\)$", lines[0]), lines[0]
+    assert r.out == "ok\n"
+    assert r.id_lines[0][0] == [1] + enc(hf, "[INST] hi [/INST]")  # the failed message left no trace
+
+
+def test_context_full_during_reply(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    reply = enc(hf, "one two three four five six seven eight nine ten")
+    prompt = [1] + enc(hf, "[INST] hi [/INST]")
+    cap = len(prompt) + 3
+    env = fake_env(tmp_path, hf, reply, eos=None, FAKE_KV_CAPACITY=cap)
+    r = run_chat(artifact / "chat", [artifact, "--print-ids"], env, stdin="hi\nmore\n")
+    assert r.rc == 0
+    assert r.id_lines[0][1] == reply[:4]  # 3 fed to fill the cache, the 4th printed and pending
+    assert f"[context full: {cap} tokens; /reset starts a new conversation]" in r.err
+    assert re.search(r"chat: error: the message needs \d+ tokens but only 0 of the \d+-token context are left "
+                     rf"\({cap} used\); /reset starts a new conversation", r.err)
+
+
+# -- streaming and Ctrl-C ---------------------------------------------------------------------------------------
+
+
+class Proc:
+    """A chat process with stdout/stderr read on threads."""
+
+    def __init__(self, args, env):
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.out: queue.Queue = queue.Queue()
+        self.err: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.p.stdout, self.out, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.p.stderr, self.err, True), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, q, lines):
+        if lines:
+            for line in iter(stream.readline, b""):
+                q.put(line.decode())
+        else:
+            while True:
+                b = stream.read1(4096)
+                if not b:
+                    break
+                q.put(b.decode(errors="replace"))
+
+    def send(self, text):
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
+
+    def wait_err(self, pattern, timeout=30) -> str:
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                line = self.err.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no stderr line matching {pattern!r}")
+
+    def read_out(self, timeout=30) -> str:
+        return self.out.get(timeout=timeout)
+
+
+def test_streaming_and_ctrl_c(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    reply = enc(hf, "tick tock tick tock")
+    env = fake_env(tmp_path, hf, reply, eos=None, FAKE_DELAY_MS=150)
+    proc = Proc([str(artifact / "chat"), str(artifact), "--max-new-tokens", "500"], env)
+    try:
+        proc.send("go\n")
+        first = proc.read_out()  # text arrives while the reply is still being generated
+        assert first and proc.p.poll() is None
+        proc.p.send_signal(signal.SIGINT)  # stops the reply, not the program
+        proc.wait_err(r"^\[interrupted\]")
+        stats = proc.wait_err(r"^\[prefill")
+        decoded = int(STATS_RE.match(stats.strip()).group(2))
+        assert 1 <= decoded < 100
+        assert proc.p.poll() is None
+        while not proc.out.empty():  # the end of the interrupted reply
+            proc.out.get()
+        proc.send("again\n")  # the session goes on
+        assert proc.read_out()
+        proc.p.send_signal(signal.SIGINT)
+        proc.wait_err(r"^\[prefill")
+        time.sleep(0.2)
+        proc.p.send_signal(signal.SIGINT)  # Ctrl-C at the prompt exits
+        assert proc.p.wait(timeout=10) == 130
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+            proc.p.wait()
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+
+def _error(r: Run, rc=1) -> str:
+    assert r.rc == rc, (r.rc, r.out, r.err)
+    lines = [line for line in r.err.splitlines() if line.startswith("chat: error: ")]
+    assert len(lines) == 1, r.err
+    return lines[0][len("chat: error: "):]
+
+
+def test_errors(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "x"))
+    chat = artifact / "chat"
+    assert _error(run_chat(chat, [tmp_path / "missing"], env)) == f"{tmp_path / 'missing'}: no such directory"
+    (tmp_path / "file").write_text("")
+    assert _error(run_chat(chat, [tmp_path / "file"], env)) == f"{tmp_path / 'file'}: not a directory"
+    assert "unknown option --bogus" in _error(run_chat(chat, [artifact, "--bogus"], env), rc=2)
+    assert "--top-k needs an integer, got 'abc'" in _error(run_chat(chat, [artifact, "--top-k", "abc"], env), rc=2)
+    assert "--prompt needs a value" in _error(run_chat(chat, [artifact, "--prompt"], env), rc=2)
+    assert "--max-new-tokens must be between 1" in _error(run_chat(chat, [artifact, "--max-new-tokens", "0"], env),
+                                                            rc=2)
+
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], dict(env, FAKE_LOAD_FAIL="out of memory")))
+    assert err == f"cannot load model {artifact / 'weights.bin'}: out of memory"
+    (artifact / "weights.bin").unlink()
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err.startswith(f"cannot load model {artifact / 'weights.bin'}: ") and "weights" in err
+
+    (artifact / "chat.json").write_text('{"eos_token_ids": [2],, }')
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err.startswith(f"{artifact / 'chat.json'}: malformed JSON at byte offset 22")
+    (artifact / "chat.json").write_text(json.dumps(dict(LLAMA2_CHAT, eos_token_ids="</s>")))
+    assert "eos_token_ids must be a list of token ids" in _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    (artifact / "chat.json").write_text(json.dumps(dict(LLAMA2_CHAT, first_user_prefix_with_system=None)))
+    err = _error(run_chat(chat, [artifact, "--prompt", "x", "--system", "s"], env))
+    assert "--system: the chat template 'llama2' has no system prompt" in err
+    (artifact / "chat.json").unlink()
+    assert _error(run_chat(chat, [artifact, "--prompt", "x"], env)) == f"{artifact / 'chat.json'}: file not found"
+
+    (artifact / "chat.json").write_text(json.dumps(LLAMA2_CHAT))
+    (artifact / "tokenizer.json").unlink()
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err == f"{artifact / 'tokenizer.json'}: file not found"
+    (artifact / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err == f'{artifact / "tokenizer.json"}: model.type "WordPiece" is not supported (supported: BPE)'
+
+
+def test_help(tools):
+    p = subprocess.run([str(tools["chat"]), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("usage: chat [DIR]")

@@ -1,0 +1,541 @@
+"""The C++ tokenizer of the standalone chat binary (runtime/chat/tokenizer.cpp) against HF `tokenizers`.
+
+Tokenizers of each supported kind are trained here with HF `tokenizers` on text found on disk (Python's
+pydoc topics and /usr/share/common-licenses), written as tokenizer.json, and the `tcc-tokenize` CLI built
+from runtime/chat must encode (with and without special tokens) and decode every line of a test corpus of
+more than 2000 lines exactly like HF:
+  * GPT-2 byte-level BPE (ByteLevel pre-tokenizer with its regex; with and without add_prefix_space),
+  * LLaMA-3 byte-level BPE (Split with the LLaMA-3 regex + ByteLevel(use_regex=false), ignore_merges),
+  * LLaMA-2 SentencePiece-style BPE (Prepend/Replace normalizer, or a Metaspace pre-tokenizer; byte
+    fallback `<0xNN>` tokens, fuse_unk; Replace/ByteFallback/Fuse/Strip or Metaspace decoders).
+The build is shared by the test session (and by pytest-xdist workers, under a file lock).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+tokenizers = pytest.importorskip("tokenizers")
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+REPO = Path(__file__).resolve().parents[2]
+CHAT_SRC = REPO / "runtime" / "chat"
+FAKE_MODEL = Path(__file__).resolve().parent / "fake_model.cpp"
+
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+# -- building the C++ tools (shared with test_chat_binary.py) ----------------------------------------
+
+
+def _compiler() -> list[str]:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        pytest.skip("no C++ compiler (g++)")
+    ccache = shutil.which("ccache")
+    return ([ccache] if ccache else []) + [cxx]
+
+
+def _require_nlohmann() -> None:
+    probe = ["/usr/include/nlohmann/json.hpp", "/usr/local/include/nlohmann/json.hpp"]
+    if not any(os.path.exists(p) for p in probe):
+        pytest.skip("nlohmann/json.hpp not found (apt-get install nlohmann-json3-dev)")
+
+
+CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra"]
+
+
+def _run_jobs(jobs: list[list[str]]) -> None:
+    procs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)) for cmd in jobs]
+    errors = []
+    for cmd, p in procs:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            errors.append(f"$ {' '.join(cmd)}\n{out}")
+    if errors:
+        raise RuntimeError("C++ build failed:\n" + "\n".join(errors))
+
+
+def _shared_base(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    # pytest-xdist workers each get basetemp/popen-gwN: build once in the shared parent.
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_chat_tools(tmp_path_factory, with_chat: bool = False) -> dict[str, Path]:
+    """Build `tcc-tokenize` (and with_chat: the `chat` binary linked with tests/runtime/fake_model.cpp)
+    once per source version into a directory shared by the session's workers. Returns their paths."""
+    _require_nlohmann()
+    cxx = _compiler()
+    sources = sorted(CHAT_SRC.glob("*.cpp")) + sorted(CHAT_SRC.glob("*.h")) + [
+        REPO / "codegen" / "unicode_tables.py", REPO / "runtime" / "tcc_model.h", FAKE_MODEL]
+    h = hashlib.sha256()
+    for p in sources:
+        h.update(p.name.encode())
+        if p.exists():
+            h.update(p.read_bytes())
+    h.update(" ".join(cxx + CXXFLAGS).encode())
+    h.update(unicodedata.unidata_version.encode())
+    base = _shared_base(tmp_path_factory)
+    out = base / f"chat-tools-{h.hexdigest()[:16]}"
+    tools = {"tokenize": out / "tcc-tokenize", "chat": out / "chat-fake", "dir": out}
+    marker = out / ("done-chat" if with_chat else "done")
+    with open(base / "chat-tools.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return tools
+        out.mkdir(parents=True, exist_ok=True)
+        from tcc.codegen.unicode_tables import write_unicode_header
+
+        write_unicode_header(out / "tcc_unicode_tables.h")
+        inc = [f"-I{out}", f"-I{CHAT_SRC}", f"-I{REPO / 'runtime'}"]
+        tok_o, cli_o = out / "tokenizer.o", out / "tokenize_main.o"
+        jobs = []
+        if not (out / "done").exists():
+            jobs += [cxx + CXXFLAGS + inc + ["-c", str(CHAT_SRC / "tokenizer.cpp"), "-o", str(tok_o)],
+                     cxx + CXXFLAGS + inc + ["-c", str(CHAT_SRC / "tokenize_main.cpp"), "-o", str(cli_o)]]
+        chat_o, fake_o = out / "chat_main.o", out / "fake_model.o"
+        if with_chat:
+            jobs += [cxx + CXXFLAGS + inc + ["-c", str(CHAT_SRC / "chat_main.cpp"), "-o", str(chat_o)],
+                     cxx + CXXFLAGS + inc + ["-c", str(FAKE_MODEL), "-o", str(fake_o)]]
+        _run_jobs(jobs)
+        links = []
+        if not (out / "done").exists():
+            links.append(cxx + [str(cli_o), str(tok_o), "-o", str(tools["tokenize"])])
+        if with_chat:
+            links.append(cxx + [str(chat_o), str(tok_o), str(fake_o), "-static-libstdc++", "-pthread",
+                                "-o", str(tools["chat"])])
+        _run_jobs(links)
+        (out / "done").touch()
+        if with_chat:
+            marker.touch()
+    return tools
+
+
+@pytest.fixture(scope="session")
+def cpp_tools(tmp_path_factory):
+    return build_chat_tools(tmp_path_factory)
+
+
+def run_cli(tools, tok_path, lines: list[str], *flags: str) -> list[str]:
+    """Feed `lines` (JSON-encoded where --json) to tcc-tokenize; returns its output lines."""
+    text = "".join(line + "\n" for line in lines)
+    p = subprocess.run([str(tools["tokenize"]), str(tok_path), *flags], input=text.encode(), capture_output=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    out = p.stdout.decode().split("\n")
+    assert out[-1] == ""
+    return out[:-1]
+
+
+# -- corpora ------------------------------------------------------------------------------------------
+
+
+def _disk_texts() -> list[str]:
+    texts = []
+    try:
+        from pydoc_data import topics
+
+        texts += list(topics.topics.values())
+    except ImportError:
+        pass
+    lic = Path("/usr/share/common-licenses")
+    if lic.is_dir():
+        for p in sorted(lic.iterdir()):
+            if p.is_file():
+                texts.append(p.read_text(encoding="utf-8", errors="replace"))
+    if not texts:
+        pytest.skip("no training text on disk (pydoc_data, /usr/share/common-licenses)")
+    return texts
+
+
+UNICODE_BITS = [
+    "naïve", "café", "Ångström", "façade", "coöperate", "déjà vu", "Straße", "ÉCOLE", "œuvre",
+    "日本語のテキスト", "東京都", "中文字符", "한국어", "Ελληνικά", "русский язык", "العربية", "مرحبا بالعالم",
+    "עברית", "हिन्दी", "ภาษาไทย", "ქართული", "Ⓐⓑ", "🙂", "🚀", "👩‍💻", "🇯🇵", "👍🏽", "❤️", "∑∫√", "½ ¾", "x²", "Ⅻ",
+    "e\u0301", "a\u0308\u0304", "\u0301", "\u200b", "a\u00a0b", "\u3000", "x\u2028y", "\u2003em", "\u1680",
+    "٣٤٥", "١٢٣٤٥", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "\U0001f9d1\u200d\U0001f52c", "ﬁ", "ſ", "'ſ", "İstanbul", "K", "Ω",
+]
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "Hello", "world", "token", "model",
+         "compiler", "streaming", "The", "A", "license", "software", "Python", "function", "return", "class"]
+CONTRACTIONS = ["DON'T", "He'S", "we'RE", "they've", "I'M", "you'LL", "she'd", "it's", "O'Neil", "'s", "''",
+                "can't", "WON'T", "y'all", "I'D", "We'Ve", "x'Ll", "'", "rock'n'roll"]
+NUMBERS = ["12345", "1,000.5", "3.14159", "0", "007", "1234567890", "2024-01-01", "0x1F", "1e-5", "-42",
+           "123", "99.99%", "$100"]
+PUNCT = ["!!!", "...", "—", "«quoted»", "(x)", "[a]", "{b}", "@#$%^&*", "\"", "`code`", "C++", "e-mail", "a/b",
+         "\\", "?!", ";", "->", "==", "<", ">", "</", "<|", "|>"]
+SPECIALS = ["<s>", "</s>", "<unk>", "<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>",
+            "<s", "</s >", "<<s>>", "<mask>", "[SW]", "<R>", "hello world", "zzz"]
+SPACES = [" ", " ", " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", " \n ", "\t\t", "    ", " \t", "\r", "\n \n"]
+
+
+def _synthetic_lines(n: int, seed: int = 1234) -> list[str]:
+    rnd = random.Random(seed)
+    groups = [WORDS] * 6 + [UNICODE_BITS] * 3 + [CONTRACTIONS] * 2 + [NUMBERS] * 2 + [PUNCT] * 2 + [SPECIALS]
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rnd.randint(1, 14)):
+            parts.append(rnd.choice(rnd.choice(groups)))
+            parts.append(rnd.choice(SPACES) if rnd.random() < 0.8 else "")
+        line = "".join(parts)
+        r = rnd.random()
+        if r < 0.1:
+            line = rnd.choice(SPACES) + line  # leading white space
+        elif r < 0.2:
+            line = line.rstrip() + rnd.choice(["  ", " ", "\t", "\n"])  # trailing white space
+        out.append(line)
+    return out
+
+
+EDGE_LINES = [
+    "", " ", "  ", "\n", "\t", "a", "Hello world", " Hello", "Hello ", "Hello  world", "Hello   world  ",
+    "DON'T stop", "He'S here", "'s", "'S'T'RE'VE'M'LL'D", "I'ſ", "12345 1,000.5", "1234567", "a1b2c3",
+    "<s>", "</s>", "<s></s>", "<s> hello</s>", "hi<s>there", "<|endoftext|>", "text<|endoftext|>more",
+    "<|endoftext|><|endoftext|>", "<|begin_of_text|>Hi<|eot_id|>", " <mask> x", "a<mask>b", "a [SW] b", "a[SW]b",
+    "[SW]", "x <R>  y", "<R>\n\nz", "hello world", "say hello world!", "zzz zzz", "\u00a0\u00a0x", "x\u3000\u3000y",
+    "line one\nline two\n", "\r\n\r\n", "tab\tseparated\tvalues\t", "  \n  leading", "emoji 🙂🙂🙂 end",
+    "👩‍💻👩‍💻", "e\u0301e\u0301", "مرحبا 123 عالم", "日本語 テキスト。", "\u0301start", "∑ x² dx", "\x7f\x01\x02",
+    "He'Sllo", "DON'Tknow", "I'ſtyle", "x'ſt", "it'LLbe", "a zzz b", "azzz", "zzzz", "▁zzz", "\u017ft",
+    "a" * 300, "ab" * 200 + " " + "x" * 50, "🙂" * 40, " " * 30 + "x", "x" + " " * 30,
+]
+
+
+@pytest.fixture(scope="session")
+def test_lines() -> list[str]:
+    rnd = random.Random(99)
+    texts = _disk_texts()
+    disk_lines = [line for t in texts for line in t.split("\n")]
+    picked = rnd.sample(disk_lines, min(1500, len(disk_lines)))
+    multi = []
+    for _ in range(150):  # multi-line chunks with their original indentation and blank lines
+        t = rnd.choice(texts).split("\n")
+        i = rnd.randrange(len(t))
+        multi.append("\n".join(t[i:i + rnd.randint(2, 6)]))
+    lines = EDGE_LINES + picked + multi + _synthetic_lines(900)
+    assert len(lines) >= 2000
+    return lines
+
+
+# -- training the tokenizers ----------------------------------------------------------------------------
+
+
+def _training_text() -> list[str]:
+    # (long-s words make the vocabulary merge "ſt", so the (?i:'s) contraction case-folding 'ſ' shows in ids)
+    return ([line for t in _disk_texts() for line in t.split("\n") if line.strip()] + _synthetic_lines(300, seed=7)
+            + ["ſtyle ſtrange ſtuff ſt ſt ſt"] * 40)
+
+
+def _train_bpe(pre_tokenizer, vocab_size: int, **trainer_args) -> tuple[dict, list]:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, **trainer_args)
+    tok.train_from_iterator(_training_text(), trainer)
+    m = json.loads(tok.to_str())["model"]
+    merges = [tuple(x) if isinstance(x, list) else tuple(x.split(" ")) for x in m["merges"]]
+    return m["vocab"], merges
+
+
+def _gpt2(add_prefix_space: bool, extras: bool) -> Tokenizer:
+    vocab, merges = _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space), 1200,
+                               special_tokens=["<|endoftext|>"],
+                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    tok.add_special_tokens([AddedToken("<|endoftext|>", normalized=True, special=True)])
+    if extras:
+        eot = tok.token_to_id("<|endoftext|>")
+        tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A <|endoftext|>",
+                                                           special_tokens=[("<|endoftext|>", eot)])
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False)])
+        tok.add_tokens([AddedToken("[SW]", single_word=True), AddedToken("<R>", rstrip=True),
+                        AddedToken("hello world", normalized=False), AddedToken("zzz")])
+    return tok
+
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def _llama3() -> Tokenizer:
+    split = pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated")
+    pre = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    vocab, merges = _train_bpe(pre, 1500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # Whole words in the vocabulary that merges do not build: ignore_merges picks them as one token.
+    for extra in ["123", "Ġzzz", "zzz", "DON", "ĠHello", "Ġworld", "Ã©"]:
+        vocab.setdefault(extra, len(vocab))
+    tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in LLAMA3_SPECIALS])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                      special_tokens=[("<|begin_of_text|>", bos)]),
+    ])
+    return tok
+
+
+SP_DECODER = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+
+
+def _llama2(variant: str) -> Tokenizer:
+    # Train on whitespace-split words (as SentencePiece does), then assemble a LLaMA-2 style vocabulary:
+    # <unk> <s> </s>, the 256 <0xNN> byte tokens, then the pieces.
+    vocab, merges = _train_bpe(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"), 900,
+                               limit_alphabet=120)
+    byte_fallback = variant != "unk"
+    new_vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    if byte_fallback:
+        for b in range(256):
+            new_vocab[f"<0x{b:02X}>"] = len(new_vocab)
+    for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]):
+        new_vocab.setdefault(t, len(new_vocab))
+    tok = Tokenizer(models.BPE(new_vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=byte_fallback))
+    if variant in ("old", "unk"):
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence(SP_DECODER)
+    elif variant == "metaspace_first":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Sequence(SP_DECODER)
+    elif variant == "metaspace_always":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁",
+                                                                                        prepend_scheme="always")])
+    else:
+        raise ValueError(variant)
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ["<unk>", "<s>", "</s>"]])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    if variant == "old":  # a normalized added token matches its normalized form ("▁zzz") in normalized text
+        tok.add_tokens([AddedToken("zzz", normalized=True)])
+    if variant == "metaspace_first":
+        tok.add_tokens([AddedToken("zzz", normalized=True), AddedToken("<R>", rstrip=True, normalized=False)])
+    return tok
+
+
+KINDS = ["gpt2", "gpt2_prefix_extras", "llama3", "llama2_old", "llama2_unk", "llama2_metaspace_first",
+         "llama2_metaspace_always"]
+
+
+def make_tokenizer(kind: str) -> Tokenizer:
+    return {
+        "gpt2": lambda: _gpt2(False, False),
+        "gpt2_prefix_extras": lambda: _gpt2(True, True),
+        "llama3": _llama3,
+        "llama2_old": lambda: _llama2("old"),
+        "llama2_unk": lambda: _llama2("unk"),
+        "llama2_metaspace_first": lambda: _llama2("metaspace_first"),
+        "llama2_metaspace_always": lambda: _llama2("metaspace_always"),
+    }[kind]()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """kind -> (HF tokenizer, path of its tokenizer.json), trained on first use."""
+    d = tmp_path_factory.mktemp("tokenizers")
+    cache: dict[str, tuple[Tokenizer, Path]] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            hf = make_tokenizer(kind)
+            path = d / f"{kind}.json"
+            path.write_text(hf.to_str(pretty=True), encoding="utf-8")
+            cache[kind] = (Tokenizer.from_file(str(path)), path)  # exactly what the file says
+        return cache[kind]
+
+    return get
+
+
+def _j(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _ids(line: str) -> list[int]:
+    return [int(x) for x in line.split()]
+
+
+def _first_mismatch(expected, got, inputs) -> str:
+    for i, (e, g) in enumerate(zip(expected, got)):
+        if e != g:
+            return f"line {i}: input {inputs[i]!r}\n  HF:  {e!r}\n  C++: {g!r}"
+    return f"lengths differ: {len(expected)} vs {len(got)}"
+
+
+# -- tests ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_matches_hf(kind, cpp_tools, trained, test_lines):
+    hf, path = trained(kind)
+    inputs = [_j(s) for s in test_lines]
+    for add_special in (True, False):
+        expected = [hf.encode(s, add_special_tokens=add_special).ids for s in test_lines]
+        flags = ["--json"] + ([] if add_special else ["--no-special"])
+        got = [_ids(line) for line in run_cli(cpp_tools, path, inputs, *flags)]
+        assert len(got) == len(expected)
+        mismatches = sum(e != g for e, g in zip(expected, got))
+        assert mismatches == 0, (f"{kind} add_special_tokens={add_special}: {mismatches} of {len(expected)} lines "
+                                 f"differ; first: {_first_mismatch(expected, got, test_lines)}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_matches_hf(kind, cpp_tools, trained, test_lines):
+    hf, path = trained(kind)
+    id_lists = [hf.encode(s, add_special_tokens=True).ids for s in test_lines]
+    # Also arbitrary id sequences: invalid UTF-8 from byte tokens, special tokens anywhere, unknown ids.
+    rnd = random.Random(5)
+    n = hf.get_vocab_size(with_added_tokens=True)
+    for _ in range(400):
+        id_lists.append([rnd.randrange(n + 3) for _ in range(rnd.randint(0, 12))])
+    inputs = [" ".join(map(str, ids)) for ids in id_lists]
+    for skip in (False, True):
+        expected = [hf.decode(ids, skip_special_tokens=skip) for ids in id_lists]
+        flags = ["--decode", "--json"] + (["--no-special"] if skip else [])
+        got = [json.loads(line) for line in run_cli(cpp_tools, path, inputs, *flags)]
+        mismatches = sum(e != g for e, g in zip(expected, got))
+        assert mismatches == 0, (f"{kind} skip_special_tokens={skip}: {mismatches} of {len(expected)} differ; "
+                                 f"first: {_first_mismatch(expected, got, inputs)}")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama3", "llama2_old", "llama2_metaspace_always"])
+def test_stream_decoder(kind, cpp_tools, trained, test_lines):
+    """The streaming decoder's pieces join to HF decode, never split a character, hold back incomplete
+    byte sequences, and equal the pieces of the Python runtime's StreamDecoder."""
+    from tcc.runtime.tokenizer import StreamDecoder as PyStreamDecoder
+    from tcc.runtime.tokenizer import Tokenizer as PyTokenizer
+
+    hf, path = trained(kind)
+    lines = [s for s in test_lines if s.strip()][:400]
+    lines += ["日本語🙂👩‍💻 e\u0301", "🚀" * 5, "مرحبا"]
+    id_lists = [hf.encode(s, add_special_tokens=False).ids for s in lines]
+    inputs = [" ".join(map(str, ids)) for ids in id_lists]
+    got = [json.loads(line) for line in run_cli(cpp_tools, path, inputs, "--decode", "--stream", "--no-special")]
+    py = PyTokenizer(hf)
+    for ids, pieces, line in zip(id_lists, got, lines):
+        assert len(pieces) == len(ids) + 1
+        assert "".join(pieces) == hf.decode(ids, skip_special_tokens=True), line
+        sd = PyStreamDecoder(py, skip_special_tokens=True)
+        assert pieces == [sd.push(i) for i in ids] + [sd.flush()], line
+        for p in pieces[:-1]:
+            assert "\ufffd" not in p or "\ufffd" in line
+    # a multibyte character split over byte tokens comes out whole, once complete
+    if kind.startswith("llama2"):
+        ids = [hf.token_to_id(f"<0x{b:02X}>") for b in "🙂".encode()]
+    else:
+        ids = hf.encode("🙂", add_special_tokens=False).ids
+    assert len(ids) > 1
+    [pieces] = [json.loads(x) for x in run_cli(cpp_tools, path, [" ".join(map(str, ids))], "--decode", "--stream")]
+    assert pieces[:-2] == [""] * (len(ids) - 1) and pieces[-2] == "🙂" and pieces[-1] == ""
+
+
+def test_leading_space_stripped_only_at_start(cpp_tools, trained):
+    hf, path = trained("llama2_old")
+    ids = hf.encode("Hello world again", add_special_tokens=False).ids
+    [pieces] = [json.loads(x) for x in run_cli(cpp_tools, path, [" ".join(map(str, ids))], "--decode", "--stream")]
+    text = "".join(pieces)
+    assert text == "Hello world again"
+    assert not pieces[0].startswith(" ")
+
+
+def test_plain_line_mode(cpp_tools, trained):
+    hf, path = trained("gpt2")
+    lines = ["Hello world", "naïve café 🙂", ""]
+    got = run_cli(cpp_tools, path, lines)
+    assert [_ids(x) for x in got] == [hf.encode(s).ids for s in lines]
+    back = run_cli(cpp_tools, path, got, "--decode")
+    assert back == lines
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+
+
+def _cli_error(tools, path, *flags) -> str:
+    p = subprocess.run([str(tools["tokenize"]), str(path), *flags], input=b"hello\n", capture_output=True, timeout=60)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    err = p.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("tcc-tokenize: error: "), err
+    return err.strip()
+
+
+def test_error_missing_file(cpp_tools, tmp_path):
+    err = _cli_error(cpp_tools, tmp_path / "nope.json")
+    assert str(tmp_path / "nope.json") in err and "not found" in err
+
+
+def test_error_malformed_json(cpp_tools, tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"model": {"type": "BPE", "vocab": {"a": 0,}}}')
+    err = _cli_error(cpp_tools, p)
+    assert str(p) in err and "malformed JSON at byte offset 43" in err, err
+
+
+def _edited(trained, tmp_path, kind, edit) -> Path:
+    _, path = trained(kind)
+    j = json.loads(path.read_text(encoding="utf-8"))
+    edit(j)
+    out = tmp_path / "edited.json"
+    out.write_text(json.dumps(j), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda j: j["model"].update(type="WordPiece"), 'model.type "WordPiece" is not supported'),
+    (lambda j: j["model"].update(type="Unigram"), 'model.type "Unigram" is not supported'),
+    (lambda j: j.update(normalizer={"type": "NFC"}), 'normalizer.type "NFC" is not supported'),
+    (lambda j: j.update(pre_tokenizer={"type": "Whitespace"}), 'pre_tokenizer.type "Whitespace" is not supported'),
+    (lambda j: j.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": r"\d+"}, "behavior": "Isolated",
+                                       "invert": False}), r'unsupported pattern "\\d+"'),
+    (lambda j: j.update(decoder={"type": "WordPiece", "prefix": "##", "cleanup": True}),
+     'decoder.type "WordPiece" is not supported'),
+    (lambda j: j["model"].update(dropout=0.1), "model.dropout 0.1 is not supported"),
+    (lambda j: j["model"].update(vocab=[1, 2]), "model.vocab must be an object"),
+    (lambda j: j["model"]["merges"].append("Ġ nonexistent-token"), 'token "nonexistent-token" is not in the vocabulary'),
+    (lambda j: j.pop("model"), "model is missing"),
+])
+def test_error_unsupported(cpp_tools, trained, tmp_path, edit, expect):
+    path = _edited(trained, tmp_path, "gpt2", edit)
+    err = _cli_error(cpp_tools, path)
+    assert str(path) in err and expect in err, err
+
+
+def test_error_bad_input(cpp_tools, trained):
+    _, path = trained("gpt2")
+    p = subprocess.run([str(cpp_tools["tokenize"]), str(path), "--decode"], input=b"1 2 x\n", capture_output=True)
+    assert p.returncode == 1 and b"not a token id: x" in p.stderr
+    p = subprocess.run([str(cpp_tools["tokenize"]), str(path), "--bogus"], capture_output=True)
+    assert p.returncode == 2 and b"unknown option --bogus" in p.stderr
+
+
+def test_unicode_header_generation(tmp_path):
+    from tcc.codegen.unicode_tables import unicode_ranges, write_unicode_header
+
+    path = write_unicode_header(tmp_path)
+    text = Path(path).read_text()
+    assert text.startswith("// Generated by tcc") and "DO NOT EDIT" in text
+    mtime = os.stat(path).st_mtime_ns
+    write_unicode_header(path)  # unchanged text: not rewritten
+    assert os.stat(path).st_mtime_ns == mtime
+    r = unicode_ranges()
+    inside = lambda name, cp: any(lo <= cp <= hi for lo, hi in r[name])  # noqa: E731
+    assert inside("letter", ord("é")) and inside("letter", ord("日")) and not inside("letter", ord("1"))
+    assert inside("number", ord("٣")) and inside("number", ord("½")) and not inside("number", ord("a"))
+    assert inside("white_space", 0x3000) and not inside("white_space", 0x200B)
+    assert inside("word", 0x0301) and inside("word", ord("_")) and not inside("word", ord("-"))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
