@@ -167,7 +167,7 @@ def test_chat_binary_matches_python(artifact_dir):
 
     def binary(*args):
         r = subprocess.run([os.path.join(out, "chat"), *args, "--print-ids", "--max-new-tokens", "12"],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, errors="replace", timeout=120)
         assert r.returncode == 0, r.stderr
         line = next(ln for ln in r.stderr.splitlines() if ln.startswith("ids: "))
         prompt, gen = line[5:].split("|")
