@@ -17,7 +17,7 @@ import os
 import sys
 import unicodedata
 
-__all__ = ["unicode_ranges", "render_unicode_header", "write_unicode_header", "HEADER_NAME"]
+__all__ = ["HEADER_NAME", "render_unicode_header", "unicode_ranges", "write_unicode_header"]
 
 HEADER_NAME = "tcc_unicode_tables.h"
 

@@ -10,8 +10,8 @@
 //   turn n>1: assistant_suffix + user_prefix + user + user_suffix
 // encoded with add_special_tokens=false; bos_token_id goes first when the cache is empty and add_bos is set.
 // --raw: the text itself, encoded with add_special_tokens=true at the start of the context (false later).
-// A reply stops at an eos token (neither fed nor printed), after max_new_tokens, on Ctrl-C or when the
-// context is full; a reply's last printed token that was not fed yet is fed first in the next turn.
+// The prompt plus max_new_tokens must fit the context. A reply stops at an eos token (neither fed nor
+// printed), after max_new_tokens or on Ctrl-C; every printed token is fed (runtime/generate.py does the same).
 #include <nlohmann/json.hpp>
 
 #include <signal.h>
@@ -154,7 +154,7 @@ Options parse_args(int argc, char** argv) {
     } else if (a == "--print-ids") {
       o.print_ids = true;
     } else if (a == "--max-new-tokens") {
-      o.max_new_tokens = parse_int(a, next(), 1, INT64_MAX);
+      o.max_new_tokens = parse_int(a, next(), 0, INT32_MAX);
     } else if (a == "--temperature") {
       double t = parse_number(a, next());
       if (t < 0) die("--temperature must not be negative", 2);
@@ -296,15 +296,45 @@ std::string ids_text(const std::vector<int64_t>& ids) {
 
 // -- the conversation
 
-enum class TurnResult { Ok, Interrupted, Overflow };
+enum class TurnResult { Ok, Interrupted, Rejected };
+
+// manifest.json's "llm" section: the longest prefill chunk the program was compiled for.
+struct ModelInfo {
+  int64_t max_prefill = 0;  // 0: no limit known (the whole prompt in one run)
+  bool recompute = false;   // no KV cache: every run takes the whole context
+};
+
+ModelInfo load_model_info(const std::string& path) {
+  ModelInfo info;
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return info;  // no manifest: one run per prompt
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json j;
+  try {
+    j = json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    die(path + ": malformed JSON at byte offset " + std::to_string(e.byte > 0 ? e.byte - 1 : 0));
+  }
+  if (!j.is_object() || !j.contains("llm") || !j["llm"].is_object())
+    die(path + ": not a language model (no \"llm\" section)");
+  const json& llm = j["llm"];
+  if (llm.contains("max_prefill") && !llm["max_prefill"].is_null()) {
+    if (!llm["max_prefill"].is_number_integer() || llm["max_prefill"].get<int64_t>() < 1)
+      die(path + ": llm.max_prefill must be a positive integer");
+    info.max_prefill = llm["max_prefill"].get<int64_t>();
+  }
+  if (llm.contains("recompute") && llm["recompute"].is_boolean()) info.recompute = llm["recompute"].get<bool>();
+  return info;
+}
 
 class Chat {
  public:
-  Chat(tcc_model* model, const Tokenizer& tok, ChatConfig cfg, const Options& opt)
-      : model_(model), tok_(tok), cfg_(std::move(cfg)), opt_(opt) {
+  Chat(tcc_model* model, const Tokenizer& tok, ChatConfig cfg, const Options& opt, ModelInfo info)
+      : model_(model), tok_(tok), cfg_(std::move(cfg)), opt_(opt), info_(info) {
     int64_t cap = tcc_model_kv_capacity();
-    use_kv_ = cap > 0;
-    limit_ = cap;
+    use_kv_ = cap > 0 && !info.recompute;
+    limit_ = use_kv_ ? cap : 0;
     if (cfg_.max_context > 0 && (limit_ <= 0 || cfg_.max_context < limit_)) limit_ = cfg_.max_context;
     if (limit_ <= 0) die("the model has no KV cache and chat.json gives no max_context");
     rng_ = tcc_rng_seed(opt.seed ? *opt.seed
@@ -318,24 +348,25 @@ class Chat {
     n_outputs_ = n_out;
   }
 
+  int64_t limit() const { return limit_; }
+
   void reset() {
     if (use_kv_ && tcc_model_kv_truncate(model_, 0) != 0)
       die(std::string("cannot reset the KV cache: ") + tcc_model_last_error());
     context_.clear();
-    pending_.reset();
-    turns_ = 0;
   }
 
   // One user message: template, prefill, generate and stream the reply.
   TurnResult turn(const std::string& user) {
     std::string text;
     bool add_special = false;
+    const bool first = context_.empty();
     if (opt_.raw) {
       text = user;
-      add_special = context_.empty() && !pending_;
-    } else if (turns_ == 0) {
+      add_special = first;
+    } else if (first) {
       std::optional<std::string> system = opt_.system ? opt_.system : cfg_.default_system;
-      if (system && cfg_.first_user_prefix_with_system)
+      if (system && !system->empty() && cfg_.first_user_prefix_with_system)
         text = cfg_.first_user_prefix_with_system->first + *system + cfg_.first_user_prefix_with_system->second;
       else
         text = cfg_.first_user_prefix;
@@ -344,25 +375,27 @@ class Chat {
       text = cfg_.assistant_suffix + cfg_.user_prefix + user + cfg_.user_suffix;
     }
     std::vector<int64_t> feed;
-    if (pending_) feed.push_back(*pending_);
-    if (!opt_.raw && cfg_.add_bos && context_.empty() && !pending_) feed.push_back(*cfg_.bos_token_id);
+    if (!opt_.raw && first && cfg_.add_bos) feed.push_back(*cfg_.bos_token_id);
     std::vector<int64_t> enc = tok_.encode(text, add_special);
     feed.insert(feed.end(), enc.begin(), enc.end());
-    if (feed.empty()) return TurnResult::Ok;
+    if (feed.empty()) {
+      std::fprintf(stderr, "chat: error: the message encodes to no tokens\n");
+      return TurnResult::Rejected;
+    }
 
+    // The prompt and a whole reply must fit (as the Python runtime's Generator.run).
     const int64_t used = static_cast<int64_t>(context_.size());
-    if (used + static_cast<int64_t>(feed.size()) > limit_) {
+    const int64_t need = used + static_cast<int64_t>(feed.size()) + opt_.max_new_tokens;
+    if (need > limit_) {
       std::fflush(stdout);
       std::fprintf(stderr,
-                   "chat: error: the message needs %lld tokens but only %lld of the %lld-token context are left "
-                   "(%lld used)%s\n",
-                   static_cast<long long>(feed.size()), static_cast<long long>(limit_ - used),
-                   static_cast<long long>(limit_), static_cast<long long>(used),
-                   used > 0 ? "; /reset starts a new conversation" : "");
-      return TurnResult::Overflow;
+                   "chat: error: context overflow: %lld tokens in the context + %zu prompt tokens + max_new_tokens "
+                   "%lld = %lld exceed the model's context of %lld tokens (%s--max-new-tokens)\n",
+                   static_cast<long long>(used), feed.size(), static_cast<long long>(opt_.max_new_tokens),
+                   static_cast<long long>(need), static_cast<long long>(limit_),
+                   used > 0 ? "/reset starts a new conversation; or lower " : "lower ");
+      return TurnResult::Rejected;
     }
-    pending_.reset();
-    ++turns_;
 
     g_interrupted = 0;
     g_generating = 1;
@@ -373,52 +406,55 @@ class Chat {
 
     StreamDecoder sd(tok_, /*skip_special_tokens=*/true);
     std::vector<int64_t> generated;
-    bool context_full = false;
-    while (!g_interrupted) {
+    const char* reason = "length";
+    for (int64_t i = 0; i < opt_.max_new_tokens; ++i) {
       int64_t id = tcc_sample(logits, vocab_, &opt_.sampling, context_.data(),
                               static_cast<int64_t>(context_.size()), &rng_);
-      if (std::find(cfg_.eos_token_ids.begin(), cfg_.eos_token_ids.end(), id) != cfg_.eos_token_ids.end()) break;
+      if (std::find(cfg_.eos_token_ids.begin(), cfg_.eos_token_ids.end(), id) != cfg_.eos_token_ids.end()) {
+        reason = "eos";  // an end token is neither printed nor fed
+        break;
+      }
       generated.push_back(id);
       write_out(sd.push(id));
-      if (static_cast<int64_t>(generated.size()) >= opt_.max_new_tokens || g_interrupted) {
-        pending_ = id;
+      logits = run({id});  // every printed token joins the context, the last one too
+      if (g_interrupted) {
+        reason = "interrupted";
         break;
       }
-      if (static_cast<int64_t>(context_.size()) + 1 > limit_) {
-        pending_ = id;
-        context_full = true;
-        break;
-      }
-      logits = run({id});
     }
-    const bool interrupted = g_interrupted != 0;
     write_out(sd.flush());
     write_out("\n");
     g_generating = 0;
     double decode_s = seconds_since(t1);
 
-    if (context_full)
-      std::fprintf(stderr, "[context full: %lld tokens; /reset starts a new conversation]\n",
-                   static_cast<long long>(limit_));
-    if (interrupted) std::fprintf(stderr, "[interrupted]\n");
     if (opt_.print_ids) std::fprintf(stderr, "ids: %s | %s\n", ids_text(feed).c_str(), ids_text(generated).c_str());
     auto rate = [](size_t n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
-    std::fprintf(stderr, "[prefill %zu tok %.1f tok/s | decode %zu tok %.1f tok/s]\n", feed.size(),
-                 rate(feed.size(), prefill_s), generated.size(), rate(generated.size(), decode_s));
+    std::fprintf(stderr, "[prefill %zu tok %.1f tok/s | decode %zu tok %.1f tok/s | %s]\n", feed.size(),
+                 rate(feed.size(), prefill_s), generated.size(), rate(generated.size(), decode_s), reason);
     std::fflush(stderr);
-    return interrupted ? TurnResult::Interrupted : TurnResult::Ok;
+    return g_interrupted ? TurnResult::Interrupted : TurnResult::Ok;
   }
 
  private:
-  // Feed `tokens` (appended to the context) and return the logits of the last position.
+  // Feed `tokens` (appended to the context; in chunks of at most max_prefill tokens) and return the
+  // logits of the last position.
   const float* run(const std::vector<int64_t>& tokens) {
-    std::vector<int64_t> input;
-    if (use_kv_) {
-      input = tokens;
-    } else {  // no cache: the whole context every time
-      input = context_;
-      input.insert(input.end(), tokens.begin(), tokens.end());
+    if (!use_kv_) {  // no cache: the whole context every time
+      context_.insert(context_.end(), tokens.begin(), tokens.end());
+      return run_once(context_);
     }
+    const size_t chunk = info_.max_prefill > 0 ? static_cast<size_t>(info_.max_prefill) : tokens.size();
+    const float* logits = nullptr;
+    for (size_t start = 0; start < tokens.size(); start += chunk) {
+      std::vector<int64_t> part(tokens.begin() + static_cast<std::ptrdiff_t>(start),
+                                tokens.begin() + static_cast<std::ptrdiff_t>(std::min(tokens.size(), start + chunk)));
+      logits = run_once(part);
+      context_.insert(context_.end(), part.begin(), part.end());
+    }
+    return logits;
+  }
+
+  const float* run_once(std::vector<int64_t>& input) {
     tcc_model_set_logits_rows(model_, 1);
     tcc_tensor in;
     std::memset(&in, 0, sizeof in);
@@ -441,7 +477,6 @@ class Chat {
     }
     vocab_ = out.shape[out.ndim - 1];
     const int64_t rows = out.shape[out.ndim - 2];
-    context_.insert(context_.end(), tokens.begin(), tokens.end());
     return static_cast<const float*>(out.data) + (rows - 1) * vocab_;
   }
 
@@ -449,15 +484,14 @@ class Chat {
   const Tokenizer& tok_;
   ChatConfig cfg_;
   const Options& opt_;
+  ModelInfo info_;
   bool use_kv_ = true;
   int64_t limit_ = 0;
   uint64_t rng_ = 0;
   int logits_index_ = 0;
   int n_outputs_ = 1;
   int64_t vocab_ = 0;
-  std::vector<int64_t> context_;   // every token fed to the model in this conversation
-  std::optional<int64_t> pending_;  // the last printed reply token, fed at the start of the next turn
-  int turns_ = 0;
+  std::vector<int64_t> context_;  // every token fed to the model in this conversation
 };
 
 }  // namespace
@@ -470,12 +504,10 @@ int main(int argc, char** argv) {
   if (!S_ISDIR(st.st_mode)) die(opt.dir + ": not a directory");
 
   ChatConfig cfg = load_chat_config(join_path(opt.dir, "chat.json"));
-  if (!opt.raw) {
-    bool wants_system = opt.system || cfg.default_system;
-    if (wants_system && !cfg.first_user_prefix_with_system)
-      die(std::string(opt.system ? "--system" : "chat.json default_system") + ": the chat template '" +
-          cfg.template_name + "' has no system prompt (chat.json first_user_prefix_with_system is null)");
-  }
+  if (!opt.raw && opt.system && !opt.system->empty() && !cfg.first_user_prefix_with_system)
+    die("--system: the chat template '" + cfg.template_name +
+        "' has no system prompt (chat.json first_user_prefix_with_system is null)");
+  if (opt.prompt && opt.prompt->empty()) die("--prompt: empty message", 2);
 
   std::optional<Tokenizer> tok;
   try {
@@ -484,6 +516,7 @@ int main(int argc, char** argv) {
     die(e.what());
   }
 
+  ModelInfo info = load_model_info(join_path(opt.dir, "manifest.json"));
   if (tcc_model_num_inputs() != 1)
     die("the model takes " + std::to_string(tcc_model_num_inputs()) +
         " inputs; chat needs a language model whose only input is input_ids");
@@ -502,10 +535,10 @@ int main(int argc, char** argv) {
 
   int status = 0;
   try {
-    Chat chat(model, *tok, cfg, opt);
+    Chat chat(model, *tok, cfg, opt, info);
     if (opt.prompt) {
       TurnResult r = chat.turn(*opt.prompt);
-      status = r == TurnResult::Overflow ? 1 : r == TurnResult::Interrupted ? 130 : 0;
+      status = r == TurnResult::Rejected ? 1 : r == TurnResult::Interrupted ? 130 : 0;
     } else {
       const bool tty = isatty(STDIN_FILENO) != 0;
       std::string line;

@@ -1,7 +1,8 @@
 """The standalone `chat` binary (runtime/chat/chat_main.cpp), linked with a fake model
 (tests/runtime/fake_model.cpp) instead of a compiled LLM: argument parsing, the chat template and BOS
-handling of chat.json, the tokens fed to the model, stop conditions (eos, max_new_tokens, full context,
-Ctrl-C), streaming, /reset, context overflow and error messages.
+handling of chat.json, the tokens fed to the model (prefill chunks of manifest.json's max_prefill), stop
+conditions (eos, max_new_tokens, Ctrl-C), streaming, /reset, context overflow and error messages. The
+semantics are those of the Python runtime (runtime/generate.py).
 
 The fake model's logits put the next token of FAKE_REPLY on top after every prompt, then FAKE_EOS; its
 sampler stub is greedy and logs its arguments, and every model call is logged to FAKE_LOG.
@@ -34,7 +35,8 @@ LLAMA2_CHAT = {
 }
 REPLY_TEXT = "Sure, here it is: 東京 🙂 naïve!"
 
-STATS_RE = re.compile(r"^\[prefill (\d+) tok [\d.]+ tok/s \| decode (\d+) tok [\d.]+ tok/s\]$")
+STATS_RE = re.compile(r"^\[prefill (\d+) tok [\d.]+ tok/s \| decode (\d+) tok [\d.]+ tok/s \| "
+                      r"(eos|length|interrupted)\]$")
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +53,11 @@ def hf_tok(tmp_path_factory) -> tuple[Tokenizer, str]:
 
 @pytest.fixture
 def artifact(tmp_path, tools, hf_tok):
-    """An artifact directory: tokenizer.json, chat.json, an empty weights.bin and the chat binary."""
+    """An artifact directory: manifest.json, tokenizer.json, chat.json, an empty weights.bin and the chat
+    binary."""
     d = tmp_path / "out"
     d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"llm": {"capacity": 256, "max_prefill": 64, "kv_cache": True}}))
     (d / "tokenizer.json").write_text(hf_tok[1], encoding="utf-8")
     (d / "chat.json").write_text(json.dumps(LLAMA2_CHAT), encoding="utf-8")
     (d / "weights.bin").write_bytes(b"")
@@ -99,13 +103,14 @@ class Run:
         return out
 
     @property
-    def stats(self) -> list[tuple[int, int]]:
-        return [(int(m.group(1)), int(m.group(2))) for m in map(STATS_RE.match, self.err.splitlines()) if m]
+    def stats(self) -> list[tuple[int, int, str]]:
+        return [(int(m.group(1)), int(m.group(2)), m.group(3)) for m in map(STATS_RE.match, self.err.splitlines()) if m]
 
 
 def fake_env(tmp_path, hf, reply=None, eos=2, **extra) -> dict:
     env = dict(os.environ)
-    env.update(FAKE_VOCAB=str(hf.get_vocab_size(with_added_tokens=True)), FAKE_LOG=str(tmp_path / "model.log"))
+    env.update(FAKE_VOCAB=str(hf.get_vocab_size(with_added_tokens=True)), FAKE_LOG=str(tmp_path / "model.log"),
+               FAKE_KV_CAPACITY="1024")
     if reply is not None:
         env["FAKE_REPLY"] = ",".join(map(str, reply))
     if eos is not None:
@@ -117,7 +122,7 @@ def fake_env(tmp_path, hf, reply=None, eos=2, **extra) -> dict:
 def run_chat(binary, args, env, stdin: str = "", cwd=None, timeout=60) -> Run:
     Path(env["FAKE_LOG"]).unlink(missing_ok=True)  # the log of this run only
     p = subprocess.run([str(binary), *map(str, args)], input=stdin.encode(), capture_output=True, env=env,
-                       cwd=cwd, timeout=timeout)
+                       cwd=cwd, timeout=timeout, check=False)
     return Run(p, Path(env["FAKE_LOG"]))
 
 
@@ -144,7 +149,7 @@ def test_one_shot_prompt(artifact, hf_tok, tmp_path):
     assert [s["token"] for s in samples] == reply + [2]
     for i, s in enumerate(samples):
         assert s["recent"] == prompt + reply[:i]
-    assert r.stats == [(len(prompt), len(reply))]
+    assert r.stats == [(len(prompt), len(reply), "eos")]
     assert "chat: error" not in r.err
 
 
@@ -202,7 +207,7 @@ def test_interactive_turns_and_reset(artifact, hf_tok, tmp_path):
     assert prefills == [(0, t1), (n1, t2), (0, t3)]
     assert "truncate 0" in r.log
     assert "[conversation reset]" in r.err
-    assert len(r.stats) == 3
+    assert [x[2] for x in r.stats] == ["eos"] * 3
 
 
 def test_quit_command(artifact, hf_tok, tmp_path):
@@ -212,7 +217,7 @@ def test_quit_command(artifact, hf_tok, tmp_path):
     assert r.rc == 0 and r.out == "A\n"
 
 
-def test_max_new_tokens_and_pending_token(artifact, hf_tok, tmp_path):
+def test_max_new_tokens(artifact, hf_tok, tmp_path):
     hf = hf_tok[0]
     reply = enc(hf, "one two three four five six")
     assert len(reply) >= 4
@@ -221,12 +226,36 @@ def test_max_new_tokens_and_pending_token(artifact, hf_tok, tmp_path):
     assert r.rc == 0, r.err
     (p1, g1), (p2, g2) = r.id_lines
     assert g1 == reply[:3] and g2 == reply[:3]
-    # the third token was printed but not fed; it goes first in the next turn
-    assert p2 == [reply[2]] + enc(hf, " </s><s>[INST] b [/INST]")
-    runs = r.runs
-    assert runs[:3] == [(0, p1), (len(p1), [reply[0]]), (len(p1) + 1, [reply[1]])]
-    assert runs[3] == (len(p1) + 2, p2)
+    assert p2 == enc(hf, " </s><s>[INST] b [/INST]")
+    # every printed token is fed, the last one too, so the next turn continues after it
+    n = len(p1)
+    assert r.runs == [(0, p1), (n, [reply[0]]), (n + 1, [reply[1]]), (n + 2, [reply[2]]), (n + 3, p2),
+                      (n + 3 + len(p2), [reply[0]]), (n + 4 + len(p2), [reply[1]]), (n + 5 + len(p2), [reply[2]])]
     assert r.out == hf.decode(reply[:3]) + "\n" + hf.decode(reply[:3]) + "\n"
+    assert [x[2] for x in r.stats] == ["length", "length"]
+
+
+def test_max_new_tokens_zero_only_prefills(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "x"))
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "hi", "--max-new-tokens", "0"], env)
+    assert r.rc == 0 and r.out == "\n" and len(r.runs) == 1 and r.samples == []
+
+
+def test_prefill_in_chunks_of_max_prefill(artifact, hf_tok, tmp_path):
+    hf = hf_tok[0]
+    (artifact / "manifest.json").write_text(json.dumps({"llm": {"capacity": 256, "max_prefill": 4}}))
+    env = fake_env(tmp_path, hf, eos=None)
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "a longer question here", "--print-ids",
+                                     "--max-new-tokens", "2"], env)
+    assert r.rc == 0, r.err
+    prompt = r.id_lines[0][0]
+    assert len(prompt) > 8
+    chunks = [prompt[i:i + 4] for i in range(0, len(prompt), 4)]
+    runs = r.runs
+    assert runs[:len(chunks)] == [(4 * i, c) for i, c in enumerate(chunks)]
+    assert [len(ids) for _, ids in runs[len(chunks):]] == [1, 1]
+    assert r.samples[0]["recent"] == prompt
 
 
 def test_eos_ids_stop_and_are_not_printed(artifact, hf_tok, tmp_path):
@@ -287,42 +316,40 @@ def test_model_without_kv_cache(artifact, hf_tok, tmp_path):
 def test_context_overflow_one_shot(artifact, hf_tok, tmp_path):
     hf = hf_tok[0]
     env = fake_env(tmp_path, hf, enc(hf, "x"), FAKE_KV_CAPACITY=16)
-    long_text = "the quick brown fox jumps over the lazy dog " * 4
-    r = run_chat(artifact / "chat", [artifact, "--prompt", long_text], env)
-    n = 1 + len(enc(hf, f"[INST] {long_text} [/INST]"))
+    r = run_chat(artifact / "chat", [artifact, "--prompt", "hello there"], env)
+    n = 1 + len(enc(hf, "[INST] hello there [/INST]"))
     assert r.rc == 1
-    assert r.err.strip() == (f"chat: error: the message needs {n} tokens but only 16 of the 16-token context "
-                             f"are left (0 used)")
+    # the prompt and a whole reply (max_new_tokens) must fit, as in the Python runtime
+    assert r.err.strip() == (f"chat: error: context overflow: 0 tokens in the context + {n} prompt tokens + "
+                             f"max_new_tokens 256 = {n + 256} exceed the model's context of 16 tokens "
+                             f"(lower --max-new-tokens)")
     assert r.runs == [] and r.out == ""
 
 
 def test_context_overflow_keeps_the_session(artifact, hf_tok, tmp_path):
     hf = hf_tok[0]
-    cfg = dict(LLAMA2_CHAT, max_context=40)  # smaller than the cache: the limit
+    reply = enc(hf, "ok")
+    t1 = [1] + enc(hf, "[INST] hi [/INST]")
+    used = len(t1) + len(reply)
+    t2 = enc(hf, " </s><s>[INST] more please [/INST]")
+    limit = used + len(t2) + 5 - 1  # turn 1 fits, turn 2 does not
+    cfg = dict(LLAMA2_CHAT, max_context=limit)  # smaller than the cache: the limit
     (artifact / "chat.json").write_text(json.dumps(cfg))
-    env = fake_env(tmp_path, hf, enc(hf, "ok"), FAKE_KV_CAPACITY=256)
+    env = fake_env(tmp_path, hf, reply, FAKE_KV_CAPACITY=256)
     long_text = "the quick brown fox jumps over the lazy dog " * 6
-    r = run_chat(artifact / "chat", [artifact, "--print-ids"], env, stdin=f"{long_text}\nhi\n")
+    r = run_chat(artifact / "chat", [artifact, "--print-ids", "--max-new-tokens", "5"], env,
+                 stdin=f"{long_text}\nhi\nmore please\n/reset\nhi\n")
     assert r.rc == 0
-    lines = r.err.splitlines()
-    assert re.match(r"chat: error: the message needs \d+ tokens but only 40 of the 40-token context are left "
-                    r"\(0 used\)$", lines[0]), lines[0]
-    assert r.out == "ok\n"
-    assert r.id_lines[0][0] == [1] + enc(hf, "[INST] hi [/INST]")  # the failed message left no trace
-
-
-def test_context_full_during_reply(artifact, hf_tok, tmp_path):
-    hf = hf_tok[0]
-    reply = enc(hf, "one two three four five six seven eight nine ten")
-    prompt = [1] + enc(hf, "[INST] hi [/INST]")
-    cap = len(prompt) + 3
-    env = fake_env(tmp_path, hf, reply, eos=None, FAKE_KV_CAPACITY=cap)
-    r = run_chat(artifact / "chat", [artifact, "--print-ids"], env, stdin="hi\nmore\n")
-    assert r.rc == 0
-    assert r.id_lines[0][1] == reply[:4]  # 3 fed to fill the cache, the 4th printed and pending
-    assert f"[context full: {cap} tokens; /reset starts a new conversation]" in r.err
-    assert re.search(r"chat: error: the message needs \d+ tokens but only 0 of the \d+-token context are left "
-                     rf"\({cap} used\); /reset starts a new conversation", r.err)
+    errors = [line for line in r.err.splitlines() if line.startswith("chat: error:")]
+    assert len(errors) == 2
+    assert re.match(r"chat: error: context overflow: 0 tokens in the context \+ \d+ prompt tokens \+ "
+                    rf"max_new_tokens 5 = \d+ exceed the model's context of {limit} tokens "
+                    r"\(lower --max-new-tokens\)$", errors[0]), errors[0]
+    assert errors[1] == (f"chat: error: context overflow: {used} tokens in the context + {len(t2)} prompt tokens + "
+                         f"max_new_tokens 5 = {used + len(t2) + 5} exceed the model's context of {limit} tokens "
+                         f"(/reset starts a new conversation; or lower --max-new-tokens)")
+    assert r.out == "ok\nok\n"
+    assert [p for p, _ in r.id_lines] == [t1, t1]  # the rejected messages left no trace
 
 
 # -- streaming and Ctrl-C ---------------------------------------------------------------------------------------
@@ -379,8 +406,7 @@ def test_streaming_and_ctrl_c(artifact, hf_tok, tmp_path):
         first = proc.read_out()  # text arrives while the reply is still being generated
         assert first and proc.p.poll() is None
         proc.p.send_signal(signal.SIGINT)  # stops the reply, not the program
-        proc.wait_err(r"^\[interrupted\]")
-        stats = proc.wait_err(r"^\[prefill")
+        stats = proc.wait_err(r"^\[prefill.*\| interrupted\]$")
         decoded = int(STATS_RE.match(stats.strip()).group(2))
         assert 1 <= decoded < 100
         assert proc.p.poll() is None
@@ -389,7 +415,7 @@ def test_streaming_and_ctrl_c(artifact, hf_tok, tmp_path):
         proc.send("again\n")  # the session goes on
         assert proc.read_out()
         proc.p.send_signal(signal.SIGINT)
-        proc.wait_err(r"^\[prefill")
+        proc.wait_err(r"^\[prefill.*\| interrupted\]$")
         time.sleep(0.2)
         proc.p.send_signal(signal.SIGINT)  # Ctrl-C at the prompt exits
         assert proc.p.wait(timeout=10) == 130
@@ -419,8 +445,9 @@ def test_errors(artifact, hf_tok, tmp_path):
     assert "unknown option --bogus" in _error(run_chat(chat, [artifact, "--bogus"], env), rc=2)
     assert "--top-k needs an integer, got 'abc'" in _error(run_chat(chat, [artifact, "--top-k", "abc"], env), rc=2)
     assert "--prompt needs a value" in _error(run_chat(chat, [artifact, "--prompt"], env), rc=2)
-    assert "--max-new-tokens must be between 1" in _error(run_chat(chat, [artifact, "--max-new-tokens", "0"], env),
+    assert "--max-new-tokens must be between 0" in _error(run_chat(chat, [artifact, "--max-new-tokens", "-1"], env),
                                                             rc=2)
+    assert _error(run_chat(chat, [artifact, "--prompt", ""], env), rc=2) == "--prompt: empty message"
 
     err = _error(run_chat(chat, [artifact, "--prompt", "x"], dict(env, FAKE_LOAD_FAIL="out of memory")))
     assert err == f"cannot load model {artifact / 'weights.bin'}: out of memory"
@@ -440,6 +467,13 @@ def test_errors(artifact, hf_tok, tmp_path):
     assert _error(run_chat(chat, [artifact, "--prompt", "x"], env)) == f"{artifact / 'chat.json'}: file not found"
 
     (artifact / "chat.json").write_text(json.dumps(LLAMA2_CHAT))
+    (artifact / "manifest.json").write_text("{")
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err == f"{artifact / 'manifest.json'}: malformed JSON at byte offset 1"
+    (artifact / "manifest.json").write_text("{}")
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err == f'{artifact / "manifest.json"}: not a language model (no "llm" section)'
+    (artifact / "manifest.json").unlink()  # without one: prompts are fed in one run
     (artifact / "tokenizer.json").unlink()
     err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
     assert err == f"{artifact / 'tokenizer.json'}: file not found"
@@ -449,5 +483,5 @@ def test_errors(artifact, hf_tok, tmp_path):
 
 
 def test_help(tools):
-    p = subprocess.run([str(tools["chat"]), "--help"], capture_output=True, text=True)
+    p = subprocess.run([str(tools["chat"]), "--help"], capture_output=True, text=True, check=False)
     assert p.returncode == 0 and p.stdout.startswith("usage: chat [DIR]")
