@@ -17,6 +17,8 @@ import os
 import sys
 import unicodedata
 
+from .kernels import write_if_changed
+
 __all__ = ["HEADER_NAME", "render_unicode_header", "unicode_ranges", "write_unicode_header"]
 
 HEADER_NAME = "tcc_unicode_tables.h"
@@ -142,18 +144,8 @@ def write_unicode_header(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         path = os.path.join(path, HEADER_NAME)
-    text = render_unicode_header()
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return path
-    except OSError:
-        pass
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_if_changed(path, render_unicode_header())
     return path
 
 

@@ -50,6 +50,17 @@ def ptr(a) -> int | None:
     return None if a is None else a.ctypes.data
 
 
+def i64(values) -> np.ndarray:
+    """A contiguous int64 array (shape / stride arguments)."""
+    return np.ascontiguousarray(values, dtype=np.int64)
+
+
+def elem_strides(a: np.ndarray) -> list[int]:
+    """numpy byte strides as element strides (the kernel ABI's unit)."""
+    assert all(s % a.itemsize == 0 for s in a.strides)
+    return [s // a.itemsize for s in a.strides]
+
+
 class KernelLib(ctypes.CDLL):
     """A loaded kernel library (a ctypes.CDLL): kernels by spec, plus the tcc runtime API with its
     argtypes declared (lib.tcc_pool_create, lib.tcc_error_message, ...)."""

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tcc.backends.x86.kernels import VARIANTS
+
+from .conftest import elem_strides, i64, ptr
 
 U = 2.0 ** -24
 FP32_TOL = 8 * U
@@ -33,19 +34,6 @@ FP32_TOL = 8 * U
 KV = [s for s in VARIANTS if s.family == "kvattention"]
 IDS = lambda spec: spec.variant  # noqa: E731
 NONE, HALF, INTERLEAVED = 0, 1, 2
-
-
-def ptr(a) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-def i64(values) -> np.ndarray:
-    return np.ascontiguousarray(values, dtype=np.int64)
-
-
-def elem_strides(a: np.ndarray) -> list[int]:
-    assert all(s % a.itemsize == 0 for s in a.strides)
-    return [s // a.itemsize for s in a.strides]
 
 
 # ---------------------------------------------------------------------------------------- reference

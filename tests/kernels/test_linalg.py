@@ -17,9 +17,10 @@ import itertools
 
 import numpy as np
 import pytest
-
 from tcc.backends.x86.kernels import VARIANTS
 from tcc.backends.x86.packing import pack_f32_panels, packed_size, unpack_f32_panels
+
+from .conftest import elem_strides, i64, ptr
 
 FP32_TOL = 8 * 2.0 ** -24
 
@@ -31,19 +32,6 @@ IDS = lambda spec: spec.variant  # noqa: E731
 MS = [1, 2, 5, 6, 7, 13, 64]
 NS = [1, 15, 16, 17, 33, 100]
 KS = [1, 3, 16, 31, 64, 257]
-
-
-def ptr(a) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-def i64(values) -> np.ndarray:
-    return np.ascontiguousarray(values, dtype=np.int64)
-
-
-def elem_strides(a: np.ndarray) -> list[int]:
-    assert all(s % a.itemsize == 0 for s in a.strides)
-    return [s // a.itemsize for s in a.strides]
 
 
 def check_dot(got, ref, scale, K, what):
