@@ -196,3 +196,20 @@ def test_cli_generate(artifact_dir):
     r = subprocess.run([sys.executable, "-m", "tcc.cli", "generate", out, "--prompt", ""], capture_output=True,
                        text=True)
     assert r.returncode != 0 and r.stderr.strip().startswith("tcc: error: empty prompt")
+
+
+def test_bad_llm_inputs(artifact_dir):
+    """Malformed input to the new entry points: one-line errors, never a traceback."""
+    import subprocess
+    import sys
+
+    name, path, meta = _rope_fixture()
+    with pytest.raises(TccError, match="--tokenizer /nonexistent/tok: no such file or directory"):
+        tcc.compile(path, str(artifact_dir / "bad-tok"), tokenizer="/nonexistent/tok")
+    mlp = str(artifact_dir / "mlp-not-llm")
+    tcc.compile(os.path.join(MODELS_DIR, "mlp.onnx"), mlp)
+    with pytest.raises(TccError, match="is not a language-model program"):
+        tcc.load(mlp).generate([1, 2], max_new_tokens=1)
+    r = subprocess.run([sys.executable, "-m", "tcc.cli", "generate", mlp, "--prompt", "hi"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and r.stderr.startswith("tcc: error: ") and "Traceback" not in r.stderr
