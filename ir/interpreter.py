@@ -78,7 +78,7 @@ class ProgramState:
     def __init__(self, graph: Graph):
         self.arrays = {name: np.zeros(v.type.concrete_shape({}), v.dtype.np) for name, v in graph.states.items()}
         self.length = 0
-        self.logits_rows = 1
+        self.logits_rows = 0  # all positions, as a plain run returns them; generation asks for 1
 
     def reset(self) -> None:
         for a in self.arrays.values():

@@ -162,13 +162,17 @@ def _rewrite(graph: Graph, ctx, ids: Value, pasts: list[Value], past_sym: str | 
                          "capacity": capacity, "input_ids": ids.name, "kv_cache": False,
                          "logits": graph.meta.get("output_names", [graph.outputs[0].name])[0]}
     bounds = ctx.symbol_bounds
-    if batch_sym not in ctx.options.get("explicit_bounds", ()):
-        bounds[batch_sym] = int(ctx.options.get("batch", 1))
+    explicit = set(ctx.options.get("explicit_bounds", ()))
     if past_sym:
+        # the cache is allocated for the batch bound: one sequence unless asked for more
+        if batch_sym not in explicit and "*" not in explicit:
+            bounds[batch_sym] = int(ctx.options.get("batch", 1))
         bounds[past_sym] = capacity
         bounds[seq_sym] = min(bounds.get(seq_sym, capacity), capacity)
-    else:  # recomputing generation runs the whole context at once
+    else:  # recomputing generation runs the whole context at once: the context is the seq bound
         graph.meta["llm"]["recompute"] = True
+        if seq_sym in explicit or "*" in explicit:
+            graph.meta["llm"]["capacity"] = capacity = min(capacity, bounds[seq_sym])
         bounds[seq_sym] = capacity
     bounds["n_logits"] = bounds[seq_sym]
     ctx.log(NAME, f"decoder with {len(pasts)} past inputs{f' (symbol {past})' if past_sym else ''}; computed "

@@ -51,7 +51,8 @@ int64_t tcc_model_profile_calls(const tcc_model* model, int i);
 // Language-model programs (manifest "llm" section; see docs/llm.md). The program owns a KV cache,
 // allocated once at load for kv_capacity tokens. Each run takes only `input_ids` [batch, seq] (int64),
 // appends seq tokens to the cache at positions length..length+seq-1, and returns logits
-// [batch, n, vocab] for the last n = min(logits_rows, seq) positions (logits_rows 0 = all).
+// [batch, n, vocab] for the last n = min(logits_rows, seq) positions (logits_rows 0 = all, the default;
+// generation sets 1).
 // Models without a KV cache report capacity 0 and ignore these calls.
 int64_t tcc_model_kv_capacity(void);
 int64_t tcc_model_kv_length(const tcc_model* model);
