@@ -555,6 +555,34 @@ def _gather_nd(node: Node, em: Emitter) -> None:
             check_error=True, esize=data.dtype.itemsize)
 
 
+@lowering("GatherElements")
+def _gather_elements(node: Node, em: Emitter) -> None:
+    data, idx = node.inputs
+    out = node.output
+    if idx.dtype != DType.i64:
+        raise UnsupportedError(f"GatherElements node {node.name!r}: indices must be i64, got {idx.dtype}")
+    axis = norm_axis(int(node.attrs.get("axis", 0)), data.type.rank)
+    em.call(node, "gatherelements", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), str(out.type.rank),
+                                     em.array("shp", out.shape), em.array("ds", dense_strides(data.shape)), str(axis),
+                                     c_dim(data.shape[axis]), "m->pool"],
+            check_error=True, esize=data.dtype.itemsize)
+
+
+@lowering("ScatterND")
+def _scatter_nd(node: Node, em: Emitter) -> None:
+    data, idx, upd = node.inputs
+    out = node.output
+    if idx.dtype != DType.i64:
+        raise UnsupportedError(f"ScatterND node {node.name!r}: indices must be i64, got {idx.dtype}")
+    k = idx.shape[-1]
+    if not isinstance(k, int):
+        raise UnsupportedError(f"ScatterND node {node.name!r}: index depth {k} is not static")
+    em.call(node, "scatternd", [em.ptr(data), em.ptr(idx), em.ptr(upd), em.ptr(out), c_dim(product(data.shape)),
+                                c_dim(product(idx.shape[:-1])), str(k), em.array("dims", data.shape[:k]),
+                                c_dim(product(data.shape[k:])), "m->pool"],
+            check_error=True, op=node.attrs.get("reduction", "none"), dtype=DTYPE_CODE[data.dtype])
+
+
 @lowering("CumSum")
 def _cumsum(node: Node, em: Emitter) -> None:
     x, out = node.inputs[0], node.output

@@ -141,8 +141,16 @@ def _subgraph(graph: Graph, out: Value, x: Value | None = None):
     return g
 
 
-def _tables(graph: Graph, c: Value, y_shape, llm: dict, rd: int, mode: int) -> np.ndarray | None:
-    """cos/sin value -> table [capacity, rd/2], or None if it is not a per-position table."""
+def _tables(graph: Graph, c: Value, y_shape, llm: dict, rd: int, mode: int, memo: dict) -> np.ndarray | None:
+    """cos/sin value -> table [capacity, rd/2], or None if it is not a per-position table. Layers share
+    one cos/sin pair, so results are memoized per value."""
+    key = (id(c), tuple(map(str, y_shape)), rd, mode)
+    if key not in memo:
+        memo[key] = _evaluate_table(graph, c, y_shape, llm, rd, mode)
+    return memo[key]
+
+
+def _evaluate_table(graph: Graph, c: Value, y_shape, llm: dict, rd: int, mode: int) -> np.ndarray | None:
     from ..ir.interpreter import run_graph
 
     cap = llm["capacity"]
@@ -224,7 +232,7 @@ def _onnx_tables(graph, node: Node, llm: dict, inputs: set[int]):
     return tuple(tables)
 
 
-def _match(graph: Graph, kva: Node, llm: dict) -> dict:
+def _match(graph: Graph, kva: Node, llm: dict, memo: dict) -> dict:
     inputs = {id(v) for v in graph.inputs}
     found = []
     for slot in (0, 1):
@@ -247,10 +255,9 @@ def _match(graph: Graph, kva: Node, llm: dict) -> dict:
                 ok = (mode, *tables)
         else:
             for mode in (ROPE_HALF, ROPE_INTERLEAVED):
-                tc = _tables(graph, c, y.shape if not transposed else producer(y, "Transpose").inputs[0].shape,
-                             llm, rd, mode)
-                ts = _tables(graph, s, y.shape if not transposed else producer(y, "Transpose").inputs[0].shape,
-                             llm, rd, mode)
+                shape = producer(y, "Transpose").inputs[0].shape if transposed else y.shape
+                tc = _tables(graph, c, shape, llm, rd, mode, memo)
+                ts = _tables(graph, s, shape, llm, rd, mode, memo)
                 if tc is not None and ts is not None and _verify(graph, y, x, tc, ts, mode, rd, llm, transposed):
                     ok = (mode, tc, ts)
                     break
@@ -268,12 +275,12 @@ def fuse_rope(graph: Graph, ctx) -> int:
     llm = graph.meta.get("llm")
     if not llm or not llm.get("kv_cache"):
         return 0
-    matches = []
+    matches, memo = [], {}
     for n in graph.nodes:
         if n.op != "KVAttention" or attrs(n)["rope"]:
             continue
         try:
-            matches.append((n, _match(graph, n, llm)))
+            matches.append((n, _match(graph, n, llm, memo)))
         except _Refuse as e:
             ctx.refuse(NAME, n, str(e))
     tables: dict[bytes, tuple[Value, Value]] = {}

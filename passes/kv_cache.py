@@ -87,7 +87,7 @@ def mask_is_causal(graph: Graph, mask: Value, llm: dict) -> bool:
     return True
 
 
-def _match(graph: Graph, att: Node, pasts: set[int], llm: dict) -> dict:
+def _match(graph: Graph, att: Node, pasts: set[int], llm: dict, checked: dict) -> dict:
     k, v = att.inputs[1], att.inputs[2]
     rk, rv = _unrepeat(k), _unrepeat(v)  # an imported ONNX Attention may still read repeat_kv(present)
     if rk is not None and rv is not None and rk[1] == rv[1]:
@@ -98,7 +98,9 @@ def _match(graph: Graph, att: Node, pasts: set[int], llm: dict) -> dict:
     mask = att.input(3)
     if not attrs(att)["causal"] and mask is None:
         raise _Refuse("attention is not causal")
-    if mask is not None and not mask_is_causal(graph, mask, llm):
+    if mask is not None and id(mask) not in checked:  # layers usually share one mask: evaluate it once
+        checked[id(mask)] = mask_is_causal(graph, mask, llm)
+    if mask is not None and not checked[id(mask)]:
         raise _Refuse(f"mask %{mask.name} is not causal for generation inputs (or depends on other inputs)")
     past = Sym.symbol(llm["past"])
     for (p, new) in (ck, cv):
@@ -114,12 +116,12 @@ def kv_cache(graph: Graph, ctx) -> int:
         return 0
     pasts = past_inputs(graph)
     ids = {id(v) for v in pasts}
-    matches = []
+    matches, checked = [], {}
     for n in graph.nodes:  # collect
         if n.op != "Attention":
             continue
         try:
-            matches.append(_match(graph, n, ids, llm))
+            matches.append(_match(graph, n, ids, llm, checked))
         except _Refuse as e:
             ctx.refuse(NAME, n, str(e))
     consumed = {id(m[k]) for m in matches for k in ("past_k", "past_v")}

@@ -71,6 +71,9 @@ CASES = [
     ("RMSNormalization", "RMSNorm", {"x": X}, {}, {"w": f32(4)}, 23, 1, B),
     ("CumSum", "CumSum", {"x": X}, {"exclusive": 1}, {"a": np.array(1, np.int64)}, 17, 1, B),
     ("GatherND", "GatherND", {"x": X}, {}, {"i": i64(1, 2).reshape(1, 2)}, 17, 1, None),
+    ("GatherElements", "GatherElements", {"x": X}, {"axis": 1}, {"i": np.zeros((2, 2, 4), np.int64)}, 17, 1, None),
+    ("ScatterND", "ScatterND", {"x": X}, {"reduction": "add"}, {"i": i64(1, 2).reshape(1, 2), "u": f32(1, 4)}, 18, 1,
+     None),
 ]
 
 

@@ -1,5 +1,5 @@
-"""x86 kernel families that exported LLMs need: GatherND and CumSum (scalar: they run on small index and
-mask tensors) and RotaryEmbedding."""
+"""x86 kernel families that exported LLMs need: GatherND, GatherElements, ScatterND and CumSum (scalar: they
+run on small index, table and mask tensors) and RotaryEmbedding."""
 from __future__ import annotations
 
 from ...codegen.kernels import KernelFamily, KernelSpec, register_family
@@ -27,8 +27,25 @@ register_family(KernelFamily(
     doc="rotary embedding; x/y strides over (b, s, h, d); cache rows of rd/2 selected by pos[b*S+s] "
         "(or b*S+s when pos is null); dims >= rd pass through"))
 
+register_family(KernelFamily(
+    "gatherelements",
+    "void {name}(const void* data, const int64_t* idx, void* out, int32_t ndim, const int64_t* out_shape, "
+    "const int64_t* data_strides, int32_t axis, int64_t axis_dim, tcc_pool* pool)",
+    doc="out[i] = data[i with its axis coordinate replaced by idx[i]] (ONNX GatherElements); out of range raises"))
+
+register_family(KernelFamily(
+    "scatternd",
+    "void {name}(const {T}* data, const int64_t* idx, const {T}* upd, {T}* out, int64_t n_data, int64_t n_idx, "
+    "int32_t k, const int64_t* dims, int64_t slice, tcc_pool* pool)",
+    context=lambda spec: {"T": _CTYPES[spec.param("dtype")], "reduction": spec.param("op")},
+    doc="out = data, then out[idx[i]] (slices of `slice` elements) = / op= upd[i] (ONNX ScatterND)"))
+
+SCATTER_OPS = ("none", "add", "mul", "max", "min")
+
 VARIANTS = [
     KernelSpec.make("x86", "rope", "scalar", dtype="f32"),
     *(KernelSpec.make("x86", "gathernd", "scalar", esize=e) for e in (1, 4, 8)),
     *(KernelSpec.make("x86", "cumsum", "scalar", dtype=d) for d in ("f32", "i64", "i32")),
+    *(KernelSpec.make("x86", "gatherelements", "scalar", esize=e) for e in (1, 4, 8)),
+    *(KernelSpec.make("x86", "scatternd", "scalar", op=o, dtype=d) for o in SCATTER_OPS for d in ("f32", "i64", "i32")),
 ]

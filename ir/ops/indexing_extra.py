@@ -137,9 +137,7 @@ register_op("RotaryEmbedding", infer=_rope_infer, ref=_rope_ref, kind="opaque", 
             doc="ONNX RotaryEmbedding (opset 23): 4-D input [B,H,S,D] or 3-D [B,S,H*D]")
 
 
-# ScatterND(data, indices, updates) {reduction}: ONNX ScatterND. OPT's exported attention-mask code
-# uses it; the kv-cache pass evaluates such masks with this reference and drops them, so there is no
-# kernel (a graph that keeps one is refused at code generation).
+# ScatterND(data, indices, updates) {reduction}: ONNX ScatterND (OPT's exported attention-mask code uses it).
 _SCATTER_REDUCE = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
@@ -168,7 +166,7 @@ def _scatternd_ref(xs, attrs):
 
 
 register_op("ScatterND", infer=_scatternd_infer, ref=_scatternd_ref, kind="injective", inputs=3,
-            attrs={"reduction": "none"}, doc="ONNX ScatterND (reference only)")
+            attrs={"reduction": "none"}, doc="ONNX ScatterND")
 
 
 # GatherElements(data, indices) {axis}: ONNX GatherElements (GPT-J gathers its sin/cos rows with it).
@@ -190,4 +188,4 @@ def _gather_elements_ref(xs, attrs):
 
 
 register_op("GatherElements", infer=_gather_elements_infer, ref=_gather_elements_ref, kind="injective", inputs=2,
-            attrs={"axis": 0}, doc="ONNX GatherElements (reference only)")
+            attrs={"axis": 0}, doc="ONNX GatherElements")

@@ -46,9 +46,9 @@ def _fixtures() -> list[tuple[str, str, dict]]:
 
 FIXTURES = _fixtures()
 IDS = [name for name, _, _ in FIXTURES]
-# Known gap (issue 3 stays open for it): GPT-J's graph needs Tile and GatherElements kernels, and its
+# Known gap (issue 3 stays open for it): GPT-J's graph needs a Tile kernel, and its
 # interleaved partial rotary in [B,S,H,D] layout is not fused yet. Strict: the test fails once it works.
-GPTJ_GAP = pytest.mark.xfail(strict=True, reason="GPT-J: no Tile/GatherElements kernels; interleaved "
+GPTJ_GAP = pytest.mark.xfail(strict=True, reason="GPT-J: no Tile kernel; interleaved "
                                                  "partial rotary not fused yet")
 
 
