@@ -18,6 +18,7 @@ from ..ir.core import Graph, Node, Value
 from ..ir.dims import Dim, Sym, product, to_c
 from ..ir.dtypes import DType
 from ..ir.registry import norm_axis
+from ..ir.ops._common import const_ints
 
 ALIGN = 64
 
@@ -422,6 +423,22 @@ def _expand(node: Node, em: Emitter) -> None:
     x, out = node.inputs[0], node.output
     _copy_call(node, em, em.ptr(x, "void"), em.ptr(out, "void"), out.shape, broadcast_strides(x.shape, out.shape),
                dense_strides(out.shape), out.dtype)
+
+
+@lowering("Tile")
+def _tile(node: Node, em: Emitter) -> None:
+    """out viewed as [r0, d0, r1, d1, ...] reads x with stride 0 along each repeat axis (repeats of 1 dropped)."""
+    x, out = node.inputs[0], node.output
+    reps = const_ints(node.inputs[1], "Tile repeats")
+    xstr = dense_strides(x.shape)
+    shape, src = [], []
+    for d, r, s in zip(x.shape, reps, xstr):
+        if not (isinstance(r, int) and r == 1):
+            shape.append(r)
+            src.append(0)
+        shape.append(d)
+        src.append(s)
+    _copy_call(node, em, em.ptr(x, "void"), em.ptr(out, "void"), shape, src, dense_strides(shape), out.dtype)
 
 
 @lowering("Concat")

@@ -195,10 +195,9 @@ def _verify(graph: Graph, y: Value, x: Value, cos: np.ndarray, sin: np.ndarray, 
         except (TccError, ValueError, IndexError):
             return False
         pos = np.arange(past, past + seq)
-        xt = np.swapaxes(xv, 1, 2) if transposed else xv  # the reference rotates [B,H,S,D]
+        # The reference rotates [B,H,S,D]; y is in that layout too (after the Transpose when transposed).
+        xt = np.swapaxes(xv, 1, 2) if transposed else xv
         want = apply_rope(xt, pos, cos, sin, mode, rd)
-        if transposed:
-            want = np.swapaxes(want, 1, 2)
         if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
             return False
     return True

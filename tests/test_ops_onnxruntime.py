@@ -470,6 +470,32 @@ def test_expand(xs, shape):
     check(model_for("Expand", {"x": x}, consts={"s": np.array(shape, np.int64)}), {"x": x})
 
 
+@pytest.mark.parametrize("xs,reps", [((2, 3), [1, 1]), ((2, 3), [3, 2]), ((1, 4, 2), [2, 1, 3]), ((5,), [4])])
+def test_tile(xs, reps):
+    x = f32(*xs)
+    check(model_for("Tile", {"x": x}, consts={"r": np.array(reps, np.int64)}), {"x": x})
+    i = i64(*xs)
+    check(model_for("Tile", {"x": i}, consts={"r": np.array(reps, np.int64)}), {"x": i})
+
+
+def test_tile_symbolic_repeats():
+    """GPT-J tiles its position table by the batch size: repeats [batch, 1, 1] with batch symbolic."""
+    x = f32(1, 6, 4)
+    shp = onnx.helper.make_node("Shape", ["b"], ["bs"], start=0, end=1)
+    ones = onnx.helper.make_node("Constant", [], ["ones"], value=onnx.numpy_helper.from_array(np.array([1, 1], np.int64)))
+    cat = onnx.helper.make_node("Concat", ["bs", "ones"], ["r"], axis=0)
+    tile = onnx.helper.make_node("Tile", ["x", "r"], ["y"])
+    g = onnx.helper.make_graph([shp, ones, cat, tile], "t",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6, 4]),
+                                onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, ["batch", 2])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    b = f32(3, 2)
+    imported = check(model, {"x": x, "b": b})
+    assert str(imported.outputs[0].type) == "f32[batch,6,4]"
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_flatten_identity(axis):
     x = f32(2, 3, 4)

@@ -46,14 +46,6 @@ def _fixtures() -> list[tuple[str, str, dict]]:
 
 FIXTURES = _fixtures()
 IDS = [name for name, _, _ in FIXTURES]
-# Known gap (issue 3 stays open for it): GPT-J's graph needs a Tile kernel, and its
-# interleaved partial rotary in [B,S,H,D] layout is not fused yet. Strict: the test fails once it works.
-GPTJ_GAP = pytest.mark.xfail(strict=True, reason="GPT-J: no Tile kernel; interleaved "
-                                                 "partial rotary not fused yet")
-
-
-def _params():
-    return [pytest.param(*f, marks=GPTJ_GAP) if f[2].get("arch") == "gptj" else f for f in FIXTURES]
 
 
 def _prompt(meta: dict) -> list[int]:
@@ -67,7 +59,7 @@ def _compile(path: str, out: str, **kw) -> dict:
     return tcc.compile(path, out, max_context=CONTEXT, **kw)
 
 
-@pytest.mark.parametrize("name,path,meta", _params(), ids=IDS)
+@pytest.mark.parametrize("name,path,meta", FIXTURES, ids=IDS)
 def test_llm_greedy_matches_onnxruntime(name, path, meta, artifact_dir):
     out = str(artifact_dir / name)
     manifest = _compile(path, out)
@@ -110,7 +102,7 @@ def _rope_fixture() -> tuple[str, str, dict]:
     pytest.skip("no rotary decoder with past among the fixtures")
 
 
-PAST = [(p, f[0]) for p, f in zip(_params(), FIXTURES) if f[2].get("form") == "past"]
+PAST = [(f, f[0]) for f in FIXTURES if f[2].get("form") == "past"]
 
 
 @pytest.mark.parametrize("name,path,meta", [p for p, _ in PAST], ids=[i for _, i in PAST])
