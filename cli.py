@@ -53,13 +53,20 @@ def cmd_compile(args) -> int:
                           max_dims=_kv_ints(args.max_dim, "--max-dim"), dims=_kv_ints(args.dim, "--dim"),
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
                           kernel_variant=args.kernel_variant, pipeline=args.pipeline,
-                          max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template)
+                          max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template,
+                          **_quant_options(args))
     manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
     mem = manifest["memory"]
     print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
           f"{len(manifest['kernels'])} kernels, weights {_mib(manifest['weights']['bytes'])}, "
           f"arena {_mib(mem['arena_bytes'])} (lower bound {_mib(mem['lower_bound_bytes'])}), "
           f"{manifest['compile_seconds']:.1f} s")
+    q = manifest.get("quantization") or {}
+    if q.get("scheme", "fp32") != "fp32":
+        ratio = f" = {q['ratio_to_fp32']:.3f}x the fp32 weights" if q.get("ratio_to_fp32") else ""
+        print(f"quantized: {q['quantized_linears']} Linear layers ({q['scheme']}, group {q['group_size']}, "
+              f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "
+              f"{len(q['kept_fp32'])}; weights {_mib(q['weight_bytes'])}{ratio}")
     llm = manifest.get("llm")
     if llm and llm.get("kv_cache"):
         print(f"language model: {llm['layers']} KV-cache attention layers, context {llm['capacity']} tokens "
@@ -234,7 +241,8 @@ def cmd_ir(args) -> int:
 
         after = args.after
         opts = CompileOptions(target=args.target, max_dims=_kv_ints(args.max_dim, "--max-dim"),
-                              dims=_kv_ints(args.dim, "--dim"), pipeline=args.pipeline)
+                              dims=_kv_ints(args.dim, "--dim"), pipeline=args.pipeline, qm=args.qm,
+                              tokenizer=args.tokenizer, **_quant_options(args))
         if after:
             from .passes.pipelines import get_pipeline
 
@@ -292,6 +300,32 @@ def cmd_flags(args) -> int:
     return 0
 
 
+KERNEL_VARIANTS = ("avx2", "scalar", "naive", "unroll", "threads", "simd", "all")
+
+
+def _quant_args(p) -> None:
+    from .passes.schemes import SCHEMES
+
+    p.add_argument("--qm", default="fp32", choices=tuple(SCHEMES),
+                   help="quantization: " + "; ".join(f"{s.name}: {s.summary}" for s in SCHEMES.values()))
+    p.add_argument("--group-size", type=int, metavar="N", help="int4 weight group size along K (default: the "
+                   "target's, 32 on CPU); a multiple of 32")
+    p.add_argument("--asym", action="store_true", help="int4 weights with zero points (default: symmetric)")
+    p.add_argument("--keep-fp32", metavar="PATTERNS", help="comma-separated Linear layers to leave in fp32: "
+                   "fnmatch patterns on node or weight names, or lm_head")
+    p.add_argument("--calib", metavar="FILE", help="calibration data for AWQ / SmoothQuant: a text file "
+                   "(tokenized with the model's tokenizer) or an .npz of inputs [samples, ...]")
+    p.add_argument("--calib-samples", type=int, default=16, metavar="N", help="calibration samples (16)")
+    p.add_argument("--calib-seq-len", type=int, default=256, metavar="N", help="tokens per text sample (256)")
+    p.add_argument("--awq-clip", action="store_true", help="AWQ's weight-clipping search (slower compile)")
+
+
+def _quant_options(args) -> dict:
+    keep = tuple(p.strip() for p in (args.keep_fp32 or "").split(",") if p.strip())
+    return dict(group_size=args.group_size, asym=args.asym, keep_fp32=keep, calib=args.calib,
+                calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, awq_clip=args.awq_clip)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
@@ -307,13 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="the .onnx file")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.add_argument("--target", default="x86", help="x86 (default)")
-    c.add_argument("--qm", default="fp32", help="quantization mode (fp32)")
+    _quant_args(c)
     _shape_args(c)
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass: DIR/000_import.tir, ...")
     c.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after PASS")
     c.add_argument("--disable-pass", action="append", metavar="PASS", help="skip PASS")
     c.add_argument("--pipeline", default="default", help="named pass pipeline (default)")
-    c.add_argument("--kernel-variant", choices=("avx2", "scalar"), help="force one kernel variant")
+    c.add_argument("--kernel-variant", choices=KERNEL_VARIANTS,
+                   help="force one kernel variant where a family has it: avx2 | scalar, or the quantized linear "
+                        "kernels' optimization steps naive | unroll | threads | simd | all (default: the fastest)")
     c.add_argument("--max-context", type=int, metavar="N",
                    help="KV-cache capacity in tokens of a decoder with past (default: config.json's, else 2048)")
     c.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or its directory (default: beside the model)")
@@ -354,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--after", metavar="PASS", help="stop after PASS ('import' for the imported IR)")
     i.add_argument("--pipeline", default="optimize", help="named pass pipeline (optimize)")
     i.add_argument("--target", default="x86")
+    i.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for text calibration (default: beside the model)")
+    _quant_args(i)
     _shape_args(i)
     i.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of IR text")
     i.add_argument("--run", action="append", metavar="NAME=FILE.npy", help="run the IR with the interpreter")

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from . import __version__, flags
 from .errors import TccError
 from .ir.core import Graph
 
 DEFAULT_MAX_DIM = 256
-QMS = ("fp32", "w8a8", "w4a32", "w4a16", "w4a8")
-SUPPORTED_QMS = {"x86": ("fp32",)}
 
 
 @dataclass
@@ -39,6 +39,15 @@ class CompileOptions:
     max_context: int | None = None  # KV-cache capacity of a decoder with past (default: config.json or 2048)
     tokenizer: str | None = None  # tokenizer.json or its directory (default: beside the ONNX file)
     chat_template: str | None = None  # built-in name, a named template of the config, or Jinja text
+    # Quantization (--qm): group size (default: the target's), zero points, Linear layers kept in fp32
+    # (fnmatch patterns on node/weight names, or lm_head), calibration data for AWQ / SmoothQuant.
+    group_size: int | None = None
+    asym: bool = False
+    keep_fp32: tuple[str, ...] = ()
+    calib: str | None = None  # text file (tokenized with the model's tokenizer) or .npz of inputs
+    calib_samples: int = 16
+    calib_seq_len: int = 256
+    awq_clip: bool = False  # AWQ's optional weight-clipping search
 
 
 def _say(progress: Callable | None, msg: str) -> None:
@@ -77,14 +86,35 @@ def model_config_context(model) -> int | None:
 
 def check_target(opts: CompileOptions):
     from .backends import get_backend
+    from .passes.schemes import check_scheme, get_scheme
 
-    if opts.qm not in QMS:
-        raise TccError(f"unknown --qm {opts.qm!r}; known: {', '.join(QMS)}")
+    get_scheme(opts.qm)
     backend = get_backend(opts.target)
-    can = SUPPORTED_QMS.get(opts.target, ())
-    if opts.qm not in can:
-        raise TccError(f"target {opts.target} cannot run --qm {opts.qm}; it supports: {', '.join(can)}")
+    check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
     return backend
+
+
+def warn(message: str) -> None:
+    print(f"tcc: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _calibration(model, opts: CompileOptions):
+    """The calibration source for the quantization passes (None: round to nearest, with a warning)."""
+    from .passes.schemes import get_scheme
+
+    scheme = get_scheme(opts.qm)
+    if scheme.weight_bits is None:
+        if opts.calib:
+            warn(f"--calib is ignored for --qm {opts.qm}")
+        return None
+    if not opts.calib:
+        warn(f"--qm {opts.qm} without --calib: weights are rounded to nearest; {scheme.calibration} needs "
+             "calibration data (--calib FILE)")
+        return None
+    from .frontend.calibration import Calibration
+
+    tok = _tokenizer_files(model, opts).get("tokenizer.json")
+    return Calibration(opts.calib, opts.calib_samples, opts.calib_seq_len, tok)
 
 
 def optimize(model, opts: CompileOptions, progress: Callable | None = None):
@@ -98,9 +128,13 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     graph = import_onnx(model, dims=opts.dims or None)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
+    graph.meta["fp32_weight_bytes"] = sum(int(v.const.nbytes) for v in graph.constants.values()
+                                          if v.const.dtype == np.float32)
     ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts),
                       options={"max_context": opts.max_context or model_config_context(model),
-                               "explicit_bounds": tuple(opts.max_dims)})
+                               "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,
+                               "asym": opts.asym, "keep_fp32": tuple(opts.keep_fp32),
+                               "awq_clip": opts.awq_clip, "calibration": _calibration(model, opts)})
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
                  disable=opts.disable_passes, progress=lambda name: _say(progress, f"pass {name}"))
     return graph, ctx, backend
@@ -208,10 +242,29 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "passes": [[name, round(dt, 6)] for name, dt in ctx.timings],
         "compile_seconds": round(seconds, 3),
     }
+    manifest["quantization"] = _quant_manifest(graph, ctx, opts, len(program.weights))
     llm = graph.meta.get("llm")
     if llm:
         manifest["llm"] = _llm_manifest(llm, graph, ctx, plan)
     return manifest
+
+
+def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) -> dict:
+    from .passes.schemes import get_scheme
+
+    scheme = get_scheme(opts.qm)
+    fp32 = int(graph.meta.get("fp32_weight_bytes") or 0)
+    out = {"scheme": scheme.name, "summary": scheme.summary, "weight_bytes": weight_bytes,
+           "fp32_weight_bytes": fp32, "ratio_to_fp32": round(weight_bytes / fp32, 4) if fp32 else None}
+    if scheme.weight_bits is not None:
+        q = ctx.stats.get("quantize") or {}
+        method = next((m for m in ("awq", "smoothquant") if m in ctx.stats), "round-to-nearest")
+        out.update(group_size=(opts.group_size or ctx.target.default_group_size) if scheme.grouped else "per-channel",
+                   zero_points=bool(opts.asym), calibration=method, quantized_linears=q.get("linears", 0),
+                   kept_fp32=q.get("kept_fp32", []))
+        if method in ctx.stats:
+            out[method] = ctx.stats[method]
+    return out
 
 
 def _llm_manifest(llm: dict, graph: Graph, ctx, plan) -> dict:

@@ -148,10 +148,13 @@ class Emitter:
         off = self.weights.add((v.name, "dense"), arr, v.name)
         return f"(({ctype}*)(m->weights + {off}))"
 
-    def packed_ptr(self, v: Value, kind: str) -> str:
+    def packed_ptr(self, v: Value | None, kind: str, ctype: str = "float") -> str:
+        """A constant reordered by the backend's packer for the kernel that reads it."""
+        if v is None:
+            return "nullptr"
         layout, packed = self.pack(kind, v.const)
         off = self.weights.add((v.name, layout), packed, v.name)
-        return f"((const float*)(m->weights + {off}))"
+        return f"((const {ctype}*)(m->weights + {off}))"
 
     # -- kernel calls -----------------------------------------------------------------------------
     def call(self, node: Node, family: str, args: list[str], check_error: bool = False, **params) -> None:
@@ -212,6 +215,56 @@ def _linear(node: Node, em: Emitter) -> None:
     bias_ptr = em.ptr(bias) if bias is not None else "nullptr"
     em.call(node, "gemm", [em.ptr(x), c_dim(k), em.packed_ptr(w, "gemm_f32"), bias_ptr, em.ptr(node.output),
                            c_dim(n), c_dim(m), c_dim(n), c_dim(k), "m->pool"], dtype="f32")
+
+
+@lowering("QuantizeActs")
+def _quantize_acts(node: Node, em: Emitter) -> None:
+    x = node.inputs[0]
+    xq, xs, xsum = node.outputs
+    k = x.shape[-1]
+    em.call(node, "quantize_acts", [em.ptr(x), c_dim(k), em.ptr(xq), c_dim(xq.shape[-1]), em.ptr(xs), em.ptr(xsum),
+                                    c_dim(product(x.shape[:-1])), c_dim(k), str(node.attrs["group_size"]),
+                                    str(int(node.attrs["per_tensor"])), "m->pool"])
+
+
+@lowering("QLinearI8")
+def _qlinear_i8(node: Node, em: Emitter) -> None:
+    xq, xs, xsum, q, scales = node.inputs[:5]
+    zeros, bias = node.input(5), node.input(6)
+    n, k = q.shape
+    m = product(xq.shape[:-1])
+    out = em.ptr(node.output)
+    bits, per_tensor = node.attrs["bits"], node.attrs["per_tensor"]
+    if bits == 4 and not per_tensor:
+        em.call(node, "qlinear_w4a8", [em.ptr(xq), em.ptr(xs), em.ptr(xsum), c_dim(xq.shape[-1]),
+                                       em.packed_ptr(q, "q4_weight", "uint8_t"),
+                                       em.packed_ptr(scales, "q4_scales", "uint16_t"),
+                                       em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), out, c_dim(n),
+                                       c_dim(m), c_dim(n), c_dim(k), str(node.attrs["group_size"]), "m->pool"])
+    elif bits == 8 and per_tensor:
+        em.call(node, "qlinear_w8a8", [em.ptr(xq), em.ptr(xs), c_dim(xq.shape[-1]),
+                                       em.packed_ptr(q, "q8_weight", "int8_t"),
+                                       em.packed_ptr(scales, "q8_scales", "float"), em.ptr(bias), out, c_dim(n),
+                                       c_dim(m), c_dim(n), c_dim(k), "m->pool"])
+    else:
+        raise UnsupportedError(f"QLinearI8 node {node.name!r}: no kernel for {bits}-bit weights with "
+                               f"{'per-tensor' if per_tensor else 'per-group'} int8 activations")
+
+
+@lowering("QLinear")
+def _qlinear(node: Node, em: Emitter) -> None:
+    x, q, scales = node.inputs[:3]
+    zeros, bias = node.input(3), node.input(4)
+    n, k = q.shape
+    if node.attrs["act"] != "f32" or node.attrs["bits"] != 4:
+        raise UnsupportedError(f"QLinear node {node.name!r}: {node.attrs['bits']}-bit weights with "
+                               f"{node.attrs['act']} activations have no kernel here (int8 activations are "
+                               "split off by the quantize-activations pass)")
+    em.call(node, "qlinear_w4a32", [em.ptr(x), c_dim(k), em.packed_ptr(q, "q4_weight", "uint8_t"),
+                                    em.packed_ptr(scales, "q4_scales", "uint16_t"),
+                                    em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), em.ptr(node.output),
+                                    c_dim(n), c_dim(product(x.shape[:-1])), c_dim(n), c_dim(k),
+                                    str(node.attrs["group_size"]), "m->pool"])
 
 
 @lowering("MatMul")
@@ -578,6 +631,8 @@ def _gather_elements(node: Node, em: Emitter) -> None:
     out = node.output
     if idx.dtype != DType.i64:
         raise UnsupportedError(f"GatherElements node {node.name!r}: indices must be i64, got {idx.dtype}")
+    if out.type.rank > 8:  # the kernel's coordinate array (like every tcc tensor) holds 8 dims
+        raise UnsupportedError(f"GatherElements node {node.name!r}: rank {out.type.rank} exceeds 8")
     axis = norm_axis(int(node.attrs.get("axis", 0)), data.type.rank)
     em.call(node, "gatherelements", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), str(out.type.rank),
                                      em.array("shp", out.shape), em.array("ds", dense_strides(data.shape)), str(axis),

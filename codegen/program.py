@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 from .. import __version__
-from ..errors import TccError
+from ..errors import UnsupportedError, TccError
 from ..ir.core import Graph
 from ..ir.dims import Sym, bare_symbol
 from ..ir.dtypes import DType
@@ -88,9 +88,14 @@ def output_names(graph: Graph) -> list[str]:
     return list(names)
 
 
+MAX_RANK = 8  # TCC_MAX_RANK in runtime/tcc_model.h: tcc_tensor holds at most 8 dims
+
+
 def output_lines(graph: Graph) -> list[str]:
     lines = []
     for i, v in enumerate(graph.outputs):
+        if v.type.rank > MAX_RANK:
+            raise UnsupportedError(f"output {v.name!r} has rank {v.type.rank}; tcc tensors have at most {MAX_RANK} dims")
         lines += [f"  out[{i}].data = m->out[{i}];", f"  out[{i}].ndim = {v.type.rank};",
                   f"  out[{i}].dtype = {DTYPE_CODES[v.dtype]};"]
         lines += [f"  out[{i}].shape[{j}] = {c_dim(d)};" for j, d in enumerate(v.shape)]

@@ -5,10 +5,12 @@ dumps (`tcc ir model.tir --run`).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..errors import RuntimeFeedError, ShapeError
-from .core import Graph, Value
+from .core import Graph, Node, Value
 from .dims import Sym, bare_symbol, evaluate, symbols_of
 from .registry import run_ref
 
@@ -103,11 +105,13 @@ def _bind_llm_symbols(graph: Graph, env: dict[str, int], state: ProgramState) ->
 
 def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = True,
               keep: bool = False, state: ProgramState | None = None,
-              symbols: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+              symbols: dict[str, int] | None = None,
+              observe: Callable[[Node, list], None] | None = None) -> dict[str, np.ndarray]:
     """Run the graph; returns the outputs by name (every value's array if `keep`).
 
     `state` carries a stateful graph's states across runs (a fresh, empty one when omitted); `symbols`
-    binds shape symbols no input binds (e.g. to evaluate a subgraph of constants)."""
+    binds shape symbols no input binds (e.g. to evaluate a subgraph of constants); `observe(node, args)`
+    sees each node's input arrays before it runs (calibration collects activations with it)."""
     env = bind_symbols(graph, feeds)
     env.update(symbols or {})
     if (graph.states or "llm" in graph.meta) and state is None:
@@ -122,6 +126,8 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
         vals[id(v)] = state.arrays[name]
     for node in graph.nodes:
         args = [None if v is None else vals[id(v)] for v in node.inputs]
+        if observe is not None:
+            observe(node, args)
         results = run_ref(node, args)
         for o, r in zip(node.outputs, results):
             r = np.asarray(r)

@@ -19,11 +19,16 @@ OPTIMIZE = [
 # computed mask and positions) and their KV cache after fuse-attention; all are no-ops for other graphs.
 LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "eliminate-dead-code"]
 
+# --qm: calibration (AWQ for int4 schemes, SmoothQuant for w8a8; no-ops without calibration data or for
+# other schemes) rescales the fp32 weights, then quantize rounds them; int8 activations are quantized
+# once per input. All no-ops at fp32.
+QUANTIZE = ["awq", "smoothquant", "quantize", "quantize-activations", "eliminate-dead-code"]
+
 PIPELINES: dict[str, list[str]] = {
-    # What `tcc compile` runs: optimize, rewrite ops into kernel-family forms, plan memory.
-    "default": OPTIMIZE + LLM_AFTER + ["lower-ops", "eliminate-dead-code", "plan-memory"],
+    # What `tcc compile` runs: optimize, quantize, rewrite ops into kernel-family forms, plan memory.
+    "default": OPTIMIZE + LLM_AFTER + QUANTIZE + ["lower-ops", "eliminate-dead-code", "plan-memory"],
     # What `tcc ir` shows by default: everything but lowering and memory planning.
-    "optimize": OPTIMIZE + LLM_AFTER,
+    "optimize": OPTIMIZE + LLM_AFTER + QUANTIZE,
     "cleanup": ["fold-constants", "eliminate-dead-code"],
 }
 

@@ -20,6 +20,13 @@ class Target:
     variants: tuple[str, ...] = ("scalar",)
     vector_bytes: int = 16
     cache_line: int = 64
+    # Quantization: the --qm schemes this target runs (passes/schemes.py), the default --group-size, and
+    # the K block its packed weights use (quantized activations are padded to it).
+    qms: tuple[str, ...] = ("fp32",)
+    default_group_size: int = 32
+    k_block: int = 1
+    # Why a scheme the target lacks cannot run (shown in the error), by scheme name.
+    qm_refusals: tuple[tuple[str, str], ...] = ()
 
 
 TARGET = Target(
@@ -29,6 +36,10 @@ TARGET = Target(
     cmake_toolchain=None,
     variants=("avx2", "scalar"),
     vector_bytes=32,
+    qms=("fp32", "w8a8", "w4a32", "w4a8"),
+    default_group_size=32,
+    k_block=64,
+    qm_refusals=(("w4a16", "fp16 activations need fp16 arithmetic, which x86 CPUs without AVX512-FP16 lack"),),
 )
 
 _CPUINFO = "/proc/cpuinfo"

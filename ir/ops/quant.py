@@ -1,0 +1,267 @@
+"""Quantized linear layers: the ops the quantize pass produces, and the exact arithmetic they stand for.
+
+QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act}
+    y[..., n] = sum_k X(x)[..., k] * W[n, k] + bias[n], with the weight dequantized group-wise along K:
+      W[n, k] = (q[n, k] - z[n, g]) * scales[n, g],   g = k // group_size
+    bits 4: q u8 [N, K] in 0..15, zeros u8 [N, G] in 0..15 (absent: 8, the symmetric form);
+    bits 8: q i8 [N, K] in -127..127, zeros absent (0; int8 weights are symmetric per output channel,
+            group_size = K);
+    scales f32 [N, G], G = ceil(K / group_size).
+    act "f32":       X(x) = x (the weight is dequantized; w4a32);
+    act "i8_group":  X(x) = the int8 quantization of x per row and group (w4a8, see quantize_activations);
+    act "i8_tensor": X(x) = the int8 quantization of the whole x with one scale (w8a8).
+QuantizeActs(x) {group_size, per_tensor, pad_to} -> xq i8 [..., Kp], xs f32 [..., G] (per_tensor: [1]),
+    xsum i32 [..., G]: x quantized once so that several QLinearI8 sharing x reuse it; Kp = K rounded up
+    to pad_to (the target's weight block), zero filled.
+QLinearI8(xq, xs, xsum, q, scales, zeros?, bias?) {bits, group_size, per_tensor}
+    QLinear on already quantized activations: y = sum_g xs[g] * scales[n, g] * sum_{k in g} (q - z) * xq.
+    (xsum = sum_{k in g} xq lets a kernel apply the zero point once per group: sum q*xq - z*xsum.)
+
+The arithmetic is fixed here so that every kernel reproduces it: activations round with
+    amax = max|x| over the group (f32), d = amax / 127 (f32), inv = 127 / amax (f32; 0 when amax = 0),
+    xq = rint(x * inv) (f32 product, round half to even), xs = d;
+the integer sums are exact and only the final float accumulation may differ between kernels. The numpy
+references dequantize both operands exactly (integers times f32 scales fit a float64) and multiply in
+float64: the kernels' fp32 results must lie within fp32 summation error of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ShapeError
+from ..core import TensorType
+from ..dims import Sym
+from ..dtypes import DType
+from ..registry import REQUIRED, register_op
+
+ACTS = ("f32", "i8_group", "i8_tensor")
+F16_MAX = 65504.0
+
+
+def n_groups(k: int, group_size: int) -> int:
+    return -(-k // group_size)
+
+
+def _grouped(a: np.ndarray, group_size: int) -> np.ndarray:
+    """[..., K] -> [..., G, group_size], zero padded."""
+    k = a.shape[-1]
+    g = n_groups(k, group_size)
+    pad = g * group_size - k
+    if pad:
+        a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
+    return a.reshape(a.shape[:-1] + (g, group_size))
+
+
+def _expand_groups(s: np.ndarray, k: int, group_size: int) -> np.ndarray:
+    """[..., G] per-group values -> [..., K]."""
+    return np.repeat(s, group_size, axis=-1)[..., :k]
+
+
+# -- weights -----------------------------------------------------------------------------------------
+
+def quantize_int4(w: np.ndarray, group_size: int, symmetric: bool = True, clip: np.ndarray | None = None):
+    """w [K, N] (a Linear weight) -> (q u8 [N, K], scales f32 [N, G], zeros u8 [N, G] or None).
+
+    symmetric: per group, d = m / -8 with m the entry of largest magnitude, so m maps to -8 exactly and
+    the 16 levels -8..7 are all used; stored zero point 8. asymmetric: the range [min(w, 0), max(w, 0)]
+    in 15 steps with an integer zero point. Scales are rounded to fp16 values (the CPU layouts store
+    fp16 scales), and q is computed with the rounded scale. `clip` [N, G] in (0, 1] shrinks each group's
+    range (AWQ's clipping search)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_int4 expects a 2-D [K, N] weight, got shape {w.shape}")
+    k = w.shape[0]
+    wg = _grouped(np.ascontiguousarray(w.T), group_size)  # [N, G, gs]
+    shrink = np.float32(1.0) if clip is None else np.asarray(clip, np.float32)  # [N, G]
+    if symmetric:
+        idx = np.argmax(np.abs(wg), axis=-1)[..., None]
+        d = np.take_along_axis(wg, idx, axis=-1)[..., 0] * shrink / np.float32(-8.0)
+    else:
+        lo = np.minimum(wg.min(axis=-1), 0) * shrink
+        d = (np.maximum(wg.max(axis=-1), 0) * shrink - lo) / np.float32(15.0)
+    if np.any(np.abs(d) > F16_MAX):
+        raise ValueError(f"weight group scale {np.abs(d).max():.3g} exceeds the fp16 range of the packed scales")
+    d = d.astype(np.float16).astype(np.float32)
+    safe = np.where(d == 0, np.float32(1), d)
+    if symmetric:
+        z = np.full(d.shape, 8, np.int32)
+    else:
+        z = np.where(d == 0, 0, np.clip(np.rint(-lo / safe), 0, 15)).astype(np.int32)
+    q = np.clip(np.rint(wg / safe[..., None]) + z[..., None], 0, 15)
+    q = np.where(d[..., None] == 0, z[..., None], q)
+    q = q.reshape(q.shape[0], -1)[:, :k].astype(np.uint8)
+    return q, d.astype(np.float32), (None if symmetric else z.astype(np.uint8))
+
+
+def quantize_int8(w: np.ndarray):
+    """w [K, N] -> (q i8 [N, K] in -127..127, scales f32 [N, 1]): symmetric per output channel."""
+    w = np.asarray(w, np.float32)
+    amax = np.abs(w).max(axis=0)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    safe = np.where(d == 0, np.float32(1), d)
+    q = np.clip(np.rint(w / safe), -127, 127).astype(np.int8).T
+    return np.ascontiguousarray(q), d[:, None]
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int) -> np.ndarray:
+    """The weight [N, K] that (q, scales, zeros) stand for, in float64 (exact)."""
+    k = q.shape[1]
+    if bits == 8:
+        z = 0.0
+    else:
+        z = 8.0 if zeros is None else _expand_groups(zeros.astype(np.float64), k, group_size)
+    return (q.astype(np.float64) - z) * _expand_groups(scales.astype(np.float64), k, group_size)
+
+
+# -- activations -------------------------------------------------------------------------------------
+
+def quantize_activations(x: np.ndarray, group_size: int | None, pad_to: int = 1):
+    """x [..., K] f32 -> (xq i8 [..., Kp], xs f32 [..., G] or [1], xsum i32 [..., G]).
+
+    group_size None: one scale for the whole tensor (xs [1], xsum per row over K)."""
+    x = np.asarray(x, np.float32)
+    k = x.shape[-1]
+    if group_size is None:
+        amax = np.float32(np.abs(x).max()) if x.size else np.float32(0)
+        amax = amax.reshape(1)
+        xg = x[..., None, :]
+    else:
+        xg = _grouped(x, group_size)
+        amax = np.abs(xg).max(axis=-1) if xg.size else np.zeros(xg.shape[:-1], np.float32)
+    amax = amax.astype(np.float32)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0)).astype(np.float32)
+    inv_b = inv[..., None] if group_size is not None else inv
+    xq = np.clip(np.rint(xg * inv_b), -127, 127).astype(np.int8)
+    xsum = xq.astype(np.int32).sum(axis=-1)
+    xq = xq.reshape(x.shape[:-1] + (-1,))[..., :k]
+    kp = -(-k // pad_to) * pad_to
+    if kp != k:
+        xq = np.concatenate([xq, np.zeros(x.shape[:-1] + (kp - k,), np.int8)], axis=-1)
+    return xq, d, xsum.astype(np.int32)
+
+
+def dequantize_activations(xq: np.ndarray, xs: np.ndarray, k: int, group_size: int | None) -> np.ndarray:
+    """float64 [..., K] values of quantized activations (exact)."""
+    v = xq[..., :k].astype(np.float64)
+    if group_size is None:
+        return v * np.float64(xs.reshape(-1)[0])
+    return v * _expand_groups(xs.astype(np.float64), k, group_size)
+
+
+def qlinear_reference(x: np.ndarray, q, scales, zeros, bias, bits: int, group_size: int, act: str) -> np.ndarray:
+    """QLinear in float64 from exactly dequantized operands, rounded once to f32."""
+    k = q.shape[1]
+    if act == "f32":
+        xd = np.asarray(x, np.float64)
+    else:
+        gs = group_size if act == "i8_group" else None
+        xq, xs, _ = quantize_activations(x, gs)
+        xd = dequantize_activations(xq, xs, k, gs)
+    return _finish(xd, q, scales, zeros, bias, bits, group_size)
+
+
+def _finish(xd, q, scales, zeros, bias, bits, group_size) -> np.ndarray:
+    y = xd @ dequantize(q, scales, zeros, bits, group_size).T
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y.astype(np.float32)
+
+
+# -- ops ---------------------------------------------------------------------------------------------
+
+def _check_weight(q, scales, zeros, bias, bits, group_size, where: str) -> tuple:
+    if bits not in (4, 8):
+        raise ShapeError(f"{where}: bits must be 4 or 8, got {bits}")
+    want_q = DType.u8 if bits == 4 else DType.i8
+    if q.type.rank != 2 or q.dtype != want_q:
+        raise ShapeError(f"{where}: weight %{q.name} must be {want_q}[N,K], got {q.type}")
+    n, k = q.shape
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ShapeError(f"{where}: group_size must be a positive int, got {group_size}")
+    g = n_groups(k, group_size) if isinstance(k, int) else None
+    if scales.dtype != DType.f32 or tuple(scales.shape) != (n, g):
+        raise ShapeError(f"{where}: scales %{scales.name} must be f32[{n},{g}], got {scales.type}")
+    if zeros is not None:
+        if bits == 8:
+            raise ShapeError(f"{where}: int8 weights are symmetric (no zero points)")
+        if zeros.dtype != DType.u8 or tuple(zeros.shape) != (n, g):
+            raise ShapeError(f"{where}: zeros %{zeros.name} must be u8[{n},{g}], got {zeros.type}")
+    if bias is not None and (bias.dtype != DType.f32 or tuple(bias.shape) != (n,)):
+        raise ShapeError(f"{where}: bias %{bias.name} must be f32[{n}], got {bias.type}")
+    return n, k
+
+
+def _qlinear_infer(ins, attrs):
+    x, q, scales = ins[:3]
+    zeros, bias = (ins[3] if len(ins) > 3 else None), (ins[4] if len(ins) > 4 else None)
+    if attrs["act"] not in ACTS:
+        raise ShapeError(f"QLinear: act must be one of {', '.join(ACTS)}, got {attrs['act']!r}")
+    n, k = _check_weight(q, scales, zeros, bias, attrs["bits"], attrs["group_size"], "QLinear")
+    if x.dtype != DType.f32 or x.type.rank < 1 or x.shape[-1] != k:
+        raise ShapeError(f"QLinear: input %{x.name} must be f32[...,{k}], got {x.type}")
+    return [TensorType(DType.f32, (*x.shape[:-1], n))]
+
+
+def _qlinear_ref(xs, attrs):
+    x, q, scales = xs[:3]
+    zeros, bias = (xs[3] if len(xs) > 3 else None), (xs[4] if len(xs) > 4 else None)
+    return [qlinear_reference(x, q, scales, zeros, bias, attrs["bits"], attrs["group_size"], attrs["act"])]
+
+
+register_op("QLinear", infer=_qlinear_infer, ref=_qlinear_ref, kind="opaque", inputs=(3, 5),
+            attrs={"bits": REQUIRED, "group_size": REQUIRED, "act": REQUIRED},
+            doc="quantized Linear: group-wise int4/int8 weights, f32 or run-time int8 activations")
+
+
+def _padded(k, pad_to: int):
+    return -(-k // pad_to) * pad_to if isinstance(k, int) else k
+
+
+def _quantize_acts_infer(ins, attrs):
+    x = ins[0]
+    if x.dtype != DType.f32 or x.type.rank < 1:
+        raise ShapeError(f"QuantizeActs: input %{x.name} must be f32[...,K], got {x.type}")
+    k = x.shape[-1]
+    if isinstance(k, Sym):
+        raise ShapeError(f"QuantizeActs: K of %{x.name} must be static, got {x.type}")
+    g = 1 if attrs["per_tensor"] else n_groups(k, attrs["group_size"])
+    lead = tuple(x.shape[:-1])
+    xs_shape = (1,) if attrs["per_tensor"] else (*lead, g)
+    return [TensorType(DType.i8, (*lead, _padded(k, attrs["pad_to"]))), TensorType(DType.f32, xs_shape),
+            TensorType(DType.i32, (*lead, g))]
+
+
+def _quantize_acts_ref(xs, attrs):
+    gs = None if attrs["per_tensor"] else attrs["group_size"]
+    return list(quantize_activations(xs[0], gs, attrs["pad_to"]))
+
+
+register_op("QuantizeActs", infer=_quantize_acts_infer, ref=_quantize_acts_ref, kind="opaque", inputs=1, outputs=3,
+            attrs={"group_size": REQUIRED, "per_tensor": 0, "pad_to": 1},
+            doc="int8 activations per row and group (or per tensor), their scales and group sums")
+
+
+def _qlinear_i8_infer(ins, attrs):
+    xq, xs, xsum, q, scales = ins[:5]
+    zeros, bias = (ins[5] if len(ins) > 5 else None), (ins[6] if len(ins) > 6 else None)
+    n, k = _check_weight(q, scales, zeros, bias, attrs["bits"], attrs["group_size"], "QLinearI8")
+    if xq.dtype != DType.i8 or xs.dtype != DType.f32 or xsum.dtype != DType.i32:
+        raise ShapeError(f"QLinearI8: activations must be i8/f32/i32, got {xq.type}, {xs.type}, {xsum.type}")
+    if isinstance(xq.shape[-1], int) and isinstance(k, int) and xq.shape[-1] < k:
+        raise ShapeError(f"QLinearI8: activations %{xq.name} {xq.type} hold fewer than K={k} values")
+    return [TensorType(DType.f32, (*xq.shape[:-1], n))]
+
+
+def _qlinear_i8_ref(xs, attrs):
+    xq, x_scale, _, q, scales = xs[:5]
+    zeros, bias = (xs[5] if len(xs) > 5 else None), (xs[6] if len(xs) > 6 else None)
+    gs = None if attrs["per_tensor"] else attrs["group_size"]
+    xd = dequantize_activations(xq, x_scale, q.shape[1], gs)
+    return [_finish(xd, q, scales, zeros, bias, attrs["bits"], attrs["group_size"])]
+
+
+register_op("QLinearI8", infer=_qlinear_i8_infer, ref=_qlinear_i8_ref, kind="opaque", inputs=(5, 7),
+            attrs={"bits": REQUIRED, "group_size": REQUIRED, "per_tensor": 0},
+            doc="quantized Linear on int8 activations from QuantizeActs (int8 dot products)")

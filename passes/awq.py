@@ -1,0 +1,121 @@
+"""awq: activation-aware weight quantization (Lin et al., 2023) for the int4 schemes, in fp32, before quantize.
+
+For each group of Linear layers sharing an input x (passes/smoothing.py finds them and where 1/s folds):
+on calibration rows X, try s = mean|X|^alpha (normalized by sqrt(max s * min s)) for alpha on a grid in
+[0, 1), quantize (s * W) the way the scheme will (group-wise int4, int8 activations for w4a8), and keep
+the s with the least error of Q(X / s) @ Q(s * W) against X @ W; alpha 0 is plain round-to-nearest, so the
+search never does worse than it on the calibration rows. With ctx.options["awq_clip"], then search per
+output channel and group a clipping ratio of the weight range (1.0 down to 0.5) that minimizes the
+group's share of the output error, and clamp the weights to it.
+Runs only for schemes whose calibration is "awq" and only with calibration data (else quantize rounds to
+nearest, and the driver warns). ctx.stats["awq"] = {"groups": n, "scaled": n, "clipped": n, "error_ratio": r}
+(r: the summed calibration error after / before the search).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.core import Graph
+from . import register_pass
+from .schemes import get_scheme
+from .smoothing import (Folds, Quantizer, _progress, calibration_feeds, collect, find_groups, outputs_match,
+                        search, weights_of)
+
+NAME = "awq"
+CLIP_RATIOS = [1.0 - 0.05 * i for i in range(11)]
+
+
+def awq_candidates(mean_abs: np.ndarray):
+    m = np.maximum(mean_abs.astype(np.float64), 1e-8)
+
+    def cand(alpha: float) -> np.ndarray:
+        s = m ** alpha
+        return (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+    return cand
+
+
+def clip_weights(x: np.ndarray, w: np.ndarray, quant: Quantizer) -> tuple[np.ndarray, int]:
+    """W [K, N] with each (group, column) range clamped to the ratio that minimizes that group's output
+    error on rows x; returns (new W, number of clipped groups)."""
+    k, n = w.shape
+    gs = quant.group
+    g_count = -(-k // gs)
+    errs = np.empty((len(CLIP_RATIOS), g_count, n))
+    x64 = x.astype(np.float64)
+    lo_all, hi_all = _ranges(w, gs)
+    for ri, r in enumerate(CLIP_RATIOS):
+        wq = quant.weight(_clamp(w, lo_all * r, hi_all * r, gs))
+        for g in range(g_count):
+            sl = slice(g * gs, min(k, (g + 1) * gs))
+            d = x64[:, sl] @ (wq[sl] - w[sl].astype(np.float64))
+            errs[ri, g] = np.einsum("rn,rn->n", d, d)
+    best = np.argmin(errs, axis=0)  # [G, N]; ratio 1.0 (index 0) wins ties
+    ratio = np.asarray(CLIP_RATIOS)[best]
+    return _clamp(w, lo_all * ratio, hi_all * ratio, gs), int(np.count_nonzero(best))
+
+
+def _ranges(w: np.ndarray, gs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per (group, column) weight range [lo, hi] as the quantizer sees it ([G, N])."""
+    k, n = w.shape
+    g_count = -(-k // gs)
+    pad = np.zeros((g_count * gs - k, n), w.dtype)
+    wg = np.concatenate([w, pad]).reshape(g_count, gs, n)
+    return np.minimum(wg.min(axis=1), 0), np.maximum(wg.max(axis=1), 0)
+
+
+def _clamp(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, gs: int) -> np.ndarray:
+    k = w.shape[0]
+    lo_k = np.repeat(lo, gs, axis=0)[:k]
+    hi_k = np.repeat(hi, gs, axis=0)[:k]
+    return np.clip(w, lo_k, hi_k).astype(np.float32)
+
+
+@register_pass(NAME)
+def run(graph: Graph, ctx) -> None:
+    scheme = get_scheme(ctx.qm)
+    if scheme.calibration != NAME:
+        return
+    feeds = calibration_feeds(graph, ctx, NAME)
+    if feeds is None:
+        return
+    from ..ir.interpreter import run_graph
+
+    group = int(ctx.options.get("group_size") or getattr(ctx.target, "default_group_size", 32))
+    quant = Quantizer(scheme, group, bool(ctx.options.get("asym")))
+    groups = find_groups(graph, ctx, NAME)
+    before = run_graph(graph, feeds[0], check_types=False)
+    collect(graph, groups, feeds, "AWQ calibration")
+    folds = Folds(graph)
+    plain_rows = {id(g): g.stats.get("rows") for g in groups}
+    scaled, err_after, err_before = 0, 0.0, 0.0
+    for g in _progress(groups, "AWQ scale search"):
+        if not g.stats:
+            continue
+        s, alpha, err, base = search(g, weights_of(g), quant, awq_candidates(g.stats["mean_abs"]))
+        err_after, err_before = err_after + err, err_before + base
+        if alpha:
+            folds.apply(g, s)
+            g.stats["rows"] = g.stats["rows"] / s
+            scaled += 1
+            ctx.log(NAME, f"%{g.x.name} -> {', '.join(n.name for n in g.linears)}: alpha {alpha:.2f}, "
+                          f"error {err:.3g} (round-to-nearest {base:.3g})")
+    bad = outputs_match(graph, feeds[0], before)
+    if bad is not None:
+        folds.rollback()
+        ctx.log(NAME, f"scales undone: folding changed the model ({bad})")
+        scaled = 0
+        for g in groups:
+            g.stats["rows"] = plain_rows[id(g)]
+    clipped = 0
+    if ctx.options.get("awq_clip") and scheme.weight_bits == 4:
+        for g in _progress(groups, "AWQ clip search"):
+            if not g.stats:
+                continue
+            for lin in g.linears:
+                w, n_clipped = clip_weights(g.stats["rows"], lin.inputs[1].const, quant)
+                if n_clipped:
+                    lin.inputs[1] = graph.add_const(w, lin.inputs[1].name + ".clipped")
+                    clipped += n_clipped
+        graph.remove_unused_constants()
+    ctx.stats[NAME] = {"groups": len(groups), "scaled": scaled, "clipped": clipped,
+                       "error_ratio": err_after / err_before if err_before else 1.0}

@@ -1,0 +1,59 @@
+"""Quantization schemes, keyed by `--qm`: what the quantize pass makes of each Linear, and which calibration
+improves it. The numerics of the quantized ops are in ir/ops/quant.py; which targets run a scheme is the
+target description's business (`Target.qms`).
+
+  fp32   no quantization
+  w8a8   int8 weights per output channel (symmetric), int8 activations per tensor at run time; SmoothQuant
+  w4a32  int4 group-wise weights, fp32 activations (the kernel dequantizes); AWQ
+  w4a16  int4 group-wise weights, fp16 activations (GPU targets); AWQ
+  w4a8   int4 group-wise weights, int8 activations per row and group at run time (int8 dot products); AWQ
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import TccError
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    weight_bits: int | None  # None: not quantized
+    act: str  # QLinear's act attribute: "f32", "f16", "i8_group", "i8_tensor"
+    calibration: str | None  # "awq", "smoothquant" or None
+    grouped: bool  # group-wise weights (--group-size applies); else one group per output channel
+    zero_point: bool  # whether --asym (zero points) is available
+    summary: str
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("fp32", None, "f32", None, False, False, "no quantization"),
+    Scheme("w8a8", 8, "i8_tensor", "smoothquant", False, False,
+           "int8 per-channel weights, int8 per-tensor activations at run time (SmoothQuant)"),
+    Scheme("w4a32", 4, "f32", "awq", True, True, "int4 group-wise weights, fp32 activations (AWQ)"),
+    Scheme("w4a16", 4, "f16", "awq", True, True, "int4 group-wise weights, fp16 activations (AWQ; GPU targets)"),
+    Scheme("w4a8", 4, "i8_group", "awq", True, True,
+           "int4 group-wise weights, int8 activations per group at run time (AWQ)"),
+)}
+
+
+def get_scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise TccError(f"unknown --qm {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def check_scheme(name: str, target, group_size: int | None = None, asym: bool = False) -> Scheme:
+    """The scheme, or a TccError saying why `target` cannot run it (and what it can run)."""
+    scheme = get_scheme(name)
+    if name not in target.qms:
+        why = dict(target.qm_refusals).get(name, "no kernels for it")
+        raise TccError(f"target {target.name} cannot run --qm {name} ({why}); it supports: {', '.join(target.qms)}")
+    if group_size is not None:
+        if not scheme.grouped:
+            raise TccError(f"--group-size does not apply to --qm {name} (one scale per output channel)")
+        if group_size <= 0 or group_size % 32:
+            raise TccError(f"--group-size must be a positive multiple of 32, got {group_size}")
+    if asym and not scheme.zero_point:
+        raise TccError(f"--asym does not apply to --qm {name}: its weights are symmetric")
+    return scheme

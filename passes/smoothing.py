@@ -1,0 +1,255 @@
+"""Shared machinery of the calibration passes (awq, smoothquant); this module registers no pass.
+
+Both rescale the input channels of the Linear layers that share one input x:  y = (x / s) @ (s * W),
+the same function in exact arithmetic, but the quantized product behaves better. `1/s` must be folded
+into whatever produces x, found by structure:
+  - x = RMSNorm / LayerNorm(., gamma, beta) with constant [K] parameters: gamma / s, beta / s;
+  - x = Mul(a, Linear_up(.)) with Linear_up read only by that Mul (the gated MLP's act(gate) * up):
+    Linear_up's output columns (and bias) / s.
+Every other consumer of x must be one of the scaled Linear layers (x is not a graph output). Groups
+without a fold target are left alone (logged).
+
+Calibration activations come from running the fp32 graph with the reference interpreter on the inputs
+the driver prepared (ctx.options["calibration"]: a list of feed dicts); per channel mean |x| and max |x|
+over every row, and a fixed random sample of at most MAX_ROWS rows for the error search.
+
+After folding, the graph is run on the first calibration input again and must give the same outputs as
+before within fp32 rounding (FOLD_RTOL): a fold that changed the function is undone, with a message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TccError
+from ..ir.core import Graph, Node, Value
+from ..ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
+from .quantize import quantizable
+from .schemes import Scheme
+
+MAX_ROWS = 512  # rows kept per activation for the error search (a random sample of all calibration rows)
+GRID = [i / 20 for i in range(20)]  # alpha in [0, 1): alpha 0 (s = 1) keeps the plain quantization
+# Folding is exact in real arithmetic; in fp32 the outputs move by a few ulps of the largest partial sums.
+FOLD_RTOL = 1e-3
+
+
+@dataclass
+class Group:
+    x: Value
+    linears: list[Node]
+    fold: tuple  # ("norm", node) or ("linear", node)
+    stats: dict = field(default_factory=dict)  # mean_abs [K], max_abs [K], rows [R, K]
+
+
+def find_groups(graph: Graph, ctx, pass_name: str) -> list[Group]:
+    users = graph.users()
+    outputs = {id(v) for v in graph.outputs}
+    seen, groups = set(), []
+    for node in graph.nodes:
+        if not quantizable(node) or id(node.inputs[0]) in seen:
+            continue
+        x = node.inputs[0]
+        seen.add(id(x))
+        readers = users.get(x, [])
+        lins = [n for n, slot in readers if slot == 0 and quantizable(n)]
+        others = [n for n, slot in readers if not (slot == 0 and quantizable(n))]
+        if others or id(x) in outputs:
+            what = others[0].op if others else "the graph output"
+            ctx.refuse(pass_name, node, f"input %{x.name} also feeds {what}; not rescaled")
+            continue
+        fold = _fold_target(x, users, outputs)
+        if fold is None:
+            ctx.refuse(pass_name, node, f"no norm or linear to fold the scales of %{x.name} into")
+            continue
+        groups.append(Group(x, lins, fold))
+    return groups
+
+
+def _fold_target(x: Value, users: dict, outputs: set) -> tuple | None:
+    p = x.producer
+    k = x.shape[-1]
+    if p is None:
+        return None
+    if p.op in ("RMSNorm", "LayerNorm"):
+        params = [v for v in p.inputs[1:] if v is not None]
+        if params and all(v.is_const and v.const.dtype == np.float32 and v.const.shape == (k,) for v in params):
+            return ("norm", p)
+        return None
+    if p.op == "Mul":
+        for v in p.inputs:
+            up = v.producer
+            if (up is not None and quantizable(up) and up.inputs[1].shape[1] == k and id(v) not in outputs
+                    and len(users.get(v, [])) == 1 and x.shape == v.shape):
+                return ("linear", up)
+    return None
+
+
+# -- calibration data -----------------------------------------------------------------------------------
+
+def collect(graph: Graph, groups: list[Group], feeds: list[dict], progress: str) -> None:
+    """Fill each group's stats from interpreter runs on the calibration feeds."""
+    from ..ir.interpreter import run_graph
+
+    want = {id(g.x): g for g in groups}
+    acc: dict[int, dict] = {}
+    rng = np.random.default_rng(0)
+
+    def observe(node: Node, args: list) -> None:
+        for v, a in zip(node.inputs, args):
+            g = want.get(id(v)) if v is not None else None
+            if g is None or id(node) != id(g.linears[0]):
+                continue
+            rows = np.asarray(a, np.float32).reshape(-1, a.shape[-1])
+            st = acc.setdefault(id(v), {"sum": np.zeros(rows.shape[1]), "max": np.zeros(rows.shape[1], np.float32),
+                                        "n": 0, "rows": []})
+            st["sum"] += np.abs(rows).sum(axis=0, dtype=np.float64)
+            st["max"] = np.maximum(st["max"], np.abs(rows).max(axis=0))
+            st["n"] += rows.shape[0]
+            take = min(rows.shape[0], MAX_ROWS)
+            st["rows"].append(rows[rng.choice(rows.shape[0], take, replace=False)])
+
+    for f in _progress(feeds, progress):
+        run_graph(graph, f, check_types=False, observe=observe)
+    for key, g in want.items():
+        st = acc.get(key)
+        if st is None:
+            continue
+        rows = np.concatenate(st["rows"])
+        if rows.shape[0] > MAX_ROWS:
+            rows = rows[rng.choice(rows.shape[0], MAX_ROWS, replace=False)]
+        g.stats = {"mean_abs": (st["sum"] / max(st["n"], 1)).astype(np.float32), "max_abs": st["max"],
+                   "rows": rows}
+
+
+def _progress(items, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; keep working without a bar if it is missing
+        return items
+    return tqdm(items, desc=desc, unit="sample", leave=False, disable=None)
+
+
+# -- the quantized product, simulated ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Quantizer:
+    """Simulates QLinear of one scheme on calibration rows (ir/ops/quant.py arithmetic)."""
+    scheme: Scheme
+    group: int
+    asym: bool
+
+    def weight(self, w: np.ndarray) -> np.ndarray:
+        """Dequantized W [K, N] in float64."""
+        if self.scheme.weight_bits == 4:
+            q, s, z = quantize_int4(w, self.group, symmetric=not self.asym)
+            return dequantize(q, s, z, 4, self.group).T
+        q, s = quantize_int8(w)
+        return dequantize(q, s, None, 8, w.shape[0]).T
+
+    def acts(self, x: np.ndarray) -> np.ndarray:
+        act = self.scheme.act
+        if act in ("f32", "f16"):
+            return x.astype(np.float64) if act == "f32" else x.astype(np.float16).astype(np.float64)
+        gs = self.group if act == "i8_group" else None
+        xq, xs, _ = quantize_activations(x, gs)
+        return dequantize_activations(xq, xs, x.shape[-1], gs)
+
+    def error(self, x: np.ndarray, w: np.ndarray, s: np.ndarray, ref: np.ndarray) -> float:
+        """Mean squared error of the quantized (x / s) @ (s * W) against the fp32 product `ref`."""
+        xs = (x / s).astype(np.float32)
+        ws = (w * s[:, None]).astype(np.float32)
+        y = self.acts(xs) @ self.weight(ws)
+        return float(np.mean((y - ref) ** 2))
+
+
+def search(group: Group, w: np.ndarray, quant: Quantizer, candidates) -> tuple[np.ndarray, float, float, float]:
+    """The scale vector among `candidates` (alpha -> s) with the least output error on the sample rows:
+    (s, alpha, error, error without scaling)."""
+    x = group.stats["rows"]
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    ones = np.ones(w.shape[0], np.float32)
+    base = quant.error(x, w, ones, ref)
+    best = (ones, 0.0, base)
+    for alpha in GRID[1:]:
+        s = candidates(alpha)
+        if s is None or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            continue
+        err = quant.error(x, w, s, ref)
+        if err < best[2]:
+            best = (s, alpha, err)
+    return best[0], best[1], best[2], base
+
+
+def weights_of(group: Group) -> np.ndarray:
+    return np.concatenate([n.inputs[1].const for n in group.linears], axis=1)
+
+
+# -- folding ---------------------------------------------------------------------------------------------
+
+class Folds:
+    """The rescalings applied to the graph, undoable (each replaced an input of a node by a new constant)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.undo: list[tuple[Node, int, Value]] = []
+
+    def _set(self, node: Node, slot: int, data: np.ndarray, hint: str) -> None:
+        old = node.inputs[slot]
+        node.inputs[slot] = self.graph.add_const(np.ascontiguousarray(data, np.float32), hint)
+        self.undo.append((node, slot, old))
+
+    def apply(self, group: Group, s: np.ndarray) -> None:
+        s = s.astype(np.float32)
+        for lin in group.linears:  # W rows (input channels) * s
+            w = lin.inputs[1]
+            self._set(lin, 1, w.const * s[:, None], w.name + ".smoothed")
+        kind, p = group.fold
+        if kind == "norm":
+            for slot in (1, 2):
+                v = p.input(slot)
+                if v is not None:
+                    self._set(p, slot, v.const / s, v.name + ".smoothed")
+        else:  # Linear_up: output columns / s
+            w = p.inputs[1]
+            self._set(p, 1, w.const / s[None, :], w.name + ".smoothed")
+            b = p.input(2)
+            if b is not None:
+                self._set(p, 2, b.const / s, b.name + ".smoothed")
+
+    def rollback(self) -> None:
+        for node, slot, old in reversed(self.undo):
+            node.inputs[slot] = old
+        self.undo.clear()
+        self.graph.remove_unused_constants()
+
+
+def outputs_match(graph: Graph, feeds: dict, before: dict) -> str | None:
+    """None if the graph still computes `before` on `feeds` (within FOLD_RTOL of each output's scale),
+    else a description of the largest difference."""
+    from ..ir.interpreter import run_graph
+
+    after = run_graph(graph, feeds, check_types=False)
+    for name, want in before.items():
+        got = after[name]
+        if got.dtype.kind != "f":
+            if not np.array_equal(got, want):
+                return f"output {name} changed"
+            continue
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+        if not diff <= FOLD_RTOL * max(scale, 1e-30):
+            return f"output {name} moved by {diff:.3g} (scale {scale:.3g})"
+    return None
+
+
+def calibration_feeds(graph: Graph, ctx, pass_name: str) -> list[dict] | None:
+    """ctx.options["calibration"]: a list of input dicts, or an object with feeds(graph, bounds) (the
+    driver's frontend.calibration.Calibration, which needs the optimized graph's inputs)."""
+    src = ctx.options.get("calibration")
+    if src is None:
+        return None
+    feeds = src.feeds(graph, ctx.symbol_bounds) if hasattr(src, "feeds") else src
+    if not isinstance(feeds, list) or not all(isinstance(f, dict) for f in feeds):
+        raise TccError(f"{pass_name}: calibration data must be a list of input dicts")
+    return feeds or None

@@ -1,0 +1,66 @@
+"""smoothquant: migrate activation outliers into the weights before w8a8 quantization (Xiao et al., 2023).
+
+For each group of Linear layers sharing an input x (passes/smoothing.py finds them and where 1/s folds):
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+(max over the calibration rows, and over every output of the group's weights for input channel j), so
+x / s has flatter channels for the per-tensor int8 activation scale and s * W stays int8-friendly. alpha
+is searched on a grid in [0, 1) per group, keeping the s with the least error of the simulated w8a8
+product against the fp32 one on calibration rows; alpha 0 means no smoothing (s = 1), so the result is
+never worse than plain w8a8 on those rows. Runs only for schemes whose calibration is "smoothquant" and
+with calibration data. ctx.stats["smoothquant"] = {"groups": n, "smoothed": n, "error_ratio": r}.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.core import Graph
+from . import register_pass
+from .schemes import get_scheme
+from .smoothing import Folds, Quantizer, _progress, calibration_feeds, collect, find_groups, outputs_match, search, weights_of
+
+NAME = "smoothquant"
+
+
+def smoothquant_candidates(x_max: np.ndarray, w: np.ndarray):
+    a = np.maximum(x_max.astype(np.float64), 1e-5)
+    b = np.maximum(np.abs(w).max(axis=1).astype(np.float64), 1e-5)
+
+    def cand(alpha: float) -> np.ndarray:
+        return (a ** alpha / b ** (1 - alpha)).astype(np.float32)
+    return cand
+
+
+@register_pass(NAME)
+def run(graph: Graph, ctx) -> None:
+    scheme = get_scheme(ctx.qm)
+    if scheme.calibration != NAME:
+        return
+    feeds = calibration_feeds(graph, ctx, NAME)
+    if feeds is None:
+        return
+    from ..ir.interpreter import run_graph
+
+    quant = Quantizer(scheme, 0, False)
+    groups = find_groups(graph, ctx, NAME)
+    before = run_graph(graph, feeds[0], check_types=False)
+    collect(graph, groups, feeds, "SmoothQuant calibration")
+    folds = Folds(graph)
+    smoothed, err_after, err_before = 0, 0.0, 0.0
+    for g in _progress(groups, "SmoothQuant scale search"):
+        if not g.stats:
+            continue
+        w = weights_of(g)
+        s, alpha, err, base = search(g, w, quant, smoothquant_candidates(g.stats["max_abs"], w))
+        err_after, err_before = err_after + err, err_before + base
+        if alpha:
+            folds.apply(g, s)
+            smoothed += 1
+            ctx.log(NAME, f"%{g.x.name} -> {', '.join(n.name for n in g.linears)}: alpha {alpha:.2f}, "
+                          f"error {err:.3g} (plain w8a8 {base:.3g})")
+    bad = outputs_match(graph, feeds[0], before)
+    if bad is not None:
+        folds.rollback()
+        ctx.log(NAME, f"smoothing undone: folding changed the model ({bad})")
+        smoothed = 0
+    ctx.stats[NAME] = {"groups": len(groups), "smoothed": smoothed,
+                       "error_ratio": err_after / err_before if err_before else 1.0}

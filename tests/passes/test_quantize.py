@@ -1,0 +1,277 @@
+"""Quantization passes: quantize, quantize-activations, awq, smoothquant; the schemes registry and the
+calibration loader.
+
+Oracles: the interpreter (ir/ops/quant.py references) before and after each pass.
+- quantize changes the function by the quantization error only: checked against the explicit
+  dequantized product (quantize_int4/int8 + dequantize), which must match to fp32 rounding of the f64
+  reference (1e-6 relative).
+- quantize-activations is an exact refactoring: QuantizeActs + QLinearI8 compute the same dequantized
+  operands as QLinear, so the interpreter outputs must be bitwise equal.
+- awq / smoothquant rescale fp32 weights and fold 1/s; before quantization the function is unchanged up to
+  fp32 rounding of the rescaled products (rtol 1e-4 on O(1) outputs through two Linear layers and a norm
+  of 64 channels, a few hundred ulps of headroom); their searched error can only drop (alpha 0 = no scaling
+  is a candidate).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tcc.errors import TccError
+from tcc.ir.core import Graph
+from tcc.ir.interpreter import run_graph
+from tcc.ir.ops.quant import dequantize, quantize_activations, quantize_int4, quantize_int8
+from tcc.passes.context import PassContext
+
+from .helpers import run_pass, t
+
+K, N = 64, 48
+
+
+class _Target:
+    name = "x86"
+    default_group_size = 32
+    k_block = 64
+    qms = ("fp32", "w8a8", "w4a32", "w4a8")
+    qm_refusals = (("w4a16", "fp16 activations need fp16 arithmetic"),)
+
+
+def ctx_for(qm: str, **options) -> PassContext:
+    return PassContext(target=_Target(), qm=qm, options=dict(options), debug=0)
+
+
+def mlp_graph(rng, outlier: float = 1.0, mul_fold: bool = True) -> Graph:
+    """x -> RMSNorm(gamma) -> {Linear q, Linear k} ; gate/up MLP (Mul of act(gate) and up) -> down.
+    outlier > 1 plants three large channels in gamma (and shrinks the matching weight rows)."""
+    g = Graph()
+    x = g.add_input("x", t("f32", "rows", K))
+    gamma = (1 + 0.1 * rng.standard_normal(K)).astype(np.float32)
+    ch = [3, 17, 40]
+    gamma[ch] *= outlier
+    h = g.add_node("RMSNorm", [x, g.add_const(gamma, "gamma")], {"axis": -1, "eps": 1e-6}, name="norm").output
+
+    def w(k, n, rows=None):
+        a = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        if rows is not None:
+            a[rows] /= outlier
+        return a
+
+    q = g.add_node("Linear", [h, g.add_const(w(K, N, ch), "q_proj.weight")], name="q_proj").output
+    k = g.add_node("Linear", [h, g.add_const(w(K, N, ch), "k_proj.weight"),
+                              g.add_const(rng.standard_normal(N).astype(np.float32), "k_proj.bias")],
+                   name="k_proj").output
+    gate = g.add_node("Linear", [h, g.add_const(w(K, 96, ch), "gate.weight")], name="gate").output
+    up = g.add_node("Linear", [h, g.add_const(w(K, 96, ch), "up.weight")], name="up").output
+    act = g.add_node("Sigmoid", [gate]).output
+    prod = g.add_node("Mul", [act, up]).output
+    down = g.add_node("Linear", [prod, g.add_const(w(96, K), "down.weight")], name="down").output
+    g.outputs = [q, k, g.add_node("Add", [x, down]).output]
+    g.verify()
+    return g
+
+
+def feeds(rng, rows=40):
+    return {"x": rng.standard_normal((rows, K)).astype(np.float32)}
+
+
+# -- schemes ------------------------------------------------------------------------------------------
+
+def test_scheme_errors_name_the_problem():
+    from tcc.passes.schemes import check_scheme
+
+    with pytest.raises(TccError, match=r"target x86 cannot run --qm w4a16 \(fp16 activations.*it supports: "
+                                       r"fp32, w8a8, w4a32, w4a8"):
+        check_scheme("w4a16", _Target())
+    with pytest.raises(TccError, match="unknown --qm 'w3a8'; known: fp32, w8a8, w4a32, w4a16, w4a8"):
+        check_scheme("w3a8", _Target())
+    with pytest.raises(TccError, match="--group-size must be a positive multiple of 32, got 48"):
+        check_scheme("w4a8", _Target(), group_size=48)
+    with pytest.raises(TccError, match="--group-size does not apply to --qm w8a8"):
+        check_scheme("w8a8", _Target(), group_size=64)
+    with pytest.raises(TccError, match="--asym does not apply to --qm w8a8"):
+        check_scheme("w8a8", _Target(), asym=True)
+    assert check_scheme("w4a8", _Target(), group_size=128, asym=True).weight_bits == 4
+
+
+# -- quantize -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qm,asym,group", [("w4a32", False, 32), ("w4a32", True, 64), ("w4a8", False, 32),
+                                           ("w4a8", True, 128), ("w8a8", False, None)])
+def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
+    rng = np.random.default_rng(0)
+    g = mlp_graph(rng)
+    weights = {n.name: (n.inputs[1].const, n.input(2)) for n in g.nodes if n.op == "Linear"}
+    ctx = run_pass("quantize", g, ctx_for(qm, asym=asym, group_size=group))
+    q_nodes = [n for n in g.nodes if n.op == "QLinear"]
+    assert sorted(n.name for n in q_nodes) == sorted(weights) and "Linear" not in g.ops()
+    f = feeds(rng)
+    vals = run_graph(g, f, keep=True)
+    for n in q_nodes:
+        w, bias = weights[n.name]
+        bits = 4 if qm.startswith("w4") else 8
+        assert n.attrs["bits"] == bits and n.attrs["act"] == {"w4a32": "f32", "w4a8": "i8_group", "w8a8": "i8_tensor"}[qm]
+        assert (n.input(3) is not None) == asym
+        if bits == 4:
+            qq, s, z = quantize_int4(w, group, symmetric=not asym)
+            assert n.attrs["group_size"] == group
+        else:
+            (qq, s), z = quantize_int8(w), None
+            assert n.attrs["group_size"] == w.shape[0]
+        np.testing.assert_array_equal(n.inputs[1].const, qq)
+        x = vals[n.inputs[0].name]
+        if qm == "w4a32":
+            xd = x.astype(np.float64)
+        else:
+            gs = group if qm == "w4a8" else None
+            xq, xs, _ = quantize_activations(x, gs)
+            xd = xq.astype(np.float64) * (np.repeat(xs, gs, axis=-1)[..., :x.shape[-1]] if gs else xs[0])
+        want = xd @ dequantize(qq, s, z, bits, n.attrs["group_size"]).T + (0 if bias is None else bias.const)
+        np.testing.assert_allclose(vals[n.output.name], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    assert ctx.stats["quantize"]["linears"] == 5
+
+
+def test_keep_fp32_patterns_and_lm_head():
+    rng = np.random.default_rng(1)
+    g = mlp_graph(rng)
+    ctx = run_pass("quantize", g, ctx_for("w4a8", keep_fp32=("k_*", "down.weight")))
+    assert sorted(n.name for n in g.nodes if n.op == "Linear") == ["down", "k_proj"]
+    assert sorted(ctx.stats["quantize"]["kept_fp32"]) == ["down", "k_proj"]
+    # lm_head is found by structure: the Linear whose result is a graph output (through views)
+    g = Graph()
+    x = g.add_input("x", t("f32", 2, K))
+    h = g.add_node("Linear", [x, g.add_const(rng.standard_normal((K, K)).astype(np.float32), "w1")], name="a").output
+    y = g.add_node("Linear", [h, g.add_const(rng.standard_normal((K, 8)).astype(np.float32), "w2")], name="b").output
+    g.outputs = [g.add_node("Reshape", [y, g.add_const(np.array([16], np.int64))]).output]
+    run_pass("quantize", g, ctx_for("w4a8", keep_fp32=("lm_head",)))
+    assert [n.name for n in g.nodes if n.op == "Linear"] == ["b"] and g.ops()["QLinear"] == 1
+
+
+def test_fp32_is_untouched():
+    rng = np.random.default_rng(2)
+    g = mlp_graph(rng)
+    before = str(g)
+    run_pass("quantize", g, ctx_for("fp32"))
+    run_pass("quantize-activations", g, ctx_for("fp32"))
+    assert str(g) == before
+
+
+# -- quantize-activations ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
+def test_quantize_activations_is_exact_and_shared(qm):
+    rng = np.random.default_rng(3)
+    g = mlp_graph(rng)
+    run_pass("quantize", g, ctx_for(qm))
+    f = feeds(rng, rows=7)
+    before = run_graph(g, f)
+    ctx = run_pass("quantize-activations", g, ctx_for(qm))
+    # q, k, gate, up share the norm output; down reads its own input: two QuantizeActs for five QLinearI8
+    assert g.ops()["QuantizeActs"] == 2 == ctx.stats["quantize-activations"] and g.ops()["QLinearI8"] == 5
+    qa = [n for n in g.nodes if n.op == "QuantizeActs"]
+    assert all(n.attrs["pad_to"] == 64 and n.attrs["per_tensor"] == (qm == "w8a8") for n in qa)
+    after = run_graph(g, f)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])  # the same arithmetic, bit for bit
+
+
+def test_w4a32_keeps_fp32_activations():
+    rng = np.random.default_rng(4)
+    g = mlp_graph(rng)
+    run_pass("quantize", g, ctx_for("w4a32"))
+    run_pass("quantize-activations", g, ctx_for("w4a32"))
+    assert "QuantizeActs" not in g.ops() and g.ops()["QLinear"] == 5
+
+
+# -- awq / smoothquant ------------------------------------------------------------------------------------
+
+def _output_error(g: Graph, ref: dict, f: dict) -> float:
+    out = run_graph(g, f)
+    return sum(float(np.mean((out[k] - ref[k]) ** 2)) for k in ref)
+
+
+@pytest.mark.parametrize("method,qm", [("awq", "w4a8"), ("awq", "w4a32"), ("smoothquant", "w8a8")])
+def test_calibration_folds_preserve_fp32_and_beat_round_to_nearest(method, qm):
+    rng = np.random.default_rng(5)
+    g = mlp_graph(rng, outlier=30.0)
+    calib = [feeds(rng, rows=64) for _ in range(4)]
+    held_out = feeds(rng, rows=64)
+    ref = run_graph(g, held_out)
+    before = g.copy()
+    ctx = run_pass(method, g, ctx_for(qm, calibration=calib))
+    st = ctx.stats[method]
+    assert st["groups"] == 2 and st[{"awq": "scaled", "smoothquant": "smoothed"}[method]] == 2
+    assert st["error_ratio"] < 0.5  # planted outliers: the searched scales must cut the error a lot
+    # still the fp32 function (before quantization)
+    got = run_graph(g, held_out)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-4 * np.abs(ref[k]).max())
+    # and on held-out rows the quantized model is strictly better than round-to-nearest
+    for graph in (g, before):
+        run_pass("quantize", graph, ctx_for(qm))
+    assert _output_error(g, ref, held_out) < 0.5 * _output_error(before, ref, held_out)
+
+
+def test_awq_clip_search_lowers_the_error():
+    rng = np.random.default_rng(6)
+    g = mlp_graph(rng)
+    calib = [feeds(rng, rows=64) for _ in range(2)]
+    plain = g.copy()
+    run_pass("awq", plain, ctx_for("w4a8", calibration=calib))
+    ctx = run_pass("awq", g, ctx_for("w4a8", calibration=calib, awq_clip=True))
+    assert ctx.stats["awq"]["clipped"] > 0
+    ref = run_graph(mlp_graph(np.random.default_rng(6)), calib[0])
+    for graph in (g, plain):
+        run_pass("quantize", graph, ctx_for("w4a8"))
+    assert _output_error(g, ref, calib[0]) < _output_error(plain, ref, calib[0])
+
+
+def test_groups_without_a_fold_target_are_left_alone():
+    rng = np.random.default_rng(7)
+    g = Graph()
+    x = g.add_input("x", t("f32", 4, K))
+    w = g.add_const((rng.standard_normal((K, N)) / 8).astype(np.float32), "w")
+    y = g.add_node("Linear", [x, w], name="lin").output  # x is a graph input: nothing to fold into
+    g.outputs = [y, g.add_node("Relu", [x]).output]
+    ctx = run_pass("awq", g, ctx_for("w4a8", calibration=[{"x": rng.standard_normal((4, K)).astype(np.float32)}]))
+    assert ctx.stats["awq"]["groups"] == 0
+    assert any("also feeds Relu" in m for m in ctx.messages)
+
+
+def test_calibration_passes_are_noops_without_data_or_for_other_schemes():
+    rng = np.random.default_rng(8)
+    g = mlp_graph(rng)
+    before = str(g)
+    run_pass("awq", g, ctx_for("w4a8"))
+    run_pass("smoothquant", g, ctx_for("w8a8"))
+    run_pass("awq", g, ctx_for("w8a8", calibration=[feeds(rng)]))
+    run_pass("smoothquant", g, ctx_for("w4a8", calibration=[feeds(rng)]))
+    assert str(g) == before
+
+
+# -- calibration files --------------------------------------------------------------------------------
+
+def test_calibration_npz_and_errors(tmp_path):
+    from tcc.frontend.calibration import Calibration
+
+    rng = np.random.default_rng(9)
+    g = mlp_graph(rng)
+    p = tmp_path / "c.npz"
+    np.savez(p, x=rng.standard_normal((3, 5, K)).astype(np.float32))
+    got = Calibration(str(p), samples=2).feeds(g, {})
+    assert len(got) == 2 and got[0]["x"].shape == (5, K)
+    np.savez(p, y=np.zeros((2, 5, K), np.float32))
+    with pytest.raises(TccError, match=r"no array for input 'x' \(the model's inputs: x; arrays: y\)"):
+        Calibration(str(p)).feeds(g, {})
+    np.savez(p, x=np.zeros((2, 5, K), np.float64))
+    with pytest.raises(TccError, match="input 'x' is float64, the model wants f32"):
+        Calibration(str(p)).feeds(g, {})
+    with pytest.raises(TccError, match="--calib .*missing.txt: no such file"):
+        Calibration(str(tmp_path / "missing.txt"))
+    txt = tmp_path / "c.txt"
+    txt.write_text("some text")
+    with pytest.raises(TccError, match="text calibration needs a language model"):
+        Calibration(str(txt)).feeds(g, {})
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(TccError, match="not a readable .npz"):
+        Calibration(str(bad)).feeds(g, {})
