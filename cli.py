@@ -64,7 +64,7 @@ def cmd_compile(args) -> int:
     q = manifest.get("quantization") or {}
     if q.get("scheme", "fp32") != "fp32":
         ratio = f" = {q['ratio_to_fp32']:.3f}x the fp32 weights" if q.get("ratio_to_fp32") else ""
-        print(f"quantized: {q['quantized_linears']} Linear layers ({q['scheme']}, group {q['group_size']}, "
+        print(f"quantized: {q['quantized_linears']} layers ({q['scheme']}, group {q['group_size']}, "
               f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "
               f"{len(q['kept_fp32'])}; weights {_mib(q['weight_bytes'])}{ratio}")
     llm = manifest.get("llm")
@@ -287,6 +287,12 @@ def cmd_info(args) -> int:
     if m.get("symbols"):
         print("max dims   " + ", ".join(f"{k}<={v}" for k, v in m["symbols"].items()))
     print(f"weights    {m['weights']['file']} {_mib(m['weights']['bytes'])} sha256 {m['weights']['sha256'][:16]}")
+    q = m.get("quantization") or {}
+    if q.get("scheme", "fp32") != "fp32":
+        print(f"quantized  {q['quantized_linears']} layers, {q['summary']}; group {q['group_size']}, "
+              f"{'zero points' if q['zero_points'] else 'symmetric'}, {q['calibration']}; "
+              f"{q['ratio_to_fp32']}x the fp32 weights ({_mib(q['fp32_weight_bytes'])})"
+              + (f"; kept fp32: {', '.join(q['kept_fp32'])}" if q["kept_fp32"] else ""))
     print(f"arena      {_mib(mem['arena_bytes'])} (sum of intermediates {_mib(mem['intermediates_bytes'])}, "
           f"lower bound {_mib(mem['lower_bound_bytes'])})")
     print(f"kernels    {len(m['kernels'])}: {', '.join(m['kernels'])}")

@@ -567,6 +567,19 @@ def _gather(node: Node, em: Emitter) -> None:
             esize=data.dtype.itemsize)
 
 
+@lowering("QGather")
+def _qgather(node: Node, em: Emitter) -> None:
+    idx, q, scales = node.inputs[:3]
+    zeros = node.input(3)
+    rows, k = q.shape
+    bits = node.attrs["bits"]
+    table = em.packed_ptr(q, "q4_rows" if bits == 4 else "q8_rows", "void")
+    sc = em.packed_ptr(scales, "q4_row_scales", "uint16_t") if bits == 4 else em.ptr(scales)
+    em.call(node, "qgather", [table, sc, em.ptr(zeros), em.ptr(idx), em.ptr(node.output), c_dim(idx.type.numel),
+                              c_dim(rows), c_dim(k), str(node.attrs["group_size"]), "m->pool"],
+            check_error=True, bits=bits)
+
+
 @lowering("Range")
 def _range(node: Node, em: Emitter) -> None:
     start, _, delta = node.inputs

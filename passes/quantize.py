@@ -2,13 +2,17 @@
 
     Linear(x, W[K,N], b?)  ->  QLinear(x, q, scales, zeros?, b?) {bits, group_size, act}
 
-The policy: every Linear with a constant f32 weight, except those `--keep-fp32` names. A pattern is
-an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear whose
-result is the model's output (found by structure: through views and slices to a graph output). Weights
+    Gather(table[V,K], ids) {axis 0}, table constant  ->  QGather(ids, q, scales, zeros?)   (embeddings)
+
+The policy: every Linear with a constant f32 weight and every row lookup in a constant f32 table (an
+embedding: its rows are dequantized as they are gathered), except those `--keep-fp32` names. A pattern
+is an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear
+whose result is the model's output (found by structure: through views and slices to a graph output),
+or `embed`: every quantizable Gather. Weights
 are rounded to nearest (ir/ops/quant.py: quantize_int4 / quantize_int8); calibration passes that run
 before (awq, smoothquant) have already rescaled and clipped them in fp32. Options (ctx.options):
 group_size (default: the target's), asym (zero points), keep_fp32 (patterns).
-ctx.stats["quantize"] = {"linears": n, "kept_fp32": [names], "weight_bytes": quantized bytes}.
+ctx.stats["quantize"] = {"linears": n (Linear and Gather nodes), "kept_fp32": [names], "weight_bytes": bytes}.
 """
 from __future__ import annotations
 
@@ -41,12 +45,21 @@ def lm_head_nodes(graph: Graph) -> set[int]:
 
 def kept(node: Node, patterns: tuple[str, ...], heads: set[int]) -> str | None:
     """The pattern that keeps `node` in fp32, if any."""
+    weight = node.inputs[0] if node.op == "Gather" else node.inputs[1]
     for p in patterns:
-        if p == "lm_head" and id(node) in heads:
+        if (p == "lm_head" and id(node) in heads) or (p == "embed" and node.op == "Gather"):
             return p
-        if fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(node.inputs[1].name, p):
+        if fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight.name, p):
             return p
     return None
+
+
+def embedding(node: Node) -> bool:
+    """A row lookup in a constant f32 table: Gather(table[V, K], ids) on axis 0."""
+    if node.op != "Gather" or node.attrs.get("axis", 0) not in (0, -2):
+        return False
+    t = node.inputs[0]
+    return t.is_const and t.const.dtype == np.float32 and t.type.rank == 2 and not node.inputs[1].is_const
 
 
 def quantizable(node: Node) -> bool:
@@ -69,33 +82,38 @@ def run(graph: Graph, ctx) -> None:
     heads = lm_head_nodes(graph)
     count, kept_names, nbytes = 0, [], 0
     for node in list(graph.nodes):
-        if not quantizable(node):
+        is_embedding = embedding(node)
+        if not (is_embedding or quantizable(node)):
             continue
         why = kept(node, patterns, heads)
         if why is not None:
             kept_names.append(node.name)
             ctx.log(NAME, f"{node.name}: kept in fp32 (--keep-fp32 {why})")
             continue
-        x, w = node.inputs[0], node.inputs[1]
-        bias = node.input(2)
-        k = w.shape[0]
+        w = node.inputs[0] if is_embedding else node.inputs[1]
+        data = w.const.T if is_embedding else w.const  # quantize along the table's rows
         if scheme.weight_bits == 4:
-            q, scales, zeros = quantize_int4(w.const, group, symmetric=not asym)
+            q, scales, zeros = quantize_int4(data, group, symmetric=not asym)
             gs = group
         else:
-            (q, scales), zeros, gs = quantize_int8(w.const), None, k
-        base = w.name
-        ins = [x, graph.add_const(q, base + ".q"), graph.add_const(scales, base + ".scales"),
-               None if zeros is None else graph.add_const(zeros, base + ".zeros"), bias]
-        while ins and ins[-1] is None:
-            ins.pop()
-        new = graph.add_node("QLinear", ins, {"bits": scheme.weight_bits, "group_size": gs, "act": scheme.act},
-                             name=node.name, before=node)
+            (q, scales), zeros, gs = quantize_int8(data), None, data.shape[0]
+        qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
+               None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
+        attrs = {"bits": scheme.weight_bits, "group_size": gs}
+        if is_embedding:
+            ins = [node.inputs[1], *qin]
+            new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
+                                 before=node)
+        else:
+            ins = [node.inputs[0], *qin, node.input(2)]
+            while ins[-1] is None:
+                ins.pop()
+            new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
         replace_value(graph, node.output, new.output)
         graph.remove_nodes([node])
         nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
         count += 1
     graph.remove_unused_constants()
     ctx.stats[NAME] = {"linears": count, "kept_fp32": kept_names, "weight_bytes": nbytes}
-    ctx.log(NAME, f"{count} Linear -> QLinear ({scheme.name}, group {group if scheme.grouped else 'per channel'}"
+    ctx.log(NAME, f"{count} Linear/Gather -> QLinear/QGather ({scheme.name}, group {group if scheme.grouped else 'per channel'}"
                   f"{', asymmetric' if asym else ''}); {len(kept_names)} kept in fp32")

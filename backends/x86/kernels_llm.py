@@ -1,5 +1,5 @@
 """x86 kernel families that exported LLMs need: GatherND, GatherElements, ScatterND and CumSum (scalar: they
-run on small index, table and mask tensors) and RotaryEmbedding."""
+run on small index, table and mask tensors), RotaryEmbedding, and QGather (rows of a quantized embedding)."""
 from __future__ import annotations
 
 from ...codegen.kernels import KernelFamily, KernelSpec, register_family
@@ -40,6 +40,13 @@ register_family(KernelFamily(
     context=lambda spec: {"T": _CTYPES[spec.param("dtype")], "reduction": spec.param("op")},
     doc="out = data, then out[idx[i]] (slices of `slice` elements) = / op= upd[i] (ONNX ScatterND)"))
 
+register_family(KernelFamily(
+    "qgather",
+    "void {name}(const void* q, const {S}* scales, const uint8_t* zeros, const int64_t* ids, float* out, "
+    "int64_t n_ids, int64_t rows, int64_t K, int64_t group, tcc_pool* pool)",
+    context=lambda spec: {"S": "uint16_t" if spec.param("bits") == 4 else "float", "bits": spec.param("bits")},
+    doc="out[i] = dequantized row ids[i] of a quantized table (backends/x86/packing_rows.py); out of range raises"))
+
 SCATTER_OPS = ("none", "add", "mul", "max", "min")
 
 VARIANTS = [
@@ -48,4 +55,5 @@ VARIANTS = [
     *(KernelSpec.make("x86", "cumsum", "scalar", dtype=d) for d in ("f32", "i64", "i32")),
     *(KernelSpec.make("x86", "gatherelements", "scalar", esize=e) for e in (1, 4, 8)),
     *(KernelSpec.make("x86", "scatternd", "scalar", op=o, dtype=d) for o in SCATTER_OPS for d in ("f32", "i64", "i32")),
+    *(KernelSpec.make("x86", "qgather", "scalar", bits=b) for b in (4, 8)),
 ]

@@ -265,3 +265,31 @@ def _qlinear_i8_ref(xs, attrs):
 register_op("QLinearI8", infer=_qlinear_i8_infer, ref=_qlinear_i8_ref, kind="opaque", inputs=(5, 7),
             attrs={"bits": REQUIRED, "group_size": REQUIRED, "per_tensor": 0},
             doc="quantized Linear on int8 activations from QuantizeActs (int8 dot products)")
+
+
+def _qgather_infer(ins, attrs):
+    idx, q, scales = ins[:3]
+    zeros = ins[3] if len(ins) > 3 else None
+    n, k = _check_weight(q, scales, zeros, None, attrs["bits"], attrs["group_size"], "QGather")
+    if idx.dtype != DType.i64:
+        raise ShapeError(f"QGather: indices %{idx.name} must be i64, got {idx.type}")
+    return [TensorType(DType.f32, (*idx.shape, k))]
+
+
+def _qgather_ref(xs, attrs):
+    idx, q, scales = np.asarray(xs[0]), xs[1], xs[2]
+    zeros = xs[3] if len(xs) > 3 else None
+    rows = q.shape[0]
+    if idx.size and (idx.min() < -rows or idx.max() >= rows):
+        from ...errors import RuntimeFeedError
+
+        bad = idx[(idx < -rows) | (idx >= rows)].reshape(-1)[0]
+        raise RuntimeFeedError(f"QGather index {bad} out of range [-{rows}, {rows})")
+    table = dequantize(q, scales, zeros, attrs["bits"], attrs["group_size"]).astype(np.float32)
+    return [table[np.where(idx < 0, idx + rows, idx)]]
+
+
+register_op("QGather", infer=_qgather_infer, ref=_qgather_ref, kind="opaque", inputs=(3, 4),
+            attrs={"bits": REQUIRED, "group_size": REQUIRED},
+            doc="rows of a quantized table (an embedding): QGather(indices, q, scales, zeros?) = "
+                "dequantize(q)[indices]")

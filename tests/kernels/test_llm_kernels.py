@@ -362,5 +362,41 @@ def test_variant_list():
     want |= {(f, (("esize", e),)) for f in ("gathernd", "gatherelements") for e in (1, 4, 8)}
     want |= {("cumsum", (("dtype", d),)) for d in NP}
     want |= {("scatternd", (("dtype", d), ("op", o))) for d in NP for o in SCATTER_OPS}
+    want |= {("qgather", (("bits", b),)) for b in (4, 8)}
     assert {(s.family, s.params) for s in VARIANTS} == want
     assert set(SCATTER_OPS) == set(SCATTER_FNS) and all(s.variant == "scalar" for s in VARIANTS)
+
+
+# qgather: rows of a quantized table, dequantized. Exact: (q - z) * s is one correctly rounded f32 product
+# of small integers and the scale, and the reference's float64 product rounds to the same f32.
+
+QGATHER_CASES = [(1, 32, False), (31, 32, True), (64, 32, False), (70, 64, True), (160, 128, False)]
+
+
+@pytest.mark.parametrize("spec,k,group,asym", [(s, *c) for s in of("qgather") for c in QGATHER_CASES
+                                               if s.param("bits") == 4 or not c[2]],  # int8 tables: symmetric
+                         ids=lambda v: v.name if hasattr(v, "name") else str(v))
+def test_qgather(x86_kernel_lib, x86_pool, spec, k, group, asym, rng):
+    from tcc.backends.x86.packing_rows import pack_f16_scales, pack_q4_rows
+    from tcc.ir.ops.quant import dequantize, quantize_int4, quantize_int8
+
+    rows = 37
+    table = rng.standard_normal((rows, k)).astype(np.float32)
+    if spec.param("bits") == 4:
+        q, s, z = quantize_int4(table.T, group, symmetric=not asym)
+        packed, sc, zp, gs = pack_q4_rows(q), pack_f16_scales(s), z, group
+    else:
+        q, s = quantize_int8(table.T)
+        z, packed, sc, zp, gs = None, q, np.ascontiguousarray(s[:, 0]), None, k
+    want = dequantize(q, s, z, spec.param("bits"), gs).astype(np.float32)
+    fn = x86_kernel_lib.kernel(spec)
+    for ids in ([0], [rows - 1, -1, -rows, 5, 5], list(range(-rows, rows)), []):
+        idx = i64(ids)
+        out = np.full((len(ids), k), np.nan, np.float32)
+        fn(ptr(packed), ptr(sc), ptr(zp), ptr(idx), ptr(out), len(ids), rows, k, gs, x86_pool)
+        no_error(x86_kernel_lib, spec.name)
+        assert_exact(out, want[np.where(idx < 0, idx + rows, idx)].reshape(len(ids), k), f"{spec.name} {ids}")
+    bad = i64([1, rows])
+    out = np.zeros((2, k), np.float32)
+    expect_raise(x86_kernel_lib, lambda: fn(ptr(packed), ptr(sc), ptr(zp), ptr(bad), ptr(out), 2, rows, k, gs,
+                                                 None), f"Gather index {rows} out of range [-{rows}, {rows})")

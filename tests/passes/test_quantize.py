@@ -146,6 +146,32 @@ def test_keep_fp32_patterns_and_lm_head():
     assert [n.name for n in g.nodes if n.op == "Linear"] == ["b"] and g.ops()["QLinear"] == 1
 
 
+@pytest.mark.parametrize("qm,asym", [("w4a8", False), ("w4a32", True), ("w8a8", False)])
+def test_embeddings_become_qgather(qm, asym):
+    """A row lookup in a constant table is quantized like the weights; its rows dequantize exactly."""
+    rng = np.random.default_rng(11)
+    g = Graph()
+    ids = g.add_input("ids", t("i64", 2, "seq"))
+    table = rng.standard_normal((50, K)).astype(np.float32)
+    g.outputs = [g.add_node("Gather", [g.add_const(table, "embed.weight"), ids], {"axis": 0}, name="embed").output]
+    ctx = run_pass("quantize", g, ctx_for(qm, asym=asym))
+    (n,) = [n for n in g.nodes if n.op == "QGather"]
+    assert (n.input(3) is not None) == asym and ctx.stats["quantize"]["linears"] == 1
+    f = {"ids": np.array([[0, 49, -1], [7, 7, -50]], np.int64)}
+    if qm == "w8a8":
+        q, s = quantize_int8(table.T)
+        want = dequantize(q, s, None, 8, K)
+    else:
+        q, s, z = quantize_int4(table.T, 32, symmetric=not asym)
+        want = dequantize(q, s, z, 4, 32)
+    np.testing.assert_array_equal(run_graph(g, f)[g.outputs[0].name], want.astype(np.float32)[f["ids"]])
+    g2 = Graph()
+    ids2 = g2.add_input("ids", t("i64", 3))
+    g2.outputs = [g2.add_node("Gather", [g2.add_const(table, "embed.weight"), ids2], name="embed").output]
+    run_pass("quantize", g2, ctx_for(qm, keep_fp32=("embed",)))
+    assert g2.ops() == {"Gather": 1}
+
+
 def test_fp32_is_untouched():
     rng = np.random.default_rng(2)
     g = mlp_graph(rng)
