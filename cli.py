@@ -300,6 +300,48 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .driver import progress_printer
+
+    if args.ablation:
+        from .runtime.kernel_bench import format_table, qlinear_ablation
+
+        m, k, n = _shape3(args.shape)
+        print(f"## qlinear_{args.qm}: y[{m}, {n}] = x[{m}, {k}] @ W^T, {args.threads} threads\n")
+        from .backends import get_backend
+
+        group = get_backend("x86").target.default_group_size
+        print(format_table(qlinear_ablation(args.qm, m, k, n, threads=args.threads, repeat=args.repeat, group=group)))
+        if args.target:
+            from .runtime.bench import format_model_table, model_ablation
+
+            rows = model_ablation(args.target, args.qm, args.prompt_len, args.gen, args.threads, args.repeat,
+                                  progress=progress_printer(not args.quiet))
+            print(f"\n## {os.path.basename(args.target)} --qm {args.qm}, prompt {args.prompt_len}, {args.gen} new "
+                  f"tokens, {args.threads} threads\n")
+            print(format_model_table(rows, args.prompt_len))
+        return 0
+    if not args.target:
+        raise TccError("tcc bench needs an artifact directory (or --ablation)")
+    from .runtime.bench import generation_timings
+
+    r = generation_timings(args.target, args.prompt_len, args.gen, args.threads, args.repeat)
+    print(f"prefill {args.prompt_len} tokens: {r['prefill_tok_s']:.1f} tok/s (best {r['prefill_tok_s_best']:.1f})")
+    print(f"decode: {r['decode_ms']:.2f} ms/token (best {r['decode_ms_best']:.2f}, spread {r['decode_ms_spread']:.2f}) "
+          f"= {1e3 / r['decode_ms']:.1f} tok/s; weights {_mib(r['weights_bytes'])}")
+    return 0
+
+
+def _shape3(text: str) -> tuple[int, int, int]:
+    try:
+        m, k, n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise TccError(f"--shape {text!r}: expected MxKxN, e.g. 1x4096x32000") from None
+    if min(m, k, n) <= 0:
+        raise TccError(f"--shape {text!r}: sizes must be positive")
+    return m, k, n
+
+
 def cmd_flags(args) -> int:
     for f in flags.FLAGS.values():
         print(f"{f.env:<20} default {f.default!r:<10} {f.help}")
@@ -408,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("artifact")
     n.add_argument("--json", action="store_true", help="print the manifest")
     n.set_defaults(fn=cmd_info)
+
+    b = sub.add_parser("bench", help="time a compiled language model, or the kernel ablation (--ablation)")
+    b.add_argument("target", nargs="?", help="an artifact directory (with --ablation: an .onnx model to compile "
+                   "once per kernel variant and time as a whole)")
+    b.add_argument("--ablation", action="store_true", help="per-technique latency of the quantized linear kernels "
+                   "(naive, unroll, threads, simd, all) on --shape, and for a whole model if one is given")
+    b.add_argument("--qm", default="w4a8", choices=("w4a8", "w4a32", "w8a8"), help="scheme for --ablation (w4a8)")
+    b.add_argument("--shape", default="1x4096x32000", help="MxKxN of the ablation GEMV/GEMM (1x4096x32000)")
+    b.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (128)")
+    b.add_argument("--gen", type=int, default=64, help="generated tokens (64)")
+    b.add_argument("--threads", type=int, default=2, help="worker threads (2)")
+    b.add_argument("--repeat", type=int, default=3, help="repeats; the median and spread are shown (3)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(fn=cmd_bench)
 
     f = sub.add_parser("flags", help="list the debug flags (environment variables)")
     f.set_defaults(fn=cmd_flags)

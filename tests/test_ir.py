@@ -140,8 +140,35 @@ def _kv_graph():
     return g
 
 
+def _quant_graph():
+    """Quantized layers: an int4 embedding, QLinear (fp32 activations, zero points, bias), and a shared
+    QuantizeActs feeding int4 and int8 QLinearI8."""
+    from tcc.ir.ops.quant import quantize_int4, quantize_int8
+
+    g = Graph("quant")
+    rng = np.random.default_rng(0)
+    ids = g.add_input("ids", TensorType(DType.i64, (Sym.symbol("seq"),)))
+    q, s, z = quantize_int4(rng.standard_normal((10, 40)).astype(np.float32).T, 32, symmetric=False)
+    h = g.add_node("QGather", [ids, g.add_const(q, "emb.q"), g.add_const(s, "emb.s"), g.add_const(z, "emb.z")],
+                   {"bits": 4, "group_size": 32}).output
+    q, s, z = quantize_int4(rng.standard_normal((40, 40)).astype(np.float32), 32, symmetric=False)
+    h = g.add_node("QLinear", [h, g.add_const(q, "w1.q"), g.add_const(s, "w1.s"), g.add_const(z, "w1.z"),
+                               g.add_const(f32(40), "w1.b")], {"bits": 4, "group_size": 32, "act": "f32"}).output
+    xq, xs, xsum = g.add_node("QuantizeActs", [h], {"group_size": 32, "per_tensor": 0, "pad_to": 64}).outputs
+    q4, s4, _ = quantize_int4(rng.standard_normal((40, 8)).astype(np.float32), 32)
+    a = g.add_node("QLinearI8", [xq, xs, xsum, g.add_const(q4, "w2.q"), g.add_const(s4, "w2.s")],
+                   {"bits": 4, "group_size": 32}).output
+    tq, ts, tsum = g.add_node("QuantizeActs", [h], {"group_size": 40, "per_tensor": 1, "pad_to": 64}).outputs
+    q8, s8 = quantize_int8(rng.standard_normal((40, 8)).astype(np.float32))
+    b = g.add_node("QLinearI8", [tq, ts, tsum, g.add_const(q8, "w3.q"), g.add_const(s8, "w3.s")],
+                   {"bits": 8, "group_size": 40, "per_tensor": 1}).output
+    g.outputs = [a, b]
+    return g
+
+
 def _graphs():
     yield "kv", _kv_graph()
+    yield "quant", _quant_graph()
     for case in CASES:
         ident, op, ins, attrs, consts, opset, n_out, sym = case
         yield ident, import_onnx(model_for(ident, ins, attrs, consts=consts, n_out=n_out, opset=opset, sym=sym))

@@ -9,9 +9,31 @@ import numpy as np
 def pack(kind: str, array: np.ndarray):
     """Reorder a constant for the kernel that reads it: returns (layout name, packed array)."""
     from . import packing
+    from . import packing_quant as pq
 
     if kind == "gemm_f32":
         return f"x86_f32_panel{packing.NR}", packing.pack_f32_panels(np.asarray(array, np.float32))
+    # Quantized Linear weights (docs/formats.md): int4 codes / fp16 scales / zero points of quantize_int4,
+    # int8 codes / scales of quantize_int8.
+    if kind == "q4_weight":
+        return pq.q4_layout_name(), pq.pack_q4(array)
+    if kind == "q4_scales":
+        return pq.q4_scales_layout_name(), pq.pack_q4_scales(array)
+    if kind == "q4_zeros":
+        return pq.q4_zeros_layout_name(), pq.pack_q4_zeros(array)
+    if kind == "q8_weight":
+        return pq.q8_layout_name(), pq.pack_q8(array)
+    if kind == "q8_scales":
+        return pq.q8_scales_layout_name(), pq.pack_q8_scales(array)
+    # Quantized tables read a row at a time (QGather): backends/x86/packing_rows.py.
+    if kind == "q4_rows":
+        from .packing_rows import pack_q4_rows
+        return "x86_q4_rows", pack_q4_rows(array)
+    if kind == "q4_row_scales":
+        from .packing_rows import pack_f16_scales
+        return "x86_f16_scales", pack_f16_scales(array)
+    if kind == "q8_rows":
+        return "x86_q8_rows", np.ascontiguousarray(array, np.int8)
     raise KeyError(f"x86 backend has no packing for {kind!r}")
 
 

@@ -6,13 +6,15 @@ selects, and the kernel tests render and test all of them.
 from __future__ import annotations
 
 from ...codegen.kernels import KernelSpec
-from . import kernels_elementwise, kernels_kv, kernels_llm, kernels_linalg
+from . import kernels_elementwise, kernels_kv, kernels_llm, kernels_linalg, kernels_quant
 
 TARGET = "x86"
-VARIANTS: list[KernelSpec] = [*kernels_linalg.VARIANTS, *kernels_elementwise.VARIANTS, *kernels_llm.VARIANTS, *kernels_kv.VARIANTS]
+VARIANTS: list[KernelSpec] = [*kernels_linalg.VARIANTS, *kernels_elementwise.VARIANTS, *kernels_llm.VARIANTS, *kernels_kv.VARIANTS,
+                               *kernels_quant.VARIANTS]
 
-# Preferred variant order when several implement the same (family, params).
-VARIANT_PREFERENCE = ("avx2", "scalar")
+# Preferred variant order when several implement the same (family, params): "all" is the fastest of the
+# qlinear ablation variants (naive, unroll, threads, simd, all), which stay selectable by name.
+VARIANT_PREFERENCE = ("all", "avx2", "scalar")
 
 _by_key: dict[tuple, dict[str, KernelSpec]] = {}
 for _spec in VARIANTS:

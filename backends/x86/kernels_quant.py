@@ -1,0 +1,115 @@
+"""x86 kernels for quantized Linear layers: activation quantization and the three qlinear families.
+
+Contracts: docs/kernels.md (signatures, variants) and docs/formats.md (packed weight layouts, the
+activation quantization contract); the arithmetic is `ir/ops/quant.py`.
+
+- quantize_acts: x f32 -> (xq i8 rows padded to 64, xs, xsum), bit-exact with `quantize_activations`.
+- qlinear_w4a8: int4 weights (packed x86 q4, NT=8) x int8 activations per row and group.
+- qlinear_w4a32: int4 weights x f32 activations (the weight is dequantized in registers).
+- qlinear_w8a8: int8 per-channel weights x int8 per-tensor activations.
+
+Each qlinear family has the five variants of an optimization ablation (efficientml.ai lab 4 style):
+naive (scalar, one output at a time), unroll (scalar, 4 columns share each activation load), threads
+(naive split over column tiles with the pool), simd (AVX2 integer dot / FMA, one column at a time,
+1 thread) and all (simd + register tiling + threads + prefetch, a GEMV path for M == 1 and a GEMM path
+for M > 1, and a run-time dispatched AVX-VNNI path). Tile sizes live here; the templates unroll them.
+
+`all`, AVX2 (16 ymm registers, 48 KiB L1d, 2 MiB L2 on the machine this was tuned on):
+- GEMV (M <= GEMV_MAX_M = 3, decode, memory bound): one column tile (8 columns) at a time, 8 int32 (w4a8, w8a8) or f32
+  (w4a32) accumulators, one per column, all fed by the same activation vectors; at each group end the
+  8 accumulators are reduced into one 8-column vector (an hadd tree) and scaled with the tile's 8
+  scales at once. Threads take contiguous runs of tiles, so each streams one contiguous range of the
+  weights; PREFETCH_BYTES ahead of the stream is prefetched.
+- GEMM (M > 3, prefill, compute bound), int8 (w4a8, w8a8): a tile pair (16 columns) is unpacked once per row
+  block into a k-quad-major buffer (for each 4 k: 16 columns x 4 bytes = two ymm), so a register tile
+  of GEMM_MR rows x 16 columns accumulates with 4-byte activation broadcasts (maddubs+madd, or one
+  vpdpbusd with VNNI) and needs no horizontal sums. GEMM_MR rows x 2 vectors = 8 (AVX2: 4 x 2; the
+  maddubs path needs temporaries) or 12 (VNNI: 6 x 2) accumulators.
+- GEMM w4a32: a tile is dequantized once per row block into an f32 panel [8 cols][Kp + 16] (exact:
+  (q - z) * s has at most 15 significant bits), then DOT micro-tiles of W32_MR rows x W32_NC columns
+  (3 x 4 = 12 accumulators) run over K blocks of W32_KC floats (3 rows x 2 KiB + 8 x 2 KiB of panel stay
+  in L1).
+- Row blocks of at most GEMM_MC rows: a task is (row block, tile pair), so the unpack is amortized over
+  up to GEMM_MC rows and the activation block (GEMM_MC x K bytes) stays in L2.
+"""
+from __future__ import annotations
+
+from ...codegen.kernels import KernelFamily, KernelSpec, register_family
+from .packing_quant import KB, KPAD, NT
+
+QUANTIZE_ACTS_SIGNATURE = (
+    "void {name}(const float* x, int64_t ldx, int8_t* xq, int64_t ldq, float* xs, int32_t* xsum, "
+    "int64_t M, int64_t K, int64_t group, int32_t per_tensor, tcc_pool* pool)"
+)
+QLINEAR_W4A8_SIGNATURE = (
+    "void {name}(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t ldq, const uint8_t* w, "
+    "const uint16_t* ws, const uint8_t* wz, const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, "
+    "int64_t K, int64_t group, tcc_pool* pool)"
+)
+QLINEAR_W4A32_SIGNATURE = (
+    "void {name}(const float* x, int64_t ldx, const uint8_t* w, const uint16_t* ws, const uint8_t* wz, "
+    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int64_t group, tcc_pool* pool)"
+)
+QLINEAR_W8A8_SIGNATURE = (
+    "void {name}(const int8_t* xq, const float* xs, int64_t ldq, const int8_t* w, const float* ws, "
+    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_pool* pool)"
+)
+
+QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
+QLINEAR_VARIANTS = ("naive", "unroll", "threads", "simd", "all")
+QUANTIZE_ACTS_VARIANTS = ("scalar", "avx2")
+
+# Multiply-adds per parallel chunk below which threading costs more than it saves.
+MIN_PARALLEL_MACS = 1 << 17
+# Elements per parallel chunk for quantize_acts (a 1 x 4096 decode row stays on the calling thread).
+QUANT_GRAIN_ELEMS = 1 << 14
+# `all`: the ISA paths rendered; "vnni" is used when the CPU has AVX-VNNI (checked once at run time).
+ISAS = ("avx2", "vnni")
+GEMM_MR = {"avx2": 4, "vnni": 6}
+# M above this takes the GEMM path. Measured (4096 -> 11008, 2 threads): the GEMM path's per-call unpack of
+# every weight tile costs about two GEMV weight streams, so the GEMV (rows looped inside each tile, the
+# tile read once from memory) wins up to M = 3 and the GEMM from M = 4..6 on.
+GEMV_MAX_M = 3
+GEMM_MC = 96            # rows per task: 96 x 4096 int8 activations = 384 KiB, in L2
+PREFETCH_BYTES = 2048   # GEMV: prefetch this far ahead of the weight stream (8 q4 blocks of a tile; measured
+                        # 10-20% faster than none on one thread, weights read from DRAM)
+W32_MR, W32_NC, W32_KC = 3, 4, 512
+
+
+def _base(spec: KernelSpec) -> dict:
+    return {"NT": NT, "KB": KB, "KPAD": KPAD, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS}
+
+
+def _quantize_acts_context(spec: KernelSpec) -> dict:
+    return {"KPAD": KPAD, "GRAIN_ELEMS": QUANT_GRAIN_ELEMS}
+
+
+def _qlinear_context(spec: KernelSpec) -> dict:
+    ctx = _base(spec)
+    ctx["UNROLL"] = 4
+    if spec.variant == "all":
+        assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
+        assert W32_NC == 4, "the w4a32 DOT tile reduces 4 columns with one hadd tree"
+        assert ISAS[0] == "avx2" and set(ISAS) <= {"avx2", "vnni"}, "the AVX2 path is the fallback of every `all`"
+        ctx.update(ISAS=ISAS, GEMV_MAX_M=GEMV_MAX_M, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
+                   W32_MR=W32_MR, W32_NC=W32_NC, W32_KC=W32_KC)
+    return ctx
+
+
+register_family(KernelFamily(
+    "quantize_acts", QUANTIZE_ACTS_SIGNATURE, _quantize_acts_context,
+    doc="int8 activations per row and group (or per tensor) with scales and group sums, rows padded to 64"))
+register_family(KernelFamily(
+    "qlinear_w4a8", QLINEAR_W4A8_SIGNATURE, _qlinear_context,
+    doc="y = int8 activations (per row and group) x packed int4 weights (per group scale / zero) + bias"))
+register_family(KernelFamily(
+    "qlinear_w4a32", QLINEAR_W4A32_SIGNATURE, _qlinear_context,
+    doc="y = f32 activations x packed int4 weights dequantized in registers + bias"))
+register_family(KernelFamily(
+    "qlinear_w8a8", QLINEAR_W8A8_SIGNATURE, _qlinear_context,
+    doc="y = int8 per-tensor activations x packed int8 per-channel weights + bias"))
+
+VARIANTS: list[KernelSpec] = [
+    *(KernelSpec.make("x86", "quantize_acts", v) for v in QUANTIZE_ACTS_VARIANTS),
+    *(KernelSpec.make("x86", f, v) for f in QLINEAR_FAMILIES for v in QLINEAR_VARIANTS),
+]

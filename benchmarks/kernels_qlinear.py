@@ -1,0 +1,54 @@
+"""Benchmark the quantized Linear kernels' optimization ablation (not a test): naive, unroll, threads, simd
+and all, for w4a8, w4a32 and w8a8, on a decode GEMV (1 x 4096 -> 32000, an LM head) and a prefill GEMM
+(128 x 4096 -> 4096).
+
+    python benchmarks/kernels_qlinear.py [--repeat 10] [--threads 2] [--group 128] [--qm w4a8 ...]
+
+The work is runtime/kernel_bench.py: qlinear_ablation (timing, GB/s of packed weights, GOPS, speedup
+over naive) and format_table (markdown). Slow variants (naive, unroll, threads on the big shapes take
+0.1 - 10 s a call) get as few repeats as fit in --budget seconds, at least one. The int4 weights are
+symmetric with group --group; activations are quantized before timing. The `all` variants of w4a8 and
+w8a8 use AVX-VNNI when the CPU has it (--no-vnni forces their AVX2 path).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+
+from tcc.codegen.cmake import REPO_ROOT
+from tcc.runtime.kernel_bench import QMODES, _load, format_table, qlinear_ablation
+
+SHAPES = {"gemv": (1, 4096, 32000), "prefill": (128, 4096, 4096)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--budget", type=float, default=3.0, help="seconds of timed calls per slow variant")
+    ap.add_argument("--qm", nargs="+", default=list(QMODES), choices=QMODES)
+    ap.add_argument("--shape", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--no-vnni", action="store_true", help="force the AVX2 path of the w4a8 / w8a8 `all` kernels")
+    ap.add_argument("--build-dir", default=os.path.join(REPO_ROOT, "build", "bench-qlinear"))
+    args = ap.parse_args()
+    if args.no_vnni:
+        lib = _load(args.build_dir)
+        for qm in ("w4a8", "w8a8"):
+            fn = getattr(lib, f"tcc_qlinear_{qm}__all_isa")
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            fn(0)
+    rows = []
+    for shape in args.shape:
+        m, k, n = SHAPES[shape]
+        for qm in args.qm:
+            rows += qlinear_ablation(qm, m, k, n, args.threads, args.repeat, group=args.group, budget_s=args.budget,
+                                     build_dir=args.build_dir)
+            print(format_table(rows[-5:]), flush=True)
+            print()
+    print("all rows:\n" + format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

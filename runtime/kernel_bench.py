@@ -1,0 +1,165 @@
+"""Kernel ablation benchmarks: time every variant of a quantized Linear kernel on one shape.
+
+    from tcc.runtime.kernel_bench import qlinear_ablation, format_table
+    print(format_table(qlinear_ablation("w4a8", 1, 4096, 32000, threads=2, repeat=10)))
+
+`qlinear_ablation` builds the five x86 variants of a qlinear family (naive, unroll, threads, simd, all;
+backends/x86/kernels_quant.py) into one shared library with the tcc runtime (codegen/cmake.py:
+build_library, ccache makes rebuilds cheap), makes random packed weights of the shape (int4 codes with
+fp16 scales, symmetric, for w4a8 / w4a32; int8 per-channel for w8a8) and times each variant: the first
+call warms pages and the thread pool, then `repeat` timed calls (slow variants get fewer, so that one
+variant takes about `budget_s`). Figures per variant: best and median ms, GB/s of packed weights read
+(codes + scales + zeros, at the best time), GOPS (2*M*N*K / best) and the speedup of the best time over
+naive's. The activations are quantized beforehand (w4a8: per row and group; w8a8: per tensor), so only
+the qlinear kernel is timed. `threads` sizes the pool given to every variant (naive, unroll and simd
+ignore it).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import statistics
+import time
+
+import numpy as np
+
+QMODES = ("w4a8", "w4a32", "w8a8")
+ORDER = ("naive", "unroll", "threads", "simd", "all")
+
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+_libs: dict[str, ctypes.CDLL] = {}
+
+
+def _load(build_dir: str) -> ctypes.CDLL:
+    """The library of every quantized kernel variant (built once per build_dir and process)."""
+    if build_dir not in _libs:
+        from ..backends.x86.kernels_quant import VARIANTS
+        from ..backends.x86.target import TARGET, host_supports
+        from ..codegen.cmake import build_library
+        from ..codegen.kernels import write_kernels
+
+        ok, why = host_supports(TARGET)
+        if not ok:
+            raise RuntimeError(f"cannot run the x86 kernels here: {why}")
+        sources = write_kernels(VARIANTS, os.path.join(build_dir, "kernels"))
+        lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, "tcc_bench_qlinear"))
+        lib.tcc_pool_create.argtypes, lib.tcc_pool_create.restype = [ctypes.c_int], ctypes.c_void_p
+        lib.tcc_pool_destroy.argtypes, lib.tcc_pool_destroy.restype = [ctypes.c_void_p], None
+        _libs[build_dir] = lib
+    return _libs[build_dir]
+
+
+def _fn(lib, spec):
+    fn = getattr(lib, spec.name)
+    fn.restype = None
+    if spec.family == "qlinear_w4a8":
+        fn.argtypes = [_P, _P, _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P]
+    elif spec.family == "qlinear_w4a32":
+        fn.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P]
+    else:
+        fn.argtypes = [_P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P]
+    return fn
+
+
+class _Problem:
+    """Random operands of one qlinear call, packed for the x86 kernels, and the call itself."""
+
+    def __init__(self, qm: str, m: int, k: int, n: int, group: int, seed: int = 0):
+        from ..backends.x86 import packing_quant as pq
+        from ..ir.ops.quant import quantize_activations
+
+        rng = np.random.default_rng(seed)
+        self.qm, self.m, self.k, self.n, self.group = qm, m, k, n, group
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        self.y = np.empty((m, n), np.float32)
+        self.bias = None
+        if qm == "w8a8":
+            q = rng.integers(-127, 128, (n, k), dtype=np.int8)
+            self.w = pq.pack_q8(q)
+            self.ws = pq.pack_q8_scales(rng.random(n).astype(np.float32) * 0.01)
+            self.wz = None
+            self.xq, self.xs, _ = quantize_activations(x, None, pad_to=pq.KPAD)
+            self.xs = np.asarray(self.xs, np.float32)
+        else:
+            g = -(-k // group)
+            q = rng.integers(0, 16, (n, k), dtype=np.uint8)
+            self.w = pq.pack_q4(q)
+            self.ws = pq.pack_q4_scales((rng.random((n, g)) * 0.01 + 1e-3).astype(np.float16).astype(np.float32))
+            self.wz = None  # symmetric (zero point 8)
+            if qm == "w4a8":
+                self.xq, self.xs, self.xsum = (np.ascontiguousarray(a) for a in quantize_activations(x, group, pad_to=pq.KPAD))
+            else:
+                self.x = x
+        self.weight_bytes = self.w.nbytes + self.ws.nbytes + (self.wz.nbytes if self.wz is not None else 0)
+
+    def call(self, fn, pool) -> None:
+        p = lambda a: None if a is None else a.ctypes.data
+        m, n, k = self.m, self.n, self.k
+        if self.qm == "w4a8":
+            fn(p(self.xq), p(self.xs), p(self.xsum), self.xq.shape[1], p(self.w), p(self.ws), p(self.wz), p(self.bias),
+               p(self.y), n, m, n, k, self.group, pool)
+        elif self.qm == "w4a32":
+            fn(p(self.x), k, p(self.w), p(self.ws), p(self.wz), p(self.bias), p(self.y), n, m, n, k, self.group, pool)
+        else:
+            fn(p(self.xq), p(self.xs), self.xq.shape[1], p(self.w), p(self.ws), p(self.bias), p(self.y), n, m, n, k, pool)
+
+
+def _time(fn, problem: _Problem, pool, repeat: int, budget_s: float) -> list[float]:
+    t = time.perf_counter()
+    problem.call(fn, pool)  # warm: pages, caches, pool threads
+    first = time.perf_counter() - t
+    reps = max(1, min(repeat, int(budget_s / max(first, 1e-9))))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        problem.call(fn, pool)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: int = 10, *, group: int = 128,
+                     variants=ORDER, budget_s: float = 3.0, build_dir: str | None = None) -> list[dict]:
+    """Time the qlinear_<qm> variants on y[m, n] = x[m, k] @ W^T; one dict per variant (see module doc).
+
+    qm is "w4a8", "w4a32" or "w8a8"; `group` is the int4 group size (ignored by w8a8). Each variant gets
+    `repeat` timed calls, fewer when one call is slow (at least one, about `budget_s` seconds in all)."""
+    if qm not in QMODES:
+        raise ValueError(f"qm must be one of {', '.join(QMODES)}, got {qm!r}")
+    from ..backends.x86.kernels_quant import VARIANTS
+    from ..codegen.cmake import REPO_ROOT
+
+    lib = _load(build_dir or os.path.join(REPO_ROOT, "build", "bench-qlinear"))
+    specs = {s.variant: s for s in VARIANTS if s.family == f"qlinear_{qm}"}
+    problem = _Problem(qm, m, k, n, group)
+    pool = lib.tcc_pool_create(threads) if threads > 1 else None
+    rows = []
+    try:
+        for v in variants:
+            times = _time(_fn(lib, specs[v]), problem, pool, repeat, budget_s)
+            best = min(times)
+            rows.append({
+                "variant": v, "qm": qm, "m": m, "k": k, "n": n, "group": None if qm == "w8a8" else group,
+                "threads": threads, "repeats": len(times), "best_ms": best * 1e3,
+                "median_ms": statistics.median(times) * 1e3, "gbps": problem.weight_bytes / best / 1e9,
+                "gops": 2.0 * m * n * k / best / 1e9,
+            })
+    finally:
+        if pool:
+            lib.tcc_pool_destroy(pool)
+    base = next((r["best_ms"] for r in rows if r["variant"] == "naive"), None)
+    for r in rows:
+        r["speedup"] = base / r["best_ms"] if base else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table of qlinear_ablation rows."""
+    head = "| kernel | M x K -> N | variant | threads | reps | best ms | median ms | GB/s (weights) | GOPS | vs naive |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        g = f", g{r['group']}" if r.get("group") else ""
+        speed = f"{r['speedup']:.1f}x" if r.get("speedup") else "-"
+        lines.append(f"| {r['qm']}{g} | {r['m']} x {r['k']} -> {r['n']} | {r['variant']} | {r['threads']} | "
+                     f"{r['repeats']} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | {r['gbps']:.2f} | "
+                     f"{r['gops']:.1f} | {speed} |")
+    return "\n".join(lines)
