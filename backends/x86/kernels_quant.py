@@ -11,24 +11,25 @@ activation quantization contract); the arithmetic is `ir/ops/quant.py`.
 Each qlinear family has the five variants of an optimization ablation (efficientml.ai lab 4 style):
 naive (scalar, one output at a time), unroll (scalar, 4 columns share each activation load), threads
 (naive split over column tiles with the pool), simd (AVX2 integer dot / FMA, one column at a time,
-1 thread) and all (simd + register tiling + threads + prefetch, a GEMV path for M == 1 and a GEMM path
-for M > 1, and a run-time dispatched AVX-VNNI path). Tile sizes live here; the templates unroll them.
+1 thread) and all (simd + register tiling + threads + prefetch, a GEMV path for decode (M <= 3) and a
+GEMM path for prefill, and a run-time dispatched AVX-VNNI path for the int8 families). Tile sizes live
+here; the templates unroll them.
 
 `all`, AVX2 (16 ymm registers, 48 KiB L1d, 2 MiB L2 on the machine this was tuned on):
-- GEMV (M <= GEMV_MAX_M = 3, decode, memory bound): one column tile (8 columns) at a time, 8 int32 (w4a8, w8a8) or f32
-  (w4a32) accumulators, one per column, all fed by the same activation vectors; at each group end the
-  8 accumulators are reduced into one 8-column vector (an hadd tree) and scaled with the tile's 8
+- GEMV (M <= GEMV_MAX_M = 3, decode, memory bound): one column tile (8 columns) at a time, 8 int32
+  (w4a8, w8a8) or f32 (w4a32) accumulators, one per column, all fed by the same activation vectors; at the
+  group end the 8 accumulators are reduced into one 8-column vector (an hadd tree) and scaled with the tile's 8
   scales at once. Threads take contiguous runs of tiles, so each streams one contiguous range of the
   weights; PREFETCH_BYTES ahead of the stream is prefetched.
-- GEMM (M > 3, prefill, compute bound), int8 (w4a8, w8a8): a tile pair (16 columns) is unpacked once per row
-  block into a k-quad-major buffer (for each 4 k: 16 columns x 4 bytes = two ymm), so a register tile
+- GEMM (M > 3, prefill, compute bound), int8 (w4a8, w8a8): a tile pair (16 columns) is unpacked once per
+  row block into a k-quad-major buffer (for each 4 k: 16 columns x 4 bytes = two ymm), so a register tile
   of GEMM_MR rows x 16 columns accumulates with 4-byte activation broadcasts (maddubs+madd, or one
   vpdpbusd with VNNI) and needs no horizontal sums. GEMM_MR rows x 2 vectors = 8 (AVX2: 4 x 2; the
   maddubs path needs temporaries) or 12 (VNNI: 6 x 2) accumulators.
-- GEMM w4a32: a tile is dequantized once per row block into an f32 panel [8 cols][Kp + 16] (exact:
-  (q - z) * s has at most 15 significant bits), then DOT micro-tiles of W32_MR rows x W32_NC columns
-  (3 x 4 = 12 accumulators) run over K blocks of W32_KC floats (3 rows x 2 KiB + 8 x 2 KiB of panel stay
-  in L1).
+- GEMM w4a32: a tile pair's codes are unpacked once per row block (as for w4a8), then per K block of
+  W32_KC the pair is dequantized into a [W32_KC][16] f32 slice (exact: (q - z) * s has at most 15
+  significant bits; 256 x 16 floats = 16 KiB, in L1) and W32_MR x 16 register tiles run over it as in the
+  f32 gemm (6 x 2 = 12 accumulators + 2 slice vectors + 1 activation broadcast = 15 registers).
 - Row blocks of at most GEMM_MC rows: a task is (row block, tile pair), so the unpack is amortized over
   up to GEMM_MC rows and the activation block (GEMM_MC x K bytes) stays in L2.
 """
@@ -73,7 +74,7 @@ GEMV_MAX_M = 3
 GEMM_MC = 96            # rows per task: 96 x 4096 int8 activations = 384 KiB, in L2
 PREFETCH_BYTES = 2048   # GEMV: prefetch this far ahead of the weight stream (8 q4 blocks of a tile; measured
                         # 10-20% faster than none on one thread, weights read from DRAM)
-W32_MR, W32_NC, W32_KC = 3, 4, 512
+W32_MR, W32_KC = 6, 256
 
 
 def _base(spec: KernelSpec) -> dict:
@@ -89,10 +90,10 @@ def _qlinear_context(spec: KernelSpec) -> dict:
     ctx["UNROLL"] = 4
     if spec.variant == "all":
         assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
-        assert W32_NC == 4, "the w4a32 DOT tile reduces 4 columns with one hadd tree"
+        assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
         assert ISAS[0] == "avx2" and set(ISAS) <= {"avx2", "vnni"}, "the AVX2 path is the fallback of every `all`"
         ctx.update(ISAS=ISAS, GEMV_MAX_M=GEMV_MAX_M, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
-                   W32_MR=W32_MR, W32_NC=W32_NC, W32_KC=W32_KC)
+                   W32_MR=W32_MR, W32_KC=W32_KC)
     return ctx
 
 

@@ -19,8 +19,8 @@ additions plus roundings per term:
   group's products (sequentially, or in 8 lanes + a 3-level hadd tree: <= group additions on any term's
   path), scale the group sum (1) and add it to G - 1 others and the bias: group + G + 4 roundings at
   most on any term's path. The `all` GEMM path multiplies exactly dequantized weights ((q - z) * s has
-  <= 15 significant bits) and sums each K block of W32_KC in 8 lanes, reduces (3) and adds the blocks
-  and the bias: W32_KC / 8 + ceil(K / W32_KC) + 5. n_add = the larger of the two.
+  <= 15 significant bits), sums each K block of W32_KC with a chain of FMAs, and adds the blocks into y
+  and the bias: W32_KC + ceil(K / W32_KC) + 3. n_add = the larger of the two.
 This is the worst case (all roundings one way); the largest errors measured on the cases below are ~12%
 of it for w4a8 / w8a8 and ~1% for w4a32 (whose K-long sums cancel their roundings), while one code off
 by one in a single weight moves an output by O(|x| |s|), well beyond (test_tolerance_catches_one_code_off
@@ -258,7 +258,7 @@ def w4_problem(rng, M, N, K, group, sym, with_bias):
 
 def w4a32_n_add(K, group):
     G = -(-K // group)
-    return max(group + G + 4, W32_KC // 8 + -(-K // W32_KC) + 5)
+    return max(group + G + 4, W32_KC + -(-K // W32_KC) + 3)
 
 
 def w4_pack(q, s, z):
