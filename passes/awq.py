@@ -17,9 +17,8 @@ import numpy as np
 
 from ..ir.core import Graph
 from . import register_pass
-from .schemes import get_scheme
-from .smoothing import (Folds, Quantizer, _progress, calibration_feeds, collect, find_groups, outputs_match,
-                        search, weights_of)
+from .schemes import get_scheme, group_size
+from .smoothing import Quantizer, _progress, calibration_feeds, rescale_groups
 
 NAME = "awq"
 CLIP_RATIOS = [1.0 - 0.05 * i for i in range(11)]
@@ -78,34 +77,10 @@ def run(graph: Graph, ctx) -> None:
     feeds = calibration_feeds(graph, ctx, NAME)
     if feeds is None:
         return
-    from ..ir.interpreter import run_graph
-
-    group = int(ctx.options.get("group_size") or getattr(ctx.target, "default_group_size", 32))
+    group = group_size(ctx)
     quant = Quantizer(scheme, group, bool(ctx.options.get("asym")))
-    groups = find_groups(graph, ctx, NAME)
-    before = run_graph(graph, feeds[0], check_types=False)
-    collect(graph, groups, feeds, "AWQ calibration")
-    folds = Folds(graph)
-    plain_rows = {id(g): g.stats.get("rows") for g in groups}
-    scaled, err_after, err_before = 0, 0.0, 0.0
-    for g in _progress(groups, "AWQ scale search"):
-        if not g.stats:
-            continue
-        s, alpha, err, base = search(g, weights_of(g), quant, awq_candidates(g.stats["mean_abs"]))
-        err_after, err_before = err_after + err, err_before + base
-        if alpha:
-            folds.apply(g, s)
-            g.stats["rows"] = g.stats["rows"] / s
-            scaled += 1
-            ctx.log(NAME, f"%{g.x.name} -> {', '.join(n.name for n in g.linears)}: alpha {alpha:.2f}, "
-                          f"error {err:.3g} (round-to-nearest {base:.3g})")
-    bad = outputs_match(graph, feeds[0], before)
-    if bad is not None:
-        folds.rollback()
-        ctx.log(NAME, f"scales undone: folding changed the model ({bad})")
-        scaled = 0
-        for g in groups:
-            g.stats["rows"] = plain_rows[id(g)]
+    groups, scaled, ratio = rescale_groups(graph, ctx, NAME, quant, feeds,
+                                           lambda g, w: awq_candidates(g.stats["mean_abs"]), "AWQ")
     clipped = 0
     if ctx.options.get("awq_clip") and scheme.weight_bits == 4:
         for g in _progress(groups, "AWQ clip search"):
@@ -118,4 +93,4 @@ def run(graph: Graph, ctx) -> None:
                     clipped += n_clipped
         graph.remove_unused_constants()
     ctx.stats[NAME] = {"groups": len(groups), "scaled": scaled, "clipped": clipped,
-                       "error_ratio": err_after / err_before if err_before else 1.0}
+                       "error_ratio": ratio}

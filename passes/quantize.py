@@ -25,7 +25,7 @@ from ..ir.dtypes import DType
 from ..ir.ops.quant import quantize_int4, quantize_int8
 from . import register_pass
 from .rewrite_utils import replace_value
-from .schemes import get_scheme
+from .schemes import get_scheme, group_size
 
 NAME = "quantize"
 _VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Slice")
@@ -76,7 +76,7 @@ def run(graph: Graph, ctx) -> None:
     if scheme.weight_bits is None:
         return
     opts = ctx.options
-    group = int(opts.get("group_size") or getattr(ctx.target, "default_group_size", 32))
+    group = group_size(ctx)
     asym = bool(opts.get("asym"))
     patterns = tuple(opts.get("keep_fp32") or ())
     heads = lm_head_nodes(graph)

@@ -57,3 +57,8 @@ def check_scheme(name: str, target, group_size: int | None = None, asym: bool = 
     if asym and not scheme.zero_point:
         raise TccError(f"--asym does not apply to --qm {name}: its weights are symmetric")
     return scheme
+
+
+def group_size(ctx) -> int:
+    """The int4 group size of a compile: --group-size, else the target's default."""
+    return int(ctx.options.get("group_size") or getattr(ctx.target, "default_group_size", 32))

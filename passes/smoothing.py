@@ -253,3 +253,39 @@ def calibration_feeds(graph: Graph, ctx, pass_name: str) -> list[dict] | None:
     if not isinstance(feeds, list) or not all(isinstance(f, dict) for f in feeds):
         raise TccError(f"{pass_name}: calibration data must be a list of input dicts")
     return feeds or None
+
+
+def rescale_groups(graph: Graph, ctx, pass_name: str, quant: Quantizer, feeds: list[dict], candidates_for,
+                   label: str) -> tuple[list[Group], int, float]:
+    """The shared body of awq and smoothquant: collect calibration statistics, search each group's scales
+    among `candidates_for(group, w)` (alpha -> s), fold the winners, and undo every fold if the fp32
+    outputs moved. Kept folds leave each group's sample rows divided by s (what the rescaled layers read).
+    Returns (groups, number rescaled, summed error after / before the search)."""
+    from ..ir.interpreter import run_graph
+
+    groups = find_groups(graph, ctx, pass_name)
+    before = run_graph(graph, feeds[0], check_types=False)
+    collect(graph, groups, feeds, f"{label} calibration")
+    folds = Folds(graph)
+    plain_rows = {id(g): g.stats.get("rows") for g in groups}
+    scaled, err_after, err_before = 0, 0.0, 0.0
+    for g in _progress(groups, f"{label} scale search"):
+        if not g.stats:
+            continue
+        w = weights_of(g)
+        s, alpha, err, base = search(g, w, quant, candidates_for(g, w))
+        err_after, err_before = err_after + err, err_before + base
+        if alpha:
+            folds.apply(g, s)
+            g.stats["rows"] = g.stats["rows"] / s
+            scaled += 1
+            ctx.log(pass_name, f"%{g.x.name} -> {', '.join(n.name for n in g.linears)}: alpha {alpha:.2f}, "
+                               f"error {err:.3g} (without scaling {base:.3g})")
+    bad = outputs_match(graph, feeds[0], before)
+    if bad is not None:
+        folds.rollback()
+        ctx.log(pass_name, f"scales undone: folding changed the model ({bad})")
+        scaled = 0
+        for g in groups:
+            g.stats["rows"] = plain_rows[id(g)]
+    return groups, scaled, (err_after / err_before if err_before else 1.0)

@@ -16,7 +16,7 @@ import numpy as np
 from ..ir.core import Graph
 from . import register_pass
 from .schemes import get_scheme
-from .smoothing import Folds, Quantizer, _progress, calibration_feeds, collect, find_groups, outputs_match, search, weights_of
+from .smoothing import Quantizer, calibration_feeds, rescale_groups
 
 NAME = "smoothquant"
 
@@ -38,29 +38,7 @@ def run(graph: Graph, ctx) -> None:
     feeds = calibration_feeds(graph, ctx, NAME)
     if feeds is None:
         return
-    from ..ir.interpreter import run_graph
-
-    quant = Quantizer(scheme, 0, False)
-    groups = find_groups(graph, ctx, NAME)
-    before = run_graph(graph, feeds[0], check_types=False)
-    collect(graph, groups, feeds, "SmoothQuant calibration")
-    folds = Folds(graph)
-    smoothed, err_after, err_before = 0, 0.0, 0.0
-    for g in _progress(groups, "SmoothQuant scale search"):
-        if not g.stats:
-            continue
-        w = weights_of(g)
-        s, alpha, err, base = search(g, w, quant, smoothquant_candidates(g.stats["max_abs"], w))
-        err_after, err_before = err_after + err, err_before + base
-        if alpha:
-            folds.apply(g, s)
-            smoothed += 1
-            ctx.log(NAME, f"%{g.x.name} -> {', '.join(n.name for n in g.linears)}: alpha {alpha:.2f}, "
-                          f"error {err:.3g} (plain w8a8 {base:.3g})")
-    bad = outputs_match(graph, feeds[0], before)
-    if bad is not None:
-        folds.rollback()
-        ctx.log(NAME, f"smoothing undone: folding changed the model ({bad})")
-        smoothed = 0
-    ctx.stats[NAME] = {"groups": len(groups), "smoothed": smoothed,
-                       "error_ratio": err_after / err_before if err_before else 1.0}
+    groups, smoothed, ratio = rescale_groups(graph, ctx, NAME, Quantizer(scheme, 0, False), feeds,
+                                             lambda g, w: smoothquant_candidates(g.stats["max_abs"], w),
+                                             "SmoothQuant")
+    ctx.stats[NAME] = {"groups": len(groups), "smoothed": smoothed, "error_ratio": ratio}
