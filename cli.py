@@ -72,6 +72,9 @@ def cmd_compile(args) -> int:
         print(f"language model: {llm['layers']} KV-cache attention layers, context {llm['capacity']} tokens "
               f"(KV cache {_mib(llm['kv_cache_bytes'])}), prefill chunks of {llm['max_prefill']}, "
               f"tokenizer {'yes' if llm.get('tokenizer') else 'none'}")
+    elif llm and llm.get("recompute"):
+        print(f"language model without past inputs: generation recomputes the sequence, context "
+              f"{llm['capacity']} tokens")
     elif llm:
         print(f"note: decoder with past inputs, but no KV cache: {llm.get('kv_cache_refused')}")
     if args.dump_ir:

@@ -269,3 +269,12 @@ def test_odd_names_passthrough_and_constant_outputs(tmp_path):
                        text=True)
     assert p.returncode == 0, p.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "out_1_relu.npy"), np.maximum(x, 0))
+
+
+def test_compile_reports_a_decoder_without_past(tmp_path):
+    """The README quick start: the bundled LLaMA has no past inputs, so generation recomputes the sequence."""
+    r = _tcc("compile", os.path.join(MODELS_DIR, "llama.onnx"), "-o", tmp_path / "llama", "--max-dim", "batch=4",
+             "--max-dim", "seq=128", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "language model without past inputs: generation recomputes the sequence, context 128 tokens" in r.stdout
+    assert "no KV cache" not in r.stdout
