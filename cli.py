@@ -52,7 +52,7 @@ def cmd_compile(args) -> int:
     opts = CompileOptions(target=args.target, qm=args.qm, dump_ir=args.dump_ir,
                           max_dims=_kv_ints(args.max_dim, "--max-dim"), dims=_kv_ints(args.dim, "--dim"),
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
-                          kernel_variant=args.kernel_variant, pipeline=args.pipeline,
+                          kernel_variant=args.kernel_variant, cpu=args.cpu, pipeline=args.pipeline,
                           max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template,
                           **_quant_options(args))
     manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
@@ -166,22 +166,58 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _artifact_manifest(path: str) -> dict | None:
+    try:
+        with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # load() says what is wrong with the artifact
+
+
+def _run_emulated(args):
+    """`tcc run --emulate`: the artifact's `run` binary under the target's emulator (qemu-aarch64)."""
+    from types import SimpleNamespace
+
+    from .backends import run_emulated
+    from .runtime.session import _info, _read_manifest
+
+    if args.profile:
+        raise TccError("--profile is not available with --emulate (it times the kernels through the library)")
+    manifest = _read_manifest(os.path.abspath(args.artifact))
+    feeds = _feeds(args.input)
+    if args.random:
+        infos = SimpleNamespace(inputs=[_info(d) for d in manifest["inputs"]])
+        feeds = {**random_feeds(infos, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
+    cpu = f" -cpu {args.emulate_cpu}" if args.emulate_cpu else ""
+    print(f"tcc: running the {manifest.get('target')} artifact under emulation (qemu{cpu}); its time is not a "
+          "speed figure", file=sys.stderr, flush=True)
+    return run_emulated(args.artifact, manifest, feeds, args.threads, args.repeat, args.emulate_cpu)
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
+    from .backends import foreign_target
     from .runtime.session import load
 
-    sess = load(args.artifact, threads=args.threads)
-    feeds = _feeds(args.input)
-    if args.random:
-        feeds = {**random_feeds(sess, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
-    if args.profile:
-        sess.run(feeds)  # warm-up: page in the weights, grow scratch buffers
-        sess.set_profiling(True)
-    t0 = time.perf_counter()
-    for _ in range(max(args.repeat, 1)):
-        outputs = sess.run(feeds)
-    ms = (time.perf_counter() - t0) * 1e3 / max(args.repeat, 1)
+    manifest = _artifact_manifest(args.artifact)
+    why = foreign_target(manifest.get("target", "x86")) if manifest else None
+    if args.emulate:
+        outputs, ms = _run_emulated(args)
+    elif why:
+        raise TccError(f"cannot run {args.artifact} here: {why}; run it under emulation with --emulate")
+    else:
+        sess = load(args.artifact, threads=args.threads)
+        feeds = _feeds(args.input)
+        if args.random:
+            feeds = {**random_feeds(sess, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
+        if args.profile:
+            sess.run(feeds)  # warm-up: page in the weights, grow scratch buffers
+            sess.set_profiling(True)
+        t0 = time.perf_counter()
+        for _ in range(max(args.repeat, 1)):
+            outputs = sess.run(feeds)
+        ms = (time.perf_counter() - t0) * 1e3 / max(args.repeat, 1)
     os.makedirs(args.output_dir, exist_ok=True)
     for name, arr in outputs.items():
         fname = name.replace("/", "_").replace(":", "_") + ".npy"
@@ -190,7 +226,10 @@ def cmd_run(args) -> int:
         np.save(tmp, arr)
         os.replace(tmp, path)
         print(f"{name}: {arr.dtype}{list(arr.shape)} -> {path}")
-    print(f"run: {ms:.2f} ms" + (f" (mean of {args.repeat})" if args.repeat > 1 else ""))
+    if args.emulate:
+        print(f"run: {ms:.2f} ms emulated" + (f" (best of {args.repeat})" if args.repeat > 1 else ""))
+    else:
+        print(f"run: {ms:.2f} ms" + (f" (mean of {args.repeat})" if args.repeat > 1 else ""))
     if args.profile:
         print_profile(sess.profile(), args.repeat)
     return 0
@@ -335,6 +374,73 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .driver import progress_printer
+
+    run_demo(qm=args.qm, prompt=args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed,
+             temperature=args.temperature, threads=args.threads, rebuild=args.rebuild,
+             progress=progress_printer(not args.quiet))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .demo import DEMO_CALIB, DEMO_HELDOUT, compare_quantization, demo_model, format_compare_table
+    from .driver import progress_printer
+    from .runtime.perplexity import evaluate, read_text
+
+    if args.compare:
+        model = args.target or demo_model()
+        if not model.endswith(".onnx") or not os.path.isfile(model):
+            raise TccError(f"tcc eval --compare takes an .onnx model (default: the bundled demo), got {model!r}")
+        is_demo = os.path.abspath(model) == os.path.abspath(demo_model()) if not args.target else _is_demo(model)
+        text_path = args.text or (DEMO_HELDOUT if is_demo else None)
+        calib = args.calib or (DEMO_CALIB if is_demo else None)
+        if text_path is None:
+            raise TccError("give --text FILE: the text to measure perplexity on")
+        rows = compare_quantization(model, read_text(text_path), calib, context=args.context, stride=args.stride,
+                                    max_tokens=args.max_tokens, group_size=args.group_size, threads=args.threads,
+                                    progress=progress_printer(not args.quiet), bar=not args.quiet)
+        first = next((r for r in rows if "perplexity" in r), None)
+        print(f"\n## {os.path.relpath(model)} on {os.path.relpath(text_path)}"
+              + (f": {first['tokens']} tokens, windows of {first['context']}, stride {first['stride']}" if first else "")
+              + "\n")
+        print(format_compare_table(rows))
+        _write_json(args.json, rows)
+        return 0
+    if not args.target:
+        raise TccError("tcc eval needs an artifact directory (or --compare [model.onnx])")
+    from .runtime.session import load
+
+    with load(args.target, threads=args.threads) as sess:
+        text_path = args.text or (DEMO_HELDOUT if _is_demo(sess.manifest.get("source", "")) else None)
+        if text_path is None:
+            raise TccError("give --text FILE: the text to measure perplexity on")
+        p = evaluate(sess, read_text(text_path), context=args.context, stride=args.stride,
+                     max_tokens=args.max_tokens, progress=not args.quiet)
+    print(f"{args.target} on {text_path}: perplexity {p.ppl:.4f}, {p.bits_per_byte:.4f} bits/byte "
+          f"({p.tokens} tokens, {p.bytes} bytes; windows of {p.context} tokens, stride {p.stride}; "
+          f"{p.tokens_per_second:.0f} tok/s)")
+    _write_json(args.json, p.as_dict())
+    return 0
+
+
+def _is_demo(path: str) -> bool:
+    from .demo import DEMO_MODEL
+
+    return bool(path) and os.path.abspath(path) == os.path.abspath(DEMO_MODEL)
+
+
+def _write_json(path: str | None, data) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 def _shape3(text: str) -> tuple[int, int, int]:
     try:
         m, k, n = (int(x) for x in text.lower().split("x"))
@@ -391,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
     c.add_argument("model", help="the .onnx file")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    c.add_argument("--target", default="x86", help="x86 (default)")
+    c.add_argument("--target", default="x86", help="x86 (default) | arm (aarch64; cross-compiled on other "
+                   "hosts, run there with `tcc run --emulate`)")
+    c.add_argument("--cpu", metavar="CPU", help="arm: the baseline CPU (-mcpu), e.g. cortex-a53, cortex-a76, "
+                   "neoverse-n1, native (default: armv8-a; dotprod / i8mm are detected at run time)")
     _quant_args(c)
     _shape_args(c)
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass: DIR/000_import.tir, ...")
@@ -434,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed for --random")
     r.add_argument("--repeat", type=int, default=1, help="run R times (timing is the mean)")
     r.add_argument("--profile", action="store_true", help="time every node and print the slowest and a per-op summary")
+    r.add_argument("--emulate", action="store_true",
+                   help="run an artifact built for another architecture (--target arm on x86) through its "
+                        "standalone run binary under qemu")
+    r.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53: "
+                   "no dotprod; default: qemu's max, which has dotprod and i8mm)")
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("ir", help="print a model's IR (after the passes) or an IR dump")
@@ -467,6 +581,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=3, help="repeats; the median and spread are shown (3)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.set_defaults(fn=cmd_bench)
+
+    d = sub.add_parser("demo", help="compile the bundled demo LLM for this machine (cached) and generate from it")
+    d.add_argument("--qm", default="w4a8", choices=("fp32", "w8a8", "w4a32", "w4a8"),
+                   help="quantization (w4a8, with AWQ; w8a8 uses SmoothQuant)")
+    d.add_argument("--prompt", "-p", default=None, help="the text to continue (default: a fixed prompt)")
+    d.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate (96)")
+    d.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (0.7)")
+    d.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    d.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    d.add_argument("--rebuild", action="store_true", help="compile even if the cached artifact is current")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("eval", help="perplexity and bits per byte of a compiled language model on a text")
+    e.add_argument("target", nargs="?", help="an artifact directory (with --compare: an .onnx model, default the "
+                   "bundled demo)")
+    e.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default for the demo model: its held-out text)")
+    e.add_argument("--context", type=int, metavar="N", help="tokens per window (default: the artifact's context)")
+    e.add_argument("--stride", type=int, metavar="N", help="tokens between window starts (default: half the window)")
+    e.add_argument("--max-tokens", type=int, metavar="N", help="score only the text's first N tokens")
+    e.add_argument("--compare", action="store_true", help="compile fp32, w8a8 (RTN, SmoothQuant), w4a32 and w4a8 "
+                   "(RTN, AWQ) and print one table")
+    e.add_argument("--calib", metavar="FILE", help="calibration text for --compare (default for the demo: its own)")
+    e.add_argument("--group-size", type=int, metavar="N", help="int4 group size for --compare (the target's default)")
+    e.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    e.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(fn=cmd_eval)
 
     f = sub.add_parser("flags", help="list the debug flags (environment variables)")
     f.set_defaults(fn=cmd_flags)

@@ -27,6 +27,7 @@ DEFAULT_MAX_DIM = 256
 @dataclass
 class CompileOptions:
     target: str = "x86"
+    cpu: str | None = None  # --cpu: the CPU baseline of targets that have a choice (arm: cortex-a76, ...)
     qm: str = "fp32"
     dump_ir: str | None = None
     max_dims: dict[str, int] = field(default_factory=dict)  # upper bounds of dynamic dims
@@ -48,6 +49,7 @@ class CompileOptions:
     calib_samples: int = 16
     calib_seq_len: int = 256
     awq_clip: bool = False  # AWQ's optional weight-clipping search
+    round_to_nearest: bool = False  # no calibration on purpose (RTN rows of a comparison): no warning
 
 
 def _say(progress: Callable | None, msg: str) -> None:
@@ -89,7 +91,7 @@ def check_target(opts: CompileOptions):
     from .passes.schemes import check_scheme, get_scheme
 
     get_scheme(opts.qm)
-    backend = get_backend(opts.target)
+    backend = get_backend(opts.target, cpu=opts.cpu)
     check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
     return backend
 
@@ -108,6 +110,8 @@ def _calibration(model, opts: CompileOptions):
             warn(f"--calib is ignored for --qm {opts.qm}")
         return None
     if not opts.calib:
+        if opts.round_to_nearest:
+            return None
         warn(f"--qm {opts.qm} without --calib: weights are rounded to nearest; {scheme.calibration} needs "
              "calibration data (--calib FILE)")
         return None
@@ -368,3 +372,73 @@ def progress_printer(enabled: bool = True) -> Callable | None:
     def show(msg: str) -> None:
         print(f"[{time.perf_counter() - start:6.2f}s] {msg}", file=sys.stderr, flush=True)
     return show
+
+
+# -- compile cache (tcc demo, tcc eval --compare, tcc bench --ablation) ---------------------------------
+
+_SOURCE_DIRS = ("frontend", "ir", "passes", "codegen", "backends", "runtime")
+_SOURCE_EXTS = (".py", ".j2", ".h", ".cpp", ".hpp", ".txt", ".cmake")
+
+
+def _source_digest() -> str:
+    """A digest of tcc's own sources, so an edited tcc never reuses an artifact an older one built."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256(__version__.encode())
+    paths = [os.path.join(root, f) for f in os.listdir(root) if f.endswith(_SOURCE_EXTS)]
+    for d in _SOURCE_DIRS:
+        for dirpath, dirnames, files in os.walk(os.path.join(root, d)):
+            dirnames[:] = sorted(x for x in dirnames if x != "__pycache__")
+            paths += [os.path.join(dirpath, f) for f in files if f.endswith(_SOURCE_EXTS)]
+    for p in sorted(paths):
+        h.update(os.path.relpath(p, root).encode())
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(model: str, opts: CompileOptions) -> str:
+    """What an artifact depends on: the model and the files compile reads beside it (tokenizer,
+    configs), the calibration file, every option, and tcc's sources."""
+    if not os.path.isfile(model):
+        raise TccError(f"model file {model} not found")
+    parts = {"model": _file_digest(model), "tcc": _source_digest(),
+             "options": {k: v for k, v in sorted(vars(opts).items()) if k not in ("dump_ir", "build_dir")}}
+    side = dict(_tokenizer_files(model, opts))
+    cfg = os.path.join(os.path.dirname(os.path.abspath(model)), "config.json")
+    if os.path.isfile(cfg):
+        side["config.json"] = cfg
+    if opts.calib:
+        side["calib"] = opts.calib
+    parts["files"] = {k: _file_digest(p) for k, p in sorted(side.items()) if os.path.isfile(p)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+CACHE_KEY_FILE = ".tcc-cache-key"
+
+
+def compile_cached(model: str, out_dir: str, opts: CompileOptions, progress: Callable | None = None,
+                   rebuild: bool = False) -> tuple[dict, bool]:
+    """Compile into `out_dir` unless it already holds the artifact of this model, these options and
+    this tcc (its key file matches). Returns (manifest, reused)."""
+    key = cache_key(model, opts)
+    key_path = os.path.join(out_dir, CACHE_KEY_FILE)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    if not rebuild and os.path.isfile(key_path) and os.path.isfile(manifest_path):
+        with open(key_path) as f:
+            if f.read().strip() == key:
+                with open(manifest_path) as m:
+                    return json.load(m), True
+    manifest = compile_model(model, out_dir, opts, progress)
+    tmp = f"{key_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, key_path)
+    return manifest, False

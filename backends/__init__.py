@@ -3,6 +3,9 @@ and toolchain flags. Generic passes never test the target; they ask the backend.
 from __future__ import annotations
 
 import importlib
+import os
+import inspect
+import platform
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,11 +23,81 @@ class Backend:
     variants: tuple  # every KernelSpec this backend can emit
 
 
-def get_backend(name: str) -> Backend:
+# The machine (platform.machine()) each target's code runs on.
+MACHINES = {"x86": ("x86_64", "amd64"), "arm": ("aarch64", "arm64")}
+
+
+def get_backend(name: str, cpu: str | None = None) -> Backend:
+    """The backend of target `name`; `cpu` (--cpu) picks the CPU baseline where the target has a choice."""
     if name not in TARGETS:
         raise TccError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}")
     module = importlib.import_module(f"{__package__}.{name}")
     make = getattr(module, "backend", None)
     if make is None:
-        raise TccError(f"target {name!r} is not implemented yet; available now: x86")
-    return make()
+        raise TccError(f"target {name!r} is not implemented yet; available now: x86, arm")
+    if cpu is None:
+        return make()
+    if "cpu" not in inspect.signature(make).parameters:
+        raise TccError(f"--cpu does not apply to target {name} (it has one CPU baseline)")
+    return make(cpu)
+
+
+def foreign_target(name: str) -> str | None:
+    """Why code built for target `name` cannot run natively on this host (None when it can)."""
+    host = platform.machine().lower()
+    machines = MACHINES.get(name)
+    if machines is None or host in machines:
+        return None
+    return f"it was built for {name} ({machines[0]}) and this host is {host}"
+
+
+def _emulator(manifest: dict, cpu: str | None) -> list[str]:
+    backend = get_backend(manifest.get("target", "x86"))
+    emulator = list(getattr(backend.target, "emulator", ()) or ())
+    if not emulator:
+        raise TccError(f"target {backend.name} has no emulator to run its artifacts on this host")
+    import shutil
+
+    if shutil.which(emulator[0]) is None:
+        raise TccError(f"{emulator[0]} not found (needed by --emulate): "
+                       f"{getattr(backend.target, 'toolchain_hint', 'install it')}")
+    return emulator[:1] + (["-cpu", cpu] if cpu else []) + emulator[1:]
+
+
+def run_emulated(artifact: str, manifest: dict, feeds: dict, threads: int | None = None, repeat: int = 1,
+                 cpu: str | None = None, timeout: float | None = None) -> tuple[dict, float]:
+    """Run an artifact built for another architecture through its standalone `run` binary under the
+    target's emulator (qemu-aarch64 for arm; `cpu` is the emulated CPU, e.g. cortex-a53). `feeds` maps
+    input names to numpy arrays. Returns (outputs by name, best run time in ms as the binary measured it:
+    emulated time, not a speed figure)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    run = os.path.join(artifact, manifest.get("binaries", {}).get("run", "run"))
+    if not os.path.isfile(run):
+        raise TccError(f"{artifact} has no standalone run binary")
+    cmd = _emulator(manifest, cpu) + [run]
+    with tempfile.TemporaryDirectory(prefix="tcc-emulate-") as tmp:
+        for name, arr in feeds.items():
+            path = os.path.join(tmp, f"in{len(cmd)}.npy")
+            np.save(path, np.ascontiguousarray(arr))
+            cmd.append(f"{name}={path}")
+        cmd += ["-o", tmp, "--repeat", str(max(repeat, 1))]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TccError(f"emulated run of {artifact} timed out after {timeout} s") from None
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise TccError(f"emulated run of {artifact} failed: {err}")
+        outputs = {}
+        for o in manifest["outputs"]:
+            fname = re.sub(r"[/\\:]", "_", o["name"]) + ".npy"
+            outputs[o["name"]] = np.load(os.path.join(tmp, fname))
+        m = re.search(r"time: ([0-9.]+) ms", proc.stdout)
+        return outputs, float(m.group(1)) if m else float("nan")

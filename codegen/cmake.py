@@ -77,8 +77,11 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
             "",
             f"add_executable({exe} {exe_src})",
             f"target_link_libraries({exe} PRIVATE {name}_objects tcc_runtime)",
-            "# Static C++ runtime: the binary runs on machines without this compiler's libstdc++.",
-            f"target_link_options({exe} PRIVATE -static-libstdc++ -static-libgcc)",
+            *(["# Fully static: copying the artifact to another machine of the target is enough.",
+                f"target_link_options({exe} PRIVATE -static)"]
+              if getattr(target, "static_executables", False) else
+              ["# Static C++ runtime: the binary runs on machines without this compiler's libstdc++.",
+               f"target_link_options({exe} PRIVATE -static-libstdc++ -static-libgcc)"]),
             f"set_target_properties({exe} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${{CMAKE_CURRENT_SOURCE_DIR}})",
         ]
     return "\n".join(lines) + "\n"
@@ -185,11 +188,21 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     build_dir = os.path.abspath(build_dir)
     os.makedirs(build_dir, exist_ok=True)
     cmake = find_cmake()
-    cxx = _check_compiler()
+    cross_cxx = getattr(target, "cross_cxx", None)
+    if cross_cxx:
+        # Cross build: the toolchain file names the compiler; TCC_CXX / $CXX are for native builds.
+        if not shutil.which(cross_cxx):
+            raise BuildError(f"cross compiler {cross_cxx} not found (building for target {target.name} on this "
+                             f"host needs it): {getattr(target, 'toolchain_hint', 'install it')}")
+        cxx = None
+    else:
+        cxx = _check_compiler()
     bin_dir = os.path.join(build_dir, "cmake-build")
     log_path = os.path.join(build_dir, "build.log")
     open(log_path, "w").close()
     env = _env(build_dir)
+    if cross_cxx:
+        env.pop("CXX", None)
 
     text = cmakelists(sources, build_dir, target, name, extra_executables)
     write_if_changed(os.path.join(build_dir, "CMakeLists.txt"), text)
@@ -204,7 +217,7 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     # Configure again only when its inputs changed. A cache made with another compiler, generator or
     # toolchain is dropped, since CMake cannot switch those in place; new sources reconfigure in place.
     stamp_path = os.path.join(bin_dir, "tcc-configure.stamp")
-    args_hash = _hash(*configure, env.get("CXX", ""))
+    args_hash = _hash(*configure, "" if cross_cxx else env.get("CXX", ""))
     old = (_read(stamp_path) or "").split()
     if old != [args_hash, _hash(text)]:
         if (old[:1] != [args_hash]) and os.path.exists(bin_dir):

@@ -2,8 +2,10 @@
 
 A `KernelSpec` is (target, family, variant, params). Its name spells out its contract, XNNPACK style:
 `tcc_binary_add_f32__avx2` is the `binary` family, op `add`, dtype f32, AVX2 variant. The template is
-`codegen/templates/<target>/<family>-<variant>.cpp.j2`, rendered with the spec's params (and the family's
-extra context) under StrictUndefined.
+`codegen/templates/<target>/<family>-<variant>.cpp.j2`, or `codegen/templates/common/<family>-<variant>.cpp.j2`
+when the target has none (the portable scalar variants every CPU backend shares), rendered with the
+spec's params (and the family's extra context) under StrictUndefined. A backend whose constants differ
+(tile sizes, packed block sizes) registers its own context for a family (`register_target_context`).
 
 Each backend lists every variant it can emit in `backends/<target>/kernels.py: VARIANTS`; that one list
 feeds codegen (which renders the variants a model selects), the CMake project, and the kernel tests
@@ -42,6 +44,8 @@ class KernelFamily:
 
 
 FAMILIES: dict[str, KernelFamily] = {}
+# (target, family) -> context function replacing the family's own for that target's specs.
+TARGET_CONTEXTS: dict[tuple[str, str], Callable[["KernelSpec"], dict[str, Any]]] = {}
 
 
 def register_family(family: KernelFamily) -> KernelFamily:
@@ -49,6 +53,26 @@ def register_family(family: KernelFamily) -> KernelFamily:
         raise ValueError(f"kernel family {family.name!r} registered twice")
     FAMILIES[family.name] = family
     return family
+
+
+def register_target_context(target: str, family: str, context: Callable[["KernelSpec"], dict[str, Any]]) -> None:
+    """Give `target`'s kernels of `family` their own template context (its tile and block sizes)."""
+    if (target, family) in TARGET_CONTEXTS:
+        raise ValueError(f"context of kernel family {family!r} for target {target!r} registered twice")
+    TARGET_CONTEXTS[(target, family)] = context
+
+
+def _family_context(spec: "KernelSpec") -> dict[str, Any]:
+    fn = TARGET_CONTEXTS.get((spec.target, spec.family)) or FAMILIES[spec.family].context
+    return fn(spec)
+
+
+def template_path(target: str, family: str, variant: str) -> str:
+    """`<target>/<family>-<variant>.cpp.j2`, else the portable `common/<family>-<variant>.cpp.j2`."""
+    own = f"{target}/{family}-{variant}.cpp.j2"
+    if os.path.exists(os.path.join(TEMPLATE_DIR, own)):
+        return own
+    return f"common/{family}-{variant}.cpp.j2"
 
 
 # The order params appear in a kernel's name, so names read as a contract: the operation, then the
@@ -81,19 +105,19 @@ class KernelSpec:
 
     @property
     def template(self) -> str:
-        return f"{self.target}/{self.family}-{self.variant}.cpp.j2"
+        return template_path(self.target, self.family, self.variant)
 
     @property
     def signature(self) -> str:
         """The C prototype; `{name}` and any `{param}` / family-context placeholder are filled in."""
         family = FAMILIES[self.family]
         values = dict(self.params)
-        values.update(family.context(self))
+        values.update(_family_context(self))
         return family.signature.format(name=self.name, **values)
 
     def context(self) -> dict[str, Any]:
         ctx: dict[str, Any] = dict(self.params)
-        ctx.update(FAMILIES[self.family].context(self))
+        ctx.update(_family_context(self))
         ctx.update(name=self.name, signature=self.signature, family=self.family,
                    variant=self.variant, target=self.target)
         return ctx

@@ -78,7 +78,7 @@ W32_MR, W32_KC = 6, 256
 
 
 def _base(spec: KernelSpec) -> dict:
-    return {"NT": NT, "KB": KB, "KPAD": KPAD, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS}
+    return {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS}
 
 
 def _quantize_acts_context(spec: KernelSpec) -> dict:

@@ -1,0 +1,73 @@
+"""The arm kernel list and kernel selection.
+
+`VARIANTS` is the one list of every kernel the arm backend emits (codegen, CMake and the tests under
+qemu all read it). Two kinds:
+- the portable variants every CPU backend shares (`codegen/templates/common/`: scalar elementwise,
+  linear algebra, LLM ops, and the naive / unroll / threads quantized linear kernels), with the arm
+  packed-block sizes in their context;
+- NEON variants (`codegen/templates/arm/<family>-neon.cpp.j2`) for the hot families. Their optional
+  Armv8.2 paths (dotprod, i8mm) are chosen at run time (runtime/tcc_arm.h).
+
+The families themselves (signatures, per-op C expressions) are registered by the x86 backend's modules,
+which are target-neutral apart from the AVX2 expressions only its `avx2` templates read.
+"""
+from __future__ import annotations
+
+from ...codegen.kernels import KernelSpec, register_target_context
+from ..x86 import kernels as x86_kernels  # registers the kernel families
+from ..x86.kernels_quant import MIN_PARALLEL_MACS, QUANT_GRAIN_ELEMS
+from .packing import KB, KPAD, NT, Q8B
+
+TARGET = "arm"
+PORTABLE = ("scalar", "naive", "unroll", "threads")
+QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
+# NEON kernels: (family, params) for each.
+NEON = [("quantize_acts", {}), ("qlinear_w4a8", {}), ("qlinear_w8a8", {})]
+
+# NEON qlinear tiling (32 x 128-bit registers). GEMV (decode, M <= GEMV_MAX_M): one 4-column tile at a
+# time, 2 accumulators per column (the low and high nibbles of a q4 block are independent chains), so
+# 8 dot chains hide sdot's latency; the 4 per-column sums of a group reduce into one int32x4 with two
+# pairwise adds and are scaled with the tile's 4 scales at once. GEMM (prefill): rows are processed
+# MR at a time against one tile, so each unpacked weight vector feeds MR dots.
+GEMV_MAX_M = 1
+GEMM_MR = 4
+
+
+def _qlinear_context(spec: KernelSpec) -> dict:
+    return {"NT": NT, "KB": KB, "Q8B": Q8B, "KPAD": KPAD, "UNROLL": 4, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS,
+            "GEMM_MR": GEMM_MR}
+
+
+for _family in QLINEAR_FAMILIES:
+    register_target_context(TARGET, _family, _qlinear_context)
+register_target_context(TARGET, "quantize_acts", lambda spec: {"KPAD": KPAD, "GRAIN_ELEMS": QUANT_GRAIN_ELEMS})
+
+
+def _variants() -> list[KernelSpec]:
+    portable = [KernelSpec(TARGET, s.family, s.variant, s.params) for s in x86_kernels.VARIANTS
+                if s.variant in PORTABLE]
+    neon = [KernelSpec.make(TARGET, family, "neon", **params) for family, params in NEON]
+    return portable + neon
+
+
+VARIANTS: list[KernelSpec] = _variants()
+
+# Preferred variant when several implement the same (family, params).
+VARIANT_PREFERENCE = ("neon", "threads", "scalar", "unroll", "naive")
+
+_by_key: dict[tuple, dict[str, KernelSpec]] = {}
+for _spec in VARIANTS:
+    _by_key.setdefault((_spec.family, _spec.params), {})[_spec.variant] = _spec
+
+
+def select(family: str, variant: str | None = None, **params) -> KernelSpec | None:
+    """The kernel for (family, params): the requested variant, else the preferred one; None if none."""
+    choices = _by_key.get((family, tuple(sorted(params.items()))))
+    if not choices:
+        return None
+    if variant is not None:
+        return choices.get(variant)
+    for name in VARIANT_PREFERENCE:
+        if name in choices:
+            return choices[name]
+    return next(iter(choices.values()))

@@ -1,0 +1,239 @@
+"""The arm backend under qemu: every arm quantized-linear kernel variant against the numpy references of
+ir/ops/quant.py on edge-case shapes, on qemu's default CPU (dotprod + i8mm: the `sdot` paths) and on
+`-cpu cortex-a53` (no dotprod: the vmull_s8 fallbacks), plus the arm packers and target.
+
+All kernel calls of this module run in ONE harness binary per CPU (tests/backends/arm_harness.py), so the
+whole module is two qemu launches. Tolerances are those of tests/kernels/test_qlinear.py (derived there):
+|y - ref| <= C * n_add * u * (|Xd| @ |Wd|^T + |bias|) with n_add = G + 4 (w4a8: per group one term
+(xs*s) * (dot - z*xsum), two roundings, G terms and the bias summed; the NEON epilogue's FMA rounds once
+less), 5 (w8a8: (xs*s) * float(dot) + bias) and group + G + 4 (w4a32, the portable variants: products
+summed sequentially per group, the group sum scaled and added to the others and the bias).
+quantize_acts must be bit-exact. The portable elementwise / linear-algebra kernels are the templates the
+x86 kernel tests cover; under arm they are exercised by the whole-model tests (test_arm_models.py).
+
+Skips (with the reason) only where the cross toolchain (g++-aarch64-linux-gnu, qemu-user) is absent.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tcc.backends import get_backend
+from tcc.backends.arm import packing as ap
+from tcc.backends.arm.target import cross_toolchain_missing
+from tcc.errors import TccError
+from tcc.ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
+
+from .arm_harness import POOL, Harness, shared_dir
+
+MISSING = cross_toolchain_missing()
+needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"arm cross toolchain absent: {MISSING}")
+
+U, C = 2.0 ** -24, 2
+CPUS = [None, "cortex-a53"]  # qemu's default CPU ("max": dotprod, i8mm) and one without dotprod
+CPU_IDS = ["qemu-max", "cortex-a53"]
+BACKEND = get_backend("arm")
+VARIANTS = {f: [s for s in BACKEND.variants if s.family == f]
+            for f in ("quantize_acts", "qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32")}
+
+QA_CASES = [(1, 1, 32), (1, 31, 32), (1, 32, 32), (3, 33, 32), (1, 64, 128), (3, 100, 32), (17, 128, 128),
+            (2, 1000, 64), (5, 130, 96), (17, 300, 128), (70, 200, 32)]
+# M, N, K, group: K below / at / above the group, not a multiple of 16 / 32; N = 1, odd, not a multiple of
+# the 4-column tile; M = 1 (decode), 2, 3 and > 4 (every remainder of the 4-row register tiles), 70
+# (two 64-row tasks).
+W4_CASES = [(1, 8, 64, 32), (1, 1, 10, 32), (3, 17, 100, 32), (1, 33, 128, 128), (17, 9, 300, 128),
+            (2, 16, 40, 128), (1, 40, 1000, 128), (6, 31, 257, 64), (7, 1, 64, 64), (9, 23, 200, 32),
+            (70, 5, 96, 96), (1, 7, 2048, 128)]
+W8_CASES = [(1, 8, 64), (1, 1, 10), (3, 17, 100), (17, 9, 300), (2, 16, 40), (1, 40, 1000), (6, 31, 257),
+            (7, 1, 64), (9, 23, 200), (70, 5, 17), (1, 7, 2048)]
+
+
+def _special_rows(rng, M, K, group):
+    """Random rows plus an all-zero group (row 0) and exact rounding ties (row 1: amax 127, inv = 1)."""
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    x[0, :min(K, group)] = 0.0
+    if M > 1:
+        x[1] = np.clip((np.arange(K) % 254 - 127 + 0.5).astype(np.float32), -126.5, 126.5)
+        x[1, 0] = 127.0
+        if K > group:
+            x[1, group] = 127.0
+    if M > 2:
+        x[2] *= np.float32(10.0) ** rng.integers(-20, 20, K).astype(np.float32)
+    return x
+
+
+def _expected(xd, wd, bias, n_add):
+    ref, mag = xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+    if bias is not None:
+        ref, mag = ref + bias, mag + np.abs(bias)
+    return ref, C * n_add * U * mag + 1e-37
+
+
+def _build_cases():
+    """Every call of the module: (test id, check function taking the call's results)."""
+    rng = np.random.default_rng(20240607)
+    h, cases = Harness(), []
+
+    for spec in VARIANTS["quantize_acts"]:
+        for per_tensor in (0, 1):
+            for j, (M, K, group) in enumerate(QA_CASES):
+                x = _special_rows(rng, M, K, group)
+                Kp, G = ap.padded_k(K), 1 if per_tensor else -(-K // group)
+                ldx, ldq = K + 3, Kp + 5
+                xb = np.full((M, ldx), np.nan, np.float32)
+                xb[:, :K] = x
+                args = (xb, ldx, np.full((M, ldq), 77, np.int8), ldq, np.full(1 if per_tensor else M * G, np.nan, np.float32),
+                        np.full(M * G, -999, np.int32), M, K, group, per_tensor, POOL if j % 2 else None)
+                idx = h.call(spec, *args)
+                ref = quantize_activations(x, None if per_tensor else group, pad_to=ap.KPAD)
+
+                def check(res, M=M, Kp=Kp, ref=ref):
+                    xq, xs, xsum = res[2], res[4], res[5]
+                    assert (xq[:, Kp:] == 77).all(), "wrote past Kp into the ldq padding"
+                    np.testing.assert_array_equal(xq[:, :Kp], ref[0])
+                    np.testing.assert_array_equal(xs.view(np.uint32), np.asarray(ref[1], np.float32).reshape(-1).view(np.uint32))
+                    np.testing.assert_array_equal(xsum.reshape(M, -1), ref[2].reshape(M, -1))
+                cases.append((f"{spec.name}-{'tensor' if per_tensor else 'group'}-M{M}K{K}g{group}", idx, check))
+
+    for j, (M, N, K, group) in enumerate(W4_CASES):
+        for sym in (True, False):
+            W = rng.standard_normal((K, N)).astype(np.float32)
+            W[:, 0] *= 1e-3
+            q, s, z = quantize_int4(W, group, symmetric=sym)
+            x = rng.standard_normal((M, K)).astype(np.float32)
+            bias = rng.standard_normal(N).astype(np.float32) if (j + sym) % 2 else None
+            wp, sp, zp = ap.pack_q4(q), ap.pack_q4_scales(s), None if z is None else ap.pack_q4_zeros(z)
+            G = -(-K // group)
+            wd = dequantize(q, s, z, 4, group)
+            xq, xs, xsum = quantize_activations(x, group, pad_to=ap.KPAD)
+            ldq, ldy = xq.shape[1] + 16, N + 3
+            xqb = np.zeros((M, ldq), np.int8)
+            xqb[:, :xq.shape[1]] = xq
+            ref8, tol8 = _expected(dequantize_activations(xq, xs, K, group), wd, bias, G + 4)
+            ref32, tol32 = _expected(x.astype(np.float64), wd, bias, group + G + 4)
+            pool = POOL if j % 2 else None
+            tag = f"M{M}N{N}K{K}g{group}-{'sym' if sym else 'asym'}"
+            for spec in VARIANTS["qlinear_w4a8"]:
+                idx = h.call(spec, xqb, xs, xsum, ldq, wp, sp, zp, bias, np.full((M, ldy), np.nan, np.float32), ldy,
+                             M, N, K, group, pool)
+                cases.append((f"{spec.name}-{tag}", idx, lambda res, N=N, r=ref8, t=tol8: _check_y(res[8], N, r, t)))
+            for spec in VARIANTS["qlinear_w4a32"]:
+                xb = np.full((M, K + 5), np.nan, np.float32)
+                xb[:, :K] = x
+                idx = h.call(spec, xb, K + 5, wp, sp, zp, bias, np.full((M, ldy), np.nan, np.float32), ldy, M, N, K,
+                             group, pool)
+                cases.append((f"{spec.name}-{tag}", idx, lambda res, N=N, r=ref32, t=tol32: _check_y(res[6], N, r, t)))
+
+    for j, (M, N, K) in enumerate(W8_CASES):
+        W = rng.standard_normal((K, N)).astype(np.float32)
+        q, s = quantize_int8(W)
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32) if j % 2 else None
+        xq, xs, _ = quantize_activations(x, None, pad_to=ap.KPAD)
+        xs = np.asarray(xs, np.float32).reshape(-1)
+        ldq, ldy = xq.shape[1] + 16, N + 3
+        xqb = np.zeros((M, ldq), np.int8)
+        xqb[:, :xq.shape[1]] = xq
+        ref, tol = _expected(dequantize_activations(xq, xs, K, None), dequantize(q, s, None, 8, K), bias, 5)
+        for spec in VARIANTS["qlinear_w8a8"]:
+            idx = h.call(spec, xqb, xs, ldq, ap.pack_q8(q), ap.pack_q8_scales(s), bias,
+                         np.full((M, ldy), np.nan, np.float32), ldy, M, N, K, POOL if j % 2 else None)
+            cases.append((f"{spec.name}-M{M}N{N}K{K}", idx, lambda res, N=N, r=ref, t=tol: _check_y(res[6], N, r, t)))
+    return h, cases
+
+
+def _check_y(yb, N, ref, tol):
+    assert np.isnan(yb[:, N:]).all(), "wrote past N into the ldy padding"
+    y = yb[:, :N].astype(np.float64)
+    err = np.abs(y - ref)
+    bad = ~(err <= tol)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        pytest.fail(f"{bad.sum()}/{bad.size} outputs off; first at {i}: got {y[i]!r}, want {ref[i]!r}, "
+                    f"|err| {err[i]:.3g} > tol {tol[i]:.3g}")
+
+
+HARNESS, CASES = _build_cases()
+
+
+@pytest.fixture(scope="module")
+def arm_results(tmp_path_factory):
+    """Build the harness once (cross-compiled, static) and run it once per CPU under qemu."""
+    if MISSING:
+        pytest.skip(f"arm cross toolchain absent: {MISSING}")
+    with shared_dir(tmp_path_factory, "arm_harness") as build_dir:
+        HARNESS.build(str(build_dir))
+    results, messages = {}, {}
+    for cpu in CPUS:
+        results[cpu] = HARNESS.run(cpu)
+        messages[cpu] = HARNESS.messages
+    # The run-time feature detection must see what qemu emulates: both kernel paths get tested.
+    assert "features: dotprod=1 i8mm=1" in messages[None], messages[None][:200]
+    assert "features: dotprod=0 i8mm=0" in messages["cortex-a53"], messages["cortex-a53"][:200]
+    for cpu, text in messages.items():
+        assert "call " not in text, f"kernel errors under {cpu}: {text[:500]}"
+    return results
+
+
+@needs_toolchain
+@pytest.mark.parametrize("cpu", CPUS, ids=CPU_IDS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_arm_kernel(arm_results, cpu, case):
+    _, idx, check = case
+    check(arm_results[cpu][idx])
+
+
+@needs_toolchain
+def test_every_quantized_arm_variant_is_tested():
+    tested = {HARNESS.calls[c[1]][0] for c in CASES}
+    assert {s for specs in VARIANTS.values() for s in specs} <= tested
+    assert {s.variant for s in VARIANTS["qlinear_w4a8"]} >= {"neon", "naive", "unroll", "threads"}
+
+
+# ---------------------------------------------------------------------------------------- no device needed
+
+@pytest.mark.parametrize("N,K", [(1, 1), (1, 32), (4, 32), (9, 70), (17, 200), (3, 4096)])
+def test_arm_pack_roundtrip(N, K):
+    rng = np.random.default_rng(N * 1000 + K)
+    q4 = rng.integers(0, 16, (N, K)).astype(np.uint8)
+    p = ap.pack_q4(q4)
+    Kp, Np = ap.padded_k(K), ap.padded_n(N)
+    assert p.shape == (Np * Kp // 2,)
+    np.testing.assert_array_equal(ap.unpack_q4(p, N, K), q4)
+    for n, k in [(N - 1, K - 1), (0, 0), (N // 2, K // 2)]:  # docs/arm.md: one AND + one shift per block
+        t, c, b, e = n // 4, n % 4, k // 32, k % 32
+        byte = p[((t * (Kp // 32) + b) * 4 + c) * 16 + e % 16]
+        assert (byte >> 4 if e >= 16 else byte & 15) == q4[n, k]
+    q8 = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    np.testing.assert_array_equal(ap.unpack_q8(ap.pack_q8(q8), N, K), q8)
+    G = -(-K // 32)
+    z = rng.integers(0, 16, (N, G)).astype(np.uint8)
+    np.testing.assert_array_equal(ap.unpack_tile_groups(ap.pack_q4_zeros(z), N, G), z)
+
+
+def test_arm_target_and_selection():
+    t = BACKEND.target
+    assert t.name == "arm" and t.k_block == ap.KPAD and set(t.qms) == {"fp32", "w8a8", "w4a32", "w4a8"}
+    assert "-march=armv8-a" in t.cxx_flags and t.static_executables
+    assert BACKEND.select("qlinear_w4a8").variant == "neon"
+    assert BACKEND.select("qlinear_w4a32").variant == "threads"
+    assert BACKEND.select("binary", op="add", dtype="f32").template == "common/binary-scalar.cpp.j2"
+    assert get_backend("arm", cpu="cortex-a76").target.features == ("dotprod", "fp16")
+    with pytest.raises(TccError, match="unknown arm CPU"):
+        get_backend("arm", cpu="pentium")
+    with pytest.raises(TccError, match="--cpu does not apply"):
+        get_backend("x86", cpu="cortex-a76")
+
+
+def test_missing_cross_compiler_is_one_line_build_error(tmp_path):
+    import dataclasses
+
+    from tcc.codegen.cmake import build_library
+    from tcc.errors import BuildError
+
+    target = dataclasses.replace(BACKEND.target, cross_cxx="aarch64-nonexistent-g++")
+    src = tmp_path / "k.cpp"
+    src.write_text("int k() { return 0; }\n")
+    with pytest.raises(BuildError, match="cross compiler aarch64-nonexistent-g\\+\\+ not found.*apt-get install") as e:
+        build_library([str(src)], str(tmp_path / "b"), target, "k")
+    assert "\n" not in str(e.value)

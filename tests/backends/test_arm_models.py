@@ -1,0 +1,136 @@
+"""Whole models compiled with `--target arm` (cross-compiled on x86), run under qemu-aarch64 through the
+artifact's static `run` binary, on qemu's default CPU (dotprod) and on cortex-a53 (no dotprod).
+
+Tolerances, as in the x86 end-to-end tests (tests/e2e/test_models.py, test_quantized_llm.py):
+- fp32 against ONNX Runtime: atol = rtol = 1e-4 (a few ulps per op from a different accumulation order,
+  over ~10-20 ops of O(1) activations).
+- quantized (llama_outliers, round to nearest) against the reference interpreter on the same quantized
+  graph (target arm): w4a32 and fp32 have no run-time rounding, so 1e-4 as above; with int8 activations
+  a last-ulp difference can move a value across a rounding boundary of the next QuantizeActs (one int8
+  step), so w8a8 / w4a8 are held to a mean cosine >= 0.9999 and 1e-2 of the logit range.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import tcc
+from tcc.backends import run_emulated
+from tcc.backends.arm.target import cross_toolchain_missing, host_is_arm
+from tcc.driver import CompileOptions, optimize
+from tcc.ir.interpreter import run_graph
+from tests.conftest import MODELS_DIR, ort_run
+
+from .arm_harness import shared_dir
+
+MISSING = cross_toolchain_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None or host_is_arm(),
+                                reason=f"arm cross toolchain absent: {MISSING}" if MISSING else
+                                "runs arm artifacts under emulation from a non-arm host")
+CPUS = [None, "cortex-a53"]
+CPU_IDS = ["qemu-max", "cortex-a53"]
+LLM = os.path.join(MODELS_DIR, "llm_quant", "llama_outliers", "model.onnx")
+LLM_OPTS = dict(max_context=64, round_to_nearest=True)
+
+
+def _feeds(name: str, batch: int, seq: int, seed: int) -> dict:
+    r = np.random.default_rng(seed)
+    if name == "mlp":
+        return {"x": r.standard_normal((batch, 32)).astype(np.float32)}
+    x = r.standard_normal((batch, seq, 64)).astype(np.float32)
+    mask = np.zeros((batch, 1, seq, seq), np.float32)
+    mask[..., seq // 2 + 1:] = -1e9
+    return {"x": x, "attn_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Compile once per session, shared by the pytest-xdist workers (compiles are the slow part)."""
+    def get(key, model, **opts):
+        with shared_dir(tmp_path_factory, f"arm_artifact_{key}") as d:
+            out = str(d / "out")
+            if not os.path.isfile(os.path.join(out, "manifest.json")):
+                tcc.compile(model, out, target="arm", **opts)
+            return out, _manifest(out)
+    return get
+
+
+def _manifest(out: str) -> dict:
+    with open(os.path.join(out, "manifest.json")) as f:
+        return json.load(f)
+
+
+def _elf(path: str) -> tuple[int, int, bool]:
+    """(e_type, e_machine, has a PT_INTERP program header) of a 64-bit little-endian ELF file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, f"{path} is not a 64-bit LE ELF"
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    interp = any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+    return e_type, e_machine, interp
+
+
+@pytest.mark.parametrize("name", ["mlp", "encoder"])
+def test_fp32_model_matches_onnxruntime(name, artifacts):
+    path = os.path.join(MODELS_DIR, name + ".onnx")
+    out, manifest = artifacts(name, path, max_dims={"*": 32})
+    assert manifest["target"] == "arm"
+    for cpu in CPUS:
+        for batch, seq, seed in ((1, 1, 0), (2, 7, 1)):
+            feeds = _feeds(name, batch, seq, seed)
+            got, _ = run_emulated(out, manifest, feeds, cpu=cpu)
+            want = ort_run(path, feeds)
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4,
+                                           err_msg=f"{name} {k} b={batch} s={seq} cpu={cpu}")
+
+
+def test_artifact_is_aarch64_pic_library_and_static_run(artifacts):
+    out, _ = artifacts("mlp", os.path.join(MODELS_DIR, "mlp.onnx"), max_dims={"*": 32})
+    AARCH64, ET_EXEC, ET_DYN = 183, 2, 3
+    lib_type, lib_machine, _ = _elf(os.path.join(out, "libmodel.so"))
+    assert (lib_type, lib_machine) == (ET_DYN, AARCH64)
+    run_type, run_machine, interp = _elf(os.path.join(out, "run"))
+    assert run_machine == AARCH64 and run_type in (ET_EXEC, ET_DYN) and not interp, "run must be static"
+
+
+@pytest.mark.parametrize("qm", ["fp32", "w8a8", "w4a32", "w4a8"])
+def test_decoder_computes_its_ir(qm, artifacts):
+    out, manifest = artifacts(f"llm-{qm}", LLM, qm=qm, **LLM_OPTS)
+    kernels = manifest["kernels"]
+    if qm in ("w8a8", "w4a8"):
+        assert f"tcc_qlinear_{qm}__neon" in kernels and "tcc_quantize_acts__neon" in kernels
+    ids = np.random.default_rng(7).integers(0, 200, (1, 20)).astype(np.int64)
+    g, _, _ = optimize(LLM, CompileOptions(pipeline="optimize", target="arm", qm=qm, **LLM_OPTS))
+    ref = run_graph(g, {"input_ids": ids})["logits"][0].astype(np.float64)
+    for cpu in CPUS:
+        got = run_emulated(out, manifest, {"input_ids": ids}, cpu=cpu)[0]["logits"][0].astype(np.float64)
+        if qm in ("fp32", "w4a32"):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=f"{qm} cpu={cpu}")
+        else:
+            cos = np.mean(np.sum(got * ref, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1))
+            assert cos >= 0.9999, (qm, cpu, cos)
+            assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max(), (qm, cpu)
+
+
+def test_cli_run_needs_emulate_and_says_so(artifacts, tmp_path, capsys):
+    from tcc.cli import main
+
+    out, _ = artifacts("mlp", os.path.join(MODELS_DIR, "mlp.onnx"), max_dims={"*": 32})
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((2, 32), np.float32))
+    assert main(["run", out, "-i", f"x={x}", "-o", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--emulate" in err[0] and "aarch64" in err[0], err
+    assert main(["run", out, "--emulate", "--emulate-cpu", "cortex-a53", "-i", f"x={x}", "-o", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "under emulation" in captured.err and "cortex-a53" in captured.err
+    y = np.load(tmp_path / "probs.npy")
+    np.testing.assert_allclose(y, ort_run(os.path.join(MODELS_DIR, "mlp.onnx"), {"x": np.load(x)})["probs"],
+                               rtol=1e-4, atol=1e-4)
