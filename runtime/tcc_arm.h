@@ -51,6 +51,7 @@ inline bool has_fp16() {
 
 // Function attributes that let a kernel path use an extension the baseline lacks.
 #define TCC_ARM_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#define TCC_ARM_I8MM __attribute__((target("arch=armv8.2-a+i8mm")))
+// The i8mm paths also use sdot for a leftover odd row (every CPU with i8mm has dotprod; callers check both).
+#define TCC_ARM_I8MM __attribute__((target("arch=armv8.2-a+dotprod+i8mm")))
 #define TCC_ARM_FP16 __attribute__((target("arch=armv8.2-a+fp16")))
 #endif

@@ -9,9 +9,9 @@ import numpy as np
 
 def pack(kind: str, array: np.ndarray):
     """Reorder a constant for the kernel that reads it: returns (layout name, packed array)."""
-    from . import packing as p
     from ..x86 import packing as panels  # the portable f32 panel and row-table packers
     from ..x86 import packing_rows as rows
+    from . import packing as p
 
     if kind == "gemm_f32":
         return f"arm_f32_panel{panels.NR}", panels.pack_f32_panels(np.asarray(array, np.float32))
@@ -34,7 +34,7 @@ def pack(kind: str, array: np.ndarray):
     raise KeyError(f"arm backend has no packing for {kind!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def backend(cpu: str | None = None):
     """The arm backend; `cpu` (--cpu) sets the baseline CPU (default: armv8-a)."""
     from .. import Backend

@@ -16,13 +16,15 @@ from __future__ import annotations
 from ...codegen.kernels import KernelSpec, register_target_context
 from ..x86 import kernels as x86_kernels  # registers the kernel families
 from ..x86.kernels_quant import MIN_PARALLEL_MACS, QUANT_GRAIN_ELEMS
+from . import kernels_neon
 from .packing import KB, KPAD, NT, Q8B
 
 TARGET = "arm"
 PORTABLE = ("scalar", "naive", "unroll", "threads")
 QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
-# NEON kernels: (family, params) for each.
-NEON = [("quantize_acts", {}), ("qlinear_w4a8", {}), ("qlinear_w8a8", {})]
+# NEON kernels: (family, params) for each (the f32 ones: backends/arm/kernels_neon.py).
+NEON = [("quantize_acts", {}), ("qlinear_w4a8", {}), ("qlinear_w8a8", {}), ("qlinear_w4a32", {}),
+        *kernels_neon.NEON_F32]
 
 # NEON qlinear tiling (32 x 128-bit registers). GEMV (decode, M <= GEMV_MAX_M): one 4-column tile at a
 # time, 2 accumulators per column (the low and high nibbles of a q4 block are independent chains), so
@@ -31,11 +33,14 @@ NEON = [("quantize_acts", {}), ("qlinear_w4a8", {}), ("qlinear_w8a8", {})]
 # MR at a time against one tile, so each unpacked weight vector feeds MR dots.
 GEMV_MAX_M = 1
 GEMM_MR = 4
+# i8mm (smmla, M >= 2): MMLA_PAIRS row pairs share each tile's interleaved weight vectors; per 16 k of a pair
+# 2 smmla per column pair. 4 pairs = 8 rows: 8 accumulators + 8 weight + 4 activation vectors.
+MMLA_PAIRS = 4
 
 
 def _qlinear_context(spec: KernelSpec) -> dict:
     return {"NT": NT, "KB": KB, "Q8B": Q8B, "KPAD": KPAD, "UNROLL": 4, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS,
-            "GEMM_MR": GEMM_MR}
+            "GEMM_MR": GEMM_MR, "MMLA_PAIRS": MMLA_PAIRS}
 
 
 for _family in QLINEAR_FAMILIES:

@@ -12,18 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import re
 import subprocess
 
 import numpy as np
-
 from tcc.backends.arm.target import QEMU, SYSROOT, make_target
 from tcc.codegen.cmake import build_library
 from tcc.codegen.kernels import write_if_changed, write_kernels
 
 ALIGN = 64
 POOL = object()  # marker: the harness's 2-thread pool
+
+
+class At:
+    """An array argument passed as a pointer `offset` elements into it (a view whose first element is
+    not the buffer's first, e.g. one with negative strides); its result is the whole array."""
+
+    def __init__(self, array: np.ndarray, offset: int):
+        self.array, self.offset = array, int(offset)
 
 
 @contextlib.contextmanager
@@ -52,7 +60,10 @@ def _params(signature: str) -> list[tuple[str, str]]:
 
 def _literal(ctype: str, value) -> str:
     if ctype == "float":
-        return f"{float(value).hex()}f"
+        v = float(value)
+        if math.isnan(v) or math.isinf(v):
+            return "NAN" if math.isnan(v) else ("INFINITY" if v > 0 else "-INFINITY")
+        return f"{v.hex()}f"
     if ctype in ("int64_t", "int32_t", "int"):
         return f"({ctype}){int(value)}LL"
     raise TypeError(f"no literal for C type {ctype}")
@@ -60,7 +71,7 @@ def _literal(ctype: str, value) -> str:
 
 class Harness:
     def __init__(self):
-        self.calls: list[tuple] = []  # (spec, args, [(arg index, offset, array)])
+        self.calls: list[tuple] = []  # (spec, args, [(arg index, blob offset, array, extra byte offset)])
         self.size = 0
 
     def call(self, spec, *args) -> int:
@@ -70,22 +81,24 @@ class Harness:
             raise TypeError(f"{spec.name} takes {len(params)} arguments, got {len(args)}")
         arrays = []
         for i, ((ctype, _), a) in enumerate(zip(params, args)):
-            if isinstance(a, np.ndarray):
+            if isinstance(a, (np.ndarray, At)):
                 if "*" not in ctype:
                     raise TypeError(f"{spec.name}: argument {i} ({ctype}) got an array")
+                src = a.array if isinstance(a, At) else a
+                arr = np.ascontiguousarray(src).reshape(src.shape)  # 0-d stays 0-d
                 self.size = -(-self.size // ALIGN) * ALIGN
-                arrays.append((i, self.size, np.ascontiguousarray(a)))
-                self.size += a.nbytes
+                arrays.append((i, self.size, arr, a.offset * arr.itemsize if isinstance(a, At) else 0))
+                self.size += arr.nbytes
         self.calls.append((spec, args, arrays))
         return len(self.calls) - 1
 
     def _source(self) -> str:
-        lines = ['#include "tcc_kernel.h"', '#include "tcc_arm.h"', "#include <cstdio>", "#include <cstdlib>", "#include <cstring>", ""]
+        lines = ['#include "tcc_kernel.h"', '#include "tcc_arm.h"', "#include <cmath>", "#include <cstdio>", "#include <cstdlib>", "#include <cstring>", ""]
         for spec in sorted({c[0] for c in self.calls}, key=lambda s: s.name):
             lines.append(f'extern "C" {spec.signature};')
         lines += ["", "static void run_all(uint8_t* B, tcc_pool* pool) {"]
         for index, (spec, args, arrays) in enumerate(self.calls):
-            offsets = {i: off for i, off, _ in arrays}
+            offsets = {i: off + extra for i, off, _, extra in arrays}
             params = _params(spec.signature)
             c_args = []
             for i, ((ctype, _), a) in enumerate(zip(params, args)):
@@ -134,7 +147,7 @@ class Harness:
         """Run every call under qemu (`-cpu cpu`); per call, {arg index: the array after the call}."""
         blob = np.zeros(max(self.size, 1), np.uint8)
         for _, _, arrays in self.calls:
-            for _, off, a in arrays:
+            for _, off, a, _ in arrays:
                 blob[off:off + a.nbytes] = np.frombuffer(a.tobytes(), np.uint8)
         tag = cpu or "default"
         # per process: pytest-xdist workers share the build directory
@@ -150,5 +163,5 @@ class Harness:
         os.remove(dst)
         results = []
         for _, _, arrays in self.calls:
-            results.append({i: out[off:off + a.nbytes].view(a.dtype).reshape(a.shape) for i, off, a in arrays})
+            results.append({i: out[off:off + a.nbytes].view(a.dtype).reshape(a.shape) for i, off, a, _ in arrays})
         return results

@@ -1,9 +1,10 @@
 """The arm backend under qemu: every arm quantized-linear kernel variant against the numpy references of
-ir/ops/quant.py on edge-case shapes, on qemu's default CPU (dotprod + i8mm: the `sdot` paths) and on
-`-cpu cortex-a53` (no dotprod: the vmull_s8 fallbacks), plus the arm packers and target.
+ir/ops/quant.py on edge-case shapes, on qemu's default CPU (dotprod + i8mm: the `smmla` paths for M >= 2,
+`sdot` for M = 1), `-cpu cortex-a76` (dotprod, no i8mm: the `sdot` paths) and `-cpu cortex-a53` (neither: the
+vmull_s8 fallbacks), plus the arm packers and target.
 
 All kernel calls of this module run in ONE harness binary per CPU (tests/backends/arm_harness.py), so the
-whole module is two qemu launches. Tolerances are those of tests/kernels/test_qlinear.py (derived there):
+whole module is three qemu launches. Tolerances are those of tests/kernels/test_qlinear.py (derived there):
 |y - ref| <= C * n_add * u * (|Xd| @ |Wd|^T + |bias|) with n_add = G + 4 (w4a8: per group one term
 (xs*s) * (dot - z*xsum), two roundings, G terms and the bias summed; the NEON epilogue's FMA rounds once
 less), 5 (w8a8: (xs*s) * float(dot) + bias) and group + G + 4 (w4a32, the portable variants: products
@@ -17,12 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tcc.backends import get_backend
 from tcc.backends.arm import packing as ap
 from tcc.backends.arm.target import cross_toolchain_missing
 from tcc.errors import TccError
-from tcc.ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
+from tcc.ir.ops.quant import (
+    dequantize,
+    dequantize_activations,
+    quantize_activations,
+    quantize_int4,
+    quantize_int8,
+)
 
 from .arm_harness import POOL, Harness, shared_dir
 
@@ -30,8 +36,10 @@ MISSING = cross_toolchain_missing()
 needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=f"arm cross toolchain absent: {MISSING}")
 
 U, C = 2.0 ** -24, 2
-CPUS = [None, "cortex-a53"]  # qemu's default CPU ("max": dotprod, i8mm) and one without dotprod
-CPU_IDS = ["qemu-max", "cortex-a53"]
+# qemu's default CPU ("max": dotprod and i8mm: the smmla paths for M >= 2), one with dotprod but no i8mm (the
+# sdot paths) and one without either (the vmull_s8 fallbacks).
+CPUS = [None, "cortex-a76", "cortex-a53"]
+CPU_IDS = ["qemu-max", "cortex-a76", "cortex-a53"]
 BACKEND = get_backend("arm")
 VARIANTS = {f: [s for s in BACKEND.variants if s.family == f]
             for f in ("quantize_acts", "qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32")}
@@ -169,6 +177,7 @@ def arm_results(tmp_path_factory):
         messages[cpu] = HARNESS.messages
     # The run-time feature detection must see what qemu emulates: both kernel paths get tested.
     assert "features: dotprod=1 i8mm=1" in messages[None], messages[None][:200]
+    assert "features: dotprod=1 i8mm=0" in messages["cortex-a76"], messages["cortex-a76"][:200]
     assert "features: dotprod=0 i8mm=0" in messages["cortex-a53"], messages["cortex-a53"][:200]
     for cpu, text in messages.items():
         assert "call " not in text, f"kernel errors under {cpu}: {text[:500]}"
@@ -216,8 +225,10 @@ def test_arm_target_and_selection():
     assert t.name == "arm" and t.k_block == ap.KPAD and set(t.qms) == {"fp32", "w8a8", "w4a32", "w4a8"}
     assert "-march=armv8-a" in t.cxx_flags and t.static_executables
     assert BACKEND.select("qlinear_w4a8").variant == "neon"
-    assert BACKEND.select("qlinear_w4a32").variant == "threads"
-    assert BACKEND.select("binary", op="add", dtype="f32").template == "common/binary-scalar.cpp.j2"
+    assert BACKEND.select("qlinear_w4a32").variant == "neon"
+    assert BACKEND.select("binary", op="add", dtype="f32").template == "arm/binary-neon.cpp.j2"
+    assert BACKEND.select("binary", op="add", dtype="i64").template == "common/binary-scalar.cpp.j2"
+    assert BACKEND.select("gemm", dtype="f32").variant == "neon"
     assert get_backend("arm", cpu="cortex-a76").target.features == ("dotprod", "fp16")
     with pytest.raises(TccError, match="unknown arm CPU"):
         get_backend("arm", cpu="pentium")
@@ -237,3 +248,15 @@ def test_missing_cross_compiler_is_one_line_build_error(tmp_path):
     with pytest.raises(BuildError, match="cross compiler aarch64-nonexistent-g\\+\\+ not found.*apt-get install") as e:
         build_library([str(src)], str(tmp_path / "b"), target, "k")
     assert "\n" not in str(e.value)
+
+
+@needs_toolchain
+def test_int8_paths_agree_bitwise(arm_results):
+    """smmla (qemu max, M >= 2), sdot (cortex-a76) and vmull_s8 (cortex-a53) compute the same exact integer
+    dots and share the float epilogue, so the neon int8 kernels' outputs must match bit for bit."""
+    for name, idx, _ in CASES:
+        if "__neon" in name and ("w4a8" in name or "w8a8" in name):
+            y_arg = 8 if "w4a8" in name else 6
+            outs = [arm_results[cpu][idx][y_arg] for cpu in CPUS]
+            for cpu, o in zip(CPUS[1:], outs[1:]):
+                assert np.array_equal(outs[0].view(np.uint32), o.view(np.uint32)), (name, cpu)

@@ -17,12 +17,12 @@ import struct
 
 import numpy as np
 import pytest
-
 import tcc
 from tcc.backends import run_emulated
 from tcc.backends.arm.target import cross_toolchain_missing, host_is_arm
 from tcc.driver import CompileOptions, optimize
 from tcc.ir.interpreter import run_graph
+
 from tests.conftest import MODELS_DIR, ort_run
 
 from .arm_harness import shared_dir
@@ -134,3 +134,58 @@ def test_cli_run_needs_emulate_and_says_so(artifacts, tmp_path, capsys):
     y = np.load(tmp_path / "probs.npy")
     np.testing.assert_allclose(y, ort_run(os.path.join(MODELS_DIR, "mlp.onnx"), {"x": np.load(x)})["probs"],
                                rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ an exported LLM through the `chat` binary
+
+CHAT_LLM = os.path.join(MODELS_DIR, "llm", "llama_past_torchscript", "model.onnx")
+CHAT_CPUS = [None, "cortex-a76", "cortex-a53"]  # smmla + sdot, sdot, vmull_s8 (the prompt is a 13-token prefill)
+N_NEW = 16
+
+
+def _chat_ids(out: str, cpu: str | None) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids) of a greedy `chat --raw` run of the artifact under qemu (stops at eos)."""
+    import subprocess
+
+    from tcc.backends.arm.target import QEMU, SYSROOT
+
+    cmd = ["nice", "-n", "19", QEMU, *(["-cpu", cpu] if cpu else []), "-L", SYSROOT, os.path.join(out, "chat"), out,
+           "--raw", "--prompt", "Once upon a time", "--temperature", "0", "--repetition-penalty", "1",
+           "--max-new-tokens", str(N_NEW), "--print-ids", "--threads", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("ids:"))
+    prompt, reply = line[4:].split("|")
+    return [int(t) for t in prompt.split()], [int(t) for t in reply.split()]
+
+
+@pytest.mark.parametrize("qm", ["fp32", "w4a8"])
+def test_llm_chat_greedy_matches(qm, artifacts, tmp_path_factory):
+    """The standalone aarch64 `chat` binary, greedy, on every CPU path: fp32 gives ONNX Runtime's tokens
+    (greedy decoding driven through the original ONNX; the fixture keeps top-1/top-2 gaps >= 1e-3, far above
+    the fp32 differences, see tests/e2e/test_llm.py); w4a8 gives the x86 w4a8 artifact's tokens (the same
+    quantized weights and bit-exact int8 activations; only the float order of the per-group epilogue
+    differs). The reply stops at an eos token, so it must be a prefix of the reference ending there."""
+    out, manifest = artifacts(f"chat-{qm}", CHAT_LLM, qm=qm, max_context=64)
+    assert manifest["binaries"].get("chat") and manifest["llm"]["kv_cache"]
+    if qm == "w4a8":
+        assert "tcc_qlinear_w4a8__neon" in manifest["kernels"]
+    eos = set(manifest["llm"]["eos_token_ids"])
+    results = {cpu: _chat_ids(out, cpu) for cpu in CHAT_CPUS}
+    prompt = results[None][0]
+    if qm == "fp32":
+        from tests.e2e.llm_oracle import OrtDecoder
+
+        want, _ = OrtDecoder(CHAT_LLM).greedy(prompt, N_NEW)
+    else:
+        with shared_dir(tmp_path_factory, "x86_chat_w4a8") as d:
+            x86 = str(d / "out")
+            if not os.path.isfile(os.path.join(x86, "manifest.json")):
+                tcc.compile(CHAT_LLM, x86, qm="w4a8", max_context=64)
+        with tcc.load(x86) as sess:
+            want = sess.generate(prompt, max_new_tokens=N_NEW, temperature=0, repetition_penalty=1.0,
+                                 eos_ids=set()).tokens
+    for cpu, (p, reply) in results.items():
+        assert p == prompt
+        n = len(reply)
+        assert reply == want[:n] and (n == N_NEW or want[n] in eos), (qm, cpu, reply, want)
