@@ -365,14 +365,16 @@ def cmd_bench(args) -> int:
         return 0
     if not args.target:
         raise TccError("tcc bench needs an artifact directory (or --ablation)")
-    from .runtime.bench import generation_timings
+    from .runtime.bench import bench_artifact, format_bench, plot_steps
 
-    r = generation_timings(args.target, args.prompt_len, args.gen, args.threads, args.repeat)
-    print(f"prefill {args.prompt_len} tokens: {r['prefill_tok_s']:.1f} tok/s (best {r['prefill_tok_s_best']:.1f})")
-    print(f"decode: {r['decode_ms']:.2f} ms/token (best {r['decode_ms_best']:.2f}, spread {r['decode_ms_spread']:.2f}) "
-          f"= {1e3 / r['decode_ms']:.1f} tok/s; weights {_mib(r['weights_bytes'])}")
+    res = bench_artifact(args.target, args.prompt_len, args.gen, args.threads, args.repeat,
+                         bandwidth=not args.no_roofline)
+    print(format_bench(res))
+    _write_json(args.json, res)
+    if args.plot:
+        plot_steps(res, args.plot)
+        print(f"plot: {args.plot}")
     return 0
-
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
@@ -579,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gen", type=int, default=64, help="generated tokens (64)")
     b.add_argument("--threads", type=int, default=2, help="worker threads (2)")
     b.add_argument("--repeat", type=int, default=3, help="repeats; the median and spread are shown (3)")
+    b.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="plot decode ms per step against the roofline (matplotlib)")
+    b.add_argument("--no-roofline", action="store_true", help="skip the bandwidth probe (1 GiB streaming reads)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.set_defaults(fn=cmd_bench)
 

@@ -238,6 +238,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "library": "libmodel.so",
         "binaries": {"run": "run"},
         "weights": {"file": "weights.bin", "bytes": len(program.weights),
+                    "decode_bytes": decode_weight_bytes(graph, program.weights_entries),
                     "sha256": hashlib.sha256(program.weights).hexdigest()},
         "memory": {"arena_bytes": plan.arena_bytes, "intermediates_bytes": plan.total_bytes,
                    "lower_bound_bytes": plan.lower_bound},
@@ -251,6 +252,19 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
     if llm:
         manifest["llm"] = _llm_manifest(llm, graph, ctx, plan)
     return manifest
+
+
+# Input slots through which a node reads only the rows its indices select (embedding tables).
+GATHERED_SLOTS = {"Gather": (0,), "QGather": (1, 2, 3)}
+
+
+def decode_weight_bytes(graph: Graph, entries: list[dict]) -> int:
+    """Bytes of weights one decode step reads in full: every stored constant except tables that are only
+    gathered from (one row per token). The decode roofline's numerator (runtime/roofline.py)."""
+    users = graph.users()
+    gathered = {v.name for v in graph.constants.values()
+                if users.get(v) and all(slot in GATHERED_SLOTS.get(n.op, ()) for n, slot in users[v])}
+    return sum(e["bytes"] for e in entries if e["name"] not in gathered)
 
 
 def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) -> dict:

@@ -22,6 +22,9 @@ VARIANTS = ("naive", "unroll", "threads", "simd", "all")
 
 def generation_timings(out: str, prompt_len: int, gen: int, threads: int | None = None, repeat: int = 3,
                        seed: int = 0) -> dict:
+    """Greedy generation from random prompt ids, `repeat` times from an empty cache: prefill tokens/s,
+    time to first token, decode ms/token (median, best, spread over repeats) and the per-step decode
+    times of the median run."""
     from .session import load
 
     rng = np.random.default_rng(seed)
@@ -29,20 +32,128 @@ def generation_timings(out: str, prompt_len: int, gen: int, threads: int | None 
         llm = sess.manifest.get("llm") or {}
         if "vocab" not in llm:
             raise TccError(f"{out}: not a language-model artifact (no KV cache or recompute interface)")
+        if prompt_len < 1 or gen < 0:
+            raise TccError(f"--prompt-len must be >= 1 and --gen >= 0, got {prompt_len} and {gen}")
+        if prompt_len + gen > llm["capacity"]:
+            raise TccError(f"--prompt-len {prompt_len} + --gen {gen} exceed the artifact's context of "
+                           f"{llm['capacity']} tokens")
         prompt = [int(t) for t in rng.integers(3, llm["vocab"], prompt_len)]
-        prefill, decode = [], []
+        runs = []
         sess.generate(prompt[:4], max_new_tokens=2, temperature=0, eos_ids=set())  # warm pages and pool
         for _ in range(repeat):
             sess.reset()
-            g = sess.generate(prompt, max_new_tokens=gen, temperature=0, eos_ids=set())
-            prefill.append(g.prefill_tokens_per_second)
-            if g.decode_steps:
-                decode.append(1e3 * g.decode_seconds / g.decode_steps)
+            runs.append(sess.generate(prompt, max_new_tokens=gen, temperature=0, eos_ids=set()))
+    prefill = [g.prefill_tokens_per_second for g in runs]
+    decode = [1e3 * g.decode_seconds / g.decode_steps for g in runs if g.decode_steps]
+    median_run = sorted(runs, key=lambda g: g.decode_seconds)[len(runs) // 2]
     return {"prefill_tok_s": statistics.median(prefill), "prefill_tok_s_best": max(prefill),
+            "ttft_ms": statistics.median(1e3 * g.prefill_seconds for g in runs),
             "decode_ms": statistics.median(decode) if decode else float("nan"),
             "decode_ms_best": min(decode) if decode else float("nan"),
             "decode_ms_spread": (max(decode) - min(decode)) if decode else float("nan"),
+            "decode_tok_s": 1e3 / statistics.median(decode) if decode else float("nan"),
+            "step_ms": [1e3 * t for t in median_run.step_seconds],
             "weights_bytes": sess.manifest["weights"]["bytes"]}
+
+
+def _rss_kib(field: str = "VmRSS") -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _child(args_json: str) -> None:
+    """Entry point of the measuring subprocess: prints the timings and its memory as one JSON line."""
+    import json
+    import resource
+
+    a = json.loads(args_json)
+    base = _rss_kib()
+    r = generation_timings(a["out"], a["prompt_len"], a["gen"], a["threads"], a["repeat"])
+    peak = max(_rss_kib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(json.dumps({**r, "peak_rss_bytes": peak * 1024, "baseline_rss_bytes": base * 1024}))
+
+
+def bench_artifact(out: str, prompt_len: int = 128, gen: int = 64, threads: int = 2, repeat: int = 3,
+                   bandwidth: bool = True) -> dict:
+    """`tcc bench out/`: the timings measured in a fresh process (so its peak RSS is the model's plus a
+    bare interpreter's, which is reported separately), the artifact's memory figures, and the decode
+    roofline on `threads` threads."""
+    import json
+    import subprocess
+    import sys
+
+    from .roofline import decode_bytes_per_token, measure_bandwidth, roofline
+    from .session import _read_manifest
+
+    manifest = _read_manifest(out)
+    args = json.dumps({"out": out, "prompt_len": prompt_len, "gen": gen, "threads": threads, "repeat": repeat})
+    r = subprocess.run([sys.executable, "-c", "import sys; from tcc.runtime.bench import _child; _child(sys.argv[1])",
+                        args], capture_output=True, text=True)
+    if r.returncode != 0:
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        msg = lines[-1] if lines else f"exit status {r.returncode}"
+        raise TccError(msg.removeprefix("tcc.errors.TccError: ").removeprefix("tcc.errors.RuntimeFeedError: "))
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    llm = manifest.get("llm") or {}
+    res.update(arena_bytes=manifest["memory"]["arena_bytes"], lower_bound_bytes=manifest["memory"]["lower_bound_bytes"],
+               kv_cache_bytes=llm.get("kv_cache_bytes", 0), qm=manifest.get("qm"), threads=threads,
+               prompt_len=prompt_len, gen=gen, repeat=repeat)
+    if bandwidth and res["decode_ms"] == res["decode_ms"]:
+        bw = measure_bandwidth(threads)
+        per_token = decode_bytes_per_token(manifest, prompt_len + gen / 2)
+        res.update(bandwidth_gbs=bw["best_gbs"], bytes_per_token=per_token,
+                   **roofline(per_token["total"], bw["best_gbs"], res["decode_ms"]))
+    return res
+
+
+def format_bench(res: dict) -> str:
+    mib = 2 ** 20
+    lines = [f"prefill {res['prompt_len']} tokens: {res['prefill_tok_s']:.1f} tok/s (best {res['prefill_tok_s_best']:.1f}); "
+             f"time to first token {res['ttft_ms']:.1f} ms",
+             f"decode {res['gen']} tokens: {res['decode_ms']:.2f} ms/token (best {res['decode_ms_best']:.2f}, spread "
+             f"{res['decode_ms_spread']:.2f} over {res['repeat']} runs) = {res['decode_tok_s']:.1f} tok/s"]
+    if "floor_ms" in res:
+        b = res["bytes_per_token"]
+        lines.append(f"roofline: {res['bandwidth_gbs']:.1f} GB/s read bandwidth on {res['threads']} thread(s) / "
+                     f"{b['total'] / mib:.2f} MiB per token ({b['weights'] / mib:.2f} MiB weights + "
+                     f"{b['kv_cache'] / mib:.2f} MiB KV) = {res['floor_ms']:.2f} ms/token floor "
+                     f"({res['roofline_tok_s']:.1f} tok/s); achieved {100 * res['achieved']:.0f}%")
+    lines.append(f"memory: peak RSS {res['peak_rss_bytes'] / mib:.1f} MiB (a bare interpreter: "
+                 f"{res['baseline_rss_bytes'] / mib:.1f} MiB), weights {res['weights_bytes'] / mib:.2f} MiB, "
+                 f"KV cache {res['kv_cache_bytes'] / mib:.2f} MiB, arena {res['arena_bytes'] / mib:.2f} MiB "
+                 f"(planner lower bound {res['lower_bound_bytes'] / mib:.2f} MiB)")
+    return "\n".join(lines)
+
+
+def plot_steps(res: dict, path: str) -> None:
+    """Decode ms per step over the generation, with the roofline floor (needs matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise TccError("--plot needs matplotlib (pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(1, len(res["step_ms"]) + 1), res["step_ms"], lw=1, label="decode step")
+    if "floor_ms" in res:
+        ax.axhline(res["floor_ms"], color="k", ls="--", lw=1, label=f"roofline ({res['bandwidth_gbs']:.1f} GB/s)")
+    ax.set_xlabel("generated token")
+    ax.set_ylabel("ms")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{res.get('qm')}, {res['threads']} thread(s), prompt {res['prompt_len']}")
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _cache_dir(model: str, key: str) -> str:

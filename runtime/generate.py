@@ -39,6 +39,7 @@ class Generation:
     decode_seconds: float = 0.0
     decode_steps: int = 0  # single-token runs of the model during decoding
     step_logits: list[np.ndarray] = field(default_factory=list)  # with keep_logits=True: logits per new token
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each decode step (sample + run)
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -216,7 +217,8 @@ class Generator:
         start = len(self.context)
         t0 = time.perf_counter()
         logits = self.feed(new_ids)[-1]
-        t1 = time.perf_counter()
+        t1 = t_step = time.perf_counter()
+        step_times: list[float] = []
         interrupted = _Interrupt()
         with interrupted:
             for i in range(max_new_tokens):
@@ -244,6 +246,9 @@ class Generator:
                         reason = "interrupted"
                     break
                 logits = self.feed([tok])[-1]
+                now = time.perf_counter()
+                step_times.append(now - t_step)
+                t_step = now
         if decoder is not None and reason != "stop":
             tail = decoder.flush()
             text += tail
@@ -251,7 +256,7 @@ class Generator:
                 stream(tail)
         t2 = time.perf_counter()
         steps = len(self.context) - start - len(new_ids)
-        return Generation(text, out, list(new_ids), reason, t1 - t0, t2 - t1, steps, kept)
+        return Generation(text, out, list(new_ids), reason, t1 - t0, t2 - t1, steps, kept, step_times)
 
     def _append_only(self, tok: int) -> None:
         """The last sampled token joins the context (fed to the cache) so the next turn continues after it."""

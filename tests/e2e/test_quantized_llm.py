@@ -200,10 +200,24 @@ def test_cli_quantized_compile_and_errors(texts, tmp_path):
 def test_bench_cli(compiled, tmp_path):
     """`tcc bench` prints figures (no timing is asserted: the machine is shared)."""
     out, _ = compiled("w4a8", False)
+    js = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "tcc.cli", "bench", out, "--prompt-len", "8", "--gen", "4",
-                        "--repeat", "1", "--threads", "1"], capture_output=True, text=True)
+                        "--repeat", "1", "--threads", "1", "--json", str(js)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "prefill 8 tokens:" in r.stdout and "ms/token" in r.stdout
+    assert "prefill 8 tokens:" in r.stdout and "ms/token" in r.stdout and "time to first token" in r.stdout
+    assert "roofline:" in r.stdout and "achieved" in r.stdout and "memory: peak RSS" in r.stdout
+    res = json.loads(js.read_text())
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert res["weights_bytes"] == manifest["weights"]["bytes"] and res["bandwidth_gbs"] > 0
+    # One decode step reads every weight but the quantized embedding table (rows are gathered), plus the KV
+    # cache of ~10 positions.
+    assert res["bytes_per_token"]["weights"] == manifest["weights"]["decode_bytes"] < manifest["weights"]["bytes"]
+    kv_per_pos = manifest["llm"]["kv_cache_bytes"] / manifest["llm"]["capacity"]
+    assert res["bytes_per_token"]["kv_cache"] == pytest.approx(kv_per_pos * (8 + 4 / 2))
+    assert len(res["step_ms"]) == 3 and res["peak_rss_bytes"] > res["baseline_rss_bytes"] > 0
+    r = subprocess.run([sys.executable, "-m", "tcc.cli", "bench", out, "--prompt-len", "5000"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "exceed the artifact's context" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "tcc.cli", "bench", "--ablation", "--shape", "3x96x40", "--repeat", "1",
                         "--qm", "w8a8"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

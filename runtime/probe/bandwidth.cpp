@@ -1,0 +1,88 @@
+// tcc's memory-bandwidth probe (`tcc bench`): the decode roofline's denominator.
+//
+//   bandwidth BYTES THREADS PASSES   ->  one JSON line: best and median read bandwidth in GB/s
+//
+// STREAM-like read-only kernel: every thread sums its contiguous slice of one buffer with wide vector
+// loads into 8 independent accumulators (enough to hide load latency on x86 and ARM cores), so the
+// figure is what a GEMV that streams its weights once per token can reach at best. Pages are touched
+// first by the thread that later reads them (first-touch placement). Threads are created once and
+// meet at a barrier per pass; a pass is timed from release to the last thread's arrival.
+#include <atomic>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+typedef float vec __attribute__((vector_size(32), aligned(32)));
+
+static float sum_slice(const vec* p, size_t n) {
+  vec a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
+    a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
+  }
+  for (; i < n; ++i) a0 += p[i];
+  vec s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+  float r = 0;
+  for (int k = 0; k < 8; ++k) r += s[k];
+  return r;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: %s BYTES THREADS PASSES\n", argv[0]);
+    return 2;
+  }
+  const size_t bytes = std::strtoull(argv[1], nullptr, 10) / 256 * 256;
+  const int threads = std::max(1, std::atoi(argv[2]));
+  const int passes = std::max(1, std::atoi(argv[3]));
+  const size_t nvec = bytes / sizeof(vec);
+  vec* buf = static_cast<vec*>(std::aligned_alloc(4096, (nvec * sizeof(vec) + 4095) / 4096 * 4096));
+  if (!buf) {
+    std::fprintf(stderr, "bandwidth: cannot allocate %zu bytes\n", bytes);
+    return 1;
+  }
+  std::atomic<int> generation{0}, arrived{0};
+  std::vector<double> seconds;
+  std::vector<float> sink(threads);
+  auto slice = [&](int t, size_t* begin, size_t* end) {
+    *begin = nvec * t / threads;
+    *end = nvec * (t + 1) / threads;
+  };
+  auto worker = [&](int t) {
+    size_t b, e;
+    slice(t, &b, &e);
+    for (size_t i = b; i < e; ++i) buf[i] = vec{} + float(i & 7);  // first touch by the reader
+    arrived.fetch_add(1);
+    for (int g = 1; g <= passes; ++g) {
+      while (generation.load(std::memory_order_acquire) < g) std::this_thread::yield();
+      sink[t] += sum_slice(buf + b, e - b);
+      arrived.fetch_add(1, std::memory_order_acq_rel);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(worker, t);
+  while (arrived.load() < threads) std::this_thread::yield();
+  for (int g = 1; g <= passes; ++g) {
+    arrived.store(0);
+    auto t0 = std::chrono::steady_clock::now();
+    generation.store(g, std::memory_order_release);
+    while (arrived.load(std::memory_order_acquire) < threads) {}
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  for (auto& th : pool) th.join();
+  float total = 0;
+  for (float s : sink) total += s;
+  std::vector<double> sorted = seconds;
+  std::sort(sorted.begin(), sorted.end());
+  const double gb = double(nvec * sizeof(vec)) / 1e9;
+  std::printf("{\"bytes\": %zu, \"threads\": %d, \"passes\": %d, \"best_gbs\": %.3f, \"median_gbs\": %.3f, "
+              "\"checksum\": %.1f}\n",
+              nvec * sizeof(vec), threads, passes, gb / sorted.front(), gb / sorted[sorted.size() / 2], double(total));
+  std::free(buf);
+  return 0;
+}
