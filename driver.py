@@ -431,8 +431,27 @@ def cache_key(model: str, opts: CompileOptions) -> str:
         side["config.json"] = cfg
     if opts.calib:
         side["calib"] = opts.calib
+    side.update(_external_data_files(model))
     parts["files"] = {k: _file_digest(p) for k, p in sorted(side.items()) if os.path.isfile(p)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _external_data_files(model: str) -> dict[str, str]:
+    """The files an ONNX model keeps its external tensors in (their contents are part of the model)."""
+    import onnx
+
+    try:
+        proto = onnx.load(model, load_external_data=False)
+    except Exception:  # noqa: BLE001  (a broken model fails with a clear error when it is compiled)
+        return {}
+    base = os.path.dirname(os.path.abspath(model))
+    out = {}
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc:
+                out[f"external:{loc}"] = os.path.join(base, loc)
+    return out
 
 
 CACHE_KEY_FILE = ".tcc-cache-key"

@@ -75,7 +75,8 @@ def _child(args_json: str) -> None:
     a = json.loads(args_json)
     base = _rss_kib()
     r = generation_timings(a["out"], a["prompt_len"], a["gen"], a["threads"], a["repeat"])
-    peak = max(_rss_kib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork + exec, so it would report the parent's peak.
+    peak = _rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({**r, "peak_rss_bytes": peak * 1024, "baseline_rss_bytes": base * 1024}))
 
 
@@ -92,6 +93,9 @@ def bench_artifact(out: str, prompt_len: int = 128, gen: int = 64, threads: int 
     from .session import _read_manifest
 
     manifest = _read_manifest(out)
+    # The probe runs before and after the timing and the better figure counts: on a shared machine one
+    # probe can read low and push the achieved fraction over 100%.
+    probes = [measure_bandwidth(threads)] if bandwidth else []
     args = json.dumps({"out": out, "prompt_len": prompt_len, "gen": gen, "threads": threads, "repeat": repeat})
     r = subprocess.run([sys.executable, "-c", "import sys; from tcc.runtime.bench import _child; _child(sys.argv[1])",
                         args], capture_output=True, text=True)
@@ -105,7 +109,8 @@ def bench_artifact(out: str, prompt_len: int = 128, gen: int = 64, threads: int 
                kv_cache_bytes=llm.get("kv_cache_bytes", 0), qm=manifest.get("qm"), threads=threads,
                prompt_len=prompt_len, gen=gen, repeat=repeat)
     if bandwidth and res["decode_ms"] == res["decode_ms"]:
-        bw = measure_bandwidth(threads)
+        probes.append(measure_bandwidth(threads))
+        bw = max(probes, key=lambda p: p["best_gbs"])
         per_token = decode_bytes_per_token(manifest, prompt_len + gen / 2)
         res.update(bandwidth_gbs=bw["best_gbs"], bytes_per_token=per_token,
                    **roofline(per_token["total"], bw["best_gbs"], res["decode_ms"]))
