@@ -12,7 +12,10 @@ register tiles are taller and narrower than x86's:
 - gemm: MR=6 rows x the 16-column panel (4 vectors) = 24 accumulators + 4 B vectors + 2 A vectors (6 rows of
   A packed per k: one q and one d register, used with by-lane FMAs) = 30 registers. KC/MC/PB as on x86
   (the L1/L2 sizes of Cortex-A7x/Neoverse are as large or larger than the tuning machine's).
-- matmul: the same MRxNR register tile over a packed B block (both operands are run-time tensors).
+- matmul (both operands run-time tensors): the gemm tile, MR=6 x NR=16, over B rows read in place (A packed 6
+  rows per k per K block of KC); one row (decode) in 1 x 4*ROW_VECS tiles (8 independent FMA chains); B
+  transposed (q @ k^T) in DOT_TILES of dot products (4 rows x 4 columns: 16 accumulators + 4 A + 1 B, the 4
+  column sums of a row out of two pairwise adds; 1 x 8 for leftover rows). Blocks: matmul-avx2's.
 - kvattention / attention: QK tiles of 4 rows x 4 keys (16 accumulators + 4 K + 4 q = 24 registers; the 4
   key sums of a row come out of two pairwise adds), PV tiles of 4 rows x 4 vectors (16 floats of Dv).
 """
@@ -47,7 +50,8 @@ _REDUCE = {"sum": "vaddq_f32(acc, v)", "mean": "vaddq_f32(acc, v)", "prod": "vmu
 
 # Tile sizes (module docstring).
 GEMM = {"MR": 6, "KC": 256, "MC": 144, "PB": 32, "GEMV_KU": 4}
-MATMUL = {"MR": 6, "NR": 16, "KC": 256, "MC": 96}
+MATMUL = {"MR": 6, "NR": 16, "KC": 256, "ROW_VECS": 8, "ROW_BLOCK": 48, "COL_BLOCK": 256,
+          "DOT_TILES": [(1, 8), (4, 4)], "DOT_ROW_BLOCK": 16, "DOT_COL_BLOCK": 64, "DOT_MAX_N": 8}
 KV = {"QT": 8, "JB": 64, "QK_ROWS": 4, "QK_KEYS": 4, "PV_ROWS": 4, "PV_CHUNKS": 4}
 ATTN = dict(KV)
 
@@ -98,8 +102,9 @@ def _kvattention(spec: KernelSpec) -> dict[str, Any]:
 
 
 def _attention(spec: KernelSpec) -> dict[str, Any]:
-    ctx = {}
+    ctx = {"MIN_PARALLEL_FLOPS": kernels_linalg.MIN_PARALLEL_FLOPS}
     if spec.variant == "neon":
+        assert ATTN["QK_KEYS"] == 4 and ATTN["JB"] % 4 == 0, "the QK score reduction is written for 4 keys"
         ctx.update(ATTN)
     return ctx
 
@@ -129,4 +134,6 @@ NEON_F32: list[tuple[str, dict]] = [
     *(("copy", {"esize": e}) for e in (1, 2, 4, 8)),
     ("gemm", {"dtype": "f32"}),
     ("kvattention", {"dtype": "f32"}),
+    ("matmul", {"dtype": "f32"}),
+    ("attention", {"dtype": "f32"}),
 ]

@@ -120,8 +120,8 @@ class Harness:
                   '  FILE* f = std::fopen(argv[1], "rb");',
                   "  if (!f || std::fread(B, 1, n, f) != n) return 3;",
                   "  std::fclose(f);",
-                  '  std::printf("features: dotprod=%d i8mm=%d fp16=%d\\n", (int)tcc::arm::has_dotprod(), '
-                  "(int)tcc::arm::has_i8mm(), (int)tcc::arm::has_fp16());",
+                  ('  std::printf("features: dotprod=%d i8mm=%d fp16=%d\\n", (int)tcc::arm::has_dotprod(), '
+                   "(int)tcc::arm::has_i8mm(), (int)tcc::arm::has_fp16());"),
                   "  tcc_pool* pool = tcc_pool_create(2);",
                   "  run_all(B, pool);",
                   "  tcc_pool_destroy(pool);",
@@ -154,7 +154,8 @@ class Harness:
         src, dst = (os.path.join(self.dir, f"{d}-{tag}-{os.getpid()}.bin") for d in ("in", "out"))
         blob.tofile(src)
         cmd = [QEMU, *(["-cpu", cpu] if cpu else []), "-L", SYSROOT, self.exe, src, dst]
-        proc = subprocess.run(["nice", "-n", "19", *cmd], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(["nice", "-n", "19", *cmd], capture_output=True, text=True, timeout=timeout,
+                              check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"harness under qemu ({tag}) exited {proc.returncode}: {proc.stderr[-2000:]}")
         self.messages = proc.stdout

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None or host_is_arm(),
 CPUS = [None, "cortex-a53"]
 CPU_IDS = ["qemu-max", "cortex-a53"]
 LLM = os.path.join(MODELS_DIR, "llm_quant", "llama_outliers", "model.onnx")
-LLM_OPTS = dict(max_context=64, round_to_nearest=True)
+LLM_OPTS = {"max_context": 64, "round_to_nearest": True}
 
 
 def _feeds(name: str, batch: int, seq: int, seed: int) -> dict:
@@ -64,6 +64,12 @@ def _manifest(out: str) -> dict:
         return json.load(f)
 
 
+def _no_portable_linalg(manifest: dict) -> None:
+    """Every matmul / attention / gemm kernel of an arm artifact is the NEON one (none falls back to scalar)."""
+    linalg = [k for k in manifest["kernels"] if k.startswith(("tcc_matmul_", "tcc_attention_", "tcc_gemm_"))]
+    assert all(k.endswith("__neon") for k in linalg), linalg
+
+
 def _elf(path: str) -> tuple[int, int, bool]:
     """(e_type, e_machine, has a PT_INTERP program header) of a 64-bit little-endian ELF file."""
     with open(path, "rb") as f:
@@ -81,6 +87,9 @@ def test_fp32_model_matches_onnxruntime(name, artifacts):
     path = os.path.join(MODELS_DIR, name + ".onnx")
     out, manifest = artifacts(name, path, max_dims={"*": 32})
     assert manifest["target"] == "arm"
+    _no_portable_linalg(manifest)
+    if name == "encoder":  # its self-attention runs the NEON fused attention kernel
+        assert "tcc_attention_f32__neon" in manifest["kernels"], manifest["kernels"]
     for cpu in CPUS:
         for batch, seq, seed in ((1, 1, 0), (2, 7, 1)):
             feeds = _feeds(name, batch, seq, seed)
@@ -104,6 +113,7 @@ def test_artifact_is_aarch64_pic_library_and_static_run(artifacts):
 def test_decoder_computes_its_ir(qm, artifacts):
     out, manifest = artifacts(f"llm-{qm}", LLM, qm=qm, **LLM_OPTS)
     kernels = manifest["kernels"]
+    _no_portable_linalg(manifest)
     if qm in ("w8a8", "w4a8"):
         assert f"tcc_qlinear_{qm}__neon" in kernels and "tcc_quantize_acts__neon" in kernels
     ids = np.random.default_rng(7).integers(0, 200, (1, 20)).astype(np.int64)
@@ -159,13 +169,31 @@ def _chat_ids(out: str, cpu: str | None) -> tuple[list[int], list[int]]:
     return [int(t) for t in prompt.split()], [int(t) for t in reply.split()]
 
 
+def _interpreter_greedy(model: str, prompt: list[int], n_new: int, **opts) -> list[int]:
+    """Greedy tokens of the reference interpreter on the arm-optimized graph (the graph the artifact was
+    compiled from; its KV cache is the interpreter's ProgramState): the prompt as one prefill, then one token
+    per run, as `chat` does. No eos stop: the caller cuts the reply where the binary stopped."""
+    from tcc.ir.interpreter import ProgramState
+
+    g, _, _ = optimize(model, CompileOptions(pipeline="optimize", target="arm", **opts))
+    state = ProgramState(g)
+    state.logits_rows = 1
+    tokens, new = [], list(prompt)
+    for _ in range(n_new):
+        logits = run_graph(g, {"input_ids": np.array([new], np.int64)}, state=state)["logits"]
+        new = [int(np.argmax(logits[0, -1]))]
+        tokens.append(new[0])
+    return tokens
+
+
 @pytest.mark.parametrize("qm", ["fp32", "w4a8"])
-def test_llm_chat_greedy_matches(qm, artifacts, tmp_path_factory):
+def test_llm_chat_greedy_matches(qm, artifacts):
     """The standalone aarch64 `chat` binary, greedy, on every CPU path: fp32 gives ONNX Runtime's tokens
     (greedy decoding driven through the original ONNX; the fixture keeps top-1/top-2 gaps >= 1e-3, far above
-    the fp32 differences, see tests/e2e/test_llm.py); w4a8 gives the x86 w4a8 artifact's tokens (the same
-    quantized weights and bit-exact int8 activations; only the float order of the per-group epilogue
-    differs). The reply stops at an eos token, so it must be a prefix of the reference ending there."""
+    the fp32 differences, see tests/e2e/test_llm.py); w4a8 gives the tokens of the reference interpreter
+    greedily decoding the same quantized graph with its KV cache (`_interpreter_greedy`: the same quantized
+    weights and bit-exact int8 activations, only float summation orders differ). The reply stops at an eos
+    token, so it must be a prefix of the reference ending there."""
     out, manifest = artifacts(f"chat-{qm}", CHAT_LLM, qm=qm, max_context=64)
     assert manifest["binaries"].get("chat") and manifest["llm"]["kv_cache"]
     if qm == "w4a8":
@@ -178,13 +206,7 @@ def test_llm_chat_greedy_matches(qm, artifacts, tmp_path_factory):
 
         want, _ = OrtDecoder(CHAT_LLM).greedy(prompt, N_NEW)
     else:
-        with shared_dir(tmp_path_factory, "x86_chat_w4a8") as d:
-            x86 = str(d / "out")
-            if not os.path.isfile(os.path.join(x86, "manifest.json")):
-                tcc.compile(CHAT_LLM, x86, qm="w4a8", max_context=64)
-        with tcc.load(x86) as sess:
-            want = sess.generate(prompt, max_new_tokens=N_NEW, temperature=0, repetition_penalty=1.0,
-                                 eos_ids=set()).tokens
+        want = _interpreter_greedy(CHAT_LLM, prompt, N_NEW, qm=qm, max_context=64)
     for cpu, (p, reply) in results.items():
         assert p == prompt
         n = len(reply)

@@ -1,9 +1,10 @@
 """The arm NEON f32 kernels under qemu: every `neon` variant of the elementwise, normalization, linear-algebra
-and attention families (backends/arm/kernels_neon.py) against the numpy references of the x86 kernel tests
-(tests/kernels/), on their edge-case shapes, with their tolerances (each justified there; the NEON math
-header implements the same algorithms as the AVX2 one, so the same contract applies: 2e-6 relative for the
-transcendentals, exact for the correctly rounded IEEE ops, selects, casts and data movement, the fp32
-summation bounds for reductions, dot products and attention).
+(gemm, matmul) and attention (attention, kvattention) families (backends/arm/kernels_neon.py) against the numpy
+references of the x86 kernel tests (tests/kernels/), on their edge-case shapes and layouts, with their
+tolerances, each justified there and none loosened here (the NEON math header implements the same
+algorithms as the AVX2 one, so the same contract applies: 2e-6 relative for the transcendentals, exact for the
+correctly rounded IEEE ops, selects, casts and data movement, the fp32 summation bounds for reductions, dot
+products (FP32_TOL * sqrt(K + 1) * |A| @ |B|: gemm, matmul) and attention (`attention_tol`)).
 
 All calls of this module run in one static harness binary (tests/backends/arm_harness.py), run once per CPU:
 qemu's default (`max`) and cortex-a53. The f32 kernels have no run-time feature dispatch, so the two runs
@@ -13,6 +14,7 @@ tests (bshd, a dim stride of 2, reversed and broadcast views) reach the kernels 
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -23,6 +25,8 @@ from tcc.backends.x86.packing import pack_f32_panels
 
 from tests.kernels import test_elementwise as ew
 from tests.kernels import test_kvattention as kv
+from tests.kernels import test_linalg as la
+from tests.kernels.conftest import elem_strides
 from tests.kernels.test_linalg import FP32_TOL
 
 from .arm_harness import POOL, At, Harness, shared_dir
@@ -57,11 +61,33 @@ def _base(view: np.ndarray):
 
 
 class Cases:
+    """The module's harness calls; an item (one test) checks one call, or a group of calls (the shape sweeps,
+    which the x86 tests also check per group), given every call's results."""
+
     def __init__(self):
-        self.h, self.items = Harness(), []
+        self.h, self.items, self.tested, self.errors = Harness(), [], set(), {}
 
     def add(self, name, spec, args, check):
-        self.items.append((f"{spec.name}-{name}", self.h.call(spec, *args), check))
+        idx = self.h.call(spec, *args)
+        self.tested.add(spec)
+        self.items.append((f"{spec.name}-{name}", lambda res, idx=idx, check=check: check(res[idx])))
+        return idx
+
+    def add_group(self, name, spec, calls):
+        """One item for [(args, check)]; each check gets its call's results."""
+        idxs = [(self.h.call(spec, *args), check) for args, check in calls]
+        self.tested.add(spec)
+
+        def run(res):
+            for idx, check in idxs:
+                check(res[idx])
+        self.items.append((f"{spec.name}-{name}", run))
+
+    def expect_error(self, name, spec, args, message):
+        """A call that must raise (the harness prints `call <index>: <message>` for it)."""
+        idx = self.h.call(spec, *args)
+        self.errors[idx] = message
+        self.items.append((f"{spec.name}-{name}", lambda res, idx=idx: None))
 
 
 def _pool(j):
@@ -281,10 +307,116 @@ def _kvattention(c: Cases, rng):
                            *strides, cos, sin, rd, mode, scale, _pool(j) if S > 1 else POOL), check)
 
 
+def _matmul_call(A, B, pool, what, spec):
+    """(args, check) of C = A @ B with numpy broadcasting over the batch dims (tests/kernels/test_linalg.py:
+    run_matmul / check_matmul): operands passed as their base buffers and element strides, C dense, NaN
+    filled (every output must be written)."""
+    M, K = A.shape[-2:]
+    N = B.shape[-1]
+    batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    sa = elem_strides(np.broadcast_to(A, batch + (M, K)))  # stride 0 where broadcast
+    sb = elem_strides(np.broadcast_to(B, batch + (K, N)))
+    (a_base, a_off, _), (b_base, b_off, _) = _base(A), _base(B)
+    z = np.zeros(1, np.int64)
+    args = (At(a_base, a_off), At(b_base, b_off), np.full(batch + (M, N), np.nan, np.float32), M, N, K,
+            sa[-2], sa[-1], sb[-2], sb[-1], len(batch), _i64(batch) if batch else z,
+            _i64(sa[:-2]) if batch else z, _i64(sb[:-2]) if batch else z, pool)
+
+    def check(res, A=A, B=B):
+        A64, B64 = A.astype(np.float64), B.astype(np.float64)
+        la.check_dot(res[2], A64 @ B64, np.abs(A64) @ np.abs(B64), K, f"{spec.name} {what}")
+    return args, check
+
+
+def _matmul(c: Cases, rng):
+    """test_linalg's matmul tests: every (M, N, K) of its edge sizes in the dense, B-transposed (the DOT path,
+    B read in place) and A-transposed layouts; batched with broadcasting and strided operands; the large
+    shapes (several row, column and K blocks); empty K and an empty batch."""
+    spec, = of("matmul")
+    j = 0
+    for layout in ("dense", "bT", "aT"):
+        for M in la.MS:
+            calls = []
+            for N, K in itertools.product(la.NS, la.KS):
+                A = la.make_operand(rng, (), M, K, "T" if layout == "aT" else "dense")
+                B = la.make_operand(rng, (), K, N, "T" if layout == "bT" else "dense")
+                j += 1
+                calls.append(_matmul_call(A, B, _pool(j), f"{layout} M={M} N={N} K={K}", spec))
+            c.add_group(f"{layout}-M{M}", spec, calls)
+    for batches in la.BATCHES:
+        for a_layout, b_layout in [("dense", "dense"), ("dense", "T"), ("T", "dense"), ("dense", "strided"),
+                                   ("strided", "T")]:
+            calls = []
+            for M, N, K in [(1, 17, 64), (7, 33, 31), (13, 1, 257), (6, 100, 3), (64, 16, 16)]:
+                A = la.make_operand(rng, batches[0], M, K, a_layout)
+                B = la.make_operand(rng, batches[1], K, N, b_layout)
+                j += 1
+                calls.append(_matmul_call(A, B, _pool(j), f"batches={batches} A {a_layout} B {b_layout} "
+                                                          f"M={M} N={N} K={K}", spec))
+            c.add_group(f"batched{batches}-{a_layout}-{b_layout}", spec, calls)
+    for layout in ("dense", "bT"):
+        calls = []
+        for M, N, K in [(1, 300, 70), (50, 300, 300), (7, 530, 16), (100, 20, 600)]:
+            A = la.make_operand(rng, (2,), M, K, "dense")
+            B = la.make_operand(rng, (2,), K, N, "T" if layout == "bT" else "dense")
+            calls.append(_matmul_call(A, B, POOL, f"large {layout} M={M} N={N} K={K}", spec))
+        c.add_group(f"large-{layout}", spec, calls)
+    args, _ = _matmul_call(np.ones((2, 3, 0), np.float32), np.ones((2, 0, 4), np.float32), None, "K=0", spec)
+    c.add("k0", spec, args, lambda r: np.testing.assert_array_equal(r[2], np.zeros((2, 3, 4), np.float32)))
+    args, _ = _matmul_call(np.ones((0, 3, 2), np.float32), np.ones((0, 2, 4), np.float32), None, "no batch", spec)
+    c.add("empty-batch", spec, args, lambda r: None)  # writes nothing and must not crash
+
+
+def _attention_args(q, k, v, mask, out, scale, causal, pool):
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    ms = [0, 0, 0, 0] if mask is None else elem_strides(np.broadcast_to(mask, (B, Hq, Sq, Skv)))
+    bufs = []
+    for a in (q, k, v, out):
+        base, off, _ = _base(a)
+        bufs.append(At(base, off))
+    return (*bufs[:3], mask, bufs[3], B, Hq, Hkv, Sq, Skv, D, Dv,
+            *[_i64(elem_strides(a)) for a in (q, k, v)], _i64(ms), _i64(elem_strides(out)), scale, causal, pool)
+
+
+def _attention(c: Cases, rng):
+    """test_linalg's attention cases (decode / prefill, GQA, causal with a cache offset, masks of broadcast
+    shapes, a fully masked row, D = 1, D 7 / Dv 5, a dim stride of 2, no keys), its reference and tolerance."""
+    spec, = of("attention")
+    for j, (case, (B, Hq, Hkv, Sq, Skv, D, Dv, causal, mask_kind, layout)) in enumerate(la.ATTN_CASES.items()):
+        q = la.qkv_array(rng, B, Hq, Sq, D, layout)
+        k = la.qkv_array(rng, B, Hkv, Skv, D, layout)
+        v = la.qkv_array(rng, B, Hkv, Skv, Dv, layout)
+        mask = la.make_mask(rng, mask_kind, B, Hq, Sq, Skv)
+        out = la.qkv_array(rng, B, Hq, Sq, Dv, "bshd" if layout == "bshd" else "bhsd")
+        out[...] = np.nan
+        scale = 1.0 / np.sqrt(max(D, 1))
+
+        def check(res, q=q, k=k, v=v, mask=mask, out=out, scale=scale, causal=causal, case=case, mk=mask_kind, D=D,
+                  Skv=Skv):
+            got = np.lib.stride_tricks.as_strided(res[4], out.shape, out.strides)
+            ref, smax, vmax = la.attention_ref(q, k, v, mask, scale, causal)
+            tol = la.attention_tol(smax, vmax, D, Skv)
+            err = np.abs(got.astype(np.float64) - ref)
+            bad = ~(err <= tol)
+            if bad.any():
+                idx = tuple(np.argwhere(bad)[0])
+                pytest.fail(f"{spec.name} {case}: {bad.sum()}/{bad.size} off; first at {idx}: got {got[idx]!r}, "
+                            f"want {ref[idx]!r}, |err| {err[idx]:.3g} > tol {np.broadcast_to(tol, err.shape)[idx]:.3g}")
+            if mk == "row_masked":
+                assert (got[0, 0, 1] == 0).all(), "a row with every key masked must give zeros"
+        c.add(case, spec, _attention_args(q, k, v, mask, out, scale, causal, POOL if j % 2 else None), check)
+    q = np.zeros((1, 3, 1, 4), np.float32)
+    k = np.zeros((1, 2, 2, 4), np.float32)
+    c.expect_error("bad-heads", spec, _attention_args(q, k, k, None, np.zeros_like(q), 0.5, 0, None),
+                   "3 query heads are not a multiple of 2 kv heads")
+
+
 def _build():
     rng = np.random.default_rng(5)
     c = Cases()
-    for part in (_unary, _binary, _where, _cast, _reduce, _softmax, _norm, _copy, _gemm, _kvattention):
+    for part in (_unary, _binary, _where, _cast, _reduce, _softmax, _norm, _copy, _gemm, _kvattention, _matmul,
+                 _attention):
         part(c, rng)
     return c
 
@@ -301,7 +433,11 @@ def neon_results(tmp_path_factory):
     results = {}
     for cpu in CPUS:
         results[cpu] = CASES.h.run(cpu)
-        assert "call " not in CASES.h.messages, f"kernel errors under {cpu}: {CASES.h.messages[:500]}"
+        errors = dict(line.split(": ", 1) for line in CASES.h.messages.splitlines() if line.startswith("call "))
+        errors = {int(k[5:]): v for k, v in errors.items()}
+        assert errors.keys() == CASES.errors.keys(), f"kernel errors under {cpu}: {CASES.h.messages[:500]}"
+        for idx, want in CASES.errors.items():
+            assert want in errors[idx], (cpu, idx, errors[idx], want)
     return results
 
 
@@ -309,10 +445,9 @@ def neon_results(tmp_path_factory):
 @pytest.mark.parametrize("cpu", CPUS, ids=CPU_IDS)
 @pytest.mark.parametrize("case", CASES.items, ids=[c[0] for c in CASES.items])
 def test_arm_neon_kernel(neon_results, cpu, case):
-    _, idx, check = case
-    check(neon_results[cpu][idx])
+    _, check = case
+    check(neon_results[cpu])
 
 
 def test_every_neon_f32_variant_is_tested():
-    tested = {CASES.h.calls[i][0] for _, i, _ in CASES.items}
-    assert set(NEON) <= tested, sorted(s.name for s in set(NEON) - tested)
+    assert set(NEON) <= CASES.tested, sorted(s.name for s in set(NEON) - CASES.tested)

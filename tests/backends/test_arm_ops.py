@@ -159,7 +159,8 @@ def test_merged_model_uses_the_neon_kernels(op_results):
     manifest, _ = op_results
     kernels = set(manifest["kernels"])
     for name in ("tcc_gemm_f32__neon", "tcc_unary_exp_f32__neon", "tcc_softmax_softmax_f32__neon",
-                 "tcc_norm_layernorm_f32__neon", "tcc_binary_add_f32__neon"):
+                 "tcc_norm_layernorm_f32__neon", "tcc_binary_add_f32__neon",
+                 "tcc_matmul_f32__neon", "tcc_attention_f32__neon"):  # MatMul of two inputs, Attention
         assert name in kernels, sorted(kernels)
 
 
