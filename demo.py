@@ -75,13 +75,19 @@ def compile_variant(model: str, variant: Variant, calib: str | None, max_context
                     progress: Callable | None = None) -> tuple[str, dict, bool]:
     """Compile (or reuse) `model` as `variant` for the host; returns (artifact dir, manifest, reused)."""
     from .driver import CompileOptions, compile_cached
+    from .passes.schemes import get_scheme
 
-    out = artifact_dir(model, variant.label + (f"-g{group_size}" if group_size else ""))
+    if not get_scheme(variant.qm).grouped:
+        group_size = None  # per-channel schemes have no groups: --group-size is for the int4 rows
+    out = artifact_dir(model, variant.label + (f"-g{group_size}" if group_size else "")
+                       + (f"-ctx{max_context}" if max_context else ""))
     opts = CompileOptions(target=host_target(), qm=variant.qm, max_context=max_context, group_size=group_size,
                           calib=calib if variant.calibrated else None, round_to_nearest=not variant.calibrated,
                           dump_ir=out + "-ir" if dump_ir else None)
     if variant.calibrated and not calib:
         raise TccError(f"{variant.label} needs calibration text (--calib FILE)")
+    # An artifact compiled without dumps (by --compare) is rebuilt once when the dumps are wanted.
+    rebuild = rebuild or (dump_ir and not os.path.isdir(out + "-ir"))
     manifest, reused = compile_cached(model, out, opts, progress, rebuild=rebuild)
     return out, manifest, reused
 
@@ -170,8 +176,7 @@ def compare_quantization(model: str, text: str, calib: str | None, context: int 
             continue
         if progress:
             progress(f"compiling {v.label}")
-        art, manifest, reused = compile_variant(model, v, calib, max_context=context, group_size=group_size,
-                                                progress=None)
+        art, manifest, reused = compile_variant(model, v, calib, group_size=group_size, progress=None)
         if progress:
             progress(f"evaluating {v.label}" + (" (artifact reused)" if reused else ""))
         with load(art, threads=threads) as sess:

@@ -3,9 +3,10 @@
 The text is tokenized with the artifact's tokenizer (special tokens as the tokenizer adds them, so a
 BOS starts the text when the model expects one) and scored with sliding windows, as the Hugging Face
 perplexity recipe does: each window holds at most `context` tokens and starts `stride` tokens after the
-previous one; it scores only the tokens no earlier window scored, so every token after the first is
-scored exactly once, with at least `context - stride` tokens of history once the first window is past.
-`stride == context` gives disjoint windows (fastest, least history).
+previous one (one earlier when that would leave a gap: the token before a target must be in its window);
+it scores only the tokens no earlier window scored, so every token after the first is scored exactly
+once, with at least `context - stride` tokens of history once the first window is past.
+`stride == context` gives windows that overlap by one token (fastest, least history).
 
 Each window runs from an empty KV cache (`Generator.logits_of`: prefill chunks with logits for every
 position). Negative log-likelihoods are summed in float64 from a log-softmax of the float32 logits.
@@ -150,12 +151,9 @@ def evaluate(session, text: str, context: int | None = None, stride: int | None 
 
 
 def read_text(path: str) -> str:
+    from .tokenizer import _read_text
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise TccError(f"--text {path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise TccError(f"--text {path}: not UTF-8 text (byte offset {e.start})") from None
-    except IsADirectoryError:
-        raise TccError(f"--text {path}: is a directory, expected a text file") from None
+        return _read_text(path)
+    except TccError as e:
+        raise TccError(f"--text: {e}") from None

@@ -25,23 +25,24 @@ from tcc.runtime.perplexity import evaluate, score, tokenize
 
 pytestmark = pytest.mark.xdist_group("demo")
 
-# Tokens of the held-out text scored in the quality tests: enough that the AWQ-vs-RTN gap is well
-# above the noise of one text (the per-window spread is reported on failure), small enough for CI.
-N_TOKENS = 4096
+# The quality tests score the whole held-out text (~26,700 tokens): on its first 4,096 tokens alone the
+# ordering of schemes whose perplexities differ by ~0.3% is not stable (there, group-128 round-to-nearest
+# even came out ahead of group 32), on the whole text it is, and the gaps below are 2-10x that.
 CONTEXT, STRIDE = 256, 128
 
-# Perplexity increase over fp32 allowed per scheme on the held-out text. Measured (README table,
-# N_TOKENS, CONTEXT/STRIDE above): see MEASURED below; each bound sits above the measured
-# figure with room for kernel-path differences (AVX2 vs VNNI rounding of int8 dot products is
-# exact, but the activation quantization of w8a8 / w4a8 amplifies last-ulp fp32 differences)
-# and below what a broken scheme gives (a wrong group scale or a lost zero point costs >> 20%).
+# Perplexity increase over fp32 allowed per scheme on the held-out text. Measured (README table, one run
+# on this machine, group 32): w8a8 RTN +0.36%, SmoothQuant +0.28%; w4a32 RTN +2.42%, AWQ +1.88%; w4a8 RTN
+# +2.40%, AWQ +1.92%. Each bound sits ~1.5x above its figure (room for a retrained model or another
+# machine's fp32 summation order, which the int8 activation rounding amplifies) and below what a broken
+# scheme costs: per-channel instead of per-group int4 scales, or group 128, already gives +3.4%, above the
+# AWQ bounds; a lost zero point or a wrong scale costs tens of percent.
 QUALITY_BOUND = {
-    ("w8a8", "RTN"): 0.03,
-    ("w8a8", "SmoothQuant"): 0.03,
-    ("w4a32", "RTN"): 0.10,
-    ("w4a32", "AWQ"): 0.08,
-    ("w4a8", "RTN"): 0.12,
-    ("w4a8", "AWQ"): 0.10,
+    ("w8a8", "RTN"): 0.010,
+    ("w8a8", "SmoothQuant"): 0.010,
+    ("w4a32", "RTN"): 0.040,
+    ("w4a32", "AWQ"): 0.030,
+    ("w4a8", "RTN"): 0.040,
+    ("w4a8", "AWQ"): 0.030,
 }
 
 
@@ -52,8 +53,7 @@ def heldout() -> str:
 
 @pytest.fixture(scope="module")
 def compare_rows(heldout):
-    rows = compare_quantization(DEMO_MODEL, heldout, DEMO_CALIB, context=CONTEXT, stride=STRIDE,
-                                max_tokens=N_TOKENS)
+    rows = compare_quantization(DEMO_MODEL, heldout, DEMO_CALIB, context=CONTEXT, stride=STRIDE)
     return {(r["qm"], r["method"]): r for r in rows}
 
 
@@ -105,8 +105,8 @@ def test_fp32_perplexity_equals_onnxruntime(heldout):
     with load(art) as sess:
         got = evaluate(sess, heldout, context=CONTEXT, stride=STRIDE, max_tokens=1024)
         ids, offsets = tokenize(sess.tokenizer, heldout)
+    text = heldout[:offsets[1024]]  # the characters the first 1024 tokens cover, as evaluate() truncates
     ids, offsets = ids[:1024], offsets[:1024]
-    text = heldout[:offsets[-1]] if len(ids) == 1024 else heldout  # as evaluate() truncates
     so = ort.SessionOptions()
     so.log_severity_level = 3
     ref = ort.InferenceSession(DEMO_MODEL, so, providers=["CPUExecutionProvider"])
@@ -135,7 +135,7 @@ def test_awq_beats_round_to_nearest_at_w4a8(compare_rows):
 @pytest.mark.parametrize("case", sorted(QUALITY_BOUND))
 def test_quantized_perplexity_within_bound_of_fp32(compare_rows, case):
     row, fp32 = compare_rows[case], compare_rows[("fp32", "-")]
-    assert row["tokens"] == fp32["tokens"] == N_TOKENS - 1
+    assert row["tokens"] == fp32["tokens"] > 20000
     assert 0 <= row["ppl_vs_fp32"] + 0.005, "quantization improving perplexity by >0.5% is suspicious"
     assert row["ppl_vs_fp32"] <= QUALITY_BOUND[case], (case, row["perplexity"], fp32["perplexity"])
     ratio = row["weight_bytes"] / fp32["weight_bytes"]
@@ -154,21 +154,26 @@ def test_eval_cli_prints_perplexity_and_writes_json(tmp_path, capsys):
     assert 1.0 < d["perplexity"] < 200
 
 
-def test_eval_compare_prints_one_table(capsys, compare_rows):
-    assert cli.main(["eval", "--compare", "--max-tokens", str(N_TOKENS), "--context", str(CONTEXT),
+def test_eval_compare_prints_one_table(capsys, compare_rows, heldout):
+    """The CLI table (on the text's first 512 tokens; the artifacts of the quality tests are reused)."""
+    from tcc.runtime.session import load
+
+    assert cli.main(["eval", "--compare", "--max-tokens", "512", "--context", str(CONTEXT),
                      "--stride", str(STRIDE), "-q"]) == 0
     out = capsys.readouterr().out
+    assert "511 tokens, windows of 256, stride 128" in out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(COMPARE_VARIANTS)
     for v in COMPARE_VARIANTS:
         assert any(line.startswith(f"| {v.qm} | {v.method} |") for line in table), v
-    # The artifacts compiled for the quality tests were reused: the same figures come out.
+    with load(compare_rows[("w4a8", "AWQ")]["artifact"]) as sess:
+        p = evaluate(sess, heldout, context=CONTEXT, stride=STRIDE, max_tokens=512)
     awq = next(line for line in table if line.startswith("| w4a8 | AWQ |"))
-    assert f"{compare_rows[('w4a8', 'AWQ')]['perplexity']:.3f}" in awq
+    assert f"| {p.ppl:.3f} |" in awq
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["eval", "ART", "--text", "/nonexistent.txt"], "--text /nonexistent.txt: no such file"),
+    (["eval", "ART", "--text", "/nonexistent.txt"], "--text: file not found: /nonexistent.txt"),
     (["eval", "ART", "--text", DEMO_HELDOUT, "--context", "64", "--stride", "65"], "--stride must be between 1"),
     (["eval", "ART", "--text", DEMO_HELDOUT, "--context", "100000"], "exceeds the artifact's KV capacity"),
     (["eval", "ART", "--text", "EMPTY"], "the evaluation text is empty"),
