@@ -272,7 +272,7 @@ def test_odd_names_passthrough_and_constant_outputs(tmp_path):
 
 
 def test_compile_reports_a_decoder_without_past(tmp_path):
-    """The README quick start: the bundled LLaMA has no past inputs, so generation recomputes the sequence."""
+    """The bundled test LLaMA (tests/models/llama.onnx) has no past inputs, so generation recomputes the sequence."""
     r = _tcc("compile", os.path.join(MODELS_DIR, "llama.onnx"), "-o", tmp_path / "llama", "--max-dim", "batch=4",
              "--max-dim", "seq=128", "-q")
     assert r.returncode == 0, r.stderr
