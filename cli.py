@@ -395,7 +395,7 @@ def cmd_eval(args) -> int:
         model = args.target or demo_model()
         if not model.endswith(".onnx") or not os.path.isfile(model):
             raise TccError(f"tcc eval --compare takes an .onnx model (default: the bundled demo), got {model!r}")
-        is_demo = os.path.abspath(model) == os.path.abspath(demo_model()) if not args.target else _is_demo(model)
+        is_demo = _is_demo(model)
         text_path = args.text or (DEMO_HELDOUT if is_demo else None)
         calib = args.calib or (DEMO_CALIB if is_demo else None)
         if text_path is None:
