@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -89,20 +88,15 @@ def log(msg: str) -> None:
 
 
 def _rss_kib(field: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    from tcc.runtime.bench import _rss_kib as rss
+
+    return rss(field)
 
 
 def _peak_rss_bytes() -> int:
-    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: on Linux the latter survives fork + exec,
-    so a child started by a big parent reports at least the parent's RSS."""
-    return 1024 * (_rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    from tcc.runtime.bench import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _write_atomic(path: str, data: str | bytes) -> None:

@@ -67,17 +67,22 @@ def _rss_kib(field: str = "VmRSS") -> int:
     return 0
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork + exec, so a child
+    started by a big parent would report at least the parent's peak."""
+    import resource
+
+    return 1024 * (_rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def _child(args_json: str) -> None:
     """Entry point of the measuring subprocess: prints the timings and its memory as one JSON line."""
     import json
-    import resource
 
     a = json.loads(args_json)
     base = _rss_kib()
     r = generation_timings(a["out"], a["prompt_len"], a["gen"], a["threads"], a["repeat"])
-    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives fork + exec, so it would report the parent's peak.
-    peak = _rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({**r, "peak_rss_bytes": peak * 1024, "baseline_rss_bytes": base * 1024}))
+    print(json.dumps({**r, "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": base * 1024}))
 
 
 def bench_artifact(out: str, prompt_len: int = 128, gen: int = 64, threads: int = 2, repeat: int = 3,
