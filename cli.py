@@ -54,7 +54,7 @@ def cmd_compile(args) -> int:
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
                           kernel_variant=args.kernel_variant, cpu=args.cpu, pipeline=args.pipeline,
                           max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template,
-                          **_quant_options(args))
+                          tune=args.tune, tune_threads=args.tune_threads, **_quant_options(args))
     manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
     mem = manifest["memory"]
     print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
@@ -77,6 +77,11 @@ def cmd_compile(args) -> int:
               f"{llm['capacity']} tokens")
     elif llm:
         print(f"note: decoder with past inputs, but no KV cache: {llm.get('kv_cache_refused')}")
+    tuning = manifest.get("tuning")
+    if tuning:
+        changed = sum(1 for p in tuning["problems"] if p["choice"])
+        print(f"tuned: {changed} of {len(tuning['problems'])} Linear problems use tuned kernel parameters "
+              f"({tuning['threads']} threads, {tuning['seconds']:.1f} s; `tcc info {args.output}` lists them)")
     if args.dump_ir:
         print(f"IR dumps in {args.dump_ir}/")
     return 0
@@ -339,6 +344,10 @@ def cmd_info(args) -> int:
           f"lower bound {_mib(mem['lower_bound_bytes'])})")
     print(f"kernels    {len(m['kernels'])}: {', '.join(m['kernels'])}")
     print("ops        " + ", ".join(f"{k}×{v}" for k, v in sorted(m["ops"].items())))
+    if m.get("tuning"):
+        from .runtime.bench import format_tuning
+
+        print(format_tuning(m["tuning"]))
     return 0
 
 
@@ -365,12 +374,19 @@ def cmd_bench(args) -> int:
         return 0
     if not args.target:
         raise TccError("tcc bench needs an artifact directory (or --ablation)")
-    from .runtime.bench import bench_artifact, format_bench, plot_steps
+    from .runtime.bench import bench_artifact, format_bench, format_vs_default, plot_steps, tuned_vs_default
 
-    res = bench_artifact(args.target, args.prompt_len, args.gen, args.threads, args.repeat,
-                         bandwidth=not args.no_roofline)
-    print(format_bench(res))
-    _write_json(args.json, res)
+    if args.vs_default:
+        both = tuned_vs_default(args.target, args.prompt_len, args.gen, args.threads, args.repeat,
+                                bandwidth=not args.no_roofline, progress=progress_printer(not args.quiet))
+        print(format_vs_default(both))
+        _write_json(args.json, both)
+        res = both["tuned"]
+    else:
+        res = bench_artifact(args.target, args.prompt_len, args.gen, args.threads, args.repeat,
+                             bandwidth=not args.no_roofline)
+        print(format_bench(res))
+        _write_json(args.json, res)
     if args.plot:
         plot_steps(res, args.plot)
         print(f"plot: {args.plot}")
@@ -512,6 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kernel-variant", choices=KERNEL_VARIANTS,
                    help="force one kernel variant where a family has it: avx2 | scalar, or the quantized linear "
                         "kernels' optimization steps naive | unroll | threads | simd | all (default: the fastest)")
+    c.add_argument("--tune", action="store_true", help="measure the Linear kernels' tile sizes, prefetch distance "
+                   "and GEMV/GEMM crossover on this machine for the model's shapes and build the fastest "
+                   "(cached in <cache-dir>/tuning.json; recorded in the manifest)")
+    c.add_argument("--tune-threads", type=int, metavar="N", help="threads to tune for (default: the runtime's "
+                   "default, all cores)")
     c.add_argument("--max-context", type=int, metavar="N",
                    help="KV-cache capacity in tokens of a decoder with past (default: config.json's, else 2048)")
     c.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or its directory (default: beside the model)")
@@ -584,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="plot decode ms per step against the roofline (matplotlib)")
     b.add_argument("--no-roofline", action="store_true", help="skip the bandwidth probe (1 GiB streaming reads)")
+    b.add_argument("--vs-default", action="store_true", help="an artifact compiled with --tune: also compile its "
+                   "model without --tune (cached) and time both in this run")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.set_defaults(fn=cmd_bench)
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,6 +51,10 @@ class CompileOptions:
     calib_seq_len: int = 256
     awq_clip: bool = False  # AWQ's optional weight-clipping search
     round_to_nearest: bool = False  # no calibration on purpose (RTN rows of a comparison): no warning
+    # --tune: measure the kernels' free parameters on this machine for `tune_threads` threads (default:
+    # the runtime's default thread count) and build the fastest (codegen/tuning.py).
+    tune: bool = False
+    tune_threads: int | None = None
 
 
 def _say(progress: Callable | None, msg: str) -> None:
@@ -156,12 +161,19 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
             raise TypeError(f"unknown compile option {k!r}")
         setattr(opts, k, v)
     t0 = time.perf_counter()
+    if opts.tune:
+        from .codegen.tuning import refusal
+
+        why = refusal(check_target(opts), opts.target)
+        if why:
+            raise TccError(why)
     graph, ctx, backend = optimize(model, opts, progress)
     plan = ctx.stats.get("plan-memory")
     if plan is None:
         raise TccError(f"pipeline {opts.pipeline!r} does not plan memory; it cannot be compiled")
+    tuning = _tune(graph, ctx, backend, opts, progress) if opts.tune else None
     _say(progress, "generating code")
-    program = generate(graph, plan, backend, ctx.symbol_bounds, variant=opts.kernel_variant)
+    program = generate(graph, plan, backend, ctx.symbol_bounds, variant=opts.kernel_variant, tuning=tuning)
     build_dir = opts.build_dir or _default_build_dir(out_dir)
     sources = write_sources(program, os.path.join(build_dir, "src"))
     run_cpp = os.path.join(build_dir, "src", "run_main.cpp")
@@ -177,6 +189,8 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     lib = build_library(sources, build_dir, backend.target, "model", extra_executables=executables,
                         jobs=flags.get("build-jobs"))
     manifest = _manifest(model, graph, ctx, opts, program, time.perf_counter() - t0)
+    if tuning is not None:
+        manifest["tuning"] = tuning.manifest()
     files = {"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}}
     manifest["binaries"] = {exe: exe for exe in executables}
     texts = {}
@@ -188,6 +202,51 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     _assemble(out_dir, files, program.weights, manifest, texts)
     _say(progress, f"wrote {out_dir}")
     return manifest
+
+
+_PATH_OPTIONS = ("calib", "tokenizer")
+# Options that say where to write, not what to build: left out of the manifest and the cache key.
+_LOCAL_OPTIONS = ("dump_ir", "build_dir")
+
+
+def options_to_dict(opts: CompileOptions) -> dict:
+    """The compile options as JSON (the manifest's "options": enough to compile the model again)."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(opts).items())
+           if k not in _LOCAL_OPTIONS}
+    for k in _PATH_OPTIONS:  # absolute, so that the options work from any directory
+        if isinstance(out.get(k), str) and os.path.exists(out[k]):
+            out[k] = os.path.abspath(out[k])
+    return out
+
+
+def options_from_dict(values: dict) -> CompileOptions:
+    """CompileOptions from a manifest's "options" (fields this tcc does not know are an error)."""
+    known = {f.name: f for f in dataclasses.fields(CompileOptions)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TccError(f"the artifact's compile options name unknown option(s) {', '.join(unknown)} "
+                       f"(compiled by another tcc version?)")
+    defaults = CompileOptions()
+    return CompileOptions(**{k: tuple(v) if isinstance(getattr(defaults, k), tuple) else v
+                             for k, v in values.items()})
+
+
+def tune_threads(opts: CompileOptions) -> int:
+    """The thread count --tune measures at: --tune-threads, else the runtime default (flag `threads`)."""
+    n = opts.tune_threads or flags.get("threads") or os.cpu_count() or 1
+    if n < 1:
+        raise TccError(f"--tune-threads must be at least 1, got {n}")
+    return int(n)
+
+
+def _tune(graph: Graph, ctx, backend, opts: CompileOptions, progress: Callable | None):
+    from .codegen.tuning import tune
+
+    result = tune(graph, ctx.symbol_bounds, backend, tune_threads(opts), progress, opts.kernel_variant)
+    changed = sum(1 for p in result.problems if p["choice"])
+    _say(progress, f"tuned {len(result.problems)} kernel problem(s) in {result.seconds:.1f} s: "
+                   f"{changed} use tuned parameters")
+    return result
 
 
 def _have_json_header() -> bool:
@@ -246,6 +305,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "ops": graph.ops(),
         "passes": [[name, round(dt, 6)] for name, dt in ctx.timings],
         "compile_seconds": round(seconds, 3),
+        "options": options_to_dict(opts),
     }
     manifest["quantization"] = _quant_manifest(graph, ctx, opts, len(program.weights))
     llm = graph.meta.get("llm")
@@ -424,7 +484,7 @@ def cache_key(model: str, opts: CompileOptions) -> str:
     if not os.path.isfile(model):
         raise TccError(f"model file {model} not found")
     parts = {"model": _file_digest(model), "tcc": _source_digest(),
-             "options": {k: v for k, v in sorted(vars(opts).items()) if k not in ("dump_ir", "build_dir")}}
+             "options": {k: v for k, v in sorted(vars(opts).items()) if k not in _LOCAL_OPTIONS}}
     side = dict(_tokenizer_files(model, opts))
     cfg = os.path.join(os.path.dirname(os.path.abspath(model)), "config.json")
     if os.path.isfile(cfg):

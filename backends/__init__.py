@@ -21,6 +21,7 @@ class Backend:
     select: Callable  # select(family, variant=None, **params) -> KernelSpec | None
     pack: Callable  # pack(kind, array) -> (layout name, packed array)
     variants: tuple  # every KernelSpec this backend can emit
+    tuner: Any = None  # the module that measures kernels for --tune (backends/<target>/tuning.py), if any
 
 
 # The machine (platform.machine()) each target's code runs on.

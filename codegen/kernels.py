@@ -86,10 +86,24 @@ class KernelSpec:
     family: str
     variant: str
     params: tuple[tuple[str, Any], ...] = ()
+    # Free parameters chosen by `tcc compile --tune` (template context keys such as GEMM_MC), overriding
+    # the family context's defaults. Empty for the default kernel; part of the name otherwise.
+    tuning: tuple[tuple[str, Any], ...] = ()
 
     @staticmethod
     def make(target: str, family: str, variant: str, **params: Any) -> "KernelSpec":
         return KernelSpec(target, family, variant, tuple(sorted(params.items())))
+
+    def tuned(self, **values: Any) -> "KernelSpec":
+        """This kernel with some free parameters set; values equal to the defaults are dropped, so a
+        spec tuned to its defaults is the default spec (and shares its name and object file)."""
+        defaults = _family_context(KernelSpec(self.target, self.family, self.variant, self.params))
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise KeyError(f"kernel {self.name} has no free parameter {', '.join(unknown)}")
+        merged = {**dict(self.tuning), **values}
+        kept = tuple(sorted((k, v) for k, v in merged.items() if defaults[k] != v))
+        return KernelSpec(self.target, self.family, self.variant, self.params, kept)
 
     def param(self, key: str, default: Any = None) -> Any:
         for k, v in self.params:
@@ -101,7 +115,9 @@ class KernelSpec:
     def name(self) -> str:
         ordered = sorted(self.params, key=lambda kv: (NAME_ORDER.index(kv[0]) if kv[0] in NAME_ORDER
                                                       else len(NAME_ORDER), kv[0]))
-        return "_".join(["tcc", self.family, *(str(v) for _, v in ordered)]) + "__" + self.variant
+        name = "_".join(["tcc", self.family, *(str(v) for _, v in ordered)]) + "__" + self.variant
+        # Tuned kernels spell their choices: tcc_qlinear_w4a8__all_gemmmc64_prefetchbytes1024.
+        return name + "".join(f"_{k.lower().replace('_', '')}{v}" for k, v in self.tuning)
 
     @property
     def template(self) -> str:
@@ -118,6 +134,7 @@ class KernelSpec:
     def context(self) -> dict[str, Any]:
         ctx: dict[str, Any] = dict(self.params)
         ctx.update(_family_context(self))
+        ctx.update(self.tuning)
         ctx.update(name=self.name, signature=self.signature, family=self.family,
                    variant=self.variant, target=self.target)
         return ctx

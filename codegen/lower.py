@@ -101,6 +101,7 @@ class Emitter:
     lines: list[str] = field(default_factory=list)
     kernels: set = field(default_factory=set)
     variant: str | None = None
+    tuning: object = None  # codegen.tuning.Tuning from --tune: per-node kernel parameters
     _tmp: int = 0
 
     # -- names and pointers -----------------------------------------------------------------------
@@ -168,6 +169,8 @@ class Emitter:
         if spec is None:
             raise UnsupportedError(f"{node.op} node {node.name!r}: no {family} kernel for "
                                    + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+        if self.tuning is not None:
+            spec = self.tuning.apply(node.name, spec)
         self.kernels.add(spec)
         self.lines.append(f"  {spec.name}({', '.join(args)});")
         if check_error:

@@ -102,9 +102,10 @@ def output_lines(graph: Graph) -> list[str]:
     return lines
 
 
-def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str | None = None) -> Program:
-    """Lower every node and render the model program."""
-    em = Emitter(graph, plan, backend.select, backend.pack, variant=variant)
+def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str | None = None,
+             tuning=None) -> Program:
+    """Lower every node and render the model program; `tuning` (codegen.tuning.Tuning) swaps in tuned kernels."""
+    em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning)
     profiled: list[tuple[str, str]] = []  # (op, node name) of every node that runs code
     for node in graph.nodes:
         start = len(em.lines)

@@ -113,6 +113,8 @@ def bench_artifact(out: str, prompt_len: int = 128, gen: int = 64, threads: int 
     res.update(arena_bytes=manifest["memory"]["arena_bytes"], lower_bound_bytes=manifest["memory"]["lower_bound_bytes"],
                kv_cache_bytes=llm.get("kv_cache_bytes", 0), qm=manifest.get("qm"), threads=threads,
                prompt_len=prompt_len, gen=gen, repeat=repeat)
+    if manifest.get("tuning"):
+        res["tuning"] = manifest["tuning"]
     if bandwidth and res["decode_ms"] == res["decode_ms"]:
         probes.append(measure_bandwidth(threads))
         bw = max(probes, key=lambda p: p["best_gbs"])
@@ -138,7 +140,69 @@ def format_bench(res: dict) -> str:
                  f"{res['baseline_rss_bytes'] / mib:.1f} MiB), weights {res['weights_bytes'] / mib:.2f} MiB, "
                  f"KV cache {res['kv_cache_bytes'] / mib:.2f} MiB, arena {res['arena_bytes'] / mib:.2f} MiB "
                  f"(planner lower bound {res['lower_bound_bytes'] / mib:.2f} MiB)")
+    if res.get("tuning"):
+        lines += ["", format_tuning(res["tuning"])]
     return "\n".join(lines)
+
+
+def format_tuning(tuning: dict) -> str:
+    """The --tune choices of an artifact: per Linear problem, the kernel and its default vs tuned time."""
+    changed = sum(1 for p in tuning["problems"] if p["choice"])
+    lines = [f"tuned for {tuning['threads']} thread(s) on {tuning['host']} ({tuning['seconds']:.1f} s): "
+             f"{changed} of {len(tuning['problems'])} Linear problems use tuned parameters",
+             "| problem | layers | parameters | rows: default -> tuned ms |", "|---|---:|---|---|"]
+    for p in tuning["problems"]:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(p["choice"].items())) or "defaults"
+        if p.get("tried"):
+            params += " (tried " + ", ".join(f"{k}={v}" for k, v in sorted(p["tried"].items())) + ": slower)"
+        times = "; ".join(f"{m}: {d:.3f} -> {t:.3f} ({d / t:.2f}x)" for m, (d, t) in p["ms"].items() if t > 0)
+        lines.append(f"| {p['problem']} | {p['nodes']} | {params} | {times or '-'} |")
+    return "\n".join(lines)
+
+
+def untuned_twin(out: str, progress=None) -> str:
+    """The artifact of the same model and options without --tune (compiled once into the cache)."""
+    from .. import flags
+    from ..driver import compile_cached, options_from_dict
+    from .session import _read_manifest
+
+    manifest = _read_manifest(out)
+    if not manifest.get("tuning"):
+        raise TccError(f"{out} was compiled without --tune: there is no default to compare with "
+                       "(compile with --tune)")
+    source = manifest.get("source", "")
+    if not os.path.isfile(source):
+        raise TccError(f"--vs-default compiles {source or 'the source model'} again without --tune, "
+                       "and it is no longer there")
+    opts = options_from_dict(manifest.get("options") or {})
+    opts.tune, opts.tune_threads = False, None
+    twin = os.path.join(flags.get("cache-dir"), "artifacts",
+                        "untuned-" + hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:16])
+    compile_cached(source, twin, opts, progress)
+    return twin
+
+
+def tuned_vs_default(out: str, prompt_len: int = 128, gen: int = 64, threads: int = 2, repeat: int = 3,
+                     bandwidth: bool = True, progress=None) -> dict:
+    """`tcc bench out/ --vs-default`: the tuned artifact and its untuned twin, timed in one run."""
+    twin = untuned_twin(out, progress)
+    default = bench_artifact(twin, prompt_len, gen, threads, repeat, bandwidth=False)
+    tuned = bench_artifact(out, prompt_len, gen, threads, repeat, bandwidth=bandwidth)
+    return {"tuned": tuned, "default": default, "default_artifact": twin,
+            "prefill_speedup": tuned["prefill_tok_s"] / default["prefill_tok_s"],
+            "decode_speedup": default["decode_ms"] / tuned["decode_ms"]}
+
+
+def format_vs_default(res: dict) -> str:
+    t, d = res["tuned"], res["default"]
+    return "\n".join([
+        format_bench(t), "",
+        f"tuned vs default kernels ({t['threads']} thread(s), prompt {t['prompt_len']}, {t['gen']} new tokens, "
+        f"one run; default artifact {res['default_artifact']}):",
+        "| | prefill tok/s | decode ms/token | decode tok/s |", "|---|---:|---:|---:|",
+        f"| default | {d['prefill_tok_s']:.1f} | {d['decode_ms']:.2f} | {d['decode_tok_s']:.1f} |",
+        f"| tuned | {t['prefill_tok_s']:.1f} | {t['decode_ms']:.2f} | {t['decode_tok_s']:.1f} |",
+        f"| tuned / default | {res['prefill_speedup']:.2f}x | {res['decode_speedup']:.2f}x faster | |"])
 
 
 def plot_steps(res: dict, path: str) -> None:

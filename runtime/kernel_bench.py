@@ -30,23 +30,36 @@ _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 _libs: dict[str, ctypes.CDLL] = {}
 
 
-def _load(build_dir: str) -> ctypes.CDLL:
-    """The library of every quantized kernel variant (built once per build_dir and process)."""
-    if build_dir not in _libs:
-        from ..backends.x86.kernels_quant import VARIANTS
-        from ..backends.x86.target import TARGET, host_supports
-        from ..codegen.cmake import build_library
-        from ..codegen.kernels import write_kernels
+def load_kernels(specs, build_dir: str) -> ctypes.CDLL:
+    """A shared library of the given x86 kernels plus the runtime (thread pool), built in `build_dir`
+    (ccache makes rebuilds cheap) and loaded once per process. The library's name carries a digest of
+    the kernel names: dlopen caches by path, so a library rebuilt with other kernels needs a new one."""
+    import hashlib
 
+    from ..backends.x86.target import TARGET, host_supports
+    from ..codegen.cmake import build_library
+    from ..codegen.kernels import write_kernels
+
+    names = sorted({s.name for s in specs})
+    name = "tcc_bench_" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    key = os.path.join(build_dir, name)
+    if key not in _libs:
         ok, why = host_supports(TARGET)
         if not ok:
             raise RuntimeError(f"cannot run the x86 kernels here: {why}")
-        sources = write_kernels(VARIANTS, os.path.join(build_dir, "kernels"))
-        lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, "tcc_bench_qlinear"))
+        sources = write_kernels(specs, os.path.join(build_dir, "kernels", name))
+        lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, name))
         lib.tcc_pool_create.argtypes, lib.tcc_pool_create.restype = [ctypes.c_int], ctypes.c_void_p
         lib.tcc_pool_destroy.argtypes, lib.tcc_pool_destroy.restype = [ctypes.c_void_p], None
-        _libs[build_dir] = lib
-    return _libs[build_dir]
+        _libs[key] = lib
+    return _libs[key]
+
+
+def _load(build_dir: str) -> ctypes.CDLL:
+    """The library of every quantized kernel variant."""
+    from ..backends.x86.kernels_quant import VARIANTS
+
+    return load_kernels(VARIANTS, build_dir)
 
 
 def _fn(lib, spec):
@@ -56,15 +69,23 @@ def _fn(lib, spec):
         fn.argtypes = [_P, _P, _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P]
     elif spec.family == "qlinear_w4a32":
         fn.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P]
-    else:
+    elif spec.family == "qlinear_w8a8":
         fn.argtypes = [_P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P]
+    elif spec.family == "gemm":
+        fn.argtypes = [_P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _P]
+    else:
+        raise ValueError(f"no benchmark operands for kernel family {spec.family!r}")
     return fn
 
 
 class _Problem:
-    """Random operands of one qlinear call, packed for the x86 kernels, and the call itself."""
+    """Random operands of one Linear kernel call (qm "w4a8", "w4a32", "w8a8" or "f32"), packed for the x86
+    kernels, and the call itself.
 
-    def __init__(self, qm: str, m: int, k: int, n: int, group: int, seed: int = 0):
+    `copies` > 1 keeps that many copies of the packed weights and each call reads the next one, so that a
+    decode GEMV streams its weights from memory as in a model (one copy of a small layer stays in cache)."""
+
+    def __init__(self, qm: str, m: int, k: int, n: int, group: int, seed: int = 0, copies: int = 1):
         from ..backends.x86 import packing_quant as pq
         from ..ir.ops.quant import quantize_activations
 
@@ -72,36 +93,43 @@ class _Problem:
         self.qm, self.m, self.k, self.n, self.group = qm, m, k, n, group
         x = rng.standard_normal((m, k)).astype(np.float32)
         self.y = np.empty((m, n), np.float32)
-        self.bias = None
-        if qm == "w8a8":
-            q = rng.integers(-127, 128, (n, k), dtype=np.int8)
-            self.w = pq.pack_q8(q)
+        self.bias, self.ws, self.wz = None, None, None
+        if qm == "f32":
+            from ..backends.x86.packing import pack_f32_panels
+            w = pack_f32_panels(rng.standard_normal((k, n)).astype(np.float32))
+            self.x = x
+        elif qm == "w8a8":
+            w = pq.pack_q8(rng.integers(-127, 128, (n, k), dtype=np.int8))
             self.ws = pq.pack_q8_scales(rng.random(n).astype(np.float32) * 0.01)
-            self.wz = None
             self.xq, self.xs, _ = quantize_activations(x, None, pad_to=pq.KPAD)
             self.xs = np.asarray(self.xs, np.float32)
         else:
             g = -(-k // group)
-            q = rng.integers(0, 16, (n, k), dtype=np.uint8)
-            self.w = pq.pack_q4(q)
+            w = pq.pack_q4(rng.integers(0, 16, (n, k), dtype=np.uint8))
             self.ws = pq.pack_q4_scales((rng.random((n, g)) * 0.01 + 1e-3).astype(np.float16).astype(np.float32))
-            self.wz = None  # symmetric (zero point 8)
+            # symmetric: no zero points (8)
             if qm == "w4a8":
                 self.xq, self.xs, self.xsum = (np.ascontiguousarray(a) for a in quantize_activations(x, group, pad_to=pq.KPAD))
             else:
                 self.x = x
-        self.weight_bytes = self.w.nbytes + self.ws.nbytes + (self.wz.nbytes if self.wz is not None else 0)
+        self.weights = [w] + [w.copy() for _ in range(copies - 1)]
+        self.calls = 0
+        self.weight_bytes = w.nbytes + (self.ws.nbytes if self.ws is not None else 0)
 
     def call(self, fn, pool) -> None:
         p = lambda a: None if a is None else a.ctypes.data
         m, n, k = self.m, self.n, self.k
+        w = self.weights[self.calls % len(self.weights)]
+        self.calls += 1
         if self.qm == "w4a8":
-            fn(p(self.xq), p(self.xs), p(self.xsum), self.xq.shape[1], p(self.w), p(self.ws), p(self.wz), p(self.bias),
+            fn(p(self.xq), p(self.xs), p(self.xsum), self.xq.shape[1], p(w), p(self.ws), p(self.wz), p(self.bias),
                p(self.y), n, m, n, k, self.group, pool)
         elif self.qm == "w4a32":
-            fn(p(self.x), k, p(self.w), p(self.ws), p(self.wz), p(self.bias), p(self.y), n, m, n, k, self.group, pool)
+            fn(p(self.x), k, p(w), p(self.ws), p(self.wz), p(self.bias), p(self.y), n, m, n, k, self.group, pool)
+        elif self.qm == "w8a8":
+            fn(p(self.xq), p(self.xs), self.xq.shape[1], p(w), p(self.ws), p(self.bias), p(self.y), n, m, n, k, pool)
         else:
-            fn(p(self.xq), p(self.xs), self.xq.shape[1], p(self.w), p(self.ws), p(self.bias), p(self.y), n, m, n, k, pool)
+            fn(p(self.x), k, p(w), p(self.bias), p(self.y), n, m, n, k, pool)
 
 
 def _time(fn, problem: _Problem, pool, repeat: int, budget_s: float) -> list[float]:

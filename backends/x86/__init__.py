@@ -40,6 +40,6 @@ def pack(kind: str, array: np.ndarray):
 @functools.lru_cache(maxsize=None)
 def backend():
     from .. import Backend
-    from . import kernels, target
+    from . import kernels, target, tuning
 
-    return Backend("x86", target.TARGET, kernels.select, pack, tuple(kernels.VARIANTS))
+    return Backend("x86", target.TARGET, kernels.select, pack, tuple(kernels.VARIANTS), tuner=tuning)

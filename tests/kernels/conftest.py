@@ -110,8 +110,11 @@ def x86_kernel_lib(tmp_path_factory) -> KernelLib:
     ok, reason = host_supports(TARGET)
     if not ok:
         pytest.skip(f"x86 kernels need AVX2/FMA: {reason}")
-    from tcc.backends.x86.kernels import VARIANTS
+    from tcc.backends.x86.kernels import VARIANTS as DEFAULT_VARIANTS
+    from tcc.backends.x86.tuning import corner_specs
     from tcc.codegen.kernels import TEMPLATE_DIR
+
+    VARIANTS = [*DEFAULT_VARIANTS, *corner_specs()]  # and the extremes --tune may choose
 
     missing = sorted({s.template for s in VARIANTS if not os.path.exists(os.path.join(TEMPLATE_DIR, s.template))})
     if missing:  # one clear error instead of a Jinja traceback from deep inside the fixture

@@ -18,16 +18,18 @@ import itertools
 import numpy as np
 import pytest
 from tcc.backends.x86.kernels import VARIANTS
+from tcc.backends.x86.tuning import corner_specs
 from tcc.backends.x86.packing import pack_f32_panels, packed_size, unpack_f32_panels
 
 from .conftest import elem_strides, i64, ptr
 
 FP32_TOL = 8 * 2.0 ** -24
 
-GEMM = [s for s in VARIANTS if s.family == "gemm"]
+# Every gemm variant, and the avx2 kernel with each --tune knob at its smallest and largest candidate.
+GEMM = [s for s in [*VARIANTS, *corner_specs()] if s.family == "gemm"]
 MATMUL = [s for s in VARIANTS if s.family == "matmul"]
 ATTENTION = [s for s in VARIANTS if s.family == "attention"]
-IDS = lambda spec: spec.variant  # noqa: E731
+IDS = lambda spec: spec.name.split("__", 1)[1]  # noqa: E731  (the variant, and tuned parameters)
 
 MS = [1, 2, 5, 6, 7, 13, 64]
 NS = [1, 15, 16, 17, 33, 100]

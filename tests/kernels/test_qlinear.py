@@ -38,16 +38,19 @@ from tcc.backends.x86 import pack
 from tcc.backends.x86 import packing_quant as pq
 from tcc.backends.x86.kernels import VARIANTS, select
 from tcc.backends.x86.kernels_quant import W32_KC
+from tcc.backends.x86.tuning import corner_specs
 from tcc.ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
 
 from .conftest import ptr
 
 U = 2.0 ** -24
 C = 2
-IDS = lambda spec: spec.variant
+IDS = lambda spec: spec.name.split("__", 1)[1]  # the variant, and a tuned kernel's parameters
 
 QA = [s for s in VARIANTS if s.family == "quantize_acts"]
-FAMILY = {f: [s for s in VARIANTS if s.family == f] for f in ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")}
+# Every variant, and the `all` kernels with each --tune knob at its smallest and largest candidate.
+FAMILY = {f: [s for s in [*VARIANTS, *corner_specs()] if s.family == f]
+          for f in ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")}
 # Every variant, and the int8 `all` variants once more with their AVX-VNNI dispatch forced off
 # ("all-avx2"): on a VNNI machine the plain run tests the VNNI path, this one the AVX2 path.
 ISA_AUTO, ISA_AVX2 = 1, 0
@@ -55,9 +58,10 @@ VNNI_FAMILIES = ("qlinear_w4a8", "qlinear_w8a8")  # w4a32 (f32 activations) has 
 
 
 def variants(family):
-    out = [pytest.param(s, ISA_AUTO, id=s.variant) for s in FAMILY[family]]
+    out = [pytest.param(s, ISA_AUTO, id=IDS(s)) for s in FAMILY[family]]
     if family in VNNI_FAMILIES:
-        out += [pytest.param(s, ISA_AVX2, id="all-avx2") for s in FAMILY[family] if s.variant == "all"]
+        out += [pytest.param(s, ISA_AVX2, id=IDS(s).replace("all", "all-avx2", 1))
+                for s in FAMILY[family] if s.variant == "all"]
     return out
 
 
@@ -256,9 +260,10 @@ def w4_problem(rng, M, N, K, group, sym, with_bias):
     return x, q, s, z, bias
 
 
-def w4a32_n_add(K, group):
+def w4a32_n_add(K, group, spec=None):
     G = -(-K // group)
-    return max(group + G + 4, W32_KC + -(-K // W32_KC) + 3)
+    kc = dict(spec.tuning).get("W32_KC", W32_KC) if spec is not None else W32_KC  # a tuned K block
+    return max(group + G + 4, kc + -(-K // kc) + 3)
 
 
 def w4_pack(q, s, z):
@@ -318,7 +323,7 @@ def test_qlinear_w4a32(x86_kernel_lib, spec, isa, M, N, K, group, sym, with_bias
     set_isa(x86_kernel_lib, spec, isa)
     x, q, s, z, bias = w4_problem(rng, M, N, K, group, sym, with_bias)
     y = run_w4a32(x86_kernel_lib, spec, x, K, group, *w4_pack(q, s, z), bias, N, x86_pool)
-    ref, tol = expected(x.astype(np.float64), dequantize(q, s, z, 4, group), bias, w4a32_n_add(K, group))
+    ref, tol = expected(x.astype(np.float64), dequantize(q, s, z, 4, group), bias, w4a32_n_add(K, group, spec))
     check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K} group={group}")
 
 
@@ -406,8 +411,8 @@ def test_tolerance_catches_one_code_off(rng):
         k = K // 2  # inside a whole group (a one-element last group may have a tiny scale)
         q2 = q.copy()
         q2[n, k] = q2[n, k] + 1 if q2[n, k] < 15 else q2[n, k] - 1
-        cases = [(dequantize_activations(*quantize_activations(x, group)[:2], K, group), G + 4),
-                 (x.astype(np.float64), w4a32_n_add(K, group))]
+        cases = [(dequantize_activations(*quantize_activations(x, group)[:2], K, group), G + 4)]
+        cases += [(x.astype(np.float64), w4a32_n_add(K, group, spec)) for spec in FAMILY["qlinear_w4a32"]]
         for xd, n_add in cases:
             ref, tol = expected(xd, wd, None, n_add)
             hit = np.abs(xd[:, k]) > 0.05 * np.abs(xd).max()  # rows where that activation matters
