@@ -48,7 +48,7 @@ def probe_binary() -> str:
     return exe
 
 
-def measure_bandwidth(threads: int, nbytes: int = DEFAULT_PROBE_BYTES, passes: int = 5) -> dict:
+def measure_bandwidth(threads: int, nbytes: int = DEFAULT_PROBE_BYTES, passes: int = 6) -> dict:
     """Read bandwidth in GB/s on `threads` threads: {"best_gbs", "median_gbs", "bytes", ...}."""
     if threads < 1:
         raise TccError(f"--threads must be at least 1, got {threads}")
