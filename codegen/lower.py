@@ -230,6 +230,17 @@ def _quantize_acts(node: Node, em: Emitter) -> None:
                                     str(int(node.attrs["per_tensor"])), "m->pool"])
 
 
+@lowering("NormQuantize")
+def _norm_quantize(node: Node, em: Emitter) -> None:
+    x, gamma, beta = node.inputs[0], node.input(1), node.input(2)
+    xq, xs, xsum = node.outputs
+    k = x.shape[-1]
+    em.call(node, "norm_quantize", [em.ptr(x), em.ptr(gamma), em.ptr(beta), em.ptr(xq), c_dim(xq.shape[-1]),
+                                    em.ptr(xs), em.ptr(xsum), c_dim(product(x.shape[:-1])), c_dim(k),
+                                    _c_float(node.attrs["eps"]), str(node.attrs["group_size"]), "m->pool"],
+            op=node.attrs["norm"], dtype="f32")
+
+
 @lowering("QLinearI8")
 def _qlinear_i8(node: Node, em: Emitter) -> None:
     xq, xs, xsum, q, scales = node.inputs[:5]

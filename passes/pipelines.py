@@ -21,8 +21,8 @@ LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "elimina
 
 # --qm: calibration (AWQ for int4 schemes, SmoothQuant for w8a8; no-ops without calibration data or for
 # other schemes) rescales the fp32 weights, then quantize rounds them; int8 activations are quantized
-# once per input. All no-ops at fp32.
-QUANTIZE = ["awq", "smoothquant", "quantize", "quantize-activations", "eliminate-dead-code"]
+# once per input, and in the normalization kernel where a norm feeds only them. All no-ops at fp32.
+QUANTIZE = ["awq", "smoothquant", "quantize", "quantize-activations", "fuse-norm-quantize", "eliminate-dead-code"]
 
 PIPELINES: dict[str, list[str]] = {
     # What `tcc compile` runs: optimize, quantize, rewrite ops into kernel-family forms, plan memory.

@@ -17,6 +17,8 @@ ctx.stats["quantize"] = {"linears": n (Linear and Gather nodes), "kept_fp32": [n
 from __future__ import annotations
 
 import fnmatch
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -81,6 +83,7 @@ def run(graph: Graph, ctx) -> None:
     patterns = tuple(opts.get("keep_fp32") or ())
     heads = lm_head_nodes(graph)
     count, kept_names, nbytes = 0, [], 0
+    jobs = []  # collect: (node, is_embedding, weight value, data to quantize)
     for node in list(graph.nodes):
         is_embedding = embedding(node)
         if not (is_embedding or quantizable(node)):
@@ -91,28 +94,34 @@ def run(graph: Graph, ctx) -> None:
             ctx.log(NAME, f"{node.name}: kept in fp32 (--keep-fp32 {why})")
             continue
         w = node.inputs[0] if is_embedding else node.inputs[1]
-        data = w.const.T if is_embedding else w.const  # quantize along the table's rows
+        jobs.append((node, is_embedding, w, w.const.T if is_embedding else w.const))  # tables: along rows
+
+    def quantize(data):
         if scheme.weight_bits == 4:
-            q, scales, zeros = quantize_int4(data, group, symmetric=not asym)
-            gs = group
-        else:
-            (q, scales), zeros, gs = quantize_int8(data), None, data.shape[0]
-        qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
-               None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
-        attrs = {"bits": scheme.weight_bits, "group_size": gs}
-        if is_embedding:
-            ins = [node.inputs[1], *qin]
-            new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
-                                 before=node)
-        else:
-            ins = [node.inputs[0], *qin, node.input(2)]
-            while ins[-1] is None:
-                ins.pop()
-            new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
-        replace_value(graph, node.output, new.output)
-        graph.remove_nodes([node])
-        nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
-        count += 1
+            return (*quantize_int4(data, group, symmetric=not asym), group)
+        q, scales = quantize_int8(data)
+        return q, scales, None, data.shape[0]
+
+    # numpy releases the GIL in the array loops, so layers quantize in parallel on all cores.
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+        results = pool.map(quantize, [job[3] for job in jobs])
+        for (node, is_embedding, w, _), (q, scales, zeros, gs) in zip(jobs, results):  # commit, in order
+            qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
+                   None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
+            attrs = {"bits": scheme.weight_bits, "group_size": gs}
+            if is_embedding:
+                ins = [node.inputs[1], *qin]
+                new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
+                                     before=node)
+            else:
+                ins = [node.inputs[0], *qin, node.input(2)]
+                while ins[-1] is None:
+                    ins.pop()
+                new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
+            replace_value(graph, node.output, new.output)
+            graph.remove_nodes([node])
+            nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
+            count += 1
     graph.remove_unused_constants()
     ctx.stats[NAME] = {"linears": count, "kept_fp32": kept_names, "weight_bytes": nbytes}
     ctx.log(NAME, f"{count} Linear/Gather -> QLinear/QGather ({scheme.name}, group {group if scheme.grouped else 'per channel'}"

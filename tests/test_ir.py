@@ -162,7 +162,12 @@ def _quant_graph():
     q8, s8 = quantize_int8(rng.standard_normal((40, 8)).astype(np.float32))
     b = g.add_node("QLinearI8", [tq, ts, tsum, g.add_const(q8, "w3.q"), g.add_const(s8, "w3.s")],
                    {"bits": 8, "group_size": 40, "per_tensor": 1}).output
-    g.outputs = [a, b]
+    gamma = g.add_const((1 + 0.1 * rng.standard_normal(40)).astype(np.float32), "gamma")
+    nq, ns, nsum = g.add_node("NormQuantize", [h, gamma], {"norm": "rmsnorm", "eps": 1e-6, "group_size": 32,
+                                                           "pad_to": 64}).outputs
+    c = g.add_node("QLinearI8", [nq, ns, nsum, g.add_const(q4, "w4.q"), g.add_const(s4, "w4.s")],
+                   {"bits": 4, "group_size": 32}).output
+    g.outputs = [a, b, c]
     return g
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...codegen.kernels import KernelSpec, register_target_context
 from ..x86 import kernels as x86_kernels  # registers the kernel families
-from ..x86.kernels_quant import MIN_PARALLEL_MACS, QUANT_GRAIN_ELEMS
+from ..x86.kernels_quant import MIN_PARALLEL_MACS, QUANT_GRAIN_ELEMS, norm_quantize_context
 from . import kernels_neon
 from .packing import KB, KPAD, NT, Q8B
 
@@ -23,7 +23,8 @@ TARGET = "arm"
 PORTABLE = ("scalar", "naive", "unroll", "threads")
 QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
 # NEON kernels: (family, params) for each (the f32 ones: backends/arm/kernels_neon.py).
-NEON = [("quantize_acts", {}), ("qlinear_w4a8", {}), ("qlinear_w8a8", {}), ("qlinear_w4a32", {}),
+NEON = [("quantize_acts", {}), *(("norm_quantize", {"op": op, "dtype": "f32"}) for op in ("layernorm", "rmsnorm")),
+        ("qlinear_w4a8", {}), ("qlinear_w8a8", {}), ("qlinear_w4a32", {}),
         *kernels_neon.NEON_F32]
 
 # NEON qlinear tiling (32 x 128-bit registers). GEMV (decode, M <= GEMV_MAX_M): one 4-column tile at a
@@ -46,6 +47,7 @@ def _qlinear_context(spec: KernelSpec) -> dict:
 for _family in QLINEAR_FAMILIES:
     register_target_context(TARGET, _family, _qlinear_context)
 register_target_context(TARGET, "quantize_acts", lambda spec: {"KPAD": KPAD, "GRAIN_ELEMS": QUANT_GRAIN_ELEMS})
+register_target_context(TARGET, "norm_quantize", norm_quantize_context(KPAD))
 
 
 def _variants() -> list[KernelSpec]:

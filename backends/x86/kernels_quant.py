@@ -56,6 +56,11 @@ QLINEAR_W8A8_SIGNATURE = (
     "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_pool* pool)"
 )
 
+NORM_QUANTIZE_SIGNATURE = (
+    "void {name}(const float* x, const float* gamma, const float* beta, int8_t* xq, int64_t ldq, float* xs, "
+    "int32_t* xsum, int64_t rows, int64_t cols, float eps, int64_t group, tcc_pool* pool)"
+)
+
 QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
 QLINEAR_VARIANTS = ("naive", "unroll", "threads", "simd", "all")
 QUANTIZE_ACTS_VARIANTS = ("scalar", "avx2")
@@ -85,6 +90,13 @@ def _quantize_acts_context(spec: KernelSpec) -> dict:
     return {"KPAD": KPAD, "GRAIN_ELEMS": QUANT_GRAIN_ELEMS}
 
 
+def norm_quantize_context(kpad: int):
+    """The norm_quantize context of a target whose int8 rows are padded to `kpad`."""
+    from .kernels_elementwise import GRAIN_CHEAP
+
+    return lambda spec: {"rms": spec.param("op") == "rmsnorm", "grain": GRAIN_CHEAP, "KPAD": kpad}
+
+
 def _qlinear_context(spec: KernelSpec) -> dict:
     ctx = _base(spec)
     ctx["UNROLL"] = 4
@@ -101,6 +113,9 @@ register_family(KernelFamily(
     "quantize_acts", QUANTIZE_ACTS_SIGNATURE, _quantize_acts_context,
     doc="int8 activations per row and group (or per tensor) with scales and group sums, rows padded to 64"))
 register_family(KernelFamily(
+    "norm_quantize", NORM_QUANTIZE_SIGNATURE, norm_quantize_context(KPAD),
+    doc="layernorm / rmsnorm per row fused with int8 activations per row and group (passes/fuse_norm_quantize.py)"))
+register_family(KernelFamily(
     "qlinear_w4a8", QLINEAR_W4A8_SIGNATURE, _qlinear_context,
     doc="y = int8 activations (per row and group) x packed int4 weights (per group scale / zero) + bias"))
 register_family(KernelFamily(
@@ -112,5 +127,7 @@ register_family(KernelFamily(
 
 VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make("x86", "quantize_acts", v) for v in QUANTIZE_ACTS_VARIANTS),
+    *(KernelSpec.make("x86", "norm_quantize", v, op=op, dtype="f32") for v in QUANTIZE_ACTS_VARIANTS
+      for op in ("layernorm", "rmsnorm")),
     *(KernelSpec.make("x86", f, v) for f in QLINEAR_FAMILIES for v in QLINEAR_VARIANTS),
 ]

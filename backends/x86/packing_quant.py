@@ -16,6 +16,19 @@ q4 weights, NT=8, K blocks of 64 (Kp = K rounded up to 64, Npad = N rounded up t
     so `v & 0x0F` is q[n, 64b .. 64b+31] (byte e = element e) and `(v >> 4) & 0x0F` is
     q[n, 64b+32 .. 64b+63]: one 32-byte load and two ANDs give 64 weights in k order.
 
+q4 weights for int8 activations (qlinear_w4a8), "quad" layout, NT=8, K blocks of 64: the same bytes per
+(tile, block), ordered k-quad major so that one nibble plane of a 32-byte vector is 4 consecutive k of all
+8 columns, the operand of one vpdpbusd against a broadcast 4-byte activation quad (8 column sums in 8
+lanes, no horizontal reduction)::
+
+    tile t, K block b, vector v (0..7), column c, i (0..3):
+        byte 32v + 4c + i = q[8t+c, 64b+4v+i] | q[8t+c, 64b+32+4v+i] << 4
+
+    [t0: b0: v0 (32 B) v1 .. v7][b1: ...] ... [t1: ...] ...
+
+    so `v & 0x0F` is k-quad v of the block and `(v >> 4) & 0x0F` k-quad 8+v: the low nibbles of a block's
+    8 vectors are its k 0..31 (a group of 32), the high nibbles k 32..63.
+
 q4 scales: fp16 bits (u16) [t][G][c]; q4 zeros: u8 [t][G][c] (padding: 0).
 q8 weights: int8 [t][Kp/32][c][32 bytes] (q[8t+c, 32j .. 32j+31]); q8 scales: f32 [Npad].
 """
@@ -42,6 +55,10 @@ def n_groups(K: int, group: int) -> int:
 
 def q4_layout_name() -> str:
     return f"x86_q4_nt{NT}"
+
+
+def q4_quad_layout_name() -> str:
+    return f"x86_q4quad_nt{NT}"
 
 
 def q4_scales_layout_name() -> str:
@@ -101,6 +118,31 @@ def unpack_q4(packed: np.ndarray, N: int, K: int, padded: bool = False) -> np.nd
         raise ValueError(f"packed q4 has {packed.size} bytes, expected {q4_packed_size(N, K)} for N={N}, K={K}")
     T, B = padded_n(N) // NT, padded_k(K) // KB
     p = packed.reshape(T, B, NT, 32).transpose(0, 2, 1, 3)  # [t, c, b, e]
+    q = np.stack([p & 0x0F, p >> 4], axis=3).reshape(T * NT, B * KB)
+    return np.ascontiguousarray(q if padded else q[:N, :K])
+
+
+def pack_q4_quad(q: np.ndarray) -> np.ndarray:
+    """q u8 [N, K] (values 0..15) -> flat u8 [Npad * Kp / 2] in the x86 q4 quad layout (qlinear_w4a8)."""
+    q = _check2(q, "pack_q4_quad")
+    if q.dtype != np.uint8:
+        raise ValueError(f"pack_q4_quad expects uint8 codes, got {q.dtype}")
+    if q.size and q.max() > 15:
+        raise ValueError(f"pack_q4_quad: codes must be 0..15, found {int(q.max())}")
+    N, K = q.shape
+    T, B = padded_n(N) // NT, padded_k(K) // KB
+    p = _pad2(q, T * NT, B * KB).reshape(T, NT, B, 2, 8, 4)  # [t, c, b, half, v, i]
+    packed = p[:, :, :, 0] | (p[:, :, :, 1] << 4)            # [t, c, b, v, i]
+    return np.ascontiguousarray(packed.transpose(0, 2, 3, 1, 4)).reshape(-1)
+
+
+def unpack_q4_quad(packed: np.ndarray, N: int, K: int, padded: bool = False) -> np.ndarray:
+    """Inverse of `pack_q4_quad`: q u8 [N, K] (or the whole padded [Npad, Kp] with `padded`)."""
+    packed = np.asarray(packed, np.uint8).reshape(-1)
+    if packed.size != q4_packed_size(N, K):
+        raise ValueError(f"packed q4 has {packed.size} bytes, expected {q4_packed_size(N, K)} for N={N}, K={K}")
+    T, B = padded_n(N) // NT, padded_k(K) // KB
+    p = packed.reshape(T, B, 8, NT, 4).transpose(0, 3, 1, 2, 4)  # [t, c, b, v, i]
     q = np.stack([p & 0x0F, p >> 4], axis=3).reshape(T * NT, B * KB)
     return np.ascontiguousarray(q if padded else q[:N, :K])
 

@@ -70,26 +70,43 @@ def quantize_int4(w: np.ndarray, group_size: int, symmetric: bool = True, clip: 
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
         raise ValueError(f"quantize_int4 expects a 2-D [K, N] weight, got shape {w.shape}")
-    k = w.shape[0]
-    wg = _grouped(np.ascontiguousarray(w.T), group_size)  # [N, G, gs]
-    shrink = np.float32(1.0) if clip is None else np.asarray(clip, np.float32)  # [N, G]
+    k, n = w.shape
+    # Computed K-major ([G, gs, N]: group reductions run over rows, contiguous in N) with few passes over
+    # the weights, and only the uint8 codes transposed: a 1.1B model quantizes in seconds. The results
+    # are those of the plain formulation: the first entry of largest magnitude, float32 codes.
+    g = n_groups(k, group_size)
+    pad = g * group_size - k
+    wg = (np.concatenate([w, np.zeros((pad, n), np.float32)]) if pad else w).reshape(g, group_size, n)
+    shrink = np.float32(1.0) if clip is None else np.asarray(clip, np.float32).T  # [G, N]
+    hi, lo = wg.max(axis=1), wg.min(axis=1)
     if symmetric:
-        idx = np.argmax(np.abs(wg), axis=-1)[..., None]
-        d = np.take_along_axis(wg, idx, axis=-1)[..., 0] * shrink / np.float32(-8.0)
+        m = np.where(hi > -lo, hi, lo)
+        ties = np.nonzero((hi == -lo) & (hi != 0))
+        if ties[0].size:  # |max| == |min|: the one that comes first in the group, as argmax(|w|) picks
+            tg = wg[ties[0], :, ties[1]]  # [ties, gs]
+            m[ties] = np.take_along_axis(tg, np.argmax(np.abs(tg), axis=-1)[:, None], axis=-1)[:, 0]
+        d = m * shrink / np.float32(-8.0)
     else:
-        lo = np.minimum(wg.min(axis=-1), 0) * shrink
-        d = (np.maximum(wg.max(axis=-1), 0) * shrink - lo) / np.float32(15.0)
+        lo = np.minimum(lo, 0) * shrink
+        d = (np.maximum(hi, 0) * shrink - lo) / np.float32(15.0)
     if np.any(np.abs(d) > F16_MAX):
         raise ValueError(f"weight group scale {np.abs(d).max():.3g} exceeds the fp16 range of the packed scales")
     d = d.astype(np.float16).astype(np.float32)
-    safe = np.where(d == 0, np.float32(1), d)
+    zero = d == 0
+    safe = np.where(zero, np.float32(1), d)
     if symmetric:
         z = np.full(d.shape, 8, np.int32)
     else:
-        z = np.where(d == 0, 0, np.clip(np.rint(-lo / safe), 0, 15)).astype(np.int32)
-    q = np.clip(np.rint(wg / safe[..., None]) + z[..., None], 0, 15)
-    q = np.where(d[..., None] == 0, z[..., None], q)
-    q = q.reshape(q.shape[0], -1)[:, :k].astype(np.uint8)
+        z = np.where(zero, 0, np.clip(np.rint(-lo / safe), 0, 15)).astype(np.int32)
+    q = wg / safe[:, None, :]
+    np.rint(q, out=q)
+    q += z[:, None, :].astype(np.float32)  # small integers: exact in float32
+    np.clip(q, 0, 15, out=q)
+    if zero.any():
+        gi, ni = np.nonzero(zero)
+        q[gi, :, ni] = z[gi, ni][:, None]
+    q = np.ascontiguousarray(q.reshape(g * group_size, n)[:k].astype(np.uint8).T)
+    d, z = np.ascontiguousarray(d.T), np.ascontiguousarray(z.T)
     return q, d.astype(np.float32), (None if symmetric else z.astype(np.uint8))
 
 
@@ -293,3 +310,31 @@ register_op("QGather", infer=_qgather_infer, ref=_qgather_ref, kind="opaque", in
             attrs={"bits": REQUIRED, "group_size": REQUIRED},
             doc="rows of a quantized table (an embedding): QGather(indices, q, scales, zeros?) = "
                 "dequantize(q)[indices]")
+
+
+# -- norm + activation quantization, fused (passes/fuse_norm_quantize.py) ----------------------------
+
+NORMS = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
+
+
+def _norm_quantize_infer(ins, attrs):
+    x = ins[0]
+    if attrs["norm"] not in NORMS:
+        raise ShapeError(f"NormQuantize: norm must be one of {', '.join(NORMS)}, got {attrs['norm']!r}")
+    if attrs["axis"] not in (-1, x.type.rank - 1):
+        raise ShapeError(f"NormQuantize: the norm must be over the last axis (K), got axis {attrs['axis']}")
+    return _quantize_acts_infer([x], {**attrs, "per_tensor": 0})
+
+
+def _norm_quantize_ref(xs, attrs):
+    from ..registry import get_op
+
+    norm = get_op(NORMS[attrs["norm"]])
+    y = norm.ref([a for a in xs if a is not None] if attrs["norm"] == "layernorm" else xs[:2],
+                 {"axis": attrs["axis"], "eps": attrs["eps"]})[0]
+    return list(quantize_activations(y, attrs["group_size"], attrs["pad_to"]))
+
+
+register_op("NormQuantize", infer=_norm_quantize_infer, ref=_norm_quantize_ref, kind="opaque", inputs=(2, 3),
+            outputs=3, attrs={"norm": REQUIRED, "axis": -1, "eps": REQUIRED, "group_size": REQUIRED, "pad_to": 1},
+            doc="RMSNorm / LayerNorm over the last axis, then int8 activations per row and group (QuantizeActs)")

@@ -224,6 +224,42 @@ def _norm(c: Cases, rng):
                 c.add(f"{affine}-{rows}x{cols}", spec, (x, gamma, beta, np.zeros_like(x), rows, cols, eps, _pool(j)), check)
 
 
+def _norm_quantize(c: Cases, rng):
+    """The fused norm + int8 activations: bit-exact with quantize_activations (which quantize_acts-neon matches
+    bit for bit, test_arm.py) of the NEON norm kernel's own output for the same rows, run in the same harness."""
+    from tcc.backends.arm.packing import KPAD
+    from tcc.ir.ops.quant import quantize_activations
+
+    eps = 1e-5
+    for spec in of("norm_quantize"):
+        norm = BACKEND.select("norm", variant="neon", op=spec.param("op"), dtype="f32")
+        for affine in ("gamma_beta", "gamma", "none"):
+            for j, (rows, cols, group) in enumerate([(1, 1, 32), (3, 33, 32), (2, 100, 32), (5, 64, 64),
+                                                     (17, 300, 128), (1, 2048, 32), (4, 257, 96)]):
+                x = (rng.standard_normal((rows, cols)) * 2 + 3).astype(np.float32)
+                gamma = rng.uniform(0.5, 1.5, cols).astype(np.float32) if "gamma" in affine else None
+                beta = rng.standard_normal(cols).astype(np.float32) if "beta" in affine else None
+                kp, g = -(-cols // KPAD) * KPAD, -(-cols // group)
+                i_norm = c.h.call(norm, x, gamma, beta, np.zeros_like(x), rows, cols, eps, _pool(j))
+                i_fused = c.h.call(spec, x, gamma, beta, np.full((rows, kp + 8), 77, np.int8), kp + 8,
+                                   np.zeros(rows * g, np.float32), np.zeros(rows * g, np.int32), rows, cols, eps, group,
+                                   _pool(j))
+                c.tested.add(spec)
+
+                def check(res, i_norm=i_norm, i_fused=i_fused, group=group, kp=kp, rows=rows):
+                    rq, rs, rsum = quantize_activations(res[i_norm][3], group, pad_to=KPAD)
+                    xq, xs, xsum = res[i_fused][3], res[i_fused][5], res[i_fused][6]
+                    assert (xq[:, kp:] == 77).all(), "wrote past Kp into the ldq padding"
+                    np.testing.assert_array_equal(xq[:, :kp], rq)
+                    np.testing.assert_array_equal(xs.view(np.uint32), np.asarray(rs, np.float32).reshape(-1).view(np.uint32))
+                    np.testing.assert_array_equal(xsum, rsum.reshape(-1))
+                c.items.append((f"{spec.name}-{affine}-{rows}x{cols}-g{group}", check))
+    for spec in of("norm_quantize"):
+        x = np.ones((2, 64), np.float32)
+        c.expect_error("bad-group", spec, (x, None, None, np.zeros((2, 64), np.int8), 64, np.zeros(4, np.float32),
+                                           np.zeros(4, np.int32), 2, 64, eps, 0, None), "group 0 is not positive")
+
+
 def _copy(c: Cases, rng):
     for spec in of("copy"):
         dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[spec.param("esize")]
@@ -415,7 +451,7 @@ def _attention(c: Cases, rng):
 def _build():
     rng = np.random.default_rng(5)
     c = Cases()
-    for part in (_unary, _binary, _where, _cast, _reduce, _softmax, _norm, _copy, _gemm, _kvattention, _matmul,
+    for part in (_unary, _binary, _where, _cast, _reduce, _softmax, _norm, _norm_quantize, _copy, _gemm, _kvattention, _matmul,
                  _attention):
         part(c, rng)
     return c

@@ -119,7 +119,10 @@ def test_quantized_decoder(qm, calibrated, texts, fp32_logits, compiled):
     if qm == "w4a32":
         assert ops["QLinear"] == 15 and "QuantizeActs" not in ops
     else:
-        assert ops["QLinearI8"] == 15 and ops["QuantizeActs"] == 9  # q/k/v share one, gate/up share one
+        # q/k/v share one quantization, gate/up share one; w4a8 quantizes the 4 norms' outputs in the norm
+        # kernel (fuse-norm-quantize; w8a8's per-tensor scale cannot be fused)
+        fused = 4 if qm == "w4a8" else 0
+        assert ops["QLinearI8"] == 15 and ops["QuantizeActs"] == 9 - fused and ops.get("NormQuantize", 0) == fused
 
     got = _logits(out, ids)
     # 1. the program computes its IR
@@ -165,6 +168,18 @@ def test_kernel_variant_flag(texts, compiled, tmp_path):
     assert any(k.startswith("tcc_qlinear_w4a8") and k.endswith("__naive") for k in manifest["kernels"])
     default = _logits(compiled("w4a8", False)[0], ids)
     assert _cosine(_logits(out, ids), default) >= 0.9999
+
+
+def test_fused_norm_quantize_is_bit_exact(texts, compiled, tmp_path):
+    """w4a8 runs each RMSNorm and the int8 quantization of its output in one kernel (fuse-norm-quantize);
+    the same row functions as the two kernels, so the logits equal the unfused program's bit for bit."""
+    calib, ids = texts
+    out, manifest = compiled("w4a8", False)
+    assert "tcc_norm_quantize_rmsnorm_f32__avx2" in manifest["kernels"]
+    unfused = str(tmp_path / "unfused")
+    m2 = tcc.compile(MODEL, unfused, disable_passes=("fuse-norm-quantize",), **_options("w4a8", False, calib))
+    assert not any(k.startswith("tcc_norm_quantize") for k in m2["kernels"]) and "tcc_quantize_acts__avx2" in m2["kernels"]
+    np.testing.assert_array_equal(_logits(out, ids), _logits(unfused, ids))
 
 
 def test_cli_quantized_compile_and_errors(texts, tmp_path):

@@ -200,6 +200,40 @@ def test_quantize_activations_is_exact_and_shared(qm):
         np.testing.assert_array_equal(after[name], before[name])  # the same arithmetic, bit for bit
 
 
+@pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
+def test_fuse_norm_quantize_is_exact(qm):
+    """RMSNorm feeding only a per-group QuantizeActs becomes one NormQuantize, bit for bit the same; w8a8's
+    per-tensor activations (the tensor's amax needs every row first) and a norm with another reader stay."""
+    rng = np.random.default_rng(5)
+    g = mlp_graph(rng)
+    run_pass("quantize", g, ctx_for(qm))
+    run_pass("quantize-activations", g, ctx_for(qm))
+    f = feeds(rng, rows=9)
+    before = run_graph(g, f)
+    ctx = run_pass("fuse-norm-quantize", g, ctx_for(qm))
+    fused = qm == "w4a8"
+    assert ctx.stats["fuse-norm-quantize"] == int(fused)
+    assert g.ops().get("NormQuantize", 0) == int(fused) and g.ops().get("RMSNorm", 0) == int(not fused)
+    if fused:
+        (n,) = [n for n in g.nodes if n.op == "NormQuantize"]
+        assert n.attrs == {"norm": "rmsnorm", "axis": -1, "eps": 1e-6, "group_size": 32, "pad_to": 64}
+        assert [u.op for u, _ in g.users()[n.outputs[0]]] == ["QLinearI8"] * 4
+    after = run_graph(g, f)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_fuse_norm_quantize_leaves_a_norm_with_other_readers():
+    rng = np.random.default_rng(6)
+    g = mlp_graph(rng)
+    norm_out = next(n for n in g.nodes if n.op == "RMSNorm").output
+    g.outputs = [*g.outputs, norm_out]  # the f32 rows are needed
+    run_pass("quantize", g, ctx_for("w4a8"))
+    run_pass("quantize-activations", g, ctx_for("w4a8"))
+    ctx = run_pass("fuse-norm-quantize", g, ctx_for("w4a8"))
+    assert ctx.stats["fuse-norm-quantize"] == 0 and "NormQuantize" not in g.ops()
+
+
 def test_w4a32_keeps_fp32_activations():
     rng = np.random.default_rng(4)
     g = mlp_graph(rng)
