@@ -251,7 +251,7 @@ def _qlinear_i8(node: Node, em: Emitter) -> None:
     bits, per_tensor = node.attrs["bits"], node.attrs["per_tensor"]
     if bits == 4 and not per_tensor:
         em.call(node, "qlinear_w4a8", [em.ptr(xq), em.ptr(xs), em.ptr(xsum), c_dim(xq.shape[-1]),
-                                       em.packed_ptr(q, "q4_weight", "uint8_t"),
+                                       em.packed_ptr(q, "q4_weight_i8", "uint8_t"),
                                        em.packed_ptr(scales, "q4_scales", "uint16_t"),
                                        em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), out, c_dim(n),
                                        c_dim(m), c_dim(n), c_dim(k), str(node.attrs["group_size"]), "m->pool"])

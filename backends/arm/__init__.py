@@ -15,7 +15,7 @@ def pack(kind: str, array: np.ndarray):
 
     if kind == "gemm_f32":
         return f"arm_f32_panel{panels.NR}", panels.pack_f32_panels(np.asarray(array, np.float32))
-    if kind == "q4_weight":
+    if kind in ("q4_weight", "q4_weight_i8"):  # one layout for f32 and int8 activations
         return f"arm_q4_nt{p.NT}_kb{p.KB}", p.pack_q4(array)
     if kind == "q4_scales":
         return f"arm_q4_scales_f16_nt{p.NT}", p.pack_q4_scales(array)

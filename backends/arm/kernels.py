@@ -41,6 +41,7 @@ MMLA_PAIRS = 4
 
 def _qlinear_context(spec: KernelSpec) -> dict:
     return {"NT": NT, "KB": KB, "Q8B": Q8B, "KPAD": KPAD, "UNROLL": 4, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS,
+            "Q4_QUAD": False,  # one q4 layout for every arm kernel
             "GEMM_MR": GEMM_MR, "MMLA_PAIRS": MMLA_PAIRS}
 
 

@@ -17,6 +17,8 @@ def pack(kind: str, array: np.ndarray):
     # int8 codes / scales of quantize_int8.
     if kind == "q4_weight":
         return pq.q4_layout_name(), pq.pack_q4(array)
+    if kind == "q4_weight_i8":  # int4 weights of a Linear with int8 activations: the k-quad-major layout
+        return pq.q4_quad_layout_name(), pq.pack_q4_quad(array)
     if kind == "q4_scales":
         return pq.q4_scales_layout_name(), pq.pack_q4_scales(array)
     if kind == "q4_zeros":

@@ -16,11 +16,14 @@ GEMM path for prefill, and a run-time dispatched AVX-VNNI path for the int8 fami
 here; the templates unroll them.
 
 `all`, AVX2 (16 ymm registers, 48 KiB L1d, 2 MiB L2 on the machine this was tuned on):
-- GEMV (M <= GEMV_MAX_M = 3, decode, memory bound): one column tile (8 columns) at a time, 8 int32
-  (w4a8, w8a8) or f32 (w4a32) accumulators, one per column, all fed by the same activation vectors; at the
-  group end the 8 accumulators are reduced into one 8-column vector (an hadd tree) and scaled with the tile's 8
-  scales at once. Threads take contiguous runs of tiles, so each streams one contiguous range of the
-  weights; PREFETCH_BYTES ahead of the stream is prefetched.
+- GEMV (M <= GEMV_MAX_M = 3, decode, memory bound): one column tile (8 columns) at a time. w4a8 reads the
+  q4 quad layout (packing_quant.pack_q4_quad): each nibble plane of a 32-byte load is 4 k of the 8
+  columns, dotted with a broadcast activation quad into the 8 lanes of an int32 accumulator (4
+  accumulators per 64-block for independent chains), so a group's sums are one 8-column vector with no
+  horizontal reduction. w8a8 and w4a32 keep 8 accumulators, one per column, fed by the same activation
+  vectors, reduced at the group end into one 8-column vector (an hadd tree). Either way the tile's 8
+  scales apply at once. Threads take contiguous runs of tiles, so each streams one contiguous range of
+  the weights; PREFETCH_BYTES ahead of the stream is prefetched.
 - GEMM (M > 3, prefill, compute bound), int8 (w4a8, w8a8): a tile pair (16 columns) is unpacked once per
   row block into a k-quad-major buffer (for each 4 k: 16 columns x 4 bytes = two ymm), so a register tile
   of GEMM_MR rows x 16 columns accumulates with 4-byte activation broadcasts (maddubs+madd, or one
@@ -83,7 +86,10 @@ W32_MR, W32_KC = 6, 256
 
 
 def _base(spec: KernelSpec) -> dict:
-    return {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS}
+    # w4a8 reads its int4 weights in the quad layout (k-quad major, packing_quant.pack_q4_quad), w4a32 in
+    # the plain one.
+    return {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS,
+            "Q4_QUAD": spec.family == "qlinear_w4a8"}
 
 
 def _quantize_acts_context(spec: KernelSpec) -> dict:

@@ -117,6 +117,28 @@ def test_pack_q4_roundtrip(N, K, rng):
 
 
 @pytest.mark.parametrize("N,K", PACK_SHAPES)
+def test_pack_q4_quad_roundtrip(N, K, rng):
+    """The w4a8 layout: per (tile, 64-block) 8 vectors; byte 32v + 4c + i holds q[n, 64b+4v+i] in its low
+    nibble and q[n, 64b+32+4v+i] in its high one (docs/formats.md)."""
+    q = rng.integers(0, 16, (N, K)).astype(np.uint8)
+    p = pq.pack_q4_quad(q)
+    Kp = pq.padded_k(K)
+    assert p.dtype == np.uint8 and p.shape == (pq.q4_packed_size(N, K),)
+    np.testing.assert_array_equal(pq.unpack_q4_quad(p, N, K), q)
+    full = pq.unpack_q4_quad(p, N, K, padded=True)
+    assert not full[N:].any() and not full[:, K:].any(), "padding must be 0"
+    for n, k in [(N - 1, K - 1), (0, 0), (N // 2, K // 2), (N - 1, min(K - 1, 37))]:
+        t, c, b, kk = n // pq.NT, n % pq.NT, k // 64, k % 64
+        byte = p[(t * (Kp // 64) + b) * 256 + 32 * ((kk % 32) // 4) + 4 * c + kk % 4]
+        assert (byte >> 4 if kk >= 32 else byte & 15) == q[n, k]
+    name, packed = pack("q4_weight_i8", q)
+    assert name == pq.q4_quad_layout_name() and np.array_equal(packed, p)
+    # The same bytes per (tile, block) as the plain layout, in another order.
+    plain = pq.pack_q4(q).reshape(-1, 256)
+    assert np.array_equal(np.sort(plain, axis=1), np.sort(p.reshape(-1, 256), axis=1))
+
+
+@pytest.mark.parametrize("N,K", PACK_SHAPES)
 @pytest.mark.parametrize("group", [32, 128])
 def test_pack_q4_scales_zeros_roundtrip(N, K, group, rng):
     G = -(-K // group)
@@ -156,6 +178,8 @@ def test_pack_q8_roundtrip(N, K, rng):
 def test_pack_rejects_bad_codes():
     with pytest.raises(ValueError):
         pq.pack_q4(np.full((2, 3), 16, np.uint8))
+    with pytest.raises(ValueError):
+        pq.pack_q4_quad(np.full((2, 3), 16, np.uint8))
     with pytest.raises(ValueError):
         pq.pack_q8(np.full((2, 3), -128, np.int8))
 
@@ -266,8 +290,9 @@ def w4a32_n_add(K, group, spec=None):
     return max(group + G + 4, kc + -(-K // kc) + 3)
 
 
-def w4_pack(q, s, z):
-    return pq.pack_q4(q), pq.pack_q4_scales(s), None if z is None else pq.pack_q4_zeros(z)
+def w4_pack(q, s, z, quad=False):
+    """Packed int4 operands: w4a8 kernels read the quad layout (quad=True), w4a32 the plain one."""
+    return (pq.pack_q4_quad(q) if quad else pq.pack_q4(q)), pq.pack_q4_scales(s), None if z is None else pq.pack_q4_zeros(z)
 
 
 def expected(xd, wd, bias, n_add):
@@ -298,7 +323,7 @@ def test_qlinear_w4a8(x86_kernel_lib, spec, isa, M, N, K, group, sym, with_bias,
     ldq = xq.shape[1] + 16  # a row stride larger than Kp
     xqb = np.zeros((M, ldq), np.int8)
     xqb[:, :xq.shape[1]] = xq
-    y = run_w4a8(x86_kernel_lib, spec, xqb, xs, xsum, K, group, *w4_pack(q, s, z), bias, N, x86_pool)
+    y = run_w4a8(x86_kernel_lib, spec, xqb, xs, xsum, K, group, *w4_pack(q, s, z, quad=True), bias, N, x86_pool)
     G = -(-K // group)
     ref, tol = expected(dequantize_activations(xq, xs, K, group), dequantize(q, s, z, 4, group), bias, G + 4)
     check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K} group={group}")
