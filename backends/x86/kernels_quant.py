@@ -75,6 +75,12 @@ QUANT_GRAIN_ELEMS = 1 << 14
 # `all`: the ISA paths rendered; "vnni" is used when the CPU has AVX-VNNI (checked once at run time).
 ISAS = ("avx2", "vnni")
 GEMM_MR = {"avx2": 4, "vnni": 6}
+# qlinear_w4a8 also has an AVX-512 VNNI path (run-time dispatched like AVX-VNNI: used where the CPU has
+# avx512_vnni/bw/vl/dq): its GEMM tiles are MR512 rows x 16 columns, one zmm per row (a tile pair's k-quad
+# is 64 contiguous bytes of the unpacked buffer), MR512 accumulators + MR512 epilogue sums in 32 zmm; its
+# GEMV is the AVX-VNNI one with the EVEX encoding of vpdpbusd.
+W4A8_ISAS = ("avx2", "vnni", "avx512")
+MR512 = 8
 # M above this takes the GEMM path. Measured (4096 -> 11008, 2 threads): the GEMM path's per-call unpack of
 # every weight tile costs about two GEMV weight streams, so the GEMV (rows looped inside each tile, the
 # tile read once from memory) wins up to M = 3 and the GEMM from M = 4..6 on.
@@ -109,8 +115,10 @@ def _qlinear_context(spec: KernelSpec) -> dict:
     if spec.variant == "all":
         assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
         assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
-        assert ISAS[0] == "avx2" and set(ISAS) <= {"avx2", "vnni"}, "the AVX2 path is the fallback of every `all`"
-        ctx.update(ISAS=ISAS, GEMV_MAX_M=GEMV_MAX_M, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
+        isas = W4A8_ISAS if spec.family == "qlinear_w4a8" else ISAS
+        assert isas[0] == "avx2" and set(isas) <= {"avx2", "vnni", "avx512"}, "AVX2 is the fallback of every `all`"
+        ctx.update(ISAS=isas, ISAS256=tuple(i for i in isas if i != "avx512"), MR512=MR512,
+                   GEMV_MAX_M=GEMV_MAX_M, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
                    W32_MR=W32_MR, W32_KC=W32_KC)
     return ctx
 

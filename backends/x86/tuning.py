@@ -5,7 +5,7 @@ or the register budget, so any value is correct and only speed differs:
 - qlinear_w4a8 / qlinear_w8a8 / qlinear_w4a32 `all`: PREFETCH_BYTES (how far ahead the decode GEMV
   prefetches its weight stream), GEMM_MC (rows per prefill task: the activation block kept in L2),
   GEMV_MAX_M (the row count up to which the GEMV path beats the GEMM path) and, for w4a32, W32_KC (the
-  K block dequantized into L1).
+  K block dequantized into L1) and, for w4a8, MR512 (rows of the AVX-512 GEMM register tile).
 - gemm f32 `avx2`: GEMV_KU (K unroll of the decode GEMV), MC, KC and PB (the prefill blocking).
 
 How (`measure_problem`): for each distinct Linear problem (family, N, K, group, the row counts it runs
@@ -41,7 +41,8 @@ _PREFETCH = Knob("PREFETCH_BYTES", (0, 512, 1024, 2048, 4096), "decode")
 _QMC = Knob("GEMM_MC", (32, 48, 64, 96, 128, 192), "prefill")
 _CROSSOVER = Knob("GEMV_MAX_M", (1, 2, 3, 4, 5, 6), "crossover")
 SPACE: dict[str, tuple[Knob, ...]] = {
-    "qlinear_w4a8": (_PREFETCH, _QMC, _CROSSOVER),
+    # MR512: rows of the AVX-512 GEMM register tile (MR512 accumulators in 32 zmm).
+    "qlinear_w4a8": (_PREFETCH, _QMC, Knob("MR512", (4, 8, 12), "prefill"), _CROSSOVER),
     "qlinear_w8a8": (_PREFETCH, _QMC, _CROSSOVER),
     "qlinear_w4a32": (_PREFETCH, _QMC, Knob("W32_KC", (128, 256, 512), "prefill"), _CROSSOVER),
     # MC candidates are multiples of the 6-row register tile; GEMV_KU keeps 2 * KU accumulators in 16 ymm.

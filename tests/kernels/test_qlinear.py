@@ -51,22 +51,25 @@ QA = [s for s in VARIANTS if s.family == "quantize_acts"]
 # Every variant, and the `all` kernels with each --tune knob at its smallest and largest candidate.
 FAMILY = {f: [s for s in [*VARIANTS, *corner_specs()] if s.family == f]
           for f in ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")}
-# Every variant, and the int8 `all` variants once more with their AVX-VNNI dispatch forced off
-# ("all-avx2"): on a VNNI machine the plain run tests the VNNI path, this one the AVX2 path.
-ISA_AUTO, ISA_AVX2 = 1, 0
+# Every variant, and the int8 `all` variants once more with their run-time ISA dispatch capped at a lower
+# path: the plain run tests the best path the CPU has (AVX-512 VNNI for w4a8, AVX-VNNI), "all-avx2" the
+# AVX2 path and, for w4a8, "all-vnni" the AVX-VNNI path (the same as AVX2 on a CPU without AVX-VNNI).
+ISA_BEST, ISA_AVX2, ISA_VNNI, ISA_AVX512 = 99, 0, 1, 2
 VNNI_FAMILIES = ("qlinear_w4a8", "qlinear_w8a8")  # w4a32 (f32 activations) has no VNNI path
 
 
 def variants(family):
-    out = [pytest.param(s, ISA_AUTO, id=IDS(s)) for s in FAMILY[family]]
+    out = [pytest.param(s, ISA_BEST, id=IDS(s)) for s in FAMILY[family]]
+    capped = [(ISA_AVX2, "all-avx2")] + ([(ISA_VNNI, "all-vnni")] if family == "qlinear_w4a8" else [])
     if family in VNNI_FAMILIES:
-        out += [pytest.param(s, ISA_AVX2, id=IDS(s).replace("all", "all-avx2", 1))
-                for s in FAMILY[family] if s.variant == "all"]
+        out += [pytest.param(s, isa, id=IDS(s).replace("all", name, 1))
+                for isa, name in capped for s in FAMILY[family] if s.variant == "all"]
     return out
 
 
 def set_isa(lib, spec, isa) -> int:
-    """Select the `all` variant's ISA path (no-op for the others); returns the path in use (1 = VNNI)."""
+    """Cap the `all` variant's ISA path (no-op for the others); returns the path in use (0 AVX2, 1 AVX-VNNI,
+    2 AVX-512 VNNI)."""
     if spec.variant != "all" or spec.family not in VNNI_FAMILIES:
         return 0
     fn = getattr(lib, spec.name + "_isa")
@@ -80,7 +83,7 @@ def isa_guard(x86_kernel_lib):
     yield
     for specs in FAMILY.values():
         for s in specs:
-            set_isa(x86_kernel_lib, s, ISA_AUTO)
+            set_isa(x86_kernel_lib, s, ISA_BEST)
 
 
 def check_close(got, ref, tol, what):
@@ -416,14 +419,21 @@ def test_bad_group_raises(x86_kernel_lib, family, rng):
 
 
 def test_vnni_dispatch_reported(x86_kernel_lib, isa_guard):
-    """The `all` kernels use AVX-VNNI exactly when the CPU has it, and can be forced to AVX2."""
+    """The `all` kernels use the best integer-dot path the CPU has (w4a8: AVX-512 VNNI, then AVX-VNNI; w8a8:
+    AVX-VNNI), and can be capped at a lower one."""
     from tcc.backends.x86.target import cpu_flags
 
-    has = int("avx_vnni" in cpu_flags())
-    for family in ("qlinear_w4a8", "qlinear_w8a8"):
-        spec = next(s for s in FAMILY[family] if s.variant == "all")
-        assert set_isa(x86_kernel_lib, spec, ISA_AUTO) == has
-        assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
+    flags = cpu_flags()
+    vnni = int("avx_vnni" in flags)
+    avx512 = all(f in flags for f in ("avx512_vnni", "avx512bw", "avx512vl", "avx512dq"))
+    spec = next(s for s in FAMILY["qlinear_w4a8"] if s.variant == "all")
+    assert set_isa(x86_kernel_lib, spec, ISA_BEST) == (2 if avx512 else vnni)
+    assert set_isa(x86_kernel_lib, spec, ISA_AVX512) == (2 if avx512 else vnni)
+    assert set_isa(x86_kernel_lib, spec, ISA_VNNI) == vnni
+    assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
+    spec = next(s for s in FAMILY["qlinear_w8a8"] if s.variant == "all")
+    assert set_isa(x86_kernel_lib, spec, ISA_BEST) == vnni  # no AVX-512 path
+    assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
 
 
 def test_tolerance_catches_one_code_off(rng):
