@@ -190,6 +190,24 @@ def test_cli_generate(artifact_dir):
     assert r.returncode != 0 and r.stderr.strip().startswith("tcc: error: empty prompt")
 
 
+def test_cli_run_repeats_a_prefill_from_an_empty_cache(artifact_dir, tmp_path):
+    """`tcc run --random --repeat R --profile` on a KV-cache model times the same prefill R times (plus the
+    profile's warm-up run): each run starts from an empty cache instead of overflowing the context."""
+    import subprocess
+    import sys
+
+    name, path, meta = _rope_fixture()
+    out = str(artifact_dir / (name + "-run"))
+    tcc.compile(path, out, max_context=CONTEXT)
+    seq = CONTEXT // 2 + 1  # two runs in one cache would overflow it
+    r = subprocess.run([sys.executable, "-m", "tcc.cli", "run", out, "--random", "--dim", f"seq={seq}", "--repeat", "3",
+                        "--profile", "-o", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "(mean of 3)" in r.stdout and "profile:" in r.stdout and "KVAttention" in r.stdout
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape[1] == seq and np.isfinite(logits).all()
+
+
 def test_bad_llm_inputs(artifact_dir):
     """Malformed input to the new entry points: one-line errors, never a traceback."""
     import subprocess
