@@ -97,15 +97,20 @@ def q4_packed_size(N: int, K: int) -> int:
     return padded_n(N) * padded_k(K) // 2
 
 
+def _q4_codes(q, name: str):
+    """Checked int4 codes [N, K] and their tile and K-block counts (T, B)."""
+    q = _check2(q, name)
+    if q.dtype != np.uint8:
+        raise ValueError(f"{name} expects uint8 codes, got {q.dtype}")
+    if q.size and q.max() > 15:
+        raise ValueError(f"{name}: codes must be 0..15, found {int(q.max())}")
+    N, K = q.shape
+    return q, padded_n(N) // NT, padded_k(K) // KB
+
+
 def pack_q4(q: np.ndarray) -> np.ndarray:
     """q u8 [N, K] (values 0..15) -> flat u8 [Npad * Kp / 2] in the x86 q4 layout."""
-    q = _check2(q, "pack_q4")
-    if q.dtype != np.uint8:
-        raise ValueError(f"pack_q4 expects uint8 codes, got {q.dtype}")
-    if q.size and q.max() > 15:
-        raise ValueError(f"pack_q4: codes must be 0..15, found {int(q.max())}")
-    N, K = q.shape
-    T, B = padded_n(N) // NT, padded_k(K) // KB
+    q, T, B = _q4_codes(q, "pack_q4")
     p = _pad2(q, T * NT, B * KB).reshape(T, NT, B, 2, 32)  # [t, c, b, half, e]
     packed = p[:, :, :, 0, :] | (p[:, :, :, 1, :] << 4)      # [t, c, b, e]
     return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).reshape(-1)
@@ -124,13 +129,7 @@ def unpack_q4(packed: np.ndarray, N: int, K: int, padded: bool = False) -> np.nd
 
 def pack_q4_quad(q: np.ndarray) -> np.ndarray:
     """q u8 [N, K] (values 0..15) -> flat u8 [Npad * Kp / 2] in the x86 q4 quad layout (qlinear_w4a8)."""
-    q = _check2(q, "pack_q4_quad")
-    if q.dtype != np.uint8:
-        raise ValueError(f"pack_q4_quad expects uint8 codes, got {q.dtype}")
-    if q.size and q.max() > 15:
-        raise ValueError(f"pack_q4_quad: codes must be 0..15, found {int(q.max())}")
-    N, K = q.shape
-    T, B = padded_n(N) // NT, padded_k(K) // KB
+    q, T, B = _q4_codes(q, "pack_q4_quad")
     p = _pad2(q, T * NT, B * KB).reshape(T, NT, B, 2, 8, 4)  # [t, c, b, half, v, i]
     packed = p[:, :, :, 0] | (p[:, :, :, 1] << 4)            # [t, c, b, v, i]
     return np.ascontiguousarray(packed.transpose(0, 2, 3, 1, 4)).reshape(-1)

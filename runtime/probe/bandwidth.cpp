@@ -22,32 +22,22 @@
 
 typedef float vec __attribute__((vector_size(32), aligned(32)));
 
-static float sum_slice(const vec* p, size_t n) {
-  vec a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
-    a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
-  }
-  for (; i < n; ++i) a0 += p[i];
-  vec s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
-  float r = 0;
-  for (int k = 0; k < 8; ++k) r += s[k];
-  return r;
-}
-
 constexpr size_t PREFETCH_BYTES = 2048;
 
-static float sum_slice_prefetch(const vec* p, size_t n) {
+// Sum of the slice; Prefetch: also prefetch each 256-byte step's 4 cache lines PREFETCH_BYTES ahead.
+template <bool Prefetch>
+static float sum_slice(const vec* p, size_t n) {
   constexpr size_t ahead = PREFETCH_BYTES / sizeof(vec);
   vec a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
   size_t i = 0;
-  for (; i + 8 + ahead <= n; i += 8) {  // 256 bytes = 4 cache lines per iteration, one prefetch each
-    const char* q = reinterpret_cast<const char*>(p + i + ahead);
-    __builtin_prefetch(q, 0, 0);
-    __builtin_prefetch(q + 64, 0, 0);
-    __builtin_prefetch(q + 128, 0, 0);
-    __builtin_prefetch(q + 192, 0, 0);
+  for (; i + 8 + (Prefetch ? ahead : 0) <= n; i += 8) {
+    if (Prefetch) {
+      const char* q = reinterpret_cast<const char*>(p + i + ahead);
+      __builtin_prefetch(q, 0, 0);
+      __builtin_prefetch(q + 64, 0, 0);
+      __builtin_prefetch(q + 128, 0, 0);
+      __builtin_prefetch(q + 192, 0, 0);
+    }
     a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
     a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
   }
@@ -82,7 +72,7 @@ int main(int argc, char** argv) {
   auto read = [&](int t, int g) {
     size_t b, e;
     slice(t, &b, &e);
-    sink[t] += (g % 2) ? sum_slice(buf + b, e - b) : sum_slice_prefetch(buf + b, e - b);
+    sink[t] += (g % 2) ? sum_slice<false>(buf + b, e - b) : sum_slice<true>(buf + b, e - b);
   };
   auto touch = [&](int t) {
     size_t b, e;
