@@ -17,6 +17,7 @@ ignore it).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import statistics
 import time
@@ -47,8 +48,13 @@ def load_kernels(specs, build_dir: str) -> ctypes.CDLL:
         ok, why = host_supports(TARGET)
         if not ok:
             raise RuntimeError(f"cannot run the x86 kernels here: {why}")
-        sources = write_kernels(specs, os.path.join(build_dir, "kernels", name))
-        lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, name))
+        os.makedirs(build_dir, exist_ok=True)
+        # Processes sharing the build directory (two benchmarks, two compiles with --tune) take turns: one
+        # builds, the next finds the library current; none loads a half-written one.
+        with open(os.path.join(build_dir, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sources = write_kernels(specs, os.path.join(build_dir, "kernels", name))
+            lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, name))
         lib.tcc_pool_create.argtypes, lib.tcc_pool_create.restype = [ctypes.c_int], ctypes.c_void_p
         lib.tcc_pool_destroy.argtypes, lib.tcc_pool_destroy.restype = [ctypes.c_void_p], None
         _libs[key] = lib
