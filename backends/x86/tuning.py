@@ -6,7 +6,8 @@ or the register budget, so any value is correct and only speed differs:
   prefetches its weight stream), GEMM_MC (rows per prefill task: the activation block kept in L2),
   GEMV_MAX_M (the row count up to which the GEMV path beats the GEMM path) and, for w4a32, W32_KC (the
   K block dequantized into L1) and, for w4a8, MR512 (rows of the AVX-512 GEMM register tile).
-- gemm f32 `avx2`: GEMV_KU (K unroll of the decode GEMV), MC, KC and PB (the prefill blocking).
+- gemm f32 `avx2`: GEMV_KU (K unroll of the decode GEMV), GEMV_PF (its prefetch distance), MC, KC and PB
+  (the prefill blocking).
 
 How (`measure_problem`): for each distinct Linear problem (family, N, K, group, the row counts it runs
 at), one knob at a time is varied around the defaults (the knobs act on separate code paths: decode
@@ -46,7 +47,8 @@ SPACE: dict[str, tuple[Knob, ...]] = {
     "qlinear_w8a8": (_PREFETCH, _QMC, _CROSSOVER),
     "qlinear_w4a32": (_PREFETCH, _QMC, Knob("W32_KC", (128, 256, 512), "prefill"), _CROSSOVER),
     # MC candidates are multiples of the 6-row register tile; GEMV_KU keeps 2 * KU accumulators in 16 ymm.
-    "gemm": (Knob("GEMV_KU", (2, 4, 6), "decode"), Knob("MC", (48, 96, 144, 192, 288), "prefill"),
+    "gemm": (Knob("GEMV_KU", (2, 4, 6), "decode"), Knob("GEMV_PF", (0, 1024, 2048, 4096), "decode"),
+             Knob("MC", (48, 96, 144, 192, 288), "prefill"),
              Knob("KC", (128, 256, 384, 512), "prefill"), Knob("PB", (8, 16, 32, 64), "prefill")),
 }
 # The kernel each family's problems are tuned for: select(family, **KERNEL_PARAMS[family]), which must be
