@@ -119,9 +119,15 @@ class _Problem:
                 self.xq, self.xs, self.xsum = (np.ascontiguousarray(a) for a in quantize_activations(x, group, pad_to=pq.KPAD))
             else:
                 self.x = x
-        self.weights = [w] + [w.copy() for _ in range(copies - 1)]
+        self.weights = [w]
         self.calls = 0
         self.weight_bytes = w.nbytes + (self.ws.nbytes if self.ws is not None else 0)
+        self.stream(copies)
+
+    def stream(self, copies: int) -> "_Problem":
+        """Keep `copies` copies of the packed weights (calls rotate through them); returns self."""
+        self.weights = [self.weights[0]] + [self.weights[0].copy() for _ in range(copies - 1)]
+        return self
 
     def call(self, fn, pool) -> None:
         p = lambda a: None if a is None else a.ctypes.data

@@ -225,3 +225,35 @@ def test_bench_vs_default(tmp_path, quick_search, own_cache):
     r = subprocess.run([sys.executable, "-m", "tcc.cli", "bench", plain, "--vs-default", "--no-roofline", "-q"],
                        capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "compiled without --tune" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vs_default_needs_the_source_model(tmp_path, own_cache, monkeypatch):
+    """A tuned artifact whose source model is gone: one line naming the missing model, no traceback."""
+    import shutil
+
+    model = tmp_path / "mlp.onnx"
+    shutil.copy(MLP, model)
+    search, compare = _forced({"GEMM_MC": 32}, 0.5)
+    monkeypatch.setattr(x86_tuning, "search", search)
+    monkeypatch.setattr(x86_tuning, "compare", compare)
+    out = str(tmp_path / "t")
+    compile_model(str(model), out, CompileOptions(qm="w8a8", tune=True))
+    model.unlink()
+    from tcc.runtime.bench import untuned_twin
+
+    with pytest.raises(TccError, match=r"compiles .*mlp\.onnx again without --tune, and it is no longer there"):
+        untuned_twin(out)
+
+
+def test_a_damaged_tuning_cache_is_measured_again(tmp_path, own_cache, monkeypatch):
+    """A truncated or foreign tuning.json costs a re-measurement, not a failed compile; it is then rewritten."""
+    calls = []
+    search, compare = _forced({"GEMM_MC": 32}, 0.5)
+    monkeypatch.setattr(x86_tuning, "search", lambda *a: calls.append(1) or search(*a))
+    monkeypatch.setattr(x86_tuning, "compare", compare)
+    for damage in ('{"truncated": ', '[1, 2, 3]'):
+        own_cache.write_text(damage)
+        calls.clear()
+        m = compile_model(MLP, str(tmp_path / "t"), CompileOptions(qm="w8a8", tune=True))
+        assert calls and all(p["choice"] == {"GEMM_MC": 32} for p in m["tuning"]["problems"])
+        assert isinstance(json.loads(own_cache.read_text()), dict)

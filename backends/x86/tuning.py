@@ -109,12 +109,10 @@ def _pool(lib, threads: int):
 def _operands(problem: Problem, m: int):
     from ...runtime.kernel_bench import _Problem
 
-    qm = OPERANDS[problem.family]
-    probe = _Problem(qm, m, problem.k, problem.n, problem.group or 32)
-    copies = 1
+    operands = _Problem(OPERANDS[problem.family], m, problem.k, problem.n, problem.group or 32)
     if m <= max(_CROSSOVER.candidates):  # memory bound: stream the weights as a model does
-        copies = max(1, min(64, STREAM_BYTES // max(probe.weight_bytes, 1)))
-    return probe if copies == 1 else _Problem(qm, m, problem.k, problem.n, problem.group or 32, copies=copies)
+        operands.stream(max(1, min(64, STREAM_BYTES // max(operands.weight_bytes, 1))))
+    return operands
 
 
 def _time_set(lib, specs, operands, pool) -> list[float]:

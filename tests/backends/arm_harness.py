@@ -18,9 +18,19 @@ import re
 import subprocess
 
 import numpy as np
-from tcc.backends.arm.target import QEMU, SYSROOT, make_target
+import pytest
+from tcc.backends.arm.target import QEMU, SYSROOT, cross_toolchain_missing, host_is_arm, make_target
 from tcc.codegen.cmake import build_library
 from tcc.codegen.kernels import write_if_changed, write_kernels
+
+# Whole artifacts run under qemu: the cross toolchain is needed, and an arm host runs them natively instead.
+MISSING = cross_toolchain_missing()
+needs_emulation = pytest.mark.skipif(MISSING is not None or host_is_arm(),
+                                     reason=f"arm cross toolchain absent: {MISSING}" if MISSING else
+                                     "runs arm artifacts under emulation from a non-arm host")
+# qemu's default CPU (dotprod, i8mm) and one without dotprod (the fallback paths).
+CPUS = [None, "cortex-a53"]
+CPU_IDS = ["qemu-max", "cortex-a53"]
 
 ALIGN = 64
 POOL = object()  # marker: the harness's 2-thread pool

@@ -19,20 +19,14 @@ import numpy as np
 import pytest
 import tcc
 from tcc.backends import run_emulated
-from tcc.backends.arm.target import cross_toolchain_missing, host_is_arm
 from tcc.driver import CompileOptions, optimize
 from tcc.ir.interpreter import run_graph
 
 from tests.conftest import MODELS_DIR, ort_run
 
-from .arm_harness import shared_dir
+from .arm_harness import CPUS, needs_emulation, shared_dir
 
-MISSING = cross_toolchain_missing()
-pytestmark = pytest.mark.skipif(MISSING is not None or host_is_arm(),
-                                reason=f"arm cross toolchain absent: {MISSING}" if MISSING else
-                                "runs arm artifacts under emulation from a non-arm host")
-CPUS = [None, "cortex-a53"]
-CPU_IDS = ["qemu-max", "cortex-a53"]
+pytestmark = needs_emulation
 LLM = os.path.join(MODELS_DIR, "llm_quant", "llama_outliers", "model.onnx")
 LLM_OPTS = {"max_context": 64, "round_to_nearest": True}
 

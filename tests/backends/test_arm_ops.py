@@ -22,19 +22,13 @@ import pytest
 import tcc
 from onnx import helper
 from tcc.backends import run_emulated
-from tcc.backends.arm.target import cross_toolchain_missing, host_is_arm
 
 from tests.conftest import ort_run
 from tests.test_ops_onnxruntime import ARITH, EXACT, TRANS, dot_bound, model_for
 
-from .arm_harness import shared_dir
+from .arm_harness import CPU_IDS, CPUS, needs_emulation, shared_dir
 
-MISSING = cross_toolchain_missing()
-pytestmark = pytest.mark.skipif(MISSING is not None or host_is_arm(),
-                                reason=f"arm cross toolchain absent: {MISSING}" if MISSING else
-                                "runs arm artifacts under emulation from a non-arm host")
-CPUS = [None, "cortex-a53"]
-CPU_IDS = ["qemu-max", "cortex-a53"]
+pytestmark = needs_emulation
 OPSET = 23  # one opset for the merged model (every op below has its current form there)
 NORM = (1e-5, 1e-6)
 
