@@ -79,8 +79,9 @@ def cmd_compile(args) -> int:
         print(f"note: decoder with past inputs, but no KV cache: {llm.get('kv_cache_refused')}")
     tuning = manifest.get("tuning")
     if tuning:
-        changed = sum(1 for p in tuning["problems"] if p["choice"])
-        print(f"tuned: {changed} of {len(tuning['problems'])} Linear problems use tuned kernel parameters "
+        from .codegen.tuning import tuned_count
+
+        print(f"tuned: {tuned_count(tuning['problems'])} of {len(tuning['problems'])} Linear problems use tuned kernel parameters "
               f"({tuning['threads']} threads, {tuning['seconds']:.1f} s; `tcc info {args.output}` lists them)")
     if args.dump_ir:
         print(f"IR dumps in {args.dump_ir}/")

@@ -240,12 +240,11 @@ def tune_threads(opts: CompileOptions) -> int:
 
 
 def _tune(graph: Graph, ctx, backend, opts: CompileOptions, progress: Callable | None):
-    from .codegen.tuning import tune
+    from .codegen.tuning import tune, tuned_count
 
     result = tune(graph, ctx.symbol_bounds, backend, tune_threads(opts), progress, opts.kernel_variant)
-    changed = sum(1 for p in result.problems if p["choice"])
     _say(progress, f"tuned {len(result.problems)} kernel problem(s) in {result.seconds:.1f} s: "
-                   f"{changed} use tuned parameters")
+                   f"{tuned_count(result.problems)} use tuned parameters")
     return result
 
 

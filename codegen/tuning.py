@@ -42,6 +42,11 @@ class Tuning:
                 "problems": self.problems}
 
 
+def tuned_count(problems: list[dict]) -> int:
+    """How many of a manifest's tuning problems use non-default parameters."""
+    return sum(1 for p in problems if p["choice"])
+
+
 def refusal(backend, target_name: str) -> str | None:
     """Why --tune cannot run for this target on this host (None when it can)."""
     from ..backends import foreign_target

@@ -147,9 +147,10 @@ def format_bench(res: dict) -> str:
 
 def format_tuning(tuning: dict) -> str:
     """The --tune choices of an artifact: per Linear problem, the kernel and its default vs tuned time."""
-    changed = sum(1 for p in tuning["problems"] if p["choice"])
+    from ..codegen.tuning import tuned_count
+
     lines = [f"tuned for {tuning['threads']} thread(s) on {tuning['host']} ({tuning['seconds']:.1f} s): "
-             f"{changed} of {len(tuning['problems'])} Linear problems use tuned parameters",
+             f"{tuned_count(tuning['problems'])} of {len(tuning['problems'])} Linear problems use tuned parameters",
              "| problem | layers | parameters | rows: default -> tuned ms |", "|---|---:|---|---|"]
     for p in tuning["problems"]:
         params = ", ".join(f"{k}={v}" for k, v in sorted(p["choice"].items())) or "defaults"
