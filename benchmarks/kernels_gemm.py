@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from tcc.backends.x86.kernels_linalg import VARIANTS
-from tcc.backends.x86.packing import pack_f32_panels
+from tcc.codegen.families.packing import pack_f32_panels
 from tcc.backends.x86.target import TARGET, host_supports
 from tcc.codegen.cmake import REPO_ROOT, build_library
 from tcc.codegen.kernels import write_kernels

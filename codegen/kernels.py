@@ -4,8 +4,10 @@ A `KernelSpec` is (target, family, variant, params). Its name spells out its con
 `tcc_binary_add_f32__avx2` is the `binary` family, op `add`, dtype f32, AVX2 variant. The template is
 `codegen/templates/<target>/<family>-<variant>.cpp.j2`, or `codegen/templates/common/<family>-<variant>.cpp.j2`
 when the target has none (the portable scalar variants every CPU backend shares), rendered with the
-spec's params (and the family's extra context) under StrictUndefined. A backend whose constants differ
-(tile sizes, packed block sizes) registers its own context for a family (`register_target_context`).
+spec's params (and the family's extra context) under StrictUndefined. The families (signatures, op
+domains, portable contexts) are registered by the target-neutral `codegen/families/` package; a backend
+adds its own constants (vector expressions, tile sizes, packed block sizes) per family with
+`register_target_context`, usually through `extended_context`.
 
 Each backend lists every variant it can emit in `backends/<target>/kernels.py: VARIANTS`; that one list
 feeds codegen (which renders the variants a model selects), the CMake project, and the kernel tests
@@ -60,6 +62,13 @@ def register_target_context(target: str, family: str, context: Callable[["Kernel
     if (target, family) in TARGET_CONTEXTS:
         raise ValueError(f"context of kernel family {family!r} for target {target!r} registered twice")
     TARGET_CONTEXTS[(target, family)] = context
+
+
+def extended_context(family: str, extra: Callable[["KernelSpec"], dict[str, Any]]
+                     ) -> Callable[["KernelSpec"], dict[str, Any]]:
+    """A target context for `family`: the family's own (portable) context plus `extra(spec)`, which wins
+    on shared keys. Most targets need just this: their vector expressions, tile and packed block sizes."""
+    return lambda spec: {**FAMILIES[family].context(spec), **extra(spec)}
 
 
 def _family_context(spec: "KernelSpec") -> dict[str, Any]:

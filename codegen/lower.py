@@ -270,11 +270,12 @@ def _qlinear(node: Node, em: Emitter) -> None:
     x, q, scales = node.inputs[:3]
     zeros, bias = node.input(3), node.input(4)
     n, k = q.shape
-    if node.attrs["act"] != "f32" or node.attrs["bits"] != 4:
+    families = {"f32": "qlinear_w4a32", "f16": "qlinear_w4a16"}  # same operands; f16: fp16 arithmetic
+    if node.attrs["act"] not in families or node.attrs["bits"] != 4:
         raise UnsupportedError(f"QLinear node {node.name!r}: {node.attrs['bits']}-bit weights with "
                                f"{node.attrs['act']} activations have no kernel here (int8 activations are "
                                "split off by the quantize-activations pass)")
-    em.call(node, "qlinear_w4a32", [em.ptr(x), c_dim(k), em.packed_ptr(q, "q4_weight", "uint8_t"),
+    em.call(node, families[node.attrs["act"]], [em.ptr(x), c_dim(k), em.packed_ptr(q, "q4_weight", "uint8_t"),
                                     em.packed_ptr(scales, "q4_scales", "uint16_t"),
                                     em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), em.ptr(node.output),
                                     c_dim(n), c_dim(product(x.shape[:-1])), c_dim(n), c_dim(k),

@@ -5,7 +5,7 @@ target description's business (`Target.qms`).
   fp32   no quantization
   w8a8   int8 weights per output channel (symmetric), int8 activations per tensor at run time; SmoothQuant
   w4a32  int4 group-wise weights, fp32 activations (the kernel dequantizes); AWQ
-  w4a16  int4 group-wise weights, fp16 activations (GPU targets); AWQ
+  w4a16  int4 group-wise weights, fp16 activations and fp16 arithmetic in the Linear layers (arm); AWQ
   w4a8   int4 group-wise weights, int8 activations per row and group at run time (int8 dot products); AWQ
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("w8a8", 8, "i8_tensor", "smoothquant", False, False,
            "int8 per-channel weights, int8 per-tensor activations at run time (SmoothQuant)"),
     Scheme("w4a32", 4, "f32", "awq", True, True, "int4 group-wise weights, fp32 activations (AWQ)"),
-    Scheme("w4a16", 4, "f16", "awq", True, True, "int4 group-wise weights, fp16 activations (AWQ; GPU targets)"),
+    Scheme("w4a16", 4, "f16", "awq", True, True, "int4 group-wise weights, fp16 activations and arithmetic in the Linear layers (AWQ; arm)"),
     Scheme("w4a8", 4, "i8_group", "awq", True, True,
            "int4 group-wise weights, int8 activations per group at run time (AWQ)"),
 )}

@@ -24,7 +24,8 @@ import numpy as np
 
 from ..errors import TccError
 from ..ir.core import Graph, Node, Value
-from ..ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
+from ..ir.ops.quant import (dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8,
+                            round_f16)
 from .quantize import quantizable
 from .schemes import Scheme
 
@@ -143,14 +144,15 @@ class Quantizer:
         """Dequantized W [K, N] in float64."""
         if self.scheme.weight_bits == 4:
             q, s, z = quantize_int4(w, self.group, symmetric=not self.asym)
-            return dequantize(q, s, z, 4, self.group).T
+            wd = dequantize(q, s, z, 4, self.group)
+            return (round_f16(wd) if self.scheme.act == "f16" else wd).T
         q, s = quantize_int8(w)
         return dequantize(q, s, None, 8, w.shape[0]).T
 
     def acts(self, x: np.ndarray) -> np.ndarray:
         act = self.scheme.act
         if act in ("f32", "f16"):
-            return x.astype(np.float64) if act == "f32" else x.astype(np.float16).astype(np.float64)
+            return x.astype(np.float64) if act == "f32" else round_f16(x)
         gs = self.group if act == "i8_group" else None
         xq, xs, _ = quantize_activations(x, gs)
         return dequantize_activations(xq, xs, x.shape[-1], gs)

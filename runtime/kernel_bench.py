@@ -101,7 +101,7 @@ class _Problem:
         self.y = np.empty((m, n), np.float32)
         self.bias, self.ws, self.wz = None, None, None
         if qm == "f32":
-            from ..backends.x86.packing import pack_f32_panels
+            from ..codegen.families.packing import pack_f32_panels
             w = pack_f32_panels(rng.standard_normal((k, n)).astype(np.float32))
             self.x = x
         elif qm == "w8a8":

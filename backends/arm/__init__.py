@@ -9,12 +9,11 @@ import numpy as np
 
 def pack(kind: str, array: np.ndarray):
     """Reorder a constant for the kernel that reads it: returns (layout name, packed array)."""
-    from ..x86 import packing as panels  # the portable f32 panel and row-table packers
-    from ..x86 import packing_rows as rows
+    from ...codegen.families import packing as portable  # the f32 panel and row-table layouts
     from . import packing as p
 
     if kind == "gemm_f32":
-        return f"arm_f32_panel{panels.NR}", panels.pack_f32_panels(np.asarray(array, np.float32))
+        return f"arm_f32_panel{portable.NR}", portable.pack_f32_panels(np.asarray(array, np.float32))
     if kind in ("q4_weight", "q4_weight_i8"):  # one layout for f32 and int8 activations
         return f"arm_q4_nt{p.NT}_kb{p.KB}", p.pack_q4(array)
     if kind == "q4_scales":
@@ -26,9 +25,9 @@ def pack(kind: str, array: np.ndarray):
     if kind == "q8_scales":
         return f"arm_q8_scales_nt{p.NT}", p.pack_q8_scales(array)
     if kind == "q4_rows":
-        return "arm_q4_rows", rows.pack_q4_rows(array)
+        return "arm_q4_rows", portable.pack_q4_rows(array)
     if kind == "q4_row_scales":
-        return "arm_f16_scales", rows.pack_f16_scales(array)
+        return "arm_f16_scales", portable.pack_f16_scales(array)
     if kind == "q8_rows":
         return "arm_q8_rows", np.ascontiguousarray(array, np.int8)
     raise KeyError(f"arm backend has no packing for {kind!r}")

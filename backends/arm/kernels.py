@@ -2,29 +2,30 @@
 
 `VARIANTS` is the one list of every kernel the arm backend emits (codegen, CMake and the tests under
 qemu all read it). Two kinds:
-- the portable variants every CPU backend shares (`codegen/templates/common/`: scalar elementwise,
-  linear algebra, LLM ops, and the naive / unroll / threads quantized linear kernels), with the arm
-  packed-block sizes in their context;
+- the portable variants every CPU backend shares (`codegen/families: PORTABLE`, rendered from
+  `codegen/templates/common/`: scalar elementwise, linear algebra, LLM ops, and the naive / unroll /
+  threads quantized linear kernels), with the arm packed-block sizes in their context;
 - NEON variants (`codegen/templates/arm/<family>-neon.cpp.j2`) for the hot families. Their optional
-  Armv8.2 paths (dotprod, i8mm) are chosen at run time (runtime/tcc_arm.h).
+  Armv8.2 paths (dotprod, i8mm, fp16) are chosen at run time (runtime/tcc_arm.h).
 
-The families themselves (signatures, per-op C expressions) are registered by the x86 backend's modules,
-which are target-neutral apart from the AVX2 expressions only its `avx2` templates read.
+The families themselves (signatures, op domains, portable C expressions) are the target-neutral
+`codegen/families/` package; this backend extends their contexts for arm specs (here: the packed block
+sizes and qlinear tiles; backends/arm/kernels_neon.py: the NEON expressions and f32 tiles).
 """
 from __future__ import annotations
 
-from ...codegen.kernels import KernelSpec, register_target_context
-from ..x86 import kernels as x86_kernels  # registers the kernel families
-from ..x86.kernels_quant import MIN_PARALLEL_MACS, QUANT_GRAIN_ELEMS, norm_quantize_context
+from ...codegen import families
+from ...codegen.families.quant import QLINEAR_W4A16_PORTABLE
+from ...codegen.kernels import KernelSpec, extended_context, register_target_context
 from . import kernels_neon
 from .packing import KB, KPAD, NT, Q8B
 
 TARGET = "arm"
-PORTABLE = ("scalar", "naive", "unroll", "threads")
-QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
+# w4a16 (fp16 arithmetic) is arm's own scheme: x86 refuses it, so only arm emits its kernels.
+QLINEAR_FAMILIES = (*families.quant.QLINEAR_FAMILIES, "qlinear_w4a16")
 # NEON kernels: (family, params) for each (the f32 ones: backends/arm/kernels_neon.py).
-NEON = [("quantize_acts", {}), *(("norm_quantize", {"op": op, "dtype": "f32"}) for op in ("layernorm", "rmsnorm")),
-        ("qlinear_w4a8", {}), ("qlinear_w8a8", {}), ("qlinear_w4a32", {}),
+NEON = [("quantize_acts", {}), *(("norm_quantize", {"op": op, "dtype": "f32"}) for op in families.quant.NORM_OPS),
+        ("qlinear_w4a8", {}), ("qlinear_w8a8", {}), ("qlinear_w4a32", {}), ("qlinear_w4a16", {}),
         *kernels_neon.NEON_F32]
 
 # NEON qlinear tiling (32 x 128-bit registers). GEMV (decode, M <= GEMV_MAX_M): one 4-column tile at a
@@ -39,21 +40,21 @@ GEMM_MR = 4
 MMLA_PAIRS = 4
 
 
-def _qlinear_context(spec: KernelSpec) -> dict:
-    return {"NT": NT, "KB": KB, "Q8B": Q8B, "KPAD": KPAD, "UNROLL": 4, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS,
+def _qlinear_tiles(spec: KernelSpec) -> dict:
+    return {"NT": NT, "KB": KB, "Q8B": Q8B, "KPAD": KPAD,
             "Q4_QUAD": False,  # one q4 layout for every arm kernel
             "GEMM_MR": GEMM_MR, "MMLA_PAIRS": MMLA_PAIRS}
 
 
 for _family in QLINEAR_FAMILIES:
-    register_target_context(TARGET, _family, _qlinear_context)
-register_target_context(TARGET, "quantize_acts", lambda spec: {"KPAD": KPAD, "GRAIN_ELEMS": QUANT_GRAIN_ELEMS})
-register_target_context(TARGET, "norm_quantize", norm_quantize_context(KPAD))
+    register_target_context(TARGET, _family, extended_context(_family, _qlinear_tiles))
+for _family in ("quantize_acts", "norm_quantize"):
+    register_target_context(TARGET, _family, extended_context(_family, lambda spec: {"KPAD": KPAD}))
 
 
 def _variants() -> list[KernelSpec]:
-    portable = [KernelSpec(TARGET, s.family, s.variant, s.params) for s in x86_kernels.VARIANTS
-                if s.variant in PORTABLE]
+    portable = families.specs(TARGET, families.PORTABLE)
+    portable += [KernelSpec.make(TARGET, "qlinear_w4a16", v) for v in QLINEAR_W4A16_PORTABLE]
     neon = [KernelSpec.make(TARGET, family, "neon", **params) for family, params in NEON]
     return portable + neon
 

@@ -1,9 +1,9 @@
 """The arm NEON f32 kernels: per-op NEON expressions and tile sizes (the templates in
 `codegen/templates/arm/<family>-neon.cpp.j2` only substitute and unroll them).
 
-Each family keeps its portable context (the scalar C expressions of backends/x86/kernels_elementwise.py,
+Each family keeps its portable context (the scalar C expressions of codegen/families/elementwise.py,
 which the `scalar` variants and the NEON templates' scalar tails both use); for arm specs this module's
-context replaces only the vector expression (the x86 one is AVX2) and adds the NEON tile sizes. The vector
+context adds the NEON vector expression and the NEON tile sizes. The vector
 math (`tcc::neon::exp_ps`, ...) is runtime/tcc_math_neon.h, the same algorithms and coefficients as the
 AVX2 header, so the accuracy contract of docs/kernels.md (unary) holds unchanged.
 
@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...codegen.kernels import FAMILIES, KernelSpec, register_target_context
-from ..x86 import kernels_elementwise as ew
-from ..x86 import kernels_linalg
+from ...codegen.families.elementwise import VECTOR_DOMAINS
+from ...codegen.families.linalg import MIN_PARALLEL_FLOPS
+from ...codegen.families.packing import NR
+from ...codegen.kernels import KernelSpec, extended_context, register_target_context
 
 TARGET = "arm"
 
@@ -56,82 +57,36 @@ KV = {"QT": 8, "JB": 64, "QK_ROWS": 4, "QK_KEYS": 4, "PV_ROWS": 4, "PV_CHUNKS": 
 ATTN = dict(KV)
 
 
-def _base(family: str, spec: KernelSpec) -> dict[str, Any]:
-    return FAMILIES[family].context(spec)
+assert NR == 16 and GEMM["GEMV_KU"] == 4, "the gemm tiles use 4 vectors / 4 lanes of a k quad"
+assert all(t["QK_KEYS"] == 4 and t["JB"] % 4 == 0 for t in (KV, ATTN)), "the QK score reduction is written for 4 keys"
 
 
-def _binary(spec: KernelSpec) -> dict[str, Any]:
-    ctx = _base("binary", spec)
-    ctx["vector_expr"] = _BINARY.get(spec.param("op")) if spec.param("dtype") == "f32" else None
-    return ctx
+def _is_f32(spec: KernelSpec) -> bool:
+    return spec.param("dtype") == "f32"
 
 
-def _unary(spec: KernelSpec) -> dict[str, Any]:
-    ctx = _base("unary", spec)
-    ctx["vector_expr"] = _UNARY[spec.param("op")] if spec.param("dtype") == "f32" else None
-    return ctx
+def _neon_tiles(tiles: dict[str, Any]):
+    """A context adding `tiles` to the neon variant (the portable variant has none)."""
+    return lambda spec: tiles if spec.variant == "neon" else {}
 
 
-def _reduce(spec: KernelSpec) -> dict[str, Any]:
-    ctx = _base("reduce", spec)
-    ctx["vector_combine"] = _REDUCE[spec.param("op")] if spec.param("dtype") == "f32" else None
-    return ctx
+register_target_context(TARGET, "binary", extended_context("binary", lambda spec: {
+    "vector_expr": _BINARY.get(spec.param("op")) if _is_f32(spec) else None}))
+register_target_context(TARGET, "unary", extended_context("unary", lambda spec: {
+    "vector_expr": _UNARY[spec.param("op")] if _is_f32(spec) else None}))
+register_target_context(TARGET, "reduce", extended_context("reduce", lambda spec: {
+    "vector_combine": _REDUCE[spec.param("op")] if _is_f32(spec) else None}))
+register_target_context(TARGET, "gemm", extended_context("gemm", _neon_tiles(GEMM)))
+register_target_context(TARGET, "matmul", extended_context("matmul", _neon_tiles(MATMUL)))
+register_target_context(TARGET, "kvattention", extended_context("kvattention", _neon_tiles(KV)))
+# The portable attention context is empty; attention-neon also reads the threading threshold.
+register_target_context(TARGET, "attention", extended_context("attention", lambda spec: {
+    "MIN_PARALLEL_FLOPS": MIN_PARALLEL_FLOPS, **_neon_tiles(ATTN)(spec)}))
 
-
-def _gemm(spec: KernelSpec) -> dict[str, Any]:
-    ctx = {"NR": kernels_linalg.NR, "MIN_PARALLEL_FLOPS": kernels_linalg.MIN_PARALLEL_FLOPS}
-    if spec.variant == "neon":
-        assert kernels_linalg.NR == 16 and GEMM["GEMV_KU"] == 4, "the tiles use 4 vectors / 4 lanes of a k quad"
-        ctx.update(GEMM)
-    return ctx
-
-
-def _matmul(spec: KernelSpec) -> dict[str, Any]:
-    ctx = {"MIN_PARALLEL_FLOPS": kernels_linalg.MIN_PARALLEL_FLOPS}
-    if spec.variant == "neon":
-        ctx.update(MATMUL)
-    return ctx
-
-
-def _kvattention(spec: KernelSpec) -> dict[str, Any]:
-    ctx = {k: v for k, v in _base("kvattention", spec).items()}
-    if spec.variant == "neon":
-        assert KV["QK_KEYS"] == 4 and KV["JB"] % 4 == 0, "the QK score reduction is written for 4 keys"
-        ctx.update(KV)
-    return ctx
-
-
-def _attention(spec: KernelSpec) -> dict[str, Any]:
-    ctx = {"MIN_PARALLEL_FLOPS": kernels_linalg.MIN_PARALLEL_FLOPS}
-    if spec.variant == "neon":
-        assert ATTN["QK_KEYS"] == 4 and ATTN["JB"] % 4 == 0, "the QK score reduction is written for 4 keys"
-        ctx.update(ATTN)
-    return ctx
-
-
-register_target_context(TARGET, "binary", _binary)
-register_target_context(TARGET, "unary", _unary)
-register_target_context(TARGET, "reduce", _reduce)
-register_target_context(TARGET, "gemm", _gemm)
-register_target_context(TARGET, "matmul", _matmul)
-register_target_context(TARGET, "kvattention", _kvattention)
-register_target_context(TARGET, "attention", _attention)
-
-
-def _f32(domain):
-    return [p for p in domain if p["dtype"] == "f32"]
-
-
-# (family, params) of every NEON f32 kernel; the same domains as x86's avx2 variants.
+# (family, params) of every NEON f32 kernel: each elementwise family's vector domain (as x86's avx2
+# variants), then the linear algebra.
 NEON_F32: list[tuple[str, dict]] = [
-    *(("binary", p) for p in _f32(ew.BINARY_DOMAIN)),
-    *(("where", p) for p in _f32(ew.WHERE_DOMAIN)),
-    *(("unary", p) for p in _f32(ew.UNARY_DOMAIN)),
-    *(("cast", p) for p in ew.CAST_DOMAIN if {p["src"], p["dst"]} == {"f32", "f16"}),
-    *(("reduce", p) for p in _f32(ew.REDUCE_DOMAIN)),
-    *(("softmax", {"op": op, "dtype": "f32"}) for op in ("softmax", "logsoftmax")),
-    *(("norm", {"op": op, "dtype": "f32"}) for op in ("layernorm", "rmsnorm")),
-    *(("copy", {"esize": e}) for e in (1, 2, 4, 8)),
+    *((family, params) for family, domain in VECTOR_DOMAINS.items() for params in domain),
     ("gemm", {"dtype": "f32"}),
     ("kvattention", {"dtype": "f32"}),
     ("matmul", {"dtype": "f32"}),

@@ -11,7 +11,7 @@ is 4 output channels (the 4 lanes of a float32x4 epilogue). Contract (docs/arm.m
         shift turn a 16-byte load into 32 int8 weights in k order (a group of 32 is exactly one block).
     q4 scales: fp16 bits (u16) [t][G][c]; q4 zeros: u8 [t][G][c] (padding 0).
     q8 weights: int8 [t][Kp/16][c][16 bytes] (q[4t+c, 16j .. 16j+15]); q8 scales: f32 [Npad].
-    f32 gemm panels and the QGather row tables: the portable layouts of backends/x86 (16-column panels).
+    f32 gemm panels and the QGather row tables: the portable layouts of codegen/families/packing.py.
 """
 from __future__ import annotations
 

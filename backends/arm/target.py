@@ -52,12 +52,11 @@ class Target:
     variants: tuple[str, ...] = ("neon", "scalar")
     vector_bytes: int = 16
     cache_line: int = 64
-    qms: tuple[str, ...] = ("fp32", "w8a8", "w4a32", "w4a8")
+    qms: tuple[str, ...] = ("fp32", "w8a8", "w4a32", "w4a8", "w4a16")
     default_group_size: int = 32
     # The q4 K block: 32 codes of a column in one 16-byte vector (docs/arm.md); activations pad to it.
     k_block: int = 32
-    qm_refusals: tuple[tuple[str, str], ...] = (
-        ("w4a16", "fp16 activations are not implemented for arm yet"),)
+    qm_refusals: tuple[tuple[str, str], ...] = ()
     cpu: str = "generic"
     machine: str = "aarch64"
     emulator: tuple[str, ...] = (QEMU, "-L", SYSROOT)  # runs the artifact's binaries on another host

@@ -8,7 +8,7 @@ import numpy as np
 
 def pack(kind: str, array: np.ndarray):
     """Reorder a constant for the kernel that reads it: returns (layout name, packed array)."""
-    from . import packing
+    from ...codegen.families import packing  # the portable f32 panel and row-table layouts
     from . import packing_quant as pq
 
     if kind == "gemm_f32":
@@ -27,13 +27,11 @@ def pack(kind: str, array: np.ndarray):
         return pq.q8_layout_name(), pq.pack_q8(array)
     if kind == "q8_scales":
         return pq.q8_scales_layout_name(), pq.pack_q8_scales(array)
-    # Quantized tables read a row at a time (QGather): backends/x86/packing_rows.py.
+    # Quantized tables read a row at a time (QGather): codegen/families/packing.py.
     if kind == "q4_rows":
-        from .packing_rows import pack_q4_rows
-        return "x86_q4_rows", pack_q4_rows(array)
+        return "x86_q4_rows", packing.pack_q4_rows(array)
     if kind == "q4_row_scales":
-        from .packing_rows import pack_f16_scales
-        return "x86_f16_scales", pack_f16_scales(array)
+        return "x86_f16_scales", packing.pack_f16_scales(array)
     if kind == "q8_rows":
         return "x86_q8_rows", np.ascontiguousarray(array, np.int8)
     raise KeyError(f"x86 backend has no packing for {kind!r}")

@@ -1,7 +1,9 @@
 """The x86 kernel list and kernel selection.
 
 `VARIANTS` is the one list of every kernel the x86 backend can emit: codegen renders the ones a model
-selects, and the kernel tests render and test all of them.
+selects, and the kernel tests render and test all of them. The families are the target-neutral
+`codegen/families/` package; the modules here add x86's own parts per family group (AVX2 expressions,
+tile and packed block sizes) and list its kernels.
 """
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""x86 KV-cache attention: `kvattention` appends this run's rotated k and raw v to the caches, then runs
-causal attention of the rotated q over the cache (docs/kernels.md, family kvattention).
-
-One kernel, two run-time paths (the templates choose; the numbers below steer them):
-- decode (S == 1): a work item is a tile of up to QT query heads of one GQA group (b, kv head, tile), so
-  each cached K/V row is read once for the whole group. When there are fewer items than
-  SPLIT_ITEMS_PER_THREAD x threads and the context is long, the keys of each item are also split over
-  threads (flash-decoding): each split keeps its own running max / sum / accumulator and a short serial
-  merge combines them, so 2+ threads help even a single sequence with one kv head.
-- prefill (S > 1): a work item is a tile of QT query rows of one kv head (the group's heads at a position,
-  then the next positions); the tile walks the cache in blocks of JB keys with an online softmax, so
-  scratch is O(QT x JB + QT x Dv) per thread whatever the prompt length.
+"""x86 KV-cache attention: the AVX2 register tiles of `kvattention-avx2` (the family, its run-time paths and
+the thresholds steering them: codegen/families/kv.py; the contract: docs/kernels.md, family kvattention).
 
 AVX2 micro-tiles (16 ymm registers):
 - QK: QK_ROWS=2 rows x QK_KEYS=4 keys of scores at a time: 8 accumulators + 4 K vectors + 2 q vectors
@@ -24,48 +14,21 @@ AVX2 micro-tiles (16 ymm registers):
 """
 from __future__ import annotations
 
-from ...codegen.kernels import KernelFamily, KernelSpec, register_family
+from ...codegen.kernels import KernelSpec, extended_context, register_target_context
 
-KVATTENTION_SIGNATURE = (
-    "void {name}(const float* q, const float* k, const float* v, float* k_cache, float* v_cache, float* out, "
-    "int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t past, int64_t capacity, int64_t D, int64_t Dv, "
-    "const int64_t* q_strides, const int64_t* k_strides, const int64_t* v_strides, const int64_t* o_strides, "
-    "const float* cos_table, const float* sin_table, int64_t rotary_dim, int32_t rope_mode, "
-    "float scale, tcc_pool* pool)"
-)
-
-# Work per parallel chunk below which threading costs more than it saves (flops), as for attention.
-MIN_PARALLEL_FLOPS = 1 << 16
-# Append: floats copied (and rotated) per parallel chunk. A decode step appends B*Hkv rows of D+Dv floats
-# (a few hundred floats): far below this, so it runs on the calling thread with no dispatch.
-APPEND_GRAIN_FLOATS = 1 << 14
-# Decode key split (flash-decoding): split when there are fewer than SPLIT_ITEMS_PER_THREAD work items per
-# thread (below that, threads idle or finish unevenly); aim for SPLIT_TASKS_PER_THREAD tasks per thread so
-# the dynamic scheduler can even out; never give a split fewer than SPLIT_MIN_KEYS keys (a split of 256
-# keys is ~50k flops per query row, which outweighs the merge and the dispatch).
-SPLIT_ITEMS_PER_THREAD = 2
-SPLIT_TASKS_PER_THREAD = 4
-SPLIT_MIN_KEYS = 256
-# At most this many splits per item (the merge keeps one weight per split on the stack).
-SPLIT_MAX = 64
+TARGET = "x86"
 
 
-def _kvattention_context(spec: KernelSpec) -> dict:
-    ctx = dict(MIN_PARALLEL_FLOPS=MIN_PARALLEL_FLOPS, APPEND_GRAIN_FLOATS=APPEND_GRAIN_FLOATS,
-               SPLIT_ITEMS_PER_THREAD=SPLIT_ITEMS_PER_THREAD, SPLIT_TASKS_PER_THREAD=SPLIT_TASKS_PER_THREAD,
-               SPLIT_MIN_KEYS=SPLIT_MIN_KEYS, SPLIT_MAX=SPLIT_MAX)
-    if spec.variant == "avx2":
-        QT, JB, QK_ROWS, QK_KEYS, PV_ROWS, PV_CHUNKS = 8, 64, 2, 4, 2, 4
-        assert QK_KEYS == 4, "the QK score reduction (one hadd tree) is written for 4 keys"
-        assert JB % 8 == 0 and JB % QK_KEYS == 0, "score rows are exponentiated 8 lanes at a time"
-        ctx.update(QT=QT, JB=JB, QK_ROWS=QK_ROWS, QK_KEYS=QK_KEYS, PV_ROWS=PV_ROWS, PV_CHUNKS=PV_CHUNKS)
-    return ctx
+def _tiles(spec: KernelSpec) -> dict:
+    if spec.variant != "avx2":
+        return {}
+    QT, JB, QK_ROWS, QK_KEYS, PV_ROWS, PV_CHUNKS = 8, 64, 2, 4, 2, 4
+    assert QK_KEYS == 4, "the QK score reduction (one hadd tree) is written for 4 keys"
+    assert JB % 8 == 0 and JB % QK_KEYS == 0, "score rows are exponentiated 8 lanes at a time"
+    return dict(QT=QT, JB=JB, QK_ROWS=QK_ROWS, QK_KEYS=QK_KEYS, PV_ROWS=PV_ROWS, PV_CHUNKS=PV_CHUNKS)
 
 
-register_family(KernelFamily(
-    "kvattention", KVATTENTION_SIGNATURE, _kvattention_context,
-    doc="Causal attention with rotary embedding over a KV cache, appending this run's k/v in place "
-        "(decode and chunked prefill)."))
+register_target_context(TARGET, "kvattention", extended_context("kvattention", _tiles))
 
-VARIANTS: list[KernelSpec] = [KernelSpec.make("x86", "kvattention", variant, dtype="f32")
+VARIANTS: list[KernelSpec] = [KernelSpec.make(TARGET, "kvattention", variant, dtype="f32")
                               for variant in ("avx2", "scalar")]

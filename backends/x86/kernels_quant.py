@@ -1,19 +1,13 @@
-"""x86 kernels for quantized Linear layers: activation quantization and the three qlinear families.
+"""x86 kernels for quantized Linear layers: the x86 packed block sizes, the AVX2 / VNNI tiles and the kernel list
+of activation quantization and the three qlinear families (the families, signatures and portable contexts:
+codegen/families/quant.py; contracts: docs/kernels.md and docs/formats.md).
 
-Contracts: docs/kernels.md (signatures, variants) and docs/formats.md (packed weight layouts, the
-activation quantization contract); the arithmetic is `ir/ops/quant.py`.
-
-- quantize_acts: x f32 -> (xq i8 rows padded to 64, xs, xsum), bit-exact with `quantize_activations`.
-- qlinear_w4a8: int4 weights (packed x86 q4, NT=8) x int8 activations per row and group.
-- qlinear_w4a32: int4 weights x f32 activations (the weight is dequantized in registers).
-- qlinear_w8a8: int8 per-channel weights x int8 per-tensor activations.
-
-Each qlinear family has the five variants of an optimization ablation (efficientml.ai lab 4 style):
-naive (scalar, one output at a time), unroll (scalar, 4 columns share each activation load), threads
-(naive split over column tiles with the pool), simd (AVX2 integer dot / FMA, one column at a time,
-1 thread) and all (simd + register tiling + threads + prefetch, a GEMV path for decode (M <= 3) and a
-GEMM path for prefill, and a run-time dispatched AVX-VNNI path for the int8 families). Tile sizes live
-here; the templates unroll them.
+x86 packs int4 weights in column tiles of NT=8 (w4a8 in the k-quad-major layout) and pads activation rows
+to KPAD=64 (backends/x86/packing_quant.py). Each qlinear family has the five variants of an optimization
+ablation (efficientml.ai lab 4 style): the portable naive, unroll and threads (codegen/families/quant.py),
+simd (AVX2 integer dot / FMA, one column at a time, 1 thread) and all (simd + register tiling + threads +
+prefetch, a GEMV path for decode (M <= 3) and a GEMM path for prefill, and a run-time dispatched AVX-VNNI
+path for the int8 families). Tile sizes live here; the templates unroll them.
 
 `all`, AVX2 (16 ymm registers, 48 KiB L1d, 2 MiB L2 on the machine this was tuned on):
 - GEMV (M <= GEMV_MAX_M = 3, decode, memory bound): one column tile (8 columns) at a time. w4a8 reads the
@@ -38,40 +32,14 @@ here; the templates unroll them.
 """
 from __future__ import annotations
 
-from ...codegen.kernels import KernelFamily, KernelSpec, register_family
+from ...codegen.families.quant import NORM_OPS, QLINEAR_FAMILIES, QLINEAR_PORTABLE
+from ...codegen.kernels import KernelSpec, extended_context, register_target_context
 from .packing_quant import KB, KPAD, NT
 
-QUANTIZE_ACTS_SIGNATURE = (
-    "void {name}(const float* x, int64_t ldx, int8_t* xq, int64_t ldq, float* xs, int32_t* xsum, "
-    "int64_t M, int64_t K, int64_t group, int32_t per_tensor, tcc_pool* pool)"
-)
-QLINEAR_W4A8_SIGNATURE = (
-    "void {name}(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t ldq, const uint8_t* w, "
-    "const uint16_t* ws, const uint8_t* wz, const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, "
-    "int64_t K, int64_t group, tcc_pool* pool)"
-)
-QLINEAR_W4A32_SIGNATURE = (
-    "void {name}(const float* x, int64_t ldx, const uint8_t* w, const uint16_t* ws, const uint8_t* wz, "
-    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int64_t group, tcc_pool* pool)"
-)
-QLINEAR_W8A8_SIGNATURE = (
-    "void {name}(const int8_t* xq, const float* xs, int64_t ldq, const int8_t* w, const float* ws, "
-    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_pool* pool)"
-)
-
-NORM_QUANTIZE_SIGNATURE = (
-    "void {name}(const float* x, const float* gamma, const float* beta, int8_t* xq, int64_t ldq, float* xs, "
-    "int32_t* xsum, int64_t rows, int64_t cols, float eps, int64_t group, tcc_pool* pool)"
-)
-
-QLINEAR_FAMILIES = ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")
-QLINEAR_VARIANTS = ("naive", "unroll", "threads", "simd", "all")
+TARGET = "x86"
+QLINEAR_VARIANTS = (*QLINEAR_PORTABLE, "simd", "all")
 QUANTIZE_ACTS_VARIANTS = ("scalar", "avx2")
 
-# Multiply-adds per parallel chunk below which threading costs more than it saves.
-MIN_PARALLEL_MACS = 1 << 17
-# Elements per parallel chunk for quantize_acts (a 1 x 4096 decode row stays on the calling thread).
-QUANT_GRAIN_ELEMS = 1 << 14
 # `all`: the ISA paths rendered; "vnni" is used when the CPU has AVX-VNNI (checked once at run time).
 ISAS = ("avx2", "vnni")
 GEMM_MR = {"avx2": 4, "vnni": 6}
@@ -91,27 +59,10 @@ PREFETCH_BYTES = 2048   # GEMV: prefetch this far ahead of the weight stream (8 
 W32_MR, W32_KC = 6, 256
 
 
-def _base(spec: KernelSpec) -> dict:
+def _qlinear_tiles(spec: KernelSpec) -> dict:
     # w4a8 reads its int4 weights in the quad layout (k-quad major, packing_quant.pack_q4_quad), w4a32 in
     # the plain one.
-    return {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "MIN_PARALLEL_MACS": MIN_PARALLEL_MACS,
-            "Q4_QUAD": spec.family == "qlinear_w4a8"}
-
-
-def _quantize_acts_context(spec: KernelSpec) -> dict:
-    return {"KPAD": KPAD, "GRAIN_ELEMS": QUANT_GRAIN_ELEMS}
-
-
-def norm_quantize_context(kpad: int):
-    """The norm_quantize context of a target whose int8 rows are padded to `kpad`."""
-    from .kernels_elementwise import GRAIN_CHEAP
-
-    return lambda spec: {"rms": spec.param("op") == "rmsnorm", "grain": GRAIN_CHEAP, "KPAD": kpad}
-
-
-def _qlinear_context(spec: KernelSpec) -> dict:
-    ctx = _base(spec)
-    ctx["UNROLL"] = 4
+    ctx = {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "Q4_QUAD": spec.family == "qlinear_w4a8"}
     if spec.variant == "all":
         assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
         assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
@@ -123,25 +74,14 @@ def _qlinear_context(spec: KernelSpec) -> dict:
     return ctx
 
 
-register_family(KernelFamily(
-    "quantize_acts", QUANTIZE_ACTS_SIGNATURE, _quantize_acts_context,
-    doc="int8 activations per row and group (or per tensor) with scales and group sums, rows padded to 64"))
-register_family(KernelFamily(
-    "norm_quantize", NORM_QUANTIZE_SIGNATURE, norm_quantize_context(KPAD),
-    doc="layernorm / rmsnorm per row fused with int8 activations per row and group (passes/fuse_norm_quantize.py)"))
-register_family(KernelFamily(
-    "qlinear_w4a8", QLINEAR_W4A8_SIGNATURE, _qlinear_context,
-    doc="y = int8 activations (per row and group) x packed int4 weights (per group scale / zero) + bias"))
-register_family(KernelFamily(
-    "qlinear_w4a32", QLINEAR_W4A32_SIGNATURE, _qlinear_context,
-    doc="y = f32 activations x packed int4 weights dequantized in registers + bias"))
-register_family(KernelFamily(
-    "qlinear_w8a8", QLINEAR_W8A8_SIGNATURE, _qlinear_context,
-    doc="y = int8 per-tensor activations x packed int8 per-channel weights + bias"))
+for _family in QLINEAR_FAMILIES:
+    register_target_context(TARGET, _family, extended_context(_family, _qlinear_tiles))
+for _family in ("quantize_acts", "norm_quantize"):
+    register_target_context(TARGET, _family, extended_context(_family, lambda spec: {"KPAD": KPAD}))
 
 VARIANTS: list[KernelSpec] = [
-    *(KernelSpec.make("x86", "quantize_acts", v) for v in QUANTIZE_ACTS_VARIANTS),
-    *(KernelSpec.make("x86", "norm_quantize", v, op=op, dtype="f32") for v in QUANTIZE_ACTS_VARIANTS
-      for op in ("layernorm", "rmsnorm")),
-    *(KernelSpec.make("x86", f, v) for f in QLINEAR_FAMILIES for v in QLINEAR_VARIANTS),
+    *(KernelSpec.make(TARGET, "quantize_acts", v) for v in QUANTIZE_ACTS_VARIANTS),
+    *(KernelSpec.make(TARGET, "norm_quantize", v, op=op, dtype="f32") for v in QUANTIZE_ACTS_VARIANTS
+      for op in NORM_OPS),
+    *(KernelSpec.make(TARGET, f, v) for f in QLINEAR_FAMILIES for v in QLINEAR_VARIANTS),
 ]

@@ -214,11 +214,15 @@ def build_dir() -> str:
 
 
 def source_files() -> list[str]:
-    """The files whose change invalidates cached tuning results: the x86 templates and kernel modules."""
+    """The files whose change invalidates cached tuning results: the x86 templates and kernel modules, and
+    the target-neutral family modules whose contexts they extend."""
+    from ...codegen import families
     from ...codegen.kernels import TEMPLATE_DIR
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(here, f) for f in sorted(os.listdir(here)) if f.endswith(".py")]
+    files = []
+    for module in (__file__, families.__file__):
+        here = os.path.dirname(os.path.abspath(module))
+        files += [os.path.join(here, f) for f in sorted(os.listdir(here)) if f.endswith(".py")]
     for sub in ("x86", "common"):
         d = os.path.join(TEMPLATE_DIR, sub)
         files += [os.path.join(d, f) for f in sorted(os.listdir(d))]

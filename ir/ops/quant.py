@@ -9,7 +9,13 @@ QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act}
     scales f32 [N, G], G = ceil(K / group_size).
     act "f32":       X(x) = x (the weight is dequantized; w4a32);
     act "i8_group":  X(x) = the int8 quantization of x per row and group (w4a8, see quantize_activations);
-    act "i8_tensor": X(x) = the int8 quantization of the whole x with one scale (w8a8).
+    act "i8_tensor": X(x) = the int8 quantization of the whole x with one scale (w8a8);
+    act "f16":       fp16 arithmetic (w4a16): X(x) = fp16(x) and W is rounded once more, to fp16 after
+                     dequantization, Wh[n, k] = fp16((q[n, k] - z[n, g]) * scales[n, g]) (round to nearest
+                     even; the product is exact before it). y = sum_k X(x)[k] * Wh[n, k] + bias: fp16
+                     products, fp16 sums within a K block of 32 (lane chains of at most 4 terms), f32 sums
+                     across blocks. The reference sums exactly; the bound a kernel meets is in
+                     tests/backends/test_arm.py (about 4 fp16 roundings of sum |X| |Wh|).
 QuantizeActs(x) {group_size, per_tensor, pad_to} -> xq i8 [..., Kp], xs f32 [..., G] (per_tensor: [1]),
     xsum i32 [..., G]: x quantized once so that several QLinearI8 sharing x reuse it; Kp = K rounded up
     to pad_to (the target's weight block), zero filled.
@@ -34,7 +40,7 @@ from ..dims import Sym
 from ..dtypes import DType
 from ..registry import REQUIRED, register_op
 
-ACTS = ("f32", "i8_group", "i8_tensor")
+ACTS = ("f32", "f16", "i8_group", "i8_tensor")
 F16_MAX = 65504.0
 
 
@@ -167,20 +173,30 @@ def dequantize_activations(xq: np.ndarray, xs: np.ndarray, k: int, group_size: i
     return v * _expand_groups(xs.astype(np.float64), k, group_size)
 
 
+def round_f16(a: np.ndarray) -> np.ndarray:
+    """float64 values of `a` rounded to fp16 (nearest even; beyond 65504 -> inf, as the hardware)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(a).astype(np.float16).astype(np.float64)
+
+
 def qlinear_reference(x: np.ndarray, q, scales, zeros, bias, bits: int, group_size: int, act: str) -> np.ndarray:
     """QLinear in float64 from exactly dequantized operands, rounded once to f32."""
     k = q.shape[1]
+    if act == "f16":
+        w = round_f16(dequantize(q, scales, zeros, bits, group_size))
+        return _finish(round_f16(np.asarray(x, np.float32)), w, bias)
     if act == "f32":
         xd = np.asarray(x, np.float64)
     else:
         gs = group_size if act == "i8_group" else None
         xq, xs, _ = quantize_activations(x, gs)
         xd = dequantize_activations(xq, xs, k, gs)
-    return _finish(xd, q, scales, zeros, bias, bits, group_size)
+    return _finish(xd, dequantize(q, scales, zeros, bits, group_size), bias)
 
 
-def _finish(xd, q, scales, zeros, bias, bits, group_size) -> np.ndarray:
-    y = xd @ dequantize(q, scales, zeros, bits, group_size).T
+def _finish(xd, w, bias) -> np.ndarray:
+    """xd @ w.T + bias in float64 (w [N, K] dequantized), rounded once to f32."""
+    y = xd @ w.T
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     return y.astype(np.float32)
@@ -229,7 +245,7 @@ def _qlinear_ref(xs, attrs):
 
 register_op("QLinear", infer=_qlinear_infer, ref=_qlinear_ref, kind="opaque", inputs=(3, 5),
             attrs={"bits": REQUIRED, "group_size": REQUIRED, "act": REQUIRED},
-            doc="quantized Linear: group-wise int4/int8 weights, f32 or run-time int8 activations")
+            doc="quantized Linear: group-wise int4/int8 weights, f32, fp16 or run-time int8 activations")
 
 
 def _padded(k, pad_to: int):
@@ -276,7 +292,7 @@ def _qlinear_i8_ref(xs, attrs):
     zeros, bias = (xs[5] if len(xs) > 5 else None), (xs[6] if len(xs) > 6 else None)
     gs = None if attrs["per_tensor"] else attrs["group_size"]
     xd = dequantize_activations(xq, x_scale, q.shape[1], gs)
-    return [_finish(xd, q, scales, zeros, bias, attrs["bits"], attrs["group_size"])]
+    return [_finish(xd, dequantize(q, scales, zeros, attrs["bits"], attrs["group_size"]), bias)]
 
 
 register_op("QLinearI8", infer=_qlinear_i8_infer, ref=_qlinear_i8_ref, kind="opaque", inputs=(5, 7),

@@ -1,7 +1,7 @@
-"""The arm backend under qemu: every arm quantized-linear kernel variant against the numpy references of
-ir/ops/quant.py on edge-case shapes, on qemu's default CPU (dotprod + i8mm: the `smmla` paths for M >= 2,
-`sdot` for M = 1), `-cpu cortex-a76` (dotprod, no i8mm: the `sdot` paths) and `-cpu cortex-a53` (neither: the
-vmull_s8 fallbacks), plus the arm packers and target.
+"""The arm backend under qemu: every arm quantized-linear kernel variant (w4a8, w8a8, w4a32, w4a16)
+against the numpy references of ir/ops/quant.py on edge-case shapes, on qemu's default CPU (dotprod + i8mm
++ fp16: the `smmla` paths for M >= 2, `sdot` for M = 1), `-cpu cortex-a76` (dotprod and fp16, no i8mm: the
+`sdot` paths) and `-cpu cortex-a53` (none: the vmull_s8 and f32 fallbacks), plus the arm packers and target.
 
 All kernel calls of this module run in ONE harness binary per CPU (tests/backends/arm_harness.py), so the
 whole module is three qemu launches. Tolerances are those of tests/kernels/test_qlinear.py (derived there):
@@ -9,8 +9,9 @@ whole module is three qemu launches. Tolerances are those of tests/kernels/test_
 (xs*s) * (dot - z*xsum), two roundings, G terms and the bias summed; the NEON epilogue's FMA rounds once
 less), 5 (w8a8: (xs*s) * float(dot) + bias) and group + G + 4 (w4a32, the portable variants: products
 summed sequentially per group, the group sum scaled and added to the others and the bias).
-quantize_acts must be bit-exact. The portable elementwise / linear-algebra kernels are the templates the
-x86 kernel tests cover; under arm they are exercised by the whole-model tests (test_arm_models.py).
+quantize_acts must be bit-exact; w4a16's bounds (fp16 and f32 paths) are derived at `_w4a16_check`. The
+portable elementwise / linear-algebra kernels are the templates the x86 kernel tests cover; under arm they
+are exercised by the whole-model tests (test_arm_models.py).
 
 Skips (with the reason) only where the cross toolchain (g++-aarch64-linux-gnu, qemu-user) is absent.
 """
@@ -42,7 +43,8 @@ CPUS = [None, "cortex-a76", "cortex-a53"]
 CPU_IDS = ["qemu-max", "cortex-a76", "cortex-a53"]
 BACKEND = get_backend("arm")
 VARIANTS = {f: [s for s in BACKEND.variants if s.family == f]
-            for f in ("quantize_acts", "qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32")}
+            for f in ("quantize_acts", "qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32", "qlinear_w4a16")}
+HAS_FP16 = {None: True, "cortex-a76": True, "cortex-a53": False}  # FEAT_FP16 (asimdhp) of each emulated CPU
 
 QA_CASES = [(1, 1, 32), (1, 31, 32), (1, 32, 32), (3, 33, 32), (1, 64, 128), (3, 100, 32), (17, 128, 128),
             (2, 1000, 64), (5, 130, 96), (17, 300, 128), (70, 200, 32)]
@@ -75,6 +77,49 @@ def _expected(xd, wd, bias, n_add):
     if bias is not None:
         ref, mag = ref + bias, mag + np.abs(bias)
     return ref, C * n_add * U * mag + 1e-37
+
+
+def _gamma(n: int, u: float) -> float:
+    """The classic bound on n successive roundings: |error| <= gamma * sum |terms|."""
+    return n * u / (1 - n * u)
+
+
+def _w4a16_rows(rng, M, K):
+    """Random rows, plus rows in fp16's subnormal range (underflowing products) and large rows (fp16 block
+    sums in the thousands, far from overflow)."""
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    if M > 1:
+        x[1] *= np.float32(2e-5)
+    if M > 2:
+        x[2] *= np.float32(1000.0)
+    return x
+
+
+def _w4a16_check(spec, x, wd, bias, K):
+    """w4a16 tolerances (ir/ops/quant.py, act f16): the reference sums X = fp16(x) times Wh = fp16(W) exactly.
+    - neon, fp16 path: per 32-k block each lane sums 4 products with vmulq_f16 + 3 vfmaq_f16, 4 fp16
+      roundings (gamma_4 with u = 2^-11) of the lane's terms, plus at most 2^-25 each where a result is
+      fp16-subnormal (one op per k: Kp ops); then f32: per lane 2 adds per block (lo + hi, into the
+      accumulator), 2 pairwise levels and the bias: gamma_{2 nb + 4} with u = 2^-24.
+    - neon, f32 path (no asimdhp): the same exact products, f32 only: per lane two FMA chains of 4, their
+      sum, the block add, 2 pairwise levels and the bias: gamma_{nb + 8}.
+    - portable (naive, threads): K products summed in order, then the bias: gamma_{K + 1}.
+    Wrong data (a column, block or scale off) errs by O(sum |terms|), orders above all of these."""
+    xh = x.astype(np.float16).astype(np.float64)
+    wh = wd.astype(np.float16).astype(np.float64)
+    ref, mag = xh @ wh.T, np.abs(xh) @ np.abs(wh).T
+    if bias is not None:
+        ref, mag = ref + bias, mag + np.abs(bias)
+    kp, nb = ap.padded_k(K), ap.padded_k(K) // 32
+    tol16 = (_gamma(4, 2.0 ** -11) + _gamma(2 * nb + 4, U)) * mag + kp * 2.0 ** -25
+    tol32 = _gamma(nb + 8, U) * mag + 1e-37
+    tolp = _gamma(K + 1, U) * mag + 1e-37
+    N = wd.shape[0]
+
+    def check(res, cpu):
+        tol = tolp if spec.variant != "neon" else tol16 if HAS_FP16[cpu] else tol32
+        _check_y(res[6], N, ref, tol)
+    return check
 
 
 def _build_cases():
@@ -131,6 +176,13 @@ def _build_cases():
                 idx = h.call(spec, xb, K + 5, wp, sp, zp, bias, np.full((M, ldy), np.nan, np.float32), ldy, M, N, K,
                              group, pool)
                 cases.append((f"{spec.name}-{tag}", idx, lambda res, N=N, r=ref32, t=tol32: _check_y(res[6], N, r, t)))
+            x16 = _w4a16_rows(rng, M, K)
+            for spec in VARIANTS["qlinear_w4a16"]:
+                xb = np.full((M, K + 5), np.nan, np.float32)
+                xb[:, :K] = x16
+                idx = h.call(spec, xb, K + 5, wp, sp, zp, bias, np.full((M, ldy), np.nan, np.float32), ldy, M, N, K,
+                             group, pool)
+                cases.append((f"{spec.name}-{tag}", idx, _w4a16_check(spec, x16, wd, bias, K)))
 
     for j, (M, N, K) in enumerate(W8_CASES):
         W = rng.standard_normal((K, N)).astype(np.float32)
@@ -176,9 +228,9 @@ def arm_results(tmp_path_factory):
         results[cpu] = HARNESS.run(cpu)
         messages[cpu] = HARNESS.messages
     # The run-time feature detection must see what qemu emulates: both kernel paths get tested.
-    assert "features: dotprod=1 i8mm=1" in messages[None], messages[None][:200]
-    assert "features: dotprod=1 i8mm=0" in messages["cortex-a76"], messages["cortex-a76"][:200]
-    assert "features: dotprod=0 i8mm=0" in messages["cortex-a53"], messages["cortex-a53"][:200]
+    assert "features: dotprod=1 i8mm=1 fp16=1" in messages[None], messages[None][:200]
+    assert "features: dotprod=1 i8mm=0 fp16=1" in messages["cortex-a76"], messages["cortex-a76"][:200]
+    assert "features: dotprod=0 i8mm=0 fp16=0" in messages["cortex-a53"], messages["cortex-a53"][:200]
     for cpu, text in messages.items():
         assert "call " not in text, f"kernel errors under {cpu}: {text[:500]}"
     return results
@@ -188,8 +240,11 @@ def arm_results(tmp_path_factory):
 @pytest.mark.parametrize("cpu", CPUS, ids=CPU_IDS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_arm_kernel(arm_results, cpu, case):
-    _, idx, check = case
-    check(arm_results[cpu][idx])
+    name, idx, check = case
+    if "w4a16" in name:  # its tolerance depends on whether the CPU has fp16 arithmetic
+        check(arm_results[cpu][idx], cpu)
+    else:
+        check(arm_results[cpu][idx])
 
 
 @needs_toolchain
@@ -222,10 +277,11 @@ def test_arm_pack_roundtrip(N, K):
 
 def test_arm_target_and_selection():
     t = BACKEND.target
-    assert t.name == "arm" and t.k_block == ap.KPAD and set(t.qms) == {"fp32", "w8a8", "w4a32", "w4a8"}
+    assert t.name == "arm" and t.k_block == ap.KPAD and set(t.qms) == {"fp32", "w8a8", "w4a32", "w4a8", "w4a16"}
     assert "-march=armv8-a" in t.cxx_flags and t.static_executables
     assert BACKEND.select("qlinear_w4a8").variant == "neon"
     assert BACKEND.select("qlinear_w4a32").variant == "neon"
+    assert BACKEND.select("qlinear_w4a16").variant == "neon"
     assert BACKEND.select("binary", op="add", dtype="f32").template == "arm/binary-neon.cpp.j2"
     assert BACKEND.select("binary", op="add", dtype="i64").template == "common/binary-scalar.cpp.j2"
     assert BACKEND.select("gemm", dtype="f32").variant == "neon"
@@ -248,6 +304,20 @@ def test_missing_cross_compiler_is_one_line_build_error(tmp_path):
     with pytest.raises(BuildError, match="cross compiler aarch64-nonexistent-g\\+\\+ not found.*apt-get install") as e:
         build_library([str(src)], str(tmp_path / "b"), target, "k")
     assert "\n" not in str(e.value)
+
+
+@needs_toolchain
+def test_w4a16_fp16_path_runs_where_the_cpu_has_it(arm_results):
+    """The neon w4a16 kernel's fp16 path (CPUs with asimdhp) and its f32 path (cortex-a53) both meet their
+    bounds (test_arm_kernel); here: the two paths really differ, i.e. the fp16 one rounds in fp16, and the
+    two fp16 CPUs agree bit for bit (same path, same instructions)."""
+    differ = 0
+    for name, idx, _ in CASES:
+        if name.startswith("tcc_qlinear_w4a16__neon"):
+            y = {cpu: arm_results[cpu][idx][6].view(np.uint32) for cpu in CPUS}
+            assert np.array_equal(y[None], y["cortex-a76"]), name
+            differ += not np.array_equal(y[None], y["cortex-a53"])
+    assert differ >= len(W4_CASES), f"only {differ} w4a16 cases differ between the fp16 and f32 paths"
 
 
 @needs_toolchain

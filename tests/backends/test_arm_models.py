@@ -7,7 +7,11 @@ Tolerances, as in the x86 end-to-end tests (tests/e2e/test_models.py, test_quant
 - quantized (llama_outliers, round to nearest) against the reference interpreter on the same quantized
   graph (target arm): w4a32 and fp32 have no run-time rounding, so 1e-4 as above; with int8 activations
   a last-ulp difference can move a value across a rounding boundary of the next QuantizeActs (one int8
-  step), so w8a8 / w4a8 are held to a mean cosine >= 0.9999 and 1e-2 of the logit range.
+  step), so w8a8 / w4a8 are held to a mean cosine >= 0.9999 and 1e-2 of the logit range. w4a16 on a CPU
+  with fp16 arithmetic sums each 32-k block in fp16 (4 roundings of 2^-11 per lane, up to 2e-3 of the
+  block's sum of |terms|; the reference sums exactly), which compounds over the layers to about 1e-3 of
+  the logit range (measured 1.0e-3, 1 - cosine 3e-7): the int8 rule above, with 10x margin. Without fp16
+  arithmetic (cortex-a53) its kernel sums the same fp16-rounded operands in f32: 1e-4 as for w4a32.
 """
 from __future__ import annotations
 
@@ -103,7 +107,7 @@ def test_artifact_is_aarch64_pic_library_and_static_run(artifacts):
     assert run_machine == AARCH64 and run_type in (ET_EXEC, ET_DYN) and not interp, "run must be static"
 
 
-@pytest.mark.parametrize("qm", ["fp32", "w8a8", "w4a32", "w4a8"])
+@pytest.mark.parametrize("qm", ["fp32", "w8a8", "w4a32", "w4a8", "w4a16"])
 def test_decoder_computes_its_ir(qm, artifacts):
     out, manifest = artifacts(f"llm-{qm}", LLM, qm=qm, **LLM_OPTS)
     kernels = manifest["kernels"]
@@ -113,9 +117,11 @@ def test_decoder_computes_its_ir(qm, artifacts):
     ids = np.random.default_rng(7).integers(0, 200, (1, 20)).astype(np.int64)
     g, _, _ = optimize(LLM, CompileOptions(pipeline="optimize", target="arm", qm=qm, **LLM_OPTS))
     ref = run_graph(g, {"input_ids": ids})["logits"][0].astype(np.float64)
+    if qm == "w4a16":
+        assert "tcc_qlinear_w4a16__neon" in kernels
     for cpu in CPUS:
         got = run_emulated(out, manifest, {"input_ids": ids}, cpu=cpu)[0]["logits"][0].astype(np.float64)
-        if qm in ("fp32", "w4a32"):
+        if qm in ("fp32", "w4a32") or (qm == "w4a16" and cpu == "cortex-a53"):  # no fp16 arithmetic: f32 sums
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=f"{qm} cpu={cpu}")
         else:
             cos = np.mean(np.sum(got * ref, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from tcc.backends.x86.kernels import VARIANTS
 from tcc.backends.x86.tuning import corner_specs
-from tcc.backends.x86.packing import pack_f32_panels, packed_size, unpack_f32_panels
+from tcc.codegen.families.packing import pack_f32_panels, packed_size, unpack_f32_panels
 
 from .conftest import elem_strides, i64, ptr
 

@@ -26,7 +26,8 @@ import math
 import numpy as np
 import pytest
 
-from tcc.backends.x86.kernels_llm import SCATTER_OPS, VARIANTS
+from tcc.backends.x86.kernels_llm import VARIANTS
+from tcc.codegen.families.llm import SCATTER_OPS
 
 U = 2.0 ** -24
 UINT = {1: np.uint8, 4: np.uint32, 8: np.uint64}
@@ -377,7 +378,7 @@ QGATHER_CASES = [(1, 32, False), (31, 32, True), (64, 32, False), (70, 64, True)
                                                if s.param("bits") == 4 or not c[2]],  # int8 tables: symmetric
                          ids=lambda v: v.name if hasattr(v, "name") else str(v))
 def test_qgather(x86_kernel_lib, x86_pool, spec, k, group, asym, rng):
-    from tcc.backends.x86.packing_rows import pack_f16_scales, pack_q4_rows
+    from tcc.codegen.families.packing import pack_f16_scales, pack_q4_rows
     from tcc.ir.ops.quant import dequantize, quantize_int4, quantize_int8
 
     rows = 37

@@ -36,8 +36,16 @@ class _Target:
     qm_refusals = (("w4a16", "fp16 activations need fp16 arithmetic"),)
 
 
+class _ArmTarget(_Target):
+    name = "arm"
+    k_block = 32
+    qms = ("fp32", "w8a8", "w4a32", "w4a8", "w4a16")
+    qm_refusals = ()
+
+
 def ctx_for(qm: str, **options) -> PassContext:
-    return PassContext(target=_Target(), qm=qm, options=dict(options), debug=0)
+    target = _ArmTarget() if qm == "w4a16" else _Target()  # w4a16 (fp16 arithmetic) is arm's
+    return PassContext(target=target, qm=qm, options=dict(options), debug=0)
 
 
 def mlp_graph(rng, outlier: float = 1.0, mul_fold: bool = True) -> Graph:
@@ -96,7 +104,8 @@ def test_scheme_errors_name_the_problem():
 # -- quantize -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("qm,asym,group", [("w4a32", False, 32), ("w4a32", True, 64), ("w4a8", False, 32),
-                                           ("w4a8", True, 128), ("w8a8", False, None)])
+                                           ("w4a8", True, 128), ("w8a8", False, None), ("w4a16", False, 32),
+                                           ("w4a16", True, 64)])
 def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
     rng = np.random.default_rng(0)
     g = mlp_graph(rng)
@@ -109,7 +118,8 @@ def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
     for n in q_nodes:
         w, bias = weights[n.name]
         bits = 4 if qm.startswith("w4") else 8
-        assert n.attrs["bits"] == bits and n.attrs["act"] == {"w4a32": "f32", "w4a8": "i8_group", "w8a8": "i8_tensor"}[qm]
+        acts = {"w4a32": "f32", "w4a8": "i8_group", "w8a8": "i8_tensor", "w4a16": "f16"}
+        assert n.attrs["bits"] == bits and n.attrs["act"] == acts[qm]
         assert (n.input(3) is not None) == asym
         if bits == 4:
             qq, s, z = quantize_int4(w, group, symmetric=not asym)
@@ -119,13 +129,16 @@ def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
             assert n.attrs["group_size"] == w.shape[0]
         np.testing.assert_array_equal(n.inputs[1].const, qq)
         x = vals[n.inputs[0].name]
+        wd = dequantize(qq, s, z, bits, n.attrs["group_size"])
         if qm == "w4a32":
             xd = x.astype(np.float64)
+        elif qm == "w4a16":  # both operands rounded to fp16 (ir/ops/quant.py, act f16)
+            xd, wd = x.astype(np.float16).astype(np.float64), wd.astype(np.float16).astype(np.float64)
         else:
             gs = group if qm == "w4a8" else None
             xq, xs, _ = quantize_activations(x, gs)
             xd = xq.astype(np.float64) * (np.repeat(xs, gs, axis=-1)[..., :x.shape[-1]] if gs else xs[0])
-        want = xd @ dequantize(qq, s, z, bits, n.attrs["group_size"]).T + (0 if bias is None else bias.const)
+        want = xd @ wd.T + (0 if bias is None else bias.const)
         np.testing.assert_allclose(vals[n.output.name], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
     assert ctx.stats["quantize"]["linears"] == 5
 
@@ -249,7 +262,7 @@ def _output_error(g: Graph, ref: dict, f: dict) -> float:
     return sum(float(np.mean((out[k] - ref[k]) ** 2)) for k in ref)
 
 
-@pytest.mark.parametrize("method,qm", [("awq", "w4a8"), ("awq", "w4a32"), ("smoothquant", "w8a8")])
+@pytest.mark.parametrize("method,qm", [("awq", "w4a8"), ("awq", "w4a32"), ("awq", "w4a16"), ("smoothquant", "w8a8")])
 def test_calibration_folds_preserve_fp32_and_beat_round_to_nearest(method, qm):
     rng = np.random.default_rng(5)
     g = mlp_graph(rng, outlier=30.0)

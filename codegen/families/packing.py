@@ -1,8 +1,9 @@
-"""Weight packing for the x86 gemm kernels (layout contract: docs/kernels.md, family gemm).
+"""The portable packed layouts that kernel family contracts name, shared by every CPU backend: the f32
+panels of family gemm (docs/kernels.md) and the quantized row tables of family qgather.
 
-B[K, N] is cut into ceil(N / nr) column panels of `nr` columns. Each panel stores its K rows one after
-the other, so the gemm micro-kernel streams one panel front to back with unit stride; the last panel
-is zero padded so the kernel never needs a column tail on the B side::
+f32 panels: B[K, N] is cut into ceil(N / nr) column panels of `nr` columns. Each panel stores its K rows
+one after the other, so the gemm micro-kernel streams one panel front to back with unit stride; the last
+panel is zero padded so the kernel never needs a column tail on the B side::
 
     B (K=3, N=20, nr=16)            packed (flat float32, 2 panels x 3 rows x 16)
     k0: b00 b01 .. b0,15 | b0,16 .. b0,19     panel 0: [b00..b0,15][b10..b1,15][b20..b2,15]
@@ -11,12 +12,19 @@ is zero padded so the kernel never needs a column tail on the B side::
 
 Element B[k, n] lives at ((n // nr) * K + k) * nr + n % nr. A panel is K * nr * 4 bytes (a multiple of
 64 for nr=16), so panels stay 64-byte aligned when the weights file aligns the first one.
+
+Quantized row tables (QGather: embeddings): rows are read one at a time, so they stay whole.
+
+    q4 rows:   row v of q [V, K] (values 0..15) as ceil(K/2) bytes, byte j = q[v, 2j] | q[v, 2j+1] << 4
+               (an odd K pads the last high nibble with 0)
+    q4 scales: fp16 bits [V, G]; zeros u8 [V, G] (absent: 8)
+    q8 rows:   q [V, K] int8 as is; scales f32 [V]
 """
 from __future__ import annotations
 
 import numpy as np
 
-NR = 16  # panel width of the gemm kernels: two 8-float AVX2 vectors per packed row
+NR = 16  # panel width of the gemm kernels: two 8-float AVX2 or four 4-float NEON vectors per packed row
 
 
 def packed_size(K: int, N: int, nr: int = NR) -> int:
@@ -44,3 +52,26 @@ def unpack_f32_panels(packed: np.ndarray, K: int, N: int, nr: int = NR) -> np.nd
         raise ValueError(f"packed buffer has {packed.size} floats, expected {packed_size(K, N, nr)} for K={K}, N={N}, nr={nr}")
     npanels = -(-N // nr)
     return np.ascontiguousarray(packed.reshape(npanels, K, nr).transpose(1, 0, 2).reshape(K, npanels * nr)[:, :N])
+
+
+def pack_q4_rows(q: np.ndarray) -> np.ndarray:
+    q = np.asarray(q, np.uint8)
+    v, k = q.shape
+    if k % 2:
+        q = np.concatenate([q, np.zeros((v, 1), np.uint8)], axis=1)
+    return np.ascontiguousarray(q[:, 0::2] | (q[:, 1::2] << 4))
+
+
+def unpack_q4_rows(packed: np.ndarray, k: int) -> np.ndarray:
+    p = np.asarray(packed, np.uint8)
+    out = np.empty((p.shape[0], p.shape[1] * 2), np.uint8)
+    out[:, 0::2], out[:, 1::2] = p & 0x0F, p >> 4
+    return out[:, :k]
+
+
+def pack_f16_scales(scales: np.ndarray) -> np.ndarray:
+    s = np.asarray(scales, np.float32)
+    h = s.astype(np.float16)
+    if not np.array_equal(h.astype(np.float32), s):
+        raise ValueError("scales are not fp16 values (quantize_int4 rounds them; these were changed since)")
+    return np.ascontiguousarray(h.view(np.uint16))
