@@ -28,12 +28,11 @@ NEON = [("quantize_acts", {}), *(("norm_quantize", {"op": op, "dtype": "f32"}) f
         ("qlinear_w4a8", {}), ("qlinear_w8a8", {}), ("qlinear_w4a32", {}), ("qlinear_w4a16", {}),
         *kernels_neon.NEON_F32]
 
-# NEON qlinear tiling (32 x 128-bit registers). GEMV (decode, M <= GEMV_MAX_M): one 4-column tile at a
-# time, 2 accumulators per column (the low and high nibbles of a q4 block are independent chains), so
-# 8 dot chains hide sdot's latency; the 4 per-column sums of a group reduce into one int32x4 with two
-# pairwise adds and are scaled with the tile's 4 scales at once. GEMM (prefill): rows are processed
-# MR at a time against one tile, so each unpacked weight vector feeds MR dots.
-GEMV_MAX_M = 1
+# NEON qlinear tiling (32 x 128-bit registers). w4a8 decode (M = 1): a GEMV over one 4-column tile at a
+# time, one exact int32x4 of (q - z) * xq lanes per column, scaled per group in f32 without horizontal sums
+# (qlinear_w4a8-neon.cpp.j2: gemv_*). GEMM (prefill, and every M of the other families): rows are processed
+# MR at a time against one tile, so each unpacked weight vector feeds MR dots; the 4 per-column sums of a
+# group reduce into one int32x4 with two pairwise adds and are scaled with the tile's 4 scales at once.
 GEMM_MR = 4
 # i8mm (smmla, M >= 2): MMLA_PAIRS row pairs share each tile's interleaved weight vectors; per 16 k of a pair
 # 2 smmla per column pair. 4 pairs = 8 rows: 8 accumulators + 8 weight + 4 activation vectors.
