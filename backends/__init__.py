@@ -84,7 +84,8 @@ def run_emulated(artifact: str, manifest: dict, feeds: dict, threads: int | None
     with tempfile.TemporaryDirectory(prefix="tcc-emulate-") as tmp:
         for name, arr in feeds.items():
             path = os.path.join(tmp, f"in{len(cmd)}.npy")
-            np.save(path, np.ascontiguousarray(arr))
+            arr = np.asarray(arr)
+            np.save(path, np.ascontiguousarray(arr).reshape(arr.shape))  # ascontiguousarray: 0-d -> 1-d
             cmd.append(f"{name}={path}")
         cmd += ["-o", tmp, "--repeat", str(max(repeat, 1))]
         if threads:
