@@ -116,9 +116,55 @@ def _echo(piece: str) -> None:
     sys.stdout.flush()
 
 
+def _foreign(args) -> str | None:
+    """Why the artifact cannot run on this host (None: it can)."""
+    from .backends import foreign_target
+
+    manifest = _artifact_manifest(args.artifact)
+    return foreign_target(manifest.get("target", "x86")) if manifest else None
+
+
+def _chat_emulated(args, options: list[str]) -> int:
+    """`tcc chat|generate --emulate`: the artifact's static chat binary under qemu, on this terminal."""
+    import subprocess
+
+    from .backends import chat_emulated_command
+    from .runtime.session import _read_manifest
+
+    manifest = _read_manifest(os.path.abspath(args.artifact))
+    sampling = [("--max-new-tokens", args.max_new_tokens), ("--temperature", args.temperature),
+                ("--top-k", args.top_k), ("--top-p", args.top_p), ("--repetition-penalty", args.repetition_penalty),
+                ("--seed", args.seed), ("--threads", args.threads)]
+    options += [str(v) for flag, value in sampling if value is not None for v in (flag, value)]
+    cmd = chat_emulated_command(args.artifact, manifest, options, args.emulate_cpu)
+    cpu = f" -cpu {args.emulate_cpu}" if args.emulate_cpu else ""
+    print(f"tcc: running the {manifest.get('target')} artifact's chat binary under emulation (qemu{cpu}); its "
+          "speed is not the device's", file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _emulate_args(p, what: str) -> None:
+    p.add_argument("--emulate", action="store_true",
+                   help=f"{what} an artifact built for another architecture (--target arm on x86) through its "
+                        "standalone chat binary under qemu")
+    p.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53)")
+
+
+def _native_only(args) -> None:
+    why = _foreign(args)
+    if why:
+        raise TccError(f"cannot run {args.artifact} here: {why}; run it under emulation with --emulate")
+
+
 def cmd_generate(args) -> int:
     from .runtime.session import load
 
+    if args.emulate:
+        if args.prompt is None or args.prompt_ids is not None or args.stop or args.ids:
+            raise TccError("generate --emulate takes --prompt TEXT and the sampling options only (the chat "
+                           "binary has no --prompt-ids, --stop or --ids)")
+        return _chat_emulated(args, ["--raw", "--prompt", args.prompt])
+    _native_only(args)
     sess = load(args.artifact, threads=args.threads)
     prompt = args.prompt
     if args.prompt_ids is not None:
@@ -137,6 +183,9 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .runtime.session import load
 
+    if args.emulate:
+        return _chat_emulated(args, ["--system", args.system] if args.system is not None else [])
+    _native_only(args)
     sess = load(args.artifact, threads=args.threads)
     gen = sess.generator
     if sess.tokenizer is None:
@@ -203,11 +252,9 @@ def _run_emulated(args):
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .backends import foreign_target
     from .runtime.session import load
 
-    manifest = _artifact_manifest(args.artifact)
-    why = foreign_target(manifest.get("target", "x86")) if manifest else None
+    why = _foreign(args)
     if args.emulate:
         outputs, ms = _run_emulated(args)
     elif why:
@@ -556,12 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", metavar="TEXT", help="stop when TEXT is generated (repeat)")
     g.add_argument("--ids", action="store_true", help="print the generated token ids instead of streaming text")
     _sampling_args(g)
+    _emulate_args(g, "generate with")
     g.set_defaults(fn=cmd_generate)
 
     ch = sub.add_parser("chat", help="chat with a compiled language model (interactive, streaming)")
     ch.add_argument("artifact")
     ch.add_argument("--system", help="system prompt")
     _sampling_args(ch)
+    _emulate_args(ch, "chat with")
     ch.set_defaults(fn=cmd_chat)
 
     r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")

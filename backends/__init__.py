@@ -65,6 +65,17 @@ def _emulator(manifest: dict, cpu: str | None) -> list[str]:
     return emulator[:1] + (["-cpu", cpu] if cpu else []) + emulator[1:]
 
 
+def chat_emulated_command(artifact: str, manifest: dict, options: list[str], cpu: str | None = None) -> list[str]:
+    """The command that runs an LLM artifact's standalone `chat` binary (built for another architecture)
+    under the target's emulator with `options` (the binary's own flags: --prompt, --raw, --temperature,
+    ...); stdin and stdout are the user's, so it chats interactively."""
+    chat = os.path.join(artifact, manifest.get("binaries", {}).get("chat") or "chat")
+    if not os.path.isfile(chat):
+        raise TccError(f"{artifact} has no standalone chat binary (it is built for language models with a "
+                       "tokenizer)")
+    return _emulator(manifest, cpu) + [chat, artifact, *options]
+
+
 def run_emulated(artifact: str, manifest: dict, feeds: dict, threads: int | None = None, repeat: int = 1,
                  cpu: str | None = None, timeout: float | None = None) -> tuple[dict, float]:
     """Run an artifact built for another architecture through its standalone `run` binary under the

@@ -211,3 +211,33 @@ def test_llm_chat_greedy_matches(qm, artifacts):
         assert p == prompt
         n = len(reply)
         assert reply == want[:n] and (n == N_NEW or want[n] in eos), (qm, cpu, reply, want)
+
+
+def test_cli_chat_and_generate_under_emulation(artifacts):
+    """`tcc chat|generate` of an arm artifact on x86: a one-line error naming --emulate without it; with it,
+    the artifact's static chat binary under qemu on the user's terminal, the sampling options passed on
+    (greedy here, so the text is that of the binary run directly)."""
+    import subprocess
+    import sys
+
+    from tcc.backends.arm.target import QEMU, SYSROOT
+
+    out, _ = artifacts("chat-w4a8", CHAT_LLM, qm="w4a8", max_context=64)
+    tcc = [sys.executable, "-m", "tcc.cli"]
+    greedy = ["--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "8"]
+    for cmd in ("chat", "generate"):
+        r = subprocess.run([*tcc, cmd, out, "--prompt", "x"] if cmd == "generate" else [*tcc, cmd, out],
+                           input="", capture_output=True, text=True, check=False)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--emulate" in r.stderr, r.stderr
+    direct = subprocess.run([QEMU, "-cpu", "cortex-a53", "-L", SYSROOT, os.path.join(out, "chat"), out, "--raw",
+                             "--prompt", "Once upon a time", *greedy], capture_output=True, check=False)
+    gen = subprocess.run([*tcc, "generate", out, "--emulate", "--emulate-cpu", "cortex-a53", "--prompt",
+                          "Once upon a time", *greedy], capture_output=True, check=False)
+    assert direct.returncode == 0 and gen.returncode == 0, gen.stderr[-500:]
+    assert gen.stdout == direct.stdout and b"under emulation (qemu -cpu cortex-a53)" in gen.stderr
+    chat = subprocess.run([*tcc, "chat", out, "--emulate", *greedy], input=b"Once upon a time\n/quit\n",
+                          capture_output=True, check=False)
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr[-500:]
+    bad = subprocess.run([*tcc, "generate", out, "--emulate", "--prompt-ids", "1 2"], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--prompt-ids" in bad.stderr
