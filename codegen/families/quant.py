@@ -71,19 +71,20 @@ register_family(KernelFamily(
     "norm_quantize", NORM_QUANTIZE_SIGNATURE,
     lambda spec: {"rms": spec.param("op") == "rmsnorm", "grain": GRAIN_CHEAP},
     doc="layernorm / rmsnorm per row fused with int8 activations per row and group (passes/fuse_norm_quantize.py)"))
-register_family(KernelFamily(
-    "qlinear_w4a8", QLINEAR_W4A8_SIGNATURE, _qlinear_context,
-    doc="y = int8 activations (per row and group) x packed int4 weights (per group scale / zero) + bias"))
-register_family(KernelFamily(
-    "qlinear_w4a32", QLINEAR_W4A32_SIGNATURE, _qlinear_context,
-    doc="y = f32 activations x packed int4 weights dequantized in registers + bias"))
-register_family(KernelFamily(
-    "qlinear_w8a8", QLINEAR_W8A8_SIGNATURE, _qlinear_context,
-    doc="y = int8 per-tensor activations x packed int8 per-channel weights + bias"))
-register_family(KernelFamily(
-    "qlinear_w4a16", QLINEAR_W4A32_SIGNATURE, _qlinear_context,
-    doc="y = f32 activations rounded to fp16 x packed int4 weights dequantized to fp16, fp16 products and "
-        "block sums (ir/ops/quant.py, act f16) + bias"))
+# The quantized Linear families: (name, C signature, what y is). w4a16 shares w4a32's operands.
+QLINEAR_SIGNATURES = (
+    ("qlinear_w4a8", QLINEAR_W4A8_SIGNATURE,
+     "y = int8 activations (per row and group) x packed int4 weights (per group scale / zero) + bias"),
+    ("qlinear_w4a32", QLINEAR_W4A32_SIGNATURE,
+     "y = f32 activations x packed int4 weights dequantized in registers + bias"),
+    ("qlinear_w8a8", QLINEAR_W8A8_SIGNATURE,
+     "y = int8 per-tensor activations x packed int8 per-channel weights + bias"),
+    ("qlinear_w4a16", QLINEAR_W4A32_SIGNATURE,
+     "y = f32 activations rounded to fp16 x packed int4 weights dequantized to fp16, fp16 products and block "
+     "sums (ir/ops/quant.py, act f16) + bias"),
+)
+for _name, _signature, _doc in QLINEAR_SIGNATURES:
+    register_family(KernelFamily(_name, _signature, _qlinear_context, doc=_doc))
 
 # The portable kernels every CPU backend emits.
 PORTABLE: list[tuple[str, str, dict]] = [
