@@ -28,20 +28,70 @@ def _kv_ints(items, what: str) -> dict[str, int]:
 
 
 def _feeds(items) -> dict:
-    import numpy as np
-
     feeds = {}
     for item in items or []:
         name, sep, path = item.partition("=")
-        if not sep:
+        if not sep or not name or not path:
             raise TccError(f"--input expects NAME=FILE.npy, got {item!r}")
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise TccError(f"input {name!r}: file {path} not found") from None
-        except (ValueError, OSError) as e:
-            raise TccError(f"input {name!r}: {path} is not a readable .npy file ({e})") from None
+        feeds[name] = _read_npy(path, f"input {name!r}")
     return feeds
+
+
+def _npy_header(f):
+    """(shape, fortran_order, dtype) of an open .npy file, after its magic."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(f)
+    if version == (1, 0):
+        return npy.read_array_header_1_0(f)
+    if version == (2, 0):
+        return npy.read_array_header_2_0(f)
+    try:
+        from numpy.lib._format_impl import _read_array_header  # numpy 2 (format 3.0: utf-8 field names)
+    except ImportError:
+        from numpy.lib.format import _read_array_header
+    return _read_array_header(f, version)
+
+
+def _read_npy(path: str, what: str):
+    """A .npy file, or a one-line TccError naming it: missing, not a regular file (a FIFO or /dev/zero
+    would block or never end: checked before opening), empty, truncated, a header whose shape needs more
+    bytes than the file has, or a pickled object array."""
+    import numpy as np
+
+    from .errors import RuntimeFeedError
+    from .frontend.side_files import check_file
+
+    if not os.path.lexists(path):
+        raise RuntimeFeedError(f"{what}: file {path} not found")
+    try:
+        size = check_file(path, sys.maxsize, f"{what}: {path}").st_size
+    except TccError as e:
+        raise RuntimeFeedError(str(e)) from None
+    if size == 0:
+        raise RuntimeFeedError(f"{what}: {path} is empty, not a .npy file")
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype = _npy_header(f)
+            data_bytes = size - f.tell()
+    except OSError as e:
+        raise RuntimeFeedError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, EOFError, SyntaxError, TypeError) as e:
+        raise RuntimeFeedError(f"{what}: {path} is not a .npy file ({_first_line(e)})") from None
+    if dtype.hasobject:
+        raise RuntimeFeedError(f"{what}: {path} holds Python objects (a pickled {dtype} array), not numbers")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > data_bytes:
+        raise RuntimeFeedError(f"{what}: {path} is truncated: its header says {dtype}{list(shape)} "
+                               f"({need} bytes), the file has {data_bytes} bytes of data")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise RuntimeFeedError(f"{what}: {path} is not a readable .npy file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -54,7 +104,8 @@ def cmd_compile(args) -> int:
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
                           kernel_variant=args.kernel_variant, cpu=args.cpu, pipeline=args.pipeline,
                           max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template,
-                          tune=args.tune, tune_threads=args.tune_threads, **_quant_options(args))
+                          tune=args.tune, tune_threads=args.tune_threads, force=args.force,
+                          require_kv_cache=args.require_kv_cache, **_quant_options(args))
     manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
     mem = manifest["memory"]
     print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
@@ -76,7 +127,8 @@ def cmd_compile(args) -> int:
         print(f"language model without past inputs: generation recomputes the sequence, context "
               f"{llm['capacity']} tokens")
     elif llm:
-        print(f"note: decoder with past inputs, but no KV cache: {llm.get('kv_cache_refused')}")
+        print("language model with past inputs but no KV cache (generate and chat refuse it; the warning above "
+              "says why)")
     tuning = manifest.get("tuning")
     if tuning:
         from .codegen.tuning import tuned_count
@@ -106,6 +158,38 @@ def _sampling(args) -> dict:
                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
+def _check_generation_args(args) -> None:
+    """generate/chat options before anything is loaded: the sampling ranges of the chat binary (one check
+    shared with the Python API: runtime/generate.py) and text that is UTF-8."""
+    from .runtime.generate import check_sampling, check_threads
+
+    check_sampling(**_sampling(args), cli=True)
+    check_threads(args.threads, cli=True)
+    for flag in ("prompt", "system"):
+        _utf8(getattr(args, flag, None), "--" + flag)
+
+
+def _utf8(text: str | None, what: str) -> None:
+    """Refuse text that came from bytes which are not UTF-8 (Python keeps them as lone surrogates)."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TccError(f"{what} is not UTF-8 text (byte 0x{ord(text[e.start]) & 0xFF:02x} at character "
+                       f"{e.start})") from None
+
+
+def _prompt_ids(text: str) -> list[int]:
+    ids = []
+    for t in text.replace(",", " ").split():
+        try:
+            ids.append(int(t))
+        except ValueError:
+            raise TccError(f"--prompt-ids: {t!r} is not a token id (give integers: '1 2 3')") from None
+    return ids
+
+
 def _speed(g) -> str:
     return (f"[prefill {len(g.prompt_tokens)} tok {g.prefill_tokens_per_second:.1f} tok/s | "
             f"decode {len(g.tokens)} tok {g.decode_tokens_per_second:.1f} tok/s | {g.stop_reason}]")
@@ -129,9 +213,11 @@ def _chat_emulated(args, options: list[str]) -> int:
     import subprocess
 
     from .backends import chat_emulated_command
+    from .runtime.artifact import verify
     from .runtime.session import _read_manifest
 
     manifest = _read_manifest(os.path.abspath(args.artifact))
+    verify(os.path.abspath(args.artifact), manifest, hashes=flags.get("verify"))
     sampling = [("--max-new-tokens", args.max_new_tokens), ("--temperature", args.temperature),
                 ("--top-k", args.top_k), ("--top-p", args.top_p), ("--repetition-penalty", args.repetition_penalty),
                 ("--seed", args.seed), ("--threads", args.threads)]
@@ -159,6 +245,7 @@ def _native_only(args) -> None:
 def cmd_generate(args) -> int:
     from .runtime.session import load
 
+    _check_generation_args(args)
     if args.emulate:
         if args.prompt is None or args.prompt_ids is not None or args.stop or args.ids:
             raise TccError("generate --emulate takes --prompt TEXT and the sampling options only (the chat "
@@ -168,7 +255,7 @@ def cmd_generate(args) -> int:
     sess = load(args.artifact, threads=args.threads)
     prompt = args.prompt
     if args.prompt_ids is not None:
-        prompt = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
+        prompt = _prompt_ids(args.prompt_ids)
     elif prompt is None:
         raise TccError("give --prompt TEXT (or --prompt-ids)")
     g = sess.generate(prompt, stop=tuple(args.stop or ()), stream=None if args.ids else _echo, **_sampling(args))
@@ -183,6 +270,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .runtime.session import load
 
+    _check_generation_args(args)
     if args.emulate:
         return _chat_emulated(args, ["--system", args.system] if args.system is not None else [])
     _native_only(args)
@@ -202,6 +290,8 @@ def cmd_chat(args) -> int:
         except KeyboardInterrupt:
             print(file=sys.stderr)
             break
+        except UnicodeDecodeError as e:
+            raise TccError(f"standard input is not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
         msg = line.strip()
         if not msg:
             continue
@@ -212,6 +302,7 @@ def cmd_chat(args) -> int:
             print("[conversation reset]", file=sys.stderr)
             continue
         try:
+            _utf8(msg, "the message")
             g = sess.chat(msg, system=args.system, stream=_echo, **_sampling(args))
         except TccError as e:
             print(f"tcc: error: {e}", file=sys.stderr)
@@ -234,11 +325,14 @@ def _run_emulated(args):
     from types import SimpleNamespace
 
     from .backends import run_emulated
-    from .runtime.session import _info, _read_manifest
+    from .runtime.artifact import verify
+    from .runtime.session import _check_manifest_fields, _info, _read_manifest
 
     if args.profile:
         raise TccError("--profile is not available with --emulate (it times the kernels through the library)")
     manifest = _read_manifest(os.path.abspath(args.artifact))
+    _check_manifest_fields(manifest, os.path.abspath(args.artifact))
+    verify(os.path.abspath(args.artifact), manifest, hashes=flags.get("verify"))
     feeds = _feeds(args.input)
     if args.random:
         infos = SimpleNamespace(inputs=[_info(d) for d in manifest["inputs"]])
@@ -252,8 +346,13 @@ def _run_emulated(args):
 def cmd_run(args) -> int:
     import numpy as np
 
+    from .runtime.generate import check_threads
     from .runtime.session import load
 
+    if args.repeat < 1:
+        raise TccError(f"--repeat must be at least 1, got {args.repeat}")
+    check_threads(args.threads, cli=True)
+    _output_dir(args.output_dir)  # before the run, not after it
     why = _foreign(args)
     if args.emulate:
         outputs, ms = _run_emulated(args)
@@ -278,13 +377,15 @@ def cmd_run(args) -> int:
             outputs = sess.run(feeds)
             elapsed += time.perf_counter() - t0
         ms = elapsed * 1e3 / max(args.repeat, 1)
-    os.makedirs(args.output_dir, exist_ok=True)
     for name, arr in outputs.items():
         fname = name.replace("/", "_").replace(":", "_") + ".npy"
         path = os.path.join(args.output_dir, fname)
         tmp = path + ".tmp.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise TccError(f"cannot write {path}: {e.strerror or e}") from None
         print(f"{name}: {arr.dtype}{list(arr.shape)} -> {path}")
     if args.emulate:
         print(f"run: {ms:.2f} ms emulated" + (f" (best of {args.repeat})" if args.repeat > 1 else ""))
@@ -293,6 +394,16 @@ def cmd_run(args) -> int:
     if args.profile:
         print_profile(sess.profile(), args.repeat)
     return 0
+
+
+def _output_dir(path: str) -> None:
+    """Create `-o DIR` (or refuse it in one line: a file there, no permission)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise TccError(f"-o {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise TccError(f"-o {path}: cannot create the directory: {e.strerror or e}") from None
 
 
 def print_profile(rows: list[dict], runs: int, top: int = 15) -> None:
@@ -373,14 +484,35 @@ def cmd_ir(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .runtime.session import _read_manifest
+    from .runtime.artifact import verify
+    from .runtime.session import _check_manifest_fields, _read_manifest
 
-    m = _read_manifest(os.path.abspath(args.artifact))
+    path = os.path.abspath(args.artifact)
+    m = _read_manifest(path)
+    hashes = flags.get("verify")
+    checked = verify(path, m, hashes=hashes)
+    _check_manifest_fields(m, path)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
+    try:
+        lines = _info_lines(m, path, checked, hashes)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        from .runtime.artifact import ArtifactError
+
+        raise ArtifactError(f"{path}/manifest.json: malformed manifest ({type(e).__name__}: {e})") from None
+    print("\n".join(lines))
+    return 0
+
+
+def _info_lines(m: dict, path: str, checked: list[str], hashes: bool) -> list[str]:
+    """`tcc info`'s text (a malformed field raises, and cmd_info names the manifest)."""
+    out = []
+    print = out.append  # noqa: A001  (the lines below were written as prints)
     mem = m["memory"]
-    print(f"artifact   {os.path.abspath(args.artifact)}")
+    print(f"artifact   {path}")
+    print(f"verified   {len(checked)} files ({', '.join(checked)}): "
+          f"{'sizes and SHA-256' if hashes else 'sizes (--no-verify)'} match the manifest; format {m['format']}")
     print(f"source     {m['source']}")
     print(f"target     {m['target']}   qm {m['qm']}   tcc {m['tcc_version']}")
     for kind in ("inputs", "outputs"):
@@ -403,7 +535,7 @@ def cmd_info(args) -> int:
         from .runtime.bench import format_tuning
 
         print(format_tuning(m["tuning"]))
-    return 0
+    return out
 
 
 def cmd_bench(args) -> int:
@@ -454,6 +586,27 @@ def cmd_demo(args) -> int:
     run_demo(qm=args.qm, prompt=args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed,
              temperature=args.temperature, threads=args.threads, rebuild=args.rebuild,
              progress=progress_printer(not args.quiet))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .runtime.generate import check_threads
+    from .runtime.serve import serve
+
+    check_threads(args.threads, cli=True)
+    if args.demo == (args.artifact is not None):
+        raise TccError("give an artifact directory or --demo (the bundled model), not both" if args.demo
+                       else "give an artifact directory to serve, or --demo for the bundled model")
+    artifact, name = args.artifact, None
+    if args.demo:
+        from .demo import DEMO_CALIB, DEMO_QM, Variant, compile_variant, demo_model
+        from .driver import progress_printer
+
+        artifact, _, _ = compile_variant(demo_model(), Variant(DEMO_QM, "AWQ"), DEMO_CALIB,
+                                         progress=progress_printer(True))
+        name = "tcc-demo"
+    serve(artifact, host=args.host, port=args.port, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
+          api_key=args.api_key, threads=args.threads, queue=args.queue, model_name=name)
     return 0
 
 
@@ -593,6 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or its directory (default: beside the model)")
     c.add_argument("--chat-template", metavar="NAME", help="llama2 | chatml | plain | a template name of the "
                    "tokenizer config (default: the config's chat_template, else chatml or plain)")
+    c.add_argument("--force", action="store_true", help="write into an existing folder that holds files tcc did "
+                   "not write (they are kept; without --force such a folder is refused)")
+    c.add_argument("--require-kv-cache", action="store_true", help="fail (exit 2) when a decoder with past "
+                   "inputs cannot get its KV cache, instead of warning and compiling it without one")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.set_defaults(fn=cmd_compile)
 
@@ -604,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ids", action="store_true", help="print the generated token ids instead of streaming text")
     _sampling_args(g)
     _emulate_args(g, "generate with")
+    _verify_arg(g)
     g.set_defaults(fn=cmd_generate)
 
     ch = sub.add_parser("chat", help="chat with a compiled language model (interactive, streaming)")
@@ -611,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--system", help="system prompt")
     _sampling_args(ch)
     _emulate_args(ch, "chat with")
+    _verify_arg(ch)
     ch.set_defaults(fn=cmd_chat)
 
     r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
@@ -628,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "standalone run binary under qemu")
     r.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53: "
                    "no dotprod; default: qemu's max, which has dotprod and i8mm)")
+    _verify_arg(r)
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("ir", help="print a model's IR (after the passes) or an IR dump")
@@ -646,6 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("info", help="describe a compiled artifact")
     n.add_argument("artifact")
     n.add_argument("--json", action="store_true", help="print the manifest")
+    _verify_arg(n)
     n.set_defaults(fn=cmd_info)
 
     b = sub.add_parser("bench", help="time a compiled language model, or the kernel ablation (--ablation)")
@@ -665,6 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vs-default", action="store_true", help="an artifact compiled with --tune: also compile its "
                    "model without --tune (cached) and time both in this run")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _verify_arg(b)
     b.set_defaults(fn=cmd_bench)
 
     d = sub.add_parser("demo", help="compile the bundled demo LLM for this machine (cached) and generate from it")
@@ -693,11 +855,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     e.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _verify_arg(e)
     e.set_defaults(fn=cmd_eval)
+
+    sv = sub.add_parser("serve", help="serve a compiled language model over HTTP (llama.cpp and OpenAI APIs, "
+                        "a chat page)")
+    sv.add_argument("artifact", nargs="?", help="the artifact directory (or --demo)")
+    sv.add_argument("--demo", action="store_true", help="serve the bundled demo model (compiled for this machine, "
+                    "cached)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8080, help="TCP port (8080; 0 picks a free one)")
+    sv.add_argument("--slots", type=int, default=1, help="sequences served at once, each with its own KV cache (1)")
+    sv.add_argument("--ctx-per-slot", type=int, metavar="N", help="tokens per slot (default: the artifact's context)")
+    sv.add_argument("--queue", type=int, default=64, help="requests waiting for a slot before 503 answers (64)")
+    sv.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on every API route (/health "
+                    "and the chat page's own files stay open; the page asks for the key)")
+    sv.add_argument("--threads", type=int, default=None, help="worker threads per slot (default: all cores)")
+    _verify_arg(sv)
+    sv.set_defaults(fn=cmd_serve)
 
     f = sub.add_parser("flags", help="list the debug flags (environment variables)")
     f.set_defaults(fn=cmd_flags)
     return p
+
+
+def _verify_arg(p) -> None:
+    p.add_argument("--no-verify", action="store_true", help="check the artifact's file sizes only, not their "
+                   "SHA-256 (faster to start with huge weights; damage is then not detected)")
 
 
 def _shape_args(p) -> None:
@@ -709,6 +893,9 @@ def _shape_args(p) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "no_verify", False):
+            with flags.overridden("verify", False):
+                return args.fn(args)
         return args.fn(args)
     except TccError as e:
         print(f"tcc: error: {e}", file=sys.stderr)
@@ -718,6 +905,10 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the environment: a read-only or full disk, a missing folder, a vanished file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tcc: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except Exception as e:  # a bug in tcc, not the user's input
         if flags.get("debug"):
             traceback.print_exc()

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from . import __version__, flags
 from .errors import TccError
 from .ir.core import Graph
+from .runtime.artifact import FORMAT as ARTIFACT_FORMAT
 
 DEFAULT_MAX_DIM = 256
 
@@ -55,6 +57,10 @@ class CompileOptions:
     # the runtime's default thread count) and build the fastest (codegen/tuning.py).
     tune: bool = False
     tune_threads: int | None = None
+    # --force: write into an existing folder that holds files tcc did not write (they are kept).
+    force: bool = False
+    # --require-kv-cache: a decoder with past inputs whose KV cache cannot be built is an error, not a warning.
+    require_kv_cache: bool = False
 
 
 def _say(progress: Callable | None, msg: str) -> None:
@@ -64,26 +70,45 @@ def _say(progress: Callable | None, msg: str) -> None:
 
 def symbol_bounds(graph: Graph, opts: CompileOptions) -> dict[str, int]:
     symbols = sorted({s for v in graph.inputs for s in v.type.symbols})
+    # Exporters name the same dim differently (optimum: sequence_length, batch_size, past_sequence_length):
+    # a name of one alias group means the model's dim of that group when exactly one exists.
+    groups = [("seq", "sequence_length", "seq_len"), ("batch", "batch_size"),
+              ("past", "past_seq", "past_sequence_length", "past_seq_len", "past_len")]
+    for name in [n for n in opts.max_dims if n not in symbols and n != "*"]:
+        group = next((g for g in groups if name in g), ())
+        hits = [s for s in symbols if s in group]
+        if len(hits) == 1 and hits[0] not in opts.max_dims:
+            opts.max_dims = {hits[0] if k == name else k: v for k, v in opts.max_dims.items()}
     unknown = sorted(set(opts.max_dims) - set(symbols) - {"*"})
     if unknown:
         raise TccError(f"--max-dim names unknown dim(s) {', '.join(unknown)}; the model's dynamic dims are "
-                       f"{', '.join(symbols) or 'none'}")
+                       f"{', '.join(symbols) or 'none'} (seq, batch and past also name sequence_length, "
+                       f"batch_size and past_sequence_length and the like when the model has one of them)")
     default = opts.max_dims.get("*", DEFAULT_MAX_DIM)
     return {s: int(opts.max_dims.get(s, default)) for s in symbols}
 
 
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
+
+
+def model_config(model) -> dict | None:
+    """The parsed config.json beside an ONNX file, if there is one (and it is a JSON object)."""
+    if not isinstance(model, str):
+        return None
+    from .frontend.side_files import read_side_text
+
+    text = read_side_text(os.path.dirname(os.path.abspath(model)), "config.json")  # inside the folder only
+    try:
+        config = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def model_config_context(model) -> int | None:
     """The context length in the config.json beside an ONNX file (HF's keys), if there is one."""
-    if not isinstance(model, str):
-        return None
-    path = os.path.join(os.path.dirname(os.path.abspath(model)), "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
+    config = model_config(model)
+    if config is None:
         return None
     for key in CONTEXT_KEYS:
         if isinstance(config.get(key), int) and config[key] > 0:
@@ -143,7 +168,8 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
                       options={"max_context": opts.max_context or model_config_context(model),
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,
                                "asym": opts.asym, "keep_fp32": tuple(opts.keep_fp32),
-                               "awq_clip": opts.awq_clip, "calibration": _calibration(model, opts)})
+                               "awq_clip": opts.awq_clip, "calibration": _calibration(model, opts), "max_plan_bytes": flags.get("max-plan-bytes"),
+                               "require_kv_cache": opts.require_kv_cache, "model_config": model_config(model)})
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
                  disable=opts.disable_passes, progress=lambda name: _say(progress, f"pass {name}"))
     return graph, ctx, backend
@@ -152,8 +178,8 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
 def compile_model(model: str, out_dir: str, options: CompileOptions | None = None, progress: Callable | None = None,
                   **kwargs) -> dict:
     """Compile an ONNX model into `out_dir`; returns the manifest. kwargs override CompileOptions fields."""
-    from .codegen.cmake import build_library
-    from .codegen.program import generate, write_sources
+    from .codegen.program import generate
+    from .runtime.artifact import plan_replacement
 
     opts = options or CompileOptions()
     for k, v in kwargs.items():
@@ -161,6 +187,7 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
             raise TypeError(f"unknown compile option {k!r}")
         setattr(opts, k, v)
     t0 = time.perf_counter()
+    plan_replacement(os.path.abspath(out_dir), (), opts.force)  # refuse before the work, not after it
     if opts.tune:
         from .codegen.tuning import refusal
 
@@ -175,38 +202,47 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
     _say(progress, "generating code")
     program = generate(graph, plan, backend, ctx.symbol_bounds, variant=opts.kernel_variant, tuning=tuning)
     build_dir = opts.build_dir or _default_build_dir(out_dir)
+    with _build_lock(build_dir):
+        return _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuning, build_dir,
+                                   progress, t0)
+
+
+def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuning, build_dir, progress, t0):
+    from .codegen.cmake import build_library
+    from .codegen.program import write_sources
+
+    llm = graph.meta.get("llm") or {}
+    chat = bool((llm.get("kv_cache") or llm.get("recompute")) and _tokenizer_files(model, opts))
+    # The manifest and the tokenizer/chat files first: a bad chat template fails in seconds, not after the build.
+    manifest = _manifest(model, graph, ctx, opts, program, 0.0)
+    if tuning is not None:
+        manifest["tuning"] = tuning.manifest()
+    manifest["binaries"] = {"run": "run", **({"chat": "chat"} if chat else {})}
+    files, texts = {}, {}
+    if "llm" in manifest:
+        files.update(_tokenizer_files(model, opts))
+        texts.update(_llm_texts(manifest, files, opts))
     sources = write_sources(program, os.path.join(build_dir, "src"))
     run_cpp = os.path.join(build_dir, "src", "run_main.cpp")
     _write_template("common/run_main.cpp.j2", run_cpp)
     _say(progress, f"building with CMake ({len(program.kernels)} kernels)")
     executables = {"run": [run_cpp]}
-    llm = graph.meta.get("llm") or {}
-    if (llm.get("kv_cache") or llm.get("recompute")) and _tokenizer_files(model, opts):
-        if _have_json_header():
-            executables["chat"] = _chat_sources(build_dir)
-        else:
-            _say(progress, "no nlohmann/json.hpp (apt-get install nlohmann-json3-dev): building without the chat binary")
+    if chat:
+        executables["chat"] = _chat_sources(build_dir)  # needs only the C++ compiler (no JSON library)
     lib = build_library(sources, build_dir, backend.target, "model", extra_executables=executables,
                         jobs=flags.get("build-jobs"))
-    manifest = _manifest(model, graph, ctx, opts, program, time.perf_counter() - t0)
-    if tuning is not None:
-        manifest["tuning"] = tuning.manifest()
-    files = {"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}}
-    manifest["binaries"] = {exe: exe for exe in executables}
-    texts = {}
-    if "llm" in manifest:
-        files.update(_tokenizer_files(model, opts))
-        texts.update(_llm_texts(manifest, files, opts))
+    files.update({"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}})
     if flags.get("keep-build"):
         files["src"] = os.path.join(build_dir, "src")
-    _assemble(out_dir, files, program.weights, manifest, texts)
+    manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
+    _assemble(out_dir, files, program.weights, manifest, texts, force=opts.force)
     _say(progress, f"wrote {out_dir}")
     return manifest
 
 
 _PATH_OPTIONS = ("calib", "tokenizer")
 # Options that say where to write, not what to build: left out of the manifest and the cache key.
-_LOCAL_OPTIONS = ("dump_ir", "build_dir")
+_LOCAL_OPTIONS = ("dump_ir", "build_dir", "force")
 
 
 def options_to_dict(opts: CompileOptions) -> dict:
@@ -248,11 +284,6 @@ def _tune(graph: Graph, ctx, backend, opts: CompileOptions, progress: Callable |
     return result
 
 
-def _have_json_header() -> bool:
-    return any(os.path.isfile(os.path.join(d, "nlohmann", "json.hpp"))
-               for d in ("/usr/include", "/usr/local/include", os.environ.get("CPATH", "")) if d)
-
-
 def _chat_sources(build_dir: str) -> list[str]:
     """The standalone chat binary: runtime/chat/ plus the generated Unicode tables its tokenizer needs."""
     from .codegen.cmake import RUNTIME_DIR
@@ -263,8 +294,28 @@ def _chat_sources(build_dir: str) -> list[str]:
     return [os.path.join(chat, "chat_main.cpp"), os.path.join(chat, "tokenizer.cpp")]
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: str):
+    """One compile at a time per build tree: two compiles into the same output share it (its key is the
+    output path), and CMake runs in one tree must not overlap. The second waits, then builds its own."""
+    import fcntl
+
+    try:
+        os.makedirs(build_dir, exist_ok=True)
+        lock = open(os.path.join(build_dir, ".lock"), "w")
+    except OSError as e:
+        raise TccError(f"cannot use the build folder {build_dir}: {e.strerror or e} (set TCC_CACHE_DIR to a "
+                       "writable folder)") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _default_build_dir(out_dir: str) -> str:
-    key = hashlib.sha256(os.path.abspath(out_dir).encode()).hexdigest()[:16]
+    from .codegen.cmake import sanitizers
+
+    # Sanitized and plain builds of one output keep separate trees (switching would rebuild everything).
+    key = hashlib.sha256((os.path.abspath(out_dir) + "|" + ",".join(sanitizers())).encode()).hexdigest()[:16]
     return os.path.join(flags.get("cache-dir"), "build", key)
 
 
@@ -281,11 +332,12 @@ def _io(v, name: str | None = None) -> dict:
 
 
 def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: float) -> dict:
+    from .codegen.cmake import sanitizers
     from .codegen.program import output_names
 
     plan = ctx.stats["plan-memory"]
     manifest = {
-        "format": "tcc-artifact-1",
+        "format": ARTIFACT_FORMAT,
         "tcc_version": __version__,
         "source": os.path.abspath(model) if isinstance(model, str) else "<in-memory model>",
         "target": opts.target,
@@ -304,6 +356,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "ops": graph.ops(),
         "passes": [[name, round(dt, 6)] for name, dt in ctx.timings],
         "compile_seconds": round(seconds, 3),
+        "sanitize": list(sanitizers()),
         "options": options_to_dict(opts),
     }
     manifest["quantization"] = _quant_manifest(graph, ctx, opts, len(program.weights))
@@ -359,30 +412,36 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config
 def _tokenizer_files(model, opts: CompileOptions) -> dict[str, str]:
     """The tokenizer files to copy into a language model's artifact: from --tokenizer (a tokenizer.json
     or its directory), else from beside the ONNX file. None found: no tokenizer (ids only)."""
+    from .frontend.side_files import MAX_BYTES, check_file, side_file
+
     if opts.tokenizer:
         path = os.path.abspath(opts.tokenizer)
-        if os.path.isfile(path):
+        if os.path.isdir(path):
+            folder, found = path, {}
+        elif os.path.lexists(path):
+            check_file(path, MAX_BYTES["tokenizer.json"], f"--tokenizer {opts.tokenizer}")  # regular, bounded
             folder = os.path.dirname(path)
             found = {"tokenizer.json": path}
-        elif os.path.isdir(path):
-            folder, found = path, {}
         else:
             raise TccError(f"--tokenizer {opts.tokenizer}: no such file or directory")
-        if "tokenizer.json" not in found and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        if "tokenizer.json" not in found and side_file(folder, "tokenizer.json") is None:
             raise TccError(f"--tokenizer {opts.tokenizer}: no tokenizer.json there")
     elif isinstance(model, str):
         folder, found = os.path.dirname(os.path.abspath(model)), {}
     else:
         return {}
     for name in TOKENIZER_FILES:
-        p = os.path.join(folder, name)
-        if name not in found and os.path.isfile(p):
+        # side_file: only from inside the folder (no symlinks out of it), regular files of bounded size
+        p = side_file(folder, name) if name not in found else None
+        if p is not None:
             found[name] = p
     return found if "tokenizer.json" in found else {}
 
 
 def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, str]:
-    """chat.json for a language model with a tokenizer (the chat template cut into turn segments)."""
+    """chat.json for a language model with a tokenizer (the chat template cut into turn segments), and
+    tokenizer.tcc and chat.tcc, what the standalone chat binary reads (runtime/chat_files.py)."""
+    from .runtime.chat_files import write_native_chat_files
     from .runtime.tokenizer import Tokenizer, chat_config
 
     llm = manifest["llm"]
@@ -398,22 +457,27 @@ def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, s
     llm["chat_config"] = cc
     llm["eos_token_ids"] = cc["eos_token_ids"]
     llm["tokenizer"] = "tokenizer.json"
-    return {"chat.json": json.dumps(cc, indent=2) + "\n"}
+    texts = {"chat.json": json.dumps(cc, indent=2) + "\n"}
+    write_native_chat_files(manifest, files, texts)
+    return texts
 
 
 def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dict,
-              texts: dict[str, str] | None = None) -> None:
-    """Write the artifact into a temp dir beside `out_dir`, then swap it in. `files` maps artifact
-    names to paths to copy (directories too); `texts` artifact names to contents."""
+              texts: dict[str, str] | None = None, force: bool = False) -> None:
+    """Write the artifact beside `out_dir`, list its files with their checksums in the manifest, then put
+    it in place (runtime/artifact.py: plan_replacement says how, so that no file of the user's is lost).
+    `files` maps artifact names to paths to copy (directories too); `texts` artifact names to contents."""
+    from .runtime.artifact import MANIFEST, describe, plan_replacement
+
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise TccError(f"output path {out_dir} exists and is not a directory")
+    texts = texts or {}
+    names = {*files, "weights.bin", *texts}
+    mode, stale = plan_replacement(out_dir, names, force)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
         for name, src in files.items():
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(tmp, name))
@@ -421,20 +485,54 @@ def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dic
                 shutil.copy2(src, os.path.join(tmp, name))
         with open(os.path.join(tmp, "weights.bin"), "wb") as f:
             f.write(weights)
-        for name, text in (texts or {}).items():
+        for name, text in texts.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        manifest["files"] = describe(tmp, [n for n in names if os.path.isfile(os.path.join(tmp, n))])
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")
-        old = f"{out_dir}.old-{os.getpid()}"
-        if os.path.exists(out_dir):
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        if mode == "merge":
+            _merge_into(tmp, out_dir, names, stale)
+        else:
+            _swap_into(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TccError(f"cannot write the artifact {out_dir}: {e.strerror or e} ({e.filename or out_dir}); "
+                       "an artifact already there is unchanged") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_into(tmp: str, out_dir: str) -> None:
+    """Replace the whole folder (it held nothing but an earlier artifact): two renames, atomic."""
+    old = f"{out_dir}.old-{os.getpid()}"
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _merge_into(tmp: str, out_dir: str, names: set[str], stale: set[str]) -> None:
+    """Replace the artifact's files one by one in a folder that also holds the user's files. The old
+    manifest goes first and the new one last, so an interrupted merge leaves a folder that load refuses
+    ("no manifest.json") rather than a mix that loads."""
+    from .runtime.artifact import MANIFEST
+
+    for name in (MANIFEST, *sorted(stale)):
+        victim = os.path.join(out_dir, name)
+        if os.path.isdir(victim) and not os.path.islink(victim):
+            shutil.rmtree(victim)
+        elif os.path.lexists(victim):
+            os.unlink(victim)
+    for name in sorted(names):
+        dst = os.path.join(out_dir, name)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(os.path.join(tmp, name), dst)
+    os.replace(os.path.join(tmp, MANIFEST), os.path.join(out_dir, MANIFEST))
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def progress_printer(enabled: bool = True) -> Callable | None:
@@ -482,7 +580,9 @@ def cache_key(model: str, opts: CompileOptions) -> str:
     configs), the calibration file, every option, and tcc's sources."""
     if not os.path.isfile(model):
         raise TccError(f"model file {model} not found")
-    parts = {"model": _file_digest(model), "tcc": _source_digest(),
+    from .codegen.cmake import sanitizers
+
+    parts = {"model": _file_digest(model), "tcc": _source_digest(), "sanitize": list(sanitizers()),
              "options": {k: v for k, v in sorted(vars(opts).items()) if k not in _LOCAL_OPTIONS}}
     side = dict(_tokenizer_files(model, opts))
     cfg = os.path.join(os.path.dirname(os.path.abspath(model)), "config.json")

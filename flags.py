@@ -5,6 +5,7 @@ Every switch is declared here with its environment variable, type, default and m
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -41,6 +42,20 @@ def get(name: str) -> Any:
     return flag.default if raw is None else flag.parse(raw)
 
 
+@contextlib.contextmanager
+def overridden(name: str, value: Any):
+    """Override a flag for the duration of a with-block (a CLI option that maps onto a flag)."""
+    had, old = name in _overrides, _overrides.get(name)
+    set_flag(name, value)
+    try:
+        yield
+    finally:
+        if had:
+            _overrides[name] = old
+        else:
+            _overrides.pop(name, None)
+
+
 def set_flag(name: str, value: Any) -> None:
     """Override a flag for this process (tests, CLI options)."""
     if name not in FLAGS:
@@ -56,3 +71,10 @@ declare("cache-dir", os.path.join(os.path.expanduser("~"), ".cache", "tcc"), str
 declare("cxx", "", str, "C++ compiler to use (default: CMake's choice)")
 declare("build-jobs", os.cpu_count() or 1, int, "parallel jobs for the C++ build")
 declare("threads", 0, int, "default number of runtime threads (0: all cores)")
+declare("sanitize", "", lambda s: s.strip(),
+        "build runtime, kernels and binaries with these sanitizers, e.g. address,undefined (testing only; a "
+        "sanitized libmodel.so loads into Python only with LD_PRELOAD=$(c++ -print-file-name=libasan.so))")
+declare("verify", True, _bool, "verify an artifact's files (sizes and SHA-256) when it is loaded; 0 checks sizes only "
+        "(the CLI's --no-verify)")
+declare("max-plan-bytes", 1 << 40, int, "the largest buffer or arena plan-memory accepts, in bytes (a bound on "
+        "--max-dim mistakes)")

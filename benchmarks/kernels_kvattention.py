@@ -62,7 +62,7 @@ class Problem:
         fn(self.q.ctypes.data, self.k.ctypes.data, self.v.ctypes.data, self.kc.ctypes.data, self.vc.ctypes.data,
            self.out.ctypes.data, 1, HQ, HKV, self.S, self.past, self.kc.shape[2], D, DV,
            *(s.ctypes.data for s in self.strides), self.cos.ctypes.data, self.sin.ctypes.data, D, 1,
-           1.0 / np.sqrt(D), pool)
+           1.0 / np.sqrt(D), 0, self.kc.shape[2], None, 0.0, pool)
 
     def kv_bytes(self) -> int:
         return (self.past + self.S) * HKV * (D + DV) * 4

@@ -6,6 +6,10 @@ in `build_dir`; CMake's own files in `build_dir/cmake-build`. Re-running on an u
 incremental: the CMakeLists.txt is rewritten only when its text changes, configure runs only when
 CMakeLists.txt or the configure inputs (compiler, generator) changed, and ccache serves kernels another
 model already compiled.
+
+Sanitized builds: the flag `sanitize` (TCC_SANITIZE=address,undefined) compiles the runtime, the kernels,
+the model program and the executables with -fsanitize=... (see `sanitizer_flags`). A build directory
+switching between sanitized and plain builds is configured afresh, so objects of the two never mix.
 """
 from __future__ import annotations
 
@@ -33,10 +37,34 @@ def _q(path: str) -> str:
     return '"' + path.replace("\\", "/").replace('"', '\\"') + '"'
 
 
-def cmakelists(sources, build_dir: str, target, name: str, extra_executables=None) -> str:
+SANITIZERS = ("address", "undefined")
+
+
+def sanitizers() -> tuple[str, ...]:
+    """The sanitizers the flag `sanitize` asks for (comma separated), validated; () for a plain build."""
+    value = flags.get("sanitize") or ""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in SANITIZERS]
+    if unknown:
+        raise BuildError(f"TCC_SANITIZE={value!r}: unknown sanitizer {unknown[0]!r} "
+                         f"(known: {', '.join(SANITIZERS)})")
+    return tuple(sorted(set(names)))
+
+
+def sanitizer_flags(names: tuple[str, ...]) -> list[str]:
+    """Compile and link flags of a sanitized build. -fno-sanitize-recover: UBSan stops at the first report
+    (non-zero exit) like ASan, so a test cannot pass over one; -g1: reports name functions and lines."""
+    if not names:
+        return []
+    return [f"-fsanitize={','.join(names)}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g1"]
+
+
+def cmakelists(sources, build_dir: str, target, name: str, extra_executables=None,
+               sanitize: tuple[str, ...] = ()) -> str:
     """The text of the generated CMakeLists.txt."""
     src_list = "\n".join("  " + _q(os.path.abspath(s)) for s in sources)
     flag_list = ";".join(target.cxx_flags)
+    san_list = ";".join(sanitizer_flags(sanitize))
     lines = [
         _HEADER.format(version=__version__, name=name),
         "cmake_minimum_required(VERSION 3.18)",
@@ -52,6 +80,8 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         "  endif()",
         "endif()",
         f'set(TCC_TARGET_FLAGS "{flag_list}")',
+        "# Sanitizers (flag `sanitize`): compile and link flags of every target, the runtime's included.",
+        f'set(TCC_SANITIZE_FLAGS "{san_list}")',
         f"add_subdirectory({_q(REPO_ROOT)} tcc_runtime_build)",
         "find_package(Threads REQUIRED)",
         "",
@@ -60,7 +90,7 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         src_list + ")",
         f"set_target_properties({name}_objects PROPERTIES POSITION_INDEPENDENT_CODE ON CXX_EXTENSIONS OFF)",
         f"target_compile_features({name}_objects PUBLIC cxx_std_17)",
-        f"target_compile_options({name}_objects PUBLIC ${{TCC_TARGET_FLAGS}})",
+        f"target_compile_options({name}_objects PUBLIC ${{TCC_TARGET_FLAGS}} ${{TCC_SANITIZE_FLAGS}})",
         f"target_include_directories({name}_objects PUBLIC {_q(RUNTIME_DIR)} ${{CMAKE_CURRENT_SOURCE_DIR}})",
         f"target_link_libraries({name}_objects PUBLIC tcc_runtime)",
         "",
@@ -68,7 +98,8 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         "# --whole-archive: the runtime API (tcc_pool_create, tcc_error_message, ...) must be exported",
         "# even when no kernel references it; --no-undefined turns a missing symbol into a link error.",
         f'target_link_libraries({name} PRIVATE "-Wl,--whole-archive" tcc_runtime "-Wl,--no-whole-archive" Threads::Threads)',
-        f'target_link_options({name} PRIVATE "-Wl,--no-undefined")',
+        # Not for sanitized builds: clang leaves the sanitizer runtime undefined in shared libraries.
+        *([] if sanitize else [f'target_link_options({name} PRIVATE "-Wl,--no-undefined")']),
         f"set_target_properties({name} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${{CMAKE_CURRENT_SOURCE_DIR}})",
     ]
     for exe, exe_sources in sorted((extra_executables or {}).items()):
@@ -77,14 +108,19 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
             "",
             f"add_executable({exe} {exe_src})",
             f"target_link_libraries({exe} PRIVATE {name}_objects tcc_runtime)",
-            *(["# Fully static: copying the artifact to another machine of the target is enough.",
-                f"target_link_options({exe} PRIVATE -static)"]
-              if getattr(target, "static_executables", False) else
-              ["# Static C++ runtime: the binary runs on machines without this compiler's libstdc++.",
-               f"target_link_options({exe} PRIVATE -static-libstdc++ -static-libgcc)"]),
+            *_exe_link_lines(exe, target),
             f"set_target_properties({exe} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${{CMAKE_CURRENT_SOURCE_DIR}})",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _exe_link_lines(exe: str, target) -> list[str]:
+    # (A sanitized build links the sanitizer runtimes as shared libraries: build_library refuses -static.)
+    if getattr(target, "static_executables", False):
+        return ["# Fully static: copying the artifact to another machine of the target is enough.",
+                f"target_link_options({exe} PRIVATE -static)"]
+    return ["# Static C++ runtime: the binary runs on machines without this compiler's libstdc++.",
+            f"target_link_options({exe} PRIVATE -static-libstdc++ -static-libgcc)"]
 
 
 def find_cmake() -> str:
@@ -185,6 +221,10 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     """
     if not sources:
         raise ValueError("build_library needs at least one source file")
+    sanitize = sanitizers()
+    if sanitize and getattr(target, "static_executables", False):
+        raise BuildError(f"TCC_SANITIZE: target {target.name} links its executables statically, which the "
+                         f"sanitizers do not support; build sanitized for the host target (x86)")
     build_dir = os.path.abspath(build_dir)
     os.makedirs(build_dir, exist_ok=True)
     cmake = find_cmake()
@@ -204,7 +244,7 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     if cross_cxx:
         env.pop("CXX", None)
 
-    text = cmakelists(sources, build_dir, target, name, extra_executables)
+    text = cmakelists(sources, build_dir, target, name, extra_executables, sanitize)
     write_if_changed(os.path.join(build_dir, "CMakeLists.txt"), text)
 
     configure = [cmake, "-S", build_dir, "-B", bin_dir, "-DCMAKE_BUILD_TYPE=Release"]
@@ -216,8 +256,11 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
         configure += ["-G", "Ninja"]
     # Configure again only when its inputs changed. A cache made with another compiler, generator or
     # toolchain is dropped, since CMake cannot switch those in place; new sources reconfigure in place.
+    # The sanitizers are part of that key: switching between sanitized and plain builds starts a fresh
+    # tree, so no object or output of one is ever linked into or mistaken for the other.
     stamp_path = os.path.join(bin_dir, "tcc-configure.stamp")
-    args_hash = _hash(*configure, "" if cross_cxx else env.get("CXX", ""))
+    args_hash = _hash(*configure, "" if cross_cxx else env.get("CXX", ""),
+                      *(["sanitize=" + ",".join(sanitize)] if sanitize else []))
     old = (_read(stamp_path) or "").split()
     if old != [args_hash, _hash(text)]:
         if (old[:1] != [args_hash]) and os.path.exists(bin_dir):

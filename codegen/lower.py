@@ -326,6 +326,7 @@ def _attention(node: Node, em: Emitter) -> None:
         em.array("qs", dense_strides(q.shape)), em.array("ks", dense_strides(k.shape)),
         em.array("vs", dense_strides(v.shape)), em.array("ms", mask_strides) if mask is not None else "nullptr",
         em.array("os", dense_strides(out.shape)), _c_float(node.attrs["scale"]), str(int(node.attrs.get("causal", 0))),
+        str(int(node.attrs.get("window", 0))), em.ptr(node.input(4)), _c_float(node.attrs.get("softcap", 0.0)),
         "m->pool"], dtype="f32")
 
 
@@ -334,7 +335,8 @@ def _kv_attention(node: Node, em: Emitter) -> None:
     q, k, v, kc, vc, past = node.inputs[:6]
     cos, sin = node.input(6), node.input(7)
     b, hq, s, d = q.shape
-    hkv, cap, dv = k.shape[1], kc.shape[2], v.shape[3]
+    hkv, rows, dv = k.shape[1], kc.shape[2], v.shape[3]
+    cap = int(node.attrs.get("capacity", 0)) or rows  # a ring cache holds fewer rows than positions
     out = node.output
     em.call(node, "kvattention", [
         em.ptr(q), em.ptr(k), em.ptr(v), em.ptr(kc), em.ptr(vc), em.ptr(out),
@@ -342,7 +344,8 @@ def _kv_attention(node: Node, em: Emitter) -> None:
         em.array("qs", dense_strides(q.shape)), em.array("ks", dense_strides(k.shape)),
         em.array("vs", dense_strides(v.shape)), em.array("os", dense_strides(out.shape)),
         em.ptr(cos), em.ptr(sin), str(int(node.attrs.get("rotary_dim", 0))), str(int(node.attrs.get("rope", 0))),
-        _c_float(node.attrs["scale"]), "m->pool"], dtype="f32")
+        _c_float(node.attrs["scale"]), str(int(node.attrs.get("window", 0))), str(rows), em.ptr(node.input(8)),
+        _c_float(node.attrs.get("softcap", 0.0)), "m->pool"], dtype="f32")
 
 
 # -- elementwise -----------------------------------------------------------------------------------
@@ -538,29 +541,51 @@ def _split(node: Node, em: Emitter) -> None:
 
 @lowering("Slice")
 def _slice(node: Node, em: Emitter) -> None:
+    from ..ir.ops.movement import slice_assumed, slice_plan
     x, out = node.inputs[0], node.output
     rank = x.type.rank
-    params = [_const_ints(node, node.input(i), what) for i, what in ((1, "starts"), (2, "ends"))]
-    starts = params[0]
+    starts, ends = (_const_ints(node, node.input(i), what) for i, what in ((1, "starts"), (2, "ends")))
     axes = _const_ints(node, node.input(3), "axes") if node.input(3) is not None else list(range(len(starts)))
     steps = _const_ints(node, node.input(4), "steps") if node.input(4) is not None else [1] * len(starts)
     xstr = dense_strides(x.shape)
-    begin = [0] * rank
+    begin: list = [0] * rank
     step = [1] * rank
-    for s, a, st in zip(starts, axes, steps):
-        a = norm_axis(a, rank)
-        begin[a] = _slice_start(s, x.shape[a], st)
-        step[a] = st
+    assumed = slice_assumed(x.shape, starts, ends, axes, steps)
+    for (a, start, _, st), s, e in zip(slice_plan(x.shape, starts, ends, axes, steps), starts, ends):
+        begin[a], step[a] = start, st  # the clamped start; exact, or checked below
+        if a in assumed:
+            em.lines.append(_slice_check(node, a, s, e, st, x.shape[a], start, out.shape[a]))
     # Offset (elements) of the first element read, and strides scaled by the steps.
-    offset = " + ".join(f"({b}) * ({c_dim(xstr[i])})" for i, b in enumerate(begin) if b != 0) or "0"
+    offset = " + ".join(f"({c_dim(b)}) * ({c_dim(xstr[i])})" for i, b in enumerate(begin) if b != 0) or "0"
     src = f"({em.ptr(x, 'char')} + ({offset}) * {x.dtype.itemsize})"
     src_strides = [xstr[i] * step[i] for i in range(rank)]
     _copy_call(node, em, src, em.ptr(out, "void"), out.shape, src_strides, dense_strides(out.shape), out.dtype)
 
 
-def _slice_start(start, dim: Dim, step: int) -> str:
-    """C expression of the clamped start index (ONNX Slice semantics), evaluated at run time."""
-    return f"tcc_slice_start({c_dim(start)}, {c_dim(dim)}, {step})"
+def _slice_check(node: Node, axis: int, start, end, step: int, dim: Dim, begin: Dim, n: Dim) -> str:
+    """C statement: the ONNX start and length of one sliced axis, computed at run time, must be what the
+    graph was compiled for (its shape rests on an assumption there); otherwise fail instead of reading
+    past the data."""
+    from ..ir.ops.movement import TO_THE_END
+
+    def idx(i) -> str:  # INT64_MIN/MAX and friends: far enough past any dim
+        return c_dim(i) if isinstance(i, Sym) else str(max(min(int(i), 2 ** 62), -2 ** 62))
+    if step < 0 and not isinstance(end, Sym) and int(end) in TO_THE_END:
+        end = -2 ** 62  # onnxruntime: to the start
+    lo, hi = ("0", "d") if step > 0 else ("0", "d - 1")
+    elo = "0" if step > 0 else "-1"
+    count = (f"(e > b ? (e - b + {step - 1}) / {step} : 0)" if step > 0
+             else f"(b > e ? (b - e + {-step - 1}) / {-step} : 0)")
+    where = f"{_c_str(node.op)} node {_c_str(node.name)}: axis {axis}"
+    return (f"  {{ const int64_t d = {c_dim(dim)}; int64_t b = {idx(start)}, e = {idx(end)};\n"
+            f"    if (b < 0) b += d; if (e < 0) e += d;\n"
+            f"    b = b < {lo} ? {lo} : b; b = b > {hi} ? {hi} : b;\n"
+            f"    e = e < {elo} ? {elo} : e; e = e > {hi} ? {hi} : e;\n"
+            f"    const int64_t n = {count}, want = {c_dim(n)};\n"
+            f"    if (n != want || (n > 0 && b != {c_dim(begin)})) return fail(\"{where} slices %\" PRId64 \" "
+            f"elements from %\" PRId64 \" of %\" PRId64 \" at run time, but was compiled for %\" PRId64 \" "
+            f"(it took a symbolic dim to be at least 1 and computed starts/ends to lie within the dim)\", "
+            f"n, b, d, want); }}")
 
 
 def _const_ints(node: Node, v: Value | None, what: str) -> list:

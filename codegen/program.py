@@ -1,6 +1,7 @@
 """The model program: from a planned graph to `model.cpp`, `kernels.h`, the kernels and the weights blob."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -124,9 +125,10 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     text = environment().get_template("common/model.cpp.j2").render(
         states=[{"name": _c_string(n), "bytes": v.type.nbytes_bound(bounds)} for n, v in graph.states.items()],
         kv_capacity=llm["capacity"] if kv else 0, kv_seq_var=sym_var(llm["seq"]) if kv else "",
+        kv_ring_rewind=llm.get("kv_ring_rewind", 0) if kv else 0,
         inputs=[io(v, v.name) for v in graph.inputs],
         outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
-        arena_bytes=plan.arena_bytes, weights_bytes=len(weights),
+        arena_bytes=plan.arena_bytes, weights_bytes=len(weights), weights_sha256=hashlib.sha256(weights).hexdigest(),
         bind_lines=bind_symbols(graph, bounds), body_lines=em.lines, output_lines=output_lines(graph),
         profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled])
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text

@@ -14,6 +14,14 @@ noop_with_empty_axes and no axes -> Identity.
 
 Accepted: default-domain opsets 13..23, and 24..27 as long as every node resolves to an op version vetted
 here (those versions only add dtypes, except Attention-24, which is refused).
+
+Malformed models end in a one-line ModelFormatError (exit 2) naming the field, tensor or node, never in
+an internal error: strings that are not UTF-8 (the protobuf parser lets them through as bytes), attributes
+whose type disagrees with the op's ONNX schema, missing required attributes, input/output counts outside
+the schema's, empty names for required inputs, a tensor defined twice, initializer or Constant data whose
+length disagrees with dtype and dims (short external data included). A tensor whose static dims need
+more than MAX_TENSOR_BYTES is refused with a ShapeError naming it and the limit (`tools/fuzz_models.py`
+mutates the test fixtures to keep all this true).
 """
 from __future__ import annotations
 
@@ -21,12 +29,13 @@ import keyword
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from google.protobuf.descriptor import FieldDescriptor
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from ..errors import IRError, ModelFormatError, ShapeError, TccError, UnsupportedError
 from ..ir.core import Graph, Node, TensorType, Value
@@ -42,6 +51,11 @@ MIN_OPSET = 13
 # Cast-25 ...), except Attention-24, which is refused through its handler's `versions`.
 MAX_OPSET = 27
 FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most this many elements
+# The largest tensor tcc accepts: 1 TiB. Any input, initializer or inferred value whose static dims (each
+# at least 1, so strides are bounded too) times its item size exceed it is refused at import: beyond it
+# element counts and byte offsets stop fitting the generated code's integer types. Symbolic dims are bounded
+# by --max-dim and checked when memory is planned (passes/plan_memory.py).
+MAX_TENSOR_BYTES = 1 << 40
 
 DTYPES = {TensorProto.FLOAT: DType.f32, TensorProto.FLOAT16: DType.f16, TensorProto.INT64: DType.i64,
           TensorProto.INT32: DType.i32, TensorProto.INT8: DType.i8, TensorProto.UINT8: DType.u8,
@@ -53,6 +67,38 @@ def _dtype_name(code: int) -> str:
         return helper.tensor_dtype_to_string(code).replace("TensorProto.", "").lower()
     except Exception:  # noqa: BLE001  (an unknown enum value)
         return f"dtype code {code}"
+
+
+def _attr_type_name(code: int) -> str:
+    return AttributeProto.AttributeType.Name(code).lower() if code in AttributeProto.AttributeType.values() \
+        else f"type code {code}"
+
+
+def _attribute(a: AttributeProto, where: str):
+    """An attribute's Python value; a STRING as str. Unknown types and non-UTF-8 strings are refused."""
+    try:
+        v = helper.get_attribute_value(a)
+    except Exception:  # noqa: BLE001  (onnx's ValueError for an UNDEFINED or unknown type)
+        raise ModelFormatError(f"{where}: attribute {a.name!r} has no value ({_attr_type_name(a.type)})") from None
+    if isinstance(v, bytes):
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            raise ModelFormatError(f"{where}: attribute {a.name!r} is not valid UTF-8") from None
+    return v
+
+
+# The field each dtype's values are stored in when not in raw_data (onnx.proto's TensorProto comments).
+_DATA_FIELDS = {DType.f32: "float_data", DType.f16: "int32_data", DType.i64: "int64_data", DType.i32: "int32_data",
+                DType.i8: "int32_data", DType.u8: "int32_data", DType.bool: "int32_data"}
+
+
+def _data_field(t: TensorProto, dtype: DType) -> tuple[str, int, int]:
+    """(field holding t's data, its length, units per element: the item size for raw_data, else 1)."""
+    if t.HasField("raw_data"):
+        return "raw_data", len(t.raw_data), dtype.itemsize
+    name = _DATA_FIELDS[dtype]
+    return name, len(getattr(t, name)), 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,9 +151,13 @@ def _wire_problem(data: bytes) -> str:
     return f"{len(data)} bytes"
 
 
-def _load(src) -> tuple[onnx.ModelProto, str, str | None]:
+def _load(src) -> tuple[onnx.ModelProto, str, str | None, dict]:
+    """(model, source name, directory of its external data, {tensor: its external_data entries})."""
     if isinstance(src, onnx.ModelProto):
-        return src, src.graph.name or "<model>", None
+        bad = _bad_string(src, "model")
+        if bad:
+            raise ModelFormatError(f"string field {bad} is not valid UTF-8")
+        return src, src.graph.name or "<model>", None, {}
     path = os.fspath(src)
     try:
         with open(path, "rb") as f:
@@ -125,12 +175,60 @@ def _load(src) -> tuple[onnx.ModelProto, str, str | None]:
     if not model.HasField("graph") or not model.opset_import:
         raise ModelFormatError(f"file {path}: not a valid ONNX model (no graph or opset_import in "
                                f"{len(data)} bytes; {_wire_problem(data)})")
+    bad = _bad_string(model, "model")
+    if bad:
+        raise ModelFormatError(f"file {path}: string field {bad} is not valid UTF-8")
     base = os.path.dirname(os.path.abspath(path))
+    external = {t.name: {e.key: e.value for e in t.external_data} for t in _tensors(model)
+                if t.data_location == TensorProto.EXTERNAL}
     try:
         onnx.load_external_data_for_model(model, base)
     except Exception as e:  # noqa: BLE001  (missing/short external file: OSError, ValueError...)
         raise ModelFormatError(f"file {path}: cannot load external data: {e}") from None
-    return model, os.path.basename(path), base
+    return model, os.path.basename(path), base, external
+
+
+def _tensors(model: onnx.ModelProto):
+    """The graph's initializers and the tensors of its nodes' attributes (what may hold external data)."""
+    yield from model.graph.initializer
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+
+
+def _label(msg) -> str:
+    """' (Gemm '/fc1/Gemm')' for a node, " ('w')" for anything named, '' when the name is unusable."""
+    name = getattr(msg, "name", "")
+    if not isinstance(name, str) or not name:
+        return ""
+    op = getattr(msg, "op_type", "")
+    return f" ({op} {name!r})" if isinstance(op, str) and op else f" ({name!r})"
+
+
+def _bad_string(msg, path: str) -> str | None:
+    """The path of the first string field (recursively) that is not valid UTF-8, or None.
+
+    Protobuf's parser accepts invalid UTF-8 in ONNX's proto2 strings and hands it over as bytes, where a
+    str is expected everywhere downstream; `bytes` fields (raw_data, string_data) are not strings and are
+    not read here, so a large model's weights are not copied."""
+    for f in msg.DESCRIPTOR.fields:
+        if f.type == FieldDescriptor.TYPE_STRING:
+            if f.is_repeated:
+                for i, v in enumerate(getattr(msg, f.name)):
+                    if isinstance(v, bytes):
+                        return f"{path}.{f.name}[{i}]"
+            elif msg.HasField(f.name) and isinstance(getattr(msg, f.name), bytes):
+                return f"{path}.{f.name}"
+        elif f.type == FieldDescriptor.TYPE_MESSAGE:
+            subs = enumerate(getattr(msg, f.name)) if f.is_repeated else \
+                ([(None, getattr(msg, f.name))] if msg.HasField(f.name) else [])
+            for i, sub in subs:
+                bad = _bad_string(sub, f"{path}.{f.name}" + (f"[{i}]{_label(sub)}" if i is not None else ""))
+                if bad:
+                    return bad
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +244,7 @@ class OnnxNode:
     attrs: dict[str, Any]
     version: int  # the op's since_version at the model's opset (-1: no such op)
     domain: str = ""
+    attr_types: dict[str, int] = field(default_factory=dict)  # attribute name -> AttributeProto type code
 
 
 Check = Callable[[OnnxNode], "str | None"]  # returns why a node is unsupported, or None
@@ -314,6 +413,8 @@ def _split(imp, n, ins):
         attrs = {"split": list(n.attrs["split"])}
     else:
         k = n.attrs.get("num_outputs", len(n.outputs))
+        if k != len(n.outputs):
+            raise ShapeError(f"Split node {n.name!r}: num_outputs={k} for {len(n.outputs)} outputs")
         d = x.shape[axis % x.type.rank] if x.type.rank else None
         if isinstance(d, int) and "num_outputs" not in n.attrs and d % k:
             raise ShapeError(f"Split node {n.name!r}: dim {d} of {x.type} does not split evenly into {k}")
@@ -321,6 +422,9 @@ def _split(imp, n, ins):
         if isinstance(d, int):  # static: explicit sizes
             attrs = {"split": split_parts(d, {"split": None, "num_outputs": k})}
     attrs = {"axis": axis, **attrs}
+    parts = len(attrs["split"]) if "split" in attrs else attrs["num_outputs"]
+    if parts != len(n.outputs):
+        raise ShapeError(f"Split node {n.name!r}: {parts} parts for {len(n.outputs)} outputs")
     outs = imp.emit("Split", ins[:1], attrs, n)
     if len(outs) != len(n.outputs):
         raise ShapeError(f"Split node {n.name!r}: {len(outs)} parts for {len(n.outputs)} outputs")
@@ -355,9 +459,13 @@ def _check_cos(n):
 @handler("ConstantOfShape", "value", check=_check_cos)
 def _constant_of_shape(imp, n, ins):
     t = n.attrs.get("value")
-    value, dtype = (0.0, DType.f32) if t is None else (numpy_helper.to_array(t).reshape(-1)[0].item(),
-                                                      DTYPES[t.data_type])
-    return imp.emit("ConstantOfShape", ins, {"value": value, "dtype": dtype.value}, n)
+    if t is None:
+        return imp.emit("ConstantOfShape", ins, {"value": 0.0, "dtype": DType.f32.value}, n)
+    arr = imp.tensor(t, f"ConstantOfShape node {n.name!r} value")
+    if arr.size != 1:
+        raise ModelFormatError(f"ConstantOfShape node {n.name!r}: value must hold one element, got {arr.size}")
+    attrs = {"value": arr.reshape(-1)[0].item(), "dtype": DTYPES[t.data_type].value}
+    return imp.emit("ConstantOfShape", ins, attrs, n)
 
 
 def _check_constant(n):
@@ -375,7 +483,7 @@ def _check_constant(n):
 def _constant(imp, n, ins):
     a = n.attrs
     if "value" in a:
-        arr = imp.tensor(a["value"])
+        arr = imp.tensor(a["value"], f"Constant node {n.name!r} value")
     elif "value_float" in a:
         arr = np.array(a["value_float"], dtype=np.float32)
     elif "value_floats" in a:
@@ -527,8 +635,10 @@ def sanitize_symbol(name: str) -> str:
 
 
 class Importer:
-    def __init__(self, model: onnx.ModelProto, source: str, base_dir: str | None, dims: dict | None):
+    def __init__(self, model: onnx.ModelProto, source: str, base_dir: str | None, dims: dict | None,
+                 external: dict | None = None):
         self.model, self.source, self.base_dir = model, source, base_dir
+        self.external = external or {}  # tensor name -> its external_data entries (location, offset, length)
         self.opset = self._default_opset()
         self.g = Graph(sanitize_symbol(model.graph.name) if model.graph.name else "main")
         self.env: dict[str, Value | None] = {"": None}
@@ -549,19 +659,47 @@ class Importer:
         return v
 
     def nodes(self) -> list[OnnxNode]:
+        """The graph's nodes with decoded attributes (a malformed attribute is refused here)."""
         out = []
         for i, nd in enumerate(self.model.graph.node):
-            attrs = {a.name: helper.get_attribute_value(a) for a in nd.attribute}
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+            name = nd.name or f"{nd.op_type}_{i}"
+            attrs = {a.name: _attribute(a, f"{nd.op_type} node {name!r}") for a in nd.attribute}
             version = 0
             if nd.domain in ("", "ai.onnx"):
                 try:
                     version = onnx.defs.get_schema(nd.op_type, self.opset, "").since_version
                 except Exception:  # noqa: BLE001  (no such op in the default domain)
                     version = -1
-            out.append(OnnxNode(nd.op_type, nd.name or f"{nd.op_type}_{i}", list(nd.input), list(nd.output),
-                                attrs, version, nd.domain))
+            out.append(OnnxNode(nd.op_type, name, list(nd.input), list(nd.output), attrs, version, nd.domain,
+                                {a.name: a.type for a in nd.attribute}))
         return out
+
+    def check_signature(self, n: OnnxNode) -> None:
+        """The node agrees with its ONNX schema: attribute types, required attributes, input and output
+        counts, no empty name for a required input (what handlers rely on; ONNX's checker says the same)."""
+        if n.version <= 0:
+            return  # not a default-domain op (refused before this)
+        where = f"{n.op} node {n.name!r}"
+        schema = onnx.defs.get_schema(n.op, self.opset, "")
+        for name, code in n.attr_types.items():
+            want = schema.attributes.get(name)
+            if want is not None and int(want.type.value) != code:
+                raise ModelFormatError(f"{where}: attribute {name} is {_attr_type_name(code)}, but ONNX "
+                                       f"{n.op}-{n.version} defines it as {want.type.name.lower()}")
+        for name, want in schema.attributes.items():
+            if want.required and name not in n.attr_types:
+                raise ModelFormatError(f"{where}: lacks the required attribute {name}")
+        for what, names, formal, lo, hi in (("inputs", n.inputs, schema.inputs, schema.min_input, schema.max_input),
+                                            ("outputs", n.outputs, schema.outputs, schema.min_output,
+                                             schema.max_output)):
+            if not lo <= len(names) <= hi:
+                takes = f"at least {lo}" if hi >= 1 << 30 else f"{lo}" if lo == hi else f"{lo} to {hi}"
+                raise ModelFormatError(f"{where}: {len(names)} {what}, but ONNX {n.op}-{n.version} takes {takes}")
+            for i, name in enumerate(names):
+                param = formal[min(i, len(formal) - 1)]
+                if not name and param.option != onnx.defs.OpSchema.FormalParameterOption.Optional:
+                    raise ModelFormatError(f"{where}: {what[:-1]} {i} ({param.name}) is required but its name "
+                                           "is empty")
 
     def unsupported(self, nodes: list[OnnxNode]) -> None:
         """Collect every unsupported op, attribute and dtype; raise them all in one error."""
@@ -618,9 +756,41 @@ class Importer:
         return list(bad.values())
 
     # -- helpers for handlers ---------------------------------------------------------------------
-    def tensor(self, t: TensorProto) -> np.ndarray:
-        arr = numpy_helper.to_array(t, self.base_dir or "")
-        return np.array(arr, dtype=DTYPES[t.data_type].np)
+    def tensor(self, t: TensorProto, where: str) -> np.ndarray:
+        """A TensorProto's data, once it is known to hold exactly what its dtype and dims say."""
+        if t.data_type not in DTYPES:
+            raise UnsupportedError(f"{where} is {_dtype_name(t.data_type)}")
+        dtype, dims = DTYPES[t.data_type], [int(d) for d in t.dims]
+        if any(d < 0 for d in dims):
+            raise ModelFormatError(f"{where}: negative dim in {dims}")
+        self.check_size(TensorType(dtype, tuple(dims)), where)
+        count = math.prod(dims)
+        field_name, have, unit = _data_field(t, dtype)
+        if have != count * unit:
+            ext = self.external.get(t.name)
+            src = (f" (external data {ext.get('location')!r}, offset {ext.get('offset', 0)}, length "
+                   f"{ext.get('length', 'to the end')}: the file is shorter?)") if ext else ""
+            need = f"{count * unit} bytes" if field_name == "raw_data" else f"{count} values"
+            raise ModelFormatError(f"{where}: dims {dims} of {dtype} need {need}, but its {field_name} holds "
+                                   f"{have}{src}")
+        try:
+            arr = numpy_helper.to_array(t, self.base_dir or "")
+        except Exception as e:  # noqa: BLE001  (what onnx raises for data it cannot read: ValueError...)
+            raise ModelFormatError(f"{where}: unreadable data ({type(e).__name__}: {e})") from None
+        return np.array(arr, dtype=dtype.np)
+
+    def check_size(self, t: TensorType, where: str) -> None:
+        """Refuse a tensor whose static dims exceed MAX_TENSOR_BYTES (a dim of 0 counts as 1: strides)."""
+        extent = dtype_bytes = t.dtype.itemsize
+        for d in t.shape:
+            if not isinstance(d, Sym):
+                if d < 0:
+                    raise ShapeError(f"{where}: negative dim in {t}")
+                extent *= max(int(d), 1)
+        if extent > MAX_TENSOR_BYTES:
+            shape = ",".join(str(d) for d in t.shape)
+            raise ShapeError(f"{where}: {t.dtype}[{shape}] needs {extent // dtype_bytes} elements of "
+                             f"{dtype_bytes} bytes, over tcc's limit of {MAX_TENSOR_BYTES} bytes (1 TiB) per tensor")
 
     def helper_name(self, n: OnnxNode, what: str) -> str:
         return f"{n.outputs[0] or n.name}.{what}"
@@ -674,6 +844,8 @@ class Importer:
             types = types[:n_out]
         names = [self.helper_name(n, helper)] * len(types) if helper else \
             [o or self.helper_name(n, "unused") for o in n.outputs[:len(types)]]
+        for t, name in zip(types, names):
+            self.check_size(t, f"{n.op} node {n.name!r} output {name!r}")
         folded = self._fold(node, types, names)
         if folded is not None:
             return folded
@@ -689,7 +861,9 @@ class Importer:
             with np.errstate(all="ignore"):
                 results = run_ref(node, [None if v is None else v.const for v in node.inputs])
         except (ValueError, TypeError, ArithmeticError, IndexError):
-            return None  # e.g. symbolic values an op cannot compute on: keep the node
+            results = _sym_minmax(node)  # e.g. MPT's Slice start max(0, 1 - query_length)
+            if results is None:
+                return None  # e.g. symbolic values an op cannot compute on: keep the node
         outs = []
         for r, t, nm in zip(results, types, names):
             r = np.asarray(r)
@@ -726,6 +900,8 @@ class Importer:
 
     def run(self) -> Graph:
         nodes = self.nodes()
+        for n in nodes:
+            self.check_signature(n)
         self.unsupported(nodes)
         g = self.model.graph
         params = {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
@@ -735,16 +911,23 @@ class Importer:
         for vi in g.input:
             if vi.name in inits:
                 continue  # an initializer listed as an input is a constant (ONNX IR < 4 style)
+            if vi.name in self.env:
+                raise ModelFormatError(f"{self.source}: graph input {vi.name!r} is listed twice")
             tt = vi.type.tensor_type
             shape = [self.dim(d) for d in tt.shape.dim] if tt.HasField("shape") else None
             if shape is None:
                 raise UnsupportedError(f"input {vi.name!r} has no shape (unknown rank)")
-            self.env[vi.name] = self.g.add_input(vi.name, TensorType(DTYPES[tt.elem_type], tuple(shape)))
+            t = TensorType(DTYPES[tt.elem_type], tuple(shape))
+            self.check_size(t, f"input {vi.name!r}")
+            self.env[vi.name] = self.g.add_input(vi.name, t)
+        _decoder_mask_length(self.g)
         unknown = set(self.dims) - self.used_dims
         if unknown:
             raise TccError(f"dims names unknown symbol(s) {sorted(unknown)}; the model's are {sorted(self.used_dims)}")
         for t in g.initializer:
-            self.env[t.name] = self.g.add_const(self.tensor(t), t.name, exact_name=True)
+            if t.name in self.env:
+                raise ModelFormatError(f"{self.source}: initializer {t.name!r} is defined twice")
+            self.env[t.name] = self.g.add_const(self.tensor(t, f"initializer {t.name!r}"), t.name, exact_name=True)
         for n in nodes:
             self._build(n)
         self.g.outputs = []
@@ -773,6 +956,9 @@ class Importer:
                                    f"input ({e})") from None
         for name, v in zip(n.outputs, outs):
             if name:
+                if name in self.env:
+                    raise ModelFormatError(f"{self.source}: {n.op} node {n.name!r} output {name!r} is already "
+                                           "defined (an ONNX tensor has one producer)")
                 self.env[name] = v
 
     def _fix_output_names(self, names: list[str]) -> None:
@@ -795,5 +981,45 @@ class Importer:
 
 def import_onnx(path_or_model, *, dims: dict[str, int] | None = None) -> Graph:
     """Load an ONNX model (path or ModelProto) into a tcc Graph. `dims` specializes symbolic dims by name."""
-    model, source, base = _load(path_or_model)
-    return Importer(model, source, base, dims).run()
+    model, source, base, external = _load(path_or_model)
+    return Importer(model, source, base, dims, external).run()
+
+
+def _sym_minmax(node: Node) -> list | None:
+    """Max / Min of integer shape values, some symbolic: elementwise dim_max / dim_min (numpy cannot order
+    symbols; these simplify where the order is provable and otherwise stay a max/min atom)."""
+    from ..ir.dims import dim_max, dim_min
+
+    if node.op not in ("Max", "Min") or not all(v is not None and v.const.dtype.kind in "iO" for v in node.inputs):
+        return None
+    pick = np.frompyfunc(dim_max if node.op == "Max" else dim_min, 2, 1)
+    out = np.asarray(node.inputs[0].const, dtype=object)
+    for v in node.inputs[1:]:
+        out = pick(out, np.asarray(v.const, dtype=object))
+    return [np.asarray(out, dtype=object)]
+
+
+def _decoder_mask_length(g: Graph) -> None:
+    """A decoder with past whose attention_mask length is a symbol of its own (the dynamo exporter cannot
+    declare past_seq+seq and writes a fresh `s53`) gets that length as past + seq before any node is typed,
+    as llm-interface would later: otherwise shape inference meets `s53` against `past_seq+seq` (OPT's
+    positions, MPT's and Bloom's masks) and refuses the model. Only when the layout is unambiguous: input_ids
+    [batch, seq], rank-4 past inputs sharing one symbolic length on axis 2, and a mask length used by no
+    other input."""
+    from ..ir.dims import bare_symbol
+
+    by_name = {v.name: v for v in g.inputs}
+    ids, mask = by_name.get("input_ids"), by_name.get("attention_mask")
+    pasts = [v for v in g.inputs if v.name.startswith("past") and v.type.rank == 4 and v.dtype.is_float]
+    if ids is None or mask is None or not pasts or ids.type.rank != 2 or mask.type.rank != 2:
+        return
+    names = [bare_symbol(ids.shape[0]), bare_symbol(ids.shape[1]), bare_symbol(mask.shape[1])]
+    past = {bare_symbol(v.shape[2]) for v in pasts}
+    if None in names or len(past) != 1 or None in past:
+        return
+    batch, seq, total = names
+    (past_sym,) = past
+    if total in (batch, seq, past_sym) or any(total in {bare_symbol(d) for d in v.shape} for v in g.inputs
+                                              if v is not mask):
+        return
+    g.substitute_symbols({total: Sym.symbol(past_sym) + Sym.symbol(seq)})

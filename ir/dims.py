@@ -25,7 +25,24 @@ class FloorDiv:
         return f"({self.num})//{self.den}"
 
 
-Atom = Union[str, FloorDiv]
+@dataclass(frozen=True)
+class MinMax:
+    """An opaque atom `min(a,b)` / `max(a,b)` for a clamp that does not simplify (Slice of a symbolic dim
+    by a constant: `x[-3:]` has min(n,3) rows)."""
+
+    op: str  # "min" or "max"
+    a: "Dim"
+    b: "Dim"
+
+    def __str__(self) -> str:
+        return f"{self.op}({self.a},{self.b})"
+
+    def evaluate(self, env: dict) -> "Dim":
+        a, b = evaluate(self.a, env), evaluate(self.b, env)
+        return dim_min(a, b) if self.op == "min" else dim_max(a, b)
+
+
+Atom = Union[str, FloorDiv, MinMax]
 
 
 def _atom_key(a: Atom) -> str:
@@ -152,7 +169,10 @@ class Sym:
         out: set[str] = set()
         for m, _ in self.terms:
             for a in m:
-                out |= {a} if isinstance(a, str) else a.num.symbols
+                if isinstance(a, MinMax):
+                    out |= symbols_of(a.a) | symbols_of(a.b)
+                else:
+                    out |= {a} if isinstance(a, str) else a.num.symbols
         return out
 
     def evaluate(self, env: dict[str, int]) -> int:
@@ -160,7 +180,10 @@ class Sym:
         for m, c in self.terms:
             p = c
             for a in m:
-                p *= env[a] if isinstance(a, str) else evaluate(a.num, env) // a.den
+                if isinstance(a, MinMax):
+                    p *= a.evaluate(env)
+                else:
+                    p *= env[a] if isinstance(a, str) else evaluate(a.num, env) // a.den
             total += p
         return total
 
@@ -172,14 +195,20 @@ class Sym:
                 continue  # a negative term is at most 0
             p = c
             for a in m:
-                p *= bounds[a] if isinstance(a, str) else upper_bound(a.num, bounds) // a.den
+                if isinstance(a, MinMax):  # min and max atoms are built non-negative (see dim_min)
+                    ua, ub = upper_bound(a.a, bounds), upper_bound(a.b, bounds)
+                    p *= min(ua, ub) if a.op == "min" else max(ua, ub)
+                elif isinstance(a, str):
+                    p *= bounds[a]
+                else:
+                    p *= upper_bound(a.num, bounds) // a.den
             total += p
         return total
 
     def to_c(self, var: Callable[[str], str]) -> str:
         parts = []
         for m, c in self.terms:
-            factors = [var(a) if isinstance(a, str) else f"(({a.num.to_c(var)}) / {a.den})" for a in m]
+            factors = [var(a) if isinstance(a, str) else _atom_c(a, var) for a in m]
             if c != 1 or not factors:
                 factors.insert(0, f"(int64_t){c}" if not factors else str(c))
             parts.append("*".join(factors))
@@ -201,6 +230,86 @@ class Sym:
 
     def __repr__(self) -> str:
         return f"Sym({self})"
+
+
+def _atom_c(a, var) -> str:
+    if isinstance(a, FloorDiv):
+        return f"(({a.num.to_c(var)}) / {a.den})"
+    x, y = to_c(a.a, var), to_c(a.b, var)
+    return f"((int64_t)({x}) {'<' if a.op == 'min' else '>'} (int64_t)({y}) ? (int64_t)({x}) : (int64_t)({y}))"
+
+
+def _nonneg(d) -> bool:
+    """d >= 0 for every binding, provably: a polynomial with a non-negative constant and non-negative
+    coefficients over non-negative atoms (symbols, floor divisions, min of two and max of one such)."""
+    if not isinstance(d, Sym):
+        return int(d) >= 0
+    for m, c in d.terms:
+        if c < 0 or not all(_atom_nonneg(a) for a in m):
+            return False
+    return True
+
+
+def _atom_nonneg(a) -> bool:
+    if isinstance(a, str):
+        return True
+    if isinstance(a, FloorDiv):
+        return _nonneg(a.num)
+    return (_nonneg(a.a) and _nonneg(a.b)) if a.op == "min" else (_nonneg(a.a) or _nonneg(a.b))
+
+
+def _split_minmax(d):
+    """(atom, rest) when d = atom + rest for one min/max atom with coefficient 1, else None."""
+    if not isinstance(d, Sym):
+        return None
+    for m, c in d.terms:
+        if c == 1 and len(m) == 1 and isinstance(m[0], MinMax):
+            return m[0], d - Sym({m: 1})
+    return None
+
+
+def dim_le(x: Dim, y: Dim) -> bool:
+    """x <= y for every binding of the symbols, provably (False when it depends on the binding)."""
+    if _nonneg(y - x):
+        return True
+    sx, sy = _split_minmax(x), _split_minmax(y)
+    if sx is not None:
+        (a, r) = sx  # max(p,q)+r <= y iff both are; min(p,q)+r <= y if either is
+        hits = [dim_le(a.a + r, y), dim_le(a.b + r, y)]
+        if all(hits) if a.op == "max" else any(hits):
+            return True
+    if sy is not None:
+        (a, r) = sy
+        hits = [dim_le(x, a.a + r), dim_le(x, a.b + r)]
+        if all(hits) if a.op == "min" else any(hits):
+            return True
+    return False
+
+
+def _arg_key(d) -> tuple:
+    return not isinstance(d, Sym), str(d)  # min(n,3), not min(3,n)
+
+
+def dim_min(a: Dim, b: Dim) -> Dim:
+    """min(a, b), simplified where the order is provable; otherwise a `min` atom."""
+    if not isinstance(a, Sym) and not isinstance(b, Sym):
+        return min(int(a), int(b))
+    if dim_le(a, b):
+        return a
+    if dim_le(b, a):
+        return b
+    return Sym({(MinMax("min", *sorted((a, b), key=_arg_key)),): 1})
+
+
+def dim_max(a: Dim, b: Dim) -> Dim:
+    """max(a, b), simplified where the order is provable; otherwise a `max` atom."""
+    if not isinstance(a, Sym) and not isinstance(b, Sym):
+        return max(int(a), int(b))
+    if dim_le(a, b):
+        return b
+    if dim_le(b, a):
+        return a
+    return Sym({(MinMax("max", *sorted((a, b), key=_arg_key)),): 1})
 
 
 def _is_dim(x) -> bool:
@@ -272,6 +381,10 @@ def _eval_ast(node, text):
                ast.FloorDiv: lambda: a // b}
         if type(node.op) in ops:
             return ops[type(node.op)]()
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("min", "max")
+            and len(node.args) == 2 and not node.keywords):
+        a, b = (_eval_ast(x, text) for x in node.args)
+        return dim_min(a, b) if node.func.id == "min" else dim_max(a, b)
     raise ValueError(f"bad dimension {text!r}")
 
 

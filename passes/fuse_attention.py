@@ -6,6 +6,8 @@ Walking up from the Softmax input, through single-consumer nodes, to the scores 
   * Add(scores, mask) (either operand; mask f32, broadcast to the scores' shape)  -> additive mask term
   * Where(cond, scores, fill) / Where(cond, fill, scores), fill a constant -inf or <= -1e4
                                                    -> additive term Where(cond, 0, fill) (a new node)
+  * Mul(Tanh(Div(scores, c) | Mul(scores, 1/c)), c), c a constant scalar > 0   -> softcap=c (Gemma 2's
+    attn_logit_softcapping; only below every mask term and with no scale above it)
   in any order (a scale after a mask term scales that term: a Mul node on the mask).
 q' and kT' may carry a constant scalar Mul/Div (folded into `scale`). kT' = Transpose(k, perm): k is the
 transpose's source when perm swaps the last two axes, else a new Transpose of the source by the composed
@@ -22,6 +24,12 @@ checked elementwise; a run-time mask is evaluated abstractly as index arithmetic
 (Range(c, N, 1), Unsqueeze/Squeeze/Reshape of unit dims, Expand, Add/Sub/Neg, comparisons, Not,
 Where(pred, 0, fill), Trilu(ConstantOfShape(fill), k)) and must equal the causal predicate for every
 binding. Anything else (e.g. HF's packed-sequence mask built from position ids) stays a mask input.
+Merged batch-heads (Bloom: baddbmm/bmm over [B*H, S, D]): a 4-D Softmax whose scores are
+Reshape([B*H,S,Skv] -> [B,H,S,Skv]) of elementwise ops (scalar constants, [B*H, 1|S, Skv] operands such as
+the ALiBi bias) over MatMul(Reshape(q [B,H,S,D]), Transpose(Reshape(k [B,H,Skv,D]), [0,2,1])), and whose
+probabilities go Reshape(-> [B*H,S,Skv]) -> MatMul(., Reshape(v [B,H,Skv,Dv])) -> Reshape(-> [B,H,S,Dv]),
+is first rewritten to the same ops on the 4-D tensors (each 3-D operand reshaped to [B,H,1|S,Skv]); the
+usual pattern then matches it.
 Refusals (logged): scores/q/k/v not 4-D, Softmax not over the last axis, probabilities or an inner value
 used outside the pattern, non-f32 tensors, batch dims that differ, a mask term that broadens the scores'
 shape, an inferred Attention type that differs from the MatMul it replaces.
@@ -78,6 +86,10 @@ def _walk(v: Value, depth: int = 0):
         so = _const_scalar_operand(n)
         if so is None:
             return None
+        cap = _softcap(n, so) if n.op == "Mul" else None
+        if cap is not None:
+            r = _walk(cap[1], depth + 1)
+            return None if r is None else (r[0], r[1] + [("softcap", cap[0])], r[2] + [n] + cap[2])
         r = _walk(so[0], depth + 1)
         return None if r is None else (r[0], r[1] + [("scale", so[1])], r[2] + [n])
     if n.op == "Add":
@@ -100,6 +112,21 @@ def _walk(v: Value, depth: int = 0):
                 return r[0], r[1] + [("where", cond, f, fill_when_true)], r[2] + [n]
         return None
     return None
+
+
+def _softcap(mul: Node, so):
+    """(c, scores, [Tanh, Div]) when mul = Mul(Tanh(scores / c), c) with the same constant c > 0."""
+    t = so[0].producer
+    c = so[1]
+    if t is None or t.op != "Tanh" or not c > 0:
+        return None
+    d = t.inputs[0].producer
+    if d is None or d.op not in ("Mul", "Div"):
+        return None
+    inner = _const_scalar_operand(d)
+    if inner is None or not math.isclose(inner[1] * c, 1.0, rel_tol=1e-6):
+        return None
+    return c, inner[0], [t, d]
 
 
 def _peel_scale(v: Value):
@@ -380,9 +407,16 @@ def _match(graph: Graph, users, sm: Node) -> dict:
     for op in ops:
         if op[0] in ("add", "where") and id(op[1]) in inner_outs:
             raise _Refuse("the mask is computed from the scores themselves")
-    scale, parts = 1.0, []
-    for op in ops:  # bottom-up: value = scale * S + sum(parts)
+    scale, parts, softcap = 1.0, [], 0.0
+    for op in ops:  # bottom-up: value = scale * S + sum(parts), or softcap * tanh(scale * S / softcap) + ...
+        if op[0] == "softcap":
+            if parts or softcap:
+                raise _Refuse("soft-capping applied after a mask term or twice")
+            softcap = op[1]  # tanh(scale * S / c): every scale found so far (and q's, k's) is inside it
+            continue
         if op[0] == "scale":
+            if softcap and op[1] != 1.0:
+                raise _Refuse("a scale is applied after the soft-capping")
             scale *= op[1]
             parts = [p[:-1] + (p[-1] * op[1],) for p in parts]
         elif op[0] == "add":
@@ -436,7 +470,7 @@ def _match(graph: Graph, users, sm: Node) -> dict:
     if parts:
         mask_type = TensorType(DType.f32, broadcast_shapes(*[p[1].shape for p in parts]))
     probe = Node("Attention", [q, k, v] + ([Value("mask.tmp", mask_type)] if mask_type else []), [],
-                 {"scale": float(scale), "causal": causal})
+                 {"scale": float(scale), "causal": causal, "window": 0, "softcap": float(softcap)})
     try:
         (ot,) = infer_types(probe)
     except TccError as e:
@@ -444,7 +478,7 @@ def _match(graph: Graph, users, sm: Node) -> dict:
     if ot != pv.output.type:
         raise _Refuse(f"Attention would give {ot}, the pattern gives {pv.output.type}")
     return dict(q=q, k=k, v=v, k_make=k_make, parts=parts, scale=float(scale), causal=causal,
-                inner=inner, pv=pv, sm=sm)
+                softcap=float(softcap), inner=inner, pv=pv, sm=sm)
 
 
 def _build_mask(graph: Graph, parts, before: Node, name: str) -> Value | None:
@@ -470,7 +504,99 @@ def _build_mask(graph: Graph, parts, before: Node, name: str) -> Value | None:
     return total
 
 
+def _merged_source(x: Value):
+    """x4 when x = Reshape(x4 [B,H,a,b]) -> [B*H,a,b]; else None."""
+    r = producer(x, "Reshape")
+    if r is None or x.type.rank != 3 or r.inputs[0].type.rank != 4:
+        return None
+    b, h, a, c = r.inputs[0].shape
+    return r.inputs[0] if same_dims(x.shape, (b * h, a, c)) else None
+
+
+def _shape_const(graph: Graph, dims) -> Value:
+    shape = np.empty(len(dims), object)
+    shape[:] = list(dims)
+    return graph.add_const(shape if any(not isinstance(d, int) for d in dims) else shape.astype(np.int64),
+                           "unmerged_shape")
+
+
+def _unmerge_heads(graph: Graph, sm: Node, users) -> bool:
+    """Rewrite one merged batch-heads attention (see the docstring) around Softmax sm; True if done."""
+    x = sm.inputs[0]
+    if x.type.rank != 4:
+        return False
+    b, h, sq, skv = x.shape
+    chain, v = [], x  # from the Softmax input up to the Reshape that splits B*H
+    while v.producer is not None and v.producer.op in ("Add", "Mul", "Div", "Sub", "Where") and len(chain) < 8:
+        chain.append(v.producer)
+        ins = [i for i in v.producer.inputs if i is not None and not i.is_const and i.type.rank == 4
+               and same_dims(i.shape, x.shape)]
+        if not ins:
+            return False
+        v = ins[0]
+    split = producer(v, "Reshape")
+    if split is None or split.inputs[0].type.rank != 3 or not same_dims(split.inputs[0].shape, (b * h, sq, skv)):
+        return False
+    inner, y = [], split.inputs[0]  # elementwise ops between the 3-D MatMul and the split
+    while y.producer is not None and y.producer.op in ("Add", "Mul", "Div", "Sub") and len(inner) < 8:
+        inner.append(y.producer)
+        ins = [i for i in y.producer.inputs if not i.is_const and same_dims(i.shape, y.shape)]
+        if len(ins) != 1 and not (len(ins) == 2 and any(producer(i, "MatMul") for i in ins)):
+            return False
+        y = next((i for i in ins if producer(i, "MatMul")), ins[0])
+    mm = producer(y, "MatMul")
+    if mm is None:
+        return False
+    q4 = _merged_source(mm.inputs[0])
+    t = producer(mm.inputs[1], "Transpose")
+    k4 = _merged_source(t.inputs[0]) if t is not None and list(attrs(t)["perm"]) == [0, 2, 1] else None
+    if q4 is None or k4 is None or not same_dims(q4.shape[:2], (b, h)) or not same_dims(k4.shape[:2], (b, h)):
+        return False
+    us = users.get(sm.output, [])
+    if len(us) != 1 or us[0][0].op != "Reshape" or not same_dims(us[0][0].output.shape, (b * h, sq, skv)):
+        return False
+    pv = only_consumer(users, graph, us[0][0].output)
+    v4 = _merged_source(pv.inputs[1]) if pv is not None and pv.op == "MatMul" and pv.inputs[0] is us[0][0].output \
+        else None
+    back = only_consumer(users, graph, pv.output) if v4 is not None else None
+    if v4 is None or back is None or back.op != "Reshape" or not same_dims(v4.shape[:2], (b, h)) or \
+            not same_dims(back.output.shape, (b, h, sq, v4.shape[3])):
+        return False
+    # commit: the same ops on 4-D tensors
+    kt = graph.add_node("Transpose", [k4], {"perm": SWAP}, name=mm.name + "/unmerged_kT", before=split).output
+    cur = graph.add_node("MatMul", [q4, kt], name=mm.name + "/unmerged", before=split).output
+    prev = y
+    for n in reversed(inner):
+        ins = []
+        for i in n.inputs:
+            if i is prev:
+                ins.append(cur)
+            elif i.is_const or i.type.rank == 0:
+                ins.append(i)
+            else:  # a [B*H, a, c] (or broadcast) operand: viewed as [B, H, a, c]
+                if i.type.rank != 3 or not same_dims(i.shape[:1], (b * h,)):
+                    return False  # nothing committed that matters: the new nodes are dead, DCE drops them
+                ins.append(graph.add_node("Reshape", [i, _shape_const(graph, (b, h) + tuple(i.shape[1:]))],
+                                          name=n.name + "/unmerged_operand", before=split).output)
+        prev = n.output
+        cur = graph.add_node(n.op, ins, dict(n.attrs), name=n.name + "/unmerged", before=split).output
+    graph.replace_uses(split.output, cur)
+    out = graph.add_node("MatMul", [sm.output, v4], name=pv.name + "/unmerged", before=back).output
+    graph.replace_uses(back.output, out)
+    return True
+
+
 def fuse_attention(graph: Graph, ctx) -> int:
+    unmerged = 0
+    for n in [n for n in graph.nodes if n.op == "Softmax"]:
+        if _unmerge_heads(graph, n, graph.users()):
+            unmerged += 1
+    if unmerged:
+        from .eliminate_dead_code import eliminate_dead_code
+
+        eliminate_dead_code(graph)
+        graph.toposort()
+        ctx.log(NAME, f"{unmerged} merged batch-heads attention(s) rewritten on [B,H,S,D] tensors")
     users = graph.users()
     matches, claimed = [], set()
     for n in graph.nodes:  # collect
@@ -494,11 +620,14 @@ def fuse_attention(graph: Graph, ctx) -> int:
             k = graph.add_node("Transpose", [src], {"perm": perm}, name=name + "/k", before=pv).output
         mask = _build_mask(graph, m["parts"], pv, name)
         ins = [m["q"], k, m["v"]] + ([mask] if mask is not None else [])
-        att = graph.add_node("Attention", ins, {"scale": m["scale"], "causal": m["causal"]},
-                             name=name, before=pv)
+        at = {"scale": m["scale"], "causal": m["causal"]}
+        if m["softcap"]:
+            at["softcap"] = m["softcap"]
+        att = graph.add_node("Attention", ins, at, name=name, before=pv)
         replace_value(graph, pv.output, att.output)
         graph.remove_nodes(m["inner"])
         ctx.log(NAME, f"Attention %{att.output.name} (scale={m['scale']:g}, causal={m['causal']}, "
+                      f"{'softcap=%g, ' % m['softcap'] if m['softcap'] else ''}"
                       f"kv heads {k.shape[1]} for {m['q'].shape[1]} query heads, "
                       f"{'mask' if mask is not None else 'no mask'})")
     ctx.stats[NAME] = ctx.stats.get(NAME, 0) + len(matches)

@@ -296,7 +296,7 @@ def fuse_rope(graph: Graph, ctx) -> int:
                 x = graph.add_node("Transpose", [x], {"perm": [0, 2, 1, 3]}, name=n.name + "/unrotated",
                                    before=n).output
             new_in.append(x)
-        n.inputs = new_in + n.inputs[2:6] + [cos, sin]
+        n.inputs = new_in + n.inputs[2:6] + [cos, sin] + n.inputs[8:]  # ALiBi slopes stay
         n.attrs.update(rope=q["mode"], rotary_dim=q["rd"])
         ctx.log(NAME, f"{n.name}: {'rotate-half' if q['mode'] == ROPE_HALF else 'interleaved'} rotary, "
                       f"dim {q['rd']}")

@@ -9,16 +9,29 @@ llm-interface found; the Concats are the present outputs):
     reads the shared kv head (fuse-attention already removed repeat_kv);
   * the mask must be causal. An Attention with causal=1 and no mask is; a remaining mask must be a
     function of the shape symbols only (llm-interface replaced attention_mask by the ones a generation
-    loop feeds), and is evaluated with the interpreter at several (batch, past, seq) bindings: it has to
-    be 0 where key j <= past + query i and <= -1e30 elsewhere (so its probabilities are exactly 0);
+    loop feeds), and is evaluated with the interpreter at several (batch, past, seq) bindings, the
+    decode steps up to the cache's capacity included (contexts doubling from 16): it has to be <= -1e30
+    (probability exactly 0) outside the keys past + i - W < j <= past + i and, on those keys,
+    slope[h] * (j - past - i) + a per-row constant (softmax ignores the constant). W, the same at every
+    binding (or wider than every probed context: plain causal), becomes KVAttention's `window`
+    (Mistral's sliding window, checked against `sliding_window` in the config.json beside the model,
+    ctx.options["model_config"]: a mismatch is a warning, the graph wins); nonzero slopes become its
+    ALiBi slopes input (MPT, Bloom: the bias is computed in the kernel, never materialized). With a
+    window W, W + RING_SLACK < capacity, the caches are rings of W + RING_SLACK rows (position p in row
+    p % rows; RoPE positions stay absolute), so a long chat holds only its window; llm["window"] and
+    llm["kv_ring_rewind"] (the most tokens kv_truncate may forget: rows - W + 1) record it;
+  * the Attention's softcap (fuse-attention: Gemma 2's tanh capping) carries over;
   * the past inputs and the present outputs leave the interface; graph.meta["llm"]["kv_cache"] = True.
-All or nothing: if any past input is not consumed this way the graph is left as it was and the reason
-is logged (the model still compiles, with its past/present interface, but cannot `generate`).
+All or nothing: if any past input is not consumed this way the graph is left as it was (the model still
+compiles, with its past/present interface, but cannot `generate`): the reason, naming the first refused
+Attention node, goes to graph.meta["llm"]["kv_cache_refused"] and to a one-line `tcc: warning:` on
+stderr, or, with ctx.options["require_kv_cache"] (`--require-kv-cache`), raises UnsupportedError.
 ctx.stats["kv-cache"] = number of KVAttention nodes.
 """
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 
@@ -31,6 +44,9 @@ from .llm_interface import past_inputs
 from .rewrite_utils import attrs, producer
 
 NAME = "kv-cache"
+# A ring cache holds window + RING_SLACK rows: the kernel takes a prefill in chunks of RING_SLACK + 1 tokens.
+RING_SLACK = 63
+SLOPE_RTOL = 1e-5  # a row's bias must be linear in the key position to this (relative to its largest value)
 PROBE_BINDINGS = [dict(batch=b, past=p, seq=s) for b, p, s in itertools.product((1, 2), (0, 1, 6), (1, 3, 8))]
 
 
@@ -62,29 +78,115 @@ def _pure_subgraph(graph: Graph, v: Value) -> Graph | None:
     return g
 
 
-def mask_is_causal(graph: Graph, mask: Value, llm: dict) -> bool:
-    """Evaluate a symbol-only mask at PROBE_BINDINGS; True if every binding gives the causal mask."""
+def mask_form(graph: Graph, mask: Value, llm: dict, capacity: int, heads: int):
+    """(window, slopes or None) of a symbol-only mask that generation can serve, else the reason (a str):
+    evaluated at PROBE_BINDINGS (small prefills and decodes), then at decode steps whose context doubles up
+    to the cache's capacity, so a sliding window smaller than the capacity is found wherever it lies."""
     from ..errors import TccError
     from ..ir.interpreter import run_graph
 
     sub = _pure_subgraph(graph, mask)
     if sub is None:
-        return False
-    for b in PROBE_BINDINGS:
+        return f"mask %{mask.name} depends on inputs other than the shape symbols"
+    decodes = [dict(batch=1, past=p, seq=1) for p in _doubling(16, capacity - 1)]
+    window, widest_plain, slopes = None, 0, None
+    # contexts past the capacity never run (a window as wide as the cache is plain causal within it)
+    for b in [b for b in PROBE_BINDINGS if b["past"] + b["seq"] <= capacity] + decodes:
         env = {llm["batch"]: b["batch"], llm["past"]: b["past"], llm["seq"]: b["seq"]}
         try:
             (m,) = run_graph(sub, {}, symbols=env).values()
         except (TccError, ValueError, IndexError):
-            return False
+            return f"mask %{mask.name} cannot be evaluated for generation inputs ({_binding(b)})"
         sq, skv = b["seq"], b["past"] + b["seq"]
+        m = np.asarray(m, np.float64)
+        h = m.shape[1] if m.ndim == 4 and m.shape[1] in (1, heads) else 1
         try:
-            full = np.broadcast_to(m, (b["batch"], 1, sq, skv) if m.ndim == 4 else m.shape[:-2] + (sq, skv))
+            full = np.broadcast_to(m, (b["batch"], h, sq, skv))
         except ValueError:
-            return False
-        allowed = np.arange(skv)[None, :] <= np.arange(sq)[:, None] + b["past"]
-        if not (np.all(full[..., allowed] == 0) and np.all(full[..., ~allowed] <= CAUSAL_FILL)):
-            return False
-    return True
+            return f"mask %{mask.name} has shape {list(np.shape(m))}, not [.., {sq}, {skv}] ({_binding(b)})"
+        form = _row_form(full, b["past"])
+        if isinstance(form, str):
+            return f"mask %{mask.name} {form} ({_binding(b)})"
+        w, sl = form
+        if w is None:
+            widest_plain = max(widest_plain, skv)
+        elif window is None or window == w:
+            window = w
+        else:
+            return f"mask %{mask.name} keeps {window} keys at one context and {w} at another"
+        if sl is not None:
+            if slopes is not None and not np.allclose(sl, slopes, rtol=1e-5, atol=1e-9):
+                return f"mask %{mask.name} has position biases that differ between contexts"
+            slopes = sl if slopes is None else slopes
+    if window is not None and window < widest_plain:
+        return f"mask %{mask.name} keeps {window} keys at one context but {widest_plain} at another"
+    if slopes is not None and np.all(slopes == 0):
+        slopes = None
+    if slopes is not None and len(slopes) != heads:
+        slopes = np.broadcast_to(slopes, (heads,))
+    return window or 0, None if slopes is None else np.ascontiguousarray(slopes, np.float32)
+
+
+def mask_problem(graph: Graph, mask: Value, llm: dict, capacity: int, heads: int = 1) -> str | None:
+    form = mask_form(graph, mask, llm, capacity, heads)
+    return form if isinstance(form, str) else None
+
+
+def mask_is_causal(graph: Graph, mask: Value, llm: dict) -> bool:
+    form = mask_form(graph, mask, llm, llm["capacity"], 1)
+    return not isinstance(form, str) and form == (0, None)
+
+
+def _doubling(start: int, last: int) -> list[int]:
+    out = []
+    while start < last:
+        out.append(start)
+        start *= 2
+    return out + ([last] if last >= 1 else [])
+
+
+def _binding(b: dict) -> str:
+    return f"batch {b['batch']}, past {b['past']}, seq {b['seq']}"
+
+
+def _row_form(full: np.ndarray, past: int):
+    """(W or None when every causal key is kept, per-head slopes or None) of a mask [B, H, Sq, Skv]
+    whose queries sit at positions past..; a str saying what is wrong otherwise."""
+    sq, skv = full.shape[-2:]
+    dead = full <= CAUSAL_FILL
+    keep = ~dead
+    if np.isnan(full).any() or not np.isfinite(full[keep]).all():
+        return "has NaN or infinite entries that are not -inf"
+    if not (keep == keep[:1, :1]).all():
+        return "masks different keys in different batches or heads"
+    keep = keep[0, 0]
+    q_pos = past + np.arange(sq)
+    rel = np.arange(skv)[None, :] - q_pos[:, None]  # key - query position
+    if np.any(keep & (rel > 0)) or not keep.any(axis=-1).all():
+        return "is not causal for generation inputs"
+    counts = keep.sum(axis=-1)
+    w = None
+    if not np.array_equal(keep, rel <= 0):
+        w = int(counts.max())
+        if not np.array_equal(keep, (rel <= 0) & (rel > -w)):
+            return "is not causal for generation inputs"
+    slopes = np.zeros(full.shape[1])
+    for h in range(full.shape[1]):
+        hs = []
+        for bi in range(full.shape[0]):
+            for i in range(sq):
+                x, y = rel[i][keep[i]].astype(np.float64), full[bi, h, i][keep[i]]
+                if len(x) < 2:  # one key: its bias is a row constant
+                    continue
+                xm, ym = x.mean(), y.mean()
+                sl = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+                if np.abs(y - ym - sl * (x - xm)).max() > SLOPE_RTOL * (1 + np.abs(y).max()):
+                    return "adds a bias that is not a per-head slope times the key's distance (ALiBi)"
+                hs.append(sl)
+        if hs and max(hs) - min(hs) > 1e-5 * max(abs(v) for v in hs) + 1e-9:
+            return "adds a bias whose slope differs between rows"
+        slopes[h] = hs[0] if hs else 0.0
+    return w, (slopes if np.any(slopes != 0) else None)
 
 
 def _match(graph: Graph, att: Node, pasts: set[int], llm: dict, checked: dict) -> dict:
@@ -98,16 +200,28 @@ def _match(graph: Graph, att: Node, pasts: set[int], llm: dict, checked: dict) -
     mask = att.input(3)
     if not attrs(att)["causal"] and mask is None:
         raise _Refuse("attention is not causal")
+    heads = att.inputs[0].shape[1]
     if mask is not None and id(mask) not in checked:  # layers usually share one mask: evaluate it once
-        checked[id(mask)] = mask_is_causal(graph, mask, llm)
-    if mask is not None and not checked[id(mask)]:
-        raise _Refuse(f"mask %{mask.name} is not causal for generation inputs (or depends on other inputs)")
+        checked[id(mask)] = mask_form(graph, mask, llm, llm["capacity"], heads)
+    form = checked[id(mask)] if mask is not None else (0, None)
+    if isinstance(form, str):
+        raise _Refuse(form)
+    window, slopes = form
+    if attrs(att)["window"]:  # an Attention that already carries a window (and maybe a causal mask)
+        if window and window != attrs(att)["window"]:
+            raise _Refuse(f"mask keeps {window} keys, the Attention's window is {attrs(att)['window']}")
+        window = attrs(att)["window"]
+    if att.input(4) is not None:
+        if slopes is not None or not att.input(4).is_const:
+            raise _Refuse("ALiBi slopes both in the mask and as an input, or not constant")
+        slopes = att.input(4).const
     past = Sym.symbol(llm["past"])
     for (p, new) in (ck, cv):
         if p.shape[2] != past or new.shape[0] != att.inputs[0].shape[0] or new.shape[2] != att.inputs[0].shape[2]:
             raise _Refuse(f"past %{p.name} {p.type} / new rows {new.type} do not line up with q "
                           f"{att.inputs[0].type}")
-    return dict(att=att, past_k=ck[0], k=ck[1], past_v=cv[0], v=cv[1], presents=[k, v])
+    return dict(att=att, past_k=ck[0], k=ck[1], past_v=cv[0], v=cv[1], presents=[k, v], window=window,
+                slopes=slopes)
 
 
 def kv_cache(graph: Graph, ctx) -> int:
@@ -116,7 +230,7 @@ def kv_cache(graph: Graph, ctx) -> int:
         return 0
     pasts = past_inputs(graph)
     ids = {id(v) for v in pasts}
-    matches, checked = [], {}
+    matches, checked, refused = [], {}, []
     for n in graph.nodes:  # collect
         if n.op != "Attention":
             continue
@@ -124,23 +238,33 @@ def kv_cache(graph: Graph, ctx) -> int:
             matches.append(_match(graph, n, ids, llm, checked))
         except _Refuse as e:
             ctx.refuse(NAME, n, str(e))
+            refused.append(f"Attention {n.name!r}: {e}")
     consumed = {id(m[k]) for m in matches for k in ("past_k", "past_v")}
     missing = [v.name for v in pasts if id(v) not in consumed]
     if missing or not matches:
-        reason = f"past input(s) {missing} not consumed by a causal Attention" if missing else "no Attention"
-        ctx.messages.append(f"[{NAME}] not applied: {reason}")
-        llm["kv_cache_refused"] = reason
+        _refuse(ctx, llm, _reason(missing, refused, len(pasts)))
         return 0
     capacity, bmax = llm["capacity"], ctx.symbol_bounds[llm["batch"]]
     past_const = graph.add_const(np.array(Sym.symbol(llm["past"]), dtype=object), "past")
     presents: set[int] = set()
+    _check_config(ctx, llm, [m["window"] for m in matches], capacity)
+    slope_consts: dict[bytes, Value] = {}
     for i, m in enumerate(matches):  # commit
         att = m["att"]
         k, v = m["k"], m["v"]
-        kc = graph.add_state(f"kv.{i}.key", TensorType(DType.f32, (bmax, k.shape[1], capacity, k.shape[3])))
-        vc = graph.add_state(f"kv.{i}.value", TensorType(DType.f32, (bmax, v.shape[1], capacity, v.shape[3])))
-        kva = graph.add_node("KVAttention", [att.inputs[0], k, v, kc, vc, past_const],
-                             {"scale": attrs(att)["scale"]}, name=att.name or f"kv_attention.{i}", before=att)
+        rows = ring_rows(m["window"], capacity)
+        kc = graph.add_state(f"kv.{i}.key", TensorType(DType.f32, (bmax, k.shape[1], rows, k.shape[3])))
+        vc = graph.add_state(f"kv.{i}.value", TensorType(DType.f32, (bmax, v.shape[1], rows, v.shape[3])))
+        at = {"scale": attrs(att)["scale"], "window": m["window"], "softcap": attrs(att)["softcap"]}
+        if rows < capacity:
+            at["capacity"] = capacity
+        ins = [att.inputs[0], k, v, kc, vc, past_const]
+        if m["slopes"] is not None:  # one constant per distinct set of slopes (layers share them)
+            key = m["slopes"].tobytes()
+            if key not in slope_consts:
+                slope_consts[key] = graph.add_const(m["slopes"], "alibi_slopes")
+            ins += [None, None, slope_consts[key]]
+        kva = graph.add_node("KVAttention", ins, at, name=att.name or f"kv_attention.{i}", before=att)
         graph.replace_uses(att.output, kva.output)
         graph.remove_nodes([att])
         presents.update(id(p) for p in m["presents"])
@@ -154,12 +278,67 @@ def kv_cache(graph: Graph, ctx) -> int:
     eliminate_dead_code(graph)
     llm["kv_cache"] = True
     llm["layers"] = len(matches)
+    windows = [m["window"] for m in matches if m["window"]]
+    if windows:  # the runtime's rewind limit (model.cpp: kv_truncate) and `tcc info`
+        llm["window"] = max(windows)
+        llm["kv_ring_rewind"] = min(ring_rows(w, capacity) - w for w in windows) + 1 if any(
+            ring_rows(w, capacity) < capacity for w in windows) else 0
     if len(graph.outputs) != 1:
         ctx.messages.append(f"[{NAME}] outputs other than logits remain: {graph.meta['output_names']}")
     llm["logits"] = graph.meta["output_names"][0]
-    ctx.log(NAME, f"{len(matches)} KVAttention over a {capacity}-token cache for batch <= {bmax}")
+    ctx.log(NAME, f"{len(matches)} KVAttention over a {capacity}-token cache for batch <= {bmax}"
+                  + (f", sliding window {sorted(set(windows))}" if windows else "")
+                  + (", ALiBi" if any(m["slopes"] is not None for m in matches) else ""))
     ctx.stats[NAME] = len(matches)
     return len(matches)
+
+
+def ring_rows(window: int, capacity: int) -> int:
+    """Rows of a layer's caches: the window and RING_SLACK rows for prefill chunks, when that is smaller."""
+    return window + RING_SLACK if window and window + RING_SLACK < capacity else capacity
+
+
+def _check_config(ctx, llm: dict, windows: list[int], capacity: int) -> None:
+    """Compare the windows the masks keep with config.json's sliding_window (HF: the keys j with
+    i - j < sliding_window; some exports keep one more). The graph is what ONNX Runtime computes, so tcc
+    follows it; a disagreement is worth a warning."""
+    cfg = ctx.options.get("model_config") or {}
+    sw = cfg.get("sliding_window")
+    if not isinstance(sw, int) or isinstance(sw, bool) or sw <= 0 or cfg.get("use_sliding_window") is False:
+        return
+    seen = sorted({w for w in windows if w})
+    if not seen and sw < capacity:
+        msg = (f"config.json has sliding_window={sw} but the exported attention masks attend the whole "
+               f"context (up to {capacity} tokens): tcc follows the graph")
+    elif seen and not all(w in (sw, sw + 1) for w in seen):
+        msg = f"the attention masks keep windows of {seen} tokens but config.json has sliding_window={sw}"
+    else:
+        return
+    llm["window_warning"] = msg
+    ctx.messages.append(f"[{NAME}] {msg}")
+    print(f"tcc: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _reason(missing: list[str], refused: list[str], n_pasts: int) -> str:
+    """One line: the first refused Attention and why, else which past inputs no Attention reads."""
+    if refused:
+        more = f" (and {len(refused) - 1} more Attention node(s))" if len(refused) > 1 else ""
+        return f"{refused[0]}{more}"
+    if missing:
+        shown = ", ".join(missing[:2]) + (f" and {len(missing) - 2} more" if len(missing) > 2 else "")
+        return f"past input(s) {shown} of {n_pasts} are not read by any Attention node"
+    return "no Attention node"
+
+
+def _refuse(ctx, llm: dict, reason: str) -> None:
+    from ..errors import UnsupportedError
+
+    ctx.messages.append(f"[{NAME}] not applied: {reason}")
+    llm["kv_cache_refused"] = reason
+    if ctx.options.get("require_kv_cache"):
+        raise UnsupportedError(f"no KV cache for this decoder: {reason} (--require-kv-cache)")
+    print(f"tcc: warning: no KV cache, so `generate` and `chat` will refuse this decoder: {reason} "
+          "(--require-kv-cache makes this an error)", file=sys.stderr, flush=True)
 
 
 @register_pass(NAME)

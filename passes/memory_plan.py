@@ -102,8 +102,8 @@ class MemoryPlan:
 def format_bytes(n: int) -> str:
     if n < 1024:
         return f"{n} B"
-    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):
-        if n < scale * 1024 or unit == "GiB":
+    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40)):
+        if n < scale * 1024 or unit == "TiB":
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"  # pragma: no cover
 

@@ -13,19 +13,27 @@
    tried with a few orderings; the smallest arena wins.
 
 Result: `ctx.stats["plan-memory"]`, a `MemoryPlan` (see memory_plan.py).
+
+Bounds: a buffer (graph input, output, intermediate, state) or the arena larger than
+`ctx.options["max_plan_bytes"]` (default MAX_PLAN_BYTES, 1 TiB) at the symbols' bounds is refused with an
+error naming it, its bytes, the dim bounds it was sized at and the limit, before code is generated: beyond
+that, sizes stop being plausible memory (a 2^62 `--max-dim`, a 2^40-long KV cache) and byte offsets
+approach the generated code's integer limits. A 7B model at fp16 (13.5 GB of weights, constants are
+not planned) with a few GB of KV cache and a 4096-token prefill is far below it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import TccError
+from ..errors import ShapeError, TccError
 from ..ir.core import Graph, Node, Value
 from ..ir.registry import get_op
 from . import register_pass
-from .memory_plan import MemoryPlan, Placement, align_up
+from .memory_plan import MemoryPlan, Placement, align_up, format_bytes
 
 NAME = "plan-memory"
 INF = 1 << 62
+MAX_PLAN_BYTES = 1 << 40  # 1 TiB: the default largest planned buffer or arena (see the module doc)
 
 
 def is_view(node: Node) -> bool:
@@ -219,6 +227,8 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
     for s in arena:
         s.size = max(m.type.nbytes_bound(bounds) for m in s.members)
         s.asize = align_up(s.size)
+    limit = int(ctx.options.get("max_plan_bytes") or MAX_PLAN_BYTES)
+    _check_buffers([s for s in storages if s.kind != "const"], bounds, limit)
 
     live = [s for s in arena if s.asize > 0]
     orders = {
@@ -234,6 +244,10 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
     for s in arena:
         s.offset = best_offsets.get(id(s), 0) if best_offsets else 0
     arena_bytes = best_top or 0
+    if arena_bytes > limit:
+        raise ShapeError(f"plan-memory: the arena needs {arena_bytes} bytes ({format_bytes(arena_bytes)}) "
+                         f"{_at(bounds, None)}, over the limit of {limit} bytes ({format_bytes(limit)}); "
+                         f"lower --max-dim")
 
     lower = _max_live(live)
     total = 0
@@ -257,6 +271,26 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
                       inplace_of=inplace_of, view_of=view_of, strategy=best_name,
                       state_bytes={n: v.type.nbytes_bound(bounds) for n, v in graph.states.items()})
     return plan
+
+
+def _at(bounds: dict[str, int], v: Value | None) -> str:
+    """'at the dim bounds batch=256, seq=256' (only v's symbols when given)."""
+    names = sorted(v.type.symbols if v is not None else bounds)
+    return f"at the dim bounds {', '.join(f'{k}={bounds[k]}' for k in names)}" if names else "(static shape)"
+
+
+def _check_buffers(storages: list[_Storage], bounds: dict[str, int], limit: int) -> None:
+    """Refuse any planned buffer over `limit` bytes at the dim bounds, naming it (see the module doc)."""
+    for s in storages:
+        for m in s.members:
+            if m.type.symbols - set(bounds):
+                continue  # an input or output whose symbol has no bound is sized at run time
+            n = m.type.nbytes_bound(bounds)
+            if n > limit:
+                what = {"input": "graph input", "output": "graph output", "state": "state"}.get(s.kind, "intermediate")
+                raise ShapeError(f"plan-memory: {what} %{m.name} : {m.type} needs {n} bytes ({format_bytes(n)}) "
+                                 f"{_at(bounds, m)}, over the limit of {limit} bytes ({format_bytes(limit)}); "
+                                 f"lower --max-dim")
 
 
 def _inplace_candidate(n: Node, o: Value, i: int, root_of: dict, kind: str, reused: set):

@@ -8,6 +8,7 @@ standalone chat binary, so both pick the same tokens for the same prompt and see
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import time
@@ -20,6 +21,105 @@ from ..errors import RuntimeFeedError, TccError
 
 # Defaults shared with the chat binary (runtime/chat/chat_main.cpp).
 DEFAULT_SAMPLING = dict(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.1)
+INT32_MAX = 2**31 - 1
+MAX_THREADS = 1024  # the runtime's pool never starts more (runtime/runtime.cpp: tcc_pool_create)
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+# -- argument checks (one set for the Python API and the CLI) --------------------------------------------
+# The chat binary's option parser (runtime/chat/chat_main.cpp: parse_args) is the reference: the same
+# ranges, so that a value one front end accepts the other does too. `cli=True` names the options as the
+# command line spells them (--top-p) instead of the Python keywords (top_p).
+
+def _name(key: str, cli: bool) -> str:
+    return "--" + key.replace("_", "-") if cli else key
+
+
+def _int_arg(key: str, value, lo: int, hi: int, cli: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TccError(f"{_name(key, cli)} must be an integer, got {value!r:.40}")
+    if not lo <= int(value) <= hi:
+        raise TccError(f"{_name(key, cli)} must be between {lo} and {hi}, got {int(value)}")
+    return int(value)
+
+
+def _float_arg(key: str, value, cli: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TccError(f"{_name(key, cli)} must be a number, got {value!r:.40}")
+    x = float(value)
+    if not math.isfinite(x) or abs(x) > _FLOAT32_MAX:  # the sampler takes float32
+        raise TccError(f"{_name(key, cli)} must be a finite number, got {value!r:.40}")
+    return x
+
+
+def check_sampling(max_new_tokens=256, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
+                   seed=None, cli: bool = False) -> None:
+    """Refuse generation arguments the chat binary refuses, as a one-line TccError naming the argument
+    (None: the default)."""
+    _int_arg("max_new_tokens", max_new_tokens, 0, INT32_MAX, cli)
+    if temperature is not None and _float_arg("temperature", temperature, cli) < 0:
+        raise TccError(f"{_name('temperature', cli)} must not be negative (0 is greedy), got {temperature}")
+    if top_k is not None:
+        _int_arg("top_k", top_k, 0, INT32_MAX, cli)
+    if top_p is not None and not 0 < _float_arg("top_p", top_p, cli) <= 1:
+        raise TccError(f"{_name('top_p', cli)} must be greater than 0 and at most 1 (1 is off), got {top_p}")
+    if repetition_penalty is not None and _float_arg("repetition_penalty", repetition_penalty, cli) <= 0:
+        raise TccError(f"{_name('repetition_penalty', cli)} must be greater than 0 (1 is off), "
+                       f"got {repetition_penalty}")
+    if seed is not None:
+        _int_arg("seed", seed, 0, 2**64 - 1, cli)
+
+
+def check_threads(threads, cli: bool = False, what: str | None = None) -> int | None:
+    """A worker-thread count: None (the default), 0 (all cores) or 1..MAX_THREADS."""
+    if threads is None:
+        return None
+    return _int_arg(what or "threads", threads, 0, MAX_THREADS, cli)
+
+
+def check_reply_args(stop=(), stream=None, eos_ids=None) -> tuple[str, ...]:
+    """The stop strings (a single string is one stop string), after checking stream and eos_ids."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    if stop is None:
+        stop = ()
+    if not isinstance(stop, (list, tuple, set, frozenset)) or not all(isinstance(s, str) for s in stop):
+        raise TccError(f"stop must be a string or a list of strings, got {stop!r:.60}")
+    if stream is not None and not callable(stream):
+        raise TccError(f"stream must be a function taking each new piece of text, got {stream!r:.40}")
+    if eos_ids is not None:
+        if (isinstance(eos_ids, (str, bytes)) or not isinstance(eos_ids, (list, tuple, set, frozenset, np.ndarray))
+                or np.ndim(eos_ids) != 1 and isinstance(eos_ids, np.ndarray)):
+            raise TccError(f"eos_ids must be a set of token ids, got {eos_ids!r:.60}")
+        for t in eos_ids:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise TccError(f"eos_ids must hold integer token ids, got {t!r:.40}")
+    return tuple(stop)
+
+
+def check_prompt(prompt) -> str | list[int]:
+    """A prompt: text, or token ids (a list or tuple of integers, or a 1-D integer numpy array)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, np.ndarray):
+        if prompt.ndim != 1 or not (np.issubdtype(prompt.dtype, np.integer) or prompt.size == 0):
+            raise RuntimeFeedError(f"a prompt array must be 1-D integer token ids, got {prompt.dtype} "
+                                   f"{list(prompt.shape)}")
+        return [int(t) for t in prompt]
+    if isinstance(prompt, (list, tuple)):
+        for i, t in enumerate(prompt):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise RuntimeFeedError(f"prompt token at position {i} is not an integer token id: {t!r:.40}")
+        return [int(t) for t in prompt]
+    raise TccError(f"prompt must be text (str) or a list of token ids, got {type(prompt).__name__}")
+
+
+def check_message(message, system=None) -> None:
+    """A chat turn's message and optional system prompt: strings."""
+    if not isinstance(message, str):
+        raise TccError(f"message must be a string, got {type(message).__name__}")
+    if system is not None and not isinstance(system, str):
+        raise TccError(f"system must be a string or None, got {type(system).__name__}")
 
 
 class _Sampling(ctypes.Structure):
@@ -152,18 +252,20 @@ class Generator:
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         """A raw prompt's ids: the text encoded with the tokenizer's special tokens (BOS when it adds one)
         at the start of a conversation, without them when continuing one."""
+        prompt = check_prompt(prompt)
         if isinstance(prompt, str):
             if not prompt:
                 raise RuntimeFeedError("empty prompt: give some text to continue")
             ids = self._need_tokenizer().encode(prompt, add_special_tokens=not self.context)
         else:
-            ids = [int(t) for t in prompt]
+            ids = prompt
         if not ids:
             raise RuntimeFeedError("empty prompt: it encodes to no tokens")
         return ids
 
     def turn_ids(self, message: str, system: str | None = None) -> list[int]:
         """A chat turn's ids (chat.json segments; see runtime/tokenizer.py: chat_config)."""
+        check_message(message, system)
         if not message:
             raise RuntimeFeedError("empty message")
         tok = self._need_tokenizer()
@@ -191,8 +293,9 @@ class Generator:
             seed: int | None = None, stop: list[str] | tuple[str, ...] = (), stream: Callable[[str], None] | None = None,
             eos_ids=None, keep_logits: bool = False) -> Generation:
         """Feed `new_ids`, then sample up to max_new_tokens tokens, feeding each back."""
-        if max_new_tokens < 0:
-            raise TccError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        stop = check_reply_args(stop, stream, eos_ids)
+        max_new_tokens = int(max_new_tokens)
         need = len(self.context) + len(new_ids) + max_new_tokens
         if need > self.capacity:
             raise RuntimeFeedError(
@@ -203,12 +306,13 @@ class Generator:
         params = _Sampling(d["temperature"] if temperature is None else temperature, d["top_k"] if top_k is None else top_k,
                            d["top_p"] if top_p is None else top_p,
                            d["repetition_penalty"] if repetition_penalty is None else repetition_penalty)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        rng = ctypes.c_uint64(self._lib.tcc_rng_seed(seed & (2**64 - 1)))
+        seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
+        rng = ctypes.c_uint64(self._lib.tcc_rng_seed(seed))
         if eos_ids is None:
             cc = self.chat_config or {}
             eos_ids = set(cc.get("eos_token_ids") or self.llm.get("eos_token_ids") or [])
+        else:
+            eos_ids = {int(t) for t in eos_ids}
         decoder = self.tokenizer.stream_decoder() if self.tokenizer is not None else None
         out: list[int] = []
         text = ""

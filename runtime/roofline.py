@@ -64,8 +64,12 @@ def decode_bytes_per_token(manifest: dict, context: float) -> dict:
     w = manifest["weights"]
     weights = int(w.get("decode_bytes", w["bytes"]))
     llm = manifest.get("llm") or {}
-    kv_per_position = llm["kv_cache_bytes"] / llm["capacity"] if llm.get("kv_cache") else 0.0
-    kv = kv_per_position * context
+    window, rewind = int(llm.get("window") or 0), int(llm.get("kv_ring_rewind") or 0)
+    # A sliding-window cache is a ring of window + rewind - 1 rows, and a step reads at most `window` of them
+    # (with windowed and global layers mixed, this counts every layer as windowed: a lower bound).
+    rows = window + rewind - 1 if window and rewind else llm.get("capacity", 1)
+    kv_per_position = llm["kv_cache_bytes"] / rows if llm.get("kv_cache") else 0.0
+    kv = kv_per_position * (min(context, window) if window else context)
     return {"weights": weights, "kv_cache": kv, "total": weights + kv}
 
 

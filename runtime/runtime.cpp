@@ -12,7 +12,10 @@
 //   such a worker finds no chunk left and goes back to waiting.
 // - A parallel_for issued from inside a task (or while another thread is dispatching on the same
 //   pool) runs serially on the calling thread instead of deadlocking.
+// - A job carries its dispatcher's error slot (tcc::ErrorScope): a worker raising an error while it runs
+//   a chunk records it for the model that dispatched the job, not for whichever model ran last.
 #include "tcc_kernel.h"
+#include "tcc_runtime.h"
 
 #include <algorithm>
 #include <atomic>
@@ -49,6 +52,10 @@ constexpr int64_t kMaxChunks = int64_t(1) << 20;  // leaves room in the index bi
 
 thread_local bool tl_in_task = false;  // inside a task (or dispatching): nested calls run serially
 thread_local int tl_thread_index = 0;
+thread_local tcc::ErrorSlot* tl_error_slot = nullptr;  // the ErrorScope in effect (null: process-wide)
+tcc::ErrorSlot g_error_slot;                            // errors raised outside any ErrorScope
+
+tcc::ErrorSlot& error_slot() { return tl_error_slot ? *tl_error_slot : g_error_slot; }
 
 inline uint64_t gen_of(uint64_t c) { return c >> (kIndexBits + kCountBits); }
 inline int64_t count_of(uint64_t c) { return int64_t((c >> kIndexBits) & ((uint64_t(1) << kCountBits) - 1)); }
@@ -77,6 +84,7 @@ struct tcc_pool {
     std::atomic<uint64_t> claim{0};
     tcc_task_fn fn = nullptr;
     void* ctx = nullptr;
+    tcc::ErrorSlot* errors = nullptr;  // the dispatcher's error slot
     int64_t n = 0, chunk = 1;
   } job;
   alignas(64) std::atomic<int64_t> done{0};  // chunks finished by workers in the current job
@@ -97,6 +105,7 @@ struct tcc_pool {
         return ran;
       }
       const int64_t b = i * job.chunk;
+      tl_error_slot = job.errors;
       job.fn(job.ctx, b, std::min(job.n, b + job.chunk), thread_index);
       ++ran;
     }
@@ -141,6 +150,7 @@ struct tcc_pool {
     done.store(0, std::memory_order_relaxed);
     job.fn = fn_;
     job.ctx = ctx_;
+    job.errors = tl_error_slot;
     job.n = n_;
     job.chunk = chunk_;
     publish(uint64_t(nchunks));
@@ -196,32 +206,36 @@ void tcc_parallel_for(tcc_pool* pool, int64_t n, int64_t grain, tcc_task_fn fn, 
   pool->dispatch_mu.unlock();
 }
 
-// ---- errors: the first error wins until cleared ----
-static std::mutex g_error_mu;
-static std::atomic<int> g_error_pending{0};
-static char g_error_message[1024];
-
+// ---- errors: the first error wins until cleared (per ErrorScope slot) ----
 void tcc_raise(const char* fmt, ...) {
-  if (g_error_pending.load(std::memory_order_acquire)) return;
-  std::lock_guard<std::mutex> lock(g_error_mu);
-  if (g_error_pending.load(std::memory_order_relaxed)) return;
+  tcc::ErrorSlot& slot = error_slot();
+  if (slot.pending.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(slot.mu);
+  if (slot.pending.load(std::memory_order_relaxed)) return;
   va_list args;
   va_start(args, fmt);
-  std::vsnprintf(g_error_message, sizeof(g_error_message), fmt, args);
+  std::vsnprintf(slot.message, sizeof(slot.message), fmt, args);
   va_end(args);
-  g_error_pending.store(1, std::memory_order_release);
+  slot.pending.store(1, std::memory_order_release);
 }
 
-int tcc_error_pending(void) { return g_error_pending.load(std::memory_order_acquire); }
+int tcc_error_pending(void) { return error_slot().pending.load(std::memory_order_acquire); }
 
 const char* tcc_error_message(void) {
-  return g_error_pending.load(std::memory_order_acquire) ? g_error_message : "";
+  tcc::ErrorSlot& slot = error_slot();
+  return slot.pending.load(std::memory_order_acquire) ? slot.message : "";
 }
 
 void tcc_clear_error(void) {
-  std::lock_guard<std::mutex> lock(g_error_mu);
-  g_error_message[0] = '\0';
-  g_error_pending.store(0, std::memory_order_release);
+  tcc::ErrorSlot& slot = error_slot();
+  std::lock_guard<std::mutex> lock(slot.mu);
+  slot.message[0] = '\0';
+  slot.pending.store(0, std::memory_order_release);
 }
 
 }  // extern "C"
+
+namespace tcc {
+ErrorScope::ErrorScope(ErrorSlot* slot) : previous_(tl_error_slot) { tl_error_slot = slot; }
+ErrorScope::~ErrorScope() { tl_error_slot = previous_; }
+}  // namespace tcc

@@ -4,11 +4,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import TccError
+from .artifact import ArtifactError, check_format
 from ..ir.dims import parse_dim
 from ..ir.dtypes import DType
 
@@ -36,24 +38,76 @@ def _info(d: dict) -> TensorInfo:
     return TensorInfo(d["name"], DType(d["dtype"]), shape)
 
 
-class Session:
-    """A loaded artifact. `run(feeds)` returns a dict of numpy outputs (copies, safe to keep)."""
+def _check_manifest_fields(manifest: dict, path: str) -> None:
+    """Refuse a manifest whose inputs, outputs or symbols the runtime cannot read (an edited or foreign
+    manifest.json: `"inputs": null`, an unknown dtype), as one line naming the file and the field."""
+    mpath = os.path.join(path, "manifest.json")
+    dtypes = [d.value for d in DType]
+    for kind in ("inputs", "outputs"):
+        entries = manifest.get(kind)
+        if not isinstance(entries, list) or (kind == "outputs" and not entries):
+            raise ArtifactError(f"{mpath}: {kind} must be a list of tensors, got {entries!r:.60}")
+        for i, d in enumerate(entries):
+            where = f"{mpath}: {kind}[{i}]"
+            if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+                raise ArtifactError(f"{where} must be an object with a string name, got {d!r:.60}")
+            if d.get("dtype") not in dtypes:
+                raise ArtifactError(f"{where} ({d['name']}): unknown dtype {d.get('dtype')!r:.40} "
+                                    f"(one of {', '.join(dtypes)})")
+            shape = d.get("shape")
+            if not isinstance(shape, list) or len(shape) > MAX_RANK:
+                raise ArtifactError(f"{where} ({d['name']}): shape must be a list of at most {MAX_RANK} dims, "
+                                    f"got {shape!r:.60}")
+            for x in shape:
+                try:
+                    ok = x >= 0 if isinstance(x, int) and not isinstance(x, bool) else (
+                        isinstance(x, str) and parse_dim(x) is not None)
+                except (ValueError, TypeError, RecursionError):
+                    ok = False
+                if not ok:
+                    raise ArtifactError(f"{where} ({d['name']}): bad dimension {x!r:.40}")
+    symbols = manifest.get("symbols", {})
+    if not isinstance(symbols, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in symbols.values()):
+        raise ArtifactError(f"{mpath}: symbols must map dimension names to positive integers, got {symbols!r:.60}")
 
-    def __init__(self, out_dir: str, threads: int | None = None):
+
+class Session:
+    """A loaded artifact. `run(feeds)` returns a dict of numpy outputs (copies, safe to keep).
+
+    A session may be shared between threads: its calls are serialized by a lock (one model, one arena and
+    one KV cache cannot run two requests at once). For parallel work, load one session per thread.
+    Loading verifies the artifact (format, version, every file's size and SHA-256) before mapping or
+    dlopening anything; `verify=False` checks sizes only (faster for huge weights, no damage detection)."""
+
+    def __init__(self, out_dir: str, threads: int | None = None, verify: bool | None = None):
+        from .. import flags
+        from .artifact import verify as verify_files
+        from .generate import check_threads
+
+        # before any work: 0 (all cores) or 1..1024, from the argument or TCC_THREADS
+        n_threads = (check_threads(threads) if threads is not None
+                     else check_threads(flags.get("threads"), what="TCC_THREADS"))
         self.path = os.path.abspath(out_dir)
+        self._lock = threading.RLock()
         self.manifest = _read_manifest(self.path)
+        self.verified = verify_files(self.path, self.manifest, hashes=flags.get("verify") if verify is None else verify)
+        _check_manifest_fields(self.manifest, self.path)
         self.inputs = [_info(d) for d in self.manifest["inputs"]]
         self.outputs = [_info(d) for d in self.manifest["outputs"]]
         self.symbol_bounds: dict[str, int] = dict(self.manifest.get("symbols", {}))
+        _check_sanitizer_runtime(self.manifest)
         self._lib = _dlopen_fresh(os.path.join(self.path, self.manifest["library"]))
         self._bind()
         weights = os.path.join(self.path, self.manifest["weights"]["file"])
         from .. import flags
 
-        n_threads = threads if threads is not None else flags.get("threads")
         self._model = self._lib.tcc_model_load(weights.encode(), int(n_threads))
         if not self._model:
-            raise TccError(self._lib.tcc_model_last_error().decode())
+            why = self._lib.tcc_model_last_error().decode()
+            if "Resource temporarily unavailable" in why:  # std::thread could not start a worker (EAGAIN)
+                why = f"cannot start {n_threads or 'one per core'} worker threads ({why}); use fewer threads"
+            raise TccError(why)
 
     def _bind(self) -> None:
         lib = self._lib
@@ -71,7 +125,8 @@ class Session:
 
     def set_profiling(self, on: bool = True) -> None:
         """Time every node of the following runs (enabling resets the counters)."""
-        self._lib.tcc_model_set_profiling(self._model, int(on))
+        with self._lock:
+            self._lib.tcc_model_set_profiling(self._model, int(on))
 
     def profile(self) -> list[dict]:
         """Per-node timings since profiling was enabled: op, node (source name), calls, ms (total)."""
@@ -108,30 +163,48 @@ class Session:
         parameters take the chat binary's defaults (runtime/generate.py: DEFAULT_SAMPLING). `stream`
         gets each new piece of text; `stop` strings end the reply (not included); `eos_ids` overrides the
         end-of-sequence ids of chat.json (an empty set generates max_new_tokens). Returns a Generation."""
-        g = self.generator
-        if not keep_context:
-            g.reset()
-        ids = g.prompt_ids(prompt)
-        return g.run(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, stream,
-                     eos_ids=eos_ids, keep_logits=keep_logits)
+        from .generate import check_prompt, check_reply_args, check_sampling
+
+        # all arguments before the conversation is touched (the chat binary's ranges; one-line TccErrors)
+        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        check_reply_args(stop, stream, eos_ids)
+        check_prompt(prompt)
+        with self._lock:
+            g = self.generator
+            if not keep_context:
+                g.reset()
+            ids = g.prompt_ids(prompt)
+            return g.run(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, stream,
+                         eos_ids=eos_ids, keep_logits=keep_logits)
 
     def chat(self, message: str, system: str | None = None, max_new_tokens: int = 256,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              repetition_penalty: float | None = None, seed: int | None = None, stop=(), stream=None):
         """One chat turn: the message, formatted with the chat template, is appended to the conversation
         (the KV cache keeps earlier turns), and the reply is generated. `reset()` starts over."""
-        g = self.generator
-        return g.run(g.turn_ids(message, system), max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                     seed, stop, stream)
+        from .generate import check_message, check_reply_args, check_sampling
+
+        check_message(message, system)
+        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        check_reply_args(stop, stream)
+        with self._lock:
+            g = self.generator
+            return g.run(g.turn_ids(message, system), max_new_tokens, temperature, top_k, top_p,
+                         repetition_penalty, seed, stop, stream)
 
     def reset(self) -> None:
         """Forget the conversation (empty the KV cache)."""
-        self.generator.reset()
+        with self._lock:
+            self.generator.reset()
 
     def close(self) -> None:
-        if getattr(self, "_model", None):
-            self._lib.tcc_model_free(self._model)
-            self._model = None
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        with lock:
+            if getattr(self, "_model", None):
+                self._lib.tcc_model_free(self._model)
+                self._model = None
 
     def __del__(self):
         try:
@@ -146,14 +219,33 @@ class Session:
         self.close()
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from collections.abc import Mapping
+
+        from ..errors import RuntimeFeedError
         from ..ir.interpreter import check_feeds
 
-        check_feeds(self.inputs, feeds, self.symbol_bounds)
-        # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
-        arrays = [np.asarray(feeds[i.name]) for i in self.inputs]
+        if not isinstance(feeds, Mapping):
+            raise RuntimeFeedError(f"feeds must be a dict of input name -> array (the inputs are "
+                                   f"{[i.name for i in self.inputs]}), got {type(feeds).__name__}")
+        bad = [k for k in feeds if not isinstance(k, str)]
+        if bad:
+            raise RuntimeFeedError(f"feed names must be strings, got {bad[0]!r:.40}")
+        converted = {}
+        for name, value in feeds.items():
+            try:
+                # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+                converted[name] = np.asarray(value)
+            except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot convert
+                raise RuntimeFeedError(f"input {name!r}: not an array ({str(e).splitlines()[0]})") from None
+        check_feeds(self.inputs, converted, self.symbol_bounds)
+        arrays = [converted[i.name] for i in self.inputs]
         return [a if a.flags.c_contiguous else a.copy(order="C") for a in arrays]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._model:
             raise TccError("session is closed")
         arrays = self._check_feeds(feeds)
@@ -176,6 +268,21 @@ class Session:
             buf = ctypes.string_at(t.data, n) if n else b""
             result[info.name] = np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
         return result
+
+
+def _check_sanitizer_runtime(manifest: dict) -> None:
+    """An ASan-built library needs the ASan runtime loaded first; without it ASan exits the process."""
+    if "address" not in (manifest.get("sanitize") or []):
+        return
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            if "libasan" in f.read():
+                return
+    except OSError:
+        return
+    raise TccError("this artifact was built with TCC_SANITIZE=address: load it in a process started with "
+                   "LD_PRELOAD=$(c++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0, or run its "
+                   "standalone run binary")
 
 
 def _dlopen_fresh(lib_path: str) -> ctypes.CDLL:
@@ -215,12 +322,24 @@ def _read_manifest(path: str) -> dict:
         raise TccError(f"{path} has no manifest.json: not a tcc artifact") from None
     except json.JSONDecodeError as e:
         raise TccError(f"{mpath}: malformed manifest at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TccError(f"cannot read {mpath}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath}: the manifest is not a JSON object")
+    check_format(manifest, mpath)
     for key in ("inputs", "outputs", "library", "weights"):
         if key not in manifest:
-            raise TccError(f"{mpath}: manifest lacks {key!r}")
+            raise ArtifactError(f"{mpath}: manifest lacks {key!r}")
+    # Every file the runtime opens must be one of the checksummed files inside the folder.
+    weights = manifest["weights"].get("file") if isinstance(manifest["weights"], dict) else None
+    binaries = manifest.get("binaries") or {}
+    named = [manifest["library"], weights, *(binaries.values() if isinstance(binaries, dict) else [None])]
+    for name in named:
+        if not isinstance(name, str) or name not in manifest["files"]:
+            raise ArtifactError(f"{mpath}: {name!r} is not one of the artifact's listed files")
     return manifest
 
 
-def load(out_dir: str, threads: int | None = None) -> Session:
-    """Open a compiled artifact directory."""
-    return Session(out_dir, threads=threads)
+def load(out_dir: str, threads: int | None = None, verify: bool | None = None) -> Session:
+    """Open a compiled artifact directory (verified first; see Session)."""
+    return Session(out_dir, threads=threads, verify=verify)

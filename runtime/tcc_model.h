@@ -1,5 +1,15 @@
 // The C API of a compiled tcc model (libmodel.so). Part of the tcc runtime; every generated model
 // program implements these functions, and the standalone binaries and Python (ctypes) call them.
+//
+// Threads. A model may be shared by several threads: every function taking a tcc_model* locks that
+// model's mutex, so calls on one model run one at a time (its arena, KV cache and output buffers exist
+// once), while different models, even of the same library, run in parallel. For throughput from many
+// threads load one model per thread (the weights mapping is shared by the page cache). Two rules:
+//  - Outputs point into the model's buffers, which the next run overwrites: a thread sharing a model
+//    must read or copy its outputs before another thread runs it. Hold tcc_model_lock(model) across
+//    tcc_model_run and the copy (the lock is recursive; the functions below may be called under it).
+//  - tcc_model_free must not race with any other call on the same model.
+// tcc_model_last_error() is per thread: it describes the calling thread's last failure.
 #pragma once
 #include <stdint.h>
 
@@ -25,11 +35,20 @@ typedef struct tcc_model tcc_model;
 // Returns NULL on failure; tcc_model_last_error() says why.
 tcc_model* tcc_model_load(const char* weights_path, int n_threads);
 void tcc_model_free(tcc_model* model);
+// The calling thread's last error (valid until that thread's next failing call).
 const char* tcc_model_last_error(void);
 
 // Run once. `inputs` in the manifest's order; `outputs` (n_outputs of them) are filled in with
-// pointers into buffers owned by the model, valid until the next run or free. Returns 0 on success.
+// pointers into buffers owned by the model, valid until the next run (by any thread) or free.
+// Returns 0 on success.
 int tcc_model_run(tcc_model* model, const tcc_tensor* inputs, int n_inputs, tcc_tensor* outputs, int n_outputs);
+// The checks tcc_model_run makes before reading input data (count, dtypes, ranks, shapes against the
+// compiled bounds, room in the KV cache), without running: `data` pointers are not read. Returns 0 if
+// a run would accept these inputs; else non-zero with the same message tcc_model_run would give.
+int tcc_model_check_inputs(const tcc_model* model, const tcc_tensor* inputs, int n_inputs);
+// Hold the model's (recursive) mutex across several calls, e.g. a run and the copy of its outputs.
+void tcc_model_lock(tcc_model* model);
+void tcc_model_unlock(tcc_model* model);
 
 // Metadata (also in manifest.json).
 int tcc_model_num_inputs(void);
@@ -38,6 +57,8 @@ const char* tcc_model_input_name(int i);
 const char* tcc_model_output_name(int i);
 int64_t tcc_model_arena_bytes(void);
 int64_t tcc_model_weights_bytes(void);
+// SHA-256 (64 hex digits) of the weights file the program was compiled with.
+const char* tcc_model_weights_sha256(void);
 
 // Per-node timing. Enabling it resets the counters; every run then adds to them. Entries are the nodes
 // that run code, in program order (views run none).

@@ -4,8 +4,10 @@
 // Every failure throws tcc::Error with a one-line message naming the file and the problem; the model
 // program catches it at its C boundary (exceptions must not cross into ctypes).
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -19,7 +21,8 @@ struct Error : std::runtime_error {
 };
 
 // A file mapped read-only (weights). `expected_size` >= 0 checks the file size exactly, so a truncated
-// or stale weights file fails at load time instead of reading garbage.
+// or stale weights file fails at load time instead of reading garbage. Only regular files are accepted
+// (a FIFO or device would block or map nothing).
 class MappedFile {
  public:
   MappedFile() = default;
@@ -83,7 +86,33 @@ struct NpyArray {
   static size_t npy_itemsize(const std::string& dtype);  // 0 when unsupported
 };
 
-NpyArray read_npy(const std::string& path);
+// A .npy file opened for reading in two steps: the constructor reads and checks the header, read()
+// the data. Only regular files are read (a FIFO or /dev/zero is refused without blocking), and every
+// read is bounded: the header by the file size, the data by the header's dtype and shape, which must
+// account for the file's size exactly. Between the steps a caller can refuse the header (e.g. a shape
+// over the model's bounds), so a huge declared shape is never allocated.
+class NpyReader {
+ public:
+  explicit NpyReader(const std::string& path);
+  ~NpyReader();
+  NpyReader(NpyReader&& other) noexcept;
+  NpyReader(const NpyReader&) = delete;
+  NpyReader& operator=(const NpyReader&) = delete;
+  NpyReader& operator=(NpyReader&&) = delete;
+
+  const NpyArray& header() const { return header_; }  // dtype and shape; no data
+  NpyArray read();                                     // the header plus the data
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  size_t data_start_ = 0, data_bytes_ = 0;
+  NpyArray header_;
+};
+
+inline NpyArray read_npy(const std::string& path) { return NpyReader(path).read(); }
+// Write a .npy file; throws tcc::Error naming the file and the errno text on any failure (a full disk
+// included), never leaving a partial regular file behind.
 void write_npy(const std::string& path, const std::string& dtype, const std::vector<int64_t>& shape,
                const void* data);
 inline void write_npy(const std::string& path, const NpyArray& a) {
@@ -92,5 +121,30 @@ inline void write_npy(const std::string& path, const NpyArray& a) {
 
 // Parse .npy bytes already in memory; `name` is used in error messages.
 NpyArray parse_npy(const uint8_t* bytes, size_t size, const std::string& name);
+
+// Create a directory and its missing parents (mkdir -p); throws tcc::Error when a component exists and
+// is not a directory, or cannot be created.
+void make_dirs(const std::string& path);
+
+// The kernel error state (tcc_raise / tcc_error_pending) of one model. While an ErrorScope for a slot
+// is alive on a thread, the tcc_*error* functions called from that thread, and from the pool workers
+// running that thread's parallel_for chunks, use the slot instead of the process-wide state, so two
+// models run from two threads never clear or report each other's errors. Without a scope the
+// process-wide slot is used (kernel tests call the kernels directly).
+struct ErrorSlot {
+  std::mutex mu;
+  std::atomic<int> pending{0};
+  char message[1024] = {};
+};
+class ErrorScope {
+ public:
+  explicit ErrorScope(ErrorSlot* slot);
+  ~ErrorScope();
+  ErrorScope(const ErrorScope&) = delete;
+  ErrorScope& operator=(const ErrorScope&) = delete;
+
+ private:
+  ErrorSlot* previous_;
+};
 
 }  // namespace tcc

@@ -11,11 +11,17 @@
 
 Every problem a user can cause (missing or malformed files, tokens not in the vocabulary, a bad or
 unknown chat template) raises `tcc.errors.TccError` with a one-line message naming the file or template.
+The files beside tokenizer.json are read only from inside its folder (frontend/side_files.py), and a
+chat template renders under limits of work, sizes and output (see "chat template limits" below).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -32,15 +38,12 @@ _REPLACEMENT = "\ufffd"
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise TccError(f"file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise TccError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-    except OSError as e:
-        raise TccError(f"{path}: cannot read: {e.strerror or e}") from None
+    # A regular file of bounded size only (a FIFO or /dev/zero would block or never end).
+    from tcc.frontend.side_files import read_text
+
+    if not os.path.lexists(path):
+        raise TccError(f"file not found: {path}")
+    return read_text(path)
 
 
 def _load_json(path: str) -> Any:
@@ -83,6 +86,7 @@ class Tokenizer:
         source: str = "<memory>",
         config_source: str = "tokenizer_config.json",
         generation_config_source: str = "generation_config.json",
+        chat_template_source: str | None = None,
     ):
         self._tok = hf_tokenizer
         self.source = source
@@ -129,8 +133,11 @@ class Tokenizer:
         # Chat templates: a string, or a list of {"name", "template"} dicts (HF multi-template form).
         self.chat_templates: dict[str, str] = {}
         ct = cfg.get("chat_template")
+        self.chat_template_source = config_source
         if ct is None and chat_template_text is not None:
             ct = chat_template_text
+            # errors in the template name the file it came from
+            self.chat_template_source = chat_template_source or "chat_template.jinja"
         if isinstance(ct, str):
             self.chat_templates["default"] = ct
         elif isinstance(ct, list):
@@ -143,7 +150,6 @@ class Tokenizer:
         elif ct is not None:
             raise TccError(f"{config_source}: chat_template must be a string or a list of "
                            f"{{\"name\", \"template\"}} objects")
-        self.chat_template_source = config_source
 
         # Does the tokenizer.json post-processor itself add BOS? (Then add_bos_token only needs to
         # remove it when false; otherwise add it when true.)
@@ -158,23 +164,30 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         """Load `tokenizer.json` (+ `tokenizer_config.json`, `generation_config.json`,
-        `chat_template.jinja` where present) from a model directory."""
+        `chat_template.jinja` where present) from a model directory. Each is read only from inside
+        the directory (frontend/side_files.py: no symlinks out of it, size limits)."""
+        from tcc.frontend.side_files import side_file
+
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise TccError(f"tokenizer directory not found: {path}")
-        tj = os.path.join(path, "tokenizer.json")
-        cj = os.path.join(path, "tokenizer_config.json")
-        return cls.from_files(tj, cj if os.path.isfile(cj) else None)
+        tj = side_file(path, "tokenizer.json")
+        if tj is None:
+            raise TccError(f"tokenizer file not found: {os.path.join(path, 'tokenizer.json')}")
+        return cls.from_files(tj, side_file(path, "tokenizer_config.json"))
 
     @classmethod
     def from_files(cls, tokenizer_json: str | os.PathLike,
                    config_json: str | os.PathLike | None = None) -> Tokenizer:
         """Load a tokenizer from a `tokenizer.json` and an optional `tokenizer_config.json`.
-        A `generation_config.json` / `chat_template.jinja` beside `tokenizer.json` is also read."""
+        A `generation_config.json` / `chat_template.jinja` beside `tokenizer.json` is also read
+        (only from inside its folder: see frontend/side_files.py)."""
         from tokenizers import Tokenizer as HFTokenizer
 
+        from tcc.frontend.side_files import side_file
+
         tj = os.fspath(tokenizer_json)
-        if not os.path.isfile(tj):
+        if not os.path.lexists(tj):
             raise TccError(f"tokenizer file not found: {tj}")
         text = _read_text(tj)
         try:
@@ -187,19 +200,21 @@ class Tokenizer:
         cj = None
         if config_json is not None:
             cj = os.fspath(config_json)
-            if not os.path.isfile(cj):
+            if not os.path.lexists(cj):
                 raise TccError(f"tokenizer config file not found: {cj}")
             config = _load_json(cj)
             if not isinstance(config, dict):
                 raise TccError(f"{cj}: expected a JSON object")
 
         here = os.path.dirname(os.path.abspath(tj))
-        gj = os.path.join(here, "generation_config.json")
-        gen = _load_json(gj) if os.path.isfile(gj) else None
-        jj = os.path.join(here, "chat_template.jinja")
-        chat_text = _read_text(jj) if os.path.isfile(jj) else None
+        gj = side_file(here, "generation_config.json")
+        gen = _load_json(gj) if gj is not None else None
+        jj = side_file(here, "chat_template.jinja")
+        chat_text = _read_text(jj) if jj is not None else None
         return cls(hf, config, generation_config=gen, chat_template_text=chat_text, source=tj,
-                   config_source=cj or "tokenizer_config.json", generation_config_source=gj)
+                   config_source=cj or "tokenizer_config.json",
+                   generation_config_source=gj or os.path.join(here, "generation_config.json"),
+                   chat_template_source=jj)
 
     # ---- core API
 
@@ -350,14 +365,321 @@ def _raise_exception(message: str):
     raise TemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
     # As HF: plain json.dumps (Jinja's own tojson HTML-escapes, which chat templates do not want).
+    # An indent or separator is written once per item: a long one multiplies the output.
+    for what, v in (("indent", indent), *(("separators", sep) for sep in (separators or ()))):
+        if (len(v) if isinstance(v, str) else v if isinstance(v, int) else 0) > 64:
+            _over(f"tojson {what} of more than 64 characters")
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
+
+
+# -- chat template limits ---------------------------------------------------------------------------
+# A chat template comes with the model, so it is untrusted input like the model: Jinja's sandbox stops it
+# from reaching Python internals, but not from running for ever (two nested loops over range(100000)),
+# building a gigabyte string ("x" * 10**9, a doubling loop) or a huge number (10**10**8). A render gets
+# a budget of steps (traced Python lines and calls: deterministic, whatever the machine's speed, with a
+# wall-clock backstop), every operator, filter and method that can build a large value checks the size
+# of what it would build *before* building it, and everything written to the output is counted. A
+# template over a limit is a one-line TccError naming it and the limit. Real chat templates are far
+# below every limit (a few thousand steps per message).
+
+TEMPLATE_MAX_STEPS = 4_000_000  # traced Python events in one render
+TEMPLATE_MAX_SECONDS = 30.0  # backstop for slow steps; the step budget normally ends a render first
+TEMPLATE_MAX_SIZE = 8 << 20  # characters of a string or the output; items of a list, nested, per reference
+TEMPLATE_MAX_WRITTEN = 4 * TEMPLATE_MAX_SIZE  # characters written by all output statements (macros, blocks)
+TEMPLATE_MAX_RANGE = 100_000  # items of one range()
+TEMPLATE_MAX_INT_BITS = 1 << 16  # bits of an integer made by * or **
+
+
+class ChatTemplateLimitError(TccError):
+    """The TccError of a chat template that went over a limit (never taken for a template that merely
+    does not support something, as chat_config does with system messages)."""
+
+
+class TemplateLimitError(BaseException):
+    """A chat template went over a limit. A BaseException, so that no `except Exception` on the way
+    (Jinja's filters and its constant folding have some) swallows it and lets the render go on."""
+
+
+class _FoldRefused(Exception):
+    """A limit hit while Jinja folds constants at compile time: the expression is left to the render."""
+
+
+class _Render:
+    """The budget of the render running in this thread."""
+
+    def __init__(self):
+        self.steps = 0
+        self.written = 0
+        self.deadline = time.monotonic() + TEMPLATE_MAX_SECONDS
+
+    def trace(self, frame, event, arg):
+        self.steps += 1
+        if self.steps > TEMPLATE_MAX_STEPS:
+            raise TemplateLimitError(f"more than {TEMPLATE_MAX_STEPS} steps (an endless or too long loop?)")
+        if self.steps % 4096 == 0 and time.monotonic() > self.deadline:
+            raise TemplateLimitError(f"still running after {TEMPLATE_MAX_SECONDS:g} s")
+        return self.trace
+
+    def write(self, n: int) -> None:
+        self.written += n
+        if self.written > TEMPLATE_MAX_WRITTEN:
+            raise TemplateLimitError(f"writes more than {TEMPLATE_MAX_WRITTEN} characters")
+
+
+_RENDER = threading.local()
+
+
+def _over(what: str):
+    """Refuse: during a render, stop it; while Jinja folds constants, leave the expression to the render."""
+    if getattr(_RENDER, "current", None) is None:
+        raise _FoldRefused(what)
+    raise TemplateLimitError(what)
+
+
+def _size(x: Any, limit: int = TEMPLATE_MAX_SIZE) -> int:
+    """What `x` stands for once printed: a string's characters, an int's digits, a container's items
+    (nested, counted per reference, so [[x] * 1000] * 1000 is a million). Stops counting past `limit`."""
+    total, stack = 0, [x]
+    while stack and total <= limit:
+        v = stack.pop()
+        if isinstance(v, (str, bytes)):
+            total += len(v)
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 1
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            total += len(v) + 1
+            if total <= limit:
+                stack.extend(v)
+        elif isinstance(v, dict):
+            total += len(v) + 1
+            if total <= limit:
+                stack.extend(v.keys())
+                stack.extend(v.values())
+        else:
+            total += 1
+    return total
+
+
+def _check_size(x: Any, what: str) -> Any:
+    if _size(x) > TEMPLATE_MAX_SIZE:
+        _over(f"{what} would be larger than {TEMPLATE_MAX_SIZE} characters or items")
+    return x
+
+
+def _need(n: int, what: str) -> None:
+    if n > TEMPLATE_MAX_SIZE:
+        _over(f"{what} would be larger than {TEMPLATE_MAX_SIZE} characters or items")
+
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+
+
+def _format_widths(fmt: str, percent: bool) -> int:
+    """The widths and precisions a format string asks for, summed (each pads the output up to it)."""
+    total = 0
+    if percent:
+        for width, precision in _PERCENT_SPEC.findall(fmt):
+            if "*" in (width, precision):
+                _over("'*' widths in % formatting are not allowed in a chat template")
+            total += int(width or 0) + int(precision or 0)
+        return total
+    import string
+
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return 0  # a malformed format string fails on its own
+    for _, _, spec, _ in fields:
+        if spec and "{" in spec:
+            _over("nested {} fields in a format spec are not allowed in a chat template")
+        total += sum(int(n) for n in re.findall(r"\d+", spec or ""))
+    return total
+
+
+def _check_format(fmt: str, args: Any, percent: bool, what: str) -> None:
+    _need(len(fmt) + _format_widths(fmt, percent) + _size(args), what)
+
+
+def _binop(op: str, a: Any, b: Any) -> None:
+    """Refuse an operator whose result would be over the limits, before computing it."""
+    ints = isinstance(a, int) and isinstance(b, int)
+    if op == "**" and ints:
+        if b > 0 and abs(a) > 1 and abs(a).bit_length() * b > TEMPLATE_MAX_INT_BITS:
+            _over(f"** would make an integer of more than {TEMPLATE_MAX_INT_BITS} bits")
+    elif op == "*" and ints:
+        if a.bit_length() + b.bit_length() > TEMPLATE_MAX_INT_BITS:
+            _over(f"* would make an integer of more than {TEMPLATE_MAX_INT_BITS} bits")
+    elif op == "*":
+        seq, n = (a, b) if isinstance(b, int) else (b, a)
+        if isinstance(n, int) and isinstance(seq, (str, bytes, list, tuple)):
+            _need(_size(seq) * max(n, 0), "the repetition (*)")
+    elif op == "+" and not ints and isinstance(a, (str, bytes, list, tuple)):
+        _need(_size(a) + _size(b), "the concatenation (+)")
+    elif op == "%" and isinstance(a, str):
+        _check_format(a, b, True, "the % formatting")
+
+
+def _str_method(obj: Any, args: tuple) -> None:
+    """Refuse a str method call that would build an over-large string, before calling it."""
+    fn = getattr(obj, "__wrapped__", obj)  # Jinja wraps str.format
+    s = getattr(fn, "__self__", None)
+    if not isinstance(s, str):
+        return
+    name = getattr(fn, "__name__", "")
+    ints = [a for a in args if isinstance(a, int)]
+    if name in ("center", "ljust", "rjust", "zfill") and ints:
+        _need(max(ints[0], len(s)), f"str.{name}")
+    elif name == "expandtabs":
+        _need(len(s) + s.count("\t") * max(ints[0] if ints else 8, 0), "str.expandtabs")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        hits = s.count(old) if old else len(s) + 1
+        _need(len(s) + hits * max(len(new) - len(old), 0), "str.replace")
+    elif name == "join" and args:
+        items = args[0]
+        n = len(items) if isinstance(items, (list, tuple, str, dict, set)) else 0
+        _need(_size(items) + len(s) * n, "str.join")
+    elif name in ("format", "format_map"):
+        _check_format(s, args, False, f"str.{name}")
+
+
+def _filter_guard(name: str, args: tuple, kwargs: dict) -> None:
+    """Refuse a filter call whose result would be over the limits (args without Jinja's pass arg)."""
+    def arg(i, key, default=None):
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
+    value = arg(0, "value", "")
+    if name == "center":
+        w = arg(1, "width", 80)
+        _need(max(w if isinstance(w, int) else 0, _size(value)), "the center filter")
+    elif name == "indent":
+        w = arg(1, "width", 4)
+        w = len(w) if isinstance(w, str) else w if isinstance(w, int) else 0
+        text = value if isinstance(value, str) else ""
+        _need(len(text) + (text.count("\n") + 1) * w, "the indent filter")
+    elif name == "format" and isinstance(value, str):
+        _check_format(value, (args[1:], kwargs), True, "the format filter")
+    elif name == "join":
+        d = arg(1, "d", "")
+        n = len(value) if isinstance(value, (list, tuple, str, dict, set)) else 0
+        _need(_size(value) + _size(d) * n, "the join filter")
+    elif name == "replace":
+        old, new = arg(1, "old"), arg(2, "new")
+        if isinstance(value, str) and isinstance(old, str) and isinstance(new, str):
+            _str_method(value.replace, (old, new))
+    elif name == "batch":
+        n, fill = arg(1, "linecount", 0), arg(2, "fill_with")
+        if fill is not None and isinstance(n, int):
+            _need(n * _size(fill), "the batch filter's filling")
+    elif name == "wordwrap":
+        wrap = arg(5, "wrapstring") or "\n"
+        _need(_size(value) * (1 + _size(wrap)), "the wordwrap filter")
+
+
+def _guarded_filter(name: str, fn):
+    """A filter that checks its arguments before and its result after running."""
+    import functools
+
+    from jinja2.utils import _PassArg
+
+    skip = 1 if _PassArg.from_obj(fn) is not None else 0
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        _filter_guard(name, args[skip:], kwargs)
+        return _check_size(fn(*args, **kwargs), f"the {name} filter's result")
+
+    return guarded
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > TEMPLATE_MAX_RANGE:
+        _over(f"range() of {len(r)} items, more than {TEMPLATE_MAX_RANGE}")
+    return r
+
+
+def _make_env():
+    """Jinja's immutable sandbox (as Hugging Face renders chat templates) with tcc's limits."""
+    from jinja2.compiler import CodeGenerator
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class LimitedCodeGenerator(CodeGenerator):
+        # `a ~ b` and literal text bypass every hook of the environment: route them through it.
+        def visit_Concat(self, node, frame):
+            self.write("environment.tcc_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+        def _output_const_repr(self, group):
+            return f"environment.tcc_text({super()._output_const_repr(group)})"
+
+    class LimitedEnvironment(ImmutableSandboxedEnvironment):
+        code_generator_class = LimitedCodeGenerator
+        intercepted_binops = frozenset(["+", "*", "**", "%"])
+
+        def call_binop(self, context, operator, left, right):
+            _binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 -- as Jinja's own signature
+            _str_method(__obj, args)
+            return _check_size(super().call(__context, __obj, *args, **kwargs), "a call's result")
+
+        @staticmethod
+        def tcc_concat(parts) -> str:
+            strs = [p if isinstance(p, str) else str(_check_size(p, "a value joined with ~")) for p in parts]
+            _need(sum(map(len, strs)), "the concatenation (~)")
+            return "".join(strs)
+
+        @staticmethod
+        def tcc_text(text: str) -> str:
+            render = getattr(_RENDER, "current", None)
+            if render is not None:
+                render.write(len(text))
+            return text
+
+    def finalize(value):
+        text = value if isinstance(value, str) else str(_check_size(value, "an output value"))
+        LimitedEnvironment.tcc_text(text)
+        return text
+
+    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], finalize=finalize)
+    env.filters["tojson"] = _tojson
+    for name in [n for n in env.filters if n not in ("urlize",)]:
+        env.filters[name] = _guarded_filter(name, env.filters[name])
+    del env.filters["urlize"]  # inserts its arguments per URL; no chat template needs it
+    env.globals.pop("lipsum", None)  # random text of any length; no chat template needs it
+    env.globals["range"] = _bounded_range
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+def _render(tmpl, variables: dict) -> str:
+    """Render under this thread's budget: steps traced with sys.settrace, output counted."""
+    render = _Render()
+    _RENDER.current = render
+    previous = sys.gettrace()
+    sys.settrace(render.trace)
+    try:
+        out = tmpl.render(**variables)
+    finally:
+        sys.settrace(previous)
+        _RENDER.current = None
+    if len(out) > TEMPLATE_MAX_SIZE:
+        raise TemplateLimitError(f"the rendered prompt is longer than {TEMPLATE_MAX_SIZE} characters")
+    return out
 
 
 _ENV = None
@@ -367,20 +689,17 @@ _COMPILED: dict[str, Any] = {}
 def _compile(source: str, label: str):
     global _ENV
     import jinja2
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     if _ENV is None:
-        _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        _ENV.filters["tojson"] = _tojson
-        _ENV.globals["raise_exception"] = _raise_exception
-        _ENV.globals["strftime_now"] = _strftime_now
+        _ENV = _make_env()
     tmpl = _COMPILED.get(source)
     if tmpl is None:
         try:
             tmpl = _ENV.from_string(source)
         except jinja2.TemplateSyntaxError as e:
             raise TccError(f"{label}: Jinja syntax error at line {e.lineno}: {_first_line(e.message)}") from None
+        except (RecursionError, MemoryError) as e:
+            raise TccError(f"{label}: cannot compile the template ({type(e).__name__})") from None
         if len(_COMPILED) > 64:
             _COMPILED.clear()
         _COMPILED[source] = tmpl
@@ -461,7 +780,9 @@ def format_chat(
     }
     variables.update(template_vars)
     try:
-        return tmpl.render(**variables)
+        return _render(tmpl, variables)
+    except TemplateLimitError as e:
+        raise ChatTemplateLimitError(f"{label} stopped: over a limit of chat templates: {e}") from None
     except jinja2.TemplateError as e:
         raise TccError(f"{label} failed: {_first_line(e.message or type(e).__name__)}") from None
     except Exception as e:  # noqa: BLE001 -- a template bug (e.g. a type error in an expression)
@@ -512,6 +833,8 @@ def chat_config(tokenizer: Tokenizer, template: str | None = None, max_context: 
     user_prefix = t2[2][len(assistant_suffix):]
     try:
         ts = _split(render([{"role": "system", "content": _SYS}, {"role": "user", "content": _U1}], True), _SYS, _U1)
+    except ChatTemplateLimitError:
+        raise
     except TccError:
         ts = None  # a template without system messages
     fups = [ts[0], ts[1]] if ts is not None and ts[2] == user_suffix else None

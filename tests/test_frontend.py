@@ -228,3 +228,235 @@ def test_graph_output_names_survive_helper_collisions():
     g = import_onnx(make([n], q, [vi("y", None)], opset=23))
     assert [v.name for v in g.outputs] == ["y"]
     assert str(g.outputs[0].type) == "f32[1,3,8]"
+
+
+# -- malformed models end in one-line errors with exit 2 (issue 21) -------------------------------------
+
+def _cli_ir(capsys, path, *args):
+    """`tcc ir PATH --pipeline default ARGS` in process: (exit code, stderr)."""
+    from tcc.cli import main
+
+    rc = main(["ir", str(path), "--pipeline", "default", "-o", os.devnull, *args])
+    return rc, capsys.readouterr().err
+
+
+def _refused(capsys, path, *args, match):
+    rc, err = _cli_ir(capsys, path, *args)
+    assert rc == 2 and err.startswith("tcc: error: ") and err.count("\n") == 1, (rc, err)
+    assert "internal error" not in err
+    import re
+    assert re.search(match, err), err
+    return err
+
+
+def _save(tmp_path, m, name="m.onnx"):
+    path = tmp_path / name
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("how", ["raw_short", "raw_long", "typed_count", "dims_grow", "dtype_changed"])
+def test_initializer_data_disagrees_with_dims(tmp_path, capsys, how):
+    m = _relu_model()
+    w = m.graph.initializer[0]
+    if how == "raw_short":
+        w.raw_data = w.raw_data[:100]
+    elif how == "raw_long":
+        w.raw_data = w.raw_data + b"\0" * 3
+    elif how == "typed_count":
+        w.ClearField("raw_data")
+        w.float_data.extend([1.0] * 5)
+    elif how == "dims_grow":
+        w.dims[0] = 9
+    else:
+        w.data_type = TensorProto.INT64  # 256 bytes are 32 int64s, not 64
+    with pytest.raises(ModelFormatError, match=r"initializer 'w': dims \[\d+, 8\] of \w+ need \d+ (bytes|values), "
+                                               r"but its (raw_data|float_data) holds \d+") as e:
+        import_onnx(m)
+    assert e.value.exit_code == 2
+    _refused(capsys, _save(tmp_path, m), match="initializer 'w': dims")
+
+
+def test_constant_value_tensor_checked_too():
+    t = numpy_helper.from_array(np.arange(4, dtype=np.float32), "c")
+    t.raw_data = t.raw_data[:7]
+    m = make([helper.make_node("Constant", [], ["c"], name="k", value=t), helper.make_node("Add", ["x", "c"], ["y"])],
+             [vi("x", [4])], [vi("y", [4])])
+    with pytest.raises(ModelFormatError, match=r"Constant node 'k' value: dims \[4\] of f32 need 16 bytes, but its "
+                                               r"raw_data holds 7"):
+        import_onnx(m)
+
+
+@pytest.mark.parametrize("node, match", [
+    (helper.make_node("Gemm", ["x", "w"], ["y"], name="g", alpha=[1, 2]),
+     r"Gemm node 'g': attribute alpha is ints, but ONNX Gemm-13 defines it as float"),
+    (helper.make_node("Cast", ["x"], ["y"], name="c", to=helper.make_tensor("t", TensorProto.FLOAT, [1], [1.0])),
+     r"Cast node 'c': attribute to is tensor, but ONNX Cast-13 defines it as int"),
+    (helper.make_node("Transpose", ["x"], ["y"], name="t", perm=["a", "b"]),
+     r"Transpose node 't': attribute perm is strings, but ONNX Transpose-13 defines it as ints"),
+    (helper.make_node("Softmax", ["x"], ["y"], name="s", axis=1.5),
+     r"Softmax node 's': attribute axis is float, but ONNX Softmax-13 defines it as int"),
+    (helper.make_node("Cast", ["x"], ["y"], name="c2"), r"Cast node 'c2': lacks the required attribute to"),
+])
+def test_attribute_of_wrong_type(tmp_path, capsys, node, match):
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    m = make([node], [vi("x", [8, 8])], [vi("y", None)], [w])
+    with pytest.raises(ModelFormatError, match=match):
+        import_onnx(m)
+    _refused(capsys, _save(tmp_path, m), match=match)
+
+
+def test_constant_value_attribute_of_wrong_type():
+    a = helper.make_attribute("value", 3)  # an INT where Constant's value is a tensor
+    n = helper.make_node("Constant", [], ["c"], name="k")
+    n.attribute.append(a)
+    m = make([n, helper.make_node("Add", ["x", "c"], ["y"])], [vi("x", [1], TensorProto.INT64)], [vi("y", None)])
+    with pytest.raises(ModelFormatError, match="Constant node 'k': attribute value is int, but ONNX Constant-13 "
+                                               "defines it as tensor"):
+        import_onnx(m)
+
+
+def _with_invalid_utf8(m, setter) -> bytes:
+    """Serialize m with one string set to a marker, then overwrite the marker with invalid UTF-8 bytes (the
+    protobuf API refuses to set them, the parser accepts them)."""
+    setter(m, "\x01MARKER\x01")
+    data = m.SerializeToString()
+    assert data.count(b"\x01MARKER\x01") == 1
+    return data.replace(b"\x01MARKER\x01", b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28")
+
+
+@pytest.mark.parametrize("where, setter, match", [
+    ("producer", lambda m, s: setattr(m, "producer_name", s), r"model\.producer_name"),
+    ("doc", lambda m, s: setattr(m, "doc_string", s), r"model\.doc_string"),
+    ("node name", lambda m, s: setattr(m.graph.node[0], "name", s), r"model\.graph\.node\[0\]\.name"),
+    ("node doc", lambda m, s: setattr(m.graph.node[0], "doc_string", s),
+     r"model\.graph\.node\[0\] \(MatMul 'mm'\)\.doc_string"),
+    ("dim_param", lambda m, s: setattr(m.graph.input[0].type.tensor_type.shape.dim[0], "dim_param", s),
+     r"model\.graph\.input\[0\] \('x'\)\.type\.tensor_type\.shape\.dim\[0\]\.dim_param"),
+    ("initializer name", lambda m, s: setattr(m.graph.initializer[0], "doc_string", s),
+     r"model\.graph\.initializer\[0\] \('w'\)\.doc_string"),
+])
+def test_non_utf8_strings(tmp_path, capsys, where, setter, match):
+    m = _relu_model()
+    m.graph.node[0].name = "mm"
+    path = tmp_path / "u.onnx"
+    path.write_bytes(_with_invalid_utf8(m, setter))
+    with pytest.raises(ModelFormatError, match=f"u.onnx: string field {match} is not valid UTF-8"):
+        import_onnx(str(path))
+    _refused(capsys, path, match=match)
+
+
+def test_non_utf8_string_attribute(tmp_path, capsys):
+    m = make([helper.make_node("Gelu", ["x"], ["y"], name="gl", approximate="none")], [vi("x", [2])], [vi("y", [2])],
+             opset=20)
+    path = tmp_path / "g.onnx"
+    path.write_bytes(_with_invalid_utf8(m, lambda m, s: setattr(m.graph.node[0].attribute[0], "s", s.encode())))
+    _refused(capsys, path, match=r"Gelu node 'gl': attribute 'approximate' is not valid UTF-8")
+
+
+def test_short_external_data(tmp_path, capsys):
+    m = _relu_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.bin",
+              size_threshold=0)
+    blob = (tmp_path / "ext.bin").read_bytes()
+    # a file shorter than the length recorded in the model: onnx's loader names the tensor
+    (tmp_path / "ext.bin").write_bytes(blob[:100])
+    _refused(capsys, path, match=r"cannot load external data: .*exceeds available data.*'w'")
+    # a length entry shorter than the tensor: tcc names the tensor, the file and the sizes
+    (tmp_path / "ext.bin").write_bytes(blob)
+    m2 = onnx.load(str(path), load_external_data=False)
+    for e in m2.graph.initializer[0].external_data:
+        if e.key == "length":
+            e.value = "100"
+    onnx.save(m2, str(path))
+    err = _refused(capsys, path, match=r"initializer 'w': dims \[8, 8\] of f32 need 256 bytes, but its raw_data "
+                                       r"holds 100 \(external data 'ext.bin', offset 0, length 100")
+    assert "ext.bin" in err
+
+
+@pytest.mark.parametrize("how, match", [
+    ("empty required input", r"MatMul node 'mm': input 1 \(B\) is required but its name is empty"),
+    ("too many inputs", r"MatMul node 'mm': 3 inputs, but ONNX MatMul-13 takes 2"),
+    ("output defined twice", r"Relu node 'r' output 'x' is already defined"),
+    ("duplicate initializer", r"initializer 'w' is defined twice"),
+])
+def test_graph_structure_errors(tmp_path, capsys, how, match):
+    m = _relu_model()
+    m.graph.node[0].name = "mm"
+    if how == "empty required input":
+        m.graph.node[0].input[1] = ""
+    elif how == "too many inputs":
+        m.graph.node[0].input.append("w")
+    elif how == "output defined twice":
+        m.graph.node.append(helper.make_node("Relu", ["y"], ["x"], name="r"))
+    else:
+        m.graph.initializer.append(m.graph.initializer[0])
+    with pytest.raises(ModelFormatError, match=match):
+        import_onnx(m)
+    _refused(capsys, _save(tmp_path, m), match=match)
+
+
+def test_split_num_outputs_disagreeing_with_outputs():
+    """A huge num_outputs used to be expanded into that many sizes (MemoryError, found by the fuzzer)."""
+    n = helper.make_node("Split", ["x"], ["a", "b"], name="sp", axis=0, num_outputs=1 << 62)
+    m = make([n], [vi("x", [4, 2])], [vi("a", None), vi("b", None)], opset=18)
+    with pytest.raises(ShapeError, match=r"Split node 'sp': num_outputs=4611686018427387904 for 2 outputs"):
+        import_onnx(m)
+
+
+# -- absurd dims and planned sizes are bounded ------------------------------------------------------------
+
+def test_absurd_input_dim_refused_at_import(tmp_path, capsys):
+    m = make([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1 << 62, 8])], [vi("y", None)])
+    with pytest.raises(ShapeError, match=r"input 'x': f32\[4611686018427387904,8\] needs \d+ elements of 4 bytes, "
+                                         r"over tcc's limit of 1099511627776 bytes \(1 TiB\) per tensor") as e:
+        import_onnx(m)
+    assert e.value.exit_code == 2
+    # the same through --dim on a symbolic dim
+    _refused(capsys, _mlp(),
+             "--dim", f"batch={1 << 62}", match=r"input 'x': f32\[4611686018427387904,32\].*1 TiB")
+    # a dim of 0 does not hide the others (strides would still overflow)
+    m = make([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [0, 1 << 40, 1 << 30])], [vi("y", None)])
+    with pytest.raises(ShapeError, match="input 'x'"):
+        import_onnx(m)
+
+
+def test_absurd_dim_of_an_inferred_value_refused_at_import():
+    shape = numpy_helper.from_array(np.array([1 << 41, 2], np.int64), "shape")
+    m = make([helper.make_node("Expand", ["x", "shape"], ["y"], name="ex")], [vi("x", [1, 2])], [vi("y", None)],
+             [shape])
+    with pytest.raises(ShapeError, match=r"Expand node 'ex' output 'y': f32\[2199023255552,2\] .*\(1 TiB\)"):
+        import_onnx(m)
+
+
+def _mlp():
+    return os.path.join(os.path.dirname(__file__), "models", "mlp.onnx")
+
+
+def test_huge_arena_refused_at_plan(capsys):
+    from tcc.driver import CompileOptions, optimize
+
+    # batch <= 2^36: every [batch, 64] f32 intermediate needs 16 TiB
+    with pytest.raises(ShapeError, match=r"plan-memory: graph input %x : f32\[batch,32\] needs 8796093022208 bytes "
+                                         r"\(8.0 TiB\) at the dim bounds batch=68719476736, over the limit of "
+                                         r"1099511627776 bytes \(1.0 TiB\); lower --max-dim") as e:
+        optimize(_mlp(), CompileOptions(max_dims={"batch": 1 << 36}))
+    assert e.value.exit_code == 2
+    _refused(capsys, _mlp(), "--max-dim", f"batch={1 << 36}", match=r"plan-memory: .* over the limit of")
+
+
+def test_plan_limit_is_an_option_and_fixtures_fit():
+    from tcc.passes.context import PassContext
+    from tcc.passes.plan_memory import MAX_PLAN_BYTES, plan_memory
+    from tcc.passes.runner import run_pipeline
+
+    g = import_onnx(os.path.join(os.path.dirname(__file__), "models", "llama.onnx"))
+    ctx = PassContext(symbol_bounds={"batch": 256, "seq": 256})
+    run_pipeline(g, "default", ctx)  # 5 GiB of arena at the default bounds: far below the limit
+    plan = ctx.stats["plan-memory"]
+    assert 0 < plan.arena_bytes < MAX_PLAN_BYTES
+    ctx.options["max_plan_bytes"] = plan.arena_bytes - 1
+    with pytest.raises(ShapeError, match=rf"plan-memory: (the arena|intermediate %\S+ : .*) needs \d+ bytes .*at the "
+                                         rf"dim bounds batch=256, .*over the limit of {plan.arena_bytes - 1} bytes"):
+        plan_memory(g, ctx)

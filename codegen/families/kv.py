@@ -18,13 +18,20 @@ from __future__ import annotations
 
 from ..kernels import KernelFamily, KernelSpec, register_family
 
-KVATTENTION_SIGNATURE = (
-    "void {name}(const float* q, const float* k, const float* v, float* k_cache, float* v_cache, float* out, "
+# window > 0: a query at position p attends keys p - window + 1 .. p only (sliding window, Mistral).
+# cache_rows: rows of each cache head; position p lives in row p % cache_rows, so cache_rows < capacity makes
+# the cache a ring (needs window > 0 and cache_rows >= window; a call's S tokens are then processed in chunks of
+# at most cache_rows - window + 1 so no row a chunk's queries read is overwritten while they read it).
+# alibi_slopes: null, or one slope per query head: score += slope * (key position - query position) (MPT, Bloom).
+# softcap > 0: score = softcap * tanh(score / softcap) after the scale, before the bias (Gemma 2).
+KVATTENTION_PARAMS = (
+    "const float* q, const float* k, const float* v, float* k_cache, float* v_cache, float* out, "
     "int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t past, int64_t capacity, int64_t D, int64_t Dv, "
     "const int64_t* q_strides, const int64_t* k_strides, const int64_t* v_strides, const int64_t* o_strides, "
     "const float* cos_table, const float* sin_table, int64_t rotary_dim, int32_t rope_mode, "
-    "float scale, tcc_pool* pool)"
+    "float scale, int64_t window, int64_t cache_rows, const float* alibi_slopes, float softcap, tcc_pool* pool"
 )
+KVATTENTION_SIGNATURE = "void {name}(" + KVATTENTION_PARAMS + ")"
 
 # Work per parallel chunk below which threading costs more than it saves (flops), as for attention.
 MIN_PARALLEL_FLOPS = 1 << 16
@@ -43,7 +50,8 @@ SPLIT_MAX = 64
 
 
 def _kvattention_context(spec: KernelSpec) -> dict:
-    return dict(MIN_PARALLEL_FLOPS=MIN_PARALLEL_FLOPS, APPEND_GRAIN_FLOATS=APPEND_GRAIN_FLOATS,
+    return dict(KV_PARAMS=KVATTENTION_PARAMS, MIN_PARALLEL_FLOPS=MIN_PARALLEL_FLOPS,
+                APPEND_GRAIN_FLOATS=APPEND_GRAIN_FLOATS,
                 SPLIT_ITEMS_PER_THREAD=SPLIT_ITEMS_PER_THREAD, SPLIT_TASKS_PER_THREAD=SPLIT_TASKS_PER_THREAD,
                 SPLIT_MIN_KEYS=SPLIT_MIN_KEYS, SPLIT_MAX=SPLIT_MAX)
 
@@ -51,7 +59,7 @@ def _kvattention_context(spec: KernelSpec) -> dict:
 register_family(KernelFamily(
     "kvattention", KVATTENTION_SIGNATURE, _kvattention_context,
     doc="Causal attention with rotary embedding over a KV cache, appending this run's k/v in place "
-        "(decode and chunked prefill)."))
+        "(decode and chunked prefill); sliding window (a ring cache), ALiBi slopes, score soft-capping."))
 
 # The portable kernel every CPU backend emits.
 PORTABLE: list[tuple[str, str, dict]] = [("kvattention", "scalar", {"dtype": "f32"})]

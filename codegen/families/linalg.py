@@ -24,8 +24,12 @@ ATTENTION_SIGNATURE = (
     "void {name}(const float* q, const float* k, const float* v, const float* mask, float* out, "
     "int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Skv, int64_t D, int64_t Dv, "
     "const int64_t* q_strides, const int64_t* k_strides, const int64_t* v_strides, "
-    "const int64_t* mask_strides, const int64_t* o_strides, float scale, int32_t causal, tcc_pool* pool)"
+    "const int64_t* mask_strides, const int64_t* o_strides, float scale, int32_t causal, int64_t window, "
+    "const float* alibi_slopes, float softcap, tcc_pool* pool)"
 )
+# With i' = i + Skv - Sq a query's position among the keys: window > 0 drops keys j <= i' - window;
+# alibi_slopes (null or one per query head) add slope * (j - i'); softcap > 0 maps the scaled score s to
+# softcap * tanh(s / softcap) before the bias and the mask are added.
 
 # Work per parallel chunk below which threading costs more than it saves (in flops).
 MIN_PARALLEL_FLOPS = 1 << 16
@@ -40,7 +44,8 @@ register_family(KernelFamily(
     doc="Batched, broadcast, strided C = A @ B with both operands computed at run time."))
 register_family(KernelFamily(
     "attention", ATTENTION_SIGNATURE, lambda spec: {},
-    doc="Fused scaled dot-product attention (MHA/GQA, causal, additive mask) with online softmax."))
+    doc="Fused scaled dot-product attention (MHA/GQA, causal, additive mask, sliding window, ALiBi, "
+        "soft-capping) with online softmax."))
 
 # The portable kernels every CPU backend emits.
 PORTABLE: list[tuple[str, str, dict]] = [(family, "scalar", {"dtype": "f32"}) for family in LINALG_FAMILIES]

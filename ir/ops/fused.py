@@ -3,10 +3,14 @@
 Linear(x, w, bias?)              y = x @ w + bias; w is a constant [K, N] (logical layout; backends pack it)
 LayerNorm(x, gamma, beta?)       {axis, eps}: normalize over axes [axis, rank), biased variance
 RMSNorm(x, gamma)                {axis, eps}: y = x / sqrt(mean(x^2 over [axis, rank)) + eps) * gamma
-Attention(q, k, v, mask?)        {scale, causal}: q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv];
-                                 query head h uses kv head h // (Hq // Hkv); mask is additive f32,
-                                 broadcastable to [B,Hq,Sq,Skv]; causal keeps key j <= i + Skv - Sq;
-                                 a query row with every key masked gives zeros
+Attention(q, k, v, mask?, slopes?)  {scale, causal, window, softcap}: q [B,Hq,Sq,D], k [B,Hkv,Skv,D],
+                                 v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; query head h uses kv head h // (Hq // Hkv);
+                                 with i' = i + Skv - Sq (the query's position among the keys):
+                                 score = scale * q.k; softcap > 0: score = softcap * tanh(score / softcap);
+                                 slopes (ALiBi, f32 [Hq]): score += slopes[h] * (j - i'); mask is additive
+                                 f32, broadcastable to [B,Hq,Sq,Skv]; causal keeps key j <= i'; window > 0
+                                 keeps key j > i' - window (sliding window); a query row with every key
+                                 masked gives zeros
 Copy(x)                          materializes x in a buffer of its own (used for graph outputs that
                                  would otherwise alias an input, a constant or another output)
 """
@@ -89,28 +93,52 @@ def _attention_infer(ins, attrs):
     (b, hq, sq, d), (bk, hkv, skv, dk), (bv, hv, sv, dv) = q.shape, k.shape, v.shape
     if dk != d or hv != hkv or sv != skv or bk != b or bv != b:
         raise ShapeError(f"Attention shapes do not match: q {q.type}, k {k.type}, v {v.type}")
-    if isinstance(hq, int) and isinstance(hkv, int) and hq % hkv:
+    if isinstance(hq, int) and isinstance(hkv, int) and (hkv < 1 or hq % hkv):  # 0 kv heads: no division
         raise ShapeError(f"Attention: query heads {hq} not a multiple of kv heads {hkv}")
     if len(ins) > 3 and ins[3] is not None:
         m = ins[3]
         if m.dtype != DType.f32:
             raise ShapeError(f"Attention mask must be an additive f32 mask, got {m.type}")
         broadcast_shapes((b, hq, sq, skv), m.shape, what="attention mask")
+    check_variants("Attention", ins[4] if len(ins) > 4 else None, hq, attrs)
     return [TensorType(q.dtype, (b, hq, sq, dv))]
 
 
-def attention_reference(q, k, v, mask, scale: float, causal: bool) -> np.ndarray:
-    """numpy scaled-dot-product attention with GQA, additive mask and bottom-right causal masking."""
+def check_variants(op: str, slopes, hq, attrs) -> None:
+    """The attributes and the ALiBi slopes input shared by Attention and KVAttention."""
+    if not isinstance(attrs.get("window", 0), int) or attrs.get("window", 0) < 0:
+        raise ShapeError(f"{op}: window must be an integer >= 0 (0: none), got {attrs.get('window')!r}")
+    if not attrs.get("softcap", 0.0) >= 0:
+        raise ShapeError(f"{op}: softcap must be >= 0 (0: none), got {attrs.get('softcap')!r}")
+    if slopes is not None and (slopes.dtype != DType.f32 or tuple(slopes.shape) != (hq,)):
+        raise ShapeError(f"{op}: ALiBi slopes must be f32[{hq}] (one per query head), got {slopes.type}")
+
+
+def attention_reference(q, k, v, mask, scale: float, causal: bool, window: int = 0, slopes=None,
+                        softcap: float = 0.0, key_pos=None) -> np.ndarray:
+    """numpy scaled-dot-product attention with GQA, soft-capping, ALiBi slopes, additive mask, bottom-right
+    causal masking and a sliding window. key_pos: the keys' positions relative to i' = i (default
+    arange(Skv) - (Skv - Sq)), for callers that pass a window of a longer sequence."""
     hq, hkv = q.shape[1], k.shape[1]
     rep = hq // hkv
     k = np.repeat(k, rep, axis=1)
     v = np.repeat(v, rep, axis=1)
     s = np.matmul(q.astype(np.float32), np.swapaxes(k, -1, -2).astype(np.float32)) * np.float32(scale)
+    if softcap:
+        s = np.float32(softcap) * np.tanh(s / np.float32(softcap))
+    sq, skv = q.shape[2], k.shape[2]
+    jp = np.arange(skv) - (skv - sq) if key_pos is None else np.asarray(key_pos)
+    rel = jp[None, :] - np.arange(sq)[:, None]  # key position - query position
+    if slopes is not None:
+        s = s + np.asarray(slopes, np.float32)[:, None, None] * rel.astype(np.float32)
     if mask is not None:
         s = s + mask
-    sq, skv = q.shape[2], k.shape[2]
+    allowed = np.ones((sq, skv), bool)
     if causal:
-        allowed = np.arange(skv)[None, :] <= np.arange(sq)[:, None] + (skv - sq)
+        allowed &= rel <= 0
+    if window:
+        allowed &= rel > -window
+    if causal or window:
         s = np.where(allowed, s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     dead = ~np.isfinite(m)  # every key masked: the output row is zero
@@ -122,11 +150,13 @@ def attention_reference(q, k, v, mask, scale: float, causal: bool) -> np.ndarray
 
 def _attention_ref(xs, attrs):
     mask = xs[3] if len(xs) > 3 else None
-    return [attention_reference(xs[0], xs[1], xs[2], mask, attrs["scale"], bool(attrs["causal"]))]
+    slopes = xs[4] if len(xs) > 4 else None
+    return [attention_reference(xs[0], xs[1], xs[2], mask, attrs["scale"], bool(attrs["causal"]),
+                                int(attrs["window"]), slopes, float(attrs["softcap"]))]
 
 
-register_op("Attention", infer=_attention_infer, ref=_attention_ref, kind="opaque", inputs=(3, 4),
-            attrs={"scale": REQUIRED, "causal": 0},
+register_op("Attention", infer=_attention_infer, ref=_attention_ref, kind="opaque", inputs=(3, 5),
+            attrs={"scale": REQUIRED, "causal": 0, "window": 0, "softcap": 0.0},
             doc="fused scaled dot-product attention, [B,H,S,D] layout, GQA by head index")
 
 register_op("Copy", infer=lambda ins, attrs: [ins[0].type], ref=lambda xs, attrs: [np.array(xs[0], copy=True)],

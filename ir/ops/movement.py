@@ -20,12 +20,15 @@ import numpy as np
 
 from ...errors import ShapeError, UnsupportedError
 from ..core import TensorType
-from ..dims import Sym
+from ..dims import Sym, _split_minmax, dim_le, dim_max, dim_min, substitute, symbols_of
 from ..dtypes import DType
 from ..registry import REQUIRED, norm_axis, register_op
 from ._common import MANY, const_ints, same_dtype, shape_str, tidy, to_obj
 
 BIG = 2 ** 31 - 1  # ends at or past this (INT32_MAX, INT64_MAX) mean "to the end"
+# onnxruntime's rule, which we follow: an end of exactly INT32_MAX or INT64_MAX means "to the end in the
+# step's direction", so with a negative step it is -1 (the spec's clamping would make the slice empty).
+TO_THE_END = (2 ** 31 - 1, 2 ** 63 - 1)
 
 
 # -- Transpose ------------------------------------------------------------------------------------
@@ -75,22 +78,55 @@ register_op("Concat", infer=_concat_infer, ref=_concat_ref, kind="injective", in
 
 # -- Slice ------------------------------------------------------------------------------------------
 
-def _clamp(i, d, lo, hi_off):
-    """ONNX clamping of one start/end index against dim d into [lo, d + hi_off]."""
-    if isinstance(i, Sym):
-        return i
-    if not isinstance(d, Sym):
+def _positive(d):
+    """d with every symbol shifted by one: proving x <= y of it proves it for symbols >= 1."""
+    return substitute(d, {n: Sym.symbol(n) + 1 for n in symbols_of(d)})
+
+
+def _order(a, b, used: list) -> int:
+    """-1 when a <= b, 1 when b <= a, provably; else, when `used` starts with "positive", the same for
+    symbols of at least 1 (appending to `used`: the program checks that at run time); else 0."""
+    if dim_le(a, b):
+        return -1
+    if dim_le(b, a):
+        return 1
+    pa, pb = _positive(a), _positive(b)
+    if used[:1] == ["positive"] and (dim_le(pa, pb) or dim_le(pb, pa)):
+        used.append(True)
+        return -1 if dim_le(pa, pb) else 1
+    return 0
+
+
+def _min(a, b, used: list):
+    o = _order(a, b, used)
+    return a if o < 0 else b if o > 0 else dim_min(a, b)
+
+
+def _max(a, b, used: list):
+    o = _order(a, b, used)
+    return b if o < 0 else a if o > 0 else dim_max(a, b)
+
+
+def _clamp(i, d, lo, hi_off, used: list):
+    """ONNX clamping of one start/end index against dim d into [lo, d + hi_off] (min of max, as
+    onnxruntime: an empty dim gives d + hi_off). Against a symbolic dim, a constant index gives min/max
+    atoms where the order depends on d, except that symbolic dims are taken to be at least 1
+    (`x[:, :1]` has 1 row, not min(n,1)); a symbolic index (computed from shapes) is taken to lie in
+    [0, dim] unless provable otherwise. Every such assumption is appended to `used`, and the compiled
+    program checks it at run time (slice_assumed)."""
+    if not isinstance(i, Sym) and not isinstance(d, Sym):
         i = i + d if i < 0 else i
         return min(max(i, lo), d + hi_off)
+    if isinstance(i, Sym):
+        return i
     if i >= BIG:
         return d + hi_off
     if i <= -BIG:
-        return lo
-    return d + i if i < 0 else i
+        return _min(lo, d + hi_off, used)
+    return _min(_max(d + i if i < 0 else i, lo, used), d + hi_off, used)
 
 
-def slice_plan(shape, starts, ends, axes, steps) -> list[tuple[int, object, object, int]]:
-    """[(axis, start, end, step)] normalized and clamped per ONNX (symbolic where dims are)."""
+def _plan(shape, starts, ends, axes, steps, assumed: list | None = None):
     rank = len(shape)
     axes = list(axes) if axes else list(range(len(starts)))
     steps = list(steps) if steps else [1] * len(starts)
@@ -103,17 +139,76 @@ def slice_plan(shape, starts, ends, axes, steps) -> list[tuple[int, object, obje
             raise ShapeError(f"Slice: repeated axis {a} or bad step {k}")
         seen.add(a)
         d = shape[a]
-        if k > 0:
-            plan.append((a, _clamp(s, d, 0, 0), _clamp(e, d, 0, 0), k))
-        else:
-            plan.append((a, _clamp(s, d, 0, -1), _clamp(e, d, -1, -1), k))
+        # Exact where min/max atoms are not needed; where they are, the form for dims of at least 1
+        # when that has none (x[:, -1:] has 1 row, not min(n,1)); else exact with the atoms.
+        used, (s1, e1, n) = [], _axis(s, e, k, d, [])
+        if _has_minmax(n):
+            used = ["positive"]
+            s2, e2, n2 = _axis(s, e, k, d, used)
+            if _has_minmax(n2):
+                used = []
+            else:
+                s1, e1, n = s2, e2, n2
+        plan.append((a, s1, e1, k, n))
+        if (len(used) > 1 or _index_assumed(s, d) or _index_assumed(e, d)) and assumed is not None:
+            assumed.append(a)
     return plan
 
 
-def _slice_len(s, e, k):
-    span = e - s if k > 0 else s - e
+def _axis(s, e, k, d, used: list):
+    if k > 0:
+        s, e = _clamp(s, d, 0, 0, used), _clamp(e, d, 0, 0, used)
+    else:
+        s, e = _clamp(s, d, 0, -1, used), (-1 if _to_the_end(e) else _clamp(e, d, -1, -1, used))
+    return s, e, _slice_len(s, e, k, used)
+
+
+def _to_the_end(i) -> bool:
+    return not isinstance(i, Sym) and int(i) in TO_THE_END
+
+
+def _index_assumed(i, d) -> bool:
+    return isinstance(i, Sym) and not (dim_le(0, i) and dim_le(i, d))
+
+
+def _has_minmax(d) -> bool:
+    return isinstance(d, Sym) and ("min(" in str(d) or "max(" in str(d))
+
+
+def slice_plan(shape, starts, ends, axes, steps) -> list[tuple[int, object, object, int]]:
+    """[(axis, start, end, step)] normalized and clamped per ONNX (symbolic where dims are)."""
+    return [p[:4] for p in _plan(shape, starts, ends, axes, steps)]
+
+
+def slice_assumed(shape, starts, ends, axes, steps) -> list[int]:
+    """The axes whose inferred length rests on an assumption (a symbolic dim at least 1, a symbolic index
+    within the dim) rather than a proof: the program checks each at run time rather than read past the
+    data or return a wrong shape."""
+    out: list[int] = []
+    _plan(shape, starts, ends, axes, steps, out)
+    return out
+
+
+def _span(hi, lo, used: list):
+    """hi - lo, with a min/max atom on either side distributed (d - max(d-3,0) = min(d,3))."""
+    for x, sign in ((hi, 1), (lo, -1)):
+        split = _split_minmax(x)
+        if split is not None:
+            atom, rest = split
+            if sign > 0:
+                u, v = _span(atom.a + rest, lo, used), _span(atom.b + rest, lo, used)
+            else:
+                u, v = _span(hi, atom.a + rest, used), _span(hi, atom.b + rest, used)
+            # subtracting a max gives a min (and a min a max); adding keeps the kind
+            return _min(u, v, used) if (atom.op == "min") == (sign > 0) else _max(u, v, used)
+    return hi - lo
+
+
+def _slice_len(s, e, k, used: list):
+    span = _span(e, s, used) if k > 0 else _span(s, e, used)
     if isinstance(span, Sym):
-        return (span + abs(k) - 1) // abs(k)
+        span = _max(span, 0, used)
+        return span if abs(k) == 1 else (span + abs(k) - 1) // abs(k)
     return max(-(-span // abs(k)), 0)
 
 
@@ -124,8 +219,8 @@ def _slice_inputs(ins):
 
 def _slice_infer(ins, attrs):
     out = list(ins[0].shape)
-    for a, s, e, k in slice_plan(ins[0].shape, *_slice_inputs(ins)):
-        out[a] = _slice_len(s, e, k)
+    for a, _, _, _, n in _plan(ins[0].shape, *_slice_inputs(ins)):
+        out[a] = n
     return [ins[0].type.with_shape(out)]
 
 

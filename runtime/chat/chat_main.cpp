@@ -1,6 +1,8 @@
 // chat: the standalone chat program of a tcc-compiled language model. Built into every LLM artifact
-// directory next to weights.bin, tokenizer.json and chat.json, linked with the generated model (the C API
-// of tcc_model.h) and the C++ tokenizer (tokenizer.h). No Python. See docs/tokenizer.md.
+// directory next to weights.bin, tokenizer.tcc and chat.tcc (tcc's own text files, written by the compiler
+// beside tokenizer.json and chat.json: docs/formats.md, "Chat files"), linked with the generated model (the
+// C API of tcc_model.h) and the C++ tokenizer (tokenizer.h). No Python, no JSON library. See
+// docs/tokenizer.md.
 //
 //   chat [DIR] [--prompt TEXT] [--system TEXT] [--raw] [--max-new-tokens N] [--temperature T] [--top-k K]
 //        [--top-p P] [--repetition-penalty R] [--seed S] [--threads N] [--print-ids]
@@ -8,12 +10,12 @@
 // Conversation semantics (tcc's Python runtime implements the same):
 //   turn 1:   (system ? first_user_prefix_with_system[0] + system + [1] : first_user_prefix) + user + user_suffix
 //   turn n>1: assistant_suffix + user_prefix + user + user_suffix
-// encoded with add_special_tokens=false; bos_token_id goes first when the cache is empty and add_bos is set.
+// encoded with add_special_tokens=false; bos_token_id goes first when the cache is empty and add_bos is set
+// (the segments and ids: chat.tcc).
 // --raw: the text itself, encoded with add_special_tokens=true at the start of the context (false later).
-// The prompt plus max_new_tokens must fit the context. A reply stops at an eos token (neither fed nor
-// printed), after max_new_tokens or on Ctrl-C; every printed token is fed (runtime/generate.py does the same).
-#include <nlohmann/json.hpp>
-
+// The prompt plus max_new_tokens must fit the context; prompts are fed in chunks of chat.tcc's max_prefill.
+// A reply stops at an eos token (neither fed nor printed), after max_new_tokens or on Ctrl-C; every printed
+// token is fed (runtime/generate.py does the same).
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -34,11 +36,14 @@
 #include <vector>
 
 #include "tcc_model.h"
+#include "tcc_verify.h"
+#include "tcc_text.h"
 #include "tokenizer.h"
 
 namespace {
 
-using json = nlohmann::json;
+using tcc::chat::FormatError;
+using tcc::chat::TextReader;
 using tcc::chat::StreamDecoder;
 using tcc::chat::Tokenizer;
 
@@ -58,18 +63,19 @@ void on_sigint(int) {
 
 [[noreturn]] void die(const std::string& msg, int code = 1) {
   std::fflush(stdout);
-  std::fprintf(stderr, "chat: error: %s\n", msg.c_str());
+  std::fprintf(stderr, "chat: error: %s\n", tcc::chat::one_line(msg).c_str());
   std::exit(code);
 }
 
 const char kUsage[] =
     "usage: chat [DIR] [--prompt TEXT] [--system TEXT] [--raw] [--max-new-tokens N] [--temperature T]\n"
     "            [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--threads N] [--print-ids]\n"
+    "            [--no-verify]\n"
     "\n"
     "Chat with the compiled language model in DIR (default: the directory of this program).\n"
     "  --prompt TEXT             answer TEXT and exit (default: interactive, one message per line;\n"
     "                            /reset starts a new conversation, /quit or end of input exits)\n"
-    "  --system TEXT             system prompt (default: chat.json default_system)\n"
+    "  --system TEXT             system prompt (default: chat.tcc default_system)\n"
     "  --raw                     no chat template: continue the text as typed\n"
     "  --max-new-tokens N        reply length limit (default 256)\n"
     "  --temperature T           0: greedy (default 0.7)\n"
@@ -77,7 +83,8 @@ const char kUsage[] =
     "  --top-p P                 1: no nucleus cut (default 0.9)\n"
     "  --repetition-penalty R    1: none (default 1.1)\n"
     "  --seed S                  sampling seed (default: time based)\n"
-    "  --threads N               compute threads (default: all cores)\n"
+    "  --threads N               compute threads (default: all cores, at most 1024)\n"
+    "  --no-verify               check weights.bin's size only, not its SHA-256 (faster start)\n"
     "  --print-ids               print 'ids: <prompt ids> | <reply ids>' to stderr after each reply\n";
 
 struct Options {
@@ -88,6 +95,7 @@ struct Options {
   tcc_sampling sampling{0.7f, 40, 0.9f, 1.1f};
   std::optional<uint64_t> seed;
   int threads = 0;
+  bool verify = true;  // check weights.bin's size and SHA-256 before mapping it
 };
 
 struct ChatConfig {
@@ -100,6 +108,9 @@ struct ChatConfig {
   std::optional<std::string> default_system;
   int64_t max_context = 0;
   std::string template_name;
+  // From the manifest's "llm" section:
+  int64_t max_prefill = 0;  // the longest prefill chunk compiled for; 0: no limit known (one run per prompt)
+  bool recompute = false;   // no KV cache: every run takes the whole context
 };
 
 // -- argument parsing
@@ -163,7 +174,7 @@ Options parse_args(int argc, char** argv) {
       o.sampling.top_k = static_cast<int32_t>(parse_int(a, next(), 0, INT32_MAX));
     } else if (a == "--top-p") {
       double p = parse_number(a, next());
-      if (p <= 0) die("--top-p must be greater than 0", 2);
+      if (!(p > 0 && p <= 1)) die("--top-p must be in (0, 1]", 2);
       o.sampling.top_p = static_cast<float>(p);
     } else if (a == "--repetition-penalty") {
       double r = parse_number(a, next());
@@ -178,7 +189,9 @@ Options parse_args(int argc, char** argv) {
         die("--seed needs a non-negative integer, got '" + v + "'", 2);
       o.seed = s;
     } else if (a == "--threads") {
-      o.threads = static_cast<int>(parse_int(a, next(), 0, 4096));
+      o.threads = static_cast<int>(parse_int(a, next(), 0, 1024));
+    } else if (a == "--no-verify") {
+      o.verify = false;
     } else if (!a.empty() && a[0] == '-' && a != "-") {
       std::fputs(kUsage, stderr);
       die("unknown option " + a, 2);
@@ -206,73 +219,62 @@ std::string join_path(const std::string& dir, const char* name) {
   return dir.empty() || dir.back() == '/' ? dir + name : dir + "/" + name;
 }
 
-// -- chat.json
+// -- chat.tcc (written by the compiler: runtime/chat_files.py; docs/formats.md, "Chat files")
+
+// chat.json's turn segments plus the manifest facts the binary needs. Throws FormatError.
+ChatConfig read_chat_config(TextReader& r) {
+  r.next();
+  if (r.keyword() != "tcc-chat")
+    r.fail("not a tcc chat file (the first line must be 'tcc-chat 1'; the compiler writes it)");
+  r.check_count(1, 1);
+  if (r.raw(1) != "1") r.fail("chat file version " + r.raw(1) + " is not supported (this program reads 1)");
+  ChatConfig c;
+  auto string = [&](const char* key) {
+    r.expect(key);
+    return r.str(1);
+  };
+  c.template_name = string("template_name");
+  if (r.peek("bos_token_id")) {
+    r.expect("bos_token_id");
+    c.bos_token_id = r.integer(1, 0, INT64_MAX);
+  }
+  r.expect("add_bos");
+  c.add_bos = r.flag(1);
+  if (c.add_bos && !c.bos_token_id) r.fail("add_bos is 1 but there is no bos_token_id");
+  r.expect("eos_token_ids", 0, 4096);
+  for (size_t i = 1; i < r.size(); ++i) c.eos_token_ids.push_back(r.integer(i, 0, INT64_MAX));
+  c.first_user_prefix = string("first_user_prefix");
+  if (r.peek("first_user_prefix_with_system")) {
+    r.expect("first_user_prefix_with_system", 2, 2);
+    c.first_user_prefix_with_system = std::make_pair(r.str(1), r.str(2));
+  }
+  c.user_prefix = string("user_prefix");
+  c.user_suffix = string("user_suffix");
+  c.assistant_suffix = string("assistant_suffix");
+  if (r.peek("default_system")) c.default_system = string("default_system");
+  r.expect("max_context");
+  c.max_context = r.integer(1, 0, INT64_MAX);
+  if (r.peek("max_prefill")) {
+    r.expect("max_prefill");
+    c.max_prefill = r.integer(1, 1, INT64_MAX);
+  }
+  r.expect("recompute");
+  c.recompute = r.flag(1);
+  r.expect("end", 0, 0);
+  if (r.lines_left() > 0) {
+    r.next();
+    r.fail("text after 'end'");
+  }
+  return c;
+}
 
 ChatConfig load_chat_config(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) die(path + ": " + (errno == ENOENT ? "file not found" : std::string("cannot read: ") + std::strerror(errno)));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  json j;
   try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();
-    size_t colon = what.find(": ");
-    die(path + ": malformed JSON at byte offset " + std::to_string(e.byte > 0 ? e.byte - 1 : 0) + ": " +
-        (colon == std::string::npos ? what : what.substr(colon + 2)));
+    TextReader r = TextReader::from_file(path);
+    return read_chat_config(r);
+  } catch (const FormatError& e) {
+    die(e.what());
   }
-  if (!j.is_object()) die(path + ": expected a JSON object");
-  ChatConfig c;
-  auto bad = [&](const char* key, const char* want) {
-    die(path + ": " + key + " must be " + want + ", got " + j[key].dump(-1, ' ', false, json::error_handler_t::replace));
-  };
-  auto str = [&](const char* key, bool required) -> std::optional<std::string> {
-    if (!j.contains(key) || j[key].is_null()) {
-      if (required) die(path + ": " + key + " is missing");
-      return std::nullopt;
-    }
-    if (!j[key].is_string()) bad(key, "a string");
-    return j[key].get<std::string>();
-  };
-  if (j.contains("bos_token_id") && !j["bos_token_id"].is_null()) {
-    if (!j["bos_token_id"].is_number_integer() || j["bos_token_id"].get<int64_t>() < 0) bad("bos_token_id", "a token id or null");
-    c.bos_token_id = j["bos_token_id"].get<int64_t>();
-  }
-  if (j.contains("add_bos") && !j["add_bos"].is_null()) {
-    if (!j["add_bos"].is_boolean()) bad("add_bos", "true or false");
-    c.add_bos = j["add_bos"].get<bool>();
-  }
-  if (c.add_bos && !c.bos_token_id) die(path + ": add_bos is true but bos_token_id is null");
-  if (!j.contains("eos_token_ids")) die(path + ": eos_token_ids is missing");
-  const json& eos = j["eos_token_ids"];
-  if (eos.is_number_integer()) {
-    c.eos_token_ids.push_back(eos.get<int64_t>());
-  } else if (eos.is_array()) {
-    for (auto& e : eos) {
-      if (!e.is_number_integer()) bad("eos_token_ids", "a list of token ids");
-      c.eos_token_ids.push_back(e.get<int64_t>());
-    }
-  } else if (!eos.is_null()) {
-    bad("eos_token_ids", "a list of token ids");
-  }
-  c.first_user_prefix = *str("first_user_prefix", true);
-  if (j.contains("first_user_prefix_with_system") && !j["first_user_prefix_with_system"].is_null()) {
-    const json& f2 = j["first_user_prefix_with_system"];
-    if (!f2.is_array() || f2.size() != 2 || !f2[0].is_string() || !f2[1].is_string())
-      bad("first_user_prefix_with_system", "a list of two strings or null");
-    c.first_user_prefix_with_system = std::make_pair(f2[0].get<std::string>(), f2[1].get<std::string>());
-  }
-  c.user_prefix = *str("user_prefix", true);
-  c.user_suffix = *str("user_suffix", true);
-  c.assistant_suffix = *str("assistant_suffix", true);
-  c.default_system = str("default_system", false);
-  if (j.contains("max_context") && !j["max_context"].is_null()) {
-    if (!j["max_context"].is_number_integer() || j["max_context"].get<int64_t>() < 0) bad("max_context", "a token count");
-    c.max_context = j["max_context"].get<int64_t>();
-  }
-  c.template_name = str("template_name", false).value_or("");
-  return c;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -298,45 +300,15 @@ std::string ids_text(const std::vector<int64_t>& ids) {
 
 enum class TurnResult { Ok, Interrupted, Rejected };
 
-// manifest.json's "llm" section: the longest prefill chunk the program was compiled for.
-struct ModelInfo {
-  int64_t max_prefill = 0;  // 0: no limit known (the whole prompt in one run)
-  bool recompute = false;   // no KV cache: every run takes the whole context
-};
-
-ModelInfo load_model_info(const std::string& path) {
-  ModelInfo info;
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return info;  // no manifest: one run per prompt
-  std::stringstream ss;
-  ss << f.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    die(path + ": malformed JSON at byte offset " + std::to_string(e.byte > 0 ? e.byte - 1 : 0));
-  }
-  if (!j.is_object() || !j.contains("llm") || !j["llm"].is_object())
-    die(path + ": not a language model (no \"llm\" section)");
-  const json& llm = j["llm"];
-  if (llm.contains("max_prefill") && !llm["max_prefill"].is_null()) {
-    if (!llm["max_prefill"].is_number_integer() || llm["max_prefill"].get<int64_t>() < 1)
-      die(path + ": llm.max_prefill must be a positive integer");
-    info.max_prefill = llm["max_prefill"].get<int64_t>();
-  }
-  if (llm.contains("recompute") && llm["recompute"].is_boolean()) info.recompute = llm["recompute"].get<bool>();
-  return info;
-}
-
 class Chat {
  public:
-  Chat(tcc_model* model, const Tokenizer& tok, ChatConfig cfg, const Options& opt, ModelInfo info)
-      : model_(model), tok_(tok), cfg_(std::move(cfg)), opt_(opt), info_(info) {
+  Chat(tcc_model* model, const Tokenizer& tok, ChatConfig cfg, const Options& opt)
+      : model_(model), tok_(tok), cfg_(std::move(cfg)), opt_(opt) {
     int64_t cap = tcc_model_kv_capacity();
-    use_kv_ = cap > 0 && !info.recompute;
+    use_kv_ = cap > 0 && !cfg_.recompute;
     limit_ = use_kv_ ? cap : 0;
     if (cfg_.max_context > 0 && (limit_ <= 0 || cfg_.max_context < limit_)) limit_ = cfg_.max_context;
-    if (limit_ <= 0) die("the model has no KV cache and chat.json gives no max_context");
+    if (limit_ <= 0) die("the model has no KV cache and chat.tcc gives no max_context");
     rng_ = tcc_rng_seed(opt.seed ? *opt.seed
                                  : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
                                        (static_cast<uint64_t>(getpid()) << 32));
@@ -443,7 +415,7 @@ class Chat {
       context_.insert(context_.end(), tokens.begin(), tokens.end());
       return run_once(context_);
     }
-    const size_t chunk = info_.max_prefill > 0 ? static_cast<size_t>(info_.max_prefill) : tokens.size();
+    const size_t chunk = cfg_.max_prefill > 0 ? static_cast<size_t>(cfg_.max_prefill) : tokens.size();
     const float* logits = nullptr;
     for (size_t start = 0; start < tokens.size(); start += chunk) {
       std::vector<int64_t> part(tokens.begin() + static_cast<std::ptrdiff_t>(start),
@@ -484,7 +456,6 @@ class Chat {
   const Tokenizer& tok_;
   ChatConfig cfg_;
   const Options& opt_;
-  ModelInfo info_;
   bool use_kv_ = true;
   int64_t limit_ = 0;
   uint64_t rng_ = 0;
@@ -503,24 +474,28 @@ int main(int argc, char** argv) {
   if (stat(opt.dir.c_str(), &st) != 0) die(opt.dir + ": no such directory");
   if (!S_ISDIR(st.st_mode)) die(opt.dir + ": not a directory");
 
-  ChatConfig cfg = load_chat_config(join_path(opt.dir, "chat.json"));
+  ChatConfig cfg = load_chat_config(join_path(opt.dir, "chat.tcc"));
   if (!opt.raw && opt.system && !opt.system->empty() && !cfg.first_user_prefix_with_system)
     die("--system: the chat template '" + cfg.template_name +
-        "' has no system prompt (chat.json first_user_prefix_with_system is null)");
+        "' has no system prompt (chat.tcc has no first_user_prefix_with_system)");
   if (opt.prompt && opt.prompt->empty()) die("--prompt: empty message", 2);
 
   std::optional<Tokenizer> tok;
   try {
-    tok.emplace(Tokenizer::from_file(join_path(opt.dir, "tokenizer.json")));
+    tok.emplace(Tokenizer::from_file(join_path(opt.dir, "tokenizer.tcc")));
   } catch (const tcc::chat::TokenizerError& e) {
     die(e.what());
   }
 
-  ModelInfo info = load_model_info(join_path(opt.dir, "manifest.json"));
   if (tcc_model_num_inputs() != 1)
     die("the model takes " + std::to_string(tcc_model_num_inputs()) +
         " inputs; chat needs a language model whose only input is input_ids");
   std::string weights = join_path(opt.dir, "weights.bin");
+  try {
+    if (opt.verify) tcc::verify_file(weights, tcc_model_weights_bytes(), tcc_model_weights_sha256());
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
   tcc_model* model = tcc_model_load(weights.c_str(), opt.threads);
   if (!model) {
     const char* why = tcc_model_last_error();
@@ -535,7 +510,7 @@ int main(int argc, char** argv) {
 
   int status = 0;
   try {
-    Chat chat(model, *tok, cfg, opt, info);
+    Chat chat(model, *tok, cfg, opt);
     if (opt.prompt) {
       TurnResult r = chat.turn(*opt.prompt);
       status = r == TurnResult::Rejected ? 1 : r == TurnResult::Interrupted ? 130 : 0;

@@ -1,5 +1,6 @@
-// The C++ tokenizer of the standalone chat binary: reads HF tokenizer.json and reproduces HF `tokenizers`
-// (see tokenizer.h and docs/tokenizer.md). The pipeline follows tokenizers' TokenizerImpl::encode:
+// The C++ tokenizer of the standalone chat binary: reads tokenizer.tcc (the compiler's text form of HF
+// tokenizer.json, runtime/chat_files.py) and reproduces HF `tokenizers` (see tokenizer.h, docs/tokenizer.md).
+// The pipeline follows tokenizers' TokenizerImpl::encode:
 //   1. split out added tokens that match the raw text (non-normalized ones),
 //   2. normalize each remaining piece, then split out added tokens matching the normalized text,
 //   3. pre-tokenize each remaining piece (ByteLevel, Split, Metaspace, Sequence) into words,
@@ -8,8 +9,6 @@
 // Decoding runs the decoder chain (ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence)
 // over all token strings, like tokenizers' Tokenizer::decode.
 #include "tokenizer.h"
-
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -22,11 +21,10 @@
 #include <unordered_set>
 #include <utility>
 
+#include "tcc_text.h"
 #include "tcc_unicode_tables.h"
 
 namespace tcc::chat {
-
-using json = nlohmann::json;
 
 namespace {
 
@@ -164,10 +162,24 @@ std::string replace_all(std::string_view s, std::string_view pat, std::string_vi
   return out;
 }
 
-std::string short_json(const json& j) {
-  std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 80) s = s.substr(0, 77) + "...";
-  return s;
+// A string for an error message, quoted and escaped as JSON (cut to 80 characters).
+std::string quoted(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+  // (a message is valid UTF-8 even where a damaged file holds invalid bytes)
+  return out.size() > 80 ? utf8_lossy(out.substr(0, 77)) + "..." : utf8_lossy(out);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -476,19 +488,15 @@ struct Tokenizer::Impl {
   // -- errors
   [[noreturn]] void fail(const std::string& msg) const { throw TokenizerError(source + ": " + msg); }
 
-  // -- loading
-  void load(const json& root);
-  Normalizer parse_normalizer(const json& j, const std::string& path);
-  PreTokenizer parse_pre_tokenizer(const json& j, const std::string& path);
-  Decoder parse_decoder(const json& j, const std::string& path);
-  PostProcessor parse_post_processor(const json& j, const std::string& path);
-  void parse_model(const json& j);
-  std::string get_string(const json& j, const char* key, const std::string& path, bool required = true,
-                         const std::string& dflt = "") const;
-  bool get_bool(const json& j, const char* key, const std::string& path, bool dflt) const;
-  int64_t get_int(const json& j, const char* key, const std::string& path, int64_t dflt, bool required) const;
-  std::string pattern_string(const json& j, const std::string& path, bool* is_regex) const;
-  uint32_t single_char(const json& j, const char* key, const std::string& path) const;
+  // -- loading (tokenizer.tcc)
+  void load(TextReader& r);
+  void read_model(TextReader& r);
+  void read_added_tokens(TextReader& r);
+  Normalizer read_normalizer(TextReader& r, size_t o, const std::string& path, int depth);
+  PreTokenizer read_pre_tokenizer(TextReader& r, size_t o, const std::string& path, int depth);
+  Decoder read_decoder(TextReader& r, size_t o, const std::string& path, int depth);
+  PostProcessor read_post_processor(TextReader& r, size_t o, const std::string& path, int depth);
+  uint32_t single_char(const TextReader& r, size_t i, const std::string& what) const;
 
   // -- encoding
   void split_added(const std::string& s, bool normalized_trie, bool at_start, std::vector<Word>& words,
@@ -531,344 +539,257 @@ std::string bytes_to_unicode_char(int b) {
 
 }  // namespace
 
-// ---- JSON helpers
+// ---- reading tokenizer.tcc (written by runtime/chat_files.py; docs/formats.md, "Chat files")
 
-std::string Tokenizer::Impl::get_string(const json& j, const char* key, const std::string& path, bool required,
-                                        const std::string& dflt) const {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    if (required) fail(path + "." + key + " is missing");
-    return dflt;
-  }
-  if (!it->is_string()) fail(path + "." + key + " must be a string, got " + short_json(*it));
-  return it->get<std::string>();
+namespace {
+
+constexpr int kMaxDepth = 64;           // nested Sequence nodes (a damaged file must not overflow the stack)
+constexpr int64_t kMaxId = UINT32_MAX;  // tokenizers' ids are u32
+
+Prepend parse_prepend(const TextReader& r, size_t i, const std::string& path) {
+  std::string s = r.str(i);
+  if (s == "always") return Prepend::Always;
+  if (s == "first") return Prepend::First;
+  if (s == "never") return Prepend::Never;
+  r.fail(path + ".prepend_scheme " + quoted(s) + " is not supported (always, first, never)");
 }
 
-bool Tokenizer::Impl::get_bool(const json& j, const char* key, const std::string& path, bool dflt) const {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  if (!it->is_boolean()) fail(path + "." + key + " must be true or false, got " + short_json(*it));
-  return it->get<bool>();
+// The node's type sits at field `o` of the current record (1 on a component's own line, 0 on a child's);
+// `n` values follow it.
+void node_args(const TextReader& r, size_t o, size_t n) { r.check_count(o + n, o + n); }
+
+void check_depth(const TextReader& r, int depth, const std::string& path) {
+  if (depth > kMaxDepth) r.fail(path + ": Sequence nodes nested more than " + std::to_string(kMaxDepth) + " deep");
 }
 
-int64_t Tokenizer::Impl::get_int(const json& j, const char* key, const std::string& path, int64_t dflt,
-                                 bool required) const {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    if (required) fail(path + "." + key + " is missing");
-    return dflt;
-  }
-  if (!it->is_number_integer()) fail(path + "." + key + " must be an integer, got " + short_json(*it));
-  return it->get<int64_t>();
-}
+}  // namespace
 
-uint32_t Tokenizer::Impl::single_char(const json& j, const char* key, const std::string& path) const {
-  std::string s = get_string(j, key, path);
+uint32_t Tokenizer::Impl::single_char(const TextReader& r, size_t i, const std::string& what) const {
+  std::string s = r.str(i);
   Chars c = to_chars(s);
-  if (c.cp.size() != 1) fail(path + "." + key + " must be a single character, got " + short_json(s));
+  if (c.cp.size() != 1) r.fail(what + " must be a single character, got " + quoted(s));
   return c.cp[0];
 }
 
-// A Split / Replace "pattern": {"String": s} or {"Regex": r}.
-std::string Tokenizer::Impl::pattern_string(const json& j, const std::string& path, bool* is_regex) const {
-  auto it = j.find("pattern");
-  if (it == j.end() || !it->is_object() || it->size() != 1)
-    fail(path + ".pattern must be {\"String\": ...} or {\"Regex\": ...}");
-  if (it->contains("String") && (*it)["String"].is_string()) {
-    *is_regex = false;
-    return (*it)["String"].get<std::string>();
-  }
-  if (it->contains("Regex") && (*it)["Regex"].is_string()) {
-    *is_regex = true;
-    return (*it)["Regex"].get<std::string>();
-  }
-  fail(path + ".pattern must be {\"String\": ...} or {\"Regex\": ...}, got " + short_json(*it));
-}
-
-static std::string type_of(const json& j) {
-  auto it = j.find("type");
-  if (it == j.end() || !it->is_string()) return "";
-  return it->get<std::string>();
-}
-
-Normalizer Tokenizer::Impl::parse_normalizer(const json& j, const std::string& path) {
-  if (!j.is_object()) fail(path + " must be an object, got " + short_json(j));
-  std::string t = type_of(j);
+Normalizer Tokenizer::Impl::read_normalizer(TextReader& r, size_t o, const std::string& path, int depth) {
+  check_depth(r, depth, path);
+  const std::string t = r.raw(o);
   Normalizer n{};
   n.kind = Normalizer::Sequence;
   if (t == "Sequence") {
-    auto it = j.find("normalizers");
-    if (it == j.end() || !it->is_array()) fail(path + ".normalizers must be a list");
-    for (size_t i = 0; i < it->size(); ++i)
-      n.children.push_back(parse_normalizer((*it)[i], path + ".normalizers[" + std::to_string(i) + "]"));
+    node_args(r, o, 1);
+    size_t count = r.count(o + 1);
+    for (size_t i = 0; i < count; ++i) {
+      r.next();
+      n.children.push_back(read_normalizer(r, 0, path + ".normalizers[" + std::to_string(i) + "]", depth + 1));
+    }
   } else if (t == "Prepend") {
+    node_args(r, o, 1);
     n.kind = Normalizer::Prepend;
-    n.a = get_string(j, "prepend", path);
+    n.a = r.str(o + 1);
   } else if (t == "Replace") {
+    node_args(r, o, 2);
     n.kind = Normalizer::Replace;
-    bool is_regex;
-    n.a = pattern_string(j, path, &is_regex);
-    if (is_regex) fail(path + ".pattern: Regex patterns are not supported in a Replace normalizer, got " + short_json(n.a));
-    n.b = get_string(j, "content", path);
+    n.a = r.str(o + 1);
+    n.b = r.str(o + 2);
   } else if (t == "Strip") {
+    node_args(r, o, 2);
     n.kind = Normalizer::Strip;
-    n.strip_left = get_bool(j, "strip_left", path, false);
-    n.strip_right = get_bool(j, "strip_right", path, false);
+    n.strip_left = r.flag(o + 1);
+    n.strip_right = r.flag(o + 2);
   } else {
-    fail(path + ".type \"" + t + "\" is not supported (supported normalizers: Sequence, Prepend, Replace, Strip)");
+    r.fail(path + ": unknown normalizer '" + t + "' (Sequence, Prepend, Replace, Strip)");
   }
   return n;
 }
 
-static Prepend parse_prepend(const std::string& s, bool* ok) {
-  *ok = true;
-  if (s == "always") return Prepend::Always;
-  if (s == "first") return Prepend::First;
-  if (s == "never") return Prepend::Never;
-  *ok = false;
-  return Prepend::Always;
-}
-
-PreTokenizer Tokenizer::Impl::parse_pre_tokenizer(const json& j, const std::string& path) {
-  if (!j.is_object()) fail(path + " must be an object, got " + short_json(j));
-  std::string t = type_of(j);
+PreTokenizer Tokenizer::Impl::read_pre_tokenizer(TextReader& r, size_t o, const std::string& path, int depth) {
+  check_depth(r, depth, path);
+  const std::string t = r.raw(o);
   PreTokenizer p{};
   p.kind = PreTokenizer::Sequence;
   if (t == "Sequence") {
-    auto it = j.find("pretokenizers");
-    if (it == j.end() || !it->is_array()) fail(path + ".pretokenizers must be a list");
-    for (size_t i = 0; i < it->size(); ++i)
-      p.children.push_back(parse_pre_tokenizer((*it)[i], path + ".pretokenizers[" + std::to_string(i) + "]"));
+    node_args(r, o, 1);
+    size_t count = r.count(o + 1);
+    for (size_t i = 0; i < count; ++i) {
+      r.next();
+      p.children.push_back(read_pre_tokenizer(r, 0, path + ".pretokenizers[" + std::to_string(i) + "]", depth + 1));
+    }
   } else if (t == "ByteLevel") {
+    node_args(r, o, 2);
     p.kind = PreTokenizer::ByteLevel;
-    p.add_prefix_space = get_bool(j, "add_prefix_space", path, true);
-    p.use_regex = get_bool(j, "use_regex", path, true);
+    p.add_prefix_space = r.flag(o + 1);
+    p.use_regex = r.flag(o + 2);
   } else if (t == "Split") {
+    node_args(r, o, 4);
     p.kind = PreTokenizer::Split;
-    bool is_regex;
-    std::string pat = pattern_string(j, path, &is_regex);
-    p.split_is_regex = is_regex;
-    if (is_regex) {
+    const std::string kind = r.raw(o + 1);
+    std::string pat = r.str(o + 2);
+    if (kind == "regex") {
+      p.split_is_regex = true;
       if (pat == kGpt2Pattern) p.regex = RegexKind::Gpt2;
       else if (pat == kLlama3Pattern) p.regex = RegexKind::Llama3;
       else
-        fail(path + ".pattern.Regex: unsupported pattern " + short_json(pat) +
-             " (supported: the GPT-2 and LLaMA-3 pre-tokenizer patterns)");
-    } else {
-      if (pat.empty()) fail(path + ".pattern.String must not be empty");
+        r.fail(path + ".pattern.Regex: unsupported pattern " + quoted(pat) +
+               " (supported: the GPT-2 and LLaMA-3 pre-tokenizer patterns)");
+    } else if (kind == "string") {
+      if (pat.empty()) r.fail(path + ".pattern.String must not be empty");
       p.split_string = pat;
+    } else {
+      r.fail(path + ": Split pattern kind '" + kind + "' is neither regex nor string");
     }
-    std::string b = get_string(j, "behavior", path);
+    std::string b = r.str(o + 3);
     if (b == "Removed") p.behavior = SplitBehavior::Removed;
     else if (b == "Isolated") p.behavior = SplitBehavior::Isolated;
     else if (b == "MergedWithPrevious") p.behavior = SplitBehavior::MergedWithPrevious;
     else if (b == "MergedWithNext") p.behavior = SplitBehavior::MergedWithNext;
     else if (b == "Contiguous") p.behavior = SplitBehavior::Contiguous;
-    else fail(path + ".behavior \"" + b + "\" is not supported");
-    p.invert = get_bool(j, "invert", path, false);
+    else r.fail(path + ".behavior " + quoted(b) + " is not supported");
+    p.invert = r.flag(o + 4);
   } else if (t == "Metaspace") {
+    node_args(r, o, 3);
     p.kind = PreTokenizer::Metaspace;
-    std::string r;
-    append_utf8(r, single_char(j, "replacement", path));
-    p.replacement = r;
-    if (j.contains("prepend_scheme") && !j["prepend_scheme"].is_null()) {
-      bool ok;
-      std::string s = get_string(j, "prepend_scheme", path);
-      p.prepend = parse_prepend(s, &ok);
-      if (!ok) fail(path + ".prepend_scheme \"" + s + "\" is not supported (always, first, never)");
-    } else {
-      p.prepend = get_bool(j, "add_prefix_space", path, true) ? Prepend::Always : Prepend::Never;
-    }
-    p.meta_split = get_bool(j, "split", path, true);
+    append_utf8(p.replacement, single_char(r, o + 1, path + ".replacement"));
+    p.prepend = parse_prepend(r, o + 2, path);
+    p.meta_split = r.flag(o + 3);
   } else {
-    fail(path + ".type \"" + t +
-         "\" is not supported (supported pre-tokenizers: ByteLevel, Split, Metaspace, Sequence)");
+    r.fail(path + ": unknown pre-tokenizer '" + t + "' (Sequence, ByteLevel, Split, Metaspace)");
   }
   return p;
 }
 
-Decoder Tokenizer::Impl::parse_decoder(const json& j, const std::string& path) {
-  if (!j.is_object()) fail(path + " must be an object, got " + short_json(j));
-  std::string t = type_of(j);
+Decoder Tokenizer::Impl::read_decoder(TextReader& r, size_t o, const std::string& path, int depth) {
+  check_depth(r, depth, path);
+  const std::string t = r.raw(o);
   Decoder d{};
   d.kind = Decoder::Sequence;
   if (t == "Sequence") {
-    auto it = j.find("decoders");
-    if (it == j.end() || !it->is_array()) fail(path + ".decoders must be a list");
-    for (size_t i = 0; i < it->size(); ++i)
-      d.children.push_back(parse_decoder((*it)[i], path + ".decoders[" + std::to_string(i) + "]"));
-  } else if (t == "ByteLevel") {
-    d.kind = Decoder::ByteLevel;
-  } else if (t == "Metaspace") {
-    d.kind = Decoder::Metaspace;
-    append_utf8(d.a, single_char(j, "replacement", path));
-    if (j.contains("prepend_scheme") && !j["prepend_scheme"].is_null()) {
-      bool ok;
-      std::string s = get_string(j, "prepend_scheme", path);
-      d.prepend = parse_prepend(s, &ok);
-      if (!ok) fail(path + ".prepend_scheme \"" + s + "\" is not supported (always, first, never)");
-    } else {
-      d.prepend = get_bool(j, "add_prefix_space", path, true) ? Prepend::Always : Prepend::Never;
+    node_args(r, o, 1);
+    size_t count = r.count(o + 1);
+    for (size_t i = 0; i < count; ++i) {
+      r.next();
+      d.children.push_back(read_decoder(r, 0, path + ".decoders[" + std::to_string(i) + "]", depth + 1));
     }
+  } else if (t == "ByteLevel" || t == "ByteFallback" || t == "Fuse") {
+    node_args(r, o, 0);
+    d.kind = t == "ByteLevel" ? Decoder::ByteLevel : t == "Fuse" ? Decoder::Fuse : Decoder::ByteFallback;
+  } else if (t == "Metaspace") {
+    node_args(r, o, 2);
+    d.kind = Decoder::Metaspace;
+    append_utf8(d.a, single_char(r, o + 1, path + ".replacement"));
+    d.prepend = parse_prepend(r, o + 2, path);
   } else if (t == "Replace") {
+    node_args(r, o, 2);
     d.kind = Decoder::Replace;
-    bool is_regex;
-    d.a = pattern_string(j, path, &is_regex);
-    if (is_regex) fail(path + ".pattern: Regex patterns are not supported in a Replace decoder, got " + short_json(d.a));
-    d.b = get_string(j, "content", path);
-  } else if (t == "ByteFallback") {
-    d.kind = Decoder::ByteFallback;
-  } else if (t == "Fuse") {
-    d.kind = Decoder::Fuse;
+    d.a = r.str(o + 1);
+    d.b = r.str(o + 2);
   } else if (t == "Strip") {
+    node_args(r, o, 3);
     d.kind = Decoder::Strip;
-    d.strip_content = single_char(j, "content", path);
-    int64_t a = get_int(j, "start", path, 0, false), b = get_int(j, "stop", path, 0, false);
-    if (a < 0 || b < 0) fail(path + ": start and stop must not be negative");
-    d.strip_start = static_cast<size_t>(a);
-    d.strip_stop = static_cast<size_t>(b);
+    d.strip_content = single_char(r, o + 1, path + ".content");
+    d.strip_start = static_cast<size_t>(r.integer(o + 2, 0, INT32_MAX));
+    d.strip_stop = static_cast<size_t>(r.integer(o + 3, 0, INT32_MAX));
   } else {
-    fail(path + ".type \"" + t +
-         "\" is not supported (supported decoders: ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, "
-         "Sequence)");
+    r.fail(path + ": unknown decoder '" + t + "' (Sequence, ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip)");
   }
   return d;
 }
 
-PostProcessor Tokenizer::Impl::parse_post_processor(const json& j, const std::string& path) {
-  if (!j.is_object()) fail(path + " must be an object, got " + short_json(j));
-  std::string t = type_of(j);
+PostProcessor Tokenizer::Impl::read_post_processor(TextReader& r, size_t o, const std::string& path, int depth) {
+  check_depth(r, depth, path);
+  const std::string t = r.raw(o);
   PostProcessor p;
   if (t == "Sequence") {
+    node_args(r, o, 1);
     p.kind = PostProcessor::Sequence;
-    auto it = j.find("processors");
-    if (it == j.end() || !it->is_array()) fail(path + ".processors must be a list");
-    for (size_t i = 0; i < it->size(); ++i)
-      p.children.push_back(parse_post_processor((*it)[i], path + ".processors[" + std::to_string(i) + "]"));
+    size_t count = r.count(o + 1);
+    for (size_t i = 0; i < count; ++i) {
+      r.next();
+      p.children.push_back(read_post_processor(r, 0, path + ".processors[" + std::to_string(i) + "]", depth + 1));
+    }
   } else if (t == "ByteLevel") {
+    node_args(r, o, 0);
     p.kind = PostProcessor::None;  // only adjusts offsets
-  } else if (t == "TemplateProcessing") {
+  } else if (t == "Template") {
+    node_args(r, o, 1);
     p.kind = PostProcessor::Template;
-    auto single = j.find("single");
-    if (single == j.end() || !single->is_array()) fail(path + ".single must be a list");
-    auto specials = j.find("special_tokens");
-    for (size_t i = 0; i < single->size(); ++i) {
-      const json& item = (*single)[i];
-      std::string ipath = path + ".single[" + std::to_string(i) + "]";
-      if (item.is_object() && item.contains("Sequence")) {
-        std::string id = get_string(item["Sequence"], "id", ipath + ".Sequence");
-        if (id != "A") fail(ipath + ".Sequence.id \"" + id + "\" is not supported in a single-sequence template");
+    size_t count = r.count(o + 1);
+    for (size_t i = 0; i < count; ++i) {
+      r.next();
+      if (r.keyword() == "Sequence") {
+        r.check_count(0, 0);
         p.template_items.push_back({});
         p.template_is_seq.push_back(true);
-      } else if (item.is_object() && item.contains("SpecialToken")) {
-        std::string id = get_string(item["SpecialToken"], "id", ipath + ".SpecialToken");
-        if (specials == j.end() || !specials->is_object() || !specials->contains(id))
-          fail(ipath + ": special token \"" + id + "\" is missing from " + path + ".special_tokens");
-        const json& st = (*specials)[id];
-        if (!st.contains("ids") || !st["ids"].is_array())
-          fail(path + ".special_tokens[\"" + id + "\"].ids must be a list of ids");
+      } else if (r.keyword() == "SpecialToken") {
         std::vector<int64_t> ids;
-        for (auto& v : st["ids"]) {
-          if (!v.is_number_integer()) fail(path + ".special_tokens[\"" + id + "\"].ids must be a list of ids");
-          ids.push_back(v.get<int64_t>());
-        }
+        for (size_t k = 1; k < r.size(); ++k) ids.push_back(r.integer(k, 0, kMaxId));
         p.template_items.push_back(ids);
         p.template_is_seq.push_back(false);
       } else {
-        fail(ipath + " must be {\"Sequence\": ...} or {\"SpecialToken\": ...}, got " + short_json(item));
+        r.fail(path + ".single[" + std::to_string(i) + "]: expected 'Sequence' or 'SpecialToken', got '" +
+               r.keyword() + "'");
       }
     }
-  } else if (t == "BertProcessing" || t == "RobertaProcessing") {
+  } else if (t == "Wrap") {
+    node_args(r, o, 2);
     p.kind = PostProcessor::Wrap;
-    for (const char* key : {"cls", "sep"}) {
-      auto it = j.find(key);
-      if (it == j.end() || !it->is_array() || it->size() != 2 || !(*it)[1].is_number_integer())
-        fail(path + "." + key + " must be [token, id]");
-      (std::string(key) == "cls" ? p.prefix : p.suffix).push_back((*it)[1].get<int64_t>());
-    }
+    p.prefix.push_back(r.integer(o + 1, 0, kMaxId));
+    p.suffix.push_back(r.integer(o + 2, 0, kMaxId));
   } else {
-    fail(path + ".type \"" + t +
-         "\" is not supported (supported post-processors: TemplateProcessing, ByteLevel, BertProcessing, "
-         "RobertaProcessing, Sequence)");
+    r.fail(path + ": unknown post-processor '" + t + "' (Sequence, ByteLevel, Template, Wrap)");
   }
   return p;
 }
 
-void Tokenizer::Impl::parse_model(const json& m) {
-  const std::string path = "model";
-  if (!m.is_object()) fail("model must be an object, got " + short_json(m));
-  std::string t = type_of(m);
-  if (t.empty() && m.contains("merges")) t = "BPE";
-  if (t != "BPE") fail("model.type \"" + t + "\" is not supported (supported: BPE)");
+void Tokenizer::Impl::read_model(TextReader& r) {
+  r.expect("model");
+  if (r.raw(1) != "BPE") r.fail("model.type " + quoted(r.str(1)) + " is not supported (supported: BPE)");
+  auto optional_string = [&](const char* key, std::string* out) {
+    if (!r.peek(key)) return false;
+    r.expect(key);
+    *out = r.str(1);
+    return true;
+  };
+  std::string unk;
+  if (optional_string("unk_token", &unk)) unk_token = unk;
+  has_prefix = optional_string("continuing_subword_prefix", &continuing_subword_prefix);
+  has_suffix = optional_string("end_of_word_suffix", &end_of_word_suffix);
+  for (auto [key, out] : {std::pair<const char*, bool*>{"fuse_unk", &fuse_unk}, {"byte_fallback", &byte_fallback},
+                          {"ignore_merges", &ignore_merges}}) {
+    r.expect(key);
+    *out = r.flag(1);
+  }
 
-  auto dropout = m.find("dropout");
-  if (dropout != m.end() && !dropout->is_null()) {
-    if (!dropout->is_number()) fail("model.dropout must be a number or null");
-    if (dropout->get<double>() > 0.0)
-      fail("model.dropout " + short_json(*dropout) + " is not supported (BPE dropout is random; use null)");
+  r.expect("vocab");
+  size_t n = r.count(1);
+  vocab.reserve(n * 2);
+  vocab_r.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    r.next();
+    r.check_count(1, 1);
+    std::string token = r.str(0);
+    int64_t id = r.integer(1, 0, kMaxId);
+    vocab[token] = id;
+    vocab_r[id] = token;
   }
-  auto v = m.find("vocab");
-  if (v == m.end() || !v->is_object()) fail("model.vocab must be an object of token -> id");
-  vocab.reserve(v->size() * 2);
-  vocab_r.reserve(v->size() * 2);
-  for (auto it = v->begin(); it != v->end(); ++it) {
-    if (!it.value().is_number_integer())
-      fail("model.vocab[" + short_json(it.key()) + "] must be an integer id, got " + short_json(it.value()));
-    int64_t id = it.value().get<int64_t>();
-    vocab[it.key()] = id;
-    vocab_r[id] = it.key();
-  }
-  if (m.contains("unk_token") && !m["unk_token"].is_null()) unk_token = get_string(m, "unk_token", path);
-  if (m.contains("continuing_subword_prefix") && !m["continuing_subword_prefix"].is_null()) {
-    continuing_subword_prefix = get_string(m, "continuing_subword_prefix", path);
-    has_prefix = true;
-  }
-  if (m.contains("end_of_word_suffix") && !m["end_of_word_suffix"].is_null()) {
-    end_of_word_suffix = get_string(m, "end_of_word_suffix", path);
-    has_suffix = true;
-  }
-  fuse_unk = get_bool(m, "fuse_unk", path, false);
-  byte_fallback = get_bool(m, "byte_fallback", path, false);
-  ignore_merges = get_bool(m, "ignore_merges", path, false);
 
-  auto mg = m.find("merges");
-  if (mg == m.end() || mg->is_null()) {
-    // no merges: every word is split into characters
-  } else {
-    if (!mg->is_array()) fail("model.merges must be a list");
-    merges.reserve(mg->size() * 2);
-    size_t prefix_len = has_prefix ? continuing_subword_prefix.size() : 0;
-    int32_t rank = 0;
-    for (const auto& e : *mg) {
-      std::string a, b;
-      if (e.is_string()) {
-        const std::string& s = e.get_ref<const std::string&>();
-        size_t sp = s.find(' ');
-        if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-          fail("model.merges[" + std::to_string(rank) + "] must be two tokens separated by one space, got " +
-               short_json(s));
-        a = s.substr(0, sp);
-        b = s.substr(sp + 1);
-      } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
-        a = e[0].get<std::string>();
-        b = e[1].get<std::string>();
-      } else {
-        fail("model.merges[" + std::to_string(rank) + "] must be \"a b\" or [\"a\", \"b\"], got " + short_json(e));
-      }
-      auto ia = vocab.find(a), ib = vocab.find(b);
-      if (ia == vocab.end())
-        fail("model.merges[" + std::to_string(rank) + "]: token " + short_json(a) + " is not in the vocabulary");
-      if (ib == vocab.end())
-        fail("model.merges[" + std::to_string(rank) + "]: token " + short_json(b) + " is not in the vocabulary");
-      std::string merged = a + (prefix_len <= b.size() ? b.substr(prefix_len) : std::string());
-      auto in = vocab.find(merged);
-      if (in == vocab.end())
-        fail("model.merges[" + std::to_string(rank) + "]: merged token " + short_json(merged) +
-             " is not in the vocabulary");
-      uint64_t key = (static_cast<uint64_t>(ia->second) << 32) | static_cast<uint32_t>(ib->second);
-      merges[key] = {rank, in->second};
-      ++rank;
-    }
+  r.expect("merges");
+  n = r.count(1);
+  merges.reserve(n * 2);
+  size_t prefix_len = has_prefix ? continuing_subword_prefix.size() : 0;
+  for (size_t rank = 0; rank < n; ++rank) {
+    r.next();
+    r.check_count(1, 1);
+    std::string a = r.str(0), b = r.str(1);
+    const std::string where = "model.merges[" + std::to_string(rank) + "]: ";
+    auto ia = vocab.find(a), ib = vocab.find(b);
+    if (ia == vocab.end()) r.fail(where + "token " + quoted(a) + " is not in the vocabulary");
+    if (ib == vocab.end()) r.fail(where + "token " + quoted(b) + " is not in the vocabulary");
+    std::string merged = a + (prefix_len <= b.size() ? b.substr(prefix_len) : std::string());
+    auto in = vocab.find(merged);
+    if (in == vocab.end()) r.fail(where + "merged token " + quoted(merged) + " is not in the vocabulary");
+    uint64_t key = (static_cast<uint64_t>(ia->second) << 32) | static_cast<uint32_t>(ib->second);
+    merges[key] = {static_cast<int32_t>(rank), in->second};
   }
   for (int b = 0; b < 256; ++b) {
     char name[8];
@@ -878,73 +799,86 @@ void Tokenizer::Impl::parse_model(const json& m) {
   }
 }
 
-void Tokenizer::Impl::load(const json& root) {
-  if (!root.is_object()) fail("expected a JSON object at the top level");
+void Tokenizer::Impl::read_added_tokens(TextReader& r) {
+  r.expect("added_tokens");
+  size_t n = r.count(1);
+  for (size_t i = 0; i < n; ++i) {
+    r.next();
+    r.check_count(6, 6);
+    AddedToken a;
+    a.id = r.integer(0, 0, kMaxId);
+    a.content = r.str(1);
+    a.special = r.flag(2);
+    a.single_word = r.flag(3);
+    a.lstrip = r.flag(4);
+    a.rstrip = r.flag(5);
+    a.normalized = r.flag(6);
+    if (a.content.empty()) continue;  // tokenizers ignores empty added tokens
+    a.decode_text = a.content;
+    auto prev = added_by_content.find(a.content);
+    if (prev != added_by_content.end()) {  // the same content again: the later entry wins
+      size_t index = added_by_id[prev->second];
+      added_by_id.erase(prev->second);
+      added[index] = a;
+      added_by_id[a.id] = index;
+      prev->second = a.id;
+    } else {
+      added.push_back(a);
+      added_by_id[a.id] = added.size() - 1;
+      added_by_content[a.content] = a.id;
+    }
+    if (a.special) special_contents.insert(a.content);
+  }
+  // Matching order as tokenizers: special tokens first, then the others (file order within each).
+  int raw_n = 0, norm_n = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < added.size(); ++i) {
+      const AddedToken& a = added[i];
+      if (a.special != (pass == 0)) continue;
+      if (a.normalized) {
+        std::string pat = normalizer ? normalizer->apply(a.content) : a.content;
+        added[i].decode_text = pat;
+        trie_norm.add(pat, norm_n++);
+        norm_patterns.push_back(i);
+      } else {
+        trie_raw.add(a.content, raw_n++);
+        raw_patterns.push_back(i);
+      }
+    }
+  }
+}
+
+void Tokenizer::Impl::load(TextReader& r) {
+  r.next();
+  if (r.keyword() != "tcc-tokenizer")
+    r.fail("not a tcc tokenizer file (the first line must be 'tcc-tokenizer 1'; the compiler writes it "
+           "from tokenizer.json)");
+  r.check_count(1, 1);
+  if (r.raw(1) != "1") r.fail("tokenizer file version " + r.raw(1) + " is not supported (this program reads 1)");
+  if (r.peek("unsupported")) {
+    r.expect("unsupported");
+    r.fail("the chat binary cannot use this model's tokenizer.json: " + utf8_lossy(r.str(1)));
+  }
   for (int b = 0; b < 256; ++b) {
     byte_char[b] = bytes_to_unicode_char(b);
     char_byte[first_char(byte_char[b])] = static_cast<unsigned char>(b);
   }
-  auto m = root.find("model");
-  if (m == root.end()) fail("model is missing");
-  parse_model(*m);
-
-  auto get_part = [&](const char* key) -> const json* {
-    auto it = root.find(key);
-    if (it == root.end() || it->is_null()) return nullptr;
-    return &*it;
+  read_model(r);
+  auto component = [&](const char* key) -> bool {  // the component's own line; false: "none"
+    r.expect(key, 1, 6);
+    if (r.raw(1) != "none") return true;
+    r.check_count(1, 1);
+    return false;
   };
-  if (auto j = get_part("normalizer")) normalizer = parse_normalizer(*j, "normalizer");
-  if (auto j = get_part("pre_tokenizer")) pre_tokenizer = parse_pre_tokenizer(*j, "pre_tokenizer");
-  if (auto j = get_part("decoder")) decoder = parse_decoder(*j, "decoder");
-  if (auto j = get_part("post_processor")) post = parse_post_processor(*j, "post_processor");
-
-  if (auto j = get_part("added_tokens")) {
-    if (!j->is_array()) fail("added_tokens must be a list");
-    for (size_t i = 0; i < j->size(); ++i) {
-      const json& t = (*j)[i];
-      std::string path = "added_tokens[" + std::to_string(i) + "]";
-      if (!t.is_object()) fail(path + " must be an object");
-      AddedToken a;
-      a.id = get_int(t, "id", path, 0, true);
-      a.content = get_string(t, "content", path);
-      a.special = get_bool(t, "special", path, false);
-      a.single_word = get_bool(t, "single_word", path, false);
-      a.lstrip = get_bool(t, "lstrip", path, false);
-      a.rstrip = get_bool(t, "rstrip", path, false);
-      a.normalized = get_bool(t, "normalized", path, !a.special);
-      if (a.content.empty()) continue;  // tokenizers ignores empty added tokens
-      a.decode_text = a.content;
-      auto prev = added_by_content.find(a.content);
-      if (prev != added_by_content.end()) {  // the same content again: the later entry wins
-        size_t index = added_by_id[prev->second];
-        added_by_id.erase(prev->second);
-        added[index] = a;
-        added_by_id[a.id] = index;
-        prev->second = a.id;
-      } else {
-        added.push_back(a);
-        added_by_id[a.id] = added.size() - 1;
-        added_by_content[a.content] = a.id;
-      }
-      if (a.special) special_contents.insert(a.content);
-    }
-    // Matching order as tokenizers: special tokens first, then the others (file order within each).
-    int raw_n = 0, norm_n = 0;
-    for (int pass = 0; pass < 2; ++pass) {
-      for (size_t i = 0; i < added.size(); ++i) {
-        const AddedToken& a = added[i];
-        if (a.special != (pass == 0)) continue;
-        if (a.normalized) {
-          std::string pat = normalizer ? normalizer->apply(a.content) : a.content;
-          added[i].decode_text = pat;
-          trie_norm.add(pat, norm_n++);
-          norm_patterns.push_back(i);
-        } else {
-          trie_raw.add(a.content, raw_n++);
-          raw_patterns.push_back(i);
-        }
-      }
-    }
+  if (component("normalizer")) normalizer = read_normalizer(r, 1, "normalizer", 0);
+  if (component("pre_tokenizer")) pre_tokenizer = read_pre_tokenizer(r, 1, "pre_tokenizer", 0);
+  if (component("decoder")) decoder = read_decoder(r, 1, "decoder", 0);
+  if (component("post_processor")) post = read_post_processor(r, 1, "post_processor", 0);
+  read_added_tokens(r);
+  r.expect("end", 0, 0);
+  if (r.lines_left() > 0) {
+    r.next();
+    r.fail("text after 'end'");
   }
 }
 
@@ -1176,7 +1110,7 @@ void Tokenizer::Impl::bpe(const std::string& w, std::vector<int64_t>& out) const
         }
       }
       if (!done && unk_token) {
-        if (unk_id < 0) fail("model.unk_token " + short_json(*unk_token) + " is not in the vocabulary");
+        if (unk_id < 0) fail("model.unk_token " + quoted(*unk_token) + " is not in the vocabulary");
         if (has_unk && fuse_unk) {
           unk_len += len;
         } else {
@@ -1469,38 +1403,28 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& source) {
+Tokenizer Tokenizer::from_text(const std::string& text, const std::string& source) {
   auto impl = std::make_unique<Impl>();
   impl->source = source;
-  json root;
   try {
-    root = json::parse(text);
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();
-    // nlohmann: "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
-    size_t colon = what.find(": ");
-    std::string detail = colon == std::string::npos ? what : what.substr(colon + 2);
-    // e.byte is 1-based (the last character read); report the 0-based offset of the offending byte.
-    size_t offset = e.byte > 0 ? e.byte - 1 : 0;
-    throw TokenizerError(source + ": malformed JSON at byte offset " + std::to_string(offset) + ": " + detail);
-  }
-  try {
-    impl->load(root);
-  } catch (const json::exception& e) {  // a type mismatch the checks above missed
-    throw TokenizerError(source + ": unexpected content: " + e.what());
+    TextReader r(text, source);
+    impl->load(r);
+  } catch (const FormatError& e) {
+    throw TokenizerError(e.what());
   }
   return Tokenizer(std::move(impl));
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    throw TokenizerError(path + ": " + (errno == ENOENT ? "file not found" : std::string("cannot read: ") + std::strerror(errno)));
+  try {
+    TextReader r = TextReader::from_file(path);
+    auto impl = std::make_unique<Impl>();
+    impl->source = path;
+    impl->load(r);
+    return Tokenizer(std::move(impl));
+  } catch (const FormatError& e) {
+    throw TokenizerError(e.what());
   }
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) throw TokenizerError(path + ": cannot read");
-  return from_json_text(ss.str(), path);
 }
 
 std::vector<int64_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {

@@ -1,10 +1,11 @@
-// A standalone C++ tokenizer that reads a Hugging Face `tokenizer.json` and encodes/decodes exactly like
+// A standalone C++ tokenizer that reads `tokenizer.tcc` (what the compiler writes from a Hugging Face
+// `tokenizer.json`: runtime/chat_files.py, docs/formats.md "Chat files") and encodes/decodes exactly like
 // HF `tokenizers` for the BPE tokenizers of GPT-2, LLaMA-3 (byte-level BPE) and LLaMA-2 (SentencePiece-
 // style BPE with byte fallback). Part of the tcc runtime: the standalone `chat` binary uses it; no Python.
 // See docs/tokenizer.md for what is supported and the error messages.
 //
-// Build: C++17, nlohmann/json (Debian nlohmann-json3-dev), and the generated tcc_unicode_tables.h
-// (python -m tcc.codegen.unicode_tables OUT_DIR/) on the include path.
+// Build: C++17 and nothing else but the generated tcc_unicode_tables.h (python -m tcc.codegen.unicode_tables
+// OUT_DIR/) on the include path: no JSON library.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +18,9 @@
 
 namespace tcc::chat {
 
-// Every problem with a tokenizer file (missing, malformed JSON, an unsupported feature) is reported as a
-// TokenizerError with a one-line message naming the file and, where it applies, the field and value.
+// Every problem with a tokenizer file (missing, malformed or truncated, an unsupported feature) is reported
+// as a TokenizerError with a one-line message "PATH:LINE: ..." naming the file, line and, where it applies,
+// the tokenizer.json field and value.
 class TokenizerError : public std::runtime_error {
  public:
   explicit TokenizerError(const std::string& msg) : std::runtime_error(msg) {}
@@ -26,10 +28,10 @@ class TokenizerError : public std::runtime_error {
 
 class Tokenizer {
  public:
-  // Load `tokenizer.json`. Throws TokenizerError.
+  // Load `tokenizer.tcc`. Throws TokenizerError.
   static Tokenizer from_file(const std::string& path);
-  // Parse tokenizer.json text; `source` names it in error messages.
-  static Tokenizer from_json_text(const std::string& text, const std::string& source = "tokenizer.json");
+  // Parse tokenizer.tcc text; `source` names it in error messages.
+  static Tokenizer from_text(const std::string& text, const std::string& source = "tokenizer.tcc");
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;

@@ -340,7 +340,8 @@ def _kvattention(c: Cases, rng):
             kv.check_out(got, ref, tol, f"{spec.name} {name}")
             kv.check_cache(res[3], res[4], kc0, vc0, k, v, past, cos, sin, mode, rd, f"{spec.name} {name}")
         c.add(name, spec, (bufs[0], bufs[1], bufs[2], kc, vc, bufs[3], B, Hq, Hkv, S, past, kc.shape[2], D, Dv,
-                           *strides, cos, sin, rd, mode, scale, _pool(j) if S > 1 else POOL), check)
+                           *strides, cos, sin, rd, mode, scale, 0, kc.shape[2], None, 0.0,
+                           _pool(j) if S > 1 else POOL), check)
 
 
 def _matmul_call(A, B, pool, what, spec):
@@ -412,7 +413,8 @@ def _attention_args(q, k, v, mask, out, scale, causal, pool):
         base, off, _ = _base(a)
         bufs.append(At(base, off))
     return (*bufs[:3], mask, bufs[3], B, Hq, Hkv, Sq, Skv, D, Dv,
-            *[_i64(elem_strides(a)) for a in (q, k, v)], _i64(ms), _i64(elem_strides(out)), scale, causal, pool)
+            *[_i64(elem_strides(a)) for a in (q, k, v)], _i64(ms), _i64(elem_strides(out)), scale, causal, 0, None, 0.0,
+            pool)
 
 
 def _attention(c: Cases, rng):

@@ -127,7 +127,7 @@ def run_kv(lib, spec, q, k, v, kc, vc, past, cos, sin, mode, rd, scale, pool, la
     out = strided(rng, B, Hq, S, Dv, layout, fill=np.nan)
     strides = [i64(elem_strides(a)) for a in (q, k, v, out)]  # kept alive across the call
     lib.kernel(spec)(ptr(q), ptr(k), ptr(v), ptr(kc), ptr(vc), ptr(out), B, Hq, Hkv, S, past, kc.shape[2], D, Dv,
-                     *(ptr(s) for s in strides), ptr(cos), ptr(sin), rd, mode, scale, pool)
+                     *(ptr(s) for s in strides), ptr(cos), ptr(sin), rd, mode, scale, 0, kc.shape[2], None, 0.0, pool)
     assert not lib.tcc_error_pending(), lib.tcc_error_message().decode()
     return out
 
@@ -322,7 +322,7 @@ def test_bad_arguments_raise(x86_kernel_lib, spec):
             kc_before = kc.copy()
             tab = ptr(cos) if c.get("tables") else None
             fn(ptr(q), ptr(k), ptr(k), ptr(kc), ptr(kc), ptr(out), 1, c["Hq"], c["Hkv"], 1, c["past"], 4, 8, 8,
-               st, kst, kst, st, tab, tab, c.get("rd", 0), c.get("mode", NONE), 1.0, None)
+               st, kst, kst, st, tab, tab, c.get("rd", 0), c.get("mode", NONE), 1.0, 0, 4, None, 0.0, None)
             assert lib.tcc_error_pending(), f"no error for {c}"
             assert words in lib.tcc_error_message().decode()
             assert np.array_equal(kc, kc_before), "a rejected call must not touch the cache"

@@ -290,7 +290,7 @@ def run_attention(lib, spec, q, k, v, mask, out, scale, causal, pool):
     ms = [0, 0, 0, 0] if mask is None else elem_strides(np.broadcast_to(mask, (B, Hq, Sq, Skv)))
     strides = [i64(elem_strides(a)) for a in (q, k, v)] + [i64(ms), i64(elem_strides(out))]  # kept alive
     lib.kernel(spec)(ptr(q), ptr(k), ptr(v), ptr(mask), ptr(out), B, Hq, Hkv, Sq, Skv, D, Dv,
-                     *[ptr(s) for s in strides], scale, causal, pool)
+                     *[ptr(s) for s in strides], scale, causal, 0, None, 0.0, pool)
 
 
 @pytest.mark.parametrize("spec", ATTENTION, ids=IDS)

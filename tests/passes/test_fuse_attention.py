@@ -18,7 +18,7 @@ def _const(g, x, name="c"):
     return g.add_const(np.array(x, np.float32), name)
 
 
-def build(*, k_layout="swap", scale="mul", mask="none", gqa="none", static_s=None, hkv=2):
+def build(*, k_layout="swap", scale="mul", mask="none", gqa="none", static_s=None, hkv=2, softcap=None):
     """q [b,H,s,D] @ kT -> scale -> mask -> Softmax -> @ v."""
     g = Graph()
     s = static_s or "s"
@@ -67,6 +67,12 @@ def build(*, k_layout="swap", scale="mul", mask="none", gqa="none", static_s=Non
         sc = g.add_node("Mul", [sc, _const(g, 1 / math.sqrt(D), "scale")]).output
     elif scale == "div":
         sc = g.add_node("Div", [sc, _const(g, math.sqrt(D), "sqrt_d")]).output
+    if softcap is not None:  # Gemma 2: tanh(scores / c) * c, as Div (or Mul by 1/c), Tanh, Mul
+        c, form = softcap
+        sc = g.add_node("Div", [sc, _const(g, c)]).output if form == "div" else \
+            g.add_node("Mul", [sc, _const(g, 1.0 / c)]).output
+        sc = g.add_node("Tanh", [sc]).output
+        sc = g.add_node("Mul", [_const(g, c), sc] if form == "div" else [sc, _const(g, c)]).output
     if mask in ("add", "add_first"):
         m = g.add_input("mask", t("f32", "b", 1, s, s))
         sc = g.add_node("Add", [sc, m] if mask == "add" else [m, sc]).output
@@ -303,3 +309,87 @@ def test_refuses_mask_computed_from_scores():
     ctx = check_pass("fuse-attention", g, [{"s": 4}])
     assert "Attention" not in g.ops()
     assert any("computed from the scores" in m for m in refusals(ctx))
+
+
+@pytest.mark.parametrize("form", ["div", "mul"])
+@pytest.mark.parametrize("mask", ["none", "add", "dyn_le"])
+def test_softcap_becomes_an_attribute(form, mask):
+    """Gemma 2's attn_logit_softcapping (tanh(s / c) * c between the scale and the mask) is an attribute;
+    the interpreter's Attention reference gives what the decomposed graph gives (c = 0.7 really caps:
+    |s| reaches ~3 here)."""
+    g = build(mask=mask, softcap=(0.7, form))
+    check_pass("fuse-attention", g, ENVS)
+    run_pass("eliminate-dead-code", g)
+    a = _attention(g)
+    assert a.attrs["softcap"] == pytest.approx(0.7) and "Tanh" not in g.ops()
+    assert a.attrs["causal"] == (1 if mask == "dyn_le" else 0)
+
+
+def test_softcap_with_a_scale_after_it_is_refused():
+    """c * tanh(s / c) * 0.5 is not Attention(softcap=c) with any scale: left as it was, with a reason."""
+    g = build(softcap=(2.0, "div"))
+    sm = next(n for n in g.nodes if n.op == "Softmax")
+    half = g.add_node("Mul", [sm.inputs[0], _const(g, 0.5)], before=sm).output
+    sm.inputs[0] = half
+    ctx = run_pass("fuse-attention", g)
+    assert "Attention" not in g.ops() and any("after the soft-capping" in m for m in refusals(ctx))
+
+
+def test_softcap_with_mismatched_constants_is_not_fused():
+    g = build(softcap=(2.0, "div"))
+    tanh = next(n for n in g.nodes if n.op == "Tanh")
+    d = tanh.inputs[0].producer
+    d.inputs[1] = _const(g, 3.0)
+    run_pass("fuse-attention", g)
+    assert "Attention" not in g.ops()
+
+
+def _obj(*dims):
+    a = np.empty(len(dims), object)
+    a[:] = list(dims)
+    return a
+
+
+def build_merged_heads(alibi=True):
+    """Bloom's form: baddbmm over [B*H, S, D] (scores = bmm(q3, k3^T) * c + alibi3), split to [B,H,S,S] for
+    the mask and the Softmax, merged again for bmm(probs3, v3), split back."""
+    from tcc.ir.dims import Sym
+
+    g = Graph()
+    b, s = Sym.symbol("b"), Sym.symbol("s")
+    q = g.add_input("q", t("f32", "b", H, "s", D))
+    k = g.add_input("k", t("f32", "b", H, "s", D))
+    v = g.add_input("v", t("f32", "b", H, "s", D))
+    merge = lambda x: g.add_node("Reshape", [x, g.add_const(_obj(b * H, s, D), "m")]).output  # noqa: E731
+    kt = g.add_node("Transpose", [merge(k)], {"perm": [0, 2, 1]}).output
+    sc = g.add_node("MatMul", [merge(q), kt]).output
+    sc = g.add_node("Mul", [sc, _const(g, 1 / math.sqrt(D))]).output
+    if alibi:  # [B*H, 1, S] = slopes[h] * j, tiled over the batch
+        slopes = (2.0 ** -np.arange(1, H + 1)).astype(np.float32).reshape(1, H, 1, 1)
+        one, zero = g.add_const(np.array(1, np.int64)), g.add_const(np.array(0, np.int64))
+        j = g.add_node("Cast", [g.add_node("Range", [zero, g.add_const(np.array(s, dtype=object), "len"), one])
+                                .output], {"to": "f32"}).output
+        a4 = g.add_node("Mul", [g.add_const(slopes, "slopes"), j]).output  # [1, H, 1, s]
+        a4 = g.add_node("Expand", [a4, g.add_const(_obj(b, H, 1, s), "shape")]).output
+        a3 = g.add_node("Reshape", [a4, g.add_const(_obj(b * H, 1, s), "m")]).output
+        sc = g.add_node("Add", [sc, a3]).output
+    sc = g.add_node("Reshape", [sc, g.add_const(_obj(b, H, s, s), "split")]).output
+    sc = _dynamic_mask(g, sc, "le", s)
+    p = g.add_node("Softmax", [sc], {"axis": -1}).output
+    p3 = g.add_node("Reshape", [p, g.add_const(_obj(b * H, s, s), "m")]).output
+    o3 = g.add_node("MatMul", [p3, merge(v)]).output
+    g.outputs = [g.add_node("Reshape", [o3, g.add_const(_obj(b, H, s, D), "split")], out_names=["out"]).output]
+    return g
+
+
+@pytest.mark.parametrize("alibi", [True, False])
+def test_merged_batch_heads_are_unmerged_and_fused(alibi):
+    g = build_merged_heads(alibi)
+    check_pass("fuse-attention", g, ENVS)
+    run_pass("eliminate-dead-code", g)
+    a = _attention(g)
+    assert a.attrs["causal"] == (0 if alibi else 1) and a.inputs[0] is g.inputs[0]
+    assert a.inputs[1] is g.inputs[1] and a.inputs[2] is g.inputs[2]
+    assert "MatMul" not in g.ops() and "Softmax" not in g.ops()
+    if alibi:  # the bias stays a mask term, as [B, H, 1, S] (kv-cache turns it into slopes)
+        assert a.inputs[3].shape[1] == H

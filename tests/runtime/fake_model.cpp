@@ -103,6 +103,8 @@ const char* tcc_model_input_name(int i) { return i == 0 ? "input_ids" : nullptr;
 const char* tcc_model_output_name(int i) { return i == 0 ? "logits" : nullptr; }
 int64_t tcc_model_arena_bytes(void) { return 0; }
 int64_t tcc_model_weights_bytes(void) { return 0; }
+// SHA-256 of the empty weights.bin the tests write.
+const char* tcc_model_weights_sha256(void) { return "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"; }
 void tcc_model_set_profiling(tcc_model*, int) {}
 int tcc_model_profile_count(void) { return 0; }
 const char* tcc_model_profile_op(int) { return ""; }

@@ -1,8 +1,11 @@
 """The standalone `chat` binary (runtime/chat/chat_main.cpp), linked with a fake model
 (tests/runtime/fake_model.cpp) instead of a compiled LLM: argument parsing, the chat template and BOS
-handling of chat.json, the tokens fed to the model (prefill chunks of manifest.json's max_prefill), stop
-conditions (eos, max_new_tokens, Ctrl-C), streaming, /reset, context overflow and error messages. The
-semantics are those of the Python runtime (runtime/generate.py).
+handling of chat.tcc, the tokens fed to the model (prefill chunks of the manifest's max_prefill, carried in
+chat.tcc), stop conditions (eos, max_new_tokens, Ctrl-C), streaming, /reset, context overflow and error
+messages (a damaged chat.tcc or tokenizer.tcc included). The semantics are those of the Python runtime
+(runtime/generate.py). The artifact's chat.tcc and tokenizer.tcc are written by the compiler's writer
+(runtime/chat_files.py) from chat.json's config and tokenizer.json, as in a compiled artifact; one test
+compiles a real LLM fixture and checks that its artifact always has the chat binary.
 
 The fake model's logits put the next token of FAKE_REPLY on top after every prompt, then FAKE_EOS; its
 sampler stub is greedy and logs its arguments, and every model call is logged to FAKE_LOG.
@@ -24,6 +27,8 @@ import pytest
 
 pytest.importorskip("tokenizers")
 from tokenizers import Tokenizer
+
+from tcc.runtime.chat_files import write_native_chat_files
 
 from .test_cpp_tokenizer import build_chat_tools, make_tokenizer
 
@@ -51,15 +56,28 @@ def hf_tok(tmp_path_factory) -> tuple[Tokenizer, str]:
     return Tokenizer.from_str(text), text
 
 
+LLM = {"capacity": 256, "max_prefill": 64, "kv_cache": True}
+
+
+def write_config(d: Path, cfg: dict | None = None, **llm) -> None:
+    """chat.json, tokenizer.tcc and chat.tcc of the artifact `d`, as the compiler writes them, for the chat
+    config `cfg` (default LLAMA2_CHAT) and the manifest's "llm" facts (LLM updated with `llm`)."""
+    cfg = LLAMA2_CHAT if cfg is None else cfg
+    manifest = {"llm": dict(LLM, **llm, chat_config=cfg)}
+    texts = {"chat.json": json.dumps(cfg)}
+    write_native_chat_files(manifest, {"tokenizer.json": str(d / "tokenizer.json")}, texts)
+    for name, text in texts.items():
+        (d / name).write_text(text, encoding="utf-8")
+
+
 @pytest.fixture
 def artifact(tmp_path, tools, hf_tok):
-    """An artifact directory: manifest.json, tokenizer.json, chat.json, an empty weights.bin and the chat
-    binary."""
+    """An artifact directory: tokenizer.json, chat.json, tokenizer.tcc, chat.tcc, an empty weights.bin and
+    the chat binary."""
     d = tmp_path / "out"
     d.mkdir()
-    (d / "manifest.json").write_text(json.dumps({"llm": {"capacity": 256, "max_prefill": 64, "kv_cache": True}}))
     (d / "tokenizer.json").write_text(hf_tok[1], encoding="utf-8")
-    (d / "chat.json").write_text(json.dumps(LLAMA2_CHAT), encoding="utf-8")
+    write_config(d)
     (d / "weights.bin").write_bytes(b"")
     shutil.copy(tools["chat"], d / "chat")
     return d
@@ -172,8 +190,7 @@ def test_system_prompt(artifact, hf_tok, tmp_path):
 
 def test_default_system_and_no_bos(artifact, hf_tok, tmp_path):
     hf = hf_tok[0]
-    cfg = dict(LLAMA2_CHAT, default_system="You help.", add_bos=False)
-    (artifact / "chat.json").write_text(json.dumps(cfg))
+    write_config(artifact, dict(LLAMA2_CHAT, default_system="You help.", add_bos=False))
     env = fake_env(tmp_path, hf, enc(hf, "Ok."))
     r = run_chat(artifact / "chat", [artifact, "--prompt", "Hi", "--print-ids"], env)
     assert r.rc == 0, r.err
@@ -244,7 +261,7 @@ def test_max_new_tokens_zero_only_prefills(artifact, hf_tok, tmp_path):
 
 def test_prefill_in_chunks_of_max_prefill(artifact, hf_tok, tmp_path):
     hf = hf_tok[0]
-    (artifact / "manifest.json").write_text(json.dumps({"llm": {"capacity": 256, "max_prefill": 4}}))
+    write_config(artifact, max_prefill=4)
     env = fake_env(tmp_path, hf, eos=None)
     r = run_chat(artifact / "chat", [artifact, "--prompt", "a longer question here", "--print-ids",
                                      "--max-new-tokens", "2"], env)
@@ -261,8 +278,7 @@ def test_prefill_in_chunks_of_max_prefill(artifact, hf_tok, tmp_path):
 def test_eos_ids_stop_and_are_not_printed(artifact, hf_tok, tmp_path):
     hf = hf_tok[0]
     stop = enc(hf, "STOP")[0]
-    cfg = dict(LLAMA2_CHAT, eos_token_ids=[2, stop])
-    (artifact / "chat.json").write_text(json.dumps(cfg))
+    write_config(artifact, dict(LLAMA2_CHAT, eos_token_ids=[2, stop]))
     reply = enc(hf, "Go on")
     env = fake_env(tmp_path, hf, reply, eos=stop)
     r = run_chat(artifact / "chat", [artifact, "--prompt", "x", "--print-ids"], env)
@@ -333,8 +349,7 @@ def test_context_overflow_keeps_the_session(artifact, hf_tok, tmp_path):
     used = len(t1) + len(reply)
     t2 = enc(hf, " </s><s>[INST] more please [/INST]")
     limit = used + len(t2) + 5 - 1  # turn 1 fits, turn 2 does not
-    cfg = dict(LLAMA2_CHAT, max_context=limit)  # smaller than the cache: the limit
-    (artifact / "chat.json").write_text(json.dumps(cfg))
+    write_config(artifact, dict(LLAMA2_CHAT, max_context=limit))  # smaller than the cache: the limit
     env = fake_env(tmp_path, hf, reply, FAKE_KV_CAPACITY=256)
     long_text = "the quick brown fox jumps over the lazy dog " * 6
     r = run_chat(artifact / "chat", [artifact, "--print-ids", "--max-new-tokens", "5"], env,
@@ -451,37 +466,129 @@ def test_errors(artifact, hf_tok, tmp_path):
 
     err = _error(run_chat(chat, [artifact, "--prompt", "x"], dict(env, FAKE_LOAD_FAIL="out of memory")))
     assert err == f"cannot load model {artifact / 'weights.bin'}: out of memory"
+    (artifact / "weights.bin").write_bytes(b"abc")  # not the (empty) weights the program was compiled with
+    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
+    assert err == f"{artifact / 'weights.bin'} has 3 bytes, the model was compiled with 0 (truncated or replaced: " \
+                  "recompile the model)"
+    assert run_chat(chat, [artifact, "--prompt", "x", "--no-verify", "--temperature", "0"], env).rc == 0
     (artifact / "weights.bin").unlink()
     err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    assert err.startswith(f"cannot load model {artifact / 'weights.bin'}: ") and "weights" in err
+    assert err.startswith(f"cannot open {artifact / 'weights.bin'}: ") and "No such file" in err
 
-    (artifact / "chat.json").write_text('{"eos_token_ids": [2],, }')
-    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    assert err.startswith(f"{artifact / 'chat.json'}: malformed JSON at byte offset 22")
-    (artifact / "chat.json").write_text(json.dumps(dict(LLAMA2_CHAT, eos_token_ids="</s>")))
-    assert "eos_token_ids must be a list of token ids" in _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    (artifact / "chat.json").write_text(json.dumps(dict(LLAMA2_CHAT, first_user_prefix_with_system=None)))
+    write_config(artifact, dict(LLAMA2_CHAT, first_user_prefix_with_system=None))
     err = _error(run_chat(chat, [artifact, "--prompt", "x", "--system", "s"], env))
     assert "--system: the chat template 'llama2' has no system prompt" in err
-    (artifact / "chat.json").unlink()
-    assert _error(run_chat(chat, [artifact, "--prompt", "x"], env)) == f"{artifact / 'chat.json'}: file not found"
-
-    (artifact / "chat.json").write_text(json.dumps(LLAMA2_CHAT))
-    (artifact / "manifest.json").write_text("{")
+    (artifact / "chat.tcc").unlink()
+    assert _error(run_chat(chat, [artifact, "--prompt", "x"], env)) == f"{artifact / 'chat.tcc'}: file not found"
+    write_config(artifact)
+    (artifact / "tokenizer.tcc").unlink()
     err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    assert err == f"{artifact / 'manifest.json'}: malformed JSON at byte offset 1"
-    (artifact / "manifest.json").write_text("{}")
-    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    assert err == f'{artifact / "manifest.json"}: not a language model (no "llm" section)'
-    (artifact / "manifest.json").unlink()  # without one: prompts are fed in one run
-    (artifact / "tokenizer.json").unlink()
-    err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    assert err == f"{artifact / 'tokenizer.json'}: file not found"
+    assert err == f"{artifact / 'tokenizer.tcc'}: file not found"
     (artifact / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
+    write_config(artifact)
     err = _error(run_chat(chat, [artifact, "--prompt", "x"], env))
-    assert err == f'{artifact / "tokenizer.json"}: model.type "WordPiece" is not supported (supported: BPE)'
+    assert err == (f"{artifact / 'tokenizer.tcc'}:2: the chat binary cannot use this model's tokenizer.json: "
+                   f'model.type "WordPiece" is not supported (supported: BPE)')
+
+
+def test_without_manifest_facts(artifact, hf_tok, tmp_path):
+    """The binary reads no manifest.json; without max_prefill a prompt is fed in one run."""
+    hf = hf_tok[0]
+    write_config(artifact, max_prefill=None)
+    assert "max_prefill" not in (artifact / "chat.tcc").read_text()
+    assert not (artifact / "manifest.json").exists()
+    env = fake_env(tmp_path, hf, enc(hf, "Hi"))
+    text = "a longer question " * 8
+    r = run_chat(artifact / "chat", [artifact, "--prompt", text, "--print-ids"], env)
+    assert r.rc == 0, r.err
+    assert r.runs[0] == (0, r.id_lines[0][0]) and len(r.runs[0][1]) > 64
+
+
+def _damaged(text: str, line: int, new: str | None) -> str:
+    """`text` with its line `line` (1-based) replaced by `new` (None: the file cut before that line)."""
+    lines = text.split("\n")
+    return "\n".join(lines[:line - 1] + ([] if new is None else [new] + lines[line:]))
+
+
+CHAT_DAMAGES = [  # (line, new text or None to cut the file there, what the error says)
+    (1, "tcc-chat 9", "chat file version 9 is not supported (this program reads 1)"),
+    (1, "{", "not a tcc chat file (the first line must be 'tcc-chat 1'"),
+    (3, "bos_token_id one", "'one' is not an integer"),
+    (5, "eos_token_ids 2 x", "'x' is not an integer"),
+    (6, "first_user_prefix %5", "bad escape in '%5'"),
+    (6, "user_prefix x", "expected 'first_user_prefix', got 'user_prefix'"),
+    (7, "first_user_prefix_with_system a", "'first_user_prefix_with_system' takes 2 value(s), got 1"),
+    (11, "max_context -5", "-5 is out of range"),
+    (12, "max_prefill 0", "0 is out of range (1 to"),
+    (13, "recompute 2", "'2' is not 0 or 1"),
+    (14, None, "unexpected end of file (the file is truncated)"),
+    (8, None, "unexpected end of file (the file is truncated)"),
+    (1, None, "unexpected end of file (the file is truncated)"),
+]
+
+
+@pytest.mark.parametrize("line, new, expect", CHAT_DAMAGES)
+def test_damaged_chat_file(artifact, hf_tok, tmp_path, line, new, expect):
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "x"))
+    good = (artifact / "chat.tcc").read_text()
+    assert good.split("\n")[13] == "end"  # the lines the cases name
+    (artifact / "chat.tcc").write_text(_damaged(good, line, new))
+    err = _error(run_chat(artifact / "chat", [artifact, "--prompt", "x"], env))
+    assert err.startswith(f"{artifact / 'chat.tcc'}:{line}: ") and expect in err, err
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.25, 0.5, 0.999])
+def test_truncated_tokenizer_file(artifact, hf_tok, tmp_path, cut):
+    """A tokenizer.tcc cut short: one error line naming the file and line, exit status 1, no signal."""
+    hf = hf_tok[0]
+    env = fake_env(tmp_path, hf, enc(hf, "x"))
+    data = (artifact / "tokenizer.tcc").read_bytes()
+    (artifact / "tokenizer.tcc").write_bytes(data[:int(len(data) * cut)])
+    err = _error(run_chat(artifact / "chat", [artifact, "--prompt", "x"], env))
+    assert err.startswith(f"{artifact / 'tokenizer.tcc'}:"), err
 
 
 def test_help(tools):
     p = subprocess.run([str(tools["chat"]), "--help"], capture_output=True, text=True, check=False)
     assert p.returncode == 0 and p.stdout.startswith("usage: chat [DIR]")
+
+
+# -- a compiled language model ------------------------------------------------------------------------------
+
+
+def test_chat_sources_need_no_json_library():
+    """The chat binary builds from what a bare C++ toolchain has (no nlohmann/json or other JSON library)."""
+    chat = Path(__file__).resolve().parents[2] / "runtime" / "chat"
+    for path in sorted(chat.glob("*.[ch]*")):
+        includes = [line for line in path.read_text().splitlines() if line.startswith("#include")]
+        assert not [i for i in includes if "json" in i.lower()], (path, includes)
+
+
+def test_compiled_llm_always_has_the_chat_binary(tmp_path):
+    """Compiling an LLM fixture with a tokenizer always puts the chat binary into the artifact, with the files
+    it reads beside it, and it continues a prompt token for token like the Python runtime."""
+    import tcc
+    from tests.conftest import MODELS_DIR
+
+    model = os.path.join(MODELS_DIR, "llm", "llama_past_dynamo", "model.onnx")
+    if not os.path.exists(model):
+        pytest.skip("no LLM fixture tests/models/llm/llama_past_dynamo")
+    out = tmp_path / "llama"
+    manifest = tcc.compile(model, str(out), max_context=64)
+    assert manifest["binaries"] == {"run": "run", "chat": "chat"}
+    for name in ("chat", "tokenizer.json", "chat.json", "tokenizer.tcc", "chat.tcc"):
+        assert (out / name).is_file(), name
+    assert os.access(out / "chat", os.X_OK)
+    assert (out / "chat.tcc").read_text().startswith("tcc-chat 1\n")
+    sess = tcc.load(str(out))
+    g = sess.generate("Once upon a time", max_new_tokens=8, temperature=0)
+    sess.close()
+    p = subprocess.run([str(out / "chat"), "--raw", "--prompt", "Once upon a time", "--temperature", "0",
+                        "--max-new-tokens", "8", "--print-ids"], capture_output=True, text=True, errors="replace",
+                       timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stderr.splitlines() if ln.startswith("ids: "))
+    prompt, reply = line[5:].split("|")
+    assert [int(t) for t in prompt.split()] == g.prompt_tokens
+    assert [int(t) for t in reply.split()] == g.tokens

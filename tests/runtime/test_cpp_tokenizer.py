@@ -1,14 +1,17 @@
 """The C++ tokenizer of the standalone chat binary (runtime/chat/tokenizer.cpp) against HF `tokenizers`.
 
 Tokenizers of each supported kind are trained here with HF `tokenizers` on text found on disk (Python's
-pydoc topics and /usr/share/common-licenses), written as tokenizer.json, and the `tcc-tokenize` CLI built
-from runtime/chat must encode (with and without special tokens) and decode every line of a test corpus of
-more than 2000 lines exactly like HF:
+pydoc topics and /usr/share/common-licenses), written as tokenizer.json and translated by the compiler's
+writer (runtime/chat_files.py) into tokenizer.tcc, and the `tcc-tokenize` CLI built from runtime/chat (a
+bare C++17 compiler: no JSON library) must encode (with and without special tokens) and decode every line
+of a test corpus of more than 2000 lines exactly like HF:
   * GPT-2 byte-level BPE (ByteLevel pre-tokenizer with its regex; with and without add_prefix_space),
   * LLaMA-3 byte-level BPE (Split with the LLaMA-3 regex + ByteLevel(use_regex=false), ignore_merges),
   * LLaMA-2 SentencePiece-style BPE (Prepend/Replace normalizer, or a Metaspace pre-tokenizer; byte
     fallback `<0xNN>` tokens, fuse_unk; Replace/ByteFallback/Fuse/Strip or Metaspace decoders).
-The build is shared by the test session (and by pytest-xdist workers, under a file lock).
+A damaged or truncated tokenizer.tcc, or a tokenizer.json feature the C++ side lacks, must end in one error
+line naming the file and line, never a crash. The build is shared by the test session (and by pytest-xdist
+workers, under a file lock).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from tokenizers import (
 REPO = Path(__file__).resolve().parents[2]
 CHAT_SRC = REPO / "runtime" / "chat"
 FAKE_MODEL = Path(__file__).resolve().parent / "fake_model.cpp"
+VERIFY_SRC = REPO / "runtime" / "tcc_verify.cpp"  # the chat binary checks its weights with it
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -56,12 +60,6 @@ def _compiler() -> list[str]:
         pytest.skip("no C++ compiler (g++)")
     ccache = shutil.which("ccache")
     return ([ccache] if ccache else []) + [cxx]
-
-
-def _require_nlohmann() -> None:
-    probe = ["/usr/include/nlohmann/json.hpp", "/usr/local/include/nlohmann/json.hpp"]
-    if not any(os.path.exists(p) for p in probe):
-        pytest.skip("nlohmann/json.hpp not found (apt-get install nlohmann-json3-dev)")
 
 
 CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra"]
@@ -87,10 +85,10 @@ def _shared_base(tmp_path_factory) -> Path:
 def build_chat_tools(tmp_path_factory, with_chat: bool = False) -> dict[str, Path]:
     """Build `tcc-tokenize` (and with_chat: the `chat` binary linked with tests/runtime/fake_model.cpp)
     once per source version into a directory shared by the session's workers. Returns their paths."""
-    _require_nlohmann()
     cxx = _compiler()
     sources = sorted(CHAT_SRC.glob("*.cpp")) + sorted(CHAT_SRC.glob("*.h")) + [
-        REPO / "codegen" / "unicode_tables.py", REPO / "runtime" / "tcc_model.h", FAKE_MODEL]
+        REPO / "codegen" / "unicode_tables.py", REPO / "runtime" / "tcc_model.h", FAKE_MODEL, VERIFY_SRC,
+        REPO / "runtime" / "tcc_verify.h", REPO / "runtime" / "tcc_runtime.h"]
     h = hashlib.sha256()
     for p in sources:
         h.update(p.name.encode())
@@ -116,16 +114,17 @@ def build_chat_tools(tmp_path_factory, with_chat: bool = False) -> dict[str, Pat
         if not (out / "done").exists():
             jobs += [cxx + CXXFLAGS + inc + ["-c", str(CHAT_SRC / "tokenizer.cpp"), "-o", str(tok_o)],
                      cxx + CXXFLAGS + inc + ["-c", str(CHAT_SRC / "tokenize_main.cpp"), "-o", str(cli_o)]]
-        chat_o, fake_o = out / "chat_main.o", out / "fake_model.o"
+        chat_o, fake_o, verify_o = out / "chat_main.o", out / "fake_model.o", out / "tcc_verify.o"
         if with_chat:
             jobs += [cxx + CXXFLAGS + inc + ["-c", str(CHAT_SRC / "chat_main.cpp"), "-o", str(chat_o)],
-                     cxx + CXXFLAGS + inc + ["-c", str(FAKE_MODEL), "-o", str(fake_o)]]
+                     cxx + CXXFLAGS + inc + ["-c", str(FAKE_MODEL), "-o", str(fake_o)],
+                     cxx + CXXFLAGS + inc + ["-c", str(VERIFY_SRC), "-o", str(verify_o)]]
         _run_jobs(jobs)
         links = []
         if not (out / "done").exists():
             links.append(cxx + [str(cli_o), str(tok_o), "-o", str(tools["tokenize"])])
         if with_chat:
-            links.append(cxx + [str(chat_o), str(tok_o), str(fake_o), "-static-libstdc++", "-pthread",
+            links.append(cxx + [str(chat_o), str(tok_o), str(fake_o), str(verify_o), "-static-libstdc++", "-pthread",
                                 "-o", str(tools["chat"])])
         _run_jobs(links)
         (out / "done").touch()
@@ -137,6 +136,15 @@ def build_chat_tools(tmp_path_factory, with_chat: bool = False) -> dict[str, Pat
 @pytest.fixture(scope="session")
 def cpp_tools(tmp_path_factory):
     return build_chat_tools(tmp_path_factory)
+
+
+def to_tcc(json_path: Path) -> Path:
+    """tokenizer.tcc beside a tokenizer.json, written as the compiler writes it into an artifact."""
+    from tcc.runtime.chat_files import tokenizer_text
+
+    out = json_path.with_suffix(".tcc")
+    out.write_text(tokenizer_text(json.loads(json_path.read_text(encoding="utf-8"))), encoding="ascii")
+    return out
 
 
 def run_cli(tools, tok_path, lines: list[str], *flags: str) -> list[str]:
@@ -355,7 +363,8 @@ def make_tokenizer(kind: str) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """kind -> (HF tokenizer, path of its tokenizer.json), trained on first use."""
+    """kind -> (HF tokenizer, path of its tokenizer.tcc), trained on first use (its tokenizer.json lies
+    beside it, same name with .json)."""
     d = tmp_path_factory.mktemp("tokenizers")
     cache: dict[str, tuple[Tokenizer, Path]] = {}
 
@@ -364,7 +373,7 @@ def trained(tmp_path_factory):
             hf = make_tokenizer(kind)
             path = d / f"{kind}.json"
             path.write_text(hf.to_str(pretty=True), encoding="utf-8")
-            cache[kind] = (Tokenizer.from_file(str(path)), path)  # exactly what the file says
+            cache[kind] = (Tokenizer.from_file(str(path)), to_tcc(path))  # exactly what the file says
         return cache[kind]
 
     return get
@@ -464,13 +473,13 @@ def test_leading_space_stripped_only_at_start(cpp_tools, trained):
 def test_legacy_merges_format(cpp_tools, trained, test_lines, tmp_path):
     """Older tokenizer.json files (GPT-2's, LLaMA's) write merges as "a b" strings."""
     _, path = trained("llama2_old")
-    j = json.loads(path.read_text(encoding="utf-8"))
+    j = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     j["model"]["merges"] = [" ".join(m) for m in j["model"]["merges"]]
     legacy = tmp_path / "legacy.json"
     legacy.write_text(json.dumps(j, ensure_ascii=False), encoding="utf-8")
     hf = Tokenizer.from_file(str(legacy))
     lines = test_lines[:500]
-    got = [_ids(x) for x in run_cli(cpp_tools, legacy, [_j(s) for s in lines], "--json")]
+    got = [_ids(x) for x in run_cli(cpp_tools, to_tcc(legacy), [_j(s) for s in lines], "--json")]
     assert got == [hf.encode(s).ids for s in lines]
 
 
@@ -496,45 +505,212 @@ def _cli_error(tools, path, *flags) -> str:
 
 
 def test_error_missing_file(cpp_tools, tmp_path):
-    err = _cli_error(cpp_tools, tmp_path / "nope.json")
-    assert str(tmp_path / "nope.json") in err and "not found" in err
+    err = _cli_error(cpp_tools, tmp_path / "nope.tcc")
+    assert str(tmp_path / "nope.tcc") in err and "not found" in err
 
 
-def test_error_malformed_json(cpp_tools, tmp_path):
-    p = tmp_path / "bad.json"
-    p.write_text('{"model": {"type": "BPE", "vocab": {"a": 0,}}}')
-    err = _cli_error(cpp_tools, p)
-    assert str(p) in err and "malformed JSON at byte offset 43" in err, err
+def test_error_given_tokenizer_json(cpp_tools, trained):
+    """tokenizer.json itself is not what the C++ side reads; the error says what it wants."""
+    _, path = trained("gpt2")
+    err = _cli_error(cpp_tools, path.with_suffix(".json"))
+    assert f"{path.with_suffix('.json')}:1: not a tcc tokenizer file (the first line must be 'tcc-tokenizer 1'" in err
 
 
 def _edited(trained, tmp_path, kind, edit) -> Path:
     _, path = trained(kind)
-    j = json.loads(path.read_text(encoding="utf-8"))
+    j = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     edit(j)
     out = tmp_path / "edited.json"
     out.write_text(json.dumps(j), encoding="utf-8")
-    return out
+    return to_tcc(out)
 
 
-@pytest.mark.parametrize("edit, expect", [
-    (lambda j: j["model"].update(type="WordPiece"), 'model.type "WordPiece" is not supported'),
-    (lambda j: j["model"].update(type="Unigram"), 'model.type "Unigram" is not supported'),
-    (lambda j: j.update(normalizer={"type": "NFC"}), 'normalizer.type "NFC" is not supported'),
-    (lambda j: j.update(pre_tokenizer={"type": "Whitespace"}), 'pre_tokenizer.type "Whitespace" is not supported'),
+def _line_of(path: Path, start: str) -> int:
+    lines = path.read_text(encoding="ascii").split("\n")
+    return next(i + 1 for i, line in enumerate(lines) if line.startswith(start))
+
+
+# What the writer cannot express becomes an `unsupported` record on line 2 (the compile goes on: Python runs
+# the model with HF tokenizers); what only the C++ side checks (the regex, tokens of merges) names its line.
+@pytest.mark.parametrize("edit, expect, line_start", [
+    (lambda j: j["model"].update(type="WordPiece"), 'model.type "WordPiece" is not supported', None),
+    (lambda j: j["model"].update(type="Unigram"), 'model.type "Unigram" is not supported', None),
+    (lambda j: j.update(normalizer={"type": "NFC"}), 'normalizer.type "NFC" is not supported', None),
+    (lambda j: j.update(pre_tokenizer={"type": "Whitespace"}), 'pre_tokenizer.type "Whitespace" is not supported',
+     None),
     (lambda j: j.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": r"\d+"}, "behavior": "Isolated",
-                                       "invert": False}), r'unsupported pattern "\\d+"'),
+                                       "invert": False}), r'unsupported pattern "\\d+"', "pre_tokenizer Split"),
+    (lambda j: j.update(pre_tokenizer={"type": "Split", "pattern": {"String": "x"}, "behavior": "Sideways"}),
+     'pre_tokenizer.behavior "Sideways" is not supported', "pre_tokenizer Split"),
     (lambda j: j.update(decoder={"type": "WordPiece", "prefix": "##", "cleanup": True}),
-     'decoder.type "WordPiece" is not supported'),
-    (lambda j: j["model"].update(dropout=0.1), "model.dropout 0.1 is not supported"),
-    (lambda j: j["model"].update(vocab=[1, 2]), "model.vocab must be an object"),
+     'decoder.type "WordPiece" is not supported', None),
+    (lambda j: j.update(decoder={"type": "Strip", "content": "ab", "start": 1, "stop": 0}),
+     'decoder.content must be a single character, got "ab"', "decoder Strip"),
+    (lambda j: j["model"].update(dropout=0.1), "model.dropout 0.1 is not supported", None),
+    (lambda j: j["model"].update(vocab=[1, 2]), "model.vocab must be an object", None),
+    (lambda j: j["model"].update(vocab={"a": "x"}), 'model.vocab["a"] must be an integer id, got "x"', None),
     (lambda j: j["model"]["merges"].append("Ġ nonexistent-token"),
-     'token "nonexistent-token" is not in the vocabulary'),
-    (lambda j: j.pop("model"), "model is missing"),
+     'token "nonexistent-token" is not in the vocabulary', "%C4%A0 nonexistent-token"),
+    (lambda j: j["model"]["merges"].append("a b c"), "must be two tokens separated by one space", None),
+    (lambda j: j.pop("model"), "model is missing", None),
+    (lambda j: j["added_tokens"].append({"id": 7, "content": 3}), "added_tokens[1].content must be a string", None),
 ])
-def test_error_unsupported(cpp_tools, trained, tmp_path, edit, expect):
+def test_error_unsupported(cpp_tools, trained, tmp_path, edit, expect, line_start):
     path = _edited(trained, tmp_path, "gpt2", edit)
     err = _cli_error(cpp_tools, path)
-    assert str(path) in err and expect in err, err
+    if line_start is None:
+        assert err.startswith(f"tcc-tokenize: error: {path}:2: the chat binary cannot use this model's "
+                              f"tokenizer.json: "), err
+    else:
+        assert err.startswith(f"tcc-tokenize: error: {path}:{_line_of(path, line_start)}: "), err
+    assert expect in err, err
+
+
+def _replace_line(lines: list[str], start: str, new: str) -> list[str]:
+    i = next(i for i, line in enumerate(lines) if line.startswith(start))
+    return lines[:i] + [new] + lines[i + 1:]
+
+
+def _set_entry(lines: list[str], new: str) -> list[str]:
+    """Replace the first vocabulary entry (the line after "vocab N")."""
+    i = next(i for i, line in enumerate(lines) if line.startswith("vocab ")) + 1
+    return lines[:i] + [new] + lines[i + 1:]
+
+
+def _line_after(start: str, k: int):
+    """The line number k lines after the first one starting with `start`."""
+    return lambda lines: 1 + k + next(i for i, line in enumerate(lines) if line.startswith(start))
+
+
+# (name, damage to the lines, the line the error names: its text, a function of the damaged lines, or a number;
+# negative: from the end), what it says)
+DAMAGES = [
+    ("wrong version", lambda ls: ["tcc-tokenizer 2"] + ls[1:], 1, "tokenizer file version 2 is not supported"),
+    ("empty file", lambda ls: [], 1, "unexpected end of file (the file is truncated)"),
+    ("no end", lambda ls: ls[:-1], -1, "unexpected end of file (the file is truncated)"),
+    ("text after end", lambda ls: ls + ["vocab 1"], -1, "text after 'end'"),
+    ("bad escape", lambda ls: _set_entry(ls, "%G1 0"), "%G1 0", "bad escape in '%G1'"),
+    ("cut escape", lambda ls: _set_entry(ls, "!%4 0"), "!%4 0", "bad escape in '!%4'"),
+    ("id not a number", lambda ls: _set_entry(ls, "! zero"), "! zero", "'zero' is not an integer"),
+    ("id out of range", lambda ls: _set_entry(ls, "! 4294967296"), "! 4294967296",
+     "4294967296 is out of range (0 to 4294967295)"),
+    ("negative id", lambda ls: _set_entry(ls, "! -1"), "! -1", "-1 is out of range"),
+    ("huge count", lambda ls: _replace_line(ls, "vocab ", "vocab 2000000000"), "vocab 2000000000",
+     "'vocab' announces 2000000000 records but the file ends before them"),
+    ("short count", lambda ls: _replace_line(ls, "merges ", "merges 1"), _line_after("merges ", 2),
+     "expected 'normalizer', got"),
+    ("two spaces", lambda ls: _set_entry(ls, "!  0"), "!  0", "empty field"),
+    ("empty line", lambda ls: _set_entry(ls, ""), "", "empty line"),
+    ("missing value", lambda ls: _replace_line(ls, "vocab ", "vocab"), "vocab", "'vocab' takes 1 value(s), got 0"),
+    ("tab", lambda ls: _set_entry(ls, "!\t0"), "!\t0", "invalid byte 0x09"),
+    ("flag not 0 or 1", lambda ls: _replace_line(ls, "fuse_unk", "fuse_unk yes"), "fuse_unk yes",
+     "'yes' is not 0 or 1"),
+    ("unknown decoder", lambda ls: _replace_line(ls, "decoder ", "decoder Bogus"), "decoder Bogus",
+     "decoder: unknown decoder 'Bogus'"),
+    ("deep nesting", lambda ls: _replace_line(ls, "decoder ", "\n".join(["decoder Sequence 1"] + ["Sequence 1"] * 100)),
+     _line_after("decoder ", 65), "Sequence nodes nested more than 64 deep"),
+    ("newline in a reason", lambda ls: ls[:1] + ["unsupported a%0Ab%0D", "end"], 2,
+     "the chat binary cannot use this model's tokenizer.json: a b"),  # (the \r too, then stripped)
+    ("added token fields", lambda ls: _replace_line(ls, "added_tokens ", "added_tokens 1\n1199 x 1 0 0 0"),
+     "1199 x 1 0 0 0", "'1199' takes 6 value(s), got 5"),
+]
+
+
+@pytest.mark.parametrize("damage, line, expect", [d[1:] for d in DAMAGES], ids=[d[0] for d in DAMAGES])
+def test_error_damaged_file(cpp_tools, trained, tmp_path, damage, line, expect):
+    _, good = trained("gpt2")
+    lines = damage(good.read_text(encoding="ascii").rstrip("\n").split("\n"))
+    text = "\n".join(lines) + "\n" if lines else ""
+    path = tmp_path / "damaged.tcc"
+    path.write_bytes(text.encode())
+    n = text.count("\n")
+    if isinstance(line, str):
+        line = 1 + text.split("\n").index(line)
+    elif callable(line):
+        line = line(text.split("\n"))
+    elif line < 0:
+        line = n + 2 + line if expect.startswith("unexpected end") else n + 1 + line
+    err = _cli_error(cpp_tools, path)
+    assert err.startswith(f"tcc-tokenize: error: {path}:{line}: ") and expect in err, err
+
+
+def test_error_crlf(cpp_tools, trained, tmp_path):
+    _, good = trained("gpt2")
+    path = tmp_path / "crlf.tcc"
+    path.write_bytes(good.read_bytes().replace(b"\n", b"\r\n"))
+    assert _cli_error(cpp_tools, path) == f"tcc-tokenize: error: {path}:1: invalid byte 0x0D (not written by tcc)"
+
+
+def test_truncated_file_anywhere(cpp_tools, trained, tmp_path):
+    """A tokenizer.tcc cut at any byte (all but its final newline) is an error naming the file and a line."""
+    _, good = trained("llama2_old")
+    data = good.read_bytes()
+    rnd = random.Random(3)
+    cuts = sorted({0, 1, 5, len(data) - 2, len(data) - 4, len(data) - 5}
+                  | {rnd.randrange(len(data) - 1) for _ in range(40)}
+                  | {i + 1 for i in range(len(data) - 300, len(data) - 1) if data[i:i + 1] == b"\n"})
+    path = tmp_path / "cut.tcc"
+    for cut in cuts:
+        path.write_bytes(data[:cut])
+        err = _cli_error(cpp_tools, path)
+        assert err.startswith(f"tcc-tokenize: error: {path}:"), (cut, err)
+    path.write_bytes(data[:-1])  # only the last newline gone: still whole
+    assert run_cli(cpp_tools, path, ["hi"])
+
+
+def test_corrupted_bytes_never_crash(cpp_tools, trained, tmp_path):
+    """Random bytes overwritten: the file may still read (an id changed), else one error line; no signal."""
+    _, good = trained("llama3")
+    data = bytearray(good.read_bytes())
+    rnd = random.Random(11)
+    path = tmp_path / "corrupt.tcc"
+    errors = 0
+    for _ in range(40):
+        bad = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            bad[rnd.randrange(len(bad))] = rnd.choice(b"0 9%\n\x00\xffSeqz-")
+        path.write_bytes(bytes(bad))
+        p = subprocess.run([str(cpp_tools["tokenize"]), str(path)], input=b"hello world\n", capture_output=True,
+                           timeout=60, check=False)
+        assert p.returncode in (0, 1), (p.returncode, p.stderr)
+        if p.returncode:
+            errors += 1
+            err = p.stderr.decode()
+            assert err.count("\n") == 1 and err.startswith(f"tcc-tokenize: error: {path}:"), err
+    assert errors > 0
+
+
+def test_writer_escapes_round_trip():
+    """Every field is printable ASCII without spaces; the escapes give back the UTF-8 bytes."""
+    from tcc.runtime.chat_files import escape
+
+    def unescape(f: str) -> bytes:
+        if f == "%":
+            return b""
+        out, i = bytearray(), 0
+        while i < len(f):
+            if f[i] == "%":
+                out.append(int(f[i + 1:i + 3], 16))
+                i += 3
+            else:
+                out.append(ord(f[i]))
+                i += 1
+        return bytes(out)
+
+    for s in ["", "%", "a b", "Ġhello", "<0x0A>", "\n\r\t\x00", "日本🙂", "100%", "%41", "\x7f~!"]:
+        e = escape(s)
+        assert e and all(0x21 <= ord(c) <= 0x7E for c in e), e
+        assert unescape(e) == s.encode(), s
+    assert escape("") == "%" and escape("a b") == "a%20b" and escape("%") == "%25"
+
+
+def test_unsupported_tokenizer_still_writes_files():
+    """A tokenizer the C++ side cannot run does not fail the compile: the files say why."""
+    from tcc.runtime.chat_files import tokenizer_text
+
+    text = tokenizer_text({"model": {"type": "WordPiece", "vocab": {}}})
+    assert text == ('tcc-tokenizer 1\nunsupported model.type%20"WordPiece"%20is%20not%20supported%20'
+                    "(supported:%20BPE)\nend\n")
 
 
 def test_error_bad_input(cpp_tools, trained):
