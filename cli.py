@@ -490,7 +490,7 @@ def cmd_info(args) -> int:
     path = os.path.abspath(args.artifact)
     m = _read_manifest(path)
     hashes = flags.get("verify")
-    checked = verify(path, m, hashes=hashes)
+    checked = verify(path, m, hashes=hashes, remembered=False)  # info hashes every file afresh
     _check_manifest_fields(m, path)
     if args.json:
         print(json.dumps(m, indent=2))

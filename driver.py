@@ -508,9 +508,15 @@ def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dic
 def _swap_into(tmp: str, out_dir: str) -> None:
     """Replace the whole folder (it held nothing but an earlier artifact): two renames, atomic."""
     old = f"{out_dir}.old-{os.getpid()}"
-    if os.path.exists(out_dir):
+    moved = os.path.exists(out_dir)
+    if moved:
         os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if moved:  # put the earlier artifact back: the error must leave it as it was
+            os.replace(old, out_dir)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@ OPTIMIZE = [
     "llm-interface",
     "eliminate-dead-code",
     "canonicalize",
+    "fold-layout-roundtrips",
     "fuse-norms",
     "fuse-attention",
     "fuse-activations",

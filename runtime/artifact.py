@@ -121,9 +121,10 @@ def check_format(manifest: dict, mpath: str) -> None:
             raise ArtifactError(f"{mpath}: malformed files entry {name!r}")
 
 
-def verify(path: str, manifest: dict, names=None, hashes: bool = True) -> list[str]:
+def verify(path: str, manifest: dict, names=None, hashes: bool = True, remembered: bool = True) -> list[str]:
     """Check the listed files (all, or `names`): present, regular, of the listed size and (with `hashes`)
-    SHA-256. Raises ArtifactError on the first problem; returns the names checked."""
+    SHA-256; `remembered=False` hashes large files even when their digest is remembered (`tcc info`).
+    Raises ArtifactError on the first problem; returns the names checked."""
     files = manifest["files"]
     checked = []
     for name in names if names is not None else sorted(files):
@@ -141,7 +142,7 @@ def verify(path: str, manifest: dict, names=None, hashes: bool = True) -> list[s
             raise ArtifactError(f"{fpath} has {st.st_size} bytes, the manifest says {entry['bytes']} "
                                 "(truncated or replaced: recompile the model)")
         if hashes:
-            digest = _cached_digest(fpath) if st.st_size >= (64 << 20) else sha256_file(fpath)
+            digest = _cached_digest(fpath) if remembered and st.st_size >= (64 << 20) else sha256_file(fpath)
             if digest != entry["sha256"]:
                 raise ArtifactError(f"{fpath} is damaged: its SHA-256 differs from the manifest's (recompile the "
                                     "model, or copy the artifact again)")

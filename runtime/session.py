@@ -110,18 +110,7 @@ class Session:
             raise TccError(why)
 
     def _bind(self) -> None:
-        lib = self._lib
-        lib.tcc_model_load.restype = ctypes.c_void_p
-        lib.tcc_model_load.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        lib.tcc_model_free.argtypes = [ctypes.c_void_p]
-        lib.tcc_model_last_error.restype = ctypes.c_char_p
-        lib.tcc_model_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int,
-                                      ctypes.POINTER(_Tensor), ctypes.c_int]
-        lib.tcc_model_set_profiling.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.tcc_model_profile_op.restype = lib.tcc_model_profile_node.restype = ctypes.c_char_p
-        lib.tcc_model_profile_op.argtypes = lib.tcc_model_profile_node.argtypes = [ctypes.c_int]
-        lib.tcc_model_profile_ns.restype = lib.tcc_model_profile_calls.restype = ctypes.c_int64
-        lib.tcc_model_profile_ns.argtypes = lib.tcc_model_profile_calls.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        bind_c_api(self._lib)
 
     def set_profiling(self, on: bool = True) -> None:
         """Time every node of the following runs (enabling resets the counters)."""
@@ -268,6 +257,23 @@ class Session:
             buf = ctypes.string_at(t.data, n) if n else b""
             result[info.name] = np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
         return result
+
+
+def bind_c_api(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the argument and result types of a libmodel.so's C API (runtime/tcc_model.h) for ctypes."""
+    lib.tcc_model_load.restype = ctypes.c_void_p
+    lib.tcc_model_load.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.tcc_model_free.argtypes = [ctypes.c_void_p]
+    lib.tcc_model_last_error.restype = ctypes.c_char_p
+    lib.tcc_model_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int,
+                                  ctypes.POINTER(_Tensor), ctypes.c_int]
+    lib.tcc_model_lock.argtypes = lib.tcc_model_unlock.argtypes = [ctypes.c_void_p]
+    lib.tcc_model_set_profiling.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.tcc_model_profile_op.restype = lib.tcc_model_profile_node.restype = ctypes.c_char_p
+    lib.tcc_model_profile_op.argtypes = lib.tcc_model_profile_node.argtypes = [ctypes.c_int]
+    lib.tcc_model_profile_ns.restype = lib.tcc_model_profile_calls.restype = ctypes.c_int64
+    lib.tcc_model_profile_ns.argtypes = lib.tcc_model_profile_calls.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return lib
 
 
 def _check_sanitizer_runtime(manifest: dict) -> None:

@@ -27,6 +27,7 @@
 #include "tokenizer.h"
 
 namespace {
+using tcc::chat::append_utf8;
 
 [[noreturn]] void die(const std::string& msg, int code = 1) {
   std::cout.flush();
@@ -37,24 +38,6 @@ namespace {
 const char kUsage[] = "usage: tcc-tokenize TOKENIZER.tcc [--decode] [--no-special] [--json] [--stream]\n";
 
 // -- JSON string literals (the --json lines; no JSON library)
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 int hex4(const std::string& s, size_t i) {  // the 4 hex digits at s[i..i+3]; -1 if they are not
   if (i + 4 > s.size()) return -1;

@@ -18,6 +18,9 @@
 
 namespace tcc::chat {
 
+// Appends code point cp (<= 0x10FFFF) to out as UTF-8.
+void append_utf8(std::string& out, uint32_t cp);
+
 // Every problem with a tokenizer file (missing, malformed or truncated, an unsupported feature) is reported
 // as a TokenizerError with a one-line message "PATH:LINE: ..." naming the file, line and, where it applies,
 // the tokenizer.json field and value.

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 import tcc
 from tcc.cli import main
 from tcc.errors import RuntimeFeedError, TccError
+from tests.cli_checks import one_line_error
 from tests.conftest import MODELS_DIR, ort_run
 
 MLP = os.path.join(MODELS_DIR, "mlp.onnx")
@@ -90,14 +91,7 @@ def test_ir_command_text_dot_and_after(tmp_path, capsys):
 
 
 def _one_line_error(proc, code: int, *needles: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    # Progress lines ("[  0.59s] importing ONNX") may come first; the error is one line, and the last.
-    errors = [ln for ln in lines if ln.startswith("tcc: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("tcc: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
+    one_line_error(proc, code, *needles)
 
 
 def test_unsupported_op_is_one_line_exit_2(tmp_path):

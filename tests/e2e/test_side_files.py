@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from tests.cli_checks import one_line_error
+
 from tcc.errors import TccError
 from tcc.frontend import side_files
 from tcc.frontend.side_files import read_side_text, side_file
@@ -54,14 +56,7 @@ def _tcc(*args):
 
 
 def _one_line_error(proc, *needles: str) -> str:
-    assert proc.returncode not in (0, 70), (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("tcc: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("tcc: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
+    return one_line_error(proc, None, *needles)
 
 
 # -- the helper ------------------------------------------------------------------------------------------

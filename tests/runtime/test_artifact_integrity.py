@@ -21,6 +21,7 @@ import tcc
 from tcc.cli import main
 from tcc.errors import TccError
 from tcc.runtime.artifact import FORMAT, ArtifactError
+from tests.cli_checks import one_line_error
 from tests.conftest import MODELS_DIR
 
 MLP = os.path.join(MODELS_DIR, "mlp.onnx")
@@ -32,11 +33,7 @@ def _tcc(*args, cwd=None, env=None):
 
 
 def _one_line_error(proc, code: int = 2) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tcc: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
-    return lines[0]
+    return one_line_error(proc, code)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +269,23 @@ def test_no_signal_on_any_damaged_file(copy):
 def test_info_on_a_manifest_missing_a_key_is_one_line(copy, key):
     _edit_manifest(copy, **{key: None})
     assert "manifest" in _one_line_error(_tcc("info", copy))
+
+
+def test_read_only_output_folder_is_one_line_and_keeps_the_artifact(copy, monkeypatch, capsys):
+    """Root ignores permission bits, so a read-only file system is simulated where the artifact is put in place."""
+    before = (copy / "manifest.json").read_text()
+    real_replace = os.replace
+
+    def read_only(src, dst, *a, **k):  # the earlier artifact moves aside, then the new one cannot move in
+        if str(dst) == str(copy) and ".tmp-" in str(src):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    assert main(["compile", MLP, "-o", str(copy), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0] and str(copy) in err[0]
+    monkeypatch.undo()
+    assert (copy / "manifest.json").read_text() == before
+    assert not [p for p in os.listdir(copy.parent) if ".tmp-" in p or ".old-" in p]
+    assert tcc.load(str(copy)).run(_x())["probs"].shape == (2, 10)

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tcc
 from tcc.driver import compile_model
-from tcc.runtime.session import _Tensor
+from tcc.runtime.session import _Tensor, bind_c_api
 from tests.conftest import MODELS_DIR
 
 MLP = os.path.join(MODELS_DIR, "mlp.onnx")
@@ -91,17 +91,7 @@ class _Api:
     the threads below call into C at the same time)."""
 
     def __init__(self, out_dir: str):
-        lib = ctypes.CDLL(os.path.join(out_dir, "libmodel.so"))
-        lib.tcc_model_load.restype = ctypes.c_void_p
-        lib.tcc_model_load.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        lib.tcc_model_free.argtypes = [ctypes.c_void_p]
-        lib.tcc_model_last_error.restype = ctypes.c_char_p
-        lib.tcc_model_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int,
-                                      ctypes.POINTER(_Tensor), ctypes.c_int]
-        lib.tcc_model_lock.argtypes = lib.tcc_model_unlock.argtypes = [ctypes.c_void_p]
-        lib.tcc_model_set_profiling.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.tcc_model_profile_calls.restype = ctypes.c_int64
-        lib.tcc_model_profile_calls.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib = bind_c_api(ctypes.CDLL(os.path.join(out_dir, "libmodel.so")))
         self.lib, self.weights = lib, os.path.join(out_dir, "weights.bin").encode()
 
     def load(self, threads: int = 2) -> int:
