@@ -200,6 +200,33 @@ def lower_node(node: Node, em: Emitter) -> None:
     fn(node, em)
 
 
+def kv_ceilings(graph: Graph) -> dict:
+    """A KV-cache program refuses runs past its capacity (`past + seq <= capacity`, program.llm_bind_lines):
+    `past` is at most capacity - seq, which proves assumptions such as `past+seq <= 128` at capacity 128."""
+    llm = graph.meta.get("llm") or {}
+    if not llm.get("kv_cache"):
+        return {}
+    return {llm["past"]: int(llm["capacity"]) - Sym.symbol(llm["seq"])}
+
+
+def assumption_checks(node: Node, bounds: dict[str, int], ceilings: dict | None = None) -> list[str]:
+    """C statements: each condition the node's types rest on (ir.registry.node_assumptions: `past+seq <=
+    128` for `past+seq` broadcast with `min(past+seq,128)`) must hold at run time, unless the bounds prove
+    it; otherwise fail in one line instead of reading past a buffer."""
+    from ..ir.registry import node_assumptions
+    lines = []
+    for a in node_assumptions(node, bounds, ceilings):
+        cmp = "<=" if a.op == "<=" else ">="
+        lhs, rhs = c_dim(a.lhs), c_dim(a.rhs)
+        vals = [(d, c) for d, c in ((a.lhs, lhs), (a.rhs, rhs)) if isinstance(d, Sym)]  # the symbolic sides
+        said = " and ".join(f"{_c_str(str(d))} = %\" PRId64 \"" for d, _ in vals)
+        args = ", ".join(f"(int64_t)({c})" for _, c in vals)
+        lines.append(f"  if (!((int64_t)({lhs}) {cmp} (int64_t)({rhs}))) return fail(\"{_c_str(node.op)} node "
+                     f"{_c_str(repr(node.name))}: its shapes broadcast only when {_c_str(str(a))}, but {said}\", "
+                     f"{args});")
+    return lines
+
+
 # -- views and shape-only ops: no code ---------------------------------------------------------------
 
 @lowering("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")

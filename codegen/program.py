@@ -11,7 +11,7 @@ from ..ir.core import Graph
 from ..ir.dims import Sym, bare_symbol
 from ..ir.dtypes import DType
 from .kernels import declarations, environment, write_if_changed, write_kernels
-from .lower import Emitter, c_dim, lower_node, sym_var
+from .lower import Emitter, assumption_checks, c_dim, kv_ceilings, lower_node, sym_var
 
 DTYPE_CODES = {DType.f32: 0, DType.f16: 1, DType.f64: 2, DType.i64: 3, DType.i32: 4, DType.i8: 5, DType.u8: 6,
                DType.bool: 7}
@@ -108,7 +108,9 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     """Lower every node and render the model program; `tuning` (codegen.tuning.Tuning) swaps in tuned kernels."""
     em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning)
     profiled: list[tuple[str, str]] = []  # (op, node name) of every node that runs code
+    ceilings = kv_ceilings(graph)
     for node in graph.nodes:
+        em.lines += assumption_checks(node, bounds, ceilings)  # before the node's code, outside its timing
         start = len(em.lines)
         lower_node(node, em)
         if len(em.lines) > start:  # views emit nothing and are not timed

@@ -9,10 +9,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import RuntimeFeedError, ShapeError
+from ..errors import RuntimeFeedError, ShapeError, TccError
 from .core import Graph, Node, Value
 from .dims import Sym, bare_symbol, evaluate, symbols_of
-from .registry import run_ref
+from .registry import node_assumptions, run_ref
 
 
 def check_feeds(inputs, feeds: dict, bounds: dict[str, int] | None = None) -> dict[str, int]:
@@ -126,6 +126,8 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
         vals[id(v)] = state.arrays[name]
     for node in graph.nodes:
         args = [None if v is None else vals[id(v)] for v in node.inputs]
+        if check_types:
+            _check_assumptions(node, env)
         if observe is not None:
             observe(node, args)
         results = run_ref(node, args)
@@ -140,6 +142,19 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
         out = {v.name: vals[id(v)] for v in graph.values() if id(v) in vals}
         return out
     return {v.name: vals[id(v)] for v in graph.outputs}
+
+
+def _check_assumptions(node: Node, env: dict[str, int]) -> None:
+    """Refuse a run that breaks a condition the node's types rest on (`past+seq <= 128` where `past+seq`
+    broadcasts with `min(past+seq,128)`), as compiled programs do, instead of a numpy broadcast error."""
+    try:
+        found = node_assumptions(node)
+    except TccError:
+        return  # a node whose types do not infer: _check reports what its reference produced
+    for a in found:
+        if symbols_of(a.lhs) | symbols_of(a.rhs) <= set(env) and not a.holds(env):
+            said = " and ".join(f"{d} = {evaluate(d, env)}" for d in (a.lhs, a.rhs) if isinstance(d, Sym))
+            raise RuntimeFeedError(f"{node.op} node {node.name!r}: its shapes broadcast only when {a}, but {said}")
 
 
 def _check(v: Value, arr: np.ndarray, env: dict[str, int], node) -> None:

@@ -9,13 +9,14 @@ Reshape/Squeeze/Unsqueeze/Identity/Flatten), `shape` (computes on shapes only), 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import IRError, ShapeError
-from .dims import Dim, Sym
+from .dims import Dim, MinMax, Sym, dim_le, evaluate, substitute, symbols_of, upper_bound
 from .dtypes import DType
 
 REQUIRED = object()  # marks an attribute without a default
@@ -126,8 +127,91 @@ def run_ref(node, arrays: Sequence[np.ndarray | None]) -> list[np.ndarray]:
 
 # -- helpers shared by op definitions ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class Assumption:
+    """A condition on shape symbols that a node's inferred type rests on (`past+seq <= 128`: broadcasting
+    `past+seq` with `min(past+seq,128)` is valid only then). Programs check it on every run unless the
+    compiled symbol bounds prove it (see node_assumptions)."""
+
+    lhs: Dim
+    op: str  # "<=" or ">="
+    rhs: Dim
+
+    def __str__(self) -> str:
+        return f"{self.lhs} {self.op} {self.rhs}"
+
+    def holds(self, env: dict) -> bool:
+        a, b = evaluate(self.lhs, env), evaluate(self.rhs, env)
+        return a <= b if self.op == "<=" else a >= b
+
+    def proven(self, bounds: dict | None = None, ceilings: dict | None = None) -> bool:
+        """True when it holds for every binding (within `bounds`, symbol -> maximum, where given, and
+        `ceilings`, symbol -> a dim it never exceeds: `past` <= capacity - seq)."""
+        lo, hi = (self.lhs, self.rhs) if self.op == "<=" else (self.rhs, self.lhs)
+        if dim_le(lo, hi):
+            return True
+        for s, top in (ceilings or {}).items():
+            if _nondecreasing(lo - hi, s):  # then lo - hi is largest where s is
+                lo, hi = substitute(lo, {s: top}), substitute(hi, {s: top})
+        if dim_le(lo, hi):
+            return True
+        if bounds is None or not symbols_of(lo - hi) <= set(bounds):
+            return False
+        diff = lo - hi
+        const = diff if not isinstance(diff, Sym) else dict(diff.terms).get((), 0)
+        # upper_bound counts negative terms as 0 (still a bound); the constant term is exact
+        return upper_bound(diff - const, bounds) + const <= 0
+
+
+def _nondecreasing(d: Dim, s: str) -> bool:
+    """d never decreases as symbol s grows: s occurs only in terms of positive coefficient, through atoms
+    that do not decrease in it (min/max/floor division of such)."""
+    if not isinstance(d, Sym):
+        return True
+    for mono, c in d.terms:
+        hit = [a for a in mono if s in (symbols_of(Sym({(a,): 1})))]
+        if hit and (c < 0 or not all(_atom_nondecreasing(a, s) for a in hit)):
+            return False
+    return True
+
+
+def _atom_nondecreasing(a, s: str) -> bool:
+    if isinstance(a, str):
+        return True
+    if isinstance(a, MinMax):
+        return _nondecreasing(a.a, s) and _nondecreasing(a.b, s)
+    return _nondecreasing(a.num, s)
+
+
+_local = threading.local()  # .collecting: this thread's stack of assumption collectors (node_assumptions)
+
+
+def _collectors() -> list[list]:
+    if not hasattr(_local, "collecting"):
+        _local.collecting = []
+    return _local.collecting
+
+
+def _equal_when(d: Dim, x: Dim):
+    """(plain dim, Assumption) when d and x are equal exactly when a condition holds: `n` vs `min(n,c)`
+    (n <= c), `n` vs `max(n,c)` (n >= c); else None."""
+    for plain, other in ((d, x), (x, d)):
+        if not isinstance(other, Sym) or len(other.terms) != 1:
+            continue
+        (mono, coeff), = other.terms
+        if coeff != 1 or len(mono) != 1 or not isinstance(mono[0], MinMax):
+            continue
+        atom = mono[0]
+        for mine, theirs in ((atom.a, atom.b), (atom.b, atom.a)):
+            if mine == plain:
+                return plain, Assumption(plain, "<=" if atom.op == "min" else ">=", theirs)
+    return None
+
+
 def broadcast_shapes(*shapes: Sequence[Dim], what: str = "") -> tuple[Dim, ...]:
-    """numpy/ONNX multidirectional broadcasting over possibly symbolic dims."""
+    """numpy/ONNX multidirectional broadcasting over possibly symbolic dims. Two dims equal exactly when a
+    condition on the symbols holds (`n` and `min(n,128)`) broadcast to the plain one, and the condition
+    is recorded as an assumption (node_assumptions) that compiled programs and the interpreter check."""
     rank = max((len(s) for s in shapes), default=0)
     out: list[Dim] = []
     for i in range(rank):
@@ -136,8 +220,13 @@ def broadcast_shapes(*shapes: Sequence[Dim], what: str = "") -> tuple[Dim, ...]:
         for x in dims:
             if x == 1 or x == d:
                 continue
+            cond = _equal_when(d, x) if d != 1 else None
             if d == 1:
                 d = x
+            elif cond is not None:
+                d = cond[0]
+                if _collectors() and not cond[1].proven():
+                    _collectors()[-1].append(cond[1])
             elif isinstance(x, Sym) and not isinstance(d, Sym):
                 continue  # a symbol broadcast against a concrete dim is taken to equal it
             elif isinstance(d, Sym) and not isinstance(x, Sym):
@@ -147,6 +236,21 @@ def broadcast_shapes(*shapes: Sequence[Dim], what: str = "") -> tuple[Dim, ...]:
                                  + " and ".join("[" + ",".join(map(str, s)) + "]" for s in shapes))
         out.append(d)
     return tuple(out)
+
+
+def node_assumptions(node, bounds: dict | None = None, ceilings: dict | None = None) -> list[Assumption]:
+    """The assumptions a node's output types rest on, recomputed from its input types (so passes that
+    rebuild nodes keep them), less those the symbol bounds (symbol -> maximum) prove."""
+    _collectors().append([])
+    try:
+        infer_types(node)
+    finally:
+        found = _collectors().pop()
+    out: list[Assumption] = []
+    for a in found:
+        if a not in out and not a.proven(bounds, ceilings):
+            out.append(a)
+    return out
 
 
 def norm_axis(axis: int, rank: int, what: str = "axis") -> int:
