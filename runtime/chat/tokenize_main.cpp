@@ -101,22 +101,7 @@ bool parse_json_string(const std::string& line, std::string* out) {
 }
 
 // UTF-8 text -> a JSON string literal (invalid UTF-8 becomes U+FFFD first).
-std::string json_string(const std::string& text) {
-  std::string s = tcc::chat::utf8_lossy(text), out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + '"';
-}
+std::string json_string(const std::string& text) { return tcc::chat::json_quote(tcc::chat::utf8_lossy(text)); }
 
 }  // namespace
 

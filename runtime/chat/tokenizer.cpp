@@ -26,6 +26,24 @@
 
 namespace tcc::chat {
 
+// Declared in tokenizer.h: "s" with '"', '\\' and control bytes escaped as in JSON (other bytes as they are).
+std::string json_quote(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + '"';
+}
+
 // Declared in tokenizer.h (tokenize_main.cpp writes code points too).
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -166,20 +184,7 @@ std::string replace_all(std::string_view s, std::string_view pat, std::string_vi
 
 // A string for an error message, quoted and escaped as JSON (cut to 80 characters).
 std::string quoted(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
+  const std::string out = json_quote(s);
   // (a message is valid UTF-8 even where a damaged file holds invalid bytes)
   return out.size() > 80 ? utf8_lossy(out.substr(0, 77)) + "..." : utf8_lossy(out);
 }

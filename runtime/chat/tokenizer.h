@@ -18,6 +18,8 @@
 
 namespace tcc::chat {
 
+// "s" with '"', '\\' and control bytes escaped as in JSON; other bytes as they are.
+std::string json_quote(std::string_view s);
 // Appends code point cp (<= 0x10FFFF) to out as UTF-8.
 void append_utf8(std::string& out, uint32_t cp);
 

@@ -87,3 +87,21 @@ def check_pass(name: str, graph: Graph, envs, tol=F32_TOL, ctx=None, seed=0, ove
 
 def refusals(ctx: PassContext) -> list[str]:
     return [m for m in ctx.messages if "refused" in m]
+
+
+def save_beside(model, tmp_path, name: str, source_dir: str) -> str:
+    """Save an edited copy of a fixture as tmp_path/name/model.onnx, with the fixture's side files (config.json,
+    tokenizer files) copied beside it; returns the model's path."""
+    import os
+    import shutil
+
+    import onnx
+
+    onnx.checker.check_model(model)
+    folder = tmp_path / name
+    folder.mkdir()
+    for f in os.listdir(source_dir):
+        if f != "model.onnx":
+            shutil.copy(os.path.join(source_dir, f), folder / f)
+    onnx.save(model, str(folder / "model.onnx"))
+    return str(folder / "model.onnx")

@@ -12,7 +12,6 @@ Each compiled program greedy-decodes against ONNX Runtime driving the edited ONN
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import onnx
@@ -23,6 +22,7 @@ import tcc
 from tcc.driver import CompileOptions, optimize
 
 from ..conftest import MODELS_DIR
+from .helpers import save_beside
 from ..e2e.llm_oracle import OrtDecoder
 
 LLAMA = os.path.join(MODELS_DIR, "llm_optimum", "llama")
@@ -31,14 +31,7 @@ N_NEW = 40
 
 
 def _save(m, tmp_path, name: str) -> str:
-    onnx.checker.check_model(m)
-    folder = tmp_path / name
-    folder.mkdir()
-    for f in os.listdir(LLAMA):
-        if f != "model.onnx":
-            shutil.copy(os.path.join(LLAMA, f), folder / f)
-    onnx.save(m, str(folder / "model.onnx"))
-    return str(folder / "model.onnx")
+    return save_beside(m, tmp_path, name, LLAMA)
 
 
 def _insert_before(m, node, new_nodes):

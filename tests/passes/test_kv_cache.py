@@ -14,6 +14,7 @@ from tcc.driver import CompileOptions, optimize
 from tcc.errors import TccError, UnsupportedError
 
 from ..conftest import MODELS_DIR
+from .helpers import save_beside
 
 LLAMA = os.path.join(MODELS_DIR, "llm_optimum", "llama")
 
@@ -24,13 +25,7 @@ def _inverted_mask_model(tmp_path) -> str:
     m = onnx.load(os.path.join(LLAMA, "model.onnx"))
     (where,) = [n for n in m.graph.node if n.name == "/model/layers.1/self_attn/Where_2"]
     where.input[1], where.input[2] = where.input[2], where.input[1]
-    folder = tmp_path / "inverted"
-    folder.mkdir()
-    for f in os.listdir(LLAMA):
-        if f != "model.onnx":
-            shutil.copy(os.path.join(LLAMA, f), folder / f)
-    onnx.save(m, str(folder / "model.onnx"))
-    return str(folder / "model.onnx")
+    return save_beside(m, tmp_path, "inverted", LLAMA)
 
 
 def _warnings(text: str) -> list[str]:
@@ -94,15 +89,7 @@ def _sliding_window_model(tmp_path, window: int) -> str:
     for i, n in enumerate(overlay):
         m.graph.node.insert(at + i, n)
     and1.input[0] = "causal_in_window"
-    onnx.checker.check_model(m)
-    folder = tmp_path / f"window{window}"
-    folder.mkdir()
-    for f in os.listdir(LLAMA):
-        if f != "model.onnx":
-            shutil.copy(os.path.join(LLAMA, f), folder / f)
-    path = str(folder / "model.onnx")
-    onnx.save(m, path)
-    return path
+    return save_beside(m, tmp_path, f"window{window}", LLAMA)
 
 
 def test_sliding_window_becomes_a_windowed_ring_kv_cache(tmp_path, capsys):
