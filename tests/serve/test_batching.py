@@ -22,13 +22,17 @@ def _engine(artifact, **kw):
     return e
 
 
-def _run(engine, prompt, n=8):
+def _submit(engine, prompt, n=8):
     import queue
 
     from tcc.runtime.serve.engine import Job, Params
 
     events: queue.Queue = queue.Queue()
     engine.submit(Job(list(prompt), Params(n_predict=n, temperature=0, ignore_eos=True), events.put))
+    return events
+
+
+def _tokens(events) -> list[int]:
     while True:
         ev = events.get(timeout=60)
         if ev["type"] == "done":
@@ -36,16 +40,20 @@ def _run(engine, prompt, n=8):
         assert ev["type"] != "error", ev
 
 
+def _run(engine, prompt, n=8):
+    return _tokens(_submit(engine, prompt, n))
+
+
 def test_slots_are_rows_of_one_session_and_decode_together(llm_artifact):
-    e = _engine(llm_artifact, slots=3)
+    # paced: a job's 8 steps take at least 80 ms, so the three jobs submitted at once overlap
+    e = _engine(llm_artifact, slots=3, pace=0.01)
     try:
         assert e.state == "ready" and e.batched
         assert len({id(s.gen.session) for s in e.slots}) == 1  # one model, one KV cache of 4 rows
         prompts = [[1, 5, 17], [1, 42], [1, 300, 7, 9]]
         alone = [_run(e, p) for p in prompts]
         steps0, rows0 = e.metrics["decode_steps"], e.metrics["decode_rows"]
-        with ThreadPoolExecutor(3) as pool:
-            together = list(pool.map(lambda p: _run(e, p), prompts))
+        together = [_tokens(q) for q in [_submit(e, p) for p in prompts]]
         assert together == alone
         assert e.metrics["decode_rows"] - rows0 > e.metrics["decode_steps"] - steps0  # some step had 2+ rows
     finally:
