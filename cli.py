@@ -602,8 +602,9 @@ def cmd_serve(args) -> int:
         from .demo import DEMO_CALIB, DEMO_QM, Variant, compile_variant, demo_model
         from .driver import progress_printer
 
+        # one KV-cache row per slot: the slots' decode steps run as one batched run (continuous batching)
         artifact, _, _ = compile_variant(demo_model(), Variant(DEMO_QM, "AWQ"), DEMO_CALIB,
-                                         progress=progress_printer(True))
+                                         progress=progress_printer(True), max_batch=args.slots)
         name = "tcc-demo"
     serve(artifact, host=args.host, port=args.port, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
           api_key=args.api_key, threads=args.threads, queue=args.queue, model_name=name)

@@ -72,16 +72,18 @@ def artifact_dir(model: str, label: str) -> str:
 
 def compile_variant(model: str, variant: Variant, calib: str | None, max_context: int | None = None,
                     group_size: int | None = None, dump_ir: bool = False, rebuild: bool = False,
-                    progress: Callable | None = None) -> tuple[str, dict, bool]:
-    """Compile (or reuse) `model` as `variant` for the host; returns (artifact dir, manifest, reused)."""
+                    progress: Callable | None = None, max_batch: int = 1) -> tuple[str, dict, bool]:
+    """Compile (or reuse) `model` as `variant` for the host; returns (artifact dir, manifest, reused).
+    max_batch > 1: a KV cache of that many independent sequences (`tcc serve --slots N`)."""
     from .driver import CompileOptions, compile_cached
     from .passes.schemes import get_scheme
 
     if not get_scheme(variant.qm).grouped:
         group_size = None  # per-channel schemes have no groups: --group-size is for the int4 rows
     out = artifact_dir(model, variant.label + (f"-g{group_size}" if group_size else "")
-                       + (f"-ctx{max_context}" if max_context else ""))
+                       + (f"-ctx{max_context}" if max_context else "") + (f"-b{max_batch}" if max_batch > 1 else ""))
     opts = CompileOptions(target=host_target(), qm=variant.qm, max_context=max_context, group_size=group_size,
+                          max_dims={"batch": max_batch} if max_batch > 1 else {},
                           calib=calib if variant.calibrated else None, round_to_nearest=not variant.calibrated,
                           dump_ir=out + "-ir" if dump_ir else None)
     if variant.calibrated and not calib:

@@ -6,7 +6,8 @@ at 1, 2, 4 and 8 concurrent clients. Prints a markdown table (docs/serve.md has 
 
 Each client sends `--requests` streaming /completion requests one after another, each with its own prompt
 (`cache_prompt: false`, so every request evaluates its whole prompt) and a fixed number of new tokens
-(`ignore_eos`), greedy. Loopback only: the URL must name this machine.
+(`ignore_eos`), greedy. Loopback only: the URL must name this machine. `--ids` sends prompts of token ids
+instead of text, for an artifact without a tokenizer (a random model of some shape).
 """
 from __future__ import annotations
 
@@ -48,7 +49,12 @@ def one_request(client: httpx.Client, url: str, prompt: str, n_predict: int) -> 
             "decode_tps": (n - 1) / (end - first) if n > 1 and end > first else 0.0}
 
 
-def level(url: str, clients: int, requests: int, n_predict: int, headers: dict) -> dict:
+def prompt_of(c: int, j: int, ids: bool):
+    """Request j of client c: its own prompt (text, or 8 token ids distinct per request)."""
+    return [1, 100 + c, 200 + j, 300, 301, 302, 303, 304] if ids else f"{PROMPT} (client {c}, request {j})"
+
+
+def level(url: str, clients: int, requests: int, n_predict: int, headers: dict, ids: bool = False) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
 
@@ -57,7 +63,7 @@ def level(url: str, clients: int, requests: int, n_predict: int, headers: dict) 
         nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         with httpx.Client(timeout=600, headers=headers, transport=nodelay) as client:
             for j in range(requests):
-                r = one_request(client, url, f"{PROMPT} (client {c}, request {j})", n_predict)
+                r = one_request(client, url, prompt_of(c, j, ids), n_predict)
                 with lock:
                     results.append(r)
 
@@ -98,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=3, help="requests per client at each level (3)")
     ap.add_argument("--n-predict", type=int, default=64, help="new tokens per request (64)")
     ap.add_argument("--api-key", help="the server's --api-key")
+    ap.add_argument("--ids", action="store_true", help="prompts of token ids (an artifact without a tokenizer)")
     args = ap.parse_args(argv)
     host = urlparse(args.url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -118,10 +125,10 @@ def main(argv=None) -> int:
     print(f"server: {props.get('model')} ({props.get('target')}), {props.get('total_slots')} slots x "
           f"{props['default_generation_settings']['n_ctx']} tokens; {args.requests} requests per client, "
           f"{args.n_predict} new tokens each", file=sys.stderr)
-    level(url, 1, 1, 8, headers)  # warm up: page in the weights, start the worker threads
+    level(url, 1, 1, 8, headers, args.ids)  # warm up: page in the weights, start the worker threads
     rows = []
     for c in levels:
-        rows.append(level(url, c, args.requests, args.n_predict, headers))
+        rows.append(level(url, c, args.requests, args.n_predict, headers, args.ids))
         print(f"  {c} clients: {rows[-1]['agg_tps']:.1f} tok/s in all", file=sys.stderr)
     print(table(rows))
     return 0

@@ -365,14 +365,27 @@ def _kv_attention(node: Node, em: Emitter) -> None:
     hkv, rows, dv = k.shape[1], kc.shape[2], v.shape[3]
     cap = int(node.attrs.get("capacity", 0)) or rows  # a ring cache holds fewer rows than positions
     out = node.output
+    strides = [em.array(h, dense_strides(t.shape)) for h, t in (("qs", q), ("ks", k), ("vs", v), ("os", out))]
+    tail = [em.ptr(cos), em.ptr(sin), str(int(node.attrs.get("rotary_dim", 0))), str(int(node.attrs.get("rope", 0))),
+            _c_float(node.attrs["scale"]), str(int(node.attrs.get("window", 0))), str(rows), em.ptr(node.input(8)),
+            _c_float(node.attrs.get("softcap", 0.0)), "m->pool"]
+    dims = [c_dim(hq), c_dim(hkv), c_dim(s)]
+    # tcc_model_run_rows (m->row_slots set): input row r is one sequence in cache row row_slots[r] at that row's
+    # own length, so each row is its own call with B = 1 (attention is per-row work anyway; the Linear layers
+    # around it still see all rows at once, which is where batching saves the weight traffic)
+    ins = [f"({em.ptr(t)} + tcc_r * {st}[0])" for t, st in zip((q, k, v), strides)]
+    caches = [f"({em.ptr(c)} + tcc_sl * {c_dim(hkv)} * {rows} * {c_dim(w)})" for c, w in ((kc, d), (vc, dv))]
+    em.lines.append("  if (m->row_slots != nullptr) {")
+    em.lines.append(f"    for (int64_t tcc_r = 0; tcc_r < {c_dim(b)}; ++tcc_r) {{")
+    em.lines.append("      const int64_t tcc_sl = m->row_slots[tcc_r];")
+    em.call(node, "kvattention", [*ins, *caches, f"({em.ptr(out)} + tcc_r * {strides[3]}[0])", "1", *dims,
+                                  "m->kv_lens[tcc_sl]", str(cap), c_dim(d), c_dim(dv), *strides, *tail], dtype="f32")
+    em.lines.append("    }")
+    em.lines.append("  } else {")
     em.call(node, "kvattention", [
         em.ptr(q), em.ptr(k), em.ptr(v), em.ptr(kc), em.ptr(vc), em.ptr(out),
-        c_dim(b), c_dim(hq), c_dim(hkv), c_dim(s), c_dim(past.const.item()), str(cap), c_dim(d), c_dim(dv),
-        em.array("qs", dense_strides(q.shape)), em.array("ks", dense_strides(k.shape)),
-        em.array("vs", dense_strides(v.shape)), em.array("os", dense_strides(out.shape)),
-        em.ptr(cos), em.ptr(sin), str(int(node.attrs.get("rotary_dim", 0))), str(int(node.attrs.get("rope", 0))),
-        _c_float(node.attrs["scale"]), str(int(node.attrs.get("window", 0))), str(rows), em.ptr(node.input(8)),
-        _c_float(node.attrs.get("softcap", 0.0)), "m->pool"], dtype="f32")
+        c_dim(b), *dims, c_dim(past.const.item()), str(cap), c_dim(d), c_dim(dv), *strides, *tail], dtype="f32")
+    em.lines.append("  }")
 
 
 # -- elementwise -----------------------------------------------------------------------------------

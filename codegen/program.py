@@ -67,13 +67,21 @@ def llm_bind_lines(graph: Graph) -> list[str]:
         return [f"  if ({seq} < 1) return fail(\"input_ids has no tokens (seq = 0)\");", rows]
     past = sym_var(llm["past"])
     return [
-        f"  const int64_t {past} = m->kv_len;",
+        # tcc_model_run_rows gives every row its own slot and length (the attention calls read them): the
+        # checks here are for tcc_model_run, whose rows all share row 0's length
+        f"  const int64_t {past} = m->row_slots ? 0 : m->kv_lens[0];",
         f"  if ({seq} < 1) return fail(\"input_ids has no tokens (seq = 0)\");",
         f"  if ({past} + {seq} > kKvCapacity) return fail(\"context overflow: %\" PRId64 \" cached + %\" PRId64 "
         f"\" new tokens exceed the context of %\" PRId64 \" tokens (compile with a larger --max-context, or "
         f"reset / truncate the cache)\", {past}, {seq}, kKvCapacity);",
         rows,
     ]
+
+
+def rows_supported(body_lines: list[str], past_var: str) -> bool:
+    """Whether the cache length reaches only the KVAttention calls (which take a slot and length per row in
+    tcc_model_run_rows); a graph computing anything else from it (positions, masks) runs single-sequence only."""
+    return not any(past_var in line and "kvattention" not in line for line in body_lines)
 
 
 def _all_bare_symbols(graph: Graph) -> set[str]:
@@ -124,9 +132,12 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     weights = em.weights.blob()
     llm = graph.meta.get("llm") or {}
     kv = bool(llm.get("kv_cache"))
+    max_batch = bounds.get(llm["batch"], 1) if kv else 1
     text = environment().get_template("common/model.cpp.j2").render(
         states=[{"name": _c_string(n), "bytes": v.type.nbytes_bound(bounds)} for n, v in graph.states.items()],
         kv_capacity=llm["capacity"] if kv else 0, kv_seq_var=sym_var(llm["seq"]) if kv else "",
+        kv_batch_var=sym_var(llm["batch"]) if kv else "", kv_max_batch=max_batch,
+        kv_rows_ok=kv and rows_supported(em.lines, sym_var(llm["past"])),
         kv_ring_rewind=llm.get("kv_ring_rewind", 0) if kv else 0,
         inputs=[io(v, v.name) for v in graph.inputs],
         outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],

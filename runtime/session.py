@@ -112,6 +112,99 @@ class Session:
     def _bind(self) -> None:
         bind_c_api(self._lib)
 
+    # -- several sequences in one program (tcc_model_run_rows; continuous batching) --------------------
+    @property
+    def kv_slots(self) -> int:
+        """KV-cache slots (independent sequences) `run_rows` can use: the compiled batch bound (--max-dim
+        batch=N), or 0 (no KV cache, positions used outside attention, or an artifact older than run_rows)."""
+        fn = getattr(self._lib, "tcc_model_kv_slots", None)
+        if fn is None:
+            return 0
+        fn.restype = ctypes.c_int64
+        return int(fn())
+
+    def _need_slots(self) -> None:
+        if not self._model:
+            raise TccError("session is closed")
+        if self.kv_slots < 1:
+            raise TccError(f"{self.path} cannot run rows on separate KV-cache slots (no KV cache, positions used "
+                           f"outside attention, or compiled by an older tcc)")
+
+    @staticmethod
+    def _int_arg(value, what: str) -> int:
+        import numbers
+
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not -2**63 <= int(value) < 2**63:
+            raise TccError(f"{what} must be an integer, got {value!r:.40}")
+        return int(value)
+
+    def kv_length(self, slot: int) -> int:
+        """Tokens in one slot's KV cache."""
+        slot = self._int_arg(slot, "slot")
+        with self._lock:
+            self._need_slots()
+            fn = self._lib.tcc_model_kv_length_slot
+            fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], ctypes.c_int64
+            n = int(fn(self._model, slot))
+            if n < 0:
+                raise TccError(f"KV cache slot {slot} does not exist (0..{self.kv_slots - 1})")
+            return n
+
+    def kv_truncate(self, slot: int, n: int) -> None:
+        """Forget tokens n.. of one slot (0 empties it); the other slots are untouched."""
+        slot, n = self._int_arg(slot, "slot"), self._int_arg(n, "n")
+        with self._lock:
+            self._need_slots()
+            fn = self._lib.tcc_model_kv_truncate_slot
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+            if fn(self._model, slot, n) != 0:
+                raise TccError(self._lib.tcc_model_last_error().decode())
+
+    def run_rows(self, ids, slots, logits_rows: int = 1) -> np.ndarray:
+        """Continue several sequences in one run: `ids` [rows, seq] (int64), row r appended to KV-cache slot
+        slots[r] (distinct). Returns the logits [rows, n, vocab] of each row's last n = min(logits_rows, seq)
+        positions (0: all). Equal to running each row alone on its slot up to fp32 summation order."""
+        from ..errors import RuntimeFeedError
+
+        def ints(x, what: str) -> np.ndarray:
+            try:
+                a = np.asarray(x)
+            except (ValueError, TypeError, OverflowError) as e:  # ragged rows, objects numpy cannot convert
+                raise RuntimeFeedError(f"run_rows: {what} is not an array ({str(e).splitlines()[0]})") from None
+            if a.dtype.kind not in "iu" or (a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max):
+                raise RuntimeFeedError(f"run_rows: {what} must be integers, got {a.dtype} {a.shape}")
+            return np.ascontiguousarray(a, dtype=np.int64)
+
+        arr = ints(ids, "ids")
+        if arr.ndim != 2 or arr.size == 0:
+            raise RuntimeFeedError(f"run_rows: ids must be a non-empty 2-D integer array [rows, seq], got shape "
+                                   f"{arr.shape}")
+        sl = ints(slots, "slots")
+        if sl.shape != (arr.shape[0],):
+            raise RuntimeFeedError(f"run_rows: slots must be {arr.shape[0]} integers (one per row), got shape "
+                                   f"{sl.shape}")
+        logits_rows = self._int_arg(logits_rows, "logits_rows")
+        vocab = int((self.manifest.get("llm") or {}).get("vocab") or 0)
+        if vocab and (arr.min() < 0 or arr.max() >= vocab):
+            bad = int(arr[(arr < 0) | (arr >= vocab)][0])
+            raise RuntimeFeedError(f"token id {bad} is out of range for the vocabulary of {vocab}")
+        with self._lock:
+            self._need_slots()
+            lib = self._lib
+            lib.tcc_model_set_logits_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+            lib.tcc_model_set_logits_rows(self._model, logits_rows)
+            fn = lib.tcc_model_run_rows
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                           ctypes.POINTER(_Tensor), ctypes.c_int]
+            outs = (_Tensor * max(len(self.outputs), 1))()
+            if fn(self._model, arr.ctypes.data, arr.shape[0], arr.shape[1], sl.ctypes.data, outs,
+                  len(self.outputs)) != 0:
+                raise TccError(lib.tcc_model_last_error().decode())
+            t = outs[0]
+            shape = tuple(t.shape[i] for i in range(t.ndim))
+            n = int(np.prod(shape, dtype=np.int64)) * 4
+            return np.frombuffer(ctypes.string_at(t.data, n), dtype=np.float32).reshape(shape).copy()
+
     def set_profiling(self, on: bool = True) -> None:
         """Time every node of the following runs (enabling resets the counters)."""
         with self._lock:

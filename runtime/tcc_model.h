@@ -81,6 +81,23 @@ int64_t tcc_model_kv_length(const tcc_model* model);
 int tcc_model_kv_truncate(tcc_model* model, int64_t n);
 void tcc_model_set_logits_rows(tcc_model* model, int64_t n);
 
+// Several independent sequences in one program (continuous batching; docs/serve.md). Every KV-cache state
+// holds max_batch rows (the compiled batch bound, --max-dim batch=N); each cache row ("slot") is one sequence
+// with its own length. tcc_model_run above treats the rows as one batch at row 0's length (kv_length and
+// kv_truncate are row 0's; truncating cuts every row).
+// Slots a program can run rows on: max_batch, or 0 (no KV cache, or positions used outside attention).
+int64_t tcc_model_kv_slots(void);
+// One slot's length (-1 for a slot that does not exist) / forget its tokens n.. (non-zero on error).
+int64_t tcc_model_kv_length_slot(const tcc_model* model, int64_t slot);
+int tcc_model_kv_truncate_slot(tcc_model* model, int64_t slot, int64_t n);
+// Run `ids` [rows, seq] (row-major int64): input row r continues the sequence of slot slots[r] (distinct
+// slots) at positions kv_length_slot(slots[r]).., attending to that slot's cache only; then each listed
+// slot's length grows by seq, and the others are untouched. A decode step of several clients is one call
+// with seq 1 and one row per client: the weights are read once for all rows. `outputs` as tcc_model_run
+// (logits [rows, n, vocab], n = min(logits_rows, seq)). Returns 0 on success.
+int tcc_model_run_rows(tcc_model* model, const int64_t* ids, int64_t rows, int64_t seq, const int64_t* slots,
+                       tcc_tensor* outputs, int n_outputs);
+
 // Token sampling shared by the Python runtime and the standalone chat binary, so both pick the same
 // tokens for the same logits and seed. temperature <= 0 is greedy (argmax, lowest id on ties).
 typedef struct tcc_sampling {

@@ -53,6 +53,12 @@ MR512 = 8
 # every weight tile costs about two GEMV weight streams, so the GEMV (rows looped inside each tile, the
 # tile read once from memory) wins up to M = 3 and the GEMM from M = 4..6 on.
 GEMV_MAX_M = 3
+# w4a8 GEMV unpacks each 64-block once for a group of GEMV_ROWS rows (batched decode: a row per client), so
+# its cost per extra row is the dots alone. Measured (32000 x 2048, 1 thread, AMD EPYC Zen 4): M = 4 in
+# 4.7-5.1 ms against the GEMM's 6.0 (M = 1: 1.7-1.9 ms); at M = 5 they tie and at 8 the GEMM wins (7.7 vs
+# 9.0 ms: a second row group reads the tile again), so the GEMV serves one group.
+GEMV_ROWS = 4
+W4A8_GEMV_MAX_M = 4
 GEMM_MC = 96            # rows per task: 96 x 4096 int8 activations = 384 KiB, in L2
 PREFETCH_BYTES = 2048   # GEMV: prefetch this far ahead of the weight stream (8 q4 blocks of a tile; measured
                         # 10-20% faster than none on one thread, weights read from DRAM)
@@ -69,7 +75,8 @@ def _qlinear_tiles(spec: KernelSpec) -> dict:
         isas = W4A8_ISAS if spec.family == "qlinear_w4a8" else ISAS
         assert isas[0] == "avx2" and set(isas) <= {"avx2", "vnni", "avx512"}, "AVX2 is the fallback of every `all`"
         ctx.update(ISAS=isas, ISAS256=tuple(i for i in isas if i != "avx512"), MR512=MR512,
-                   GEMV_MAX_M=GEMV_MAX_M, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
+                   GEMV_MAX_M=W4A8_GEMV_MAX_M if spec.family == "qlinear_w4a8" else GEMV_MAX_M,
+                   GEMV_ROWS=GEMV_ROWS, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
                    W32_MR=W32_MR, W32_KC=W32_KC)
     return ctx
 

@@ -286,6 +286,10 @@ class _Api:
             ("requests_processing", "gauge", "requests in a slot", busy),
             ("requests_deferred", "gauge", "requests waiting for a slot", waiting),
             ("slots_total", "gauge", "slots (sequences served at once)", e.n_slots),
+            ("decode_steps_total", "counter", "batched decode runs (one per step of all decoding slots)",
+             m["decode_steps"]),
+            ("decode_rows_total", "counter", "slot-tokens decoded by batched runs (rows / steps: the mean batch)",
+             m["decode_rows"]),
         ]
         lines = []
         for name, kind, help_, value in rows:

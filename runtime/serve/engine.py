@@ -1,11 +1,13 @@
 """The serving engine: N slots, one engine thread that owns every model call, a bounded queue.
 
-Each slot is one loaded Session of the same artifact (its own KV cache and arena; the weights file is
-mapped read-only by each, so the page cache holds one copy). The engine thread loads the sessions and
-then loops: admit queued jobs into free slots, then give every active slot one step (a prefill chunk
-or one decode token), round robin, so that a long prompt does not stall the other clients. HTTP
-handlers never touch a model: they submit a Job and read its events, which the engine delivers through
-`job.sink` (a thread-safe callable).
+Continuous batching: the slots are the KV-cache rows of ONE loaded Session (a program compiled with
+--max-dim batch=N holds N independent sequences; tcc_model_run_rows). The engine thread loops: admit
+queued jobs into free slots, evaluate one prefill chunk of each slot still reading its prompt (alone:
+rows = 1 on its slot), then advance every decoding slot by one token in ONE run with one row per slot, so
+the weights are streamed once per step for all clients. Jobs join and leave between steps. A program that
+cannot run rows (no KV cache: it recomputes its context) falls back to one Session per slot, taking turns.
+HTTP handlers never touch a model: they submit a Job and read its events, which the engine delivers
+through `job.sink` (a thread-safe callable).
 
 Prompt caching: a slot keeps the token ids that are in its KV cache (`Generator.context`); a new job
 keeps the longest common prefix with them (kv_truncate) and evaluates only the rest.
@@ -106,6 +108,48 @@ class Slot:
     last_used: float = 0.0
 
 
+class SlotSequence:
+    """One KV-cache slot of a shared Session, with the part of Generator's interface the engine uses
+    (context, feed, _truncate, reset): the ids in the slot's cache, in order."""
+
+    def __init__(self, gen, slot: int):
+        self.base = gen  # the Generator over the shared Session (sampling library, limits)
+        self.session = gen.session
+        self.slot = slot
+        self.llm, self.vocab, self.capacity, self.max_chunk = gen.llm, gen.vocab, gen.capacity, gen.max_chunk
+        self.recompute = False
+        self._lib = gen._lib
+        self.context: list[int] = []
+
+    def reset(self) -> None:
+        self._truncate(0)
+
+    def _truncate(self, n: int) -> None:
+        self.session.kv_truncate(self.slot, n)
+        del self.context[n:]
+
+    def feed(self, ids: list[int]) -> np.ndarray:
+        """Append ids to this slot alone (in chunks of the compiled prefill length); the last logits [1, vocab]."""
+        ids = [int(t) for t in ids]
+        self.base._check_ids(ids)
+        if len(self.context) + len(ids) > self.capacity:
+            raise TccError(f"context overflow: {len(self.context)} tokens in the context + {len(ids)} new exceed "
+                           f"the model's context of {self.capacity} tokens")
+        logits = None
+        for start in range(0, len(ids), self.max_chunk):
+            chunk = ids[start:start + self.max_chunk]
+            logits = self.session.run_rows([chunk], [self.slot])[0]
+            self.context.extend(chunk)
+        return logits
+
+
+def check_batch(n_slots: int, kv_slots: int) -> None:
+    """A batched program holds at most its compiled batch bound of sequences: refuse more slots in one line."""
+    if n_slots > kv_slots:
+        raise TccError(f"--slots {n_slots} needs an artifact compiled with --max-dim batch={n_slots} (or more): this "
+                       f"one holds {kv_slots} sequence{'s' * (kv_slots != 1)}")
+
+
 class Engine:
     """Load `artifact` into `slots` sessions and serve jobs from one thread (start() begins loading)."""
 
@@ -134,6 +178,7 @@ class Engine:
         self._loaded = threading.Event()
         self.metrics = collections.Counter()
         self.started = time.time()
+        self.batched = False  # slots are rows of one Session (continuous batching), not one Session each
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,7 +196,7 @@ class Engine:
             self._thread.join(timeout=30)
             if self._thread.is_alive():  # still inside a model call: closing would free what it uses
                 return
-        for s in self.slots:
+        for s in self.slots[:1] if self.batched else self.slots:
             s.gen.session.close()
         self.state = "stopped"
 
@@ -172,6 +217,21 @@ class Engine:
         from ..session import load
 
         load = self._load or load
+        first = load(self.artifact, threads=self.threads, verify=self.verify)
+        if first.kv_slots > 0 and not (first.manifest.get("llm") or {}).get("recompute"):
+            try:
+                check_batch(self.n_slots, first.kv_slots)
+                gen = Generator(first, first.tokenizer)
+                gen.feed([0])  # touch the arena and start the workers now, not in the first client's time
+                gen.reset()
+            except Exception:
+                first.close()
+                raise
+            self.manifest, self.tokenizer, self.batched = first.manifest, first.tokenizer, True
+            self.slots = [Slot(i, SlotSequence(gen, i)) for i in range(self.n_slots)]
+            self._finish_load(gen)
+            return
+        first.close()
         tok = None
         for i in range(self.n_slots):
             # one full verification is enough: the other sessions open the same files
@@ -183,8 +243,10 @@ class Engine:
             gen.feed([0])  # touch the arena and start the workers now, not in the first client's time
             gen.reset()
             self.slots.append(Slot(i, gen))
-        g = self.slots[0].gen
         self.tokenizer = tok
+        self._finish_load(self.slots[0].gen)
+
+    def _finish_load(self, g) -> None:
         self.llm = g.llm
         self.vocab = g.vocab
         cap = g.capacity
@@ -231,9 +293,12 @@ class Engine:
                     self._waiting.clear()
                     return
                 self._admit()
-            for slot in self.slots:
-                if slot.run is not None:
-                    self._step(slot)
+            if self.batched:
+                self._batched_round()
+            else:
+                for slot in self.slots:
+                    if slot.run is not None:
+                        self._step(slot)
             if self.pace:
                 time.sleep(self.pace)
 
@@ -300,6 +365,38 @@ class Engine:
             self._sample(slot, logits)
         except Exception as e:  # noqa: BLE001 -- a failed step ends that job, and the slot starts clean
             self._fail(slot, job, e)
+
+    def _batched_round(self) -> None:
+        """One prefill chunk for each slot still reading its prompt (each alone), then one decode run with a
+        row per slot that was already decoding."""
+        decoding = [s for s in self.slots if s.run is not None and not s.run.pending and s.run.last is not None]
+        for slot in self.slots:
+            if slot.run is not None and slot not in decoding:
+                self._step(slot)
+        live = []
+        for slot in decoding:
+            if slot.run.job.cancelled:
+                self.metrics["requests_cancelled"] += 1
+                self._release(slot)
+            else:
+                live.append(slot)
+        if not live:
+            return
+        try:
+            g = live[0].gen
+            logits = g.session.run_rows([[s.run.last] for s in live], [s.gen.slot for s in live])
+        except Exception as e:  # noqa: BLE001 -- a failed step ends the jobs in it, and their slots start clean
+            for slot in live:
+                self._fail(slot, slot.run.job, e)
+            return
+        self.metrics["decode_steps"] += 1
+        self.metrics["decode_rows"] += len(live)
+        for slot, row in zip(live, logits):
+            slot.gen.context.append(slot.run.last)
+            try:
+                self._sample(slot, row[-1])
+            except Exception as e:  # noqa: BLE001
+                self._fail(slot, slot.run.job, e)
 
     def _sample(self, slot: Slot, logits: np.ndarray) -> None:
         run, p, g = slot.run, slot.run.job.params, slot.gen

@@ -271,6 +271,8 @@ W4_CASES = [
     (1, 8, 64, 32), (1, 1, 10, 32), (3, 17, 100, 32), (1, 33, 128, 128), (17, 9, 300, 128),
     (2, 16, 40, 128), (1, 40, 1000, 128), (17, 50, 513, 32), (3, 24, 96, 96), (100, 20, 70, 32),
     (1, 7, 4096, 128), (6, 31, 257, 64), (7, 1, 64, 64), (9, 23, 200, 32), (10, 8, 129, 128),
+    # w4a8: the GEMV's largest row group (4, batched decode), the GEMM just past it (5), two groups' worth (8)
+    (4, 19, 160, 32), (5, 8, 64, 64), (8, 33, 320, 32),
 ]
 W8_CASES = [
     (1, 8, 64), (1, 1, 10), (3, 17, 100), (17, 9, 300), (2, 16, 40), (1, 40, 1000), (17, 50, 513),
@@ -330,6 +332,25 @@ def test_qlinear_w4a8(x86_kernel_lib, spec, isa, M, N, K, group, sym, with_bias,
     G = -(-K // group)
     ref, tol = expected(dequantize_activations(xq, xs, K, group), dequantize(q, s, z, 4, group), bias, G + 4)
     check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K} group={group}")
+
+
+@pytest.mark.parametrize("spec,isa", [p for p in variants("qlinear_w4a8") if p.values[0].variant == "all"])
+@pytest.mark.parametrize("M,K,group", [(4, 320, 32), (3, 4096, 128), (8, 200, 64)])  # GEMV, GEMV, GEMM
+def test_qlinear_w4a8_row_does_not_depend_on_the_batch(x86_kernel_lib, spec, isa, M, K, group, x86_pool, rng,
+                                                       isa_guard):
+    """Batched decode (tcc_model_run_rows) runs one row per client through one call: every row's output is
+    bit for bit that row run alone (integer dots, the same epilogue order, GEMV or GEMM), so batching cannot
+    change a w4a8 model's tokens."""
+    set_isa(x86_kernel_lib, spec, isa)
+    N = 37
+    x, q, s, z, bias = w4_problem(rng, M, N, K, group, False, True)
+    xq, xs, xsum = quantize_activations(x, group, pad_to=pq.KPAD)
+    packed = w4_pack(q, s, z, quad=True)
+    y = run_w4a8(x86_kernel_lib, spec, xq, xs, xsum, K, group, *packed, bias, N, x86_pool)
+    for m in range(M):
+        alone = run_w4a8(x86_kernel_lib, spec, xq[m:m + 1].copy(), xs[m:m + 1].copy(), xsum[m:m + 1].copy(), K,
+                         group, *packed, bias, N, x86_pool)
+        assert np.array_equal(y[m], alone[0]), f"row {m} of {M} differs from the row alone"
 
 
 def run_w4a32(lib, spec, x, K, group, wp, sp, zp, bias, N, pool, ldx_pad=5, ldy_pad=3):

@@ -24,9 +24,12 @@ CONTEXT = 128
 def llm_artifact(artifact_dir):
     import tcc
 
-    out = str(artifact_dir / "serve-llama")
+    from tcc.driver import CompileOptions
+
+    # 4 KV-cache rows: up to 4 slots decode as one batched run (continuous batching)
+    out = str(artifact_dir / "serve-llama-b4")
     if not os.path.isfile(os.path.join(out, "manifest.json")):
-        tcc.compile(MODEL, out, max_context=CONTEXT)
+        tcc.compile(MODEL, out, CompileOptions(max_context=CONTEXT, max_dims={"batch": 4}))
     return out
 
 
