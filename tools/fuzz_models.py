@@ -505,6 +505,15 @@ def _proto(fixture: str) -> onnx.ModelProto:
         return _PROTOS[fixture]
 
 
+def _mutate(kind: str, m, rng, ex) -> str:
+    """One mutation. A mutator that reads a tensor an earlier mutation of the same case already damaged
+    (dims that no longer match the data) cannot apply: the case keeps the earlier damage instead."""
+    try:
+        return MUTATIONS[kind](m, rng, ex)
+    except (ValueError, TypeError, IndexError) as e:
+        return f"{kind}: not applied ({type(e).__name__})"
+
+
 def make_case(seed: int, index: int, fixture_list: list[str], compile_case: bool, directory: str) -> Case:
     """Draw case `index` of `seed` and write its mutant (and any external data file) into `directory`."""
     rng = random.Random(f"tcc-fuzz:{seed}:{index}")
@@ -514,7 +523,7 @@ def make_case(seed: int, index: int, fixture_list: list[str], compile_case: bool
     ex = Extra()
     kinds = COMPILE_MUTATIONS if compile_case else tuple(k for k in MUTATIONS if k not in COMPILE_MUTATIONS)
     count = 1 if compile_case else rng.choice([1, 1, 2, 3])  # one mutation: a compile case should reach the build
-    done = [MUTATIONS[k](m, rng, ex) for k in (rng.choice(kinds) for _ in range(count))]
+    done = [_mutate(k, m, rng, ex) for k in (rng.choice(kinds) for _ in range(count))]
     data = m.SerializeToString()
     if ex.utf8:
         data = data.replace(MARK, BAD_UTF8)
