@@ -85,3 +85,40 @@ def pytest_terminal_summary(terminalreporter):
         if counts[key, "passed"] or counts[key, "refused"]:
             terminalreporter.write_line(f"ONNX node tests ({label}): {counts[key, 'passed']} supported-passing, "
                                         f"{counts[key, 'refused']} refused")
+
+
+# -- Test tiers ----------------------------------------------------------------------------------------
+# Every test gets one marker by its path, so a developer can run one tier (`pytest -m unit` is the fast
+# one: Python only, nothing compiled) while CI runs them all. The first matching prefix wins, so single
+# slow modules are listed before their folder. A new module lands in "unit" unless listed here: if it
+# builds C++ or runs a whole model, add it.
+TIERS = (
+    ("kernels/", "kernel"),
+    ("conformance/test_node_tests_compiled.py", "kernel"),
+    ("test_ops_onnxruntime.py", "kernel"),
+    ("test_slice_property.py", "kernel"),
+    ("test_broadcast_assumptions.py", "kernel"),
+    ("test_tuning.py", "kernel"),
+    ("backends/", "emulated"),
+    ("e2e/", "model"),
+    ("serve/", "model"),
+    ("fuzz/", "model"),
+    ("runtime/test_tokenizer.py", "unit"),
+    ("runtime/test_roofline.py", "unit"),
+    ("runtime/test_perplexity.py", "unit"),
+    ("runtime/", "model"),
+    ("passes/test_kv_cache.py", "model"),
+    ("passes/test_attention_variants_models.py", "model"),
+    ("test_compile_cache.py", "model"),
+)
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def tier_of(path: str) -> str:
+    rel = os.path.relpath(path, TESTS_DIR).replace(os.sep, "/")
+    return next((tier for prefix, tier in TIERS if rel.startswith(prefix)), "unit")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(str(item.path))))

@@ -5,11 +5,22 @@ arrays in graph order (graph inputs that are initializers excluded). A case whos
 sequences/optionals holds `UNSUPPORTED` there (tcc has no such values; its import refuses the model).
 `run_with_interpreter(test)` imports the model and runs every case through tcc's reference interpreter;
 a compiled runner can later be plugged in beside it with the same signature.
+
+`supported.txt` (beside this file, one name per line, sorted) is the exact set of node tests tcc supports,
+shared by the interpreter and the compiled tests: each test asserts that it is refused iff it is not listed,
+so a new refusal fails CI, and so does a newly supported test until it is listed. Regenerate it on purpose,
+after adding or removing an op, from the repository root:
+
+    python3 -m tests.conformance.run_node_tests --write-supported
+
+and review the diff of tests/conformance/supported.txt before committing it.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
+import sys
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -18,6 +29,8 @@ from onnx import numpy_helper
 
 NODE_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node")
 UNSUPPORTED = "unsupported value (sequence/optional/map)"
+SUPPORTED_FILE = os.path.join(os.path.dirname(__file__), "supported.txt")
+REGENERATE = "python3 -m tests.conformance.run_node_tests --write-supported"
 
 
 class NodeTest(NamedTuple):
@@ -77,3 +90,54 @@ def run_with_interpreter(test: NodeTest) -> list[list[np.ndarray]]:
         out = run_graph(graph, {v.name: x for v, x in zip(graph.inputs, inputs)})
         results.append([out[v.name] for v in graph.outputs])
     return results
+
+
+def read_supported() -> frozenset[str]:
+    """The committed list of supported node tests."""
+    with open(SUPPORTED_FILE) as f:
+        return frozenset(line.strip() for line in f if line.strip())
+
+
+def interpreter_supports(name: str) -> bool:
+    """Whether tcc accepts node test `name` (import + interpreter raise no UnsupportedError). Wrong values
+    or crashes still count as supported: the tests report those, the list only records what is refused."""
+    from tcc.errors import UnsupportedError
+
+    try:
+        run_with_interpreter(load_node_test(name))
+    except UnsupportedError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def write_supported(path: str = SUPPORTED_FILE) -> list[str]:
+    names = [n for n in node_test_names() if interpreter_supports(n)]
+    with open(path, "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m tests.conformance.run_node_tests",
+                                 description="ONNX node tests: list or rewrite the supported set.")
+    ap.add_argument("--write-supported", action="store_true",
+                    help=f"rewrite {os.path.relpath(SUPPORTED_FILE)} from what tcc accepts now")
+    args = ap.parse_args(argv)
+    if args.write_supported:
+        old = read_supported() if os.path.exists(SUPPORTED_FILE) else frozenset()
+        new = set(write_supported())
+        print(f"{len(new)} supported node tests written to {os.path.relpath(SUPPORTED_FILE)}")
+        for n in sorted(new - old):
+            print(f"  + {n}")
+        for n in sorted(old - new):
+            print(f"  - {n}")
+        return 0
+    listed, total = len(read_supported()), len(node_test_names())
+    print(f"{listed} of {total} node tests listed as supported in {os.path.relpath(SUPPORTED_FILE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,11 @@ Every one of the 1765 tests must either compile, run and match ONNX's expected o
 with UnsupportedError (at import, or at code generation when no kernel exists for an op/dtype). Anything
 else fails. Counts are printed in the terminal summary (conftest.py).
 
+The supported set is the one the interpreter tests pin, tests/conformance/supported.txt, less
+CODEGEN_REFUSALS below (empty today): a listed test that is refused fails, and so does an unlisted test
+that compiles. Regenerate the list on purpose with
+`python3 -m tests.conformance.run_node_tests --write-supported` (see run_node_tests.py).
+
 Tolerances: ints/bools exact. f32 rtol 1e-5 / atol 1e-6: the AVX2 transcendental kernels are accurate
 to <= 2e-6 relative (docs/kernels.md) and GEMM/reduction accumulation order differs from numpy's by a
 few ulps on these small shapes; atol covers results that cancel to ~0.
@@ -16,7 +21,7 @@ import tcc
 from tcc.errors import UnsupportedError
 
 from .run_node_tests import load_node_test, node_test_names
-from .test_node_tests_interp import _compare
+from .test_node_tests_interp import SUPPORTED, _compare, accepted_but_unlisted, refused_but_listed
 
 NAMES = node_test_names()
 
@@ -31,6 +36,16 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("node-compiled")
 
 
+def _assert_refused_at_import(name: str, model_path: str, refusal: Exception) -> None:
+    from tcc.frontend.onnx_import import import_onnx
+
+    try:
+        import_onnx(model_path)
+    except UnsupportedError:
+        return  # refused at import: the op, attribute or dtype is outside tcc's IR
+    pytest.fail(f"the frontend accepts {name} but code generation refuses it: {refusal}")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_node_compiled(name, workdir, record_property):
     test = load_node_test(name)
@@ -38,16 +53,15 @@ def test_node_compiled(name, workdir, record_property):
     try:
         tcc.compile(test.model_path, str(out), build_dir=str(workdir / "build"))
     except UnsupportedError as e:
-        assert "\n" not in str(e)
+        refusal = e
+    else:
+        refusal = None
+    if refusal is not None:
+        assert "\n" not in str(refusal)
+        if name in SUPPORTED and name not in CODEGEN_REFUSALS:
+            pytest.fail(refused_but_listed(name, "compiled path", refusal), pytrace=False)
         if name not in CODEGEN_REFUSALS:
-            from tcc.frontend.onnx_import import import_onnx
-
-            try:
-                import_onnx(test.model_path)
-            except UnsupportedError:
-                pass  # refused at import: the op, attribute or dtype is outside tcc's IR
-            else:
-                pytest.fail(f"the frontend accepts {name} but code generation refuses it: {e}")
+            _assert_refused_at_import(name, test.model_path, refusal)
         record_property("conformance-compiled", "refused")
         return
     with tcc.load(str(out)) as sess:
@@ -58,4 +72,8 @@ def test_node_compiled(name, workdir, record_property):
             assert len(got) == len(outputs), f"case {k}: {len(got)} outputs, expected {len(outputs)}"
             for i, (g, w) in enumerate(zip(got, outputs)):
                 _compare(name, g, w, f"{name} case {k} output {i}")
+    if name in CODEGEN_REFUSALS:
+        pytest.fail(f"{name} compiles and passes now: remove it from CODEGEN_REFUSALS", pytrace=False)
+    if name not in SUPPORTED:
+        pytest.fail(accepted_but_unlisted(name, "compiled path"), pytrace=False)
     record_property("conformance-compiled", "passed")
