@@ -105,3 +105,17 @@ def save_beside(model, tmp_path, name: str, source_dir: str) -> str:
             shutil.copy(os.path.join(source_dir, f), folder / f)
     onnx.save(model, str(folder / "model.onnx"))
     return str(folder / "model.onnx")
+
+
+def graph_before(model_path: str, pass_name: str, max_context: int, pipeline: str = "default"):
+    """A model's graph after the pipeline's passes that come before `pass_name`, and its PassContext."""
+    from tcc.frontend.onnx_import import import_onnx
+    from tcc.passes.pipelines import get_pipeline
+    from tcc.passes.runner import run_pipeline
+
+    g = import_onnx(model_path)
+    ctx = make_ctx()
+    ctx.options["max_context"] = max_context
+    names = get_pipeline(pipeline)
+    run_pipeline(g, names[:names.index(pass_name)], ctx)
+    return g, ctx

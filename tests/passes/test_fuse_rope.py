@@ -13,27 +13,19 @@ import os
 import numpy as np
 import pytest
 
-from tcc.frontend.onnx_import import import_onnx
 from tcc.ir.interpreter import ProgramState, run_graph
 from tcc.ir.ops.kv import ROPE_HALF, ROPE_NONE
-from tcc.passes.pipelines import get_pipeline
 from tcc.passes.rewrite_utils import attrs
-from tcc.passes.runner import run_pipeline
 
 from ..conftest import MODELS_DIR
-from .helpers import F32_TOL, make_ctx, refusals, run_pass
+from .helpers import F32_TOL, graph_before, refusals, run_pass
 
 CONTEXT = 32  # a small KV cache: the tables have CONTEXT rows
 
 
 def _upto(fixture: str, name: str):
     """The fixture's graph after the default pipeline's passes before `name`, and its context."""
-    g = import_onnx(os.path.join(MODELS_DIR, fixture, "model.onnx"))
-    ctx = make_ctx()
-    ctx.options["max_context"] = CONTEXT
-    names = get_pipeline("default")
-    run_pipeline(g, names[:names.index(name)], ctx)
-    return g, ctx
+    return graph_before(os.path.join(MODELS_DIR, fixture, "model.onnx"), name, CONTEXT)
 
 
 def _kva(g):

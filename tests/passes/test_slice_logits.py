@@ -19,18 +19,13 @@ from tcc.passes.pipelines import get_pipeline
 from tcc.passes.runner import run_pipeline
 
 from ..conftest import MODELS_DIR
-from .helpers import F32_TOL, make_ctx, run_pass
+from .helpers import F32_TOL, graph_before, make_ctx, run_pass
 
 CONTEXT = 32
 
 
 def _upto(fixture: str, name: str = "slice-logits"):
-    g = import_onnx(os.path.join(MODELS_DIR, fixture, "model.onnx"))
-    ctx = make_ctx()
-    ctx.options["max_context"] = CONTEXT
-    names = get_pipeline("default")
-    run_pipeline(g, names[:names.index(name)], ctx)
-    return g, ctx
+    return graph_before(os.path.join(MODELS_DIR, fixture, "model.onnx"), name, CONTEXT)
 
 
 def _logits(g, ids, rows=0):
