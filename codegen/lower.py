@@ -19,8 +19,7 @@ from ..ir.dims import Dim, Sym, product, to_c
 from ..ir.dtypes import DType
 from ..ir.registry import norm_axis
 from ..ir.ops._common import const_ints
-
-ALIGN = 64
+from .weights import ALIGN, WeightsBuilder
 
 
 def sym_var(name: str) -> str:
@@ -59,36 +58,6 @@ F32_ONLY = frozenset({"gemm", "matmul", "attention", "kvattention", "softmax", "
 
 DTYPE_CODE = {DType.f32: "f32", DType.i64: "i64", DType.i32: "i32", DType.bool: "bool", DType.f16: "f16",
               DType.i8: "i8", DType.u8: "u8"}
-
-
-class WeightsBuilder:
-    """Lays constants out in one 64-byte aligned blob; each (constant, transform) is stored once."""
-
-    def __init__(self):
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.index: dict[tuple, int] = {}
-        self.entries: list[dict] = []
-
-    def add(self, key: tuple, data: np.ndarray, name: str) -> int:
-        if key in self.index:
-            return self.index[key]
-        pad = (-self.size) % ALIGN
-        if pad:
-            self.chunks.append(b"\0" * pad)
-            self.size += pad
-        off = self.size
-        raw = np.ascontiguousarray(data).tobytes()
-        self.chunks.append(raw)
-        self.size += len(raw)
-        self.index[key] = off
-        self.entries.append({"name": name, "offset": off, "bytes": len(raw), "dtype": str(data.dtype),
-                             "shape": list(data.shape), "layout": key[1]})
-        return off
-
-    def blob(self) -> bytes:
-        pad = (-self.size) % ALIGN
-        return b"".join(self.chunks) + b"\0" * pad
 
 
 @dataclass
