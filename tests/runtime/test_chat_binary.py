@@ -434,8 +434,8 @@ def test_streaming_and_ctrl_c(artifact, hf_tok, tmp_path):
         decoded = int(STATS_RE.match(stats.strip()).group(2))
         assert 1 <= decoded < 100
         assert proc.p.poll() is None
-        while not proc.out.empty():  # the end of the interrupted reply
-            proc.out.get()
+        while not proc.read_out().endswith("\n"):  # the rest of the interrupted reply, which ends in a newline
+            pass
         proc.send("again\n")  # the session goes on
         assert "t" in proc.read_text()  # the new reply is being written: Ctrl-C now stops it
         proc.p.send_signal(signal.SIGINT)
