@@ -37,9 +37,10 @@ import numpy as np
 
 from ..ir.core import Graph, Node, TensorType, Value
 from ..ir.dims import Sym
+from ..ir.causal_mask import CAUSAL_FILL
 from ..ir.dtypes import DType
 from . import register_pass
-from .fuse_attention import CAUSAL_FILL, _unrepeat
+from .attention_match import unrepeat
 from .llm_interface import past_inputs
 from .rewrite_utils import attrs, producer
 
@@ -191,7 +192,7 @@ def _row_form(full: np.ndarray, past: int):
 
 def _match(graph: Graph, att: Node, pasts: set[int], llm: dict, checked: dict) -> dict:
     k, v = att.inputs[1], att.inputs[2]
-    rk, rv = _unrepeat(k), _unrepeat(v)  # an imported ONNX Attention may still read repeat_kv(present)
+    rk, rv = unrepeat(k), unrepeat(v)  # an imported ONNX Attention may still read repeat_kv(present)
     if rk is not None and rv is not None and rk[1] == rv[1]:
         k, v = rk[0], rv[0]
     ck, cv = _concat_of(k, pasts), _concat_of(v, pasts)
