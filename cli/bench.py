@@ -60,12 +60,14 @@ def _shape3(text: str) -> tuple[int, int, int]:
 
 
 def add_bench(sub) -> None:
+    from ..runtime.bench import QMS, VARIANTS
+
     b = sub.add_parser("bench", help="time a compiled language model, or the kernel ablation (--ablation)")
     b.add_argument("target", nargs="?", help="an artifact directory (with --ablation: an .onnx model to compile "
                    "once per kernel variant and time as a whole)")
     b.add_argument("--ablation", action="store_true", help="per-technique latency of the quantized linear kernels "
-                   "(naive, unroll, threads, simd, all) on --shape, and for a whole model if one is given")
-    b.add_argument("--qm", default="w4a8", choices=("w4a8", "w4a32", "w8a8"), help="scheme for --ablation (w4a8)")
+                   f"({', '.join(VARIANTS)}) on --shape, and for a whole model if one is given")
+    b.add_argument("--qm", default=QMS[0], choices=QMS, help=f"scheme for --ablation ({QMS[0]})")
     b.add_argument("--shape", default="1x4096x32000", help="MxKxN of the ablation GEMV/GEMM (1x4096x32000)")
     b.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (128)")
     b.add_argument("--gen", type=int, default=64, help="generated tokens (64)")

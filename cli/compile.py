@@ -4,9 +4,6 @@ from __future__ import annotations
 from .args import _kv_ints, _mib, _quant_args, _quant_options, _shape_args
 
 
-KERNEL_VARIANTS = ("avx2", "scalar", "naive", "unroll", "threads", "simd", "all")
-
-
 def cmd_compile(args) -> int:
     from ..driver import CompileOptions, compile_model, progress_printer
 
@@ -51,7 +48,17 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def kernel_variants() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--kernel-variant's names from the x86 kernel list: (the variants of the other families: avx2, scalar;
+    the quantized linear kernels' optimization steps: naive .. all)."""
+    from ..backends.x86 import kernels, kernels_quant
+
+    steps = kernels_quant.QLINEAR_VARIANTS
+    return tuple(sorted({s.variant for s in kernels.VARIANTS} - set(steps))), steps
+
+
 def add_compile(sub) -> None:
+    plain, steps = kernel_variants()
     c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
     c.add_argument("model", help="the .onnx file")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
@@ -65,9 +72,9 @@ def add_compile(sub) -> None:
     c.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after PASS")
     c.add_argument("--disable-pass", action="append", metavar="PASS", help="skip PASS")
     c.add_argument("--pipeline", default="default", help="named pass pipeline (default)")
-    c.add_argument("--kernel-variant", choices=KERNEL_VARIANTS,
-                   help="force one kernel variant where a family has it: avx2 | scalar, or the quantized linear "
-                        "kernels' optimization steps naive | unroll | threads | simd | all (default: the fastest)")
+    c.add_argument("--kernel-variant", choices=plain + steps,
+                   help=f"force one kernel variant where a family has it: {' | '.join(plain)}, or the quantized "
+                        f"linear kernels' optimization steps {' | '.join(steps)} (default: the fastest)")
     c.add_argument("--tune", action="store_true", help="measure the Linear kernels' tile sizes, prefetch distance "
                    "and GEMV/GEMM crossover on this machine for the model's shapes and build the fastest "
                    "(cached in <cache-dir>/tuning.json; recorded in the manifest)")

@@ -65,9 +65,11 @@ def _is_demo(path: str) -> bool:
 
 
 def add_demo(sub) -> None:
+    from ..demo import COMPARE_VARIANTS, DEMO_QM
+
     d = sub.add_parser("demo", help="compile the bundled demo LLM for this machine (cached) and generate from it")
-    d.add_argument("--qm", default="w4a8", choices=("fp32", "w8a8", "w4a32", "w4a8"),
-                   help="quantization (w4a8, with AWQ; w8a8 uses SmoothQuant)")
+    d.add_argument("--qm", default=DEMO_QM, choices=tuple(dict.fromkeys(v.qm for v in COMPARE_VARIANTS)),
+                   help=f"quantization ({DEMO_QM}, with AWQ; w8a8 uses SmoothQuant)")
     d.add_argument("--prompt", "-p", default=None, help="the text to continue (default: a fixed prompt)")
     d.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate (96)")
     d.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (0.7)")
