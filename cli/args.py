@@ -9,7 +9,7 @@ import sys
 from ..errors import TccError
 
 
-def _kv_ints(items, what: str) -> dict[str, int]:
+def kv_ints(items, what: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items or []:
         name, sep, val = item.partition("=")
@@ -24,13 +24,13 @@ def _kv_ints(items, what: str) -> dict[str, int]:
     return out
 
 
-def _feeds(items) -> dict:
+def read_feeds(items) -> dict:
     feeds = {}
     for item in items or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise TccError(f"--input expects NAME=FILE.npy, got {item!r}")
-        feeds[name] = _read_npy(path, f"input {name!r}")
+        feeds[name] = read_npy(path, f"input {name!r}")
     return feeds
 
 
@@ -50,7 +50,7 @@ def _npy_header(f):
     return _read_array_header(f, version)
 
 
-def _read_npy(path: str, what: str):
+def read_npy(path: str, what: str):
     """A .npy file, or a one-line TccError naming it: missing, not a regular file (a FIFO or /dev/zero
     would block or never end: checked before opening), empty, truncated, a header whose shape needs more
     bytes than the file has, or a pickled object array."""
@@ -91,7 +91,7 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def _quant_args(p) -> None:
+def add_quant_args(p) -> None:
     from ..passes.schemes import SCHEMES
 
     p.add_argument("--qm", default="fp32", choices=tuple(SCHEMES),
@@ -108,28 +108,28 @@ def _quant_args(p) -> None:
     p.add_argument("--awq-clip", action="store_true", help="AWQ's weight-clipping search (slower compile)")
 
 
-def _quant_options(args) -> dict:
+def quant_options(args) -> dict:
     keep = tuple(p.strip() for p in (args.keep_fp32 or "").split(",") if p.strip())
     return dict(group_size=args.group_size, asym=args.asym, keep_fp32=keep, calib=args.calib,
                 calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, awq_clip=args.awq_clip)
 
 
-def _verify_arg(p) -> None:
+def add_verify_arg(p) -> None:
     p.add_argument("--no-verify", action="store_true", help="check the artifact's file sizes only, not their "
                    "SHA-256 (faster to start with huge weights; damage is then not detected)")
 
 
-def _shape_args(p) -> None:
+def add_shape_args(p) -> None:
     p.add_argument("--max-dim", action="append", metavar="NAME=N",
                    help="upper bound of a dynamic dim (default 256; '*=N' sets every one)")
     p.add_argument("--dim", action="append", metavar="NAME=N", help="fix a dynamic dim to N")
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
-def _write_json(path: str | None, data) -> None:
+def write_json(path: str | None, data) -> None:
     if not path:
         return
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -139,7 +139,7 @@ def _write_json(path: str | None, data) -> None:
     os.replace(tmp, path)
 
 
-def _artifact_manifest(path: str) -> dict | None:
+def artifact_manifest(path: str) -> dict | None:
     try:
         with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
             return json.load(f)
@@ -147,9 +147,9 @@ def _artifact_manifest(path: str) -> dict | None:
         return None  # load() says what is wrong with the artifact
 
 
-def _foreign(args) -> str | None:
+def foreign_target_of(args) -> str | None:
     """Why the artifact cannot run on this host (None: it can)."""
     from ..backends import foreign_target
 
-    manifest = _artifact_manifest(args.artifact)
+    manifest = artifact_manifest(args.artifact)
     return foreign_target(manifest.get("target", "x86")) if manifest else None

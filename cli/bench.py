@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from ..errors import TccError
-from .args import _verify_arg, _write_json
+from .args import add_verify_arg, write_json
 
 
 def cmd_bench(args) -> int:
@@ -36,13 +36,13 @@ def cmd_bench(args) -> int:
         both = tuned_vs_default(args.target, args.prompt_len, args.gen, args.threads, args.repeat,
                                 bandwidth=not args.no_roofline, progress=progress_printer(not args.quiet))
         print(format_vs_default(both))
-        _write_json(args.json, both)
+        write_json(args.json, both)
         res = both["tuned"]
     else:
         res = bench_artifact(args.target, args.prompt_len, args.gen, args.threads, args.repeat,
                              bandwidth=not args.no_roofline)
         print(format_bench(res))
-        _write_json(args.json, res)
+        write_json(args.json, res)
     if args.plot:
         plot_steps(res, args.plot)
         print(f"plot: {args.plot}")
@@ -79,5 +79,5 @@ def add_bench(sub) -> None:
     b.add_argument("--vs-default", action="store_true", help="an artifact compiled with --tune: also compile its "
                    "model without --tune (cached) and time both in this run")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    _verify_arg(b)
+    add_verify_arg(b)
     b.set_defaults(fn=cmd_bench)

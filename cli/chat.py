@@ -7,7 +7,7 @@ import sys
 
 from .. import flags
 from ..errors import TccError
-from .args import _foreign, _verify_arg
+from .args import add_verify_arg, foreign_target_of
 
 
 def _sampling_args(p) -> None:
@@ -99,7 +99,7 @@ def _emulate_args(p, what: str) -> None:
 
 
 def _native_only(args) -> None:
-    why = _foreign(args)
+    why = foreign_target_of(args)
     if why:
         raise TccError(f"cannot run {args.artifact} here: {why}; run it under emulation with --emulate")
 
@@ -183,7 +183,7 @@ def add_generate(sub) -> None:
     g.add_argument("--ids", action="store_true", help="print the generated token ids instead of streaming text")
     _sampling_args(g)
     _emulate_args(g, "generate with")
-    _verify_arg(g)
+    add_verify_arg(g)
     g.set_defaults(fn=cmd_generate)
 
 
@@ -193,5 +193,5 @@ def add_chat(sub) -> None:
     ch.add_argument("--system", help="system prompt")
     _sampling_args(ch)
     _emulate_args(ch, "chat with")
-    _verify_arg(ch)
+    add_verify_arg(ch)
     ch.set_defaults(fn=cmd_chat)

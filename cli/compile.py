@@ -1,35 +1,35 @@
 """`tcc compile`: an ONNX model into an artifact directory."""
 from __future__ import annotations
 
-from .args import _kv_ints, _mib, _quant_args, _quant_options, _shape_args
+from .args import add_quant_args, add_shape_args, kv_ints, mib, quant_options
 
 
 def cmd_compile(args) -> int:
     from ..driver import CompileOptions, compile_model, progress_printer
 
     opts = CompileOptions(target=args.target, qm=args.qm, dump_ir=args.dump_ir,
-                          max_dims=_kv_ints(args.max_dim, "--max-dim"), dims=_kv_ints(args.dim, "--dim"),
+                          max_dims=kv_ints(args.max_dim, "--max-dim"), dims=kv_ints(args.dim, "--dim"),
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
                           kernel_variant=args.kernel_variant, cpu=args.cpu, pipeline=args.pipeline,
                           max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template,
                           tune=args.tune, tune_threads=args.tune_threads, force=args.force,
-                          require_kv_cache=args.require_kv_cache, **_quant_options(args))
+                          require_kv_cache=args.require_kv_cache, **quant_options(args))
     manifest = compile_model(args.model, args.output, opts, progress=progress_printer(not args.quiet))
     mem = manifest["memory"]
     print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
-          f"{len(manifest['kernels'])} kernels, weights {_mib(manifest['weights']['bytes'])}, "
-          f"arena {_mib(mem['arena_bytes'])} (lower bound {_mib(mem['lower_bound_bytes'])}), "
+          f"{len(manifest['kernels'])} kernels, weights {mib(manifest['weights']['bytes'])}, "
+          f"arena {mib(mem['arena_bytes'])} (lower bound {mib(mem['lower_bound_bytes'])}), "
           f"{manifest['compile_seconds']:.1f} s")
     q = manifest.get("quantization") or {}
     if q.get("scheme", "fp32") != "fp32":
         ratio = f" = {q['ratio_to_fp32']:.3f}x the fp32 weights" if q.get("ratio_to_fp32") else ""
         print(f"quantized: {q['quantized_linears']} layers ({q['scheme']}, group {q['group_size']}, "
               f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "
-              f"{len(q['kept_fp32'])}; weights {_mib(q['weight_bytes'])}{ratio}")
+              f"{len(q['kept_fp32'])}; weights {mib(q['weight_bytes'])}{ratio}")
     llm = manifest.get("llm")
     if llm and llm.get("kv_cache"):
         print(f"language model: {llm['layers']} KV-cache attention layers, context {llm['capacity']} tokens "
-              f"(KV cache {_mib(llm['kv_cache_bytes'])}), prefill chunks of {llm['max_prefill']}, "
+              f"(KV cache {mib(llm['kv_cache_bytes'])}), prefill chunks of {llm['max_prefill']}, "
               f"tokenizer {'yes' if llm.get('tokenizer') else 'none'}")
     elif llm and llm.get("recompute"):
         print(f"language model without past inputs: generation recomputes the sequence, context "
@@ -66,8 +66,8 @@ def add_compile(sub) -> None:
                    "hosts, run there with `tcc run --emulate`)")
     c.add_argument("--cpu", metavar="CPU", help="arm: the baseline CPU (-mcpu), e.g. cortex-a53, cortex-a76, "
                    "neoverse-n1, native (default: armv8-a; dotprod / i8mm are detected at run time)")
-    _quant_args(c)
-    _shape_args(c)
+    add_quant_args(c)
+    add_shape_args(c)
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass: DIR/000_import.tir, ...")
     c.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after PASS")
     c.add_argument("--disable-pass", action="append", metavar="PASS", help="skip PASS")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from ..errors import TccError
-from .args import _verify_arg, _write_json
+from .args import add_verify_arg, write_json
 
 
 def cmd_demo(args) -> int:
@@ -39,7 +39,7 @@ def cmd_eval(args) -> int:
               + (f": {first['tokens']} tokens, windows of {first['context']}, stride {first['stride']}" if first else "")
               + "\n")
         print(format_compare_table(rows))
-        _write_json(args.json, rows)
+        write_json(args.json, rows)
         return 0
     if not args.target:
         raise TccError("tcc eval needs an artifact directory (or --compare [model.onnx])")
@@ -54,7 +54,7 @@ def cmd_eval(args) -> int:
     print(f"{args.target} on {text_path}: perplexity {p.ppl:.4f}, {p.bits_per_byte:.4f} bits/byte "
           f"({p.tokens} tokens, {p.bytes} bytes; windows of {p.context} tokens, stride {p.stride}; "
           f"{p.tokens_per_second:.0f} tok/s)")
-    _write_json(args.json, p.as_dict())
+    write_json(args.json, p.as_dict())
     return 0
 
 
@@ -95,5 +95,5 @@ def add_eval(sub) -> None:
     e.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     e.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _verify_arg(e)
+    add_verify_arg(e)
     e.set_defaults(fn=cmd_eval)

@@ -5,7 +5,7 @@ import json
 import os
 
 from .. import flags
-from .args import _mib, _verify_arg
+from .args import add_verify_arg, mib
 
 
 def cmd_info(args) -> int:
@@ -45,15 +45,15 @@ def _info_lines(m: dict, path: str, checked: list[str], hashes: bool) -> list[st
             print(f"{kind[:-1]:<10} {t['name']}: {t['dtype']}[{','.join(map(str, t['shape']))}]")
     if m.get("symbols"):
         print("max dims   " + ", ".join(f"{k}<={v}" for k, v in m["symbols"].items()))
-    print(f"weights    {m['weights']['file']} {_mib(m['weights']['bytes'])} sha256 {m['weights']['sha256'][:16]}")
+    print(f"weights    {m['weights']['file']} {mib(m['weights']['bytes'])} sha256 {m['weights']['sha256'][:16]}")
     q = m.get("quantization") or {}
     if q.get("scheme", "fp32") != "fp32":
         print(f"quantized  {q['quantized_linears']} layers, {q['summary']}; group {q['group_size']}, "
               f"{'zero points' if q['zero_points'] else 'symmetric'}, {q['calibration']}; "
-              f"{q['ratio_to_fp32']}x the fp32 weights ({_mib(q['fp32_weight_bytes'])})"
+              f"{q['ratio_to_fp32']}x the fp32 weights ({mib(q['fp32_weight_bytes'])})"
               + (f"; kept fp32: {', '.join(q['kept_fp32'])}" if q["kept_fp32"] else ""))
-    print(f"arena      {_mib(mem['arena_bytes'])} (sum of intermediates {_mib(mem['intermediates_bytes'])}, "
-          f"lower bound {_mib(mem['lower_bound_bytes'])})")
+    print(f"arena      {mib(mem['arena_bytes'])} (sum of intermediates {mib(mem['intermediates_bytes'])}, "
+          f"lower bound {mib(mem['lower_bound_bytes'])})")
     print(f"kernels    {len(m['kernels'])}: {', '.join(m['kernels'])}")
     print("ops        " + ", ".join(f"{k}×{v}" for k, v in sorted(m["ops"].items())))
     if m.get("tuning"):
@@ -73,7 +73,7 @@ def add_info(sub) -> None:
     n = sub.add_parser("info", help="describe a compiled artifact")
     n.add_argument("artifact")
     n.add_argument("--json", action="store_true", help="print the manifest")
-    _verify_arg(n)
+    add_verify_arg(n)
     n.set_defaults(fn=cmd_info)
 
 

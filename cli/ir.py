@@ -5,7 +5,7 @@ import os
 import sys
 
 from ..errors import TccError
-from .args import _feeds, _kv_ints, _quant_args, _quant_options, _shape_args
+from .args import add_quant_args, add_shape_args, kv_ints, quant_options, read_feeds
 
 
 def cmd_ir(args) -> int:
@@ -21,9 +21,9 @@ def cmd_ir(args) -> int:
         from ..driver import CompileOptions, optimize
 
         after = args.after
-        opts = CompileOptions(target=args.target, max_dims=_kv_ints(args.max_dim, "--max-dim"),
-                              dims=_kv_ints(args.dim, "--dim"), pipeline=args.pipeline, qm=args.qm,
-                              tokenizer=args.tokenizer, **_quant_options(args))
+        opts = CompileOptions(target=args.target, max_dims=kv_ints(args.max_dim, "--max-dim"),
+                              dims=kv_ints(args.dim, "--dim"), pipeline=args.pipeline, qm=args.qm,
+                              tokenizer=args.tokenizer, **quant_options(args))
         if after:
             from ..passes.pipelines import get_pipeline
 
@@ -35,7 +35,7 @@ def cmd_ir(args) -> int:
     if args.run:
         from ..ir.interpreter import run_graph
 
-        for name, arr in run_graph(graph, _feeds(args.run)).items():
+        for name, arr in run_graph(graph, read_feeds(args.run)).items():
             print(f"{name}: {arr.dtype}{list(arr.shape)}\n{arr}")
         return 0
     # A file gets its large constants in blobs/ beside it, so `tcc ir FILE --run` can execute it.
@@ -58,8 +58,8 @@ def add_ir(sub) -> None:
     i.add_argument("--pipeline", default="optimize", help="named pass pipeline (optimize)")
     i.add_argument("--target", default="x86")
     i.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for text calibration (default: beside the model)")
-    _quant_args(i)
-    _shape_args(i)
+    add_quant_args(i)
+    add_shape_args(i)
     i.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of IR text")
     i.add_argument("--run", action="append", metavar="NAME=FILE.npy", help="run the IR with the interpreter")
     i.add_argument("-o", "--output", help="write to a file instead of stdout")

@@ -7,7 +7,7 @@ import time
 
 from .. import flags
 from ..errors import TccError
-from .args import _feeds, _foreign, _kv_ints, _verify_arg
+from .args import add_verify_arg, foreign_target_of, kv_ints, read_feeds
 
 
 def _run_emulated(args):
@@ -23,10 +23,10 @@ def _run_emulated(args):
     manifest = _read_manifest(os.path.abspath(args.artifact))
     _check_manifest_fields(manifest, os.path.abspath(args.artifact))
     verify(os.path.abspath(args.artifact), manifest, hashes=flags.get("verify"))
-    feeds = _feeds(args.input)
+    feeds = read_feeds(args.input)
     if args.random:
         infos = SimpleNamespace(inputs=[_info(d) for d in manifest["inputs"]])
-        feeds = {**random_feeds(infos, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
+        feeds = {**random_feeds(infos, kv_ints(args.dim, "--dim"), args.seed), **feeds}
     cpu = f" -cpu {args.emulate_cpu}" if args.emulate_cpu else ""
     print(f"tcc: running the {manifest.get('target')} artifact under emulation (qemu{cpu}); its time is not a "
           "speed figure", file=sys.stderr, flush=True)
@@ -43,16 +43,16 @@ def cmd_run(args) -> int:
         raise TccError(f"--repeat must be at least 1, got {args.repeat}")
     check_threads(args.threads, cli=True)
     _output_dir(args.output_dir)  # before the run, not after it
-    why = _foreign(args)
+    why = foreign_target_of(args)
     if args.emulate:
         outputs, ms = _run_emulated(args)
     elif why:
         raise TccError(f"cannot run {args.artifact} here: {why}; run it under emulation with --emulate")
     else:
         sess = load(args.artifact, threads=args.threads)
-        feeds = _feeds(args.input)
+        feeds = read_feeds(args.input)
         if args.random:
-            feeds = {**random_feeds(sess, _kv_ints(args.dim, "--dim"), args.seed), **feeds}
+            feeds = {**random_feeds(sess, kv_ints(args.dim, "--dim"), args.seed), **feeds}
         # A language model's KV cache grows with every run: each run starts from an empty cache, so
         # that repeats (and the profile's warm-up) time the same prefill.
         kv = bool((sess.manifest.get("llm") or {}).get("kv_cache"))
@@ -146,5 +146,5 @@ def add_run(sub) -> None:
                         "standalone run binary under qemu")
     r.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53: "
                    "no dotprod; default: qemu's max, which has dotprod and i8mm)")
-    _verify_arg(r)
+    add_verify_arg(r)
     r.set_defaults(fn=cmd_run)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import TccError
-from .args import _verify_arg
+from .args import add_verify_arg
 
 
 def cmd_serve(args) -> int:
@@ -41,5 +41,5 @@ def add_serve(sub) -> None:
     sv.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on every API route (/health "
                     "and the chat page's own files stay open; the page asks for the key)")
     sv.add_argument("--threads", type=int, default=None, help="worker threads per slot (default: all cores)")
-    _verify_arg(sv)
+    add_verify_arg(sv)
     sv.set_defaults(fn=cmd_serve)
