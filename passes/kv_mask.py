@@ -60,7 +60,7 @@ def mask_form(graph: Graph, mask: Value, llm: dict, capacity: int, heads: int):
             full = np.broadcast_to(m, (b["batch"], h, sq, skv))
         except ValueError:
             return f"mask %{mask.name} has shape {list(np.shape(m))}, not [.., {sq}, {skv}] ({_binding(b)})"
-        form = _row_form(full, b["past"])
+        form = row_form(full, b["past"])
         if isinstance(form, str):
             return f"mask %{mask.name} {form} ({_binding(b)})"
         w, sl = form
@@ -105,7 +105,7 @@ def _binding(b: dict) -> str:
     return f"batch {b['batch']}, past {b['past']}, seq {b['seq']}"
 
 
-def _row_form(full: np.ndarray, past: int):
+def row_form(full: np.ndarray, past: int):
     """(W or None when every causal key is kept, per-head slopes or None) of a mask [B, H, Sq, Skv]
     whose queries sit at positions past..; a str saying what is wrong otherwise."""
     sq, skv = full.shape[-2:]
