@@ -15,9 +15,11 @@ import statistics
 
 import numpy as np
 
+from ..backends.x86.kernels_quant import QLINEAR_VARIANTS as VARIANTS  # the ablation's steps: naive .. all
+from ..codegen.families.quant import QLINEAR_FAMILIES
 from ..errors import TccError
 
-VARIANTS = ("naive", "unroll", "threads", "simd", "all")
+QMS = tuple(f.removeprefix("qlinear_") for f in QLINEAR_FAMILIES)  # the schemes with an ablation: w4a8, ...
 
 
 def generation_timings(out: str, prompt_len: int, gen: int, threads: int | None = None, repeat: int = 3,
@@ -243,7 +245,7 @@ def model_ablation(model: str, qm: str, prompt_len: int = 32, gen: int = 16, thr
     from ..driver import compile_model
 
     if qm == "fp32":
-        raise TccError("--ablation times the quantized linear kernels: give --qm w4a8, w4a32 or w8a8")
+        raise TccError(f"--ablation times the quantized linear kernels: give --qm {', '.join(QMS[:-1])} or {QMS[-1]}")
     ctx = max_context or max(prompt_len + gen + 8, 64)
     rows = []
     for variant in VARIANTS:

@@ -597,12 +597,16 @@ def main(argv=None) -> int:
     want = set(args.only or ["mlp", "encoder", "llama"])
     _log(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}; out={args.out}")
     if "mlp" in want:
-        _log("mlp"); build_mlp(args.out)
+        _log("mlp")
+        build_mlp(args.out)
     if "encoder" in want:
-        _log("encoder"); build_encoder(args.out)
+        _log("encoder")
+        build_encoder(args.out)
     if "llama" in want:
-        _log("llama (dynamo, opset 18)"); outs = build_llama(args.out)
-        _log("llama_opset23 (dynamo, opset 23)"); build_llama_opset23(args.out, outs)
+        _log("llama (dynamo, opset 18)")
+        outs = build_llama(args.out)
+        _log("llama_opset23 (dynamo, opset 23)")
+        build_llama_opset23(args.out, outs)
     for f in sorted(os.listdir(args.out)):
         if f.endswith(".onnx"):
             _log(f"  {f}: {os.path.getsize(os.path.join(args.out, f))} bytes")

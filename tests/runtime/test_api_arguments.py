@@ -257,7 +257,7 @@ def test_run_input_npy_problems(llm, capsys, tmp_path):
     ]
     for path, message in cases:
         _cli_error(capsys, ["run", llm, "--input", f"input_ids={path}", "-o", tmp_path / "o"],
-                   f"input 'input_ids': ", str(path), message, code=2)
+                   "input 'input_ids': ", str(path), message, code=2)
     _cli_error(capsys, ["run", llm, "--input", "=x.npy", "-o", tmp_path / "o"], "--input expects NAME=FILE.npy")
     assert main(["run", llm, "--input", f"input_ids={good}", "-o", str(tmp_path / "o")]) == 0
 

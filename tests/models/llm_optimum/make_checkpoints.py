@@ -21,7 +21,7 @@ import sys
 
 import pydoc_data.topics
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 VOCAB = 384
 SEED = 0

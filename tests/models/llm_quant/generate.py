@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
