@@ -60,6 +60,27 @@ static inline void store_hsum4(float* out, V a0, V a1, V a2, V a3) {
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
 }
+static inline void store_tail(float* p, Tail t, V v) { _mm256_maskstore_ps(p, t, v); }
+// Lane masks (all-ones lanes), as comparisons return them; select(m, a, b) = m ? b : a, bitwise.
+using M = __m256;
+static inline M mask_all(bool on) { return on ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : _mm256_setzero_ps(); }
+static inline V select(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
+// Lanes where the bool bytes c[0:kLanes] are 0.
+static inline M cond_zero(const uint8_t* c) {
+  const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(w, _mm256_setzero_si256()));
+}
+// Any 32-bit lanes (float, int32, ...) as V, bit for bit.
+static inline V load_bits(const void* p) { return _mm256_loadu_ps(static_cast<const float*>(p)); }
+static inline void store_bits(void* p, V v) { _mm256_storeu_ps(static_cast<float*>(p), v); }
+static inline V splat_bits(const void* p) {
+  float f;
+  __builtin_memcpy(&f, p, 4);
+  return _mm256_set1_ps(f);
+}
+// Masks to bool bytes 0/1: one vector (kLanes bytes), four vectors (4 * kLanes bytes).
+static inline void store_mask(uint8_t* out, M m) { avx2::store_mask8(out, m); }
+static inline void store_mask4v(uint8_t* out, M m0, M m1, M m2, M m3) { avx2::store_mask32(out, m0, m1, m2, m3); }
 
 #elif defined(TCC_VEC_NEON)
 
@@ -83,6 +104,20 @@ static inline float hmax(V v) { return vmaxvq_f32(v); }
 static inline void store_hsum4(float* out, V a0, V a1, V a2, V a3) {
   vst1q_f32(out, vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3)));
 }
+static inline void store_tail(float* p, Tail t, V v) { neon::store_partial(p, t, v); }
+using M = uint32x4_t;
+static inline M mask_all(bool on) { return vdupq_n_u32(on ? ~0u : 0u); }
+static inline V select(M m, V a, V b) { return vbslq_f32(m, b, a); }
+static inline M cond_zero(const uint8_t* c) {
+  uint32_t w;
+  __builtin_memcpy(&w, c, 4);
+  return vceqzq_u32(vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w))))));
+}
+static inline V load_bits(const void* p) { return vreinterpretq_f32_u32(vld1q_u32(static_cast<const uint32_t*>(p))); }
+static inline void store_bits(void* p, V v) { vst1q_u32(static_cast<uint32_t*>(p), vreinterpretq_u32_f32(v)); }
+static inline V splat_bits(const void* p) { return vreinterpretq_f32_u32(vld1q_dup_u32(static_cast<const uint32_t*>(p))); }
+static inline void store_mask(uint8_t* out, M m) { neon::store_mask4(out, m); }
+static inline void store_mask4v(uint8_t* out, M m0, M m1, M m2, M m3) { neon::store_mask16(out, m0, m1, m2, m3); }
 
 #else
 
@@ -108,6 +143,27 @@ static inline void store_hsum4(float* out, V a0, V a1, V a2, V a3) {
   out[1] = a1;
   out[2] = a2;
   out[3] = a3;
+}
+static inline void store_tail(float* p, Tail t, V v) {
+  if (t > 0) *p = v;
+}
+using M = bool;
+static inline M mask_all(bool on) { return on; }
+static inline V select(M m, V a, V b) { return m ? b : a; }
+static inline M cond_zero(const uint8_t* c) { return *c == 0; }
+static inline V load_bits(const void* p) {
+  V v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+static inline void store_bits(void* p, V v) { __builtin_memcpy(p, &v, 4); }
+static inline V splat_bits(const void* p) { return load_bits(p); }
+static inline void store_mask(uint8_t* out, M m) { *out = m; }
+static inline void store_mask4v(uint8_t* out, M m0, M m1, M m2, M m3) {
+  out[0] = m0;
+  out[1] = m1;
+  out[2] = m2;
+  out[3] = m3;
 }
 
 #endif
