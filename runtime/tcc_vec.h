@@ -61,6 +61,14 @@ static inline void store_hsum4(float* out, V a0, V a1, V a2, V a3) {
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
 }
 static inline void store_tail(float* p, Tail t, V v) { _mm256_maskstore_ps(p, t, v); }
+// The tail's floats, `fill` in the lanes past it.
+static inline V load_tail_or(const float* p, Tail t, float fill) {
+  return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, t), _mm256_castsi256_ps(t));
+}
+static inline V div(V a, V b) { return _mm256_div_ps(a, b); }
+static inline V log(V x) { return avx2::log_ps(x); }
+// A hint that p's cache line is read soon (into L2).
+static inline void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
 // Lane masks (all-ones lanes), as comparisons return them; select(m, a, b) = m ? b : a, bitwise.
 using M = __m256;
 static inline M mask_all(bool on) { return on ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : _mm256_setzero_ps(); }
@@ -105,6 +113,10 @@ static inline void store_hsum4(float* out, V a0, V a1, V a2, V a3) {
   vst1q_f32(out, vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3)));
 }
 static inline void store_tail(float* p, Tail t, V v) { neon::store_partial(p, t, v); }
+static inline V load_tail_or(const float* p, Tail t, float fill) { return neon::load_partial(p, t, fill); }
+static inline V div(V a, V b) { return vdivq_f32(a, b); }
+static inline V log(V x) { return neon::log_ps(x); }
+static inline void prefetch(const float*) {}  // not measured on ARM hardware: no hint
 using M = uint32x4_t;
 static inline M mask_all(bool on) { return vdupq_n_u32(on ? ~0u : 0u); }
 static inline V select(M m, V a, V b) { return vbslq_f32(m, b, a); }
@@ -147,6 +159,10 @@ static inline void store_hsum4(float* out, V a0, V a1, V a2, V a3) {
 static inline void store_tail(float* p, Tail t, V v) {
   if (t > 0) *p = v;
 }
+static inline V load_tail_or(const float* p, Tail t, float fill) { return t > 0 ? *p : fill; }
+static inline V div(V a, V b) { return a / b; }
+static inline V log(V x) { return std::log(x); }
+static inline void prefetch(const float*) {}
 using M = bool;
 static inline M mask_all(bool on) { return on; }
 static inline V select(M m, V a, V b) { return m ? b : a; }
