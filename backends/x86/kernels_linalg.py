@@ -34,8 +34,9 @@ def _matmul_tiles(spec: KernelSpec) -> dict:
         return {}
     # AXPY path (b_cs == 1): MR x NR register tiles, like gemm. DOT path (b_rs == a_cs == 1): tiles
     # of dot products; one row gets 8 columns so 8 independent FMA chains hide the FMA latency.
+    # DOT_MAX_N: below this N the DOT path replaces AXPY (a narrow N wastes most of each 16-wide vector pair).
     return dict(MR=6, NR=16, KC=256, ROW_VECS=8, ROW_BLOCK=48, COL_BLOCK=256, DOT_TILES=[(1, 8), (2, 4)],
-                DOT_ROW_BLOCK=16, DOT_COL_BLOCK=64)
+                DOT_ROW_BLOCK=16, DOT_COL_BLOCK=64, DOT_MAX_N=8)
 
 
 def _attention_tiles(spec: KernelSpec) -> dict:
