@@ -184,8 +184,10 @@ static inline void store_mask4v(uint8_t* out, M m0, M m1, M m2, M m3) {
 
 #endif
 
-// The floats a vector loop over n values covers: n rounded up to whole vectors.
-constexpr int64_t round_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+static_assert((kLanes & (kLanes - 1)) == 0, "masks like n & ~(kLanes - 1) need a power of two");
+
+// The floats a vector loop over n >= 0 values covers: n rounded up to whole vectors.
+constexpr int64_t round_up(int64_t n) { return (n + kLanes - 1) & ~(kLanes - 1); }
 
 }  // namespace vec
 }  // namespace tcc
