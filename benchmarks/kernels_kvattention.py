@@ -17,7 +17,6 @@ import os
 import time
 
 import numpy as np
-
 import tcc.codegen.families  # noqa: F401  (registers the kernel families the specs name)
 from tcc.backends.x86.kernels_kv import VARIANTS
 from tcc.backends.x86.target import TARGET, host_supports

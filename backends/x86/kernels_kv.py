@@ -21,7 +21,7 @@ TARGET = "x86"
 
 # The register tiles of the shared vector driver (common/_attention_tiles_simd.inc.j2) on AVX2; the attention
 # family's avx2 variant uses them too (kernels_linalg.py).
-TILES = dict(QT=8, JB=64, QK_ROWS=2, QK_KEYS=4, PV_ROWS=2, PV_CHUNKS=4)
+TILES = {"QT": 8, "JB": 64, "QK_ROWS": 2, "QK_KEYS": 4, "PV_ROWS": 2, "PV_CHUNKS": 4}
 assert TILES["QK_KEYS"] == 4, "the QK score reduction (one hadd tree) is written for 4 keys"
 assert TILES["JB"] % 8 == 0 and TILES["JB"] % TILES["QK_KEYS"] == 0, "score rows are exponentiated 8 lanes at a time"
 
