@@ -17,7 +17,7 @@ import os
 import time
 
 import numpy as np
-
+import tcc.codegen.families  # noqa: F401  (registers the kernel families the specs name)
 from tcc.backends.x86.kernels_kv import VARIANTS
 from tcc.backends.x86.target import TARGET, host_supports
 from tcc.codegen.cmake import REPO_ROOT, build_library
@@ -33,7 +33,8 @@ def load(build_dir: str, variant: str):
     fn = getattr(lib, spec.name)
     fn.restype = None
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-    fn.argtypes = [P] * 6 + [I64] * 8 + [P] * 6 + [I64, I32, F32, P]
+    # ... rotary_dim, rope_mode, scale, window, cache_rows, alibi_slopes, softcap, pool
+    fn.argtypes = [P] * 6 + [I64] * 8 + [P] * 6 + [I64, I32, F32, I64, I64, P, F32, P]
     lib.tcc_pool_create.restype = ctypes.c_void_p
     lib.tcc_pool_create.argtypes = [ctypes.c_int]
     lib.tcc_pool_destroy.argtypes = [ctypes.c_void_p]

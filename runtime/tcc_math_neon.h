@@ -1,9 +1,9 @@
 // tcc NEON vector math (aarch64): exp, log, erf, erfc, tanh, sigmoid, sin, cos and the activations built on
 // them, 4 floats at a time. Part of the tcc runtime; included by the arm `neon` kernel templates.
 //
-// The same algorithms and fitted coefficients as runtime/tcc_math_avx2.h (Cody-Waite range reduction with
-// FMA, near-minimax polynomials, the cancellation-free forms of the activations), so the same contract
-// holds (docs/kernels.md, unary): relative error <= 2e-6 vs float64 on normal inputs, and exact special
+// The same algorithms as runtime/tcc_math_avx2.h over the same coefficient tables (runtime/tcc_math_coeffs.h):
+// Cody-Waite range reduction with FMA, near-minimax polynomials, the cancellation-free forms of the
+// activations; so the same contract holds (docs/kernels.md, unary): relative error <= 2e-6 vs float64 on normal inputs, and exact special
 // values: exp(-inf)=0, exp(large)=inf, log(0)=-inf, log(x<0)=NaN, tanh(+-inf)=+-1, NaN in -> NaN out.
 // AArch64 NEON has everything the AVX2 versions use (FMA, round-to-nearest, IEEE division and square root,
 // float64 lanes for the gelu_tanh argument); the differences are the mask type (uint32x4_t, all-ones lanes)
@@ -11,6 +11,8 @@
 #pragma once
 #include <arm_neon.h>
 #include <cstdint>
+
+#include "tcc_math_coeffs.h"
 
 #if !defined(__aarch64__)
 #error "tcc_math_neon.h is for aarch64 (AdvSIMD)"
@@ -22,22 +24,8 @@ namespace neon {
 using f32x4 = float32x4_t;
 using mask4 = uint32x4_t;
 
-// Coefficients: see tcc_math_avx2.h (the fits and their errors are documented there).
-static constexpr float kExpP[] = {0.49999994f, 0.166665211f, 0.041668389f, 0.00836871564f, 0.00138146f};
-static constexpr float kLogP[] = {0.333333313f, -0.250008225f, 0.200012267f, -0.166233569f,
-                                  0.142017618f, -0.131601945f, 0.127615497f, -0.0763442963f};
-static constexpr float kTanhP[] = {-0.333333313f, 0.133332059f, -0.0539467633f, 0.0217007045f,
-                                   -0.00817740057f, 0.0021429637f};
-static constexpr float kErfP[] = {1.12837911f, -0.37612626f, 0.112835854f, -0.0268538166f,
-                                  0.00518833427f, -0.000801024726f, 7.85402517e-05f};
-static constexpr float kErfcNear[] = {0.44095248f, 0.261650503f, -0.112442255f, 0.0416048877f, -0.0106343627f,
-                                      -0.00106497563f, 0.00405995501f, -0.00391297834f, 0.00320206792f,
-                                      -0.00163276494f};
-static constexpr float kErfcFar[] = {0.159979329f, 0.503000081f, -0.174151197f, -0.0768634826f, 0.186846063f,
-                                     -0.127546549f, -0.0676819533f, 0.285665393f, -0.261344582f,
-                                     -0.139055476f};
-static constexpr float kSinP[] = {-0.166666552f, 0.00833216123f, -0.000195152839f};
-static constexpr float kCosP[] = {0.0416666456f, -0.00138873165f, 2.44331568e-05f};
+// The polynomial tables (kExpP, kLogP, ...): runtime/tcc_math_coeffs.h, shared by every ISA.
+using namespace ::tcc::math;
 
 static inline f32x4 splat(float v) { return vdupq_n_f32(v); }
 static inline f32x4 zero() { return vdupq_n_f32(0.0f); }

@@ -19,13 +19,15 @@ from ...codegen.kernels import KernelSpec, extended_context, register_target_con
 TARGET = "x86"
 
 
+# The register tiles of the shared vector driver (common/_attention_tiles_simd.inc.j2) on AVX2; the attention
+# family's avx2 variant uses them too (kernels_linalg.py).
+TILES = {"QT": 8, "JB": 64, "QK_ROWS": 2, "QK_KEYS": 4, "PV_ROWS": 2, "PV_CHUNKS": 4}
+assert TILES["QK_KEYS"] == 4, "the QK score reduction (one hadd tree) is written for 4 keys"
+assert TILES["JB"] % 8 == 0 and TILES["JB"] % TILES["QK_KEYS"] == 0, "score rows are exponentiated 8 lanes at a time"
+
+
 def _tiles(spec: KernelSpec) -> dict:
-    if spec.variant != "avx2":
-        return {}
-    QT, JB, QK_ROWS, QK_KEYS, PV_ROWS, PV_CHUNKS = 8, 64, 2, 4, 2, 4
-    assert QK_KEYS == 4, "the QK score reduction (one hadd tree) is written for 4 keys"
-    assert JB % 8 == 0 and JB % QK_KEYS == 0, "score rows are exponentiated 8 lanes at a time"
-    return dict(QT=QT, JB=JB, QK_ROWS=QK_ROWS, QK_KEYS=QK_KEYS, PV_ROWS=PV_ROWS, PV_CHUNKS=PV_CHUNKS)
+    return dict(TILES) if spec.variant == "avx2" else {}
 
 
 register_target_context(TARGET, "kvattention", extended_context("kvattention", _tiles))

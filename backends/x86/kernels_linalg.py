@@ -7,13 +7,15 @@ They are chosen for 16 ymm registers and a 32-48 KiB L1 / >= 1 MiB L2:
 - KC=256: a 256 x 16 slice of a B panel is 16 KiB, so it stays in L1 while every row tile uses it.
 - MC=144 rows per task: a 144 x 256 block of A is 144 KiB, which stays in L2; PB=32 panels (512
   columns) bound the C block one thread revisits for every K block (144 x 512 floats = 288 KiB).
-- attention QT=8 query rows share each K/V block they read; JB=64 keys per block: the scores of a
-  block are exponentiated 8 at a time, and a 64 x 64 K or V block is 16 KiB.
+- attention: the shared vector driver (common/_attention_simd.inc.j2) with kvattention's AVX2 register
+  tiles (kernels_kv.py: TILES): QT=8 query rows share each K/V block they read; JB=64 keys per block: the
+  scores of a block are exponentiated 8 at a time, and a 64 x 64 K or V block is 16 KiB.
 """
 from __future__ import annotations
 
-from ...codegen.families.linalg import LINALG_FAMILIES
+from ...codegen.families.linalg import LINALG_FAMILIES, MIN_PARALLEL_FLOPS
 from ...codegen.kernels import KernelSpec, extended_context, register_target_context
+from .kernels_kv import TILES as KV_TILES
 
 TARGET = "x86"
 
@@ -32,12 +34,13 @@ def _matmul_tiles(spec: KernelSpec) -> dict:
         return {}
     # AXPY path (b_cs == 1): MR x NR register tiles, like gemm. DOT path (b_rs == a_cs == 1): tiles
     # of dot products; one row gets 8 columns so 8 independent FMA chains hide the FMA latency.
+    # DOT_MAX_N: below this N the DOT path replaces AXPY (a narrow N wastes most of each 16-wide vector pair).
     return dict(MR=6, NR=16, KC=256, ROW_VECS=8, ROW_BLOCK=48, COL_BLOCK=256, DOT_TILES=[(1, 8), (2, 4)],
-                DOT_ROW_BLOCK=16, DOT_COL_BLOCK=64)
+                DOT_ROW_BLOCK=16, DOT_COL_BLOCK=64, DOT_MAX_N=8)
 
 
 def _attention_tiles(spec: KernelSpec) -> dict:
-    return dict(QT=8, JB=64, AXPY_CHUNKS=4) if spec.variant == "avx2" else {}
+    return dict(KV_TILES, MIN_PARALLEL_FLOPS=MIN_PARALLEL_FLOPS) if spec.variant == "avx2" else {}
 
 
 register_target_context(TARGET, "gemm", extended_context("gemm", _gemm_tiles))
