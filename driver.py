@@ -207,6 +207,14 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
                                    progress, t0)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (the compile's, from the CLI; C++ builds run in children
+    and are not counted). Mapped weights count while resident: frontend/mapped.py releases them."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuning, build_dir, progress, t0):
     from .codegen.cmake import build_library
     from .codegen.program import write_sources
@@ -235,6 +243,7 @@ def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuni
     if flags.get("keep-build"):
         files["src"] = os.path.join(build_dir, "src")
     manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
+    manifest["compile_peak_rss_bytes"] = peak_rss_bytes()
     _assemble(out_dir, files, program.weights, manifest, texts, force=opts.force)
     _say(progress, f"wrote {out_dir}")
     return manifest
@@ -349,7 +358,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "binaries": {"run": "run"},
         "weights": {"file": "weights.bin", "bytes": len(program.weights),
                     "decode_bytes": decode_weight_bytes(graph, program.weights_entries),
-                    "sha256": hashlib.sha256(program.weights).hexdigest()},
+                    "sha256": program.weights.sha256},
         "memory": {"arena_bytes": plan.arena_bytes, "intermediates_bytes": plan.total_bytes,
                    "lower_bound_bytes": plan.lower_bound},
         "kernels": [s.name for s in program.kernels],
@@ -462,7 +471,7 @@ def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, s
     return texts
 
 
-def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dict,
+def _assemble(out_dir: str, files: dict[str, str], weights, manifest: dict,
               texts: dict[str, str] | None = None, force: bool = False) -> None:
     """Write the artifact beside `out_dir`, list its files with their checksums in the manifest, then put
     it in place (runtime/artifact.py: plan_replacement says how, so that no file of the user's is lost).
@@ -483,8 +492,11 @@ def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dic
                 shutil.copytree(src, os.path.join(tmp, name))
             else:
                 shutil.copy2(src, os.path.join(tmp, name))
-        with open(os.path.join(tmp, "weights.bin"), "wb") as f:
-            f.write(weights)
+        if isinstance(weights, (bytes, bytearray)):
+            with open(os.path.join(tmp, "weights.bin"), "wb") as f:
+                f.write(weights)
+        else:  # a WeightsBlob (codegen/weights.py): copied from its file, never whole in memory
+            weights.write_to(os.path.join(tmp, "weights.bin"))
         for name, text in texts.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)

@@ -182,10 +182,38 @@ def _load(src) -> tuple[onnx.ModelProto, str, str | None, dict]:
     external = {t.name: {e.key: e.value for e in t.external_data} for t in _tensors(model)
                 if t.data_location == TensorProto.EXTERNAL}
     try:
-        onnx.load_external_data_for_model(model, base)
-    except Exception as e:  # noqa: BLE001  (missing/short external file: OSError, ValueError...)
+        for name, entries in external.items():
+            _external_span(name, entries, base)
+    except (OSError, ValueError) as e:
         raise ModelFormatError(f"file {path}: cannot load external data: {e}") from None
     return model, os.path.basename(path), base, external
+
+
+def _external_path(entries: dict, base: str) -> str:
+    """The file an external-data entry names; only files inside the model's folder (as onnx's loader)."""
+    loc = entries.get("location")
+    if not loc:
+        raise ValueError("external data without a location")
+    norm = os.path.normpath(loc)
+    if os.path.isabs(loc) or norm == ".." or norm.startswith(".." + os.sep):
+        raise ValueError(f"external data location {loc!r} is outside the model's folder")
+    return os.path.join(base, norm)
+
+
+def _external_span(name: str, entries: dict, base: str) -> tuple[str, int, int]:
+    """(file, offset, length) of a tensor's external data, checked against the file's size. The data is
+    not read: it is memory-mapped when the tensor is imported (frontend/mapped.py)."""
+    path = _external_path(entries, base)
+    size = os.path.getsize(path)
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else size - offset
+    except ValueError:
+        raise ValueError(f"tensor {name!r}: external data offset/length are not integers") from None
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ValueError(f"offset {offset} + length {length} exceeds available data ({size} bytes in "
+                         f"{entries.get('location')!r}) for tensor {name!r}")
+    return path, offset, length
 
 
 def _tensors(model: onnx.ModelProto):
@@ -639,6 +667,7 @@ class Importer:
                  external: dict | None = None):
         self.model, self.source, self.base_dir = model, source, base_dir
         self.external = external or {}  # tensor name -> its external_data entries (location, offset, length)
+        self.mapped: dict = {}  # external data file -> its MappedFile
         self.opset = self._default_opset()
         self.g = Graph(sanitize_symbol(model.graph.name) if model.graph.name else "main")
         self.env: dict[str, Value | None] = {"": None}
@@ -765,6 +794,8 @@ class Importer:
             raise ModelFormatError(f"{where}: negative dim in {dims}")
         self.check_size(TensorType(dtype, tuple(dims)), where)
         count = math.prod(dims)
+        if t.data_location == TensorProto.EXTERNAL and self.base_dir is not None:
+            return self._mapped(t, where, dtype, dims, count)
         field_name, have, unit = _data_field(t, dtype)
         if have != count * unit:
             ext = self.external.get(t.name)
@@ -778,6 +809,25 @@ class Importer:
         except Exception as e:  # noqa: BLE001  (what onnx raises for data it cannot read: ValueError...)
             raise ModelFormatError(f"{where}: unreadable data ({type(e).__name__}: {e})") from None
         return np.array(arr, dtype=dtype.np)
+
+    def _mapped(self, t: TensorProto, where: str, dtype: DType, dims: list[int], count: int) -> np.ndarray:
+        """External data as a read-only view of the mapped file: nothing is read until a pass reads it,
+        and passes that only look at shapes never do (a 7B model imports in a few MB)."""
+        from .mapped import MappedFile
+
+        entries = {e.key: e.value for e in t.external_data}
+        try:
+            path, offset, length = _external_span(t.name, entries, self.base_dir)
+            if length != count * dtype.itemsize:
+                raise ModelFormatError(
+                    f"{where}: dims {dims} of {dtype} need {count * dtype.itemsize} bytes, but its raw_data holds "
+                    f"{length} (external data {entries.get('location')!r}, offset {offset}, length "
+                    f"{entries.get('length', 'to the end')}: the file is shorter?)")
+            if path not in self.mapped:
+                self.mapped[path] = MappedFile(path)
+            return self.mapped[path].array(dtype.np, tuple(dims), offset)
+        except (OSError, ValueError) as e:
+            raise ModelFormatError(f"{where}: cannot load external data: {e}") from None
 
     def check_size(self, t: TensorType, where: str) -> None:
         """Refuse a tensor whose static dims exceed MAX_TENSOR_BYTES (a dim of 0 counts as 1: strides)."""

@@ -25,11 +25,15 @@ import numpy as np
 from ..ir.core import Graph, Node
 from ..ir.dtypes import DType
 from ..ir.ops.quant import quantize_int4, quantize_int8
+from ..frontend.mapped import Spill, release
 from . import register_pass
 from .rewrite_utils import replace_value
 from .schemes import get_scheme, group_size
 
 NAME = "quantize"
+# Output channels quantized at once come to at most this many weights (a 64 MB fp32 working copy): a
+# 128k-row embedding is quantized in slices, not as one 2 GB fp32 array.
+CHUNK_ELEMENTS = 1 << 24
 _VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Slice")
 
 
@@ -96,11 +100,31 @@ def run(graph: Graph, ctx) -> None:
         w = node.inputs[0] if is_embedding else node.inputs[1]
         jobs.append((node, is_embedding, w, w.const.T if is_embedding else w.const))  # tables: along rows
 
-    def quantize(data):
+    spill = Spill()
+
+    def part(data):
         if scheme.weight_bits == 4:
-            return (*quantize_int4(data, group, symmetric=not asym), group)
+            q, scales, zeros = quantize_int4(data, group, symmetric=not asym)
+            return q, scales, zeros
         q, scales = quantize_int8(data)
-        return q, scales, None, data.shape[0]
+        return q, scales, None
+
+    def quantize(data):
+        """One weight, CHUNK_ELEMENTS output channels at a time, its codes and scales written to the spill
+        file as they come and the source's mapped pages released: the fp32 copy of a tensor (or of a
+        chunk of a large one) lives only while it is being quantized."""
+        k, n = data.shape
+        step = max(1, CHUNK_ELEMENTS // max(k, 1))
+        writers = [spill.rows(n) for _ in range(3)]
+        for lo in range(0, n, step):
+            chunk = data[:, lo:lo + step]
+            for w, out in zip(writers, part(chunk)):
+                if out is not None:
+                    w.write(out)
+            release(chunk)
+        release(data)
+        outs = [None if w.off is None else w.array() for w in writers]
+        return (*outs, group if scheme.weight_bits == 4 else k)
 
     # numpy releases the GIL in the array loops, so layers quantize in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
