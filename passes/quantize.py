@@ -4,7 +4,9 @@
 
     Gather(table[V,K], ids) {axis 0}, table constant  ->  QGather(ids, q, scales, zeros?)   (embeddings)
 
-The policy: every Linear with a constant f32 weight and every row lookup in a constant f32 table (an
+The policy: every Linear with a constant f32 weight, every MatMul of an fp16 export with a constant f16
+weight (quantized from fp16 a chunk at a time, never copied whole to fp32; the layer runs at f32
+activations between Casts) and every row lookup in a constant f32 or f16 table (an
 embedding: its rows are dequantized as they are gathered), except those `--keep-fp32` names. A pattern
 is an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear
 whose result is the model's output (found by structure: through views and slices to a graph output),
@@ -22,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..ir.core import Graph, Node
+from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType
 from ..ir.ops.quant import quantize_int4, quantize_int8
 from ..frontend.mapped import Spill, release
@@ -31,20 +33,21 @@ from .rewrite_utils import replace_value
 from .schemes import get_scheme, group_size
 
 NAME = "quantize"
-# Output channels quantized at once come to at most this many weights (a 64 MB fp32 working copy): a
+_FLOATS = (DType.f32, DType.f16)  # weights quantized from their own precision, a chunk at a time
+# Output channels quantized at once come to at most this many weights (a 16 MB fp32 working copy): a
 # 128k-row embedding is quantized in slices, not as one 2 GB fp32 array.
-CHUNK_ELEMENTS = 1 << 24
+CHUNK_ELEMENTS = 1 << 22
 _VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Slice")
 
 
 def lm_head_nodes(graph: Graph) -> set[int]:
-    """ids of Linear nodes whose output reaches a graph output through views only."""
+    """ids of Linear nodes (and fp16 MatMuls) whose output reaches a graph output through views only."""
     out = set()
     for o in graph.outputs:
         v = o
         while v.producer is not None and v.producer.op in _VIEWS:
             v = v.producer.inputs[0]
-        if v.producer is not None and v.producer.op == "Linear":
+        if v.producer is not None and (v.producer.op == "Linear" or fp16_matmul(v.producer)):
             out.add(id(v.producer))
     return out
 
@@ -65,7 +68,7 @@ def embedding(node: Node) -> bool:
     if node.op != "Gather" or node.attrs.get("axis", 0) not in (0, -2):
         return False
     t = node.inputs[0]
-    return t.is_const and t.const.dtype == np.float32 and t.type.rank == 2 and not node.inputs[1].is_const
+    return t.is_const and t.dtype in _FLOATS and t.type.rank == 2 and not node.inputs[1].is_const
 
 
 def quantizable(node: Node) -> bool:
@@ -74,6 +77,31 @@ def quantizable(node: Node) -> bool:
     w = node.inputs[1]
     return (w.is_const and w.const.dtype == np.float32 and w.type.rank == 2
             and node.inputs[0].dtype == DType.f32)
+
+
+def fp16_matmul(node: Node) -> bool:
+    """MatMul(x f16 [..., K], W [K, N] constant f16): an fp16 export's Linear (canonicalize makes Linear of
+    f32 ones only). Quantized like a Linear, between Casts."""
+    if node.op != "MatMul" or len(node.inputs) != 2:
+        return False
+    x, w = node.inputs
+    return w.is_const and w.dtype == DType.f16 and w.type.rank == 2 and x.dtype == DType.f16 and x.type.rank >= 2
+
+
+def _as_f32(graph: Graph, v: Value | None, before: Node) -> Value | None:
+    """v itself if f32; else f32 (a converted constant, or a Cast before `before`)."""
+    if v is None or v.dtype == DType.f32:
+        return v
+    if v.is_const:
+        return graph.add_const(np.asarray(v.const, np.float32), v.name + ".f32")
+    return graph.add_node("Cast", [v], {"to": "f32"}, before=before).output
+
+
+def _back_to(graph: Graph, y: Value, dtype: DType, before: Node) -> Value:
+    """y (f32) in the replaced node's dtype: an fp16 model's activations stay fp16 between its layers."""
+    if dtype == DType.f32:
+        return y
+    return graph.add_node("Cast", [y], {"to": str(dtype)}, before=before).output
 
 
 @register_pass(NAME)
@@ -90,7 +118,7 @@ def run(graph: Graph, ctx) -> None:
     jobs = []  # collect: (node, is_embedding, weight value, data to quantize)
     for node in list(graph.nodes):
         is_embedding = embedding(node)
-        if not (is_embedding or quantizable(node)):
+        if not (is_embedding or quantizable(node) or fp16_matmul(node)):
             continue
         why = kept(node, patterns, heads)
         if why is not None:
@@ -137,12 +165,12 @@ def run(graph: Graph, ctx) -> None:
                 ins = [node.inputs[1], *qin]
                 new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
                                      before=node)
-            else:
-                ins = [node.inputs[0], *qin, node.input(2)]
+            else:  # an fp16 model's MatMul: the quantized layer runs at f32 activations between Casts
+                ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
                 while ins[-1] is None:
                     ins.pop()
                 new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
-            replace_value(graph, node.output, new.output)
+            replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
             graph.remove_nodes([node])
             nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
             count += 1
