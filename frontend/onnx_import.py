@@ -1,6 +1,6 @@
 """ONNX -> tcc IR.
 
-`import_onnx(path_or_model, dims=...)` loads a model (with external data), refuses in ONE error every op,
+`import_onnx(path_or_model, dims=...)` loads a model, refuses in ONE error every op,
 attribute and dtype tcc does not support, then builds the Graph node by node (types are inferred as
 nodes are added) and normalizes ONNX's opset differences into the IR forms documented in `ir/ops/*.py`:
 Reduce* axes, Squeeze/Unsqueeze axes, Split sizes, Softmax axis, Cast `to`, Transpose perm become
@@ -11,6 +11,9 @@ shapes. LayerNormalization -> LayerNorm (decomposed into primitive ops when its 
 are used), RMSNormalization -> RMSNorm, Attention (opset 23) -> tcc Attention; Sum/Mean -> Add chains,
 inference Dropout -> Identity, CastLike -> Cast, Size/Shape -> constants, ReduceX with
 noop_with_empty_axes and no axes -> Identity.
+
+External data is memory-mapped, not read (frontend/mapped.py): an initializer is a read-only numpy view
+of its file, so a 7B model imports in megabytes and a weight's pages are read only when a pass reads it.
 
 Accepted: default-domain opsets 13..23, and 24..27 as long as every node resolves to an op version vetted
 here (those versions only add dtypes, except Attention-24, which is refused).
