@@ -156,10 +156,12 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     from .frontend.onnx_import import import_onnx
     from .passes.context import PassContext
     from .passes.runner import run_pipeline
+    from .passes.schemes import get_scheme
 
     backend = check_target(opts)
     _say(progress, "importing ONNX")
-    graph = import_onnx(model, dims=opts.dims or None)
+    # With weights quantized, an fp16 export runs at f32 activations (its weights quantized from fp16)
+    graph = import_onnx(model, dims=opts.dims or None, widen_f16=get_scheme(opts.qm).weight_bits is not None)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
     graph.meta["fp32_weight_bytes"] = sum(int(v.const.nbytes) for v in graph.constants.values()

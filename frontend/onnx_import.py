@@ -53,6 +53,7 @@ MIN_OPSET = 13
 # Opsets 24..27 (onnx 1.22) only add dtypes to the ops handled here (checked op by op: Reshape-25,
 # Cast-25 ...), except Attention-24, which is refused through its handler's `versions`.
 MAX_OPSET = 27
+WIDEN_EAGER = 1 << 16  # f16 constants up to this many elements are converted to f32 when widening
 FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most this many elements
 # The largest tensor tcc accepts: 1 TiB. Any input, initializer or inferred value whose static dims (each
 # at least 1, so strides are bounded too) times its item size exceed it is refused at import: beyond it
@@ -386,7 +387,9 @@ def _check_cast(n):
 @handler("Cast CastLike", "to saturate round_mode", check=_check_cast)
 def _cast(imp, n, ins):
     # saturate / round_mode only affect float8 targets, which are refused as dtypes
-    to = DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype
+    to = imp.widened(DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype)
+    if imp.widen and ins[0].dtype == to:
+        return imp.emit("Identity", ins[:1], {}, n)  # an fp16 model's up/down-casts, now f32 -> f32
     return imp.emit("Cast", ins[:1], {"to": to.value}, n)
 
 
@@ -495,7 +498,7 @@ def _constant_of_shape(imp, n, ins):
     arr = imp.tensor(t, f"ConstantOfShape node {n.name!r} value")
     if arr.size != 1:
         raise ModelFormatError(f"ConstantOfShape node {n.name!r}: value must hold one element, got {arr.size}")
-    attrs = {"value": arr.reshape(-1)[0].item(), "dtype": DTYPES[t.data_type].value}
+    attrs = {"value": imp.widened_array(arr).reshape(-1)[0].item(), "dtype": imp.widened(DTYPES[t.data_type]).value}
     return imp.emit("ConstantOfShape", ins, attrs, n)
 
 
@@ -667,8 +670,9 @@ def sanitize_symbol(name: str) -> str:
 
 class Importer:
     def __init__(self, model: onnx.ModelProto, source: str, base_dir: str | None, dims: dict | None,
-                 external: dict | None = None):
+                 external: dict | None = None, widen_f16: bool = False):
         self.model, self.source, self.base_dir = model, source, base_dir
+        self.widen = widen_f16  # f16 activations become f32 (see import_onnx)
         self.external = external or {}  # tensor name -> its external_data entries (location, offset, length)
         self.mapped: dict = {}  # external data file -> its MappedFile
         self.opset = self._default_opset()
@@ -849,7 +853,29 @@ class Importer:
         return f"{n.outputs[0] or n.name}.{what}"
 
     def const(self, arr: np.ndarray, name: str) -> Value:
-        return self.g.add_const(arr, name or "const")
+        return self.g.add_const(self.widened_array(arr), name or "const")
+
+    def widened(self, dtype: DType) -> DType:
+        return DType.f32 if self.widen and dtype == DType.f16 else dtype
+
+    def widened_array(self, arr: np.ndarray) -> np.ndarray:
+        """An f16 constant in f32. The f16 minimum becomes the f32 one: exporters fill masks with their
+        dtype's minimum (torch.finfo(float16).min), which at f32 has to mask as surely (kv-cache needs
+        <= -1e30: probability exactly 0)."""
+        if not (self.widen and arr.dtype == np.float16):
+            return arr
+        out = arr.astype(np.float32)
+        return np.where(arr == np.finfo(np.float16).min, np.finfo(np.float32).min, out).astype(np.float32)
+
+    def initializer(self, t: TensorProto) -> Value:
+        """An initializer's Value. Widening an fp16 model, a large f16 one (a weight) stays an f16 constant,
+        mapped and never converted whole, behind a Cast to f32 that the quantize pass folds into the
+        quantized weight (passes/quantize.py) and dead-code elimination then drops; small ones are converted."""
+        arr = self.tensor(t, f"initializer {t.name!r}")
+        if not (self.widen and arr.dtype == np.float16 and arr.size > WIDEN_EAGER):
+            return self.g.add_const(self.widened_array(arr), t.name, exact_name=True)
+        c = self.g.add_const(arr, t.name, exact_name=True)
+        return self.g.add_node("Cast", [c], {"to": "f32"}, name=f"{t.name}/widen", out_names=[f"{t.name}.f32"]).output
 
     def const_ints(self, v: Value | None, n: OnnxNode, what: str) -> list:
         """ir/ops/_common.const_ints, with the ONNX node named in the error."""
@@ -970,7 +996,7 @@ class Importer:
             shape = [self.dim(d) for d in tt.shape.dim] if tt.HasField("shape") else None
             if shape is None:
                 raise UnsupportedError(f"input {vi.name!r} has no shape (unknown rank)")
-            t = TensorType(DTYPES[tt.elem_type], tuple(shape))
+            t = TensorType(self.widened(DTYPES[tt.elem_type]), tuple(shape))
             self.check_size(t, f"input {vi.name!r}")
             self.env[vi.name] = self.g.add_input(vi.name, t)
         _decoder_mask_length(self.g)
@@ -980,7 +1006,7 @@ class Importer:
         for t in g.initializer:
             if t.name in self.env:
                 raise ModelFormatError(f"{self.source}: initializer {t.name!r} is defined twice")
-            self.env[t.name] = self.g.add_const(self.tensor(t, f"initializer {t.name!r}"), t.name, exact_name=True)
+            self.env[t.name] = self.initializer(t)
         for n in nodes:
             self._build(n)
         self.g.outputs = []
@@ -1032,10 +1058,14 @@ class Importer:
             self.g.rename_names()
 
 
-def import_onnx(path_or_model, *, dims: dict[str, int] | None = None) -> Graph:
-    """Load an ONNX model (path or ModelProto) into a tcc Graph. `dims` specializes symbolic dims by name."""
+def import_onnx(path_or_model, *, dims: dict[str, int] | None = None, widen_f16: bool = False) -> Graph:
+    """Load an ONNX model (path or ModelProto) into a tcc Graph. `dims` specializes symbolic dims by name.
+    `widen_f16`: an fp16 model's activations, inputs and outputs become f32 (its casts to f16 become casts
+    to f32, small f16 constants are converted) while its large f16 initializers stay f16 behind a Cast:
+    what `--qm` does with an fp16 export, so the f32 passes (Linear, attention, KV cache) apply and the
+    weights are quantized from fp16 without an f32 copy of the model."""
     model, source, base, external = _load(path_or_model)
-    return Importer(model, source, base, dims, external).run()
+    return Importer(model, source, base, dims, external, widen_f16).run()
 
 
 def _sym_minmax(node: Node) -> list | None:

@@ -54,7 +54,7 @@ def lm_head_nodes(graph: Graph) -> set[int]:
 
 def kept(node: Node, patterns: tuple[str, ...], heads: set[int]) -> str | None:
     """The pattern that keeps `node` in fp32, if any."""
-    weight = node.inputs[0] if node.op == "Gather" else node.inputs[1]
+    weight = weight_of(node)
     for p in patterns:
         if (p == "lm_head" and id(node) in heads) or (p == "embed" and node.op == "Gather"):
             return p
@@ -67,8 +67,24 @@ def embedding(node: Node) -> bool:
     """A row lookup in a constant f32 table: Gather(table[V, K], ids) on axis 0."""
     if node.op != "Gather" or node.attrs.get("axis", 0) not in (0, -2):
         return False
-    t = node.inputs[0]
+    t = widened(node.inputs[0]) or node.inputs[0]
     return t.is_const and t.dtype in _FLOATS and t.type.rank == 2 and not node.inputs[1].is_const
+
+
+def widened(v: Value) -> Value | None:
+    """W for Cast{to f32}(W), W a constant f16 matrix: a weight of an fp16 model imported with f32
+    activations (frontend/onnx_import.py, widen_f16); None for anything else."""
+    p = v.producer
+    if p is not None and p.op == "Cast" and p.attrs.get("to") == "f32" and p.inputs[0].is_const \
+            and p.inputs[0].dtype == DType.f16 and p.inputs[0].type.rank == 2:
+        return p.inputs[0]
+    return None
+
+
+def weight_of(node: Node) -> Value:
+    """The constant a quantizable node's weight is read from (through a widening Cast)."""
+    v = node.inputs[0] if node.op == "Gather" else node.inputs[1]
+    return widened(v) or v
 
 
 def quantizable(node: Node) -> bool:
@@ -85,6 +101,8 @@ def fp16_matmul(node: Node) -> bool:
     if node.op != "MatMul" or len(node.inputs) != 2:
         return False
     x, w = node.inputs
+    if x.dtype == DType.f32 and widened(w) is not None:  # the same, imported with f32 activations
+        return x.type.rank >= 2
     return w.is_const and w.dtype == DType.f16 and w.type.rank == 2 and x.dtype == DType.f16 and x.type.rank >= 2
 
 
@@ -125,7 +143,7 @@ def run(graph: Graph, ctx) -> None:
             kept_names.append(node.name)
             ctx.log(NAME, f"{node.name}: kept in fp32 (--keep-fp32 {why})")
             continue
-        w = node.inputs[0] if is_embedding else node.inputs[1]
+        w = weight_of(node)
         jobs.append((node, is_embedding, w, w.const.T if is_embedding else w.const))  # tables: along rows
 
     spill = Spill()

@@ -90,8 +90,8 @@ def test_compile_peak_rss_does_not_grow_with_layers(tmp_path, qm, dtype):
 @pytest.mark.parametrize("qm, tol", [("w8a8", 0.02), ("w4a8", 0.15)])
 def test_fp16_export_quantizes_from_fp16(tmp_path, qm, tol):
     """An fp16 model's MatMuls are quantized from their fp16 weights (no f32 copy of the model) and run at
-    f32 activations between Casts: the result matches the fp16 model computed in f32 within the scheme's
-    rounding."""
+    f32 activations (its inputs and outputs become f32: import_onnx's widen_f16): the result matches the
+    fp16 model computed in f32 within the scheme's rounding."""
     import tcc
 
     d = tmp_path / "m"
@@ -102,7 +102,8 @@ def test_fp16_export_quantizes_from_fp16(tmp_path, qm, tol):
     assert q["quantized_linears"] == 4, q
     assert m["weights"]["bytes"] < 4 * D * F * 1.1  # about 1 byte or less per weight: not fp16 (2) or f32 (4)
     x = np.random.default_rng(0).standard_normal((1, D)).astype(np.float16)
-    y = tcc.load(str(tmp_path / "out")).run({"x": x})["y"].astype(np.float32)
+    assert [i["dtype"] for i in m["inputs"]] == ["f32"] and [o["dtype"] for o in m["outputs"]] == ["f32"]
+    y = tcc.load(str(tmp_path / "out")).run({"x": x.astype(np.float32)})["y"]
     ref = x.astype(np.float32)
     weights = onnx.load(str(d / "model.onnx"))
     ws = {t.name: onnx.numpy_helper.to_array(t, str(d)).astype(np.float32) for t in weights.graph.initializer}
@@ -116,3 +117,36 @@ def compile_model_quiet(model: str, out: str, qm: str) -> dict:
     from tcc.driver import CompileOptions, compile_model
 
     return compile_model(model, out, CompileOptions(qm=qm, round_to_nearest=True))
+
+
+def test_fp16_llama_export_gets_f32_activations_and_a_kv_cache(tmp_path):
+    """An fp16 LLaMA export (tools/make_llama_onnx.py: torch's exporter at fp16) compiled with --qm runs at
+    f32 activations: attention is fused, the KV cache is built (its f16 mask minimum maps to the f32 one),
+    the weights are quantized from fp16, and the logits match onnxruntime's on the fp16 model."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    import onnxruntime as ort
+
+    import tcc
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
+                                                                                   "make_llama_onnx.py"))
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    shape = dict(mk.SHAPES["tiny"])
+    mk.make(shape, str(tmp_path / "m"), "f16")
+    m = compile_model_quiet(str(tmp_path / "m" / "model.onnx"), str(tmp_path / "out"), "w8a8")
+    assert m["llm"]["kv_cache"] and m["quantization"]["quantized_linears"] == 4 * 7 + 2, m["quantization"]
+    ids = np.array([[5, 17, 99, 3, 250, 7]], np.int64)
+    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    hd = shape["hidden_size"] // shape["num_attention_heads"]
+    feeds = {"input_ids": ids, "attention_mask": np.ones(ids.shape, np.int64), "position_ids": np.arange(6)[None]}
+    for i in sess.get_inputs():
+        if i.name.startswith("past"):
+            feeds[i.name] = np.zeros((1, shape["num_key_value_heads"], 0, hd), np.float16)
+    ref = sess.run(["logits"], feeds)[0][0, -1].astype(np.float32)
+    got = tcc.load(str(tmp_path / "out")).run({"input_ids": ids})["logits"][0, -1]
+    cos = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cos > 0.999 and ref.argmax() == got.argmax(), (cos, ref.argmax(), got.argmax())
