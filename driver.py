@@ -164,8 +164,9 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     graph = import_onnx(model, dims=opts.dims or None, widen_f16=get_scheme(opts.qm).weight_bits is not None)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
-    graph.meta["fp32_weight_bytes"] = sum(int(v.const.nbytes) for v in graph.constants.values()
-                                          if v.const.dtype == np.float32)
+    # what the weights take at fp32 (an fp16 export's counted at 4 bytes each: the ratios compare to fp32)
+    graph.meta["fp32_weight_bytes"] = sum(int(v.const.size) * 4 for v in graph.constants.values()
+                                          if v.const.dtype in (np.float32, np.float16))
     ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts),
                       options={"max_context": opts.max_context or model_config_context(model),
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,

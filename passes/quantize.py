@@ -5,8 +5,9 @@
     Gather(table[V,K], ids) {axis 0}, table constant  ->  QGather(ids, q, scales, zeros?)   (embeddings)
 
 The policy: every Linear with a constant f32 weight, every MatMul of an fp16 export with a constant f16
-weight (quantized from fp16 a chunk at a time, never copied whole to fp32; the layer runs at f32
-activations between Casts) and every row lookup in a constant f32 or f16 table (an
+weight, directly (f16 activations: the layer runs at f32 between Casts) or through the widening Cast the
+importer puts on it (`import_onnx(widen_f16=True)`, what the driver does under --qm), quantized from
+fp16 a chunk at a time, never copied whole to fp32, and every row lookup in a constant f32 or f16 table (an
 embedding: its rows are dequantized as they are gathered), except those `--keep-fp32` names. A pattern
 is an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear
 whose result is the model's output (found by structure: through views and slices to a graph output),
