@@ -156,14 +156,17 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     from .frontend.onnx_import import import_onnx
     from .passes.context import PassContext
     from .passes.runner import run_pipeline
+    from .passes.schemes import get_scheme
 
     backend = check_target(opts)
     _say(progress, "importing ONNX")
-    graph = import_onnx(model, dims=opts.dims or None)
+    # With weights quantized, an fp16 export runs at f32 activations (its weights quantized from fp16)
+    graph = import_onnx(model, dims=opts.dims or None, widen_f16=get_scheme(opts.qm).weight_bits is not None)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
-    graph.meta["fp32_weight_bytes"] = sum(int(v.const.nbytes) for v in graph.constants.values()
-                                          if v.const.dtype == np.float32)
+    # what the weights take at fp32 (an fp16 export's counted at 4 bytes each: the ratios compare to fp32)
+    graph.meta["fp32_weight_bytes"] = sum(int(v.const.size) * 4 for v in graph.constants.values()
+                                          if v.const.dtype in (np.float32, np.float16))
     ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts),
                       options={"max_context": opts.max_context or model_config_context(model),
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,
@@ -207,6 +210,14 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
                                    progress, t0)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (the compile's, from the CLI; C++ builds run in children
+    and are not counted). Mapped weights count while resident: frontend/mapped.py releases them."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuning, build_dir, progress, t0):
     from .codegen.cmake import build_library
     from .codegen.program import write_sources
@@ -235,6 +246,7 @@ def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuni
     if flags.get("keep-build"):
         files["src"] = os.path.join(build_dir, "src")
     manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
+    manifest["compile_peak_rss_bytes"] = peak_rss_bytes()
     _assemble(out_dir, files, program.weights, manifest, texts, force=opts.force)
     _say(progress, f"wrote {out_dir}")
     return manifest
@@ -349,7 +361,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "binaries": {"run": "run"},
         "weights": {"file": "weights.bin", "bytes": len(program.weights),
                     "decode_bytes": decode_weight_bytes(graph, program.weights_entries),
-                    "sha256": hashlib.sha256(program.weights).hexdigest()},
+                    "sha256": program.weights.sha256},
         "memory": {"arena_bytes": plan.arena_bytes, "intermediates_bytes": plan.total_bytes,
                    "lower_bound_bytes": plan.lower_bound},
         "kernels": [s.name for s in program.kernels],
@@ -462,7 +474,7 @@ def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, s
     return texts
 
 
-def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dict,
+def _assemble(out_dir: str, files: dict[str, str], weights, manifest: dict,
               texts: dict[str, str] | None = None, force: bool = False) -> None:
     """Write the artifact beside `out_dir`, list its files with their checksums in the manifest, then put
     it in place (runtime/artifact.py: plan_replacement says how, so that no file of the user's is lost).
@@ -483,8 +495,11 @@ def _assemble(out_dir: str, files: dict[str, str], weights: bytes, manifest: dic
                 shutil.copytree(src, os.path.join(tmp, name))
             else:
                 shutil.copy2(src, os.path.join(tmp, name))
-        with open(os.path.join(tmp, "weights.bin"), "wb") as f:
-            f.write(weights)
+        if isinstance(weights, (bytes, bytearray)):
+            with open(os.path.join(tmp, "weights.bin"), "wb") as f:
+                f.write(weights)
+        else:  # a WeightsBlob (codegen/weights.py): copied from its file, never whole in memory
+            weights.write_to(os.path.join(tmp, "weights.bin"))
         for name, text in texts.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)

@@ -19,7 +19,7 @@ def cmd_compile(args) -> int:
     print(f"compiled {args.model} -> {args.output} ({manifest['target']}, {manifest['qm']}): "
           f"{len(manifest['kernels'])} kernels, weights {mib(manifest['weights']['bytes'])}, "
           f"arena {mib(mem['arena_bytes'])} (lower bound {mib(mem['lower_bound_bytes'])}), "
-          f"{manifest['compile_seconds']:.1f} s")
+          f"{manifest['compile_seconds']:.1f} s, peak RSS {mib(manifest.get('compile_peak_rss_bytes', 0))}")
     q = manifest.get("quantization") or {}
     if q.get("scheme", "fp32") != "fp32":
         ratio = f" = {q['ratio_to_fp32']:.3f}x the fp32 weights" if q.get("ratio_to_fp32") else ""

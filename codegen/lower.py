@@ -20,6 +20,7 @@ from ..ir.dtypes import DType
 from ..ir.registry import norm_axis
 from ..ir.ops._common import const_ints
 from .weights import ALIGN, WeightsBuilder
+from ..frontend.mapped import release
 
 
 def sym_var(name: str) -> str:
@@ -123,6 +124,7 @@ class Emitter:
         if v is None:
             return "nullptr"
         layout, packed = self.pack(kind, v.const)
+        release(v.const)  # a mapped source's pages (frontend/mapped.py): packed, it is not read again
         off = self.weights.add((v.name, layout), packed, v.name)
         return f"((const {ctype}*)(m->weights + {off}))"
 

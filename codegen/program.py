@@ -141,7 +141,7 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
         kv_ring_rewind=llm.get("kv_ring_rewind", 0) if kv else 0,
         inputs=[io(v, v.name) for v in graph.inputs],
         outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
-        arena_bytes=plan.arena_bytes, weights_bytes=len(weights), weights_sha256=hashlib.sha256(weights).hexdigest(),
+        arena_bytes=plan.arena_bytes, weights_bytes=len(weights), weights_sha256=weights.sha256,
         bind_lines=bind_symbols(graph, bounds), body_lines=em.lines, output_lines=output_lines(graph),
         profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled])
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text

@@ -1,6 +1,6 @@
 """ONNX -> tcc IR.
 
-`import_onnx(path_or_model, dims=...)` loads a model (with external data), refuses in ONE error every op,
+`import_onnx(path_or_model, dims=...)` loads a model, refuses in ONE error every op,
 attribute and dtype tcc does not support, then builds the Graph node by node (types are inferred as
 nodes are added) and normalizes ONNX's opset differences into the IR forms documented in `ir/ops/*.py`:
 Reduce* axes, Squeeze/Unsqueeze axes, Split sizes, Softmax axis, Cast `to`, Transpose perm become
@@ -11,6 +11,9 @@ shapes. LayerNormalization -> LayerNorm (decomposed into primitive ops when its 
 are used), RMSNormalization -> RMSNorm, Attention (opset 23) -> tcc Attention; Sum/Mean -> Add chains,
 inference Dropout -> Identity, CastLike -> Cast, Size/Shape -> constants, ReduceX with
 noop_with_empty_axes and no axes -> Identity.
+
+External data is memory-mapped, not read (frontend/mapped.py): an initializer is a read-only numpy view
+of its file, so a 7B model imports in megabytes and a weight's pages are read only when a pass reads it.
 
 Accepted: default-domain opsets 13..23, and 24..27 as long as every node resolves to an op version vetted
 here (those versions only add dtypes, except Attention-24, which is refused).
@@ -50,6 +53,7 @@ MIN_OPSET = 13
 # Opsets 24..27 (onnx 1.22) only add dtypes to the ops handled here (checked op by op: Reshape-25,
 # Cast-25 ...), except Attention-24, which is refused through its handler's `versions`.
 MAX_OPSET = 27
+WIDEN_EAGER = 1 << 16  # f16 constants up to this many elements are converted to f32 when widening
 FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most this many elements
 # The largest tensor tcc accepts: 1 TiB. Any input, initializer or inferred value whose static dims (each
 # at least 1, so strides are bounded too) times its item size exceed it is refused at import: beyond it
@@ -182,10 +186,38 @@ def _load(src) -> tuple[onnx.ModelProto, str, str | None, dict]:
     external = {t.name: {e.key: e.value for e in t.external_data} for t in _tensors(model)
                 if t.data_location == TensorProto.EXTERNAL}
     try:
-        onnx.load_external_data_for_model(model, base)
-    except Exception as e:  # noqa: BLE001  (missing/short external file: OSError, ValueError...)
+        for name, entries in external.items():
+            _external_span(name, entries, base)
+    except (OSError, ValueError) as e:
         raise ModelFormatError(f"file {path}: cannot load external data: {e}") from None
     return model, os.path.basename(path), base, external
+
+
+def _external_path(entries: dict, base: str) -> str:
+    """The file an external-data entry names; only files inside the model's folder (as onnx's loader)."""
+    loc = entries.get("location")
+    if not loc:
+        raise ValueError("external data without a location")
+    norm = os.path.normpath(loc)
+    if os.path.isabs(loc) or norm == ".." or norm.startswith(".." + os.sep):
+        raise ValueError(f"external data location {loc!r} is outside the model's folder")
+    return os.path.join(base, norm)
+
+
+def _external_span(name: str, entries: dict, base: str) -> tuple[str, int, int]:
+    """(file, offset, length) of a tensor's external data, checked against the file's size. The data is
+    not read: it is memory-mapped when the tensor is imported (frontend/mapped.py)."""
+    path = _external_path(entries, base)
+    size = os.path.getsize(path)
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else size - offset
+    except ValueError:
+        raise ValueError(f"tensor {name!r}: external data offset/length are not integers") from None
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ValueError(f"offset {offset} + length {length} exceeds available data ({size} bytes in "
+                         f"{entries.get('location')!r}) for tensor {name!r}")
+    return path, offset, length
 
 
 def _tensors(model: onnx.ModelProto):
@@ -355,7 +387,9 @@ def _check_cast(n):
 @handler("Cast CastLike", "to saturate round_mode", check=_check_cast)
 def _cast(imp, n, ins):
     # saturate / round_mode only affect float8 targets, which are refused as dtypes
-    to = DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype
+    to = imp.widened(DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype)
+    if imp.widen and ins[0].dtype == to:
+        return imp.emit("Identity", ins[:1], {}, n)  # an fp16 model's up/down-casts, now f32 -> f32
     return imp.emit("Cast", ins[:1], {"to": to.value}, n)
 
 
@@ -464,7 +498,7 @@ def _constant_of_shape(imp, n, ins):
     arr = imp.tensor(t, f"ConstantOfShape node {n.name!r} value")
     if arr.size != 1:
         raise ModelFormatError(f"ConstantOfShape node {n.name!r}: value must hold one element, got {arr.size}")
-    attrs = {"value": arr.reshape(-1)[0].item(), "dtype": DTYPES[t.data_type].value}
+    attrs = {"value": imp.widened_array(arr).reshape(-1)[0].item(), "dtype": imp.widened(DTYPES[t.data_type]).value}
     return imp.emit("ConstantOfShape", ins, attrs, n)
 
 
@@ -636,9 +670,11 @@ def sanitize_symbol(name: str) -> str:
 
 class Importer:
     def __init__(self, model: onnx.ModelProto, source: str, base_dir: str | None, dims: dict | None,
-                 external: dict | None = None):
+                 external: dict | None = None, widen_f16: bool = False):
         self.model, self.source, self.base_dir = model, source, base_dir
+        self.widen = widen_f16  # f16 activations become f32 (see import_onnx)
         self.external = external or {}  # tensor name -> its external_data entries (location, offset, length)
+        self.mapped: dict = {}  # external data file -> its MappedFile
         self.opset = self._default_opset()
         self.g = Graph(sanitize_symbol(model.graph.name) if model.graph.name else "main")
         self.env: dict[str, Value | None] = {"": None}
@@ -765,6 +801,8 @@ class Importer:
             raise ModelFormatError(f"{where}: negative dim in {dims}")
         self.check_size(TensorType(dtype, tuple(dims)), where)
         count = math.prod(dims)
+        if t.data_location == TensorProto.EXTERNAL and self.base_dir is not None:
+            return self._mapped(t, where, dtype, dims, count)
         field_name, have, unit = _data_field(t, dtype)
         if have != count * unit:
             ext = self.external.get(t.name)
@@ -778,6 +816,25 @@ class Importer:
         except Exception as e:  # noqa: BLE001  (what onnx raises for data it cannot read: ValueError...)
             raise ModelFormatError(f"{where}: unreadable data ({type(e).__name__}: {e})") from None
         return np.array(arr, dtype=dtype.np)
+
+    def _mapped(self, t: TensorProto, where: str, dtype: DType, dims: list[int], count: int) -> np.ndarray:
+        """External data as a read-only view of the mapped file: nothing is read until a pass reads it,
+        and passes that only look at shapes never do (a 7B model imports in a few MB)."""
+        from .mapped import MappedFile
+
+        entries = {e.key: e.value for e in t.external_data}
+        try:
+            path, offset, length = _external_span(t.name, entries, self.base_dir)
+            if length != count * dtype.itemsize:
+                raise ModelFormatError(
+                    f"{where}: dims {dims} of {dtype} need {count * dtype.itemsize} bytes, but its raw_data holds "
+                    f"{length} (external data {entries.get('location')!r}, offset {offset}, length "
+                    f"{entries.get('length', 'to the end')}: the file is shorter?)")
+            if path not in self.mapped:
+                self.mapped[path] = MappedFile(path)
+            return self.mapped[path].array(dtype.np, tuple(dims), offset)
+        except (OSError, ValueError) as e:
+            raise ModelFormatError(f"{where}: cannot load external data: {e}") from None
 
     def check_size(self, t: TensorType, where: str) -> None:
         """Refuse a tensor whose static dims exceed MAX_TENSOR_BYTES (a dim of 0 counts as 1: strides)."""
@@ -796,7 +853,29 @@ class Importer:
         return f"{n.outputs[0] or n.name}.{what}"
 
     def const(self, arr: np.ndarray, name: str) -> Value:
-        return self.g.add_const(arr, name or "const")
+        return self.g.add_const(self.widened_array(arr), name or "const")
+
+    def widened(self, dtype: DType) -> DType:
+        return DType.f32 if self.widen and dtype == DType.f16 else dtype
+
+    def widened_array(self, arr: np.ndarray) -> np.ndarray:
+        """An f16 constant in f32. The f16 minimum becomes the f32 one: exporters fill masks with their
+        dtype's minimum (torch.finfo(float16).min), which at f32 has to mask as surely (kv-cache needs
+        <= -1e30: probability exactly 0)."""
+        if not (self.widen and arr.dtype == np.float16):
+            return arr
+        out = arr.astype(np.float32)
+        return np.where(arr == np.finfo(np.float16).min, np.finfo(np.float32).min, out).astype(np.float32)
+
+    def initializer(self, t: TensorProto) -> Value:
+        """An initializer's Value. Widening an fp16 model, a large f16 one (a weight) stays an f16 constant,
+        mapped and never converted whole, behind a Cast to f32 that the quantize pass folds into the
+        quantized weight (passes/quantize.py) and dead-code elimination then drops; small ones are converted."""
+        arr = self.tensor(t, f"initializer {t.name!r}")
+        if not (self.widen and arr.dtype == np.float16 and arr.size > WIDEN_EAGER):
+            return self.g.add_const(self.widened_array(arr), t.name, exact_name=True)
+        c = self.g.add_const(arr, t.name, exact_name=True)
+        return self.g.add_node("Cast", [c], {"to": "f32"}, name=f"{t.name}/widen", out_names=[f"{t.name}.f32"]).output
 
     def const_ints(self, v: Value | None, n: OnnxNode, what: str) -> list:
         """ir/ops/_common.const_ints, with the ONNX node named in the error."""
@@ -917,7 +996,7 @@ class Importer:
             shape = [self.dim(d) for d in tt.shape.dim] if tt.HasField("shape") else None
             if shape is None:
                 raise UnsupportedError(f"input {vi.name!r} has no shape (unknown rank)")
-            t = TensorType(DTYPES[tt.elem_type], tuple(shape))
+            t = TensorType(self.widened(DTYPES[tt.elem_type]), tuple(shape))
             self.check_size(t, f"input {vi.name!r}")
             self.env[vi.name] = self.g.add_input(vi.name, t)
         _decoder_mask_length(self.g)
@@ -927,7 +1006,7 @@ class Importer:
         for t in g.initializer:
             if t.name in self.env:
                 raise ModelFormatError(f"{self.source}: initializer {t.name!r} is defined twice")
-            self.env[t.name] = self.g.add_const(self.tensor(t, f"initializer {t.name!r}"), t.name, exact_name=True)
+            self.env[t.name] = self.initializer(t)
         for n in nodes:
             self._build(n)
         self.g.outputs = []
@@ -979,10 +1058,14 @@ class Importer:
             self.g.rename_names()
 
 
-def import_onnx(path_or_model, *, dims: dict[str, int] | None = None) -> Graph:
-    """Load an ONNX model (path or ModelProto) into a tcc Graph. `dims` specializes symbolic dims by name."""
+def import_onnx(path_or_model, *, dims: dict[str, int] | None = None, widen_f16: bool = False) -> Graph:
+    """Load an ONNX model (path or ModelProto) into a tcc Graph. `dims` specializes symbolic dims by name.
+    `widen_f16`: an fp16 model's activations, inputs and outputs become f32 (its casts to f16 become casts
+    to f32, small f16 constants are converted) while its large f16 initializers stay f16 behind a Cast:
+    what `--qm` does with an fp16 export, so the f32 passes (Linear, attention, KV cache) apply and the
+    weights are quantized from fp16 without an f32 copy of the model."""
     model, source, base, external = _load(path_or_model)
-    return Importer(model, source, base, dims, external).run()
+    return Importer(model, source, base, dims, external, widen_f16).run()
 
 
 def _sym_minmax(node: Node) -> list | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..frontend.mapped import Spill
 from ..ir.core import Graph
 from . import register_pass
 from .schemes import get_scheme, group_size
@@ -81,15 +82,16 @@ def run(graph: Graph, ctx) -> None:
     quant = Quantizer(scheme, group, bool(ctx.options.get("asym")))
     groups, scaled, ratio = rescale_groups(graph, ctx, NAME, quant, feeds,
                                            lambda g, w: awq_candidates(g.stats["mean_abs"]), "AWQ")
-    clipped = 0
+    clipped, spill = 0, None
     if ctx.options.get("awq_clip") and scheme.weight_bits == 4:
         for g in _progress(groups, "AWQ clip search"):
             if not g.stats:
                 continue
             for lin in g.linears:
                 w, n_clipped = clip_weights(g.stats["rows"], lin.inputs[1].const, quant)
-                if n_clipped:
-                    lin.inputs[1] = graph.add_const(w, lin.inputs[1].name + ".clipped")
+                if n_clipped:  # the clipped weight to a mapped file, not the heap (frontend/mapped.py)
+                    spill = spill or Spill()
+                    lin.inputs[1] = graph.add_const(spill.put(w), lin.inputs[1].name + ".clipped")
                     clipped += n_clipped
         graph.remove_unused_constants()
     ctx.stats[NAME] = {"groups": len(groups), "scaled": scaled, "clipped": clipped,

@@ -4,7 +4,10 @@
 
     Gather(table[V,K], ids) {axis 0}, table constant  ->  QGather(ids, q, scales, zeros?)   (embeddings)
 
-The policy: every Linear with a constant f32 weight and every row lookup in a constant f32 table (an
+The policy: every Linear with a constant f32 weight, every MatMul of an fp16 export with a constant f16
+weight, directly (f16 activations: the layer runs at f32 between Casts) or through the widening Cast the
+importer puts on it (`import_onnx(widen_f16=True)`, what the driver does under --qm), quantized from
+fp16 a chunk at a time, never copied whole to fp32, and every row lookup in a constant f32 or f16 table (an
 embedding: its rows are dequantized as they are gathered), except those `--keep-fp32` names. A pattern
 is an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear
 whose result is the model's output (found by structure: through views and slices to a graph output),
@@ -22,32 +25,37 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..ir.core import Graph, Node
+from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType
 from ..ir.ops.quant import quantize_int4, quantize_int8
+from ..frontend.mapped import Spill, release
 from . import register_pass
 from .rewrite_utils import replace_value
 from .schemes import get_scheme, group_size
 
 NAME = "quantize"
+_FLOATS = (DType.f32, DType.f16)  # weights quantized from their own precision, a chunk at a time
+# Output channels quantized at once come to at most this many weights (a 16 MB fp32 working copy): a
+# 128k-row embedding is quantized in slices, not as one 2 GB fp32 array.
+CHUNK_ELEMENTS = 1 << 22
 _VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Slice")
 
 
 def lm_head_nodes(graph: Graph) -> set[int]:
-    """ids of Linear nodes whose output reaches a graph output through views only."""
+    """ids of Linear nodes (and fp16 MatMuls) whose output reaches a graph output through views only."""
     out = set()
     for o in graph.outputs:
         v = o
         while v.producer is not None and v.producer.op in _VIEWS:
             v = v.producer.inputs[0]
-        if v.producer is not None and v.producer.op == "Linear":
+        if v.producer is not None and (v.producer.op == "Linear" or fp16_matmul(v.producer)):
             out.add(id(v.producer))
     return out
 
 
 def kept(node: Node, patterns: tuple[str, ...], heads: set[int]) -> str | None:
     """The pattern that keeps `node` in fp32, if any."""
-    weight = node.inputs[0] if node.op == "Gather" else node.inputs[1]
+    weight = weight_of(node)
     for p in patterns:
         if (p == "lm_head" and id(node) in heads) or (p == "embed" and node.op == "Gather"):
             return p
@@ -60,8 +68,24 @@ def embedding(node: Node) -> bool:
     """A row lookup in a constant f32 table: Gather(table[V, K], ids) on axis 0."""
     if node.op != "Gather" or node.attrs.get("axis", 0) not in (0, -2):
         return False
-    t = node.inputs[0]
-    return t.is_const and t.const.dtype == np.float32 and t.type.rank == 2 and not node.inputs[1].is_const
+    t = widened(node.inputs[0]) or node.inputs[0]
+    return t.is_const and t.dtype in _FLOATS and t.type.rank == 2 and not node.inputs[1].is_const
+
+
+def widened(v: Value) -> Value | None:
+    """W for Cast{to f32}(W), W a constant f16 matrix: a weight of an fp16 model imported with f32
+    activations (frontend/onnx_import.py, widen_f16); None for anything else."""
+    p = v.producer
+    if p is not None and p.op == "Cast" and p.attrs.get("to") == "f32" and p.inputs[0].is_const \
+            and p.inputs[0].dtype == DType.f16 and p.inputs[0].type.rank == 2:
+        return p.inputs[0]
+    return None
+
+
+def weight_of(node: Node) -> Value:
+    """The constant a quantizable node's weight is read from (through a widening Cast)."""
+    v = node.inputs[0] if node.op == "Gather" else node.inputs[1]
+    return widened(v) or v
 
 
 def quantizable(node: Node) -> bool:
@@ -70,6 +94,33 @@ def quantizable(node: Node) -> bool:
     w = node.inputs[1]
     return (w.is_const and w.const.dtype == np.float32 and w.type.rank == 2
             and node.inputs[0].dtype == DType.f32)
+
+
+def fp16_matmul(node: Node) -> bool:
+    """MatMul(x f16 [..., K], W [K, N] constant f16): an fp16 export's Linear (canonicalize makes Linear of
+    f32 ones only). Quantized like a Linear, between Casts."""
+    if node.op != "MatMul" or len(node.inputs) != 2:
+        return False
+    x, w = node.inputs
+    if x.dtype == DType.f32 and widened(w) is not None:  # the same, imported with f32 activations
+        return x.type.rank >= 2
+    return w.is_const and w.dtype == DType.f16 and w.type.rank == 2 and x.dtype == DType.f16 and x.type.rank >= 2
+
+
+def _as_f32(graph: Graph, v: Value | None, before: Node) -> Value | None:
+    """v itself if f32; else f32 (a converted constant, or a Cast before `before`)."""
+    if v is None or v.dtype == DType.f32:
+        return v
+    if v.is_const:
+        return graph.add_const(np.asarray(v.const, np.float32), v.name + ".f32")
+    return graph.add_node("Cast", [v], {"to": "f32"}, before=before).output
+
+
+def _back_to(graph: Graph, y: Value, dtype: DType, before: Node) -> Value:
+    """y (f32) in the replaced node's dtype: an fp16 model's activations stay fp16 between its layers."""
+    if dtype == DType.f32:
+        return y
+    return graph.add_node("Cast", [y], {"to": str(dtype)}, before=before).output
 
 
 @register_pass(NAME)
@@ -86,21 +137,41 @@ def run(graph: Graph, ctx) -> None:
     jobs = []  # collect: (node, is_embedding, weight value, data to quantize)
     for node in list(graph.nodes):
         is_embedding = embedding(node)
-        if not (is_embedding or quantizable(node)):
+        if not (is_embedding or quantizable(node) or fp16_matmul(node)):
             continue
         why = kept(node, patterns, heads)
         if why is not None:
             kept_names.append(node.name)
             ctx.log(NAME, f"{node.name}: kept in fp32 (--keep-fp32 {why})")
             continue
-        w = node.inputs[0] if is_embedding else node.inputs[1]
+        w = weight_of(node)
         jobs.append((node, is_embedding, w, w.const.T if is_embedding else w.const))  # tables: along rows
 
-    def quantize(data):
+    spill = Spill()
+
+    def part(data):
         if scheme.weight_bits == 4:
-            return (*quantize_int4(data, group, symmetric=not asym), group)
+            q, scales, zeros = quantize_int4(data, group, symmetric=not asym)
+            return q, scales, zeros
         q, scales = quantize_int8(data)
-        return q, scales, None, data.shape[0]
+        return q, scales, None
+
+    def quantize(data):
+        """One weight, CHUNK_ELEMENTS output channels at a time, its codes and scales written to the spill
+        file as they come and the source's mapped pages released: the fp32 copy of a tensor (or of a
+        chunk of a large one) lives only while it is being quantized."""
+        k, n = data.shape
+        step = max(1, CHUNK_ELEMENTS // max(k, 1))
+        writers = [spill.rows(n) for _ in range(3)]
+        for lo in range(0, n, step):
+            chunk = data[:, lo:lo + step]
+            for w, out in zip(writers, part(chunk)):
+                if out is not None:
+                    w.write(out)
+            release(chunk)
+        release(data)
+        outs = [None if w.off is None else w.array() for w in writers]
+        return (*outs, group if scheme.weight_bits == 4 else k)
 
     # numpy releases the GIL in the array loops, so layers quantize in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
@@ -113,12 +184,12 @@ def run(graph: Graph, ctx) -> None:
                 ins = [node.inputs[1], *qin]
                 new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
                                      before=node)
-            else:
-                ins = [node.inputs[0], *qin, node.input(2)]
+            else:  # an fp16 model's MatMul: the quantized layer runs at f32 activations between Casts
+                ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
                 while ins[-1] is None:
                     ins.pop()
                 new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
-            replace_value(graph, node.output, new.output)
+            replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
             graph.remove_nodes([node])
             nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
             count += 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import TccError
+from ..frontend.mapped import Spill
 from ..ir.core import Graph, Node, Value
 from ..ir.ops.quant import (dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8,
                             round_f16)
@@ -189,16 +190,24 @@ def weights_of(group: Group) -> np.ndarray:
 
 # -- folding ---------------------------------------------------------------------------------------------
 
+SPILL_BYTES = 1 << 20  # rescaled constants from this size on are spilled: the weights, not the norm vectors
+
+
 class Folds:
     """The rescalings applied to the graph, undoable (each replaced an input of a node by a new constant)."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.undo: list[tuple[Node, int, Value]] = []
+        self.spill = None
 
     def _set(self, node: Node, slot: int, data: np.ndarray, hint: str) -> None:
         old = node.inputs[slot]
-        node.inputs[slot] = self.graph.add_const(np.ascontiguousarray(data, np.float32), hint)
+        data = np.ascontiguousarray(data, np.float32)
+        if data.nbytes >= SPILL_BYTES:  # a rescaled weight goes to a mapped file, not the heap (frontend/mapped.py)
+            self.spill = self.spill or Spill()
+            data = self.spill.put(data)
+        node.inputs[slot] = self.graph.add_const(data, hint)
         self.undo.append((node, slot, old))
 
     def apply(self, group: Group, s: np.ndarray) -> None:

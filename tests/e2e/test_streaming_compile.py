@@ -1,0 +1,152 @@
+"""Streaming compile (issue 22): the compile's peak memory does not grow with the number of layers.
+
+The same MLP-block model with 2 and with 20 layers (each layer 8 MB of fp32 weights, in an external-data
+file) is compiled in a fresh subprocess; the peak RSS the manifest records (ru_maxrss) may grow by a
+quarter of the 144 MB (fp32) the 18 extra layers weigh: what varies is how the two quantizing threads'
+per-tensor temporaries (a few MB) overlap. A compile that reads the weights into memory, converts them
+to f32, keeps the source tensors until quantization ends, or builds weights.bin in memory holds at least
+1x of them at once and fails by far (before streaming the peak grew by 2.25x the extra fp32 weights).
+Not timed: it compares memory only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+D, F = 512, 2048  # one layer: D*F*2 weights = 8 MB of fp32
+SMALL, BIG = 2, 20
+LAYER_BYTES = D * F * 2 * 4
+
+
+def _write_mlp(path: str, layers: int, dtype=np.float32) -> None:
+    """x -> layers x (x + relu(x @ W1) @ W2) -> y, weights written one tensor at a time to model.onnx.data."""
+    rng = np.random.default_rng(layers)
+    code = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    nodes, inits, x = [], [], "x"
+    data_path = os.path.join(os.path.dirname(path), "model.onnx.data")
+    offset = 0
+    with open(data_path, "wb") as f:
+        for i in range(layers):
+            for name, shape in ((f"l{i}.w1", (D, F)), (f"l{i}.w2", (F, D))):
+                arr = (rng.standard_normal(shape, np.float32) * 0.02).astype(dtype)
+                f.write(arr.tobytes())
+                t = TensorProto(name=name, data_type=code, dims=shape)
+                t.data_location = TensorProto.EXTERNAL
+                for k, v in (("location", "model.onnx.data"), ("offset", str(offset)), ("length", str(arr.nbytes))):
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+                offset += arr.nbytes
+                inits.append(t)
+            nodes += [helper.make_node("MatMul", [x, f"l{i}.w1"], [f"l{i}.h"], name=f"l{i}.fc1"),
+                      helper.make_node("Relu", [f"l{i}.h"], [f"l{i}.r"]),
+                      helper.make_node("MatMul", [f"l{i}.r", f"l{i}.w2"], [f"l{i}.o"], name=f"l{i}.fc2"),
+                      helper.make_node("Add", [x, f"l{i}.o"], [f"l{i}.y"])]
+            x = f"l{i}.y"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", code, [1, D])],
+                          [helper.make_tensor_value_info("y", code, [1, D])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+_CHILD = """
+import json, sys
+import tcc
+from tcc.driver import CompileOptions, compile_model
+m = compile_model(sys.argv[1], sys.argv[2], CompileOptions(qm=sys.argv[3], round_to_nearest=True))
+print(json.dumps({"peak": m["compile_peak_rss_bytes"], "weights": m["weights"]["bytes"]}))
+"""
+
+
+def _compile_peak(tmp_path, layers: int, qm: str, dtype) -> dict:
+    d = tmp_path / f"m{layers}"
+    d.mkdir()
+    _write_mlp(str(d / "model.onnx"), layers, dtype)
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(d / "model.onnx"), str(tmp_path / f"out{layers}"), qm],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("qm, dtype", [("w4a8", np.float32), ("fp32", np.float32), ("w8a8", np.float16),
+                                       ("w4a8", np.float16)])
+def test_compile_peak_rss_does_not_grow_with_layers(tmp_path, qm, dtype):
+    small = _compile_peak(tmp_path, SMALL, qm, dtype)
+    big = _compile_peak(tmp_path, BIG, qm, dtype)
+    extra = (BIG - SMALL) * LAYER_BYTES  # what the extra layers weigh in fp32
+    assert big["weights"] > small["weights"] * (BIG / SMALL) * 0.9  # the weights did grow with the layers ...
+    grew = big["peak"] - small["peak"]
+    # ... the peak may not grow by a copy of them
+    assert grew < extra // 4, (f"compile peak RSS grew by {grew / 2**20:.0f} MiB from {SMALL} to {BIG} layers "
+                               f"({extra / 2**20:.0f} MiB more fp32 weights): {small} -> {big}")
+
+
+@pytest.mark.parametrize("qm, tol", [("w8a8", 0.02), ("w4a8", 0.15)])
+def test_fp16_export_quantizes_from_fp16(tmp_path, qm, tol):
+    """An fp16 model's MatMuls are quantized from their fp16 weights (no f32 copy of the model) and run at
+    f32 activations (its inputs and outputs become f32: import_onnx's widen_f16): the result matches the
+    fp16 model computed in f32 within the scheme's rounding."""
+    import tcc
+
+    d = tmp_path / "m"
+    d.mkdir()
+    _write_mlp(str(d / "model.onnx"), 2, np.float16)
+    m = compile_model_quiet(str(d / "model.onnx"), str(tmp_path / "out"), qm)
+    q = m["quantization"]
+    assert q["quantized_linears"] == 4, q
+    assert m["weights"]["bytes"] < 4 * D * F * 1.1  # about 1 byte or less per weight: not fp16 (2) or f32 (4)
+    x = np.random.default_rng(0).standard_normal((1, D)).astype(np.float16)
+    assert [i["dtype"] for i in m["inputs"]] == ["f32"] and [o["dtype"] for o in m["outputs"]] == ["f32"]
+    y = tcc.load(str(tmp_path / "out")).run({"x": x.astype(np.float32)})["y"]
+    ref = x.astype(np.float32)
+    weights = onnx.load(str(d / "model.onnx"))
+    ws = {t.name: onnx.numpy_helper.to_array(t, str(d)).astype(np.float32) for t in weights.graph.initializer}
+    for i in range(2):
+        ref = ref + np.maximum(ref @ ws[f"l{i}.w1"], 0) @ ws[f"l{i}.w2"]
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err < tol, f"{qm}: max error {err:.3g} of the output's range"
+
+
+def compile_model_quiet(model: str, out: str, qm: str) -> dict:
+    from tcc.driver import CompileOptions, compile_model
+
+    return compile_model(model, out, CompileOptions(qm=qm, round_to_nearest=True))
+
+
+def test_fp16_llama_export_gets_f32_activations_and_a_kv_cache(tmp_path):
+    """An fp16 LLaMA export (tools/make_llama_onnx.py: torch's exporter at fp16) compiled with --qm runs at
+    f32 activations: attention is fused, the KV cache is built (its f16 mask minimum maps to the f32 one),
+    the weights are quantized from fp16, and the logits match onnxruntime's on the fp16 model."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    import onnxruntime as ort
+
+    import tcc
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
+                                                                                   "make_llama_onnx.py"))
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    shape = dict(mk.SHAPES["tiny"])
+    mk.make(shape, str(tmp_path / "m"), "f16")
+    m = compile_model_quiet(str(tmp_path / "m" / "model.onnx"), str(tmp_path / "out"), "w8a8")
+    assert m["llm"]["kv_cache"] and m["quantization"]["quantized_linears"] == 4 * 7 + 2, m["quantization"]
+    ids = np.array([[5, 17, 99, 3, 250, 7]], np.int64)
+    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    hd = shape["hidden_size"] // shape["num_attention_heads"]
+    feeds = {"input_ids": ids, "attention_mask": np.ones(ids.shape, np.int64), "position_ids": np.arange(6)[None]}
+    for i in sess.get_inputs():
+        if i.name.startswith("past"):
+            feeds[i.name] = np.zeros((1, shape["num_key_value_heads"], 0, hd), np.float16)
+    ref = sess.run(["logits"], feeds)[0][0, -1].astype(np.float32)
+    got = tcc.load(str(tmp_path / "out")).run({"input_ids": ids})["logits"][0, -1]
+    cos = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cos > 0.999 and ref.argmax() == got.argmax(), (cos, ref.argmax(), got.argmax())
