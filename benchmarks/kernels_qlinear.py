@@ -1,14 +1,16 @@
 """Benchmark the quantized Linear kernels' optimization ablation (not a test): naive, unroll, threads, simd
 and all, for w4a8, w4a32 and w8a8, on a decode GEMV (1 x 4096 -> 32000, an LM head) and a prefill GEMM
-(128 x 4096 -> 4096).
+(128 x 4096 -> 4096), or TinyLlama's decode GEMVs (--shape tl-qkvo tl-up tl-down).
 
-    python benchmarks/kernels_qlinear.py [--repeat 10] [--threads 2] [--group 128] [--qm w4a8 ...]
+    python benchmarks/kernels_qlinear.py [--repeat 10] [--threads 2] [--group 128] [--qm w4a8 ...] [--avx2]
 
 The work is runtime/kernel_bench.py: qlinear_ablation (timing, GB/s of packed weights, GOPS, speedup
 over naive) and format_table (markdown). Slow variants (naive, unroll, threads on the big shapes take
 0.1 - 10 s a call) get as few repeats as fit in --budget seconds, at least one. The int4 weights are
 symmetric with group --group; activations are quantized before timing. The `all` variants of w4a8 and
-w8a8 use AVX-VNNI when the CPU has it (--no-vnni forces their AVX2 path).
+w8a8 use AVX-VNNI when the CPU has it (--no-vnni forces their AVX2 path), w4a8 and w4a32 AVX-512 (--avx2
+forces the AVX2 path of all three). A small layer's weights stay in the caches between calls (TinyLlama's
+2048 x 2048 is 2 MiB at 4 bits): the GB/s of such a shape is the kernel's compute rate, not the memory's.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import os
 from tcc.codegen.cmake import REPO_ROOT
 from tcc.runtime.kernel_bench import QMODES, _load, format_table, qlinear_ablation
 
-SHAPES = {"gemv": (1, 4096, 32000), "prefill": (128, 4096, 4096)}
+SHAPES = {"gemv": (1, 4096, 32000), "prefill": (128, 4096, 4096),
+          "tl-qkvo": (1, 2048, 2048), "tl-up": (1, 2048, 5632), "tl-down": (1, 5632, 2048)}
 
 
 def main() -> None:
@@ -29,13 +32,14 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timed calls per slow variant")
     ap.add_argument("--qm", nargs="+", default=list(QMODES), choices=QMODES)
-    ap.add_argument("--shape", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--shape", nargs="+", default=["gemv", "prefill"], choices=list(SHAPES))
     ap.add_argument("--no-vnni", action="store_true", help="force the AVX2 path of the w4a8 / w8a8 `all` kernels")
+    ap.add_argument("--avx2", action="store_true", help="force the AVX2 path of every `all` kernel")
     ap.add_argument("--build-dir", default=os.path.join(REPO_ROOT, "build", "bench-qlinear"))
     args = ap.parse_args()
-    if args.no_vnni:
+    if args.no_vnni or args.avx2:
         lib = _load(args.build_dir)
-        for qm in ("w4a8", "w8a8"):
+        for qm in ("w4a8", "w8a8") + (("w4a32",) if args.avx2 else ()):
             fn = getattr(lib, f"tcc_qlinear_{qm}__all_isa")
             fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
             fn(0)

@@ -112,7 +112,7 @@ class _Problem:
         else:
             g = -(-k // group)
             codes = rng.integers(0, 16, (n, k), dtype=np.uint8)
-            w = pq.pack_q4_quad(codes) if qm == "w4a8" else pq.pack_q4(codes)
+            w = pq.pack_q4_quad(codes)  # both int4 families read the quad layout
             self.ws = pq.pack_q4_scales((rng.random((n, g)) * 0.01 + 1e-3).astype(np.float16).astype(np.float32))
             # symmetric: no zero points (8)
             if qm == "w4a8":

@@ -15,9 +15,9 @@ def pack(kind: str, array: np.ndarray):
         return f"x86_f32_panel{packing.NR}", packing.pack_f32_panels(np.asarray(array, np.float32))
     # Quantized Linear weights (docs/formats.md): int4 codes / fp16 scales / zero points of quantize_int4,
     # int8 codes / scales of quantize_int8.
-    if kind == "q4_weight":
-        return pq.q4_layout_name(), pq.pack_q4(array)
-    if kind == "q4_weight_i8":  # int4 weights of a Linear with int8 activations: the k-quad-major layout
+    # int4 weights, f32 (qlinear_w4a32) or int8 activations (qlinear_w4a8): one k-quad-major layout, whose
+    # dwords hold 8 codes of one column (w4a32 dequantizes them in place, w4a8 dots their nibble planes).
+    if kind in ("q4_weight", "q4_weight_i8"):
         return pq.q4_quad_layout_name(), pq.pack_q4_quad(array)
     if kind == "q4_scales":
         return pq.q4_scales_layout_name(), pq.pack_q4_scales(array)

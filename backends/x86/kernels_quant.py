@@ -15,8 +15,11 @@ path for the int8 families). Tile sizes live here; the templates unroll them.
   columns, dotted with a broadcast activation quad into the 8 lanes of an int32 accumulator (4
   accumulators per 64-block for independent chains), so a group's sums are one 8-column vector with no
   horizontal reduction. w8a8 and w4a32 keep 8 accumulators, one per column, fed by the same activation
-  vectors, reduced at the group end into one 8-column vector (an hadd tree). Either way the tile's 8
-  scales apply at once. Threads take contiguous runs of tiles, so each streams one contiguous range of
+  vectors, reduced at the group end into one 8-column vector (an hadd tree). w4a32 reads the quad layout
+  too: a 32-bit lane is 8 codes of one column, so each nibble position is dequantized in place (AND + OR
+  into the mantissa of a power of two, minus that power plus z: exact) into 8 columns at one k and FMA'd
+  with a broadcast activation, 4 accumulators (AVX2; AVX-512: 8, two tiles per zmm) as independent chains.
+  Either way the tile's 8 scales apply at once. Threads take contiguous runs of tiles, so each streams one contiguous range of
   the weights; PREFETCH_BYTES ahead of the stream is prefetched.
 - GEMM (M > 3, prefill, compute bound), int8 (w4a8, w8a8): a tile pair (16 columns) is unpacked once per
   row block into a k-quad-major buffer (for each 4 k: 16 columns x 4 bytes = two ymm), so a register tile
@@ -49,6 +52,13 @@ GEMM_MR = {"avx2": 4, "vnni": 6}
 # GEMV is the AVX-VNNI one with the EVEX encoding of vpdpbusd.
 W4A8_ISAS = ("avx2", "vnni", "avx512")
 MR512 = 8
+# qlinear_w4a32 has no integer dots, so no VNNI level: its AVX-512 path (AVX-512 F/VL/BW/DQ, no VNNI needed)
+# dequantizes with one vpternlogd per 8 weights where AVX2 needs an AND and an OR.
+W4A32_ISAS = ("avx2", "avx512")
+# The run-time levels, the same for every family (tests and benchmarks cap a kernel with one number).
+ISA_LEVEL = {"avx2": 0, "vnni": 1, "avx512": 2}
+AVX512_FEATURES = {"qlinear_w4a8": ("avx512vnni", "avx512bw", "avx512vl", "avx512dq"),
+                   "qlinear_w4a32": ("avx512f", "avx512bw", "avx512vl", "avx512dq")}
 # M above this takes the GEMM path. Measured (4096 -> 11008, 2 threads): the GEMM path's per-call unpack of
 # every weight tile costs about two GEMV weight streams, so the GEMV (rows looped inside each tile, the
 # tile read once from memory) wins up to M = 3 and the GEMM from M = 4..6 on.
@@ -68,13 +78,14 @@ W32_MR, W32_KC = 6, 256
 def _qlinear_tiles(spec: KernelSpec) -> dict:
     # w4a8 reads its int4 weights in the quad layout (k-quad major, packing_quant.pack_q4_quad), w4a32 in
     # the plain one.
-    ctx = {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "Q4_QUAD": spec.family == "qlinear_w4a8"}
+    ctx = {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "Q4_QUAD": spec.family in ("qlinear_w4a8", "qlinear_w4a32")}
     if spec.variant == "all":
         assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
         assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
-        isas = W4A8_ISAS if spec.family == "qlinear_w4a8" else ISAS
-        assert isas[0] == "avx2" and set(isas) <= {"avx2", "vnni", "avx512"}, "AVX2 is the fallback of every `all`"
-        ctx.update(ISAS=isas, ISAS256=tuple(i for i in isas if i != "avx512"), MR512=MR512,
+        isas = {"qlinear_w4a8": W4A8_ISAS, "qlinear_w4a32": W4A32_ISAS}.get(spec.family, ISAS)
+        assert isas[0] == "avx2" and set(isas) <= set(ISA_LEVEL), "AVX2 is the fallback of every `all`"
+        ctx.update(ISAS=isas, ISAS256=tuple(i for i in isas if i != "avx512"), MR512=MR512, ISA_LEVEL=ISA_LEVEL,
+                   AVX512_FEATURES=AVX512_FEATURES.get(spec.family, ()),
                    GEMV_MAX_M=W4A8_GEMV_MAX_M if spec.family == "qlinear_w4a8" else GEMV_MAX_M,
                    GEMV_ROWS=GEMV_ROWS, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
                    W32_MR=W32_MR, W32_KC=W32_KC)

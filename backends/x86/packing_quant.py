@@ -6,20 +6,11 @@ f32 [N, 1]). The kernels read weights in column tiles of NT output channels: one
 contiguous stream, so a GEMV thread walks its tiles front to back, and one tile's 8 scales / zeros of a
 group are one 8-lane vector (the per-group epilogue works on 8 columns at once).
 
-q4 weights, NT=8, K blocks of 64 (Kp = K rounded up to 64, Npad = N rounded up to NT, zero padded)::
-
-    tile t (columns 8t .. 8t+7), K block b (k = 64b .. 64b+63), column c of the tile: 32 bytes
-        byte e = q[8t+c, 64b+e] | q[8t+c, 64b+32+e] << 4          (e = 0..31)
-
-    [t0: b0: c0 (32 B) c1 .. c7][b1: c0 .. c7] ... [b(Kp/64-1): ...] [t1: b0: ...] ...
-
-    so `v & 0x0F` is q[n, 64b .. 64b+31] (byte e = element e) and `(v >> 4) & 0x0F` is
-    q[n, 64b+32 .. 64b+63]: one 32-byte load and two ANDs give 64 weights in k order.
-
-q4 weights for int8 activations (qlinear_w4a8), "quad" layout, NT=8, K blocks of 64: the same bytes per
-(tile, block), ordered k-quad major so that one nibble plane of a 32-byte vector is 4 consecutive k of all
-8 columns, the operand of one vpdpbusd against a broadcast 4-byte activation quad (8 column sums in 8
-lanes, no horizontal reduction)::
+q4 weights (qlinear_w4a8 and qlinear_w4a32), "quad" layout, NT=8 column tiles, K blocks of 64 (Kp = K
+rounded up to 64, Npad = N rounded up to NT, zero padded); k-quad major, so that one nibble plane of a
+32-byte vector is 4 consecutive k of all 8 columns (the operand of one vpdpbusd against a broadcast 4-byte
+activation quad: 8 column sums in 8 lanes, no horizontal reduction), and dword c of a vector is 8 codes of
+column c (w4a32 dequantizes each nibble in place into a float lane of column c)::
 
     tile t, K block b, vector v (0..7), column c, i (0..3):
         byte 32v + 4c + i = q[8t+c, 64b+4v+i] | q[8t+c, 64b+32+4v+i] << 4
@@ -27,7 +18,8 @@ lanes, no horizontal reduction)::
     [t0: b0: v0 (32 B) v1 .. v7][b1: ...] ... [t1: ...] ...
 
     so `v & 0x0F` is k-quad v of the block and `(v >> 4) & 0x0F` k-quad 8+v: the low nibbles of a block's
-    8 vectors are its k 0..31 (a group of 32), the high nibbles k 32..63.
+    8 vectors are its k 0..31 (a group of 32), the high nibbles k 32..63. (Until the w4a32 kernels moved to
+    it, they read a column-major layout `x86_q4_nt8`; the new name keeps old manifests from being misread.)
 
 q4 scales: fp16 bits (u16) [t][G][c]; q4 zeros: u8 [t][G][c] (padding: 0).
 q8 weights: int8 [t][Kp/32][c][32 bytes] (q[8t+c, 32j .. 32j+31]); q8 scales: f32 [Npad].
@@ -51,10 +43,6 @@ def padded_n(N: int) -> int:
 
 def n_groups(K: int, group: int) -> int:
     return -(-K // group)
-
-
-def q4_layout_name() -> str:
-    return f"x86_q4_nt{NT}"
 
 
 def q4_quad_layout_name() -> str:
@@ -108,27 +96,8 @@ def _q4_codes(q, name: str):
     return q, padded_n(N) // NT, padded_k(K) // KB
 
 
-def pack_q4(q: np.ndarray) -> np.ndarray:
-    """q u8 [N, K] (values 0..15) -> flat u8 [Npad * Kp / 2] in the x86 q4 layout."""
-    q, T, B = _q4_codes(q, "pack_q4")
-    p = _pad2(q, T * NT, B * KB).reshape(T, NT, B, 2, 32)  # [t, c, b, half, e]
-    packed = p[:, :, :, 0, :] | (p[:, :, :, 1, :] << 4)      # [t, c, b, e]
-    return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).reshape(-1)
-
-
-def unpack_q4(packed: np.ndarray, N: int, K: int, padded: bool = False) -> np.ndarray:
-    """Inverse of `pack_q4`: q u8 [N, K] (or the whole padded [Npad, Kp] with `padded`)."""
-    packed = np.asarray(packed, np.uint8).reshape(-1)
-    if packed.size != q4_packed_size(N, K):
-        raise ValueError(f"packed q4 has {packed.size} bytes, expected {q4_packed_size(N, K)} for N={N}, K={K}")
-    T, B = padded_n(N) // NT, padded_k(K) // KB
-    p = packed.reshape(T, B, NT, 32).transpose(0, 2, 1, 3)  # [t, c, b, e]
-    q = np.stack([p & 0x0F, p >> 4], axis=3).reshape(T * NT, B * KB)
-    return np.ascontiguousarray(q if padded else q[:N, :K])
-
-
 def pack_q4_quad(q: np.ndarray) -> np.ndarray:
-    """q u8 [N, K] (values 0..15) -> flat u8 [Npad * Kp / 2] in the x86 q4 quad layout (qlinear_w4a8)."""
+    """q u8 [N, K] (values 0..15) -> flat u8 [Npad * Kp / 2] in the x86 q4 quad layout."""
     q, T, B = _q4_codes(q, "pack_q4_quad")
     p = _pad2(q, T * NT, B * KB).reshape(T, NT, B, 2, 8, 4)  # [t, c, b, half, v, i]
     packed = p[:, :, :, 0] | (p[:, :, :, 1] << 4)            # [t, c, b, v, i]

@@ -15,10 +15,11 @@ additions plus roundings per term:
 - w4a8: per group one term (xs*s) * (dot - z*xsum) (two roundings; dot - z*xsum is exact, < 2^24), G
   terms and the bias summed: n_add = G + 4.
 - w8a8: one term (xs*s) * float(dot) (three roundings: float(dot) may exceed 2^24) plus the bias: n_add = 5.
-- w4a32: a product rounds once; the naive, unroll, threads, simd variants and the `all` GEMV sum each
-  group's products (sequentially, or in 8 lanes + a 3-level hadd tree: <= group additions on any term's
-  path), scale the group sum (1) and add it to G - 1 others and the bias: group + G + 4 roundings at
-  most on any term's path. The `all` GEMM path multiplies exactly dequantized weights ((q - z) * s has
+- w4a32: the dequantized weight q - z is exact (an integer, or the exponent-bias trick's exact
+  difference) and a product rounds once; the naive, unroll, threads, simd variants and the `all` GEMV sum
+  each group's products (sequentially, or in 4 / 8 interleaved chains + a 2-3 level add tree: <= group
+  additions on any term's path), scale the group sum (1) and add it to G - 1 others and the bias: group +
+  G + 4 roundings at most on any term's path. The `all` GEMM path multiplies exactly dequantized weights ((q - z) * s has
   <= 15 significant bits), sums each K block of W32_KC with a chain of FMAs, and adds the blocks into y
   and the bias: W32_KC + ceil(K / W32_KC) + 3. n_add = the larger of the two.
 This is the worst case (all roundings one way); the largest errors measured on the cases below are ~12%
@@ -51,17 +52,18 @@ QA = [s for s in VARIANTS if s.family == "quantize_acts"]
 # Every variant, and the `all` kernels with each --tune knob at its smallest and largest candidate.
 FAMILY = {f: [s for s in [*VARIANTS, *corner_specs()] if s.family == f]
           for f in ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")}
-# Every variant, and the int8 `all` variants once more with their run-time ISA dispatch capped at a lower
-# path: the plain run tests the best path the CPU has (AVX-512 VNNI for w4a8, AVX-VNNI), "all-avx2" the
-# AVX2 path and, for w4a8, "all-vnni" the AVX-VNNI path (the same as AVX2 on a CPU without AVX-VNNI).
+# Every variant, and the `all` variants once more with their run-time ISA dispatch capped at a lower path:
+# the plain run tests the best path the CPU has (w4a8: AVX-512 VNNI, then AVX-VNNI; w8a8: AVX-VNNI; w4a32:
+# AVX-512), "all-avx2" the AVX2 path and, for w4a8, "all-vnni" the AVX-VNNI path (the same as AVX2 on a CPU
+# without AVX-VNNI). On an AVX2-only CPU both runs test the AVX2 path.
 ISA_BEST, ISA_AVX2, ISA_VNNI, ISA_AVX512 = 99, 0, 1, 2
-VNNI_FAMILIES = ("qlinear_w4a8", "qlinear_w8a8")  # w4a32 (f32 activations) has no VNNI path
+DISPATCHED = ("qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32")  # the families whose `all` picks an ISA
 
 
 def variants(family):
     out = [pytest.param(s, ISA_BEST, id=IDS(s)) for s in FAMILY[family]]
     capped = [(ISA_AVX2, "all-avx2")] + ([(ISA_VNNI, "all-vnni")] if family == "qlinear_w4a8" else [])
-    if family in VNNI_FAMILIES:
+    if family in DISPATCHED:
         out += [pytest.param(s, isa, id=IDS(s).replace("all", name, 1))
                 for isa, name in capped for s in FAMILY[family] if s.variant == "all"]
     return out
@@ -69,8 +71,8 @@ def variants(family):
 
 def set_isa(lib, spec, isa) -> int:
     """Cap the `all` variant's ISA path (no-op for the others); returns the path in use (0 AVX2, 1 AVX-VNNI,
-    2 AVX-512 VNNI)."""
-    if spec.variant != "all" or spec.family not in VNNI_FAMILIES:
+    2 AVX-512)."""
+    if spec.variant != "all" or spec.family not in DISPATCHED:
         return 0
     fn = getattr(lib, spec.name + "_isa")
     fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
@@ -102,31 +104,13 @@ PACK_SHAPES = [(1, 1), (1, 64), (8, 64), (9, 70), (17, 200), (24, 129), (3, 4096
 
 
 @pytest.mark.parametrize("N,K", PACK_SHAPES)
-def test_pack_q4_roundtrip(N, K, rng):
-    q = rng.integers(0, 16, (N, K)).astype(np.uint8)
-    p = pq.pack_q4(q)
-    Kp, Np = pq.padded_k(K), pq.padded_n(N)
-    assert p.dtype == np.uint8 and p.shape == (Np * Kp // 2,) == (pq.q4_packed_size(N, K),)
-    np.testing.assert_array_equal(pq.unpack_q4(p, N, K), q)
-    full = pq.unpack_q4(p, N, K, padded=True)
-    assert full.shape == (Np, Kp) and not full[N:].any() and not full[:, K:].any(), "padding must be 0"
-    # docs/formats.md: byte ((t*(Kp/64) + b)*NT + c)*32 + e holds q[n, 64b+e] | q[n, 64b+32+e] << 4
-    for n, k in [(N - 1, K - 1), (0, 0), (N // 2, K // 2)]:
-        t, c, b, e = n // pq.NT, n % pq.NT, k // 64, k % 64
-        byte = p[((t * (Kp // 64) + b) * pq.NT + c) * 32 + e % 32]
-        assert (byte >> 4 if e >= 32 else byte & 15) == q[n, k]
-    name, packed = pack("q4_weight", q)
-    assert name == pq.q4_layout_name() == f"x86_q4_nt{pq.NT}" and np.array_equal(packed, p)
-
-
-@pytest.mark.parametrize("N,K", PACK_SHAPES)
 def test_pack_q4_quad_roundtrip(N, K, rng):
-    """The w4a8 layout: per (tile, 64-block) 8 vectors; byte 32v + 4c + i holds q[n, 64b+4v+i] in its low
-    nibble and q[n, 64b+32+4v+i] in its high one (docs/formats.md)."""
+    """The int4 layout of w4a8 and w4a32: per (tile, 64-block) 8 vectors; byte 32v + 4c + i holds q[n, 64b+4v+i]
+    in its low nibble and q[n, 64b+32+4v+i] in its high one (docs/formats.md)."""
     q = rng.integers(0, 16, (N, K)).astype(np.uint8)
     p = pq.pack_q4_quad(q)
-    Kp = pq.padded_k(K)
-    assert p.dtype == np.uint8 and p.shape == (pq.q4_packed_size(N, K),)
+    Kp, Np = pq.padded_k(K), pq.padded_n(N)
+    assert p.dtype == np.uint8 and p.shape == (Np * Kp // 2,) == (pq.q4_packed_size(N, K),)
     np.testing.assert_array_equal(pq.unpack_q4_quad(p, N, K), q)
     full = pq.unpack_q4_quad(p, N, K, padded=True)
     assert not full[N:].any() and not full[:, K:].any(), "padding must be 0"
@@ -134,11 +118,16 @@ def test_pack_q4_quad_roundtrip(N, K, rng):
         t, c, b, kk = n // pq.NT, n % pq.NT, k // 64, k % 64
         byte = p[(t * (Kp // 64) + b) * 256 + 32 * ((kk % 32) // 4) + 4 * c + kk % 4]
         assert (byte >> 4 if kk >= 32 else byte & 15) == q[n, k]
-    name, packed = pack("q4_weight_i8", q)
-    assert name == pq.q4_quad_layout_name() and np.array_equal(packed, p)
-    # The same bytes per (tile, block) as the plain layout, in another order.
-    plain = pq.pack_q4(q).reshape(-1, 256)
-    assert np.array_equal(np.sort(plain, axis=1), np.sort(p.reshape(-1, 256), axis=1))
+    for kind in ("q4_weight", "q4_weight_i8"):  # f32 and int8 activations read the same layout
+        name, packed = pack(kind, q)
+        assert name == pq.q4_quad_layout_name() == f"x86_q4quad_nt{pq.NT}" and np.array_equal(packed, p)
+    # Dword c of vector v (the 8 codes that w4a32 dequantizes in place) is column c's k = 64b + 4v .. 4v+3
+    # (low nibbles) and 64b + 32 + 4v .. (high nibbles), the nibble at bits 4p being k = 4v + p // 2 + 32 (p % 2).
+    full = pq.unpack_q4_quad(p, N, K, padded=True)
+    dw = p.view(np.uint32).reshape(Np // pq.NT, Kp // 64, 8, pq.NT)  # [t, b, v, c]
+    t, b, v, c = Np // pq.NT - 1, Kp // 64 - 1, 5, pq.NT - 1
+    for pos in range(8):
+        assert (dw[t, b, v, c] >> (4 * pos)) & 15 == full[pq.NT * t + c, 64 * b + 4 * v + pos // 2 + 32 * (pos % 2)]
 
 
 @pytest.mark.parametrize("N,K", PACK_SHAPES)
@@ -179,8 +168,6 @@ def test_pack_q8_roundtrip(N, K, rng):
 
 
 def test_pack_rejects_bad_codes():
-    with pytest.raises(ValueError):
-        pq.pack_q4(np.full((2, 3), 16, np.uint8))
     with pytest.raises(ValueError):
         pq.pack_q4_quad(np.full((2, 3), 16, np.uint8))
     with pytest.raises(ValueError):
@@ -295,9 +282,9 @@ def w4a32_n_add(K, group, spec=None):
     return max(group + G + 4, kc + -(-K // kc) + 3)
 
 
-def w4_pack(q, s, z, quad=False):
-    """Packed int4 operands: w4a8 kernels read the quad layout (quad=True), w4a32 the plain one."""
-    return (pq.pack_q4_quad(q) if quad else pq.pack_q4(q)), pq.pack_q4_scales(s), None if z is None else pq.pack_q4_zeros(z)
+def w4_pack(q, s, z):
+    """Packed int4 operands (w4a8 and w4a32 read the same quad layout)."""
+    return pq.pack_q4_quad(q), pq.pack_q4_scales(s), None if z is None else pq.pack_q4_zeros(z)
 
 
 def expected(xd, wd, bias, n_add):
@@ -328,7 +315,7 @@ def test_qlinear_w4a8(x86_kernel_lib, spec, isa, M, N, K, group, sym, with_bias,
     ldq = xq.shape[1] + 16  # a row stride larger than Kp
     xqb = np.zeros((M, ldq), np.int8)
     xqb[:, :xq.shape[1]] = xq
-    y = run_w4a8(x86_kernel_lib, spec, xqb, xs, xsum, K, group, *w4_pack(q, s, z, quad=True), bias, N, x86_pool)
+    y = run_w4a8(x86_kernel_lib, spec, xqb, xs, xsum, K, group, *w4_pack(q, s, z), bias, N, x86_pool)
     G = -(-K // group)
     ref, tol = expected(dequantize_activations(xq, xs, K, group), dequantize(q, s, z, 4, group), bias, G + 4)
     check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K} group={group}")
@@ -345,7 +332,7 @@ def test_qlinear_w4a8_row_does_not_depend_on_the_batch(x86_kernel_lib, spec, isa
     N = 37
     x, q, s, z, bias = w4_problem(rng, M, N, K, group, False, True)
     xq, xs, xsum = quantize_activations(x, group, pad_to=pq.KPAD)
-    packed = w4_pack(q, s, z, quad=True)
+    packed = w4_pack(q, s, z)
     y = run_w4a8(x86_kernel_lib, spec, xq, xs, xsum, K, group, *packed, bias, N, x86_pool)
     for m in range(M):
         alone = run_w4a8(x86_kernel_lib, spec, xq[m:m + 1].copy(), xs[m:m + 1].copy(), xsum[m:m + 1].copy(), K,
@@ -440,8 +427,8 @@ def test_bad_group_raises(x86_kernel_lib, family, rng):
 
 
 def test_vnni_dispatch_reported(x86_kernel_lib, isa_guard):
-    """The `all` kernels use the best integer-dot path the CPU has (w4a8: AVX-512 VNNI, then AVX-VNNI; w8a8:
-    AVX-VNNI), and can be capped at a lower one."""
+    """The `all` kernels use the best path the CPU has (w4a8: AVX-512 VNNI, then AVX-VNNI; w8a8: AVX-VNNI;
+    w4a32: AVX-512), and can be capped at a lower one."""
     from tcc.backends.x86.target import cpu_flags
 
     flags = cpu_flags()
@@ -454,6 +441,12 @@ def test_vnni_dispatch_reported(x86_kernel_lib, isa_guard):
     assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
     spec = next(s for s in FAMILY["qlinear_w8a8"] if s.variant == "all")
     assert set_isa(x86_kernel_lib, spec, ISA_BEST) == vnni  # no AVX-512 path
+    assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
+    # w4a32 has no VNNI level (f32 activations) and its AVX-512 path needs no VNNI: AVX-512 F/VL/BW/DQ
+    avx512f = all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512dq"))
+    spec = next(s for s in FAMILY["qlinear_w4a32"] if s.variant == "all")
+    assert set_isa(x86_kernel_lib, spec, ISA_BEST) == (2 if avx512f else 0)
+    assert set_isa(x86_kernel_lib, spec, ISA_VNNI) == 0
     assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
 
 
