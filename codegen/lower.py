@@ -143,7 +143,7 @@ class Emitter:
         self.kernels.add(spec)
         self.lines.append(f"  {spec.name}({', '.join(args)});")
         if check_error:
-            self.lines.append(f'  if (tcc_error_pending()) return fail("{_c_str(node.op)} node {_c_str(node.name)}: %s", tcc_error_message());')
+            self.lines.append(f'  if (tcc_exec_sync(m->exec)) return fail("{_c_str(node.op)} node {_c_str(node.name)}: %s", tcc_exec_error(m->exec));')
 
 
 def _c_str(s: str) -> str:
@@ -213,7 +213,7 @@ def _linear(node: Node, em: Emitter) -> None:
     m = product(x.shape[:-1])
     bias_ptr = em.ptr(bias) if bias is not None else "nullptr"
     em.call(node, "gemm", [em.ptr(x), c_dim(k), em.packed_ptr(w, "gemm_f32"), bias_ptr, em.ptr(node.output),
-                           c_dim(n), c_dim(m), c_dim(n), c_dim(k), "m->pool"], dtype="f32")
+                           c_dim(n), c_dim(m), c_dim(n), c_dim(k), "m->exec"], dtype="f32")
 
 
 @lowering("QuantizeActs")
@@ -223,7 +223,7 @@ def _quantize_acts(node: Node, em: Emitter) -> None:
     k = x.shape[-1]
     em.call(node, "quantize_acts", [em.ptr(x), c_dim(k), em.ptr(xq), c_dim(xq.shape[-1]), em.ptr(xs), em.ptr(xsum),
                                     c_dim(product(x.shape[:-1])), c_dim(k), str(node.attrs["group_size"]),
-                                    str(int(node.attrs["per_tensor"])), "m->pool"])
+                                    str(int(node.attrs["per_tensor"])), "m->exec"])
 
 
 @lowering("NormQuantize")
@@ -233,7 +233,7 @@ def _norm_quantize(node: Node, em: Emitter) -> None:
     k = x.shape[-1]
     em.call(node, "norm_quantize", [em.ptr(x), em.ptr(gamma), em.ptr(beta), em.ptr(xq), c_dim(xq.shape[-1]),
                                     em.ptr(xs), em.ptr(xsum), c_dim(product(x.shape[:-1])), c_dim(k),
-                                    _c_float(node.attrs["eps"]), str(node.attrs["group_size"]), "m->pool"],
+                                    _c_float(node.attrs["eps"]), str(node.attrs["group_size"]), "m->exec"],
             op=node.attrs["norm"], dtype="f32")
 
 
@@ -250,12 +250,12 @@ def _qlinear_i8(node: Node, em: Emitter) -> None:
                                        em.packed_ptr(q, "q4_weight_i8", "uint8_t"),
                                        em.packed_ptr(scales, "q4_scales", "uint16_t"),
                                        em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), out, c_dim(n),
-                                       c_dim(m), c_dim(n), c_dim(k), str(node.attrs["group_size"]), "m->pool"])
+                                       c_dim(m), c_dim(n), c_dim(k), str(node.attrs["group_size"]), "m->exec"])
     elif bits == 8 and per_tensor:
         em.call(node, "qlinear_w8a8", [em.ptr(xq), em.ptr(xs), c_dim(xq.shape[-1]),
                                        em.packed_ptr(q, "q8_weight", "int8_t"),
                                        em.packed_ptr(scales, "q8_scales", "float"), em.ptr(bias), out, c_dim(n),
-                                       c_dim(m), c_dim(n), c_dim(k), "m->pool"])
+                                       c_dim(m), c_dim(n), c_dim(k), "m->exec"])
     else:
         raise UnsupportedError(f"QLinearI8 node {node.name!r}: no kernel for {bits}-bit weights with "
                                f"{'per-tensor' if per_tensor else 'per-group'} int8 activations")
@@ -275,7 +275,7 @@ def _qlinear(node: Node, em: Emitter) -> None:
                                     em.packed_ptr(scales, "q4_scales", "uint16_t"),
                                     em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), em.ptr(node.output),
                                     c_dim(n), c_dim(product(x.shape[:-1])), c_dim(n), c_dim(k),
-                                    str(node.attrs["group_size"]), "m->pool"])
+                                    str(node.attrs["group_size"]), "m->exec"])
 
 
 @lowering("MatMul")
@@ -297,7 +297,7 @@ def _matmul(node: Node, em: Emitter) -> None:
     b_b = [s * (kdim * ndim_) if not (isinstance(s, int) and s == 0) else 0 for s in b_b]
     em.call(node, "matmul", [em.ptr(a), em.ptr(b), em.ptr(node.output), c_dim(mdim), c_dim(ndim_), c_dim(kdim),
                              c_dim(a_str[-2]), "1", c_dim(b_str[-2]), "1", str(len(batch)),
-                             em.array("bshape", batch), em.array("abs", a_b), em.array("bbs", b_b), "m->pool"],
+                             em.array("bshape", batch), em.array("abs", a_b), em.array("bbs", b_b), "m->exec"],
             dtype="f32")
 
 
@@ -323,7 +323,7 @@ def _attention(node: Node, em: Emitter) -> None:
         em.array("vs", dense_strides(v.shape)), em.array("ms", mask_strides) if mask is not None else "nullptr",
         em.array("os", dense_strides(out.shape)), _c_float(node.attrs["scale"]), str(int(node.attrs.get("causal", 0))),
         str(int(node.attrs.get("window", 0))), em.ptr(node.input(4)), _c_float(node.attrs.get("softcap", 0.0)),
-        "m->pool"], dtype="f32")
+        "m->exec"], dtype="f32")
 
 
 @lowering("KVAttention")
@@ -337,7 +337,7 @@ def _kv_attention(node: Node, em: Emitter) -> None:
     strides = [em.array(h, dense_strides(t.shape)) for h, t in (("qs", q), ("ks", k), ("vs", v), ("os", out))]
     tail = [em.ptr(cos), em.ptr(sin), str(int(node.attrs.get("rotary_dim", 0))), str(int(node.attrs.get("rope", 0))),
             _c_float(node.attrs["scale"]), str(int(node.attrs.get("window", 0))), str(rows), em.ptr(node.input(8)),
-            _c_float(node.attrs.get("softcap", 0.0)), "m->pool"]
+            _c_float(node.attrs.get("softcap", 0.0)), "m->exec"]
     dims = [c_dim(hq), c_dim(hkv), c_dim(s)]
     # tcc_model_run_rows (m->row_slots set): input row r is one sequence in cache row row_slots[r] at that row's
     # own length, so each row is its own call with B = 1 (attention is per-row work anyway; the Linear layers
@@ -371,7 +371,7 @@ def _binary(node: Node, em: Emitter) -> None:
     shape = out.shape
     em.call(node, "binary", [em.ptr(a), em.ptr(b), em.ptr(out), str(len(shape)), em.array("shp", shape),
                              em.array("as", broadcast_strides(a.shape, shape)),
-                             em.array("bs", broadcast_strides(b.shape, shape)), "m->pool"],
+                             em.array("bs", broadcast_strides(b.shape, shape)), "m->exec"],
             op=BINARY[node.op], dtype=DTYPE_CODE[a.dtype])
 
 
@@ -383,7 +383,7 @@ def _where(node: Node, em: Emitter) -> None:
     em.call(node, "where", [em.ptr(c), em.ptr(x), em.ptr(y), em.ptr(out), str(len(shape)), em.array("shp", shape),
                             em.array("cs", broadcast_strides(c.shape, shape)),
                             em.array("xs", broadcast_strides(x.shape, shape)),
-                            em.array("ys", broadcast_strides(y.shape, shape)), "m->pool"],
+                            em.array("ys", broadcast_strides(y.shape, shape)), "m->exec"],
             dtype=DTYPE_CODE[x.dtype])
 
 
@@ -401,7 +401,7 @@ def _unary(node: Node, em: Emitter) -> None:
         op = "gelu_tanh" if node.attrs.get("approximate", "none") == "tanh" else "gelu_erf"
     if node.op == "Clip":
         alpha, beta = _clip_bounds(node)
-    em.call(node, "unary", [em.ptr(x), em.ptr(out), c_dim(out.type.numel), alpha, beta, "m->pool"],
+    em.call(node, "unary", [em.ptr(x), em.ptr(out), c_dim(out.type.numel), alpha, beta, "m->exec"],
             op=op, dtype=DTYPE_CODE[x.dtype])
 
 
@@ -430,7 +430,7 @@ def _c_float(x: float) -> str:
 @lowering("Cast")
 def _cast(node: Node, em: Emitter) -> None:
     x, out = node.inputs[0], node.output
-    em.call(node, "cast", [em.ptr(x), em.ptr(out), c_dim(out.type.numel), "m->pool"],
+    em.call(node, "cast", [em.ptr(x), em.ptr(out), c_dim(out.type.numel), "m->exec"],
             src=DTYPE_CODE[x.dtype], dst=DTYPE_CODE[out.dtype])
 
 
@@ -443,7 +443,7 @@ def _copy(node: Node, em: Emitter) -> None:
 
 def _copy_call(node, em, src, dst, shape, src_strides, dst_strides, dtype: DType) -> None:
     em.call(node, "copy", [src, dst, str(len(shape)), em.array("shp", shape), em.array("ss", src_strides),
-                           em.array("ds", dst_strides), "m->pool"], esize=dtype.itemsize)
+                           em.array("ds", dst_strides), "m->exec"], esize=dtype.itemsize)
 
 
 # -- reductions and normalizations -----------------------------------------------------------------
@@ -460,7 +460,7 @@ def _reduce(node: Node, em: Emitter) -> None:
         raise TccError(f"{node.op} node {node.name!r}: reduced axes {axes} are not contiguous (lower-ops should fix)")
     lo, hi = (axes[0], axes[-1] + 1) if axes else (rank, rank)
     outer, r, inner = product(x.shape[:lo]), product(x.shape[lo:hi]), product(x.shape[hi:])
-    em.call(node, "reduce", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(r), c_dim(inner), "m->pool"],
+    em.call(node, "reduce", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(r), c_dim(inner), "m->exec"],
             op=REDUCE[node.op], dtype=DTYPE_CODE[x.dtype])
 
 
@@ -469,7 +469,7 @@ def _softmax(node: Node, em: Emitter) -> None:
     x, out = node.inputs[0], node.output
     axis = norm_axis(node.attrs.get("axis", -1), x.type.rank)
     outer, n, inner = product(x.shape[:axis]), x.shape[axis], product(x.shape[axis + 1:])
-    em.call(node, "softmax", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(n), c_dim(inner), "m->pool"],
+    em.call(node, "softmax", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(n), c_dim(inner), "m->exec"],
             op=node.op.lower(), dtype="f32")
 
 
@@ -484,7 +484,7 @@ def _norm(node: Node, em: Emitter) -> None:
             raise TccError(f"{node.op} node {node.name!r}: parameter %{p.name} must have {cols} elements "
                            "(lower-ops should have expanded it)")
     em.call(node, "norm", [em.ptr(x), em.ptr(gamma), em.ptr(beta), em.ptr(out), c_dim(rows), c_dim(cols),
-                           _c_float(node.attrs["eps"]), "m->pool"], op=node.op.lower(), dtype="f32")
+                           _c_float(node.attrs["eps"]), "m->exec"], op=node.op.lower(), dtype="f32")
 
 
 # -- data movement ---------------------------------------------------------------------------------
@@ -612,7 +612,7 @@ def _gather(node: Node, em: Emitter) -> None:
     if idx.dtype != DType.i64:
         raise TccError(f"Gather node {node.name!r}: indices must be i64 (lower-ops should cast)")
     em.call(node, "gather", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), c_dim(outer), c_dim(axis_len),
-                             c_dim(inner), c_dim(idx.type.numel), "m->pool"], check_error=True,
+                             c_dim(inner), c_dim(idx.type.numel), "m->exec"], check_error=True,
             esize=data.dtype.itemsize)
 
 
@@ -625,7 +625,7 @@ def _qgather(node: Node, em: Emitter) -> None:
     table = em.packed_ptr(q, "q4_rows" if bits == 4 else "q8_rows", "void")
     sc = em.packed_ptr(scales, "q4_row_scales", "uint16_t") if bits == 4 else em.ptr(scales)
     em.call(node, "qgather", [table, sc, em.ptr(zeros), em.ptr(idx), em.ptr(node.output), c_dim(idx.type.numel),
-                              c_dim(rows), c_dim(k), str(node.attrs["group_size"]), "m->pool"],
+                              c_dim(rows), c_dim(k), str(node.attrs["group_size"]), "m->exec"],
             check_error=True, bits=bits)
 
 
@@ -651,7 +651,7 @@ def _trilu(node: Node, em: Emitter) -> None:
         raise UnsupportedError(f"Trilu node {node.name!r}: k must be i64, got {kv.dtype}")
     rows, cols = x.shape[-2], x.shape[-1]
     em.call(node, "trilu", [em.ptr(x, "void"), em.ptr(out, "void"), c_dim(product(x.shape[:-2])), c_dim(rows),
-                            c_dim(cols), k, "m->pool"],
+                            c_dim(cols), k, "m->exec"],
             upper=int(node.attrs.get("upper", 1)), esize=x.dtype.itemsize)
 
 
@@ -683,7 +683,7 @@ def _gather_nd(node: Node, em: Emitter) -> None:
     slice_ = product(data.shape[b + k:])
     em.call(node, "gathernd", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), c_dim(batch), c_dim(n_idx),
                                str(k), em.array("dims", data.shape[b:b + k]), c_dim(slice_),
-                               c_dim(product(data.shape[b:])), "m->pool"],
+                               c_dim(product(data.shape[b:])), "m->exec"],
             check_error=True, esize=data.dtype.itemsize)
 
 
@@ -698,7 +698,7 @@ def _gather_elements(node: Node, em: Emitter) -> None:
     axis = norm_axis(int(node.attrs.get("axis", 0)), data.type.rank)
     em.call(node, "gatherelements", [em.ptr(data, "void"), em.ptr(idx), em.ptr(out, "void"), str(out.type.rank),
                                      em.array("shp", out.shape), em.array("ds", dense_strides(data.shape)), str(axis),
-                                     c_dim(data.shape[axis]), "m->pool"],
+                                     c_dim(data.shape[axis]), "m->exec"],
             check_error=True, esize=data.dtype.itemsize)
 
 
@@ -713,7 +713,7 @@ def _scatter_nd(node: Node, em: Emitter) -> None:
         raise UnsupportedError(f"ScatterND node {node.name!r}: index depth {k} is not static")
     em.call(node, "scatternd", [em.ptr(data), em.ptr(idx), em.ptr(upd), em.ptr(out), c_dim(product(data.shape)),
                                 c_dim(product(idx.shape[:-1])), str(k), em.array("dims", data.shape[:k]),
-                                c_dim(product(data.shape[k:])), "m->pool"],
+                                c_dim(product(data.shape[k:])), "m->exec"],
             check_error=True, op=node.attrs.get("reduction", "none"), dtype=DTYPE_CODE[data.dtype])
 
 
@@ -724,7 +724,7 @@ def _cumsum(node: Node, em: Emitter) -> None:
     outer, n, inner = product(x.shape[:axis]), x.shape[axis], product(x.shape[axis + 1:])
     em.call(node, "cumsum", [em.ptr(x), em.ptr(out), c_dim(outer), c_dim(n), c_dim(inner),
                              str(int(node.attrs.get("exclusive", 0))), str(int(node.attrs.get("reverse", 0))),
-                             "m->pool"], dtype=DTYPE_CODE[x.dtype])
+                             "m->exec"], dtype=DTYPE_CODE[x.dtype])
 
 
 @lowering("RotaryEmbedding")
@@ -746,4 +746,4 @@ def _rope(node: Node, em: Emitter) -> None:
     em.call(node, "rope", [em.ptr(x), em.ptr(cos), em.ptr(sin), em.ptr(pos) if pos is not None else "nullptr",
                            em.ptr(out), c_dim(b), c_dim(s), c_dim(h), c_dim(d), c_dim(rd),
                            em.array("xs", strides), c_dim(max_pos), str(int(node.attrs.get("interleaved", 0))),
-                           "m->pool"], check_error=pos is not None, dtype="f32")
+                           "m->exec"], check_error=pos is not None, dtype="f32")
