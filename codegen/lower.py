@@ -19,7 +19,8 @@ from ..ir.dims import Dim, Sym, product, to_c
 from ..ir.dtypes import DType
 from ..ir.registry import norm_axis
 from ..ir.ops._common import const_ints
-from .weights import ALIGN, WeightsBuilder
+from ..backends import capabilities
+from .weights import WeightsBuilder
 
 
 def sym_var(name: str) -> str:
@@ -53,9 +54,6 @@ def broadcast_strides(shape, out_shape) -> list[Dim]:
     return out
 
 
-# Families whose kernels compute in f32 only: any other float dtype is refused at code generation.
-F32_ONLY = frozenset({"gemm", "matmul", "attention", "kvattention", "softmax", "norm", "rope"})
-
 DTYPE_CODE = {DType.f32: "f32", DType.i64: "i64", DType.i32: "i32", DType.bool: "bool", DType.f16: "f16",
               DType.i8: "i8", DType.u8: "u8"}
 
@@ -71,6 +69,7 @@ class Emitter:
     kernels: set = field(default_factory=set)
     variant: str | None = None
     tuning: object = None  # codegen.tuning.Tuning from --tune: per-node kernel parameters
+    caps: object = None  # backends.Capabilities: which dtypes each family computes in (None: the CPU's)
     _tmp: int = 0
 
     # -- names and pointers -----------------------------------------------------------------------
@@ -128,11 +127,11 @@ class Emitter:
 
     # -- kernel calls -----------------------------------------------------------------------------
     def call(self, node: Node, family: str, args: list[str], check_error: bool = False, **params) -> None:
-        if family in F32_ONLY:
-            for v in [*node.inputs, *node.outputs]:
-                if v is not None and v.dtype.is_float and v.dtype != DType.f32:
-                    raise UnsupportedError(f"{node.op} node {node.name!r}: {v.dtype} tensor %{v.name} is not "
-                                           f"supported by the {family} kernels (f32 only)")
+        caps = self.caps or capabilities(None)
+        for v in [*node.inputs, *node.outputs]:
+            if v is not None and v.dtype.is_float and not caps.computes(family, v.dtype):
+                raise UnsupportedError(f"{node.op} node {node.name!r}: {v.dtype} tensor %{v.name} is not "
+                                       f"supported by the {family} kernels (f32 only)")
         spec = self.select(family, variant=self.variant, **params) if self.variant else None
         spec = spec or self.select(family, **params)
         if spec is None:

@@ -114,7 +114,7 @@ def output_lines(graph: Graph) -> list[str]:
 def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str | None = None,
              tuning=None) -> Program:
     """Lower every node and render the model program; `tuning` (codegen.tuning.Tuning) swaps in tuned kernels."""
-    em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning)
+    em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning, caps=backend.caps)
     profiled: list[tuple[str, str]] = []  # (op, node name) of every node that runs code
     ceilings = kv_ceilings(graph)
     for node in graph.nodes:
