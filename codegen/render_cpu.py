@@ -8,6 +8,7 @@ A kernel that may raise is followed by a sync point (tcc_exec_sync) that fails t
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def c_float(x: float) -> str:
 def takes_exec(spec) -> bool:
     """Whether the kernel's last parameter is the execution context."""
     last = spec.signature.rstrip().rstrip(")").rsplit(",", 1)[-1]
-    return "tcc_exec*" in last or "tcc_pool*" in last
+    return re.search(r"\btcc_(?:exec|pool)\*", last) is not None
 
 
 class _Locals:
