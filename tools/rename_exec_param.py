@@ -11,7 +11,8 @@ What it rewrites:
   the variable (`parallel_for(pool, ...`, `(void)pool;`, `tcc_pool_threads(pool)`);
 - the kernel signatures in Python (codegen/**/*.py, backends/**/*.py);
 - other C/C++ sources (runtime/, tests/, benchmarks/): the type and function names only (their variables
-  keep their names). runtime/tcc_device.h, runtime/tcc_kernel.h and runtime/runtime.cpp define the old
+  keep their names);
+- the docs (docs/*.md: the kernel ABI in docs/kernels.md): the parameter and the type and function names. runtime/tcc_device.h, runtime/tcc_kernel.h and runtime/runtime.cpp define the old
   names as aliases (ctypes callers use tcc_pool_create) and are left alone.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ VAR_RULE = (re.compile(r"([(,)]\s*|^\s*)pool(?=\s*[,;)\]])", re.M), r"\1exec")
 
 def rewrite(text: str, kind: str) -> str:
     """kind: "template" (types and variables), "c" (types and function names), "py" (type names)."""
-    rules = {"template": TYPE_RULES, "c": TYPE_RULES[1:], "py": PY_RULES}[kind]  # "c": variables keep names
+    rules = {"template": TYPE_RULES, "doc": TYPE_RULES, "c": TYPE_RULES[1:], "py": PY_RULES}[kind]
     for pattern, repl in rules:
         text = pattern.sub(repl, text)
     if kind == "template":
@@ -54,7 +55,7 @@ def files():
     cpp = (".h", ".cpp", ".cc")
     for top, exts, var in (("codegen/templates", (".j2",), "template"), ("codegen", (".py",), "py"),
                            ("backends", (".py",), "py"), ("runtime", cpp, "c"), ("tests", cpp, "c"),
-                           ("benchmarks", cpp, "c")):
+                           ("benchmarks", cpp, "c"), ("docs", (".md",), "doc")):
         for d, _, names in os.walk(os.path.join(ROOT, top)):
             for n in sorted(names):
                 rel = os.path.relpath(os.path.join(d, n), ROOT)
