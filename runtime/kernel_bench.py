@@ -55,8 +55,10 @@ def load_kernels(specs, build_dir: str) -> ctypes.CDLL:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sources = write_kernels(specs, os.path.join(build_dir, "kernels", name))
             lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, name))
-        lib.tcc_exec_create.argtypes, lib.tcc_exec_create.restype = [ctypes.c_int], ctypes.c_void_p
-        lib.tcc_exec_destroy.argtypes, lib.tcc_exec_destroy.restype = [ctypes.c_void_p], None
+        # the execution context (tcc_device.h); tcc_pool_create/destroy are its older names (backends/x86/tuning.py)
+        for create, destroy in (("tcc_exec_create", "tcc_exec_destroy"), ("tcc_pool_create", "tcc_pool_destroy")):
+            getattr(lib, create).argtypes, getattr(lib, create).restype = [ctypes.c_int], ctypes.c_void_p
+            getattr(lib, destroy).argtypes, getattr(lib, destroy).restype = [ctypes.c_void_p], None
         _libs[key] = lib
     return _libs[key]
 
