@@ -23,7 +23,7 @@ def layout(live: list) -> tuple[str, int]:
 
 def _place(storages: list, order: list) -> int:
     """Best-fit offsets in the given order; returns the arena size."""
-    placed: list[_Storage] = []
+    placed: list = []
     top = 0
     for s in order:
         conflicts = sorted((p for p in placed if not (p.first > s.last or s.first > p.last)),

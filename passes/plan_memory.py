@@ -25,14 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..backends import capabilities
 from ..errors import ShapeError, TccError
 from ..ir.core import Graph, Node, Value
-from ..backends import capabilities
 from ..ir.registry import get_op
 from . import register_pass
 from .arena_layout import layout, max_live
 from .memory_plan import MemoryPlan, Placement, align_up, format_bytes
-from .output_copies import insert_output_copies, is_view, view_root  # noqa: F401 (is_view: part of the API)
+from .output_copies import insert_output_copies, is_view, view_root
 
 NAME = "plan-memory"
 INF = 1 << 62

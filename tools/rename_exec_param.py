@@ -37,7 +37,7 @@ TYPE_RULES = [
 PY_RULES = [TYPE_RULES[0], TYPE_RULES[-1]]
 # The variable, where it is code: an argument after `(` or `,` (or first on a continuation line) or a cast
 # statement (`(void)pool;`), followed by `,` `;` `)` or `]`; not prose such as "split over the pool;".
-VAR_RULE = (re.compile(r"([(,)]\s*|^\s*)pool(?=\s*[,;)\]])", re.M), r"\1exec")
+VAR_RULE = (re.compile(r"([(,)]\s*|^\s*)pool(?=\s*[,;)\]])", re.MULTILINE), r"\1exec")
 
 
 def rewrite(text: str, kind: str) -> str:

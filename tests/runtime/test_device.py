@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from tcc.driver import compile_model
+
 from tests.conftest import MODELS_DIR
 
 
