@@ -15,6 +15,45 @@ TARGETS = ("x86", "arm", "cuda", "metal")
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What generic code asks of a backend instead of assuming a CPU: the passes (lower-ops), the planner
+    (plan-memory) and lowering (codegen/lower) read these; a backend states its own in its target."""
+    f32_only: frozenset  # kernel families that compute in f32 only: other float dtypes are refused at codegen
+    f16_arithmetic: bool  # whether f16 arithmetic is native; False: lower-ops computes it in f32 between casts
+    f16_data_ops: frozenset  # ops whose kernels take f16 data as it is (they move or convert elements)
+    alignment: int = 64  # bytes: every planned buffer (arena offsets) and weight starts on this boundary
+    vector_bytes: int = 16  # the widest vector the kernels use
+
+    def computes(self, family: str, dtype) -> bool:
+        """Whether the `family` kernels compute in float dtype `dtype` (a DType)."""
+        return dtype.name == "f32" or family not in self.f32_only
+
+    def f16_in_f32(self, op: str) -> bool:
+        """Whether an op on f16 tensors runs in f32 between casts (lower-ops inserts them)."""
+        return not self.f16_arithmetic and op not in self.f16_data_ops
+
+
+# The CPU backends' facts (x86 and arm share them): the attention/linear-algebra/normalization kernels are
+# f32 kernels, and f16 arithmetic runs in f32 as CPU runtimes do (the result rounded once to f16, at least as
+# accurate as native half arithmetic); copy and gather kernels work on element sizes, so f16 data moves as is.
+CPU_F32_FAMILIES = frozenset({"gemm", "matmul", "attention", "kvattention", "softmax", "norm", "rope"})
+CPU_F16_DATA_OPS = frozenset({"Cast", "Copy", "Transpose", "Slice", "Concat", "Split", "Gather", "GatherND",
+                              "Expand", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape",
+                              "ConstantOfShape", "Trilu"})
+
+
+def cpu_capabilities(vector_bytes: int = 16, alignment: int = 64) -> Capabilities:
+    return Capabilities(CPU_F32_FAMILIES, False, CPU_F16_DATA_OPS, alignment, vector_bytes)
+
+
+def capabilities(target) -> Capabilities:
+    """The capabilities of a target description (backends/<name>/target.py); the CPU's for None (passes run
+    without a target in target-independent tests)."""
+    caps = getattr(target, "capabilities", None)
+    return caps() if caps is not None else cpu_capabilities()
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     target: Any  # the target description (flags, features, toolchain)
@@ -22,6 +61,10 @@ class Backend:
     pack: Callable  # pack(kind, array) -> (layout name, packed array)
     variants: tuple  # every KernelSpec this backend can emit
     tuner: Any = None  # the module that measures kernels for --tune (backends/<target>/tuning.py), if any
+
+    @property
+    def caps(self) -> Capabilities:
+        return capabilities(self.target)
 
 
 # The machine (platform.machine()) each target's code runs on.

@@ -95,7 +95,7 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         f"target_link_libraries({name}_objects PUBLIC tcc_runtime)",
         "",
         f"add_library({name} SHARED $<TARGET_OBJECTS:{name}_objects>)",
-        "# --whole-archive: the runtime API (tcc_pool_create, tcc_error_message, ...) must be exported",
+        "# --whole-archive: the runtime API (tcc_exec_create, tcc_device_alloc, tcc_error_message, ...) must be exported",
         "# even when no kernel references it; --no-undefined turns a missing symbol into a link error.",
         f'target_link_libraries({name} PRIVATE "-Wl,--whole-archive" tcc_runtime "-Wl,--no-whole-archive" Threads::Threads)',
         # Not for sanitized builds: clang leaves the sanitizer runtime undefined in shared libraries.

@@ -1,7 +1,7 @@
-"""The model program: from a planned graph to `model.cpp`, `kernels.h`, the kernels and the weights blob."""
+"""The model program: from a planned graph to the launch list (codegen/launch.py), rendered by the CPU
+renderer (codegen/render_cpu.py) into `model.cpp`; plus `kernels.h`, the kernels and the weights blob."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -11,7 +11,9 @@ from ..ir.core import Graph
 from ..ir.dims import Sym, bare_symbol
 from ..ir.dtypes import DType
 from .kernels import declarations, environment, write_if_changed, write_kernels
-from .lower import Emitter, assumption_checks, c_dim, kv_ceilings, lower_node, sym_var
+from .launch import Step
+from .lower import Emitter, assumption_guards, c_dim, kv_ceilings, lower_node, sym_var
+from .render_cpu import render
 
 DTYPE_CODES = {DType.f32: 0, DType.f16: 1, DType.f64: 2, DType.i64: 3, DType.i32: 4, DType.i8: 5, DType.u8: 6,
                DType.bool: 7}
@@ -25,6 +27,7 @@ class Program:
     weights: bytes
     weights_entries: list[dict]
     arena_bytes: int
+    steps: tuple = ()  # the launch list (codegen/launch.py Step), in program order
 
 
 def _c_string(s: str) -> str:
@@ -114,17 +117,9 @@ def output_lines(graph: Graph) -> list[str]:
 def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str | None = None,
              tuning=None) -> Program:
     """Lower every node and render the model program; `tuning` (codegen.tuning.Tuning) swaps in tuned kernels."""
-    em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning)
-    profiled: list[tuple[str, str]] = []  # (op, node name) of every node that runs code
-    ceilings = kv_ceilings(graph)
-    for node in graph.nodes:
-        em.lines += assumption_checks(node, bounds, ceilings)  # before the node's code, outside its timing
-        start = len(em.lines)
-        lower_node(node, em)
-        if len(em.lines) > start:  # views emit nothing and are not timed
-            em.lines.insert(start, f"  TCC_PROF_BEGIN({len(profiled)});")
-            em.lines.append(f"  TCC_PROF_END({len(profiled)});")
-            profiled.append((node.op, node.name))
+    em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning, caps=backend.caps)
+    steps = launch_list(graph, em, bounds)
+    body, profiled = render(steps)
     def io(v, name):
         return {"cname": _c_string(name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
                 "max_bytes": v.type.nbytes_bound(bounds)}
@@ -137,15 +132,22 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
         states=[{"name": _c_string(n), "bytes": v.type.nbytes_bound(bounds)} for n, v in graph.states.items()],
         kv_capacity=llm["capacity"] if kv else 0, kv_seq_var=sym_var(llm["seq"]) if kv else "",
         kv_batch_var=sym_var(llm["batch"]) if kv else "", kv_max_batch=max_batch,
-        kv_rows_ok=kv and rows_supported(em.lines, sym_var(llm["past"])),
+        kv_rows_ok=kv and rows_supported(body, sym_var(llm["past"])),
         kv_ring_rewind=llm.get("kv_ring_rewind", 0) if kv else 0,
         inputs=[io(v, v.name) for v in graph.inputs],
         outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
         arena_bytes=plan.arena_bytes, weights_bytes=len(weights), weights_sha256=weights.sha256,
-        bind_lines=bind_symbols(graph, bounds), body_lines=em.lines, output_lines=output_lines(graph),
+        bind_lines=bind_symbols(graph, bounds), body_lines=body, output_lines=output_lines(graph),
         profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled])
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text
-    return Program(source, sorted(em.kernels, key=lambda s: s.name), weights, em.weights.entries, plan.arena_bytes)
+    return Program(source, sorted(em.kernels, key=lambda s: s.name), weights, em.weights.entries, plan.arena_bytes,
+                   tuple(steps))
+
+
+def launch_list(graph: Graph, em: Emitter, bounds: dict[str, int]) -> list[Step]:
+    """Lower every node into its step: the target-neutral launch list."""
+    ceilings = kv_ceilings(graph)
+    return [lower_node(node, em, assumption_guards(node, bounds, ceilings)) for node in graph.nodes]
 
 
 def write_sources(program: Program, src_dir: str) -> list[str]:

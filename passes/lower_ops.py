@@ -6,7 +6,8 @@
 - Gather with i32 indices -> Cast to i64 first
 - Pow with an exponent of another dtype -> Cast the exponent
 - integer Mod with fmod=1 -> a - trunc(a / b) * b
-- f16 arithmetic -> Cast to f32, compute, Cast back (data movement stays f16)
+- f16 arithmetic -> Cast to f32, compute, Cast back (data movement stays f16), where the target's
+  capabilities (backends.capabilities) say f16 arithmetic is not native
 - Reduce* over non-adjacent axes -> Transpose the reduced axes to the end, reduce, Reshape
 - LayerNorm/RMSNorm with a gamma/beta that only broadcasts over the normalized axes -> full-size constant
 """
@@ -18,6 +19,7 @@ from ..ir.core import Graph, Node
 from ..ir.dims import product
 from ..ir.dtypes import DType
 from ..ir.registry import norm_axis
+from ..backends import capabilities
 from . import register_pass
 
 REDUCES = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd")
@@ -29,22 +31,16 @@ def lower_ops(graph: Graph, ctx) -> None:
         rule = RULES.get(node.op)
         if rule is not None and rule(graph, node):
             ctx.log("lower-ops", f"lowered {node.op} {node.name!r}")
+    caps = capabilities(ctx.target)
     for node in list(graph.nodes):
-        if _compute_f16_in_f32(graph, node):
+        if caps.f16_in_f32(node.op) and _compute_f16_in_f32(graph, node):
             ctx.log("lower-ops", f"{node.op} {node.name!r} computes f16 in f32")
     graph.remove_unused_constants()
 
 
-# Ops that only move f16 data (the copy/gather kernels work on element sizes) or convert it.
-_F16_NATIVE = {"Cast", "Copy", "Transpose", "Slice", "Concat", "Split", "Gather", "GatherND", "Expand",
-               "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "ConstantOfShape", "Trilu"}
-
-
 def _compute_f16_in_f32(graph: Graph, node: Node) -> bool:
-    """f16 arithmetic runs in f32 between casts, as CPU runtimes do: results are the f32 result rounded
-    once to f16 (at least as accurate as native half arithmetic)."""
-    if node.op in _F16_NATIVE:
-        return False
+    """Run the node's f16 arithmetic in f32 between casts (for a target without native f16 arithmetic:
+    results are the f32 result rounded once to f16)."""
     if not any(v is not None and v.dtype == DType.f16 for v in [*node.inputs, *node.outputs]):
         return False
     ins = []

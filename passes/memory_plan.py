@@ -6,7 +6,14 @@ Every value of the graph gets a `Placement`:
     kind "output"  the caller's buffer of graph output `index` (and every view of / in-place into it)
     kind "const"   the constant's own data (a view of a constant too)
     kind "state"   state `index` (in graph.states order): a buffer the program allocates at load
-    kind "arena"   `offset` bytes into the one intermediate arena (64-byte aligned)
+    kind "arena"   `offset` bytes into the one intermediate arena (aligned to the target's alignment,
+                   backends.Capabilities.alignment: 64 bytes on the CPUs)
+
+Each kind lives in a memory space (`SPACES`, `Placement.space`): the caller's I/O buffers, the weights, the
+KV state and the device arena, plus the host arena (host-side scratch of the program, such as the shape
+arrays a kernel reads; the CPU program keeps those on its stack). A backend allocates each space where its
+kernels can reach it: on the CPU the device arena is host memory; a GPU backend puts the device arena, the
+weights and the KV state in device memory and copies the I/O in and out.
 
 `root` names the value that owns the storage: the value itself, unless it is a view (then the root of its
 input) or written in place into an input's storage (then that input's root).
@@ -15,7 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALIGN = 64
+ALIGN = 64  # the default alignment (the CPU targets'); a plan records the one it used
+
+# Memory space of each placement kind.
+SPACES = {"input": "io", "output": "io", "const": "weights", "state": "kv_state", "arena": "device_arena"}
+HOST_ARENA = "host_arena"  # host-side scratch (run-time shape and stride arrays); no placement lives there
 
 
 @dataclass
@@ -25,13 +36,18 @@ class Placement:
     offset: int  # byte offset in the arena (kind "arena"), else 0
     root: str  # name of the value that owns the storage (itself unless view / in-place)
 
+    @property
+    def space(self) -> str:
+        """The memory space the storage lives in (see SPACES)."""
+        return SPACES[self.kind]
+
 
 @dataclass(repr=False)
 class MemoryPlan:
     placements: dict[str, Placement]  # EVERY value name (inputs, constants, node outputs)
-    arena_bytes: int  # size of the arena (a multiple of ALIGN)
+    arena_bytes: int  # size of the device arena (a multiple of the alignment)
     total_bytes: int  # sum of the sizes of every intermediate that would own a buffer without planning
-    lower_bound: int  # the largest set of arena storages alive at one node (ALIGN-rounded sizes)
+    lower_bound: int  # the largest set of arena storages alive at one node (aligned sizes)
     # Details for comments and tests (not needed by the code generator):
     sizes: dict[str, int] = field(default_factory=dict)  # storage root name -> bytes (upper bound)
     live: dict[str, tuple[int, int]] = field(default_factory=dict)  # arena root -> (first, last) node index
@@ -39,6 +55,7 @@ class MemoryPlan:
     view_of: dict[str, str] = field(default_factory=dict)  # value -> the input value it is a view of
     strategy: str = ""  # the ordering heuristic that gave the smallest arena
     state_bytes: dict[str, int] = field(default_factory=dict)  # state name -> bytes
+    alignment: int = ALIGN  # bytes: the target's (backends.Capabilities.alignment); arena offsets are multiples
 
     def __repr__(self) -> str:
         return (f"MemoryPlan({len(self.placements)} values, arena={self.arena_bytes}, "

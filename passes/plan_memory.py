@@ -25,27 +25,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..backends import capabilities
 from ..errors import ShapeError, TccError
 from ..ir.core import Graph, Node, Value
 from ..ir.registry import get_op
 from . import register_pass
+from .arena_layout import layout, max_live
 from .memory_plan import MemoryPlan, Placement, align_up, format_bytes
+from .output_copies import insert_output_copies, is_view, view_root
 
 NAME = "plan-memory"
 INF = 1 << 62
 MAX_PLAN_BYTES = 1 << 40  # 1 TiB: the default largest planned buffer or arena (see the module doc)
-
-
-def is_view(node: Node) -> bool:
-    return (get_op(node.op).kind == "view" and len(node.outputs) == 1 and len(node.inputs) >= 1
-            and node.inputs[0] is not None)
-
-
-def view_root(v: Value) -> Value:
-    """Follow view ops up to the value that owns the buffer."""
-    while v.producer is not None and is_view(v.producer):
-        v = v.producer.inputs[0]
-    return v
 
 
 @dataclass
@@ -59,46 +50,6 @@ class _Storage:
     size: int = 0
     asize: int = 0
     offset: int = 0
-
-
-def insert_output_copies(graph: Graph, ctx=None) -> int:
-    """Give every graph output a buffer of its own (see module doc). Returns the number of Copies."""
-    seen_roots: set[int] = set()
-    count = 0
-    for j, v in enumerate(list(graph.outputs)):
-        root = view_root(v)
-        duplicate = any(w is v for w in graph.outputs[:j])
-        why = None
-        if root.producer is None:
-            why = "graph input" if any(root is x for x in graph.inputs) else "constant"
-        elif id(root) in seen_roots:
-            why = "storage of another output"
-        seen_roots.add(id(root))
-        if why is None:
-            continue
-        public = v.name
-        if duplicate or any(v is x for x in graph.inputs):
-            out_name = public + ".copy"  # a hint: add_node makes it unique
-        else:
-            # The Copy takes over the public name; the source value is renamed.
-            new_name = graph.unique_name(public + ".src")
-            if v.const is not None:
-                del graph.constants[public]
-                graph.constants[new_name] = v
-            v.name = new_name
-            graph._names.discard(public)
-            out_name = public
-        if v.producer is not None:
-            after = graph.nodes.index(v.producer) + 1
-            before = graph.nodes[after] if after < len(graph.nodes) else None
-        else:
-            before = graph.nodes[0] if graph.nodes else None
-        copy = graph.add_node("Copy", [v], out_names=[out_name], before=before)
-        graph.outputs[j] = copy.outputs[0]
-        count += 1
-        if ctx is not None:
-            ctx.log(NAME, f"output {j} %{public} is (a view of) a {why}: inserted Copy -> %{copy.outputs[0].name}")
-    return count
 
 
 def _last_uses(graph: Graph) -> dict[int, int]:
@@ -123,39 +74,6 @@ def _last_uses(graph: Graph) -> dict[int, int]:
             src = n.inputs[0]
             last[id(src)] = max(last[id(src)], last[id(n.outputs[0])])
     return last
-
-
-def _place(storages: list[_Storage], order: list[_Storage]) -> int:
-    """Best-fit offsets in the given order; returns the arena size."""
-    placed: list[_Storage] = []
-    top = 0
-    for s in order:
-        conflicts = sorted((p for p in placed if not (p.first > s.last or s.first > p.last)),
-                           key=lambda p: p.offset)
-        best = None  # (gap size, offset)
-        end = 0
-        for p in conflicts:
-            gap = p.offset - end
-            if gap >= s.asize and (best is None or gap < best[0]):
-                best = (gap, end)
-            end = max(end, p.offset + p.asize)
-        s.offset = best[1] if best is not None else end
-        top = max(top, s.offset + s.asize)
-        placed.append(s)
-    return top
-
-
-def _max_live(storages: list[_Storage]) -> int:
-    """The largest total size of storages alive at one node (intervals are inclusive)."""
-    events = []
-    for s in storages:
-        events.append((s.first, 0, s.asize))  # starts sort before ends at the same node
-        events.append((s.last, 1, -s.asize))
-    cur = best = 0
-    for _, _, d in sorted(events):
-        cur += d
-        best = max(best, cur)
-    return best
 
 
 def plan_memory(graph: Graph, ctx) -> MemoryPlan:
@@ -224,39 +142,31 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
         raise TccError(f"plan-memory: no upper bound for shape symbol(s) {', '.join(sorted(missing))} "
                        f"(needed to size intermediates such as %{example.name} : {example.type}); "
                        f"give one for each in symbol_bounds")
+    align = capabilities(ctx.target).alignment  # the target's: on the CPU a cache line
     for s in arena:
         s.size = max(m.type.nbytes_bound(bounds) for m in s.members)
-        s.asize = align_up(s.size)
+        s.asize = align_up(s.size, align)
     limit = int(ctx.options.get("max_plan_bytes") or MAX_PLAN_BYTES)
     _check_buffers([s for s in storages if s.kind != "const"], bounds, limit)
 
     live = [s for s in arena if s.asize > 0]
-    orders = {
-        "size": sorted(live, key=lambda s: (-s.asize, s.first, s.last)),
-        "first": sorted(live, key=lambda s: (s.first, -s.asize)),
-        "area": sorted(live, key=lambda s: (-s.asize * (s.last - s.first + 1), s.first)),
-    }
-    best_name, best_top, best_offsets = "", None, None
-    for name, order in orders.items():
-        top = _place(live, order)
-        if best_top is None or top < best_top:
-            best_name, best_top, best_offsets = name, top, {id(s): s.offset for s in live}
+    best_name, arena_bytes = layout(live)
     for s in arena:
-        s.offset = best_offsets.get(id(s), 0) if best_offsets else 0
-    arena_bytes = best_top or 0
+        if s.asize == 0:
+            s.offset = 0
     if arena_bytes > limit:
         raise ShapeError(f"plan-memory: the arena needs {arena_bytes} bytes ({format_bytes(arena_bytes)}) "
                          f"{_at(bounds, None)}, over the limit of {limit} bytes ({format_bytes(limit)}); "
                          f"lower --max-dim")
 
-    lower = _max_live(live)
+    lower = max_live(live)
     total = 0
     for n in nodes:
         if is_view(n):
             continue
         for o in n.outputs:
             if id(o) not in out_index:
-                total += align_up(o.type.nbytes_bound(bounds))
+                total += align_up(o.type.nbytes_bound(bounds), align)
 
     placements: dict[str, Placement] = {}
     for s in storages:
@@ -268,7 +178,7 @@ def plan_memory(graph: Graph, ctx) -> MemoryPlan:
     plan = MemoryPlan(placements, arena_bytes, total, lower,
                       sizes={s.root.name: s.size for s in storages if s.kind == "arena"},
                       live={s.root.name: (s.first, s.last) for s in arena},
-                      inplace_of=inplace_of, view_of=view_of, strategy=best_name,
+                      inplace_of=inplace_of, view_of=view_of, strategy=best_name, alignment=align,
                       state_bytes={n: v.type.nbytes_bound(bounds) for n, v in graph.states.items()})
     return plan
 

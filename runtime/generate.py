@@ -22,7 +22,7 @@ from ..errors import RuntimeFeedError, TccError
 # Defaults shared with the chat binary (runtime/chat/chat_main.cpp).
 DEFAULT_SAMPLING = dict(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.1)
 INT32_MAX = 2**31 - 1
-MAX_THREADS = 1024  # the runtime's pool never starts more (runtime/runtime.cpp: tcc_pool_create)
+MAX_THREADS = 1024  # the runtime's pool never starts more (runtime/runtime.cpp: tcc_exec_create)
 _FLOAT32_MAX = 3.4028234663852886e38
 
 

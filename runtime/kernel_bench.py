@@ -55,8 +55,10 @@ def load_kernels(specs, build_dir: str) -> ctypes.CDLL:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sources = write_kernels(specs, os.path.join(build_dir, "kernels", name))
             lib = ctypes.CDLL(build_library(sources, build_dir, TARGET, name))
-        lib.tcc_pool_create.argtypes, lib.tcc_pool_create.restype = [ctypes.c_int], ctypes.c_void_p
-        lib.tcc_pool_destroy.argtypes, lib.tcc_pool_destroy.restype = [ctypes.c_void_p], None
+        # the execution context (tcc_device.h); tcc_pool_create/destroy are its older names (backends/x86/tuning.py)
+        for create, destroy in (("tcc_exec_create", "tcc_exec_destroy"), ("tcc_pool_create", "tcc_pool_destroy")):
+            getattr(lib, create).argtypes, getattr(lib, create).restype = [ctypes.c_int], ctypes.c_void_p
+            getattr(lib, destroy).argtypes, getattr(lib, destroy).restype = [ctypes.c_void_p], None
         _libs[key] = lib
     return _libs[key]
 
@@ -172,7 +174,7 @@ def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: 
     lib = _load(build_dir or os.path.join(REPO_ROOT, "build", "bench-qlinear"))
     specs = {s.variant: s for s in VARIANTS if s.family == f"qlinear_{qm}"}
     problem = _Problem(qm, m, k, n, group)
-    pool = lib.tcc_pool_create(threads) if threads > 1 else None
+    pool = lib.tcc_exec_create(threads) if threads > 1 else None  # the execution context (tcc_device.h)
     rows = []
     try:
         for v in variants:
@@ -186,7 +188,7 @@ def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: 
             })
     finally:
         if pool:
-            lib.tcc_pool_destroy(pool)
+            lib.tcc_exec_destroy(pool)
     base = next((r["best_ms"] for r in rows if r["variant"] == "naive"), None)
     for r in rows:
         r["speedup"] = base / r["best_ms"] if base else None

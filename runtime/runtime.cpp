@@ -1,4 +1,5 @@
-// tcc runtime: the persistent thread pool behind tcc_parallel_for and the first-error-wins error state.
+// tcc runtime: the CPU execution context (tcc_exec: the persistent thread pool behind tcc_parallel_for and
+// the first-error-wins error state), and the CPU implementation of the device interface (tcc_device.h).
 //
 // Pool design (decode calls tcc_parallel_for hundreds of times per token, so dispatch must be cheap):
 // - Workers are created once. Between jobs they spin for a short while (the next kernel usually
@@ -22,7 +23,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdarg>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -39,6 +42,7 @@ static inline void cpu_relax() {}
 #if defined(__linux__)
 #include <sched.h>
 #endif
+#include <sys/mman.h>
 
 namespace {
 
@@ -75,8 +79,9 @@ int hardware_threads() {
 
 }  // namespace
 
-struct tcc_pool {
+struct tcc_exec {
   int nthreads = 1;
+  tcc::ErrorSlot errors;  // what this context's kernels raised (read at tcc_exec_sync)
   std::vector<std::thread> workers;
 
   // The job: claim word plus what a successful claim may read, on one cache line.
@@ -164,17 +169,17 @@ struct tcc_pool {
 
 extern "C" {
 
-tcc_pool* tcc_pool_create(int n_threads) {
+tcc_exec* tcc_exec_create(int n_threads) {
   if (n_threads <= 0) n_threads = hardware_threads();
   n_threads = std::min(n_threads, 1024);
-  tcc_pool* pool = new tcc_pool();
+  tcc_exec* pool = new tcc_exec();
   pool->nthreads = n_threads;
   pool->workers.reserve(n_threads - 1);
   for (int i = 1; i < n_threads; ++i) pool->workers.emplace_back([pool, i] { pool->worker_main(i); });
   return pool;
 }
 
-void tcc_pool_destroy(tcc_pool* pool) {
+void tcc_exec_destroy(tcc_exec* pool) {
   if (!pool) return;
   {
     std::lock_guard<std::mutex> lock(pool->dispatch_mu);
@@ -185,9 +190,13 @@ void tcc_pool_destroy(tcc_pool* pool) {
   delete pool;
 }
 
-int tcc_pool_threads(const tcc_pool* pool) { return pool ? pool->nthreads : 1; }
+int tcc_exec_threads(const tcc_exec* pool) { return pool ? pool->nthreads : 1; }
 
-void tcc_parallel_for(tcc_pool* pool, int64_t n, int64_t grain, tcc_task_fn fn, void* ctx) {
+tcc_exec* tcc_pool_create(int n_threads) { return tcc_exec_create(n_threads); }
+void tcc_pool_destroy(tcc_exec* pool) { tcc_exec_destroy(pool); }
+int tcc_pool_threads(const tcc_exec* pool) { return tcc_exec_threads(pool); }
+
+void tcc_parallel_for(tcc_exec* pool, int64_t n, int64_t grain, tcc_task_fn fn, void* ctx) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
   const int64_t max_chunks = n / grain + (n % grain != 0);  // no overflow for a huge grain
@@ -233,9 +242,56 @@ void tcc_clear_error(void) {
   slot.pending.store(0, std::memory_order_release);
 }
 
+// ---- the execution context's errors: on the CPU every kernel has finished when it returns ----
+int tcc_exec_sync(tcc_exec* exec) {
+  tcc::ErrorSlot& slot = exec ? exec->errors : g_error_slot;
+  return slot.pending.load(std::memory_order_acquire);
+}
+
+const char* tcc_exec_error(const tcc_exec* exec) {
+  const tcc::ErrorSlot& slot = exec ? exec->errors : g_error_slot;
+  return slot.pending.load(std::memory_order_acquire) ? slot.message : "";
+}
+
+void tcc_exec_clear_error(tcc_exec* exec) {
+  tcc::ErrorSlot& slot = exec ? exec->errors : g_error_slot;
+  std::lock_guard<std::mutex> lock(slot.mu);
+  slot.message[0] = '\0';
+  slot.pending.store(0, std::memory_order_release);
+}
+
+// ---- device memory: on the CPU, host memory (fresh anonymous pages are zero) ----
+void* tcc_device_alloc(tcc_exec*, int64_t bytes, const char** why) {
+  const size_t size = bytes > 0 ? size_t(bytes) : 64;
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    if (why) *why = std::strerror(errno);
+    return nullptr;
+  }
+#ifdef MADV_HUGEPAGE
+  if (size >= (size_t(4) << 20)) ::madvise(p, size, MADV_HUGEPAGE);  // fewer TLB misses; advisory only
+#endif
+  return p;
+}
+
+void tcc_device_free(tcc_exec*, void* ptr, int64_t bytes) {
+  if (ptr) ::munmap(ptr, bytes > 0 ? size_t(bytes) : 64);
+}
+
+void tcc_device_copy_in(tcc_exec*, void* dst, const void* src, int64_t bytes) {
+  if (bytes > 0 && dst != src) std::memcpy(dst, src, size_t(bytes));
+}
+
+void tcc_device_copy_out(tcc_exec*, void* dst, const void* src, int64_t bytes) {
+  if (bytes > 0 && dst != src) std::memcpy(dst, src, size_t(bytes));
+}
+
+int tcc_device_host_visible(void) { return 1; }
+
 }  // extern "C"
 
 namespace tcc {
 ErrorScope::ErrorScope(ErrorSlot* slot) : previous_(tl_error_slot) { tl_error_slot = slot; }
 ErrorScope::~ErrorScope() { tl_error_slot = previous_; }
+ErrorSlot* exec_errors(tcc_exec* exec) { return exec ? &exec->errors : &g_error_slot; }
 }  // namespace tcc

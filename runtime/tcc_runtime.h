@@ -147,4 +147,14 @@ class ErrorScope {
   ErrorSlot* previous_;
 };
 
+// The error slot of an execution context (tcc_device.h); the process-wide one for a null context.
+ErrorSlot* exec_errors(tcc_exec* exec);
+
+// A run on an execution context: kernels raising errors on this thread (and on the pool workers running
+// its chunks) record them in the context, which starts the run with no error pending.
+class ExecScope : public ErrorScope {
+ public:
+  explicit ExecScope(tcc_exec* exec) : ErrorScope(exec_errors(exec)) { tcc_exec_clear_error(exec); }
+};
+
 }  // namespace tcc

@@ -63,6 +63,15 @@ class Target:
     cross_cxx: str | None = None  # the cross compiler the toolchain file uses (None: native build)
     toolchain_hint: str = "apt-get install g++-aarch64-linux-gnu qemu-user"
     static_executables: bool = True  # `run` / `chat` copy to any aarch64 Linux (a Raspberry Pi) as they are
+    alignment: int = 64  # bytes: planned buffers and weights (a cache line)
+
+    def capabilities(self):
+        """What generic code may assume of this target (backends.Capabilities): the CPU facts. The fp16
+        extension serves the w4a16 kernels only (they select it at run time); other f16 arithmetic still
+        runs in f32, as on x86."""
+        from .. import cpu_capabilities
+
+        return cpu_capabilities(self.vector_bytes, self.alignment)
 
 
 def host_is_arm() -> bool:

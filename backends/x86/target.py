@@ -27,6 +27,13 @@ class Target:
     k_block: int = 1
     # Why a scheme the target lacks cannot run (shown in the error), by scheme name.
     qm_refusals: tuple[tuple[str, str], ...] = ()
+    alignment: int = 64  # bytes: planned buffers and weights (a cache line; the widest vector load)
+
+    def capabilities(self):
+        """What generic code may assume of this target (backends.Capabilities): the CPU facts."""
+        from .. import cpu_capabilities
+
+        return cpu_capabilities(self.vector_bytes, self.alignment)
 
 
 TARGET = Target(

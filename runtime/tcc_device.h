@@ -1,0 +1,48 @@
+// tcc execution context and device interface: what the model program and every kernel run on.
+// Part of the tcc runtime library.
+//
+// A kernel takes one execution context (`tcc_exec*`) as its last argument. On the CPU backends it is the
+// model's thread pool (tcc_parallel_for splits work over it) plus the error state its kernels record into;
+// a CUDA backend's context holds a stream, a Metal backend's a command queue. Kernels record errors
+// (tcc_raise) and the program reads them at sync points (tcc_exec_sync): on the CPU a kernel has finished
+// when it returns, so every point after a kernel is a sync point; on a GPU only the explicit ones are.
+//
+// Memory: the program allocates its device arena and its states (the KV cache) through tcc_device_alloc,
+// and moves data between host and device with tcc_device_copy_in / copy_out. On the CPU device memory is
+// host memory (tcc_device_host_visible() is 1): kernels read the inputs and write the outputs in place, and
+// the copies are memcpy.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tcc_exec tcc_exec;
+// The name kernels used before the execution context: same type (tools/rename_exec_param.py renames uses).
+typedef struct tcc_exec tcc_pool;
+
+// One context per loaded model. n_threads <= 0: all hardware threads (CPU); at most 1024.
+tcc_exec* tcc_exec_create(int n_threads);
+void tcc_exec_destroy(tcc_exec* exec);
+int tcc_exec_threads(const tcc_exec* exec);  // 1 for a null context
+
+// Wait until every kernel issued on `exec` has finished; returns non-zero when a kernel recorded an
+// error since the last clear (tcc_exec_error then says which).
+int tcc_exec_sync(tcc_exec* exec);
+const char* tcc_exec_error(const tcc_exec* exec);  // "" when none
+void tcc_exec_clear_error(tcc_exec* exec);
+
+// Device memory: zero-filled, aligned to at least TCC_DEVICE_ALIGN bytes; NULL (and an error message in
+// *why when given) on failure. Freed with the same size.
+#define TCC_DEVICE_ALIGN 64
+void* tcc_device_alloc(tcc_exec* exec, int64_t bytes, const char** why);
+void tcc_device_free(tcc_exec* exec, void* ptr, int64_t bytes);
+void tcc_device_copy_in(tcc_exec* exec, void* device_dst, const void* host_src, int64_t bytes);
+void tcc_device_copy_out(tcc_exec* exec, void* host_dst, const void* device_src, int64_t bytes);
+// Whether device memory is host memory (CPU: 1), so host code may read and write it directly.
+int tcc_device_host_visible(void);
+
+#ifdef __cplusplus
+}
+#endif
