@@ -73,7 +73,7 @@ def _binary_context(spec: KernelSpec) -> dict[str, Any]:
 register_family(KernelFamily(
     "binary",
     "void {name}(const {T}* a, const {T}* b, {OUT}* out, int32_t ndim, const int64_t* shape, "
-    "const int64_t* a_strides, const int64_t* b_strides, tcc_pool* pool)",
+    "const int64_t* a_strides, const int64_t* b_strides, tcc_exec* exec)",
     _binary_context, "elementwise a (op) b with broadcasting strides"))
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ register_family(KernelFamily(
     "where",
     "void {name}(const uint8_t* cond, const {T}* x, const {T}* y, {T}* out, int32_t ndim, "
     "const int64_t* shape, const int64_t* c_strides, const int64_t* x_strides, const int64_t* y_strides, "
-    "tcc_pool* pool)",
+    "tcc_exec* exec)",
     lambda spec: {"T": CTYPE[spec.param("dtype")], "grain": GRAIN_CHEAP},
     "out = cond ? x : y with broadcasting strides"))
 
@@ -147,7 +147,7 @@ def _unary_context(spec: KernelSpec) -> dict[str, Any]:
 
 
 register_family(KernelFamily(
-    "unary", "void {name}(const {T}* x, {T}* y, int64_t n, float alpha, float beta, tcc_pool* pool)",
+    "unary", "void {name}(const {T}* x, {T}* y, int64_t n, float alpha, float beta, tcc_exec* exec)",
     _unary_context, "y = op(x) over n contiguous elements"))
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def _cast_context(spec: KernelSpec) -> dict[str, Any]:
     return {"SRC": CTYPE[src], "DST": CTYPE[dst], "scalar_expr": _cast_scalar(src, dst), "grain": GRAIN_CHEAP}
 
 
-register_family(KernelFamily("cast", "void {name}(const {SRC}* x, {DST}* y, int64_t n, tcc_pool* pool)",
+register_family(KernelFamily("cast", "void {name}(const {SRC}* x, {DST}* y, int64_t n, tcc_exec* exec)",
                              _cast_context, "y = (dst)x over n contiguous elements"))
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def _reduce_context(spec: KernelSpec) -> dict[str, Any]:
 
 
 register_family(KernelFamily(
-    "reduce", "void {name}(const {T}* x, {T}* y, int64_t outer, int64_t r, int64_t inner, tcc_pool* pool)",
+    "reduce", "void {name}(const {T}* x, {T}* y, int64_t outer, int64_t r, int64_t inner, tcc_exec* exec)",
     _reduce_context, "reduce the middle axis of [outer, r, inner]"))
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,14 +221,14 @@ NORM_DOMAIN = [{"op": op, "dtype": "f32"} for op in ("layernorm", "rmsnorm")]
 
 register_family(KernelFamily(
     "softmax",
-    "void {name}(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, tcc_pool* pool)",
+    "void {name}(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, tcc_exec* exec)",
     lambda spec: {"log": spec.param("op") == "logsoftmax", "grain": GRAIN_TRANSCENDENTAL},
     "(log)softmax over the middle axis of [outer, n, inner]"))
 
 register_family(KernelFamily(
     "norm",
     "void {name}(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, "
-    "int64_t cols, float eps, tcc_pool* pool)",
+    "int64_t cols, float eps, tcc_exec* exec)",
     lambda spec: {"rms": spec.param("op") == "rmsnorm", "grain": GRAIN_CHEAP},
     "layernorm / rmsnorm per row"))
 
@@ -245,13 +245,13 @@ def _esize_context(spec: KernelSpec) -> dict[str, Any]:
 register_family(KernelFamily(
     "copy",
     "void {name}(const void* src, void* dst, int32_t ndim, const int64_t* shape, "
-    "const int64_t* src_strides, const int64_t* dst_strides, tcc_pool* pool)",
+    "const int64_t* src_strides, const int64_t* dst_strides, tcc_exec* exec)",
     _esize_context, "strided N-d copy"))
 
 register_family(KernelFamily(
     "gather",
     "void {name}(const void* data, const int64_t* idx, void* out, int64_t outer, int64_t axis_len, "
-    "int64_t inner, int64_t n_idx, tcc_pool* pool)",
+    "int64_t inner, int64_t n_idx, tcc_exec* exec)",
     _esize_context, "out[o, i, j] = data[o, idx[i], j]"))
 
 RANGE_DOMAIN = [{"dtype": dt} for dt in ("f32", "i64", "i32")]
@@ -270,7 +270,7 @@ register_family(KernelFamily("range", "void {name}(const {T}* start, const {T}* 
 
 register_family(KernelFamily(
     "trilu",
-    "void {name}(const void* x, void* y, int64_t batch, int64_t rows, int64_t cols, int64_t k, tcc_pool* pool)",
+    "void {name}(const void* x, void* y, int64_t batch, int64_t rows, int64_t cols, int64_t k, tcc_exec* exec)",
     lambda spec: {"E": ESIZE_CTYPE[spec.param("esize")], "upper": bool(spec.param("upper"))},
     "keep the upper (j - i >= k) or lower (j - i <= k) triangle, zero the rest"))
 

@@ -29,7 +29,7 @@ KVATTENTION_PARAMS = (
     "int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t past, int64_t capacity, int64_t D, int64_t Dv, "
     "const int64_t* q_strides, const int64_t* k_strides, const int64_t* v_strides, const int64_t* o_strides, "
     "const float* cos_table, const float* sin_table, int64_t rotary_dim, int32_t rope_mode, "
-    "float scale, int64_t window, int64_t cache_rows, const float* alibi_slopes, float softcap, tcc_pool* pool"
+    "float scale, int64_t window, int64_t cache_rows, const float* alibi_slopes, float softcap, tcc_exec* exec"
 )
 KVATTENTION_SIGNATURE = "void {name}(" + KVATTENTION_PARAMS + ")"
 

@@ -25,25 +25,25 @@ from .elementwise import GRAIN_CHEAP
 
 QUANTIZE_ACTS_SIGNATURE = (
     "void {name}(const float* x, int64_t ldx, int8_t* xq, int64_t ldq, float* xs, int32_t* xsum, "
-    "int64_t M, int64_t K, int64_t group, int32_t per_tensor, tcc_pool* pool)"
+    "int64_t M, int64_t K, int64_t group, int32_t per_tensor, tcc_exec* exec)"
 )
 QLINEAR_W4A8_SIGNATURE = (
     "void {name}(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t ldq, const uint8_t* w, "
     "const uint16_t* ws, const uint8_t* wz, const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, "
-    "int64_t K, int64_t group, tcc_pool* pool)"
+    "int64_t K, int64_t group, tcc_exec* exec)"
 )
 QLINEAR_W4A32_SIGNATURE = (
     "void {name}(const float* x, int64_t ldx, const uint8_t* w, const uint16_t* ws, const uint8_t* wz, "
-    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int64_t group, tcc_pool* pool)"
+    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int64_t group, tcc_exec* exec)"
 )
 QLINEAR_W8A8_SIGNATURE = (
     "void {name}(const int8_t* xq, const float* xs, int64_t ldq, const int8_t* w, const float* ws, "
-    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_pool* pool)"
+    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_exec* exec)"
 )
 
 NORM_QUANTIZE_SIGNATURE = (
     "void {name}(const float* x, const float* gamma, const float* beta, int8_t* xq, int64_t ldq, float* xs, "
-    "int32_t* xsum, int64_t rows, int64_t cols, float eps, int64_t group, tcc_pool* pool)"
+    "int32_t* xsum, int64_t rows, int64_t cols, float eps, int64_t group, tcc_exec* exec)"
 )
 
 # The qlinear families every CPU backend emits; w4a16 (fp16 arithmetic) only where the target offers that

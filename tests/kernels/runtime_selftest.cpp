@@ -38,14 +38,14 @@ static int arena(size_t size) {
 
 // Many small dispatches (the decode pattern) plus nested ones; checks every index is visited once.
 static int pool_stress(int threads, int iters) {
-  tcc_pool* pool = tcc_pool_create(threads);
+  tcc_exec* pool = tcc_exec_create(threads);
   std::vector<std::atomic<int>> hits(4096);
   long long bad = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (int it = 0; it < iters; ++it) {
     const int64_t n = 1 + (it * 37) % 4096;
     tcc::parallel_for(pool, n, 16, [&](int64_t b, int64_t e, int t) {
-      if (t < 0 || t >= tcc_pool_threads(pool)) ++bad;
+      if (t < 0 || t >= tcc_exec_threads(pool)) ++bad;
       for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1, std::memory_order_relaxed);
     });
     for (int64_t i = 0; i < n; ++i) bad += hits[i].exchange(0) != 1;
@@ -60,7 +60,7 @@ static int pool_stress(int threads, int iters) {
         inner_total += ie - ib;
       });
   });
-  tcc_pool_destroy(pool);
+  tcc_exec_destroy(pool);
   std::printf("%lld %lld %.3f\n", bad, (long long)inner_total.load(), per_call * 1e6);
   return 0;
 }
