@@ -117,16 +117,19 @@ struct tcc_exec {
   }
 
   // Returns once the claim word carries a generation other than `seen`.
+  // Also returns once `stop` is set: the generation is 16 bits, so a worker descheduled while 65,536 jobs
+  // ran could find the generation back at `seen` and, without this, sleep through the destroy.
   void wait_for_job(uint64_t seen) {
     auto start = std::chrono::steady_clock::now();
     for (int i = 0;; ++i) {
-      if (gen_of(job.claim.load(std::memory_order_acquire)) != seen) return;
+      if (gen_of(job.claim.load(std::memory_order_acquire)) != seen || stop.load(std::memory_order_acquire)) return;
       cpu_relax();
       if ((i & 255) == 255 && std::chrono::steady_clock::now() - start > kSpinTime) break;
     }
     std::unique_lock<std::mutex> lock(sleep_mu);
     sleepers.fetch_add(1, std::memory_order_seq_cst);
-    while (gen_of(job.claim.load(std::memory_order_seq_cst)) == seen) sleep_cv.wait(lock);
+    while (gen_of(job.claim.load(std::memory_order_seq_cst)) == seen && !stop.load(std::memory_order_seq_cst))
+      sleep_cv.wait(lock);
     sleepers.fetch_sub(1, std::memory_order_relaxed);
   }
 
@@ -185,6 +188,8 @@ void tcc_exec_destroy(tcc_exec* pool) {
     std::lock_guard<std::mutex> lock(pool->dispatch_mu);
     pool->stop.store(true, std::memory_order_seq_cst);
     pool->publish(0);  // a new generation with no chunks wakes every worker, which then sees stop
+    { std::lock_guard<std::mutex> lock(pool->sleep_mu); }
+    pool->sleep_cv.notify_all();  // and every sleeper, whatever publish saw of `sleepers`
   }
   for (auto& t : pool->workers) t.join();
   delete pool;
