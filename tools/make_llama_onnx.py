@@ -24,14 +24,13 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("llm_suite", os.path.join(HERE, "..", "benchmarks", "llm_suite.py"))
