@@ -84,6 +84,9 @@ class MappedFile:
             self.size = os.fstat(f.fileno()).st_size
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
         if self.mm is not None:
+            # Passes read a tensor once, front to back (passes/quantize.py slices by rows): read ahead, not
+            # around a fault, so that a file larger than the page cache is read once, not twice.
+            self.mm.madvise(mmap.MADV_SEQUENTIAL)
             _register(self.mm, self.size)
 
     def array(self, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:

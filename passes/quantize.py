@@ -27,7 +27,7 @@ import numpy as np
 
 from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType
-from ..ir.ops.quant import quantize_int4, quantize_int8
+from ..ir.ops.quant import n_groups, quantize_int4, quantize_int8
 from ..frontend.mapped import Spill, release
 from . import register_pass
 from .rewrite_utils import replace_value
@@ -123,6 +123,23 @@ def _back_to(graph: Graph, y: Value, dtype: DType, before: Node) -> Value:
     return graph.add_node("Cast", [y], {"to": str(dtype)}, before=before).output
 
 
+def band_ranges(k: int, n: int, align: int) -> list[tuple[int, int]]:
+    """[lo, hi) row bands of a [K, N] weight: about CHUNK_ELEMENTS weights each, `align` rows a multiple."""
+    rows = max(align, CHUNK_ELEMENTS // max(n, 1) // align * align)
+    return [(lo, min(k, lo + rows)) for lo in range(0, k, rows)]
+
+
+def int8_scales(amax: np.ndarray) -> np.ndarray:
+    """Per output channel scales [N, 1] from max |W| over K: ir/ops/quant.py quantize_int8's arithmetic."""
+    return (amax / np.float32(127.0)).astype(np.float32)[:, None]
+
+
+def int8_codes(w: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Codes of rows w [k, N] under the scales d [N]: quantize_int8's arithmetic, transposed as it is."""
+    safe = np.where(d == 0, np.float32(1), d)
+    return np.clip(np.rint(np.asarray(w, np.float32) / safe), -127, 127).astype(np.int8)
+
+
 @register_pass(NAME)
 def run(graph: Graph, ctx) -> None:
     scheme = get_scheme(ctx.qm)
@@ -157,10 +174,13 @@ def run(graph: Graph, ctx) -> None:
         return q, scales, None
 
     def quantize(data):
-        """One weight, CHUNK_ELEMENTS output channels at a time, its codes and scales written to the spill
-        file as they come and the source's mapped pages released: the fp32 copy of a tensor (or of a
-        chunk of a large one) lives only while it is being quantized."""
-        k, n = data.shape
+        """One weight, its codes and scales written to the spill file and the source's mapped pages released
+        as it goes: the fp32 copy of a tensor (or of a slice of a large one) lives only while it is being
+        quantized. A slice is a contiguous part of the source, so each byte of a mapped file is read once in
+        order: row bands of a [K, N] weight (whole groups of K), row ranges of an embedding table."""
+        if data.flags.c_contiguous and data.shape[0] > 1:
+            return quantize_by_rows(data)
+        k, n = data.shape  # a table's transpose: its columns are the table's rows, contiguous
         step = max(1, CHUNK_ELEMENTS // max(k, 1))
         writers = [spill.rows(n) for _ in range(3)]
         for lo in range(0, n, step):
@@ -172,6 +192,37 @@ def run(graph: Graph, ctx) -> None:
         release(data)
         outs = [None if w.off is None else w.array() for w in writers]
         return (*outs, group if scheme.weight_bits == 4 else k)
+
+    def quantize_by_rows(data):
+        """W [K, N] a band of rows at a time; the outputs ([N, K] codes, [N, G] scales) are filled a band of
+        columns at a time in memory (1/2 or 1/8 of the source's bytes) and then spilled. int4 bands are
+        whole groups, so each is quantized exactly as the whole would be. int8 scales need the whole column,
+        so its bands are read twice (amax, then codes): the second reading finds them in the page cache."""
+        k, n = data.shape
+        bands = band_ranges(k, n, group if scheme.weight_bits == 4 else 1)
+        q = np.empty((n, k), np.uint8 if scheme.weight_bits == 4 else np.int8)
+        if scheme.weight_bits == 4:
+            scales = np.empty((n, n_groups(k, group)), np.float32)
+            zeros = None if not asym else np.empty(scales.shape, np.uint8)
+            for lo, hi in bands:
+                band = data[lo:hi]
+                bq, bs, bz = quantize_int4(band, group, symmetric=not asym)
+                q[:, lo:hi], scales[:, lo // group:lo // group + bs.shape[1]] = bq, bs
+                if zeros is not None:
+                    zeros[:, lo // group:lo // group + bs.shape[1]] = bz
+                release(band)
+        else:
+            amax = np.zeros(n, np.float32)
+            for lo, hi in bands:
+                np.maximum(amax, np.abs(np.asarray(data[lo:hi], np.float32)).max(axis=0), out=amax)
+                release(data[lo:hi])
+            scales, zeros = int8_scales(amax), None
+            for lo, hi in bands:
+                q[:, lo:hi] = int8_codes(data[lo:hi], scales[:, 0]).T
+                release(data[lo:hi])
+        release(data)
+        return (spill.put(q), spill.put(scales), None if zeros is None else spill.put(zeros),
+                group if scheme.weight_bits == 4 else k)
 
     # numpy releases the GIL in the array loops, so layers quantize in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
