@@ -147,6 +147,19 @@ class Spill:
         return RowWriter(self, total)
 
 
+def spill_converted(spill: Spill, arr: np.ndarray, convert, slice_elements: int = 1 << 22) -> np.ndarray:
+    """convert(arr) (an elementwise conversion, e.g. bf16 -> f32) written to `spill` a slice of rows at a
+    time: the converted tensor is never whole in memory, and the source's mapped pages are released as
+    they are read."""
+    rows = arr.reshape(arr.shape[0] if arr.ndim else 1, -1)
+    out = spill.rows(rows.shape[0])
+    step = max(1, slice_elements // max(rows.shape[1], 1))
+    for lo in range(0, rows.shape[0], step):
+        out.write(convert(rows[lo:lo + step]))
+        release(rows[lo:lo + step])
+    return out.array().reshape(arr.shape)
+
+
 class RowWriter:
     def __init__(self, spill: Spill, total: int):
         self.spill, self.total = spill, total

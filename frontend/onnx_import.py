@@ -53,7 +53,7 @@ MIN_OPSET = 13
 # Opsets 24..27 (onnx 1.22) only add dtypes to the ops handled here (checked op by op: Reshape-25,
 # Cast-25 ...), except Attention-24, which is refused through its handler's `versions`.
 MAX_OPSET = 27
-WIDEN_EAGER = 1 << 16  # f16 constants up to this many elements are converted to f32 when widening
+WIDEN_EAGER = 1 << 16  # f16/bf16 constants up to this many elements are converted to f32 when widening
 FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most this many elements
 # The largest tensor tcc accepts: 1 TiB. Any input, initializer or inferred value whose static dims (each
 # at least 1, so strides are bounded too) times its item size exceed it is refused at import: beyond it
@@ -61,9 +61,15 @@ FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most thi
 # by --max-dim and checked when memory is planned (passes/plan_memory.py).
 MAX_TENSOR_BYTES = 1 << 40
 
-DTYPES = {TensorProto.FLOAT: DType.f32, TensorProto.FLOAT16: DType.f16, TensorProto.INT64: DType.i64,
+DTYPES = {TensorProto.FLOAT: DType.f32, TensorProto.FLOAT16: DType.f16, TensorProto.BFLOAT16: DType.bf16,
+          TensorProto.INT64: DType.i64,
           TensorProto.INT32: DType.i32, TensorProto.INT8: DType.i8, TensorProto.UINT8: DType.u8,
           TensorProto.BOOL: DType.bool}
+
+
+def _half(dt: np.dtype) -> DType | None:
+    """DType.f16 or DType.bf16 for those numpy dtypes; None for any other."""
+    return DType.f16 if dt == np.float16 else DType.bf16 if dt.name == "bfloat16" else None
 
 
 def _dtype_name(code: int) -> str:
@@ -93,7 +99,7 @@ def _attribute(a: AttributeProto, where: str):
 
 
 # The field each dtype's values are stored in when not in raw_data (onnx.proto's TensorProto comments).
-_DATA_FIELDS = {DType.f32: "float_data", DType.f16: "int32_data", DType.i64: "int64_data", DType.i32: "int32_data",
+_DATA_FIELDS = {DType.f32: "float_data", DType.f16: "int32_data", DType.bf16: "int32_data", DType.i64: "int64_data", DType.i32: "int32_data",
                 DType.i8: "int32_data", DType.u8: "int32_data", DType.bool: "int32_data"}
 
 
@@ -387,9 +393,10 @@ def _check_cast(n):
 @handler("Cast CastLike", "to saturate round_mode", check=_check_cast)
 def _cast(imp, n, ins):
     # saturate / round_mode only affect float8 targets, which are refused as dtypes
-    to = imp.widened(DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype)
-    if imp.widen and ins[0].dtype == to:
-        return imp.emit("Identity", ins[:1], {}, n)  # an fp16 model's up/down-casts, now f32 -> f32
+    asked = DTYPES[n.attrs["to"]] if n.op == "Cast" else ins[1].dtype
+    to = imp.widened(asked)
+    if (imp.widen or asked != to) and ins[0].dtype == to:
+        return imp.emit("Identity", ins[:1], {}, n)  # an fp16/bf16 model's up/down-casts, now f32 -> f32
     return imp.emit("Cast", ins[:1], {"to": to.value}, n)
 
 
@@ -672,7 +679,7 @@ class Importer:
     def __init__(self, model: onnx.ModelProto, source: str, base_dir: str | None, dims: dict | None,
                  external: dict | None = None, widen_f16: bool = False):
         self.model, self.source, self.base_dir = model, source, base_dir
-        self.widen = widen_f16  # f16 activations become f32 (see import_onnx)
+        self.widen = widen_f16  # f16 and bf16 activations become f32 (see import_onnx)
         self.external = external or {}  # tensor name -> its external_data entries (location, offset, length)
         self.mapped: dict = {}  # external data file -> its MappedFile
         self.opset = self._default_opset()
@@ -856,23 +863,31 @@ class Importer:
         return self.g.add_const(self.widened_array(arr), name or "const")
 
     def widened(self, dtype: DType) -> DType:
-        return DType.f32 if self.widen and dtype == DType.f16 else dtype
+        """f16 and bf16 become f32 when asked (widen_f16); bf16 is refused otherwise."""
+        if dtype == DType.bf16 and not self.widen:
+            raise UnsupportedError(f"{self.source}: bf16 tensors: no tcc backend computes in bf16; compile with a "
+                                   "weight-quantizing --qm (w4a8, w8a8, w4a32: weights quantized from bf16, f32 "
+                                   "activations) or convert the model to f16 or f32")
+        return DType.f32 if self.widen and dtype in (DType.f16, DType.bf16) else dtype
 
     def widened_array(self, arr: np.ndarray) -> np.ndarray:
-        """An f16 constant in f32. The f16 minimum becomes the f32 one: exporters fill masks with their
-        dtype's minimum (torch.finfo(float16).min), which at f32 has to mask as surely (kv-cache needs
+        """An f16 or bf16 constant in f32. The dtype's minimum becomes the f32 one: exporters fill masks with
+        their dtype's minimum (torch.finfo(float16).min), which at f32 has to mask as surely (kv-cache needs
         <= -1e30: probability exactly 0)."""
-        if not (self.widen and arr.dtype == np.float16):
+        dtype = _half(arr.dtype)
+        if dtype is None or self.widened(dtype) == dtype:
             return arr
         out = arr.astype(np.float32)
-        return np.where(arr == np.finfo(np.float16).min, np.finfo(np.float32).min, out).astype(np.float32)
+        return np.where(arr == np.finfo(arr.dtype).min, np.finfo(np.float32).min, out).astype(np.float32)
 
     def initializer(self, t: TensorProto) -> Value:
-        """An initializer's Value. Widening an fp16 model, a large f16 one (a weight) stays an f16 constant,
-        mapped and never converted whole, behind a Cast to f32 that the quantize pass folds into the
-        quantized weight (passes/quantize.py) and dead-code elimination then drops; small ones are converted."""
+        """An initializer's Value. Widening an fp16 or bf16 model under --qm, a large f16/bf16 one (a weight)
+        stays a constant of its dtype, mapped and never converted whole, behind a Cast to f32 that the
+        quantize pass folds into the quantized weight (passes/quantize.py) and dead-code elimination then
+        drops; small ones are converted."""
         arr = self.tensor(t, f"initializer {t.name!r}")
-        if not (self.widen and arr.dtype == np.float16 and arr.size > WIDEN_EAGER):
+        dtype = _half(arr.dtype)
+        if dtype is None or self.widened(dtype) == dtype or arr.size <= WIDEN_EAGER:
             return self.g.add_const(self.widened_array(arr), t.name, exact_name=True)
         c = self.g.add_const(arr, t.name, exact_name=True)
         return self.g.add_node("Cast", [c], {"to": "f32"}, name=f"{t.name}/widen", out_names=[f"{t.name}.f32"]).output
@@ -1063,7 +1078,10 @@ def import_onnx(path_or_model, *, dims: dict[str, int] | None = None, widen_f16:
     `widen_f16`: an fp16 model's activations, inputs and outputs become f32 (its casts to f16 become casts
     to f32, small f16 constants are converted) while its large f16 initializers stay f16 behind a Cast:
     what `--qm` does with an fp16 export, so the f32 passes (Linear, attention, KV cache) apply and the
-    weights are quantized from fp16 without an f32 copy of the model."""
+    weights are quantized from fp16 without an f32 copy of the model. A bf16 model is widened the same way
+    (its large bf16 initializers stay bf16 behind a Cast and are quantized from bf16); without widen_f16
+    (--qm fp32) it is refused with an UnsupportedError naming bf16: no backend computes in bf16, and an f32
+    copy of a bf16 model's weights is twice its size (onnxruntime has no CPU bf16 MatMul either)."""
     model, source, base, external = _load(path_or_model)
     return Importer(model, source, base, dims, external, widen_f16).run()
 

@@ -6,9 +6,12 @@
 
 The policy: every Linear with a constant f32 weight, every MatMul of an fp16 export with a constant f16
 weight, directly (f16 activations: the layer runs at f32 between Casts) or through the widening Cast the
-importer puts on it (`import_onnx(widen_f16=True)`, what the driver does under --qm), quantized from
-fp16 a chunk at a time, never copied whole to fp32, and every row lookup in a constant f32 or f16 table (an
-embedding: its rows are dequantized as they are gathered), except those `--keep-fp32` names. A pattern
+importer puts on it (`import_onnx(widen_f16=True)`, what the driver does under --qm; a bf16 export's
+weights always come so), quantized from fp16 / bf16 a slice at a time, never copied whole to fp32, and
+every row lookup in a constant f32, f16 or bf16 table (an embedding: its rows are dequantized as they are
+gathered), except those `--keep-fp32` names. A bf16 weight left unquantized is converted to f32 (no
+backend computes in bf16). Slices are contiguous in the source (row bands of whole groups of a [K, N]
+weight, rows of a table), so a mapped export is read once, in order. A pattern
 is an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear
 whose result is the model's output (found by structure: through views and slices to a graph output),
 or `embed`: every quantizable Gather. Weights
@@ -28,13 +31,14 @@ import numpy as np
 from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType
 from ..ir.ops.quant import n_groups, quantize_int4, quantize_int8
-from ..frontend.mapped import Spill, release
+from ..frontend.mapped import Spill, release, spill_converted
 from . import register_pass
 from .rewrite_utils import replace_value
 from .schemes import get_scheme, group_size
 
 NAME = "quantize"
-_FLOATS = (DType.f32, DType.f16)  # weights quantized from their own precision, a chunk at a time
+_FLOATS = (DType.f32, DType.f16, DType.bf16)  # weights quantized from their own precision, a slice at a time
+_HALVES = (DType.f16, DType.bf16)  # what an fp16 / bf16 export's weights are stored in
 # Output channels quantized at once come to at most this many weights (a 16 MB fp32 working copy): a
 # 128k-row embedding is quantized in slices, not as one 2 GB fp32 array.
 CHUNK_ELEMENTS = 1 << 22
@@ -73,11 +77,11 @@ def embedding(node: Node) -> bool:
 
 
 def widened(v: Value) -> Value | None:
-    """W for Cast{to f32}(W), W a constant f16 matrix: a weight of an fp16 model imported with f32
-    activations (frontend/onnx_import.py, widen_f16); None for anything else."""
+    """W for Cast{to f32}(W), W a constant f16 or bf16 matrix: a weight of an fp16 or bf16 model imported
+    with f32 activations (frontend/onnx_import.py, widen_f16); None for anything else."""
     p = v.producer
     if p is not None and p.op == "Cast" and p.attrs.get("to") == "f32" and p.inputs[0].is_const \
-            and p.inputs[0].dtype == DType.f16 and p.inputs[0].type.rank == 2:
+            and p.inputs[0].dtype in _HALVES and p.inputs[0].type.rank == 2:
         return p.inputs[0]
     return None
 
@@ -138,6 +142,19 @@ def int8_codes(w: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Codes of rows w [k, N] under the scales d [N]: quantize_int8's arithmetic, transposed as it is."""
     safe = np.where(d == 0, np.float32(1), d)
     return np.clip(np.rint(np.asarray(w, np.float32) / safe), -127, 127).astype(np.int8)
+
+
+def widen_leftovers(graph: Graph, spill: Spill) -> None:
+    """Cast{to f32}(W), W a bf16 constant left unquantized (--keep-fp32, a weight no Linear reads) -> W in
+    f32, converted a slice at a time into the spill file: no backend computes in bf16 (an f16 one stays,
+    cast by the kernels)."""
+    for node in list(graph.nodes):
+        w = node.inputs[0] if node.op == "Cast" and node.attrs.get("to") == "f32" else None
+        if w is not None and w.is_const and w.dtype == DType.bf16:
+            f32 = graph.add_const(spill_converted(spill, w.const, lambda a: np.asarray(a, np.float32),
+                                                  CHUNK_ELEMENTS), w.name + ".f32")
+            replace_value(graph, node.output, f32)
+            graph.remove_nodes([node])
 
 
 @register_pass(NAME)
@@ -244,6 +261,7 @@ def run(graph: Graph, ctx) -> None:
             graph.remove_nodes([node])
             nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
             count += 1
+    widen_leftovers(graph, spill)
     graph.remove_unused_constants()
     ctx.stats[NAME] = {"linears": count, "kept_fp32": kept_names, "weight_bytes": nbytes}
     ctx.log(NAME, f"{count} Linear/Gather -> QLinear/QGather ({scheme.name}, group {group if scheme.grouped else 'per channel'}"

@@ -5,6 +5,7 @@ in the graph form torch's exporter produces, without ever holding the model in m
     python tools/make_llama_onnx.py --shape llama2-7b --out /work/big/llama2-7b       # MHA, 32 layers, 13.5 GB
     python tools/make_llama_onnx.py --shape llama3-8b-gqa --out /work/big/gqa          # 8 KV heads, 128k vocab
     python tools/make_llama_onnx.py --shape tiny --layers 4 --dtype f32 --check --out /tmp/t
+    python tools/make_llama_onnx.py --shape llama2-7b --dtype bf16 --out /work/big/llama2-7b-bf16  # bf16 weights
 
 How: the model of the requested width is built with transformers' LlamaForCausalLM at 2 layers and a small
 vocabulary, exported exactly as benchmarks/llm_suite.py exports its models (TorchScript exporter, opset 17,
@@ -16,7 +17,8 @@ Peak memory is that of the 2-layer export (about 2 GB at 7B width), whatever the
 
 --check (small shapes): the same growth is applied to a 2-layer export whose weights are those of a torch
 model of the full layer count, and onnxruntime's outputs on the grown graph must equal torch's (max |diff|
-<= 1e-4 at f32): the grown graph is the graph the exporter would have written.
+<= 1e-4 at f32): the grown graph is the graph the exporter would have written. Not at bf16: onnxruntime has
+no CPU bf16 MatMul (the bf16 graph is the f16 one with bf16 types: check that one).
 """
 from __future__ import annotations
 
@@ -48,10 +50,25 @@ SHAPES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=160, vocab_size=384, max_position_embeddings=256, rms_norm_eps=1e-5),
 }
+DTYPES = ("f16", "bf16", "f32")
 POOL, CHUNK = 1 << 24, 1 << 20  # random weights: a pool of normals, copied in runs of CHUNK from random starts
 TEMPLATE_LAYERS = 2
 TEMPLATE_VOCAB = 256
 DATA = "model.onnx.data"
+
+
+def np_dtype(dtype: str) -> np.dtype:
+    if dtype == "bf16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(np.float16 if dtype == "f16" else np.float32)
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    return {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}[dtype]
 
 
 def export_template(cfg: dict, dtype: str, state: dict | None, tmp: str) -> tuple[onnx.ModelProto, dict]:
@@ -71,11 +88,11 @@ def export_template(cfg: dict, dtype: str, state: dict | None, tmp: str) -> tupl
     if state is not None:
         model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
     # each parameter made unique (a value that occurs once), so initializers can be matched to parameters
+    # (bf16 holds the integers up to 256 exactly, f16 up to 2048)
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
-            p.view(-1)[0] = 1000.0 + i
-    if dtype == "f16":
-        model = model.half()
+            p.view(-1)[0] = (100.0 if dtype == "bf16" else 1000.0) + i
+    model = model.to(torch_dtype(dtype))
     flat = SUITE._flat_past_module(model)
     ins = ["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{i}.{n}" for i in range(TEMPLATE_LAYERS)
                                                              for n in ("key", "value")]
@@ -85,7 +102,7 @@ def export_template(cfg: dict, dtype: str, state: dict | None, tmp: str) -> tupl
     dyn.update({n: {0: "batch", 2: "past_seq"} for n in ins[3:]})
     dyn.update({n: {0: "batch", 2: "past_seq+seq"} for n in outs[1:]})
     ex = SUITE._feeds(small, 2, 3, 4, seed=1)
-    tdt = torch.float16 if dtype == "f16" else torch.float32
+    tdt = torch_dtype(dtype)
     args = tuple(torch.from_numpy(ex[n]).to(tdt) if n.startswith("past") else torch.from_numpy(ex[n]) for n in ins)
     raw = os.path.join(tmp, "template.onnx")
     import warnings
@@ -245,7 +262,7 @@ def random_data(seed: int, dtype: str, names: dict):
     """Weights for every parameter: normal(0, 0.02), norms ones (transformers' init); other initializers
     (shape constants, rotary tables) as exported."""
     rng = np.random.default_rng(seed)
-    npdt = np.float16 if dtype == "f16" else np.float32
+    npdt = np_dtype(dtype)
     # Drawing 7 billion normals takes many minutes on 2 cores; each tensor is a cyclic run of a pool of 2**24
     # normals from a random start instead: random-looking weights at the speed of a copy.
     pool = (rng.standard_normal(POOL, np.float32) * np.float32(0.02)).astype(npdt)
@@ -278,7 +295,7 @@ def make(shape: dict, out_dir: str, dtype: str, seed: int = 0) -> dict:
     m, origin = grow(m, names, shape["num_hidden_layers"], shape["vocab_size"])
     size = write(m, out_dir, origin, random_data(seed, dtype, names))
     cfg = {**shape, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-           "torch_dtype": "float16" if dtype == "f16" else "float32", "tie_word_embeddings": False}
+           "torch_dtype": {"f16": "float16", "bf16": "bfloat16", "f32": "float32"}[dtype], "tie_word_embeddings": False}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     return {"bytes": size, "seconds": round(time.perf_counter() - t0, 1), "nodes": len(m.graph.node)}
@@ -333,7 +350,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama2-7b")
     ap.add_argument("--layers", type=int, help="override the shape's layer count")
-    ap.add_argument("--dtype", choices=("f16", "f32"), default="f16")
+    ap.add_argument("--dtype", choices=DTYPES, default="f16")
     ap.add_argument("--out", help="output folder (model.onnx, model.onnx.data, config.json)")
     ap.add_argument("--check", action="store_true", help="check the growth against torch (small shapes)")
     a = ap.parse_args(argv)
@@ -342,6 +359,8 @@ def main(argv=None) -> int:
         shape["num_hidden_layers"] = a.layers
     if shape["num_hidden_layers"] < TEMPLATE_LAYERS:
         ap.error(f"--layers must be at least {TEMPLATE_LAYERS}")
+    if a.check and a.dtype == "bf16":
+        ap.error("--check runs onnxruntime, which has no CPU bf16 MatMul: check --dtype f16 (the same graph)")
     if a.check:
         worst = check(shape, a.dtype)
         tol = 1e-4 if a.dtype == "f32" else 5e-3

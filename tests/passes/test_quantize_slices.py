@@ -5,6 +5,7 @@ scales and zero points must be bitwise equal whatever the slicing (CHUNK_ELEMENT
 a weight spans several bands, the last one partial and the last group short)."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ def _linear(w: np.ndarray) -> Graph:
     g = Graph()
     x = g.add_input("x", t("f32", 3, w.shape[0]))
     wv = g.add_const(w, "w")
-    if w.dtype == np.float16:  # an fp16 export's weight, widened as import_onnx(widen_f16=True) leaves it
+    if w.dtype != np.float32:  # an fp16/bf16 export's weight, as import_onnx(widen_f16=True) leaves it
         wv = g.add_node("Cast", [wv], {"to": "f32"}).output
         g.outputs = [g.add_node("MatMul", [x, wv], name="fc").output]
     else:
@@ -33,7 +34,8 @@ def _linear(w: np.ndarray) -> Graph:
 
 @pytest.mark.parametrize("qm,asym,dtype", [("w4a8", False, np.float32), ("w4a8", True, np.float32),
                                            ("w4a32", False, np.float16), ("w8a8", False, np.float32),
-                                           ("w8a8", False, np.float16)])
+                                           ("w8a8", False, np.float16), ("w4a8", True, ml_dtypes.bfloat16),
+                                           ("w8a8", False, ml_dtypes.bfloat16)])
 @pytest.mark.parametrize("chunk", [32 * N, 3 * 32 * N + 5, 1 << 22])
 def test_row_bands_quantize_bit_identically(monkeypatch, qm, asym, dtype, chunk):
     monkeypatch.setattr(qpass, "CHUNK_ELEMENTS", chunk)
@@ -69,9 +71,10 @@ def test_bands_are_contiguous_whole_groups():
 
 
 @pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
-def test_embedding_rows_quantize_bit_identically(monkeypatch, qm):
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_embedding_rows_quantize_bit_identically(monkeypatch, qm, dtype):
     monkeypatch.setattr(qpass, "CHUNK_ELEMENTS", 7 * 64)
-    table = np.random.default_rng(4).standard_normal((50, 64)).astype(np.float16)
+    table = np.random.default_rng(4).standard_normal((50, 64)).astype(dtype)
     g = Graph()
     ids = g.add_input("ids", t("i64", 4))
     g.outputs = [g.add_node("Gather", [g.add_const(table, "embed"), ids], {"axis": 0}, name="embed").output]
@@ -82,3 +85,16 @@ def test_embedding_rows_quantize_bit_identically(monkeypatch, qm):
         if ref is not None:
             np.testing.assert_array_equal(got.const, ref)
     assert n.inputs[0].dtype == DType.i64
+
+
+def test_unquantized_bf16_weights_become_f32(monkeypatch):
+    """A bf16 weight --keep-fp32 leaves is converted to f32 (exactly, a slice at a time): no backend
+    computes in bf16."""
+    monkeypatch.setattr(qpass, "CHUNK_ELEMENTS", 5 * N)
+    w = np.random.default_rng(5).standard_normal((K, N)).astype(ml_dtypes.bfloat16)
+    g = _linear(w)
+    run_pass("quantize", g, ctx_for("w4a8", keep_fp32=("fc",)))
+    assert g.ops() == {"MatMul": 1}
+    (mm,) = g.nodes
+    assert mm.inputs[1].is_const and mm.inputs[1].dtype == DType.f32
+    np.testing.assert_array_equal(mm.inputs[1].const, w.astype(np.float32))
