@@ -30,7 +30,7 @@ import numpy as np
 
 from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType
-from ..ir.ops.quant import n_groups, quantize_int4, quantize_int8
+from ..ir.ops.quant import quantize_int4, quantize_int8
 from ..frontend.mapped import Spill, release, spill_converted
 from . import register_pass
 from .rewrite_utils import replace_value
@@ -42,6 +42,9 @@ _HALVES = (DType.f16, DType.bf16)  # what an fp16 / bf16 export's weights are st
 # Output channels quantized at once come to at most this many weights (a 16 MB fp32 working copy): a
 # 128k-row embedding is quantized in slices, not as one 2 GB fp32 array.
 CHUNK_ELEMENTS = 1 << 22
+# A [K, N] weight of more than this many weights (a vocabulary's lm_head) has its quantized bands staged in
+# a file, not in memory, until they are assembled: its codes alone take a byte per weight.
+STAGE_ELEMENTS = 1 << 26
 _VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Slice")
 
 
@@ -211,35 +214,43 @@ def run(graph: Graph, ctx) -> None:
         return (*outs, group if scheme.weight_bits == 4 else k)
 
     def quantize_by_rows(data):
-        """W [K, N] a band of rows at a time; the outputs ([N, K] codes, [N, G] scales) are filled a band of
-        columns at a time in memory (1/2 or 1/8 of the source's bytes) and then spilled. int4 bands are
-        whole groups, so each is quantized exactly as the whole would be. int8 scales need the whole column,
-        so its bands are read twice (amax, then codes): the second reading finds them in the page cache."""
+        """W [K, N] a band of rows at a time. int4 bands are whole groups, so each is quantized exactly as
+        the whole would be; int8 scales need the whole column, so its bands are read twice (amax, then
+        codes): the second reading finds them in the page cache. A band's outputs ([N, rows] codes, [N, g]
+        scales) are columns of the results: they are kept (in memory, or for a large weight in a staging
+        file of its own) and assembled into the results' rows a slice at a time."""
         k, n = data.shape
-        bands = band_ranges(k, n, group if scheme.weight_bits == 4 else 1)
-        q = np.empty((n, k), np.uint8 if scheme.weight_bits == 4 else np.int8)
-        if scheme.weight_bits == 4:
-            scales = np.empty((n, n_groups(k, group)), np.float32)
-            zeros = None if not asym else np.empty(scales.shape, np.uint8)
-            for lo, hi in bands:
-                band = data[lo:hi]
-                bq, bs, bz = quantize_int4(band, group, symmetric=not asym)
-                q[:, lo:hi], scales[:, lo // group:lo // group + bs.shape[1]] = bq, bs
-                if zeros is not None:
-                    zeros[:, lo // group:lo // group + bs.shape[1]] = bz
-                release(band)
-        else:
+        bits4 = scheme.weight_bits == 4
+        bands = band_ranges(k, n, group if bits4 else 1)
+        scales8 = None
+        if not bits4:
             amax = np.zeros(n, np.float32)
             for lo, hi in bands:
                 np.maximum(amax, np.abs(np.asarray(data[lo:hi], np.float32)).max(axis=0), out=amax)
                 release(data[lo:hi])
-            scales, zeros = int8_scales(amax), None
-            for lo, hi in bands:
-                q[:, lo:hi] = int8_codes(data[lo:hi], scales[:, 0]).T
-                release(data[lo:hi])
+            scales8 = int8_scales(amax)
+        stage = Spill() if n * k > STAGE_ELEMENTS else None  # 1 byte a weight: bounded memory for a vocab
+        parts = []
+        for lo, hi in bands:
+            band = data[lo:hi]
+            outs = quantize_int4(band, group, symmetric=not asym) if bits4 else (int8_codes(band, scales8[:, 0]).T,)
+            release(band)
+            parts.append([None if o is None else stage.put(o) if stage else o for o in outs])
         release(data)
-        return (spill.put(q), spill.put(scales), None if zeros is None else spill.put(zeros),
-                group if scheme.weight_bits == 4 else k)
+        writers = [spill.rows(n) for _ in parts[0]]
+        step = max(1, CHUNK_ELEMENTS // max(k, 1))
+        for n0 in range(0, n, step):
+            for i, w in enumerate(writers):
+                if parts[0][i] is None:
+                    continue  # no zero points (symmetric)
+                cols = [p[i][n0:n0 + step] for p in parts]
+                w.write(np.concatenate(cols, axis=1))
+                for c in cols:
+                    release(c)
+        outs = [None if w.off is None else w.array() for w in writers]
+        if not bits4:
+            return outs[0], spill.put(scales8), None, k
+        return (*outs, group)
 
     # numpy releases the GIL in the array loops, so layers quantize in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:

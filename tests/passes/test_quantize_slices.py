@@ -2,7 +2,8 @@
 weight (whole quantization groups, so each band is a contiguous part of a mapped file, read once), rows of
 an embedding table. Oracle: the whole-tensor quantize_int4 / quantize_int8 of ir/ops/quant.py; the codes,
 scales and zero points must be bitwise equal whatever the slicing (CHUNK_ELEMENTS made small here so that
-a weight spans several bands, the last one partial and the last group short)."""
+a weight spans several bands, the last one partial and the last group short, and the results are assembled
+several output rows at a time)."""
 from __future__ import annotations
 
 import ml_dtypes
@@ -37,8 +38,10 @@ def _linear(w: np.ndarray) -> Graph:
                                            ("w8a8", False, np.float16), ("w4a8", True, ml_dtypes.bfloat16),
                                            ("w8a8", False, ml_dtypes.bfloat16)])
 @pytest.mark.parametrize("chunk", [32 * N, 3 * 32 * N + 5, 1 << 22])
-def test_row_bands_quantize_bit_identically(monkeypatch, qm, asym, dtype, chunk):
+@pytest.mark.parametrize("staged", [False, True])  # the bands' outputs kept in memory / in a staging file
+def test_row_bands_quantize_bit_identically(monkeypatch, qm, asym, dtype, chunk, staged):
     monkeypatch.setattr(qpass, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(qpass, "STAGE_ELEMENTS", 0 if staged else K * N)
     rng = np.random.default_rng(3)
     w = rng.standard_normal((K, N)).astype(dtype)
     w[40:72, 5] = 0  # an all-zero group (scale 0)
