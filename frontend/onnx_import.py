@@ -62,9 +62,8 @@ FOLD_LIMIT = 4096  # fold an all-constant node only if its result is at most thi
 MAX_TENSOR_BYTES = 1 << 40
 
 DTYPES = {TensorProto.FLOAT: DType.f32, TensorProto.FLOAT16: DType.f16, TensorProto.BFLOAT16: DType.bf16,
-          TensorProto.INT64: DType.i64,
-          TensorProto.INT32: DType.i32, TensorProto.INT8: DType.i8, TensorProto.UINT8: DType.u8,
-          TensorProto.BOOL: DType.bool}
+          TensorProto.INT64: DType.i64, TensorProto.INT32: DType.i32, TensorProto.INT8: DType.i8,
+          TensorProto.UINT8: DType.u8, TensorProto.BOOL: DType.bool}
 
 
 def _half(dt: np.dtype) -> DType | None:
@@ -99,8 +98,8 @@ def _attribute(a: AttributeProto, where: str):
 
 
 # The field each dtype's values are stored in when not in raw_data (onnx.proto's TensorProto comments).
-_DATA_FIELDS = {DType.f32: "float_data", DType.f16: "int32_data", DType.bf16: "int32_data", DType.i64: "int64_data", DType.i32: "int32_data",
-                DType.i8: "int32_data", DType.u8: "int32_data", DType.bool: "int32_data"}
+_DATA_FIELDS = {DType.f32: "float_data", DType.f16: "int32_data", DType.bf16: "int32_data", DType.i64: "int64_data",
+                DType.i32: "int32_data", DType.i8: "int32_data", DType.u8: "int32_data", DType.bool: "int32_data"}
 
 
 def _data_field(t: TensorProto, dtype: DType) -> tuple[str, int, int]:
