@@ -162,8 +162,8 @@ static inline V gelu_erf_ps(V x) {
 static inline void gelu_tanh_arg(V x, V& hi, V& lo) {
   const W xd = widen(x);
   const W v = wmul(xd, wfma(wmul(xd, xd), wset1(1.5957691216057308 * 0.044715), wset1(1.5957691216057308)));
-  hi = narrow(v);
-  lo = keep(narrow(wsub(v, widen(hi))), lt(abs(hi), set1(__builtin_inff())));  // none past inf
+  split(v, hi, lo);
+  lo = keep(lo, lt(abs(hi), set1(__builtin_inff())));  // none past inf
 }
 
 // 0.5x(1 + tanh(u)) equals x * sigmoid(2u): no cancellation for x < 0.

@@ -194,10 +194,15 @@ static inline W widen(V x) {
   return {_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))};
 }
 static inline W wset1(double v) { return {_mm256_set1_pd(v), _mm256_set1_pd(v)}; }
-static inline W wsub(W a, W b) { return {_mm256_sub_pd(a.lo, b.lo), _mm256_sub_pd(a.hi, b.hi)}; }
 static inline W wmul(W a, W b) { return {_mm256_mul_pd(a.lo, b.lo), _mm256_mul_pd(a.hi, b.hi)}; }
 static inline W wfma(W a, W b, W c) { return {_mm256_fmadd_pd(a.lo, b.lo, c.lo), _mm256_fmadd_pd(a.hi, b.hi, c.hi)}; }
-static inline V narrow(W x) { return _mm256_set_m128(_mm256_cvtpd_ps(x.hi), _mm256_cvtpd_ps(x.lo)); }  // rounded
+// x as floats hi + lo: hi = x rounded, lo = x - hi rounded.
+static inline void split(W x, V& hi, V& lo) {
+  const __m128 hl = _mm256_cvtpd_ps(x.lo), hh = _mm256_cvtpd_ps(x.hi);
+  hi = _mm256_set_m128(hh, hl);
+  lo = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sub_pd(x.hi, _mm256_cvtps_pd(hh))),
+                       _mm256_cvtpd_ps(_mm256_sub_pd(x.lo, _mm256_cvtps_pd(hl))));
+}
 
 #elif defined(TCC_VEC_NEON)
 
@@ -280,10 +285,13 @@ struct W {
 };
 static inline W widen(V x) { return {vcvt_f64_f32(vget_low_f32(x)), vcvt_high_f64_f32(x)}; }
 static inline W wset1(double v) { return {vdupq_n_f64(v), vdupq_n_f64(v)}; }
-static inline W wsub(W a, W b) { return {vsubq_f64(a.lo, b.lo), vsubq_f64(a.hi, b.hi)}; }
 static inline W wmul(W a, W b) { return {vmulq_f64(a.lo, b.lo), vmulq_f64(a.hi, b.hi)}; }
 static inline W wfma(W a, W b, W c) { return {vfmaq_f64(c.lo, a.lo, b.lo), vfmaq_f64(c.hi, a.hi, b.hi)}; }
-static inline V narrow(W x) { return vcvt_high_f32_f64(vcvt_f32_f64(x.lo), x.hi); }
+static inline void split(W x, V& hi, V& lo) {
+  const float32x2_t hl = vcvt_f32_f64(x.lo);
+  hi = vcvt_high_f32_f64(hl, x.hi);
+  lo = vcvt_high_f32_f64(vcvt_f32_f64(vsubq_f64(x.lo, vcvt_f64_f32(hl))), vsubq_f64(x.hi, vcvt_high_f64_f32(hi)));
+}
 
 #else
 
