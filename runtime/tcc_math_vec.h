@@ -186,7 +186,7 @@ static inline V sincos_ps(V x, int q) {
   const V c = fma(mul(r2, r2), poly(r2, kCosP), fnma(r2, set1(0.5f), set1(1.0f)));
   // NaN / inf lanes: r is NaN, so y is NaN whatever the quadrant converts to.
   const I quad = iadd(to_int(j), iset1(q));
-  const M odd = ieq(iand(quad, iset1(1)), iset1(1));
+  const M odd = ihas(quad, iset1(1));
   const V flip = as_float(shl<30>(iand(quad, iset1(2))));
   V y = bit_xor(select(odd, s, c), flip);
   // sin(x) rounds to x below 2^-12; returning x there also keeps the sign of -0.

@@ -182,7 +182,8 @@ static inline I iadd(I a, I b) { return _mm256_add_epi32(a, b); }
 static inline I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
 static inline I iand(I a, I b) { return _mm256_and_si256(a, b); }
 static inline I ior(I a, I b) { return _mm256_or_si256(a, b); }
-static inline M ieq(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+// Lanes where a has the bit b (b a power of two).
+static inline M ihas(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(a, b), b)); }
 template <int N> static inline I shl(I x) { return _mm256_slli_epi32(x, N); }
 template <int N> static inline I shr(I x) { return _mm256_srli_epi32(x, N); }  // logical
 template <int N> static inline I sar(I x) { return _mm256_srai_epi32(x, N); }  // arithmetic
@@ -245,7 +246,7 @@ static inline void store_mask4v(uint8_t* out, M m0, M m1, M m2, M m3) { neon::st
 // The vector math's operations (see the AVX2 block). NEON's min/max (FMIN/FMAX) propagate NaN.
 static inline V min(V a, V b) { return vminq_f32(a, b); }
 static inline V fnma(V a, V b, V c) { return vfmsq_f32(c, a, b); }
-static inline V fms(V a, V b, V c) { return vfmaq_f32(vnegq_f32(c), a, b); }
+static inline V fms(V a, V b, V c) { return vnegq_f32(vfmsq_f32(c, a, b)); }  // -0 where a * b == c exactly
 static inline V sqrt(V x) { return vsqrtq_f32(x); }
 static inline V round(V x) { return vrndnq_f32(x); }
 static inline V abs(V x) { return vabsq_f32(x); }
@@ -276,7 +277,7 @@ static inline I iadd(I a, I b) { return vaddq_s32(a, b); }
 static inline I isub(I a, I b) { return vsubq_s32(a, b); }
 static inline I iand(I a, I b) { return vandq_s32(a, b); }
 static inline I ior(I a, I b) { return vorrq_s32(a, b); }
-static inline M ieq(I a, I b) { return vceqq_s32(a, b); }
+static inline M ihas(I a, I b) { return vtstq_s32(a, b); }
 template <int N> static inline I shl(I x) { return vshlq_n_s32(x, N); }
 template <int N> static inline I shr(I x) { return vreinterpretq_s32_u32(vshrq_n_u32(vreinterpretq_u32_s32(x), N)); }
 template <int N> static inline I sar(I x) { return vshrq_n_s32(x, N); }
