@@ -1,5 +1,5 @@
 // tcc vector math coefficients: the one copy of the polynomial tables that every ISA's vector math
-// (runtime/tcc_math_avx2.h, runtime/tcc_math_neon.h) evaluates, so the ISAs compute the same functions.
+// (runtime/tcc_math_vec.h, written once over runtime/tcc_vec.h) evaluates.
 // The fits: near-minimax (weighted least squares + Lawson reweighting against 40-digit references); the
 // fitted max relative error of each polynomial is noted beside it, well under 1 ulp.
 #pragma once
