@@ -123,16 +123,11 @@ def compile_model_quiet(model: str, out: str, qm: str) -> dict:
     return compile_model(model, out, CompileOptions(qm=qm, round_to_nearest=True))
 
 
-def test_fp16_llama_export_gets_f32_activations_and_a_kv_cache(tmp_path):
-    """An fp16 LLaMA export (tools/make_llama_onnx.py: torch's exporter at fp16) compiled with --qm runs at
-    f32 activations: attention is fused, the KV cache is built (its f16 mask minimum maps to the f32 one),
-    the weights are quantized from fp16, and the logits match onnxruntime's on the fp16 model."""
+def tiny_llama_compiled_at_w8a8(tmp_path, dtype: str) -> dict:
+    """tools/make_llama_onnx.py's tiny shape exported at `dtype` into tmp_path/m, compiled at w8a8 into
+    tmp_path/out with attention fused and a KV cache; returns the shape."""
     pytest.importorskip("transformers")
     import importlib.util
-
-    import onnxruntime as ort
-
-    import tcc
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
@@ -140,9 +135,21 @@ def test_fp16_llama_export_gets_f32_activations_and_a_kv_cache(tmp_path):
     mk = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mk)
     shape = dict(mk.SHAPES["tiny"])
-    mk.make(shape, str(tmp_path / "m"), "f16")
+    mk.make(shape, str(tmp_path / "m"), dtype)
     m = compile_model_quiet(str(tmp_path / "m" / "model.onnx"), str(tmp_path / "out"), "w8a8")
     assert m["llm"]["kv_cache"] and m["quantization"]["quantized_linears"] == 4 * 7 + 2, m["quantization"]
+    return shape
+
+
+def test_fp16_llama_export_gets_f32_activations_and_a_kv_cache(tmp_path):
+    """An fp16 LLaMA export (tools/make_llama_onnx.py: torch's exporter at fp16) compiled with --qm runs at
+    f32 activations: attention is fused, the KV cache is built (its f16 mask minimum maps to the f32 one),
+    the weights are quantized from fp16, and the logits match onnxruntime's on the fp16 model."""
+    import onnxruntime as ort
+
+    import tcc
+
+    shape = tiny_llama_compiled_at_w8a8(tmp_path, "f16")
     ids = np.array([[5, 17, 99, 3, 250, 7]], np.int64)
     sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
     hd = shape["hidden_size"] // shape["num_attention_heads"]
@@ -223,22 +230,11 @@ def test_bf16_llama_export(tmp_path):
     logits) compiles with attention fused and a KV cache at f32 activations, its weights quantized from
     bf16; its logits match onnxruntime's on the model converted to f32 (onnxruntime has no CPU bf16 MatMul)
     within int8 rounding (as the fp16 export's test: w4a8 is checked on the MLP above)."""
-    pytest.importorskip("transformers")
-    import importlib.util
-
     import onnxruntime as ort
 
     import tcc
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
-                                                                                   "make_llama_onnx.py"))
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
-    shape = dict(mk.SHAPES["tiny"])
-    mk.make(shape, str(tmp_path / "m"), "bf16")
-    m = compile_model_quiet(str(tmp_path / "m" / "model.onnx"), str(tmp_path / "out"), "w8a8")
-    assert m["llm"]["kv_cache"] and m["quantization"]["quantized_linears"] == 4 * 7 + 2, m["quantization"]
+    shape = tiny_llama_compiled_at_w8a8(tmp_path, "bf16")
     _f32_copy(str(tmp_path / "m" / "model.onnx"), str(tmp_path / "f32.onnx"))
     sess = ort.InferenceSession(str(tmp_path / "f32.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[5, 17, 99, 3, 250, 7]], np.int64)
