@@ -9,7 +9,10 @@ Integer and bool results must be exact.
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
+import pytest
 
 from tcc.ir.core import Graph, TensorType
 from tcc.ir.dims import Sym
@@ -119,3 +122,18 @@ def graph_before(model_path: str, pass_name: str, max_context: int, pipeline: st
     names = get_pipeline(pipeline)
     run_pipeline(g, names[:names.index(pass_name)], ctx)
     return g, ctx
+
+
+class _Constants:
+    rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def per_test_constants(request):
+    """Each test draws its own constants (`w`), seeded by its id: the same data whatever order tests run in.
+    A test module imports this fixture to use it."""
+    _Constants.rng = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def w(*shape) -> np.ndarray:
+    return _Constants.rng.standard_normal(shape).astype(np.float32)

@@ -1,30 +1,13 @@
 """canonicalize: MatMul/Gemm -> Linear (bias folded), Div by a constant -> Mul."""
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
 from tcc.ir.core import Graph
 from tcc.ir.text import print_graph
 
-from .helpers import check_pass, make_ctx, refusals, run_pass, t
-
-RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _per_test_rng(request):
-    """Each test draws its own constants, seeded by its id: the same data whatever order tests run in."""
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-
-
-def w(*shape):
-    return RNG.standard_normal(shape).astype(np.float32)
+from .helpers import check_pass, make_ctx, per_test_constants, refusals, run_pass, t, w  # noqa: F401 (an autouse fixture)
 
 
 @pytest.mark.parametrize("bias_shape,bias_first", [((16,), False), ((1, 16), True), ((1, 1, 16), False),

@@ -2,27 +2,13 @@
 reference interpreter; ops already in kernel form are left alone."""
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
 from tcc.ir.core import Graph
 from tcc.ir.dtypes import DType
 
-from .helpers import F16_TOL, check_pass, t
-
-RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _per_test_rng(request):
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-def w(*shape):
-    return RNG.standard_normal(shape).astype(np.float32)
+from .helpers import F16_TOL, check_pass, per_test_constants, t, w  # noqa: F401 (an autouse fixture)
 
 
 @pytest.mark.parametrize("trans_a,trans_b,alpha,beta", [(0, 0, 1.0, 1.0), (1, 0, 0.5, 1.0), (0, 1, 1.0, 2.0),
