@@ -76,11 +76,18 @@ def _family_context(spec: "KernelSpec") -> dict[str, Any]:
     return fn(spec)
 
 
+# The source languages a kernel template may be written in (its name ends in <suffix>.j2), and the runtime
+# header every kernel of that language includes: C++ for the CPUs, CUDA for the NVIDIA GPUs.
+SOURCE_HEADERS = {".cpp": "tcc_kernel.h", ".cu": "tcc_cuda.h"}
+
+
 def template_path(target: str, family: str, variant: str) -> str:
-    """`<target>/<family>-<variant>.cpp.j2`, else the portable `common/<family>-<variant>.cpp.j2`."""
-    own = f"{target}/{family}-{variant}.cpp.j2"
-    if os.path.exists(os.path.join(TEMPLATE_DIR, own)):
-        return own
+    """`<target>/<family>-<variant><suffix>.j2` (suffix: a SOURCE_HEADERS language), else the portable
+    `common/<family>-<variant>.cpp.j2`."""
+    for suffix in SOURCE_HEADERS:
+        own = f"{target}/{family}-{variant}{suffix}.j2"
+        if os.path.exists(os.path.join(TEMPLATE_DIR, own)):
+            return own
     return f"common/{family}-{variant}.cpp.j2"
 
 
@@ -133,15 +140,30 @@ class KernelSpec:
         return template_path(self.target, self.family, self.variant)
 
     @property
+    def source_suffix(self) -> str:
+        """The rendered file's suffix: its template's language (.cpp, .cu)."""
+        return os.path.splitext(self.template[: -len(".j2")])[1]
+
+    @property
     def signature(self) -> str:
         """The C prototype; `{name}` and any `{param}` / family-context placeholder are filled in."""
         family = FAMILIES[self.family]
-        values = dict(self.params)
+        values = {"T": self.element_ctype}
+        values.update(self.params)
         values.update(_family_context(self))
         return family.signature.format(name=self.name, **values)
 
+    @property
+    def element_ctype(self) -> str:
+        """The C type of the activations (`{T}` in a signature): the `dtype` param's (f16 data is uint16_t
+        on the host side of every target), f32 when the spec has none (the CPU's qlinear and qgather)."""
+        from .families.elementwise import CTYPE
+
+        return CTYPE[self.param("dtype", "f32")]
+
     def context(self) -> dict[str, Any]:
-        ctx: dict[str, Any] = dict(self.params)
+        ctx: dict[str, Any] = {"T": self.element_ctype}
+        ctx.update(self.params)
         ctx.update(_family_context(self))
         ctx.update(self.tuning)
         ctx.update(name=self.name, signature=self.signature, family=self.family,
@@ -172,16 +194,17 @@ def render(spec: KernelSpec) -> str:
     body = environment().get_template(spec.template).render(**spec.context())
     header = GENERATED_HEADER.format(version=__version__, template=spec.template, name=spec.name)
     # The prototype first gives the definition C linkage whatever the template writes.
-    return header + '#include "tcc_kernel.h"\n\nextern "C" ' + spec.signature + ";\n\n" + body
+    include = SOURCE_HEADERS[spec.source_suffix]
+    return header + f'#include "{include}"\n\nextern "C" ' + spec.signature + ";\n\n" + body
 
 
 def write_kernels(specs, out_dir: str) -> list[str]:
-    """Render each spec into `<out_dir>/<name>.cpp` (one translation unit per kernel, so ccache hits
-    across models), rewriting a file only when its content changed. Returns the file paths."""
+    """Render each spec into `<out_dir>/<name><suffix>` (.cpp, .cu: one translation unit per kernel, so ccache
+    hits across models), rewriting a file only when its content changed. Returns the file paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for spec in sorted(set(specs), key=lambda s: s.name):
-        path = os.path.join(out_dir, spec.name + ".cpp")
+        path = os.path.join(out_dir, spec.name + spec.source_suffix)
         write_if_changed(path, render(spec))
         paths.append(path)
     return paths

@@ -214,20 +214,20 @@ register_family(KernelFamily(
     _reduce_context, "reduce the middle axis of [outer, r, inner]"))
 
 # ---------------------------------------------------------------------------------------------------
-# softmax, norm (f32 only: plain signatures)
+# softmax, norm (T: the activations' type; the CPU kernels are f32 only)
 
 SOFTMAX_DOMAIN = [{"op": op, "dtype": "f32"} for op in ("softmax", "logsoftmax")]
 NORM_DOMAIN = [{"op": op, "dtype": "f32"} for op in ("layernorm", "rmsnorm")]
 
 register_family(KernelFamily(
     "softmax",
-    "void {name}(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, tcc_exec* exec)",
+    "void {name}(const {T}* x, {T}* y, int64_t outer, int64_t n, int64_t inner, tcc_exec* exec)",
     lambda spec: {"log": spec.param("op") == "logsoftmax", "grain": GRAIN_TRANSCENDENTAL},
     "(log)softmax over the middle axis of [outer, n, inner]"))
 
 register_family(KernelFamily(
     "norm",
-    "void {name}(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, "
+    "void {name}(const {T}* x, const {T}* gamma, const {T}* beta, {T}* y, int64_t rows, "
     "int64_t cols, float eps, tcc_exec* exec)",
     lambda spec: {"rms": spec.param("op") == "rmsnorm", "grain": GRAIN_CHEAP},
     "layernorm / rmsnorm per row"))

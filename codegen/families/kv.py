@@ -25,11 +25,11 @@ from ..kernels import KernelFamily, KernelSpec, register_family
 # alibi_slopes: null, or one slope per query head: score += slope * (key position - query position) (MPT, Bloom).
 # softcap > 0: score = softcap * tanh(score / softcap) after the scale, before the bias (Gemma 2).
 KVATTENTION_PARAMS = (
-    "const float* q, const float* k, const float* v, float* k_cache, float* v_cache, float* out, "
+    "const {T}* q, const {T}* k, const {T}* v, {T}* k_cache, {T}* v_cache, {T}* out, "
     "int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t past, int64_t capacity, int64_t D, int64_t Dv, "
     "const int64_t* q_strides, const int64_t* k_strides, const int64_t* v_strides, const int64_t* o_strides, "
-    "const float* cos_table, const float* sin_table, int64_t rotary_dim, int32_t rope_mode, "
-    "float scale, int64_t window, int64_t cache_rows, const float* alibi_slopes, float softcap, tcc_exec* exec"
+    "const {T}* cos_table, const {T}* sin_table, int64_t rotary_dim, int32_t rope_mode, "
+    "float scale, int64_t window, int64_t cache_rows, const {T}* alibi_slopes, float softcap, tcc_exec* exec"
 )
 KVATTENTION_SIGNATURE = "void {name}(" + KVATTENTION_PARAMS + ")"
 
@@ -50,7 +50,7 @@ SPLIT_MAX = 64
 
 
 def _kvattention_context(spec: KernelSpec) -> dict:
-    return dict(KV_PARAMS=KVATTENTION_PARAMS, MIN_PARALLEL_FLOPS=MIN_PARALLEL_FLOPS,
+    return dict(KV_PARAMS=KVATTENTION_PARAMS.replace("{T}", spec.element_ctype), MIN_PARALLEL_FLOPS=MIN_PARALLEL_FLOPS,
                 APPEND_GRAIN_FLOATS=APPEND_GRAIN_FLOATS,
                 SPLIT_ITEMS_PER_THREAD=SPLIT_ITEMS_PER_THREAD, SPLIT_TASKS_PER_THREAD=SPLIT_TASKS_PER_THREAD,
                 SPLIT_MIN_KEYS=SPLIT_MIN_KEYS, SPLIT_MAX=SPLIT_MAX)

@@ -11,21 +11,21 @@ from ..kernels import KernelFamily, register_family
 from .packing import NR
 
 GEMM_SIGNATURE = (
-    "void {name}(const float* A, int64_t lda, const float* Bp, const float* bias, float* C, int64_t ldc, "
+    "void {name}(const {T}* A, int64_t lda, const {T}* Bp, const {T}* bias, {T}* C, int64_t ldc, "
     "int64_t M, int64_t N, int64_t K, tcc_exec* exec)"
 )
 MATMUL_SIGNATURE = (
-    "void {name}(const float* A, const float* B, float* C, int64_t M, int64_t N, int64_t K, "
+    "void {name}(const {T}* A, const {T}* B, {T}* C, int64_t M, int64_t N, int64_t K, "
     "int64_t a_rs, int64_t a_cs, int64_t b_rs, int64_t b_cs, "
     "int32_t nbatch, const int64_t* batch_shape, const int64_t* a_bstrides, const int64_t* b_bstrides, "
     "tcc_exec* exec)"
 )
 ATTENTION_SIGNATURE = (
-    "void {name}(const float* q, const float* k, const float* v, const float* mask, float* out, "
+    "void {name}(const {T}* q, const {T}* k, const {T}* v, const {T}* mask, {T}* out, "
     "int64_t B, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Skv, int64_t D, int64_t Dv, "
     "const int64_t* q_strides, const int64_t* k_strides, const int64_t* v_strides, "
     "const int64_t* mask_strides, const int64_t* o_strides, float scale, int32_t causal, int64_t window, "
-    "const float* alibi_slopes, float softcap, tcc_exec* exec)"
+    "const {T}* alibi_slopes, float softcap, tcc_exec* exec)"
 )
 # With i' = i + Skv - Sq a query's position among the keys: window > 0 drops keys j <= i' - window;
 # alibi_slopes (null or one per query head) add slope * (j - i'); softcap > 0 maps the scaled score s to

@@ -22,7 +22,7 @@ register_family(KernelFamily(
 
 register_family(KernelFamily(
     "rope",
-    "void {name}(const float* x, const float* cos_cache, const float* sin_cache, const int64_t* pos, float* y, "
+    "void {name}(const {T}* x, const {T}* cos_cache, const {T}* sin_cache, const int64_t* pos, {T}* y, "
     "int64_t B, int64_t S, int64_t H, int64_t D, int64_t rd, const int64_t* x_strides, int64_t max_pos, "
     "int32_t interleaved, tcc_exec* exec)",
     doc="rotary embedding; x/y strides over (b, s, h, d); cache rows of rd/2 selected by pos[b*S+s] "
@@ -43,7 +43,7 @@ register_family(KernelFamily(
 
 register_family(KernelFamily(
     "qgather",
-    "void {name}(const void* q, const {S}* scales, const uint8_t* zeros, const int64_t* ids, float* out, "
+    "void {name}(const void* q, const {S}* scales, const uint8_t* zeros, const int64_t* ids, {T}* out, "
     "int64_t n_ids, int64_t rows, int64_t K, int64_t group, tcc_exec* exec)",
     context=lambda spec: {"S": "uint16_t" if spec.param("bits") == 4 else "float", "bits": spec.param("bits")},
     doc="out[i] = dequantized row ids[i] of a quantized table (codegen/families/packing.py); out of range raises"))

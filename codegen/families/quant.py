@@ -36,6 +36,9 @@ QLINEAR_W4A32_SIGNATURE = (
     "void {name}(const float* x, int64_t ldx, const uint8_t* w, const uint16_t* ws, const uint8_t* wz, "
     "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int64_t group, tcc_exec* exec)"
 )
+# w4a16: w4a32's operands with the activations, bias and output of type T (f32 on the CPUs, which round x to
+# fp16 inside the kernel; fp16 on the GPUs).
+QLINEAR_W4A16_SIGNATURE = QLINEAR_W4A32_SIGNATURE.replace("float*", "{T}*")
 QLINEAR_W8A8_SIGNATURE = (
     "void {name}(const int8_t* xq, const float* xs, int64_t ldq, const int8_t* w, const float* ws, "
     "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_exec* exec)"
@@ -79,8 +82,8 @@ QLINEAR_SIGNATURES = (
      "y = f32 activations x packed int4 weights dequantized in registers + bias"),
     ("qlinear_w8a8", QLINEAR_W8A8_SIGNATURE,
      "y = int8 per-tensor activations x packed int8 per-channel weights + bias"),
-    ("qlinear_w4a16", QLINEAR_W4A32_SIGNATURE,
-     "y = f32 activations rounded to fp16 x packed int4 weights dequantized to fp16, fp16 products and block "
+    ("qlinear_w4a16", QLINEAR_W4A16_SIGNATURE,
+     "y = activations (f32 on the CPUs) rounded to fp16 x packed int4 weights dequantized to fp16, fp16 products and block "
      "sums (ir/ops/quant.py, act f16) + bias"),
 )
 for _name, _signature, _doc in QLINEAR_SIGNATURES:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from ...ir.core import Node
 from ...ir.dims import product
 from ..launch import SlotLength, dim, flt
-from .emitter import Emitter, broadcast_strides, dense_strides, lowering
+from .emitter import DTYPE_CODE, Emitter, broadcast_strides, dense_strides, lowering
 
 
 @lowering("Attention")
@@ -25,7 +25,7 @@ def _attention(node: Node, em: Emitter) -> None:
         em.array("vs", dense_strides(v.shape)), em.array("ms", mask_strides) if mask is not None else None,
         em.array("os", dense_strides(out.shape)), flt(node.attrs["scale"]), dim(int(node.attrs.get("causal", 0))),
         dim(int(node.attrs.get("window", 0))), em.ptr(node.input(4)), flt(node.attrs.get("softcap", 0.0))],
-        dtype="f32")
+        dtype=DTYPE_CODE[q.dtype])
 
 
 @lowering("KVAttention")
@@ -48,11 +48,11 @@ def _kv_attention(node: Node, em: Emitter) -> None:
     ins = [replace(em.ptr(t), per_row=st[0]) for t, st in zip((q, k, v, out), dense)]
     caches = [replace(em.ptr(c), per_slot=hkv * rows * w) for c, w in ((kc, d), (vc, dv))]
     em.call(node, "kvattention", [*ins[:3], *caches, ins[3], dim(1), *dims, SlotLength(), dim(cap), dim(d),
-                                  dim(dv), *strides, *tail], mode="rows", rows=b, dtype="f32")
+                                  dim(dv), *strides, *tail], mode="rows", rows=b, dtype=DTYPE_CODE[q.dtype])
     em.call(node, "kvattention", [
         em.ptr(q), em.ptr(k), em.ptr(v), em.ptr(kc), em.ptr(vc), em.ptr(out),
         dim(b), *dims, dim(past.const.item()), dim(cap), dim(d), dim(dv), *strides, *tail], mode="batch",
-        dtype="f32")
+        dtype=DTYPE_CODE[q.dtype])
 
 
 @lowering("RotaryEmbedding")
@@ -73,4 +73,4 @@ def _rope(node: Node, em: Emitter) -> None:
     max_pos = cos.shape[0] if pos is not None else product(cos.shape[:-1])
     em.call(node, "rope", [em.ptr(x), em.ptr(cos), em.ptr(sin), em.ptr(pos), em.ptr(out), dim(b), dim(s), dim(h),
                            dim(d), dim(rd), em.array("xs", strides), dim(max_pos),
-                           dim(int(node.attrs.get("interleaved", 0)))], check_error=pos is not None, dtype="f32")
+                           dim(int(node.attrs.get("interleaved", 0)))], check_error=pos is not None, dtype=DTYPE_CODE[x.dtype])

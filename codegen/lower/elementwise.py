@@ -102,7 +102,7 @@ def _softmax(node: Node, em: Emitter) -> None:
     axis = norm_axis(node.attrs.get("axis", -1), x.type.rank)
     outer, n, inner = product(x.shape[:axis]), x.shape[axis], product(x.shape[axis + 1:])
     em.call(node, "softmax", [em.ptr(x), em.ptr(out), dim(outer), dim(n), dim(inner)],
-            op=node.op.lower(), dtype="f32")
+            op=node.op.lower(), dtype=DTYPE_CODE[x.dtype])
 
 
 @lowering("LayerNorm", "RMSNorm")
@@ -116,7 +116,7 @@ def _norm(node: Node, em: Emitter) -> None:
             raise TccError(f"{node.op} node {node.name!r}: parameter %{p.name} must have {cols} elements "
                            "(lower-ops should have expanded it)")
     em.call(node, "norm", [em.ptr(x), em.ptr(gamma), em.ptr(beta), em.ptr(out), dim(rows), dim(cols),
-                           flt(node.attrs["eps"])], op=node.op.lower(), dtype="f32")
+                           flt(node.attrs["eps"])], op=node.op.lower(), dtype=DTYPE_CODE[x.dtype])
 
 
 @lowering("Range")

@@ -56,6 +56,14 @@ def broadcast_strides(shape, out_shape) -> list[Dim]:
 DTYPE_CODE = {DType.f32: "f32", DType.i64: "i64", DType.i32: "i32", DType.bool: "bool", DType.f16: "f16",
               DType.i8: "i8", DType.u8: "u8"}
 
+
+
+def activation_dtype(v: Value) -> dict:
+    """The `dtype` param of a family whose CPU kernels have none (qlinear, qgather: f32 activations): given
+    only for other activation types (f16 on the GPUs), so the CPU kernels keep their names."""
+    return {} if v.dtype == DType.f32 else {"dtype": DTYPE_CODE[v.dtype]}
+
+
 # Placement kinds (passes/memory_plan.py) -> the Buf space of their storage.
 _BUF_SPACE = {"input": "input", "output": "output", "arena": "device_arena", "state": "kv_state"}
 

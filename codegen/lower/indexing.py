@@ -8,7 +8,7 @@ from ...ir.dims import product
 from ...ir.dtypes import DType
 from ...ir.registry import norm_axis
 from ..launch import dim
-from .emitter import DTYPE_CODE, Emitter, dense_strides, lowering
+from .emitter import DTYPE_CODE, Emitter, activation_dtype, dense_strides, lowering
 
 
 @lowering("Gather")
@@ -32,7 +32,8 @@ def _qgather(node: Node, em: Emitter) -> None:
     table = em.packed_ptr(q, "q4_rows" if bits == 4 else "q8_rows", "void")
     sc = em.packed_ptr(scales, "q4_row_scales", "uint16_t") if bits == 4 else em.ptr(scales)
     em.call(node, "qgather", [table, sc, em.ptr(zeros), em.ptr(idx), em.ptr(node.output), dim(idx.type.numel),
-                              dim(rows), dim(k), dim(node.attrs["group_size"])], check_error=True, bits=bits)
+                              dim(rows), dim(k), dim(node.attrs["group_size"])], check_error=True, bits=bits,
+            **activation_dtype(node.output))
 
 
 @lowering("GatherND")

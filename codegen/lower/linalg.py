@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from ...errors import UnsupportedError
-from ...ir.core import Node, Value
+from ...ir.core import Node
 from ...ir.dims import product
-from ...ir.dtypes import DType
 from ..launch import dim, flt
-from .emitter import Emitter, broadcast_strides, dense_strides, lowering
+from .emitter import DTYPE_CODE, Emitter, activation_dtype, broadcast_strides, dense_strides, lowering
 
 
 @lowering("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
@@ -21,7 +20,7 @@ def _linear(node: Node, em: Emitter) -> None:
     k, n = w.shape
     m = product(x.shape[:-1])
     em.call(node, "gemm", [em.ptr(x), dim(k), em.packed_ptr(w, "gemm_f32"), em.ptr(bias), em.ptr(node.output),
-                           dim(n), dim(m), dim(n), dim(k)], dtype="f32")
+                           dim(n), dim(m), dim(n), dim(k)], dtype=DTYPE_CODE[x.dtype])
 
 
 @lowering("QuantizeActs")
@@ -83,13 +82,15 @@ def _qlinear(node: Node, em: Emitter) -> None:
                                                 em.packed_ptr(scales, "q4_scales", "uint16_t"),
                                                 em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias),
                                                 em.ptr(node.output), dim(n), dim(product(x.shape[:-1])), dim(n),
-                                                dim(k), dim(node.attrs["group_size"])])
+                                                dim(k), dim(node.attrs["group_size"])], **activation_dtype(x))
 
 
 @lowering("MatMul")
 def _matmul(node: Node, em: Emitter) -> None:
     a, b = node.inputs
-    check_f32(node, a)
+    if not a.dtype.is_float:
+        raise UnsupportedError(f"{node.op} node {node.name!r}: {a.dtype} inputs are not supported by the compiled "
+                               "backends (float MatMul only)")
     ash, bsh = list(a.shape), list(b.shape)
     if len(ash) == 1:
         ash = [1] + ash
@@ -106,7 +107,7 @@ def _matmul(node: Node, em: Emitter) -> None:
     em.call(node, "matmul", [em.ptr(a), em.ptr(b), em.ptr(node.output), dim(mdim), dim(ndim_), dim(kdim),
                              dim(a_str[-2]), dim(1), dim(b_str[-2]), dim(1), dim(len(batch)),
                              em.array("bshape", batch), em.array("abs", a_b), em.array("bbs", b_b)],
-            dtype="f32")
+            dtype=DTYPE_CODE[a.dtype])
 
 
 def _batch_shape(a, b):
@@ -114,8 +115,3 @@ def _batch_shape(a, b):
 
     return broadcast_shapes(a, b)
 
-
-def check_f32(node: Node, v: Value) -> None:
-    if v.dtype != DType.f32:
-        raise UnsupportedError(f"{node.op} node {node.name!r}: {v.dtype} inputs are not supported by the compiled "
-                               "backends yet (f32 only)")
