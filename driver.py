@@ -31,7 +31,8 @@ DEFAULT_MAX_DIM = 256
 class CompileOptions:
     target: str = "x86"
     cpu: str | None = None  # --cpu: the CPU baseline of targets that have a choice (arm: cortex-a76, ...)
-    qm: str = "fp32"
+    cuda_arch: str | None = None  # --cuda-arch: the GPU architectures of the cuda target (sm_80,sm_90)
+    qm: str | None = None  # None: the target's baseline (Target.default_qm: fp32 on the CPUs, fp16 on cuda)
     dump_ir: str | None = None
     max_dims: dict[str, int] = field(default_factory=dict)  # upper bounds of dynamic dims
     dims: dict[str, int] = field(default_factory=dict)  # dims fixed to a value
@@ -120,8 +121,10 @@ def check_target(opts: CompileOptions):
     from .backends import get_backend
     from .passes.schemes import check_scheme, get_scheme
 
+    backend = get_backend(opts.target, cpu=opts.cpu, cuda_arch=opts.cuda_arch)
+    if opts.qm is None:
+        opts.qm = getattr(backend.target, "default_qm", "fp32")
     get_scheme(opts.qm)
-    backend = get_backend(opts.target, cpu=opts.cpu)
     check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
     return backend
 

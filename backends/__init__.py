@@ -23,6 +23,7 @@ class Capabilities:
     f16_data_ops: frozenset  # ops whose kernels take f16 data as it is (they move or convert elements)
     alignment: int = 64  # bytes: every planned buffer (arena offsets) and weight starts on this boundary
     vector_bytes: int = 16  # the widest vector the kernels use
+    activations: str = "f32"  # the float type the network is computed in ("f16" on the GPUs: passes/float16.py)
 
     def computes(self, family: str, dtype) -> bool:
         """Whether the `family` kernels compute in float dtype `dtype` (a DType)."""
@@ -40,6 +41,11 @@ CPU_F32_FAMILIES = frozenset({"gemm", "matmul", "attention", "kvattention", "sof
 CPU_F16_DATA_OPS = frozenset({"Cast", "Copy", "Transpose", "Slice", "Concat", "Split", "Gather", "GatherND",
                               "Expand", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape",
                               "ConstantOfShape", "Trilu"})
+
+
+# Why a CPU target refuses --qm fp16 (its Target.qm_refusals).
+CPU_FP16_REFUSAL = ("fp16", "the CPU targets compute in fp32 (an fp16 model is widened at import); --target cuda "
+                            "computes in fp16")
 
 
 def cpu_capabilities(vector_bytes: int = 16, alignment: int = 64) -> Capabilities:
@@ -71,14 +77,19 @@ class Backend:
 MACHINES = {"x86": ("x86_64", "amd64"), "arm": ("aarch64", "arm64")}
 
 
-def get_backend(name: str, cpu: str | None = None) -> Backend:
-    """The backend of target `name`; `cpu` (--cpu) picks the CPU baseline where the target has a choice."""
+def get_backend(name: str, cpu: str | None = None, cuda_arch: str | None = None) -> Backend:
+    """The backend of target `name`; `cpu` (--cpu) picks the CPU baseline where the target has a choice,
+    `cuda_arch` (--cuda-arch) the GPU architectures of the cuda target."""
     if name not in TARGETS:
         raise TccError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}")
     module = importlib.import_module(f"{__package__}.{name}")
     make = getattr(module, "backend", None)
     if make is None:
-        raise TccError(f"target {name!r} is not implemented yet; available now: x86, arm")
+        raise TccError(f"target {name!r} is not implemented yet; available now: x86, arm, cuda")
+    if cuda_arch is not None:
+        if name != "cuda":
+            raise TccError(f"--cuda-arch does not apply to target {name}")
+        return make(cuda_arch)
     if cpu is None:
         return make()
     if "cpu" not in inspect.signature(make).parameters:

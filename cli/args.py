@@ -94,10 +94,11 @@ def _first_line(e: BaseException) -> str:
 def add_quant_args(p) -> None:
     from ..passes.schemes import SCHEMES
 
-    p.add_argument("--qm", default="fp32", choices=tuple(SCHEMES),
-                   help="quantization: " + "; ".join(f"{s.name}: {s.summary}" for s in SCHEMES.values()))
+    p.add_argument("--qm", default=None, choices=tuple(SCHEMES),
+                   help="quantization (default: the target's baseline, fp32 on the CPUs, fp16 on cuda): "
+                   + "; ".join(f"{s.name}: {s.summary}" for s in SCHEMES.values()))
     p.add_argument("--group-size", type=int, metavar="N", help="int4 weight group size along K (default: the "
-                   "target's, 32 on CPU); a multiple of 32")
+                   "target's: 32 on the CPUs, 128 on cuda); a multiple of 32")
     p.add_argument("--asym", action="store_true", help="int4 weights with zero points (default: symmetric)")
     p.add_argument("--keep-fp32", metavar="PATTERNS", help="comma-separated Linear layers to leave in fp32: "
                    "fnmatch patterns on node or weight names, or lm_head")

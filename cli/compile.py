@@ -10,7 +10,8 @@ def cmd_compile(args) -> int:
     opts = CompileOptions(target=args.target, qm=args.qm, dump_ir=args.dump_ir,
                           max_dims=kv_ints(args.max_dim, "--max-dim"), dims=kv_ints(args.dim, "--dim"),
                           print_after=tuple(args.print_after or ()), disable_passes=tuple(args.disable_pass or ()),
-                          kernel_variant=args.kernel_variant, cpu=args.cpu, pipeline=args.pipeline,
+                          kernel_variant=args.kernel_variant, cpu=args.cpu, cuda_arch=args.cuda_arch,
+                          pipeline=args.pipeline,
                           max_context=args.max_context, tokenizer=args.tokenizer, chat_template=args.chat_template,
                           tune=args.tune, tune_threads=args.tune_threads, force=args.force,
                           require_kv_cache=args.require_kv_cache, **quant_options(args))
@@ -63,7 +64,10 @@ def add_compile(sub) -> None:
     c.add_argument("model", help="the .onnx file")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.add_argument("--target", default="x86", help="x86 (default) | arm (aarch64; cross-compiled on other "
-                   "hosts, run there with `tcc run --emulate`)")
+                   "hosts, run there with `tcc run --emulate`) | cuda (NVIDIA GPUs, sm_80+; without a GPU run it "
+                   "with `tcc run --emulate`)")
+    c.add_argument("--cuda-arch", metavar="ARCHS", help="cuda: the GPU architectures to build for, comma "
+                   "separated sm_XY (default: sm_80,sm_90), or native")
     c.add_argument("--cpu", metavar="CPU", help="arm: the baseline CPU (-mcpu), e.g. cortex-a53, cortex-a76, "
                    "neoverse-n1, native (default: armv8-a; dotprod / i8mm are detected at run time)")
     add_quant_args(c)

@@ -25,11 +25,15 @@ LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "elimina
 # once per input, and in the normalization kernel where a norm feeds only them. All no-ops at fp32.
 QUANTIZE = ["awq", "smoothquant", "quantize", "quantize-activations", "fuse-norm-quantize", "eliminate-dead-code"]
 
+# Targets that compute in fp16 (the GPUs: Capabilities.activations) convert the quantized graph; a no-op on
+# the CPUs.
+PRECISION = ["float16"]
+
 PIPELINES: dict[str, list[str]] = {
     # What `tcc compile` runs: optimize, quantize, rewrite ops into kernel-family forms, plan memory.
-    "default": OPTIMIZE + LLM_AFTER + QUANTIZE + ["lower-ops", "eliminate-dead-code", "plan-memory"],
+    "default": OPTIMIZE + LLM_AFTER + QUANTIZE + PRECISION + ["lower-ops", "eliminate-dead-code", "plan-memory"],
     # What `tcc ir` shows by default: everything but lowering and memory planning.
-    "optimize": OPTIMIZE + LLM_AFTER + QUANTIZE,
+    "optimize": OPTIMIZE + LLM_AFTER + QUANTIZE + PRECISION,
     "cleanup": ["fold-constants", "eliminate-dead-code"],
 }
 

@@ -3,6 +3,7 @@ improves it. The numerics of the quantized ops are in ir/ops/quant.py; which tar
 target description's business (`Target.qms`).
 
   fp32   no quantization
+  fp16   no quantization, fp16 weights and activations (the GPU targets' baseline: passes/float16.py)
   w8a8   int8 weights per output channel (symmetric), int8 activations per tensor at run time; SmoothQuant
   w4a32  int4 group-wise weights, fp32 activations (the kernel dequantizes); AWQ
   w4a16  int4 group-wise weights, fp16 activations and fp16 arithmetic in the Linear layers (arm); AWQ
@@ -28,10 +29,11 @@ class Scheme:
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("fp32", None, "f32", None, False, False, "no quantization"),
+    Scheme("fp16", None, "f16", None, False, False, "no quantization, fp16 weights and activations (cuda)"),
     Scheme("w8a8", 8, "i8_tensor", "smoothquant", False, False,
            "int8 per-channel weights, int8 per-tensor activations at run time (SmoothQuant)"),
     Scheme("w4a32", 4, "f32", "awq", True, True, "int4 group-wise weights, fp32 activations (AWQ)"),
-    Scheme("w4a16", 4, "f16", "awq", True, True, "int4 group-wise weights, fp16 activations and arithmetic in the Linear layers (AWQ; arm)"),
+    Scheme("w4a16", 4, "f16", "awq", True, True, "int4 group-wise weights, fp16 activations and arithmetic in the Linear layers (AWQ; arm, cuda)"),
     Scheme("w4a8", 4, "i8_group", "awq", True, True,
            "int4 group-wise weights, int8 activations per group at run time (AWQ)"),
 )}
@@ -46,6 +48,7 @@ def get_scheme(name: str) -> Scheme:
 def check_scheme(name: str, target, group_size: int | None = None, asym: bool = False) -> Scheme:
     """The scheme, or a TccError saying why `target` cannot run it (and what it can run)."""
     scheme = get_scheme(name)
+
     if name not in target.qms:
         why = dict(target.qm_refusals).get(name, "no kernels for it")
         raise TccError(f"target {target.name} cannot run --qm {name} ({why}); it supports: {', '.join(target.qms)}")

@@ -43,6 +43,9 @@ CPU_FEATURES: dict[str, tuple[str, ...]] = {
 OPTIONAL_FEATURES = ("dotprod", "i8mm", "fp16")
 
 
+from .. import CPU_FP16_REFUSAL
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -56,7 +59,7 @@ class Target:
     default_group_size: int = 32
     # The q4 K block: 32 codes of a column in one 16-byte vector (docs/arm.md); activations pad to it.
     k_block: int = 32
-    qm_refusals: tuple[tuple[str, str], ...] = ()
+    qm_refusals: tuple[tuple[str, str], ...] = (CPU_FP16_REFUSAL,)
     cpu: str = "generic"
     machine: str = "aarch64"
     emulator: tuple[str, ...] = (QEMU, "-L", SYSROOT)  # runs the artifact's binaries on another host

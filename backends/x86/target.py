@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import CPU_FP16_REFUSAL
+
 
 @dataclass(frozen=True)
 class Target:
@@ -46,7 +48,7 @@ TARGET = Target(
     qms=("fp32", "w8a8", "w4a32", "w4a8"),
     default_group_size=32,
     k_block=64,
-    qm_refusals=(("w4a16", "fp16 activations need fp16 arithmetic, which x86 CPUs without AVX512-FP16 lack; "
+    qm_refusals=(CPU_FP16_REFUSAL, ("w4a16", "fp16 activations need fp16 arithmetic, which x86 CPUs without AVX512-FP16 lack; "
                            "--target arm runs it"),),
 )
 

@@ -97,21 +97,21 @@ def _attention_infer(ins, attrs):
         raise ShapeError(f"Attention: query heads {hq} not a multiple of kv heads {hkv}")
     if len(ins) > 3 and ins[3] is not None:
         m = ins[3]
-        if m.dtype != DType.f32:
-            raise ShapeError(f"Attention mask must be an additive f32 mask, got {m.type}")
+        if m.dtype not in (DType.f32, q.dtype):
+            raise ShapeError(f"Attention mask must be an additive {q.dtype} mask, got {m.type}")
         broadcast_shapes((b, hq, sq, skv), m.shape, what="attention mask")
-    check_variants("Attention", ins[4] if len(ins) > 4 else None, hq, attrs)
+    check_variants("Attention", ins[4] if len(ins) > 4 else None, hq, attrs, q.dtype)
     return [TensorType(q.dtype, (b, hq, sq, dv))]
 
 
-def check_variants(op: str, slopes, hq, attrs) -> None:
+def check_variants(op: str, slopes, hq, attrs, dtype=DType.f32) -> None:
     """The attributes and the ALiBi slopes input shared by Attention and KVAttention."""
     if not isinstance(attrs.get("window", 0), int) or attrs.get("window", 0) < 0:
         raise ShapeError(f"{op}: window must be an integer >= 0 (0: none), got {attrs.get('window')!r}")
     if not attrs.get("softcap", 0.0) >= 0:
         raise ShapeError(f"{op}: softcap must be >= 0 (0: none), got {attrs.get('softcap')!r}")
-    if slopes is not None and (slopes.dtype != DType.f32 or tuple(slopes.shape) != (hq,)):
-        raise ShapeError(f"{op}: ALiBi slopes must be f32[{hq}] (one per query head), got {slopes.type}")
+    if slopes is not None and (slopes.dtype not in (DType.f32, dtype) or tuple(slopes.shape) != (hq,)):
+        raise ShapeError(f"{op}: ALiBi slopes must be {dtype}[{hq}] (one per query head), got {slopes.type}")
 
 
 def attention_reference(q, k, v, mask, scale: float, causal: bool, window: int = 0, slopes=None,
@@ -151,8 +151,9 @@ def attention_reference(q, k, v, mask, scale: float, causal: bool, window: int =
 def _attention_ref(xs, attrs):
     mask = xs[3] if len(xs) > 3 else None
     slopes = xs[4] if len(xs) > 4 else None
-    return [attention_reference(xs[0], xs[1], xs[2], mask, attrs["scale"], bool(attrs["causal"]),
-                                int(attrs["window"]), slopes, float(attrs["softcap"]))]
+    out = attention_reference(xs[0], xs[1], xs[2], mask, attrs["scale"], bool(attrs["causal"]),
+                              int(attrs["window"]), slopes, float(attrs["softcap"]))
+    return [out.astype(np.asarray(xs[0]).dtype)]
 
 
 register_op("Attention", infer=_attention_infer, ref=_attention_ref, kind="opaque", inputs=(3, 5),

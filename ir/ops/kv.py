@@ -58,9 +58,10 @@ def _static(d, what: str) -> int:
 
 def _infer(ins, attrs):
     q, k, v, kc, vc, past = ins[:6]
+    dt = q.dtype if q.dtype in (DType.f32, DType.f16) else DType.f32  # f16 in a GPU program (passes/float16.py)
     for t in (q, k, v, kc, vc):
-        if t.type.rank != 4 or t.dtype != DType.f32:
-            raise ShapeError(f"KVAttention expects 4-D f32 q/k/v/caches, got {t.name!r} {t.type}")
+        if t.type.rank != 4 or t.dtype != dt:
+            raise ShapeError(f"KVAttention expects 4-D {dt} q/k/v/caches, got {t.name!r} {t.type}")
     (b, hq, s, d), (_, hkv, sk, dk), (_, hv, sv, dv) = q.shape, k.shape, v.shape
     if dk != d or hv != hkv or sk != s or sv != s:
         raise ShapeError(f"KVAttention shapes do not match: q {q.type}, k {k.type}, v {v.type}")
@@ -70,7 +71,7 @@ def _infer(ins, attrs):
     cap, window = attrs["capacity"] or rows, attrs["window"]
     if cap < rows or (cap > rows and not (isinstance(window, int) and 0 < window <= rows)):
         raise ShapeError(f"KVAttention: a {rows}-row cache cannot serve a {cap}-token context with window {window}")
-    check_variants("KVAttention", ins[8] if len(ins) > 8 else None, hq, attrs)
+    check_variants("KVAttention", ins[8] if len(ins) > 8 else None, hq, attrs, dt)
     if isinstance(hq, int) and isinstance(hkv, int) and (hkv < 1 or hq % hkv):  # 0 kv heads: no division
         raise ShapeError(f"KVAttention: query heads {hq} not a multiple of kv heads {hkv}")
     if past.type.rank != 0 or past.dtype != DType.i64:
@@ -84,9 +85,9 @@ def _infer(ins, attrs):
         if rd <= 0 or rd % 2 or (isinstance(d, int) and rd > d):
             raise ShapeError(f"KVAttention: rotary_dim {rd} must be even and in (0, {d}]")
         for t in ins[6:8]:
-            if tuple(t.shape) != (cap, rd // 2) or t.dtype != DType.f32:
-                raise ShapeError(f"KVAttention rope table {t.name!r} {t.type} must be f32[{cap},{rd // 2}]")
-    return [TensorType(DType.f32, (b, hq, s, dv))]
+            if tuple(t.shape) != (cap, rd // 2) or t.dtype != dt:
+                raise ShapeError(f"KVAttention rope table {t.name!r} {t.type} must be {dt}[{cap},{rd // 2}]")
+    return [TensorType(dt, (b, hq, s, dv))]
 
 
 def _ref(xs, attrs):
@@ -110,8 +111,9 @@ def _ref(xs, attrs):
         vc[:b, :, p % rows] = v[:, :, i + max(0, s - rows)]
     qr = apply_rope(q, pos, cos, sin, rope, rd)
     slopes = xs[8] if len(xs) > 8 else None
-    return [attention_reference(qr, keys, vals, None, attrs["scale"], True, window, slopes, attrs["softcap"],
-                                key_pos=np.arange(lo, past + s) - past)]
+    out = attention_reference(qr, keys, vals, None, attrs["scale"], True, window, slopes, attrs["softcap"],
+                              key_pos=np.arange(lo, past + s) - past)
+    return [out.astype(q.dtype)]
 
 
 register_op("KVAttention", infer=_infer, ref=_ref, kind="opaque", inputs=(6, 9),

@@ -204,7 +204,7 @@ def _finish(xd, w, bias) -> np.ndarray:
 
 # -- ops ---------------------------------------------------------------------------------------------
 
-def _check_weight(q, scales, zeros, bias, bits, group_size, where: str) -> tuple:
+def _check_weight(q, scales, zeros, bias, bits, group_size, where: str, bias_dtype=DType.f32) -> tuple:
     if bits not in (4, 8):
         raise ShapeError(f"{where}: bits must be 4 or 8, got {bits}")
     want_q = DType.u8 if bits == 4 else DType.i8
@@ -221,8 +221,8 @@ def _check_weight(q, scales, zeros, bias, bits, group_size, where: str) -> tuple
             raise ShapeError(f"{where}: int8 weights are symmetric (no zero points)")
         if zeros.dtype != DType.u8 or tuple(zeros.shape) != (n, g):
             raise ShapeError(f"{where}: zeros %{zeros.name} must be u8[{n},{g}], got {zeros.type}")
-    if bias is not None and (bias.dtype != DType.f32 or tuple(bias.shape) != (n,)):
-        raise ShapeError(f"{where}: bias %{bias.name} must be f32[{n}], got {bias.type}")
+    if bias is not None and (bias.dtype != bias_dtype or tuple(bias.shape) != (n,)):
+        raise ShapeError(f"{where}: bias %{bias.name} must be {bias_dtype}[{n}], got {bias.type}")
     return n, k
 
 
@@ -231,16 +231,21 @@ def _qlinear_infer(ins, attrs):
     zeros, bias = (ins[3] if len(ins) > 3 else None), (ins[4] if len(ins) > 4 else None)
     if attrs["act"] not in ACTS:
         raise ShapeError(f"QLinear: act must be one of {', '.join(ACTS)}, got {attrs['act']!r}")
-    n, k = _check_weight(q, scales, zeros, bias, attrs["bits"], attrs["group_size"], "QLinear")
-    if x.dtype != DType.f32 or x.type.rank < 1 or x.shape[-1] != k:
-        raise ShapeError(f"QLinear: input %{x.name} must be f32[...,{k}], got {x.type}")
-    return [TensorType(DType.f32, (*x.shape[:-1], n))]
+    # f16 activations (a GPU program, passes/float16.py) only with fp16 arithmetic; the bias and the output
+    # have the activations' type, the scales stay f32 (holding fp16 values) whatever the activations
+    dt = DType.f16 if attrs["act"] == "f16" and x.dtype == DType.f16 else DType.f32
+    n, k = _check_weight(q, scales, zeros, bias, attrs["bits"], attrs["group_size"], "QLinear", dt)
+    if x.dtype != dt or x.type.rank < 1 or x.shape[-1] != k:
+        raise ShapeError(f"QLinear: input %{x.name} must be {dt}[...,{k}], got {x.type}")
+    return [TensorType(dt, (*x.shape[:-1], n))]
 
 
 def _qlinear_ref(xs, attrs):
     x, q, scales = xs[:3]
     zeros, bias = (xs[3] if len(xs) > 3 else None), (xs[4] if len(xs) > 4 else None)
-    return [qlinear_reference(x, q, scales, zeros, bias, attrs["bits"], attrs["group_size"], attrs["act"])]
+    y = qlinear_reference(np.asarray(x, np.float32), q, scales, zeros, bias, attrs["bits"], attrs["group_size"],
+                          attrs["act"])
+    return [y.astype(np.asarray(x).dtype)]
 
 
 register_op("QLinear", infer=_qlinear_infer, ref=_qlinear_ref, kind="opaque", inputs=(3, 5),
@@ -306,7 +311,9 @@ def _qgather_infer(ins, attrs):
     n, k = _check_weight(q, scales, zeros, None, attrs["bits"], attrs["group_size"], "QGather")
     if idx.dtype != DType.i64:
         raise ShapeError(f"QGather: indices %{idx.name} must be i64, got {idx.type}")
-    return [TensorType(DType.f32, (*idx.shape, k))]
+    if attrs["dtype"] not in ("f32", "f16"):
+        raise ShapeError(f"QGather: dtype must be f32 or f16, got {attrs['dtype']!r}")
+    return [TensorType(DType(attrs["dtype"]), (*idx.shape, k))]
 
 
 def _qgather_ref(xs, attrs):
@@ -318,14 +325,14 @@ def _qgather_ref(xs, attrs):
 
         bad = idx[(idx < -rows) | (idx >= rows)].reshape(-1)[0]
         raise RuntimeFeedError(f"QGather index {bad} out of range [-{rows}, {rows})")
-    table = dequantize(q, scales, zeros, attrs["bits"], attrs["group_size"]).astype(np.float32)
+    table = dequantize(q, scales, zeros, attrs["bits"], attrs["group_size"]).astype(DType(attrs["dtype"]).np)
     return [table[np.where(idx < 0, idx + rows, idx)]]
 
 
 register_op("QGather", infer=_qgather_infer, ref=_qgather_ref, kind="opaque", inputs=(3, 4),
-            attrs={"bits": REQUIRED, "group_size": REQUIRED},
+            attrs={"bits": REQUIRED, "group_size": REQUIRED, "dtype": "f32"},
             doc="rows of a quantized table (an embedding): QGather(indices, q, scales, zeros?) = "
-                "dequantize(q)[indices]")
+                "dequantize(q)[indices], in f32 (or f16: attr dtype)")
 
 
 # -- norm + activation quantization, fused (passes/fuse_norm_quantize.py) ----------------------------
