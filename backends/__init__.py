@@ -24,6 +24,7 @@ class Capabilities:
     alignment: int = 64  # bytes: every planned buffer (arena offsets) and weight starts on this boundary
     vector_bytes: int = 16  # the widest vector the kernels use
     activations: str = "f32"  # the float type the network is computed in ("f16" on the GPUs: passes/float16.py)
+    host_memory: bool = True  # whether device memory is host memory (False on a GPU: the program copies its io)
 
     def computes(self, family: str, dtype) -> bool:
         """Whether the `family` kernels compute in float dtype `dtype` (a DType)."""

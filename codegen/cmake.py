@@ -65,10 +65,14 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
     src_list = "\n".join("  " + _q(os.path.abspath(s)) for s in sources)
     flag_list = ";".join(target.cxx_flags)
     san_list = ";".join(sanitizer_flags(sanitize))
+    device = getattr(target, "device", "cpu")
+    cu_sources = [s for s in sources if s.endswith(".cu")]
     lines = [
         _HEADER.format(version=__version__, name=name),
         "cmake_minimum_required(VERSION 3.18)",
-        f"project({name} LANGUAGES CXX)",
+        *(["# The architectures are nvcc -gencode flags (TCC_CUDA_FLAGS), not CMake's defaults.",
+           "set(CMAKE_CUDA_ARCHITECTURES OFF)"] if device == "cuda" else []),
+        f"project({name} LANGUAGES CXX{' CUDA' if device == 'cuda' else ''})",
         "",
         "if(NOT CMAKE_BUILD_TYPE)",
         '  set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)',
@@ -82,6 +86,8 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         f'set(TCC_TARGET_FLAGS "{flag_list}")',
         "# Sanitizers (flag `sanitize`): compile and link flags of every target, the runtime's included.",
         f'set(TCC_SANITIZE_FLAGS "{san_list}")',
+        f"set(TCC_DEVICE {device})",
+        *([f'set(TCC_CUDA_FLAGS "{";".join(cuda_flags(target))}")'] if device == "cuda" else []),
         f"add_subdirectory({_q(REPO_ROOT)} tcc_runtime_build)",
         "find_package(Threads REQUIRED)",
         "",
@@ -90,7 +96,9 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         src_list + ")",
         f"set_target_properties({name}_objects PROPERTIES POSITION_INDEPENDENT_CODE ON CXX_EXTENSIONS OFF)",
         f"target_compile_features({name}_objects PUBLIC cxx_std_17)",
-        f"target_compile_options({name}_objects PUBLIC ${{TCC_TARGET_FLAGS}} ${{TCC_SANITIZE_FLAGS}})",
+        f'target_compile_options({name}_objects PUBLIC "$<$<COMPILE_LANGUAGE:CXX>:${{TCC_TARGET_FLAGS}}>" '
+        "${TCC_SANITIZE_FLAGS})",
+        *_device_lines(device, name, cu_sources),
         f"target_include_directories({name}_objects PUBLIC {_q(RUNTIME_DIR)} ${{CMAKE_CURRENT_SOURCE_DIR}})",
         f"target_link_libraries({name}_objects PUBLIC tcc_runtime)",
         "",
@@ -112,6 +120,22 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
             f"set_target_properties({exe} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${{CMAKE_CURRENT_SOURCE_DIR}})",
         ]
     return "\n".join(lines) + "\n"
+
+
+def cuda_flags(target) -> list[str]:
+    """nvcc's flags for the cuda device: optimization, then SASS (and PTX) for the target's architectures."""
+    return [*target.nvcc_flags, *target.gencode_flags()]
+
+
+def _device_lines(device: str, name: str, cu_sources: list[str]) -> list[str]:
+    """How the kernels' .cu files are built: by nvcc for a GPU, as C++ against the SIMT shim for the emulator."""
+    if device == "cuda":
+        return [f'target_compile_options({name}_objects PUBLIC "$<$<COMPILE_LANGUAGE:CUDA>:${{TCC_CUDA_FLAGS}}>")']
+    if device == "simt" and cu_sources:
+        files = " ".join(_q(os.path.abspath(s)) for s in cu_sources)
+        return ["# The CUDA kernels compiled as C++ against runtime/simt/tcc_simt.h (the CPU SIMT emulator).",
+                f"set_source_files_properties({files} PROPERTIES LANGUAGE CXX)"]
+    return []
 
 
 def _exe_link_lines(exe: str, target) -> list[str]:
@@ -248,6 +272,8 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     write_if_changed(os.path.join(build_dir, "CMakeLists.txt"), text)
 
     configure = [cmake, "-S", build_dir, "-B", bin_dir, "-DCMAKE_BUILD_TYPE=Release"]
+    if getattr(target, "device", "cpu") == "cuda":
+        configure.append("-DCMAKE_CUDA_COMPILER=" + _find_nvcc(target))
     if cxx:
         configure.append("-DCMAKE_CXX_COMPILER=" + cxx)
     if target.cmake_toolchain:
@@ -270,6 +296,15 @@ def build_library(sources: list[str], build_dir: str, target, name: str,
     jobs = jobs or flags.get("build-jobs") or 1
     _run([cmake, "--build", bin_dir, "-j", str(jobs)], env, log_path, f"C++ build of {name}")
     return os.path.join(build_dir, f"lib{name}.so")
+
+
+def _find_nvcc(target) -> str:
+    from ..backends.cuda.target import find_nvcc
+
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise BuildError(f"nvcc not found (building for target {target.name} needs it): {target.toolchain_hint}")
+    return nvcc
 
 
 def _hash(*parts: str) -> str:

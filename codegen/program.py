@@ -11,7 +11,7 @@ from ..ir.core import Graph
 from ..ir.dims import Sym, bare_symbol
 from ..ir.dtypes import DType
 from .kernels import declarations, environment, write_if_changed, write_kernels
-from .launch import Step
+from .launch import HostArray, Step
 from .lower import Emitter, assumption_guards, c_dim, kv_ceilings, lower_node, sym_var
 from .render_cpu import render
 
@@ -119,10 +119,12 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     """Lower every node and render the model program; `tuning` (codegen.tuning.Tuning) swaps in tuned kernels."""
     em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning, caps=backend.caps)
     steps = launch_list(graph, em, bounds)
-    body, profiled = render(steps)
+    device_io = not backend.caps.host_memory
+    body, profiled = render(steps, device_io)
+
     def io(v, name):
         return {"cname": _c_string(name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
-                "max_bytes": v.type.nbytes_bound(bounds)}
+                "max_bytes": v.type.nbytes_bound(bounds), "itemsize": v.dtype.itemsize}
 
     weights = em.weights.blob()
     llm = graph.meta.get("llm") or {}
@@ -138,10 +140,19 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
         outputs=[io(v, name) for v, name in zip(graph.outputs, output_names(graph))],
         arena_bytes=plan.arena_bytes, weights_bytes=len(weights), weights_sha256=weights.sha256,
         bind_lines=bind_symbols(graph, bounds), body_lines=body, output_lines=output_lines(graph),
-        profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled])
+        profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled],
+        device_io=device_io, scratch_bytes=scratch_bytes(steps),
+        exec_failure=_c_string(getattr(backend.target, "exec_failure", "out of memory or threads")))
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text
     return Program(source, sorted(em.kernels, key=lambda s: s.name), weights, em.weights.entries, plan.arena_bytes,
                    tuple(steps))
+
+
+def scratch_bytes(steps) -> int:
+    """The device scratch a GPU run needs: every symbolic constant a kernel reads as data, each uploaded on a
+    256-byte boundary (model.cpp.j2: tcc::device_upload)."""
+    uploads = [a for s in steps for ln in s.launches for a in ln.args if isinstance(a, HostArray) and a.hint == "symc"]
+    return 256 + sum(-(-len(a.values) * 8 // 256) * 256 for a in uploads)
 
 
 def launch_list(graph: Graph, em: Emitter, bounds: dict[str, int]) -> list[Step]:

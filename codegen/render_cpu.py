@@ -1,9 +1,15 @@
-"""The CPU renderer of the launch list (codegen/launch.py): C++ statements for common/model.cpp.j2.
+"""The renderer of the launch list (codegen/launch.py): C++ statements for common/model.cpp.j2.
 
-Every memory space is host memory here: a Buf becomes pointer arithmetic on the model's buffers
+On the CPU every memory space is host memory: a Buf becomes pointer arithmetic on the model's buffers
 (`m->arena + offset`, `in[i].data`, `m->out[i]`, `m->state[i]`, `m->weights + offset`), a HostArray a
 local array on the stack, and the execution context `m->exec` is passed to every kernel that takes one.
 A kernel that may raise is followed by a sync point (tcc_exec_sync) that fails the run with its message.
+
+A GPU program (`device_io`: its memory is not host-visible) is the same host program calling the kernels'
+launchers, with three differences: the inputs are read from device copies (`m->in_dev[i]`, filled before the
+first launch), a symbolic constant a kernel reads as data is uploaded into the run's device scratch
+(`tcc::device_upload`), and an element read at launch (Elem) is copied back (`tcc::device_elem`). Shapes and
+strides stay host arrays: the launchers pass them to the kernels by value.
 """
 from __future__ import annotations
 
@@ -49,9 +55,9 @@ class _Locals:
         return f"{hint}{self.n}"
 
 
-def _buf(b: Buf) -> str:
+def _buf(b: Buf, device_io: bool = False) -> str:
     if b.space == "input":
-        base = f"in[{b.slot}].data"
+        base = f"m->in_dev[{b.slot}]" if device_io else f"in[{b.slot}].data"
     elif b.space == "output":
         base = f"m->out[{b.slot}]"
     elif b.space == "device_arena":
@@ -72,28 +78,32 @@ def _buf(b: Buf) -> str:
     return text
 
 
-def _arg(a, decls: list[str], names: _Locals) -> str:
+def _arg(a, decls: list[str], names: _Locals, device_io: bool = False) -> str:
     if a is None:
         return "nullptr"
     if isinstance(a, Buf):
-        return _buf(a)
+        return _buf(a, device_io)
     if isinstance(a, Scalar):
         return c_float(a.value) if a.kind == "float" else c_dim(a.value)
     if isinstance(a, HostArray):
         name = names.name(a.hint)
         decls.append(f"const int64_t {name}[] = {{{', '.join(c_dim(v) for v in a.values)}}};")
+        if device_io and a.hint == "symc":  # data a kernel reads: on the device
+            name = f"tcc::device_upload(m, {name}, sizeof {name})"
         text = name if a.ctype == "int64_t" and a.hint != "symc" else f"(({a.ctype}*){name})"
         return text if isinstance(a.offset, int) and a.offset == 0 else f"({text} + ({c_dim(a.offset)}))"
     if isinstance(a, Elem):
+        if device_io:
+            return f"tcc::device_elem(m->exec, {_buf(a.buf, device_io)})"
         return f"{_buf(a.buf)}[0]"
     if isinstance(a, SlotLength):
         return "m->kv_lens[tcc_sl]"
     raise TypeError(f"unknown launch argument {a!r}")
 
 
-def _launch(step: Step, ln: Launch, names: _Locals) -> list[str]:
+def _launch(step: Step, ln: Launch, names: _Locals, device_io: bool = False) -> list[str]:
     decls: list[str] = []
-    args = [_arg(a, decls, names) for a in ln.args]
+    args = [_arg(a, decls, names, device_io) for a in ln.args]
     if takes_exec(ln.kernel):
         args.append(EXEC)
     lines = decls + [f"{ln.kernel.name}({', '.join(args)});"]
@@ -146,8 +156,9 @@ def slice_check(g: SliceGuard) -> str:
             f"n, b, d, want); }}")
 
 
-def render(steps) -> tuple[list[str], list[tuple[str, str]]]:
-    """The run body's C++ lines and the (op, node) of each timed entry, in program order."""
+def render(steps, device_io: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+    """The run body's C++ lines and the (op, node) of each timed entry, in program order; `device_io` for a
+    program whose memory is not host-visible (a GPU's)."""
     lines: list[str] = []
     timed: list[tuple[str, str]] = []
     names = _Locals()
@@ -162,6 +173,6 @@ def render(steps) -> tuple[list[str], list[tuple[str, str]]]:
             if isinstance(item, SliceGuard):
                 lines.append(slice_check(item))
             else:
-                lines += ["  " + x for x in _launch(step, item, names)]
+                lines += ["  " + x for x in _launch(step, item, names, device_io)]
         lines.append(f"  TCC_PROF_END({i});")
     return lines, timed

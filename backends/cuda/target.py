@@ -42,12 +42,14 @@ class Target:
     alignment: int = 256  # cudaMalloc's alignment; every planned buffer starts on it
     device: str = "cuda"  # the runtime device library (runtime/device_<device>.*)
     toolchain_hint: str = NVCC_HINT
+    # Why tcc_exec_create can fail, as the loader says it.
+    exec_failure: str = ("no usable NVIDIA GPU (run a CUDA artifact on a host without one with `tcc run --emulate`)")
 
     def capabilities(self):
         """fp16 arithmetic is native and every family has fp16 kernels; the network computes in fp16."""
         from .. import Capabilities
 
-        return Capabilities(frozenset(), True, frozenset(), self.alignment, self.vector_bytes, "f16")
+        return Capabilities(frozenset(), True, frozenset(), self.alignment, self.vector_bytes, "f16", False)
 
     def gencode_flags(self) -> list[str]:
         """nvcc -gencode flags: SASS for each architecture, plus PTX for the newest (forward compatible)."""

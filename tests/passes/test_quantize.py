@@ -90,7 +90,12 @@ def test_scheme_errors_name_the_problem():
     with pytest.raises(TccError, match=r"target x86 cannot run --qm w4a16 \(fp16 activations.*it supports: "
                                        r"fp32, w8a8, w4a32, w4a8"):
         check_scheme("w4a16", _Target())
-    with pytest.raises(TccError, match="unknown --qm 'w3a8'; known: fp32, w8a8, w4a32, w4a16, w4a8"):
+    from tcc.backends import get_backend
+
+    for cpu in ("x86", "arm"):
+        with pytest.raises(TccError, match=rf"target {cpu} cannot run --qm fp16 \(the CPU targets compute in fp32"):
+            check_scheme("fp16", get_backend(cpu).target)
+    with pytest.raises(TccError, match="unknown --qm 'w3a8'; known: fp32, fp16, w8a8, w4a32, w4a16, w4a8"):
         check_scheme("w3a8", _Target())
     with pytest.raises(TccError, match="--group-size must be a positive multiple of 32, got 48"):
         check_scheme("w4a8", _Target(), group_size=48)
