@@ -246,6 +246,8 @@ def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuni
     lib = build_library(sources, build_dir, backend.target, "model", extra_executables=executables,
                         jobs=flags.get("build-jobs"))
     files.update({"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}})
+    if getattr(backend.target, "emulation", None):
+        files.update(_build_emulated(sources, executables, build_dir, backend.target, progress, manifest))
     if flags.get("keep-build"):
         files["src"] = os.path.join(build_dir, "src")
     manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
@@ -253,6 +255,24 @@ def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuni
     _assemble(out_dir, files, program.weights, manifest, texts, force=opts.force)
     _say(progress, f"wrote {out_dir}")
     return manifest
+
+
+def _build_emulated(sources, executables, build_dir, target, progress, manifest) -> dict:
+    """A GPU artifact also holds its program built for the CPU SIMT emulator (the same kernel sources compiled
+    as C++ against runtime/simt/tcc_simt.h), so `tcc run/generate --emulate` runs it on any host: the
+    library and binaries named in manifest["emulation"]."""
+    from dataclasses import replace
+
+    from .codegen.cmake import build_library
+
+    device = target.emulation
+    _say(progress, f"building the {device} emulation")
+    emu_dir = os.path.join(build_dir, device)
+    lib = build_library(sources, emu_dir, replace(target, device=device), "model", extra_executables=executables,
+                        jobs=flags.get("build-jobs"))
+    names = {"library": f"libmodel-{device}.so", "binaries": {exe: f"{exe}-{device}" for exe in executables}}
+    manifest["emulation"] = {"device": device, **names}
+    return {names["library"]: lib, **{names["binaries"][exe]: os.path.join(emu_dir, exe) for exe in executables}}
 
 
 _PATH_OPTIONS = ("calib", "tokenizer")

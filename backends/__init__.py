@@ -100,11 +100,22 @@ def get_backend(name: str, cpu: str | None = None, cuda_arch: str | None = None)
 
 def foreign_target(name: str) -> str | None:
     """Why code built for target `name` cannot run natively on this host (None when it can)."""
+    if name == "cuda":
+        from .cuda.target import gpu_missing
+
+        why = gpu_missing()
+        return f"it was built for cuda and {why}" if why else None
     host = platform.machine().lower()
     machines = MACHINES.get(name)
     if machines is None or host in machines:
         return None
     return f"it was built for {name} ({machines[0]}) and this host is {host}"
+
+
+def emulated_in_process(manifest: dict) -> bool:
+    """Whether `--emulate` runs the artifact in this process (a GPU artifact's SIMT emulation build) rather than
+    its binaries under an emulator program (qemu for arm)."""
+    return isinstance(manifest.get("emulation"), dict)
 
 
 def _emulator(manifest: dict, cpu: str | None) -> list[str]:

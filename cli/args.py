@@ -148,6 +148,14 @@ def artifact_manifest(path: str) -> dict | None:
         return None  # load() says what is wrong with the artifact
 
 
+def simt_emulation(args) -> bool:
+    """`--emulate` on an artifact with a SIMT emulation build (cuda): it runs in this process."""
+    from ..backends import emulated_in_process
+
+    manifest = artifact_manifest(args.artifact)
+    return bool(getattr(args, "emulate", False) and manifest and emulated_in_process(manifest))
+
+
 def foreign_target_of(args) -> str | None:
     """Why the artifact cannot run on this host (None: it can)."""
     from ..backends import foreign_target

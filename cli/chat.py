@@ -7,7 +7,7 @@ import sys
 
 from .. import flags
 from ..errors import TccError
-from .args import add_verify_arg, foreign_target_of
+from .args import add_verify_arg, foreign_target_of, simt_emulation
 
 
 def _sampling_args(p) -> None:
@@ -93,8 +93,8 @@ def _chat_emulated(args, options: list[str]) -> int:
 
 def _emulate_args(p, what: str) -> None:
     p.add_argument("--emulate", action="store_true",
-                   help=f"{what} an artifact built for another architecture (--target arm on x86) through its "
-                        "standalone chat binary under qemu")
+                   help=f"{what} an artifact built for another device: a cuda one on the CPU SIMT emulator (in "
+                        "this process), an arm one on x86 through its standalone chat binary under qemu")
     p.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53)")
 
 
@@ -108,13 +108,15 @@ def cmd_generate(args) -> int:
     from ..runtime.session import load
 
     _check_generation_args(args)
-    if args.emulate:
+    simt = simt_emulation(args)
+    if args.emulate and not simt:
         if args.prompt is None or args.prompt_ids is not None or args.stop or args.ids:
             raise TccError("generate --emulate takes --prompt TEXT and the sampling options only (the chat "
                            "binary has no --prompt-ids, --stop or --ids)")
         return _chat_emulated(args, ["--raw", "--prompt", args.prompt])
-    _native_only(args)
-    sess = load(args.artifact, threads=args.threads)
+    if not simt:
+        _native_only(args)
+    sess = load(args.artifact, threads=args.threads, emulate=simt)
     prompt = args.prompt
     if args.prompt_ids is not None:
         prompt = _prompt_ids(args.prompt_ids)
@@ -133,10 +135,12 @@ def cmd_chat(args) -> int:
     from ..runtime.session import load
 
     _check_generation_args(args)
-    if args.emulate:
+    simt = simt_emulation(args)
+    if args.emulate and not simt:
         return _chat_emulated(args, ["--system", args.system] if args.system is not None else [])
-    _native_only(args)
-    sess = load(args.artifact, threads=args.threads)
+    if not simt:
+        _native_only(args)
+    sess = load(args.artifact, threads=args.threads, emulate=simt)
     gen = sess.generator
     if sess.tokenizer is None:
         raise TccError(f"{args.artifact} has no tokenizer.json: chat needs one (compile with --tokenizer)")

@@ -7,7 +7,7 @@ import time
 
 from .. import flags
 from ..errors import TccError
-from .args import add_verify_arg, foreign_target_of, kv_ints, read_feeds
+from .args import add_verify_arg, foreign_target_of, kv_ints, read_feeds, simt_emulation
 
 
 def _run_emulated(args):
@@ -44,12 +44,16 @@ def cmd_run(args) -> int:
     check_threads(args.threads, cli=True)
     _output_dir(args.output_dir)  # before the run, not after it
     why = foreign_target_of(args)
-    if args.emulate:
+    simt = simt_emulation(args)
+    if args.emulate and not simt:
         outputs, ms = _run_emulated(args)
-    elif why:
+    elif why and not simt:
         raise TccError(f"cannot run {args.artifact} here: {why}; run it under emulation with --emulate")
     else:
-        sess = load(args.artifact, threads=args.threads)
+        if simt:
+            print("tcc: running the cuda artifact on the CPU SIMT emulator; its time is not a speed figure",
+                  file=sys.stderr, flush=True)
+        sess = load(args.artifact, threads=args.threads, emulate=simt)
         feeds = read_feeds(args.input)
         if args.random:
             feeds = {**random_feeds(sess, kv_ints(args.dim, "--dim"), args.seed), **feeds}
@@ -78,7 +82,8 @@ def cmd_run(args) -> int:
             raise TccError(f"cannot write {path}: {e.strerror or e}") from None
         print(f"{name}: {arr.dtype}{list(arr.shape)} -> {path}")
     if args.emulate:
-        print(f"run: {ms:.2f} ms emulated" + (f" (best of {args.repeat})" if args.repeat > 1 else ""))
+        how = "mean" if simt else "best"
+        print(f"run: {ms:.2f} ms emulated" + (f" ({how} of {args.repeat})" if args.repeat > 1 else ""))
     else:
         print(f"run: {ms:.2f} ms" + (f" (mean of {args.repeat})" if args.repeat > 1 else ""))
     if args.profile:
@@ -142,8 +147,8 @@ def add_run(sub) -> None:
     r.add_argument("--repeat", type=int, default=1, help="run R times (timing is the mean)")
     r.add_argument("--profile", action="store_true", help="time every node and print the slowest and a per-op summary")
     r.add_argument("--emulate", action="store_true",
-                   help="run an artifact built for another architecture (--target arm on x86) through its "
-                        "standalone run binary under qemu")
+                   help="run an artifact built for another device: a cuda one on the CPU SIMT emulator (in this "
+                        "process), an arm one on x86 through its standalone run binary under qemu")
     r.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53: "
                    "no dotprod; default: qemu's max, which has dotprod and i8mm)")
     add_verify_arg(r)

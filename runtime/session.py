@@ -80,7 +80,8 @@ class Session:
     Loading verifies the artifact (format, version, every file's size and SHA-256) before mapping or
     dlopening anything; `verify=False` checks sizes only (faster for huge weights, no damage detection)."""
 
-    def __init__(self, out_dir: str, threads: int | None = None, verify: bool | None = None):
+    def __init__(self, out_dir: str, threads: int | None = None, verify: bool | None = None,
+                 emulate: bool = False):
         from .. import flags
         from .artifact import verify as verify_files
         from .generate import check_threads
@@ -97,7 +98,8 @@ class Session:
         self.outputs = [_info(d) for d in self.manifest["outputs"]]
         self.symbol_bounds: dict[str, int] = dict(self.manifest.get("symbols", {}))
         _check_sanitizer_runtime(self.manifest)
-        self._lib = _dlopen_fresh(os.path.join(self.path, self.manifest["library"]))
+        self.emulated = emulate
+        self._lib = _dlopen_fresh(os.path.join(self.path, _library(self.manifest, self.path, emulate)))
         self._bind()
         weights = os.path.join(self.path, self.manifest["weights"]["file"])
         from .. import flags
@@ -439,6 +441,18 @@ def _read_manifest(path: str) -> dict:
     return manifest
 
 
-def load(out_dir: str, threads: int | None = None, verify: bool | None = None) -> Session:
-    """Open a compiled artifact directory (verified first; see Session)."""
-    return Session(out_dir, threads=threads, verify=verify)
+def load(out_dir: str, threads: int | None = None, verify: bool | None = None, emulate: bool = False) -> Session:
+    """Open a compiled artifact directory (verified first; see Session). `emulate`: a GPU artifact's build for
+    the CPU SIMT emulator (manifest["emulation"]), in this process; its speed is not the GPU's."""
+    return Session(out_dir, threads=threads, verify=verify, emulate=emulate)
+
+
+def _library(manifest: dict, path: str, emulate: bool) -> str:
+    """The library to load: the artifact's own, or with `emulate` its SIMT emulation build."""
+    if not emulate:
+        return manifest["library"]
+    emu = manifest.get("emulation")
+    if not isinstance(emu, dict) or emu.get("library") not in manifest.get("files", {}):
+        raise TccError(f"{path} has no build for the SIMT emulator (built for {manifest.get('target', 'x86')}; "
+                       "--emulate runs a cuda artifact in this process, an arm one under qemu)")
+    return emu["library"]

@@ -41,6 +41,7 @@ class Target:
     )
     alignment: int = 256  # cudaMalloc's alignment; every planned buffer starts on it
     device: str = "cuda"  # the runtime device library (runtime/device_<device>.*)
+    emulation: str = "simt"  # the artifact is also built for the CPU SIMT emulator (`--emulate`)
     toolchain_hint: str = NVCC_HINT
     # Why tcc_exec_create can fail, as the loader says it.
     exec_failure: str = ("no usable NVIDIA GPU (run a CUDA artifact on a host without one with `tcc run --emulate`)")
@@ -86,3 +87,17 @@ def find_nvcc() -> str | None:
 
 
 TARGET = Target()
+
+
+def gpu_missing() -> str | None:
+    """Why this host cannot run a CUDA artifact (None when the driver sees at least one GPU)."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "this host has no NVIDIA driver (libcuda.so.1 not found)"
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return "this host has no usable NVIDIA GPU"
+    return None
