@@ -19,7 +19,8 @@ def _linear(node: Node, em: Emitter) -> None:
     bias = node.input(2)
     k, n = w.shape
     m = product(x.shape[:-1])
-    em.call(node, "gemm", [em.ptr(x), dim(k), em.packed_ptr(w, "gemm_f32"), em.ptr(bias), em.ptr(node.output),
+    packed = em.packed_ptr(w, f"gemm_{DTYPE_CODE[w.dtype]}", w.dtype.ctype)  # gemm_f32 on the CPUs, f16 on GPUs
+    em.call(node, "gemm", [em.ptr(x), dim(k), packed, em.ptr(bias), em.ptr(node.output),
                            dim(n), dim(m), dim(n), dim(k)], dtype=DTYPE_CODE[x.dtype])
 
 
