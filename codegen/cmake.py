@@ -192,7 +192,7 @@ def _first_error(log: str) -> str:
     """The line of the build log that best says what went wrong."""
     lines = [ln.strip() for ln in log.splitlines()]
     for ln in lines:
-        if " error:" in ln or ln.startswith("error:") or "fatal error" in ln:
+        if " error:" in ln or ln.startswith("error:") or "fatal error" in ln or ln.startswith("nvcc fatal"):
             return ln
     for i, ln in enumerate(lines):
         if ln.startswith("CMake Error"):  # the message is the following paragraph(s)

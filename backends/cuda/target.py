@@ -22,7 +22,7 @@ NVCC_HINT = "install the CUDA toolkit (nvcc) or put it on PATH"
 class Target:
     name: str = "cuda"
     archs: tuple[str, ...] = DEFAULT_ARCHS  # sm_XY, or ("native",)
-    nvcc_flags: tuple[str, ...] = ("-O3", "--use_fast_math=false", "-lineinfo")
+    nvcc_flags: tuple[str, ...] = ("-O3", "-lineinfo")  # no fast math: NaN and inf mean something in a model
     cxx_flags: tuple[str, ...] = ("-O2", "-fno-math-errno")  # the host code (and the emulator build)
     features: tuple[str, ...] = ()
     cmake_toolchain: str | None = None
