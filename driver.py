@@ -268,6 +268,8 @@ def _build_emulated(sources, executables, build_dir, target, progress, manifest)
     device = target.emulation
     _say(progress, f"building the {device} emulation")
     emu_dir = os.path.join(build_dir, device)
+    if "chat" in executables:
+        _chat_sources(emu_dir)  # its generated header beside this build's CMakeLists.txt
     lib = build_library(sources, emu_dir, replace(target, device=device), "model", extra_executables=executables,
                         jobs=flags.get("build-jobs"))
     names = {"library": f"libmodel-{device}.so", "binaries": {exe: f"{exe}-{device}" for exe in executables}}
