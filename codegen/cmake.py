@@ -134,7 +134,8 @@ def _device_lines(device: str, name: str, cu_sources: list[str]) -> list[str]:
     if device == "simt" and cu_sources:
         files = " ".join(_q(os.path.abspath(s)) for s in cu_sources)
         return ["# The CUDA kernels compiled as C++ against runtime/simt/tcc_simt.h (the CPU SIMT emulator).",
-                f"set_source_files_properties({files} PROPERTIES LANGUAGE CXX)"]
+                # g++ takes an unknown suffix for a linker input: -x c++ names the language
+                f'set_source_files_properties({files} PROPERTIES LANGUAGE CXX COMPILE_OPTIONS "-xc++")']
     return []
 
 
