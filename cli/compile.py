@@ -22,7 +22,7 @@ def cmd_compile(args) -> int:
           f"arena {mib(mem['arena_bytes'])} (lower bound {mib(mem['lower_bound_bytes'])}), "
           f"{manifest['compile_seconds']:.1f} s, peak RSS {mib(manifest.get('compile_peak_rss_bytes', 0))}")
     q = manifest.get("quantization") or {}
-    if q.get("scheme", "fp32") != "fp32":
+    if "quantized_linears" in q:  # a weight-quantizing scheme (fp32 and fp16 quantize nothing)
         ratio = f" = {q['ratio_to_fp32']:.3f}x the fp32 weights" if q.get("ratio_to_fp32") else ""
         print(f"quantized: {q['quantized_linears']} layers ({q['scheme']}, group {q['group_size']}, "
               f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "

@@ -47,7 +47,7 @@ def _info_lines(m: dict, path: str, checked: list[str], hashes: bool) -> list[st
         print("max dims   " + ", ".join(f"{k}<={v}" for k, v in m["symbols"].items()))
     print(f"weights    {m['weights']['file']} {mib(m['weights']['bytes'])} sha256 {m['weights']['sha256'][:16]}")
     q = m.get("quantization") or {}
-    if q.get("scheme", "fp32") != "fp32":
+    if "quantized_linears" in q:  # a weight-quantizing scheme (fp32 and fp16 quantize nothing)
         print(f"quantized  {q['quantized_linears']} layers, {q['summary']}; group {q['group_size']}, "
               f"{'zero points' if q['zero_points'] else 'symmetric'}, {q['calibration']}; "
               f"{q['ratio_to_fp32']}x the fp32 weights ({mib(q['fp32_weight_bytes'])})"
