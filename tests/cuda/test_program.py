@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from tcc.driver import CompileOptions, compile_model, optimize
 from tcc.errors import TccError
 from tcc.ir.interpreter import ProgramState, run_graph
 from tcc.runtime.session import load
+from tests.cuda.harness import cuobjdump, require_nvcc
 from tests.e2e.llm_oracle import OrtDecoder
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "llm")
@@ -45,9 +45,7 @@ def test_artifact_is_built_for_sm80_and_sm90(compiled):
     _, qm, out, manifest = compiled
     assert manifest["target"] == "cuda" and manifest["qm"] == qm
     assert manifest["emulation"]["library"] in manifest["files"]
-    cuobjdump = shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump"
-    listing = subprocess.run([cuobjdump, "--list-elf", os.path.join(out, "libmodel.so")], capture_output=True,
-                             text=True, check=True).stdout
+    listing = cuobjdump(["--list-elf", os.path.join(out, "libmodel.so")], require_nvcc())
     for arch in ("sm_80", "sm_90"):
         assert f".{arch}." in listing, listing
 
