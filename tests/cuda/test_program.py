@@ -77,10 +77,12 @@ def test_emulated_generation_matches_the_reference_interpreter(compiled):
 
 
 def test_emulated_logits_are_within_fp16_error_of_onnxruntime(compiled):
-    """fp32 ONNX Runtime as the oracle: every op of the fp16 program rounds to fp16 (2^-11 relative); through 2
-    layers and the 256-way LM head the logits (of order 3) move by a few 1e-3 (measured 3.5e-3 for the
-    interpreter's fp16 graph, tests/passes/test_float16.py): atol 3e-2 at fp16. w4a16 adds the int4 weight
-    error (group 32, round to nearest), measured at about 0.1 on this model: atol 0.3."""
+    """fp32 ONNX Runtime as the oracle. At fp16 every op of the program rounds to fp16 (2^-11 relative); through
+    2 layers and the 256-way LM head the logits (of order 3) move by a few 1e-3 (the interpreter's fp16 graph:
+    3.5e-3, tests/passes/test_float16.py): atol 3e-2. At w4a16 the int4 weights (group 32, round to nearest)
+    move the logits by much more (about 0.7 on these random weights), which is the quantization's error, not
+    the program's: there the program may add at most the fp16 bound to the reference interpreter's error on
+    the same quantized IR."""
     model, qm, out, _ = compiled
     ids, ort_logits = OrtDecoder(model).greedy(PROMPT, NEW)
     sess = load(out, emulate=True)
@@ -89,8 +91,12 @@ def test_emulated_logits_are_within_fp16_error_of_onnxruntime(compiled):
     while n < NEW and got.tokens[n] == ids[n]:
         n += 1
     assert n >= 1, "the first token differs from ONNX Runtime's"
-    atol = 3e-2 if qm == "fp16" else 0.3
-    np.testing.assert_allclose(np.array(got.step_logits[:n]), np.array(ort_logits[:n]), atol=atol, rtol=0)
+    err = np.abs(np.array(got.step_logits[:n]) - np.array(ort_logits[:n])).max()
+    bound = 3e-2
+    if qm != "fp16":
+        _, ref_logits = _reference_greedy(model, qm)
+        bound += np.abs(np.array(ref_logits[:n]) - np.array(ort_logits[:n])).max()
+    assert err <= bound, f"max |logits - ONNX Runtime's| = {err:.4f} over {n} steps, bound {bound:.4f}"
 
 
 def test_cli_generate_emulate_and_refusals(compiled, tmp_path):
