@@ -94,6 +94,8 @@ def pytest_terminal_summary(terminalreporter):
 # builds C++ or runs a whole model, add it.
 TIERS = (
     ("kernels/", "kernel"),
+    ("cuda/test_program.py", "model"),
+    ("cuda/", "kernel"),
     ("conformance/test_node_tests_compiled.py", "kernel"),
     ("test_ops_onnxruntime.py", "kernel"),
     ("test_slice_property.py", "kernel"),
