@@ -69,7 +69,8 @@ def test_emulated_generation_matches_the_reference_interpreter(compiled):
     model, qm, out, _ = compiled
     want, want_logits = _reference_greedy(model, qm)
     sess = load(out, emulate=True)
-    got = sess.generate(PROMPT, max_new_tokens=NEW, temperature=0.0, eos_ids=(), keep_logits=True)
+    got = sess.generate(PROMPT, max_new_tokens=NEW, temperature=0.0, repetition_penalty=1.0, eos_ids=(),
+                        keep_logits=True)
     assert got.tokens == want
     # the kernels accumulate in fp32 where the interpreter's numpy rounds per op: the same tokens, and logits
     # within a few fp16 ulps of the logit scale (|logits| ~ 3: ulp 2^-9 ~ 2e-3)
@@ -86,7 +87,8 @@ def test_emulated_logits_are_within_fp16_error_of_onnxruntime(compiled):
     model, qm, out, _ = compiled
     ids, ort_logits = OrtDecoder(model).greedy(PROMPT, NEW)
     sess = load(out, emulate=True)
-    got = sess.generate(PROMPT, max_new_tokens=NEW, temperature=0.0, eos_ids=(), keep_logits=True)
+    got = sess.generate(PROMPT, max_new_tokens=NEW, temperature=0.0, repetition_penalty=1.0, eos_ids=(),
+                        keep_logits=True)
     n = 0
     while n < NEW and got.tokens[n] == ids[n]:
         n += 1
