@@ -19,7 +19,10 @@ from tests.cuda.harness import cuobjdump, require_nvcc
 from tests.e2e.llm_oracle import OrtDecoder
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "llm")
-FIXTURES = ("llama_past_dynamo",)
+# Every decoder family of tests/models/llm (a KV cache; tied embeddings; one without past inputs, which
+# generation runs by recomputing the sequence).
+FIXTURES = ("llama_past_dynamo", "gpt2_past_dynamo", "opt_past_dynamo", "gptj_past_dynamo",
+            "llama_tied_past_torchscript", "llama_nopast_dynamo")
 QMS = ("fp16", "w4a16")
 CONTEXT = 64
 PROMPT = [5, 17, 99, 3, 42, 250, 7]
@@ -54,14 +57,17 @@ def _reference_greedy(model: str, qm: str) -> tuple[list[int], list[np.ndarray]]
     """Greedy decoding of the compiled IR (fp16, with the w4a16 weights) by the reference interpreter."""
     graph, _, _ = optimize(model, _options(qm))
     llm = graph.meta["llm"]
-    state, new, tokens, logits = ProgramState(graph), list(PROMPT), [], []
+    kv = bool(llm.get("kv_cache"))
+    state = ProgramState(graph)
     state.logits_rows = 1
+    seq, new, tokens, logits = list(PROMPT), list(PROMPT), [], []
     for _ in range(NEW):
-        out = run_graph(graph, {llm["input_ids"]: np.array([new], np.int64)}, state=state)
+        ids = new if kv else seq  # without a KV cache every step runs the whole sequence
+        out = run_graph(graph, {llm["input_ids"]: np.array([ids], np.int64)}, state=state if kv else None)
         row = out[llm["logits"]][0, -1]
         logits.append(row)
         tokens.append(int(np.argmax(row)))
-        new = [tokens[-1]]
+        new, seq = [tokens[-1]], seq + [tokens[-1]]
     return tokens, logits
 
 
