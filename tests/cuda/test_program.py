@@ -95,10 +95,12 @@ def test_emulated_logits_are_within_fp16_error_of_onnxruntime(compiled):
     sess = load(out, emulate=True)
     got = sess.generate(PROMPT, max_new_tokens=NEW, temperature=0.0, repetition_penalty=1.0, eos_ids=(),
                         keep_logits=True)
-    n = 0
-    while n < NEW and got.tokens[n] == ids[n]:
+    # step i's logits follow the prompt and the first i tokens: comparable while the tokens agree (at w4a16 the
+    # quantization may flip even the first token of these random-weight models; at fp16 it must not)
+    n = 1
+    while n < NEW and got.tokens[n - 1] == ids[n - 1]:
         n += 1
-    assert n >= 1, "the first token differs from ONNX Runtime's"
+    assert qm != "fp16" or n > 1, "the first token differs from ONNX Runtime's"
     err = np.abs(np.array(got.step_logits[:n]) - np.array(ort_logits[:n])).max()
     bound = 3e-2
     if qm != "fp16":
