@@ -1,0 +1,309 @@
+"""Run CUDA kernels without a GPU: build them with the SIMT emulator, call their launchers, compile with nvcc.
+
+`build_kernels(items, tmpdir)` compiles rendered kernel specs (`codegen.kernels.render`) or raw `.cu` sources
+(text, or paths of `.cu` files) as C++17 with `-DTCC_SIMT` (runtime/simt/tcc_simt.h) together with the
+emulated device runtime (runtime/device_simt.cpp) into one shared library, cached by content hash under
+`<cache-dir>/simt`. The result is a `SimtLib`: `lib.fn(name)` is a launcher with ctypes argtypes taken from its
+`extern "C"` prototype (pointers are `c_void_p`: pass numpy arrays, the emulated device memory is host memory);
+`lib.run(name, *args)` creates an execution context, calls the launcher with it as the last argument, syncs
+and returns the context's error message ("" when none); `lib.set_seed(s)` turns on the shuffled schedule.
+
+`nvcc_compile(items, archs)` compiles the same sources with nvcc for real GPUs and checks with
+`cuobjdump --list-elf` that every object holds SASS for every arch. Without nvcc it skips with the reason on a
+developer's machine and fails in CI (CI=true).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUNTIME = os.path.join(REPO, "runtime")
+DEVICE_SIMT = os.path.join(RUNTIME, "device_simt.cpp")
+# Every file an emulated build depends on besides the kernels themselves (the cache key).
+EMULATOR_FILES = ("tcc_cuda.h", "tcc_cuda_ptx.h", "tcc_device.h", "device_simt.cpp", "simt/tcc_simt.h")
+SIMT_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-DTCC_SIMT", "-Wall", "-Wno-unused-function",
+              "-Wno-unused-variable", "-Wno-unused-but-set-variable")
+NVCC_FLAGS = ("-std=c++17", "-O3", "--expt-relaxed-constexpr")
+
+_C_TYPES = {
+    "int64_t": ctypes.c_int64, "long long": ctypes.c_longlong, "int32_t": ctypes.c_int32, "int": ctypes.c_int,
+    "uint32_t": ctypes.c_uint32, "unsigned": ctypes.c_uint, "unsigned int": ctypes.c_uint,
+    "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t, "float": ctypes.c_float, "double": ctypes.c_double,
+    "uint16_t": ctypes.c_uint16, "uint8_t": ctypes.c_uint8, "bool": ctypes.c_bool,
+}
+_PROTOTYPE = re.compile(r'extern\s+"C"\s+([\w\s\*]+?)\s*\b(\w+)\s*\(([^)]*)\)\s*[;{]')
+
+
+class SimtError(RuntimeError):
+    """A build of emulated kernels failed (the compiler's output is in the message)."""
+
+
+def argtypes_of(params: str) -> list:
+    """ctypes argtypes for a C parameter list: every pointer is c_void_p, scalars map by type name."""
+    types = []
+    for param in filter(None, (p.strip() for p in params.split(","))):
+        if param == "void":
+            continue
+        if "*" in param:
+            types.append(ctypes.c_void_p)
+            continue
+        ctype = re.sub(r"\s+\w+$", "", param).replace("const ", "").strip()
+        if ctype not in _C_TYPES:
+            raise TypeError(f"no ctypes mapping for parameter {param!r}")
+        types.append(_C_TYPES[ctype])
+    return types
+
+
+def prototypes(source: str) -> dict[str, list]:
+    """The `extern "C"` functions a source declares or defines: name -> argtypes."""
+    return {name: argtypes_of(params) for _, name, params in _PROTOTYPE.findall(source)}
+
+
+def _sources(items, tmpdir: str) -> list[tuple[str, str]]:
+    """(file name, text) for each item: a KernelSpec (rendered), a path to a .cu file, or .cu source text."""
+    from tcc.codegen.kernels import KernelSpec, render
+
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, KernelSpec):
+            out.append((item.name + ".cu", render(item)))
+        elif isinstance(item, str) and "\n" not in item and item.endswith(".cu") and os.path.exists(item):
+            with open(item) as f:
+                out.append((os.path.basename(item), f.read()))
+        elif isinstance(item, str):
+            out.append((f"source{i}.cu", item))
+        else:
+            raise TypeError(f"cannot build {item!r}: give a KernelSpec, a .cu path or .cu source text")
+    return out
+
+
+def _cache_dir() -> str:
+    from tcc import flags
+
+    path = os.path.join(flags.get("cache-dir"), "simt")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def _emulator_digest() -> str:
+    texts = []
+    for rel in EMULATOR_FILES:
+        with open(os.path.join(RUNTIME, rel)) as f:
+            texts.append(f.read())
+    return _digest(*texts)
+
+
+def _compiler() -> list[str]:
+    from tcc import flags
+
+    cxx = flags.get("cxx") or os.environ.get("CXX") or "g++"
+    launcher = shutil.which("ccache")
+    return [launcher, cxx] if launcher else [cxx]
+
+
+def _run(cmd: list[str], cwd: str | None = None) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SimtError(f"{' '.join(cmd[:3])} ... failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _device_object(cache: str) -> str:
+    """runtime/device_simt.cpp compiled once per content (every emulated library links it)."""
+    obj = os.path.join(cache, f"device_simt-{_emulator_digest()}.o")
+    if not os.path.exists(obj):
+        tmp = f"{obj}.{os.getpid()}.tmp.o"
+        _run([*_compiler(), *SIMT_FLAGS, "-I", RUNTIME, "-c", DEVICE_SIMT, "-o", tmp])
+        os.replace(tmp, obj)
+    return obj
+
+
+def build_kernels(items, tmpdir: str | None = None) -> "SimtLib":
+    """Compile CUDA kernel specs or sources with the SIMT emulator into one shared library and load it."""
+    tmpdir = tmpdir or tempfile.mkdtemp(prefix="tcc-simt-")
+    sources = _sources(items, str(tmpdir))
+    cache = _cache_dir()
+    key = _digest(_emulator_digest(), " ".join(SIMT_FLAGS), *(t for pair in sources for t in pair))
+    lib_path = os.path.join(cache, f"kernels-{key}.so")
+    if not os.path.exists(lib_path):
+        src_dir = os.path.join(str(tmpdir), f"simt-{key}")
+        os.makedirs(src_dir, exist_ok=True)
+        paths = []
+        for name, text in sources:
+            path = os.path.join(src_dir, name)
+            with open(path, "w") as f:
+                f.write(text)
+            paths.append(path)
+        tmp = f"{lib_path}.{os.getpid()}.tmp.so"
+        _run([*_compiler(), *SIMT_FLAGS, "-shared", "-I", RUNTIME, "-x", "c++", *paths, "-x", "none",
+              _device_object(cache), "-o", tmp, "-lpthread"])
+        os.replace(tmp, lib_path)
+    protos = {}
+    for _, text in sources:
+        protos.update(prototypes(text))
+    return SimtLib(lib_path, protos)
+
+
+class Exec:
+    """An emulated execution context (tcc_exec*)."""
+
+    def __init__(self, lib: "SimtLib"):
+        self.lib = lib
+        self.handle = lib.tcc_exec_create(1)
+
+    def sync(self) -> str:
+        """tcc_exec_sync: the error message since the last clear ("" when none)."""
+        if self.lib.tcc_exec_sync(self.handle) == 0:
+            return ""
+        return self.lib.tcc_exec_error(self.handle).decode()
+
+    def clear(self) -> None:
+        self.lib.tcc_exec_clear_error(self.handle)
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.tcc_exec_destroy(self.handle)
+            self.handle = None
+
+
+def _arg(a):
+    if isinstance(a, np.ndarray):
+        if not a.flags.c_contiguous:
+            raise ValueError("pass C-contiguous arrays to emulated kernels")
+        return a.ctypes.data
+    return a
+
+
+class SimtLib(ctypes.CDLL):
+    """A library of emulated CUDA launchers plus the emulated device runtime."""
+
+    def __init__(self, path: str, protos: dict[str, list]):
+        super().__init__(path)
+        self.protos = protos
+        self.tcc_exec_create.restype = ctypes.c_void_p
+        self.tcc_exec_create.argtypes = [ctypes.c_int]
+        for name in ("tcc_exec_destroy", "tcc_exec_clear_error"):
+            getattr(self, name).argtypes = [ctypes.c_void_p]
+        self.tcc_exec_sync.argtypes = [ctypes.c_void_p]
+        self.tcc_exec_error.argtypes = [ctypes.c_void_p]
+        self.tcc_exec_error.restype = ctypes.c_char_p
+        self.tcc_simt_set_seed.argtypes = [ctypes.c_uint64]
+
+    def fn(self, name: str):
+        """The launcher `name` with argtypes from its prototype (the exec is its last argument)."""
+        if name not in self.protos:
+            raise KeyError(f"no extern \"C\" launcher {name} in the built sources")
+        f = getattr(self, name)
+        f.argtypes = self.protos[name]
+        f.restype = None
+        return f
+
+    @contextlib.contextmanager
+    def exec(self):
+        ex = Exec(self)
+        try:
+            yield ex
+        finally:
+            ex.close()
+
+    def call(self, ex: Exec, name: str, *args) -> None:
+        """Call launcher `name` on context `ex` (numpy arrays are passed as device pointers)."""
+        self.fn(name)(*(_arg(a) for a in args), ex.handle)
+
+    def run(self, name: str, *args) -> str:
+        """Call launcher `name` on a fresh context, sync, and return its error message ("" when none)."""
+        with self.exec() as ex:
+            self.call(ex, name, *args)
+            return ex.sync()
+
+    def set_seed(self, seed: int) -> None:
+        """0: threads run in order between barriers; otherwise a shuffled order drawn from the seed."""
+        self.tcc_simt_set_seed(seed)
+
+
+# -- nvcc ----------------------------------------------------------------------------------------------------
+def nvcc_path() -> str | None:
+    from tcc import flags
+
+    explicit = flags.FLAGS.get("nvcc") and flags.get("nvcc")
+    return explicit or shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "/usr/local/cuda/bin/nvcc") or None
+
+
+def require_nvcc() -> str:
+    """nvcc's path; without it the test skips with the reason (tests/conftest.py fails skips in CI)."""
+    import pytest
+
+    nvcc = nvcc_path()
+    if nvcc:
+        return nvcc
+    reason = "nvcc not found (install the CUDA toolkit to compile the kernels for sm_80/sm_90)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def cuobjdump(args: list[str], nvcc: str) -> str:
+    tool = shutil.which("cuobjdump") or os.path.join(os.path.dirname(nvcc), "cuobjdump")
+    proc = subprocess.run([tool, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SimtError(f"cuobjdump {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def nvcc_compile(items, archs=("sm_80", "sm_90"), tmpdir: str | None = None, jobs: int = 2) -> dict[str, str]:
+    """Compile each source with nvcc (`-c`, SASS for every arch, cached by content); check the SASS is there.
+
+    Returns {source file name: object path}. Raises SimtError when nvcc fails or an arch's SASS is missing."""
+    nvcc = require_nvcc()
+    tmpdir = tmpdir or tempfile.mkdtemp(prefix="tcc-nvcc-")
+    sources = _sources(items, str(tmpdir))
+    gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in archs]
+    cache = _cache_dir()
+    headers = _emulator_digest()
+    objects, pending = {}, []
+    for name, text in sources:
+        obj = os.path.join(cache, f"nvcc-{_digest(headers, ' '.join(gencode), text)}.o")
+        objects[name] = obj
+        if not os.path.exists(obj):
+            path = os.path.join(str(tmpdir), name)
+            with open(path, "w") as f:
+                f.write(text)
+            pending.append((path, obj))
+    procs = []
+    for i in range(0, len(pending), max(1, jobs)):
+        batch = pending[i:i + max(1, jobs)]
+        procs = [(subprocess.Popen([nvcc, *NVCC_FLAGS, *gencode, "-I", RUNTIME, "-c", path, "-o", obj + ".tmp"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), path, obj)
+                 for path, obj in batch]
+        for proc, path, obj in procs:
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SimtError(f"nvcc failed on {os.path.basename(path)}:\n{out}")
+            os.replace(obj + ".tmp", obj)
+    for name, obj in objects.items():
+        listing = cuobjdump(["--list-elf", obj], nvcc)
+        missing = [a for a in archs if f".{a}." not in listing]
+        if missing:
+            raise SimtError(f"{name}: no SASS for {', '.join(missing)} in the object:\n{listing}")
+    return objects
+
+
+def sass(obj: str) -> str:
+    """The disassembled machine code of an nvcc object (look for HMMA, LDSM, LDGSTS in tensor-core kernels)."""
+    return cuobjdump(["-sass", obj], require_nvcc())
