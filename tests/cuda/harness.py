@@ -258,9 +258,32 @@ def require_nvcc() -> str:
     pytest.skip(reason)
 
 
+def cuobjdump_path(nvcc: str) -> str | None:
+    """cuobjdump: on PATH, beside nvcc, or from the `nvidia-cuda-cuobjdump` wheel (nvidia/cu*/bin)."""
+    candidates = [shutil.which("cuobjdump"), os.path.join(os.path.dirname(os.path.realpath(nvcc)), "cuobjdump")]
+    with open(nvcc, "rb") as f:  # /usr/local/bin/nvcc may be a wrapper script naming the real toolkit
+        head = f.read(4096)
+    for real in re.findall(rb"(/[\w./+-]+)/nvcc\b", head):
+        candidates.append(os.path.join(real.decode(), "cuobjdump"))
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            candidates += [os.path.join(root, d, "bin", "cuobjdump") for d in sorted(os.listdir(root))]
+    except ImportError:
+        pass
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
 def cuobjdump(args: list[str], nvcc: str) -> str:
-    tool = shutil.which("cuobjdump") or os.path.join(os.path.dirname(nvcc), "cuobjdump")
-    proc = subprocess.run([tool, *args], capture_output=True, text=True)
+    tool = cuobjdump_path(nvcc)
+    if tool is None:
+        raise SimtError("cuobjdump not found (it checks the SASS in nvcc's objects): pip install nvidia-cuda-cuobjdump")
+    env = dict(os.environ)
+    nvdisasm = os.path.join(os.path.dirname(tool), "nvdisasm")  # -sass runs nvdisasm (nvidia-cuda-nvdisasm)
+    if os.path.isfile(nvdisasm):
+        env["NVDISASM_PATH"] = os.path.dirname(tool)
+    proc = subprocess.run([tool, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SimtError(f"cuobjdump {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
     return proc.stdout

@@ -34,10 +34,17 @@ extern "C" void simt_shfl(const int* in, int* out, int mode, int arg, int width,
   TCC_LAUNCH(shfl_kernel, 1, threads, 0, exec, in, out, mode, arg, width);
 }
 
-// 16-byte and 8-byte values through a shuffle; src lane = (lane + 5) % 32.
+// 16-byte and 8-byte values through a shuffle; src lane = (lane + 5) % 32. CUDA shuffles scalars only;
+// the emulator moves any trivially copyable value of up to 16 bytes (float4 here).
 __global__ void shfl_wide_kernel(const float4* in, float4* out, const double* din, double* dout) {
   const int t = threadIdx.x, src = ((t & 31) + 5) & 31;
+#if defined(TCC_SIMT)
   out[t] = __shfl_sync(0xffffffffu, in[t], src);
+#else
+  const float4 v = in[t];
+  out[t] = make_float4(__shfl_sync(0xffffffffu, v.x, src), __shfl_sync(0xffffffffu, v.y, src),
+                       __shfl_sync(0xffffffffu, v.z, src), __shfl_sync(0xffffffffu, v.w, src));
+#endif
   dout[t] = __shfl_sync(0xffffffffu, din[t], src);
 }
 extern "C" void simt_shfl_wide(const float* in, float* out, const double* din, double* dout, int threads, tcc_exec* exec) {
