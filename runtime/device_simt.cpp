@@ -200,6 +200,8 @@ std::mutex g_launch_mutex;
 std::vector<Thread> g_threads(kMaxThreads);
 std::vector<Stack> g_stacks(kMaxThreads);
 std::vector<int> g_order;
+// Per warp of the running block: the lanes waiting at a collective, and the lanes that have finished.
+unsigned g_arrived[kMaxThreads / kWarp], g_done[kMaxThreads / kWarp];
 unsigned char* g_arena = nullptr;
 Launch* L = nullptr;
 void* g_sched_sp = nullptr;
@@ -337,6 +339,7 @@ void fiber_main(void* arg) {
   }
   t->state = Done;
   ++L->done;
+  g_done[t->warp] |= 1u << t->lane;
   leave(t);
   abort();  // a finished fiber is never entered again
 }
@@ -406,13 +409,12 @@ void exchange(Thread* base, unsigned mask, int kind) {
 // Runs on the arriving lane's fiber: completes t's collective if every lane of its mask is there.
 bool try_resolve(Thread* t) {
   Thread* base = &g_threads[t->warp * kWarp];
-  for (unsigned m = t->mask; m; m &= m - 1) {
-    Thread* u = base + __builtin_ctz(m);
-    if (u->state == Done) {
+  if ((g_arrived[t->warp] & t->mask) != t->mask) {
+    if (const unsigned gone = g_done[t->warp] & t->mask) {
       fail(format("%s (%s:%d) with mask 0x%08x: lane %d has exited", collective_name(t->kind), t->file, t->line,
-                  t->mask, u->lane).c_str());
+                  t->mask, __builtin_ctz(gone)).c_str());
     }
-    if (u->state != AtCollective) return false;
+    return false;
   }
   for (unsigned m = t->mask; m; m &= m - 1) {
     Thread* u = base + __builtin_ctz(m);
@@ -423,6 +425,7 @@ bool try_resolve(Thread* t) {
   }
   exchange(base, t->mask, t->kind);
   for (unsigned m = t->mask; m; m &= m - 1) base[__builtin_ctz(m)].state = Runnable;
+  g_arrived[t->warp] &= ~t->mask;
   L->at_collective -= __builtin_popcount(t->mask);
   return true;
 }
@@ -513,6 +516,8 @@ bool run_block() {
     g_order[i] = i;
   }
   L->done = L->at_barrier = L->at_collective = 0;
+  memset(g_arrived, 0, sizeof g_arrived);
+  memset(g_done, 0, sizeof g_done);
   L->statics.clear();
   L->static_bytes = 0;
   L->arena_used = (static_cast<size_t>(L->dyn) + 15) & ~size_t(15);
@@ -638,6 +643,7 @@ void collective(int kind, unsigned mask, int arg, int width, const char* file, i
   t->file = file;
   t->line = line;
   t->state = AtCollective;
+  g_arrived[t->warp] |= 1u << t->lane;
   ++L->at_collective;
   if (!try_resolve(t)) leave(t);
 }

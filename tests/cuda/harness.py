@@ -129,7 +129,7 @@ def _device_object(cache: str) -> str:
     obj = os.path.join(cache, f"device_simt-{_emulator_digest()}.o")
     if not os.path.exists(obj):
         tmp = f"{obj}.{os.getpid()}.tmp.o"
-        _run([*_compiler(), *SIMT_FLAGS, "-I", RUNTIME, "-c", DEVICE_SIMT, "-o", tmp])
+        _run([*_compiler(), *SIMT_FLAGS, "-O2", "-I", RUNTIME, "-c", DEVICE_SIMT, "-o", tmp])
         os.replace(tmp, obj)
     return obj
 
