@@ -32,7 +32,7 @@
 
 #include "tcc_cuda.h"
 
-#if (defined(__x86_64__) || defined(__aarch64__)) && !defined(TCC_SIMT_UCONTEXT)
+#if (defined(__x86_64__) || defined(__aarch64__)) && defined(__ELF__) && !defined(TCC_SIMT_UCONTEXT)
 #define TCC_SIMT_ASM_SWITCH 1
 #else
 #include <ucontext.h>

@@ -698,6 +698,9 @@ inline __half2& operator*=(__half2& a, const __half2& b) { return a = __hmul2(a,
 inline bool operator==(const __half2& a, const __half2& b) { return a.x == b.x && a.y == b.y; }
 inline bool operator!=(const __half2& a, const __half2& b) { return !(a == b); }
 
+inline __half atomicAdd(__half* p, __half v) { const __half old = *p; *p = __hadd(old, v); return old; }
+inline __half2 atomicAdd(__half2* p, __half2 v) { const __half2 old = *p; *p = __hadd2(old, v); return old; }
+
 // ---- CUDA runtime calls a launcher may make -------------------------------------------------------------------
 inline cudaError_t cudaGetLastError() { return ::tcc_simt::last_error(true); }
 inline cudaError_t cudaPeekAtLastError() { return ::tcc_simt::last_error(false); }

@@ -152,7 +152,9 @@ def build_kernels(items, tmpdir: str | None = None) -> "SimtLib":
             paths.append(path)
         tmp = f"{lib_path}.{os.getpid()}.tmp.so"
         _run([*_compiler(), *SIMT_FLAGS, "-shared", "-I", RUNTIME, "-x", "c++", *paths, "-x", "none",
-              _device_object(cache), "-o", tmp, "-lpthread"])
+              _device_object(cache), "-o", tmp, "-lpthread",
+              # The library's own runtime, even if another loaded library exports tcc_exec_create & co.
+              "-Wl,-Bsymbolic"])
         os.replace(tmp, lib_path)
     protos = {}
     for _, text in sources:
