@@ -202,6 +202,8 @@ std::vector<Stack> g_stacks(kMaxThreads);
 std::vector<int> g_order;
 // Per warp of the running block: the lanes waiting at a collective, and the lanes that have finished.
 unsigned g_arrived[kMaxThreads / kWarp], g_done[kMaxThreads / kWarp];
+const void* g_gather[kMaxThreads / kWarp][kWarp];  // warp_gather's tables
+bool g_fast_fragments = true;
 unsigned char* g_arena = nullptr;
 Launch* L = nullptr;
 void* g_sched_sp = nullptr;
@@ -249,6 +251,7 @@ const char* collective_name(int kind) {
     case kReduceAddU: case kReduceAddI: return "__reduce_add_sync";
     case kReduceMinU: case kReduceMinI: return "__reduce_min_sync";
     case kReduceMaxU: case kReduceMaxI: return "__reduce_max_sync";
+    case kGather: return "warp_gather (tcc_cuda_ptx.h)";
     default: return "__syncthreads";
   }
 }
@@ -371,6 +374,11 @@ int shuffle_source(const Thread* u) {
 }
 
 void exchange(Thread* base, unsigned mask, int kind) {
+  if (kind == kGather) {
+    const void** table = g_gather[base->warp];
+    for (unsigned m = mask; m; m &= m - 1) memcpy(&table[__builtin_ctz(m)], base[__builtin_ctz(m)].in, sizeof(void*));
+    return;
+  }
   if (kind <= kShflXor) {
     for (unsigned m = mask; m; m &= m - 1) {
       Thread* u = base + __builtin_ctz(m);
@@ -648,6 +656,14 @@ void collective(int kind, unsigned mask, int arg, int width, const char* file, i
   if (!try_resolve(t)) leave(t);
 }
 
+const void* const* warp_gather(const void* mine, const char* file, int line) {
+  memcpy(g_cur->in, &mine, sizeof mine);
+  collective(kGather, 0xffffffffu, 0, kWarp, file, line);
+  return g_gather[g_cur->warp];
+}
+
+bool fast_fragments() { return g_fast_fragments; }
+
 unsigned activemask() {
   const Thread* base = &g_threads[g_cur->warp * kWarp];
   unsigned m = 0;
@@ -785,6 +801,10 @@ extern "C" {
 // The harness's race detector: 0 runs a block's threads in order between barriers; any other seed runs them
 // in a random order drawn from it, fresh for every pass of the scheduler.
 void tcc_simt_set_seed(uint64_t seed) { g_seed = seed; }
+
+// 1 (default): the mma/ldmatrix fallbacks read the other lanes' registers through one warp_gather; 0: through
+// __shfl_sync, as the portable fallback does elsewhere (both compute the same; tests run both).
+void tcc_simt_set_fast_fragments(int on) { g_fast_fragments = on != 0; }
 
 tcc_exec* tcc_exec_create(int n_threads) {
   tcc_exec* exec = new tcc_exec;

@@ -32,35 +32,64 @@ __device__ __forceinline__ void tcc_mma_m16n8k16(float d[4], const uint32_t a[4]
         "f"(c[3]));
 #else
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // Rows g and g+8 of A: lane 4g+s holds A[g][2s, 2s+1] (a[0]), A[g+8][2s, 2s+1] (a[1]), A[g][2s+8, 2s+9]
-  // (a[2]), A[g+8][2s+8, 2s+9] (a[3]).
-  // (CUDA shuffles scalars only: the registers travel in pairs as 64-bit values.)
-  const unsigned long long a01 = a[0] | ((unsigned long long)a[1] << 32), a23 = a[2] | ((unsigned long long)a[3] << 32);
-  float row0[16], row8[16];
-  for (int s = 0; s < 4; ++s) {
-    const unsigned long long v01 = __shfl_sync(0xffffffffu, a01, 4 * g + s);
-    const unsigned long long v23 = __shfl_sync(0xffffffffu, a23, 4 * g + s);
-    const uint32_t r0 = (uint32_t)v01, r1 = (uint32_t)(v01 >> 32), r2 = (uint32_t)v23, r3 = (uint32_t)(v23 >> 32);
-    row0[2 * s] = tcc_f16x2_lo(r0);
-    row0[2 * s + 1] = tcc_f16x2_hi(r0);
-    row8[2 * s] = tcc_f16x2_lo(r1);
-    row8[2 * s + 1] = tcc_f16x2_hi(r1);
-    row0[2 * s + 8] = tcc_f16x2_lo(r2);
-    row0[2 * s + 9] = tcc_f16x2_hi(r2);
-    row8[2 * s + 8] = tcc_f16x2_lo(r3);
-    row8[2 * s + 9] = tcc_f16x2_hi(r3);
-  }
-  // Columns 2t and 2t+1 of B: lane 4n+s holds B[2s, 2s+1][n] (b[0]) and B[2s+8, 2s+9][n] (b[1]).
-  const unsigned long long b01 = b[0] | ((unsigned long long)b[1] << 32);
-  float col[2][16];
-  for (int j = 0; j < 2; ++j) {
+  float row0[16], row8[16], col[2][16];
+#if defined(TCC_SIMT)
+  if (tcc_simt::fast_fragments()) {
+    // The emulator's fast path: one exchange of every lane's registers, read in the layout the shuffles
+    // below spell out (a 16-shuffle warp collective per mma is most of an emulated GEMM's time).
+    const uint32_t regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    const void* const* lanes = tcc_simt::warp_gather(regs, __FILE__, __LINE__);
     for (int s = 0; s < 4; ++s) {
-      const unsigned long long v = __shfl_sync(0xffffffffu, b01, 4 * (2 * t + j) + s);
-      const uint32_t r0 = (uint32_t)v, r1 = (uint32_t)(v >> 32);
-      col[j][2 * s] = tcc_f16x2_lo(r0);
-      col[j][2 * s + 1] = tcc_f16x2_hi(r0);
-      col[j][2 * s + 8] = tcc_f16x2_lo(r1);
-      col[j][2 * s + 9] = tcc_f16x2_hi(r1);
+      const uint32_t* r = static_cast<const uint32_t*>(lanes[4 * g + s]);
+      row0[2 * s] = tcc_f16x2_lo(r[0]);
+      row0[2 * s + 1] = tcc_f16x2_hi(r[0]);
+      row8[2 * s] = tcc_f16x2_lo(r[1]);
+      row8[2 * s + 1] = tcc_f16x2_hi(r[1]);
+      row0[2 * s + 8] = tcc_f16x2_lo(r[2]);
+      row0[2 * s + 9] = tcc_f16x2_hi(r[2]);
+      row8[2 * s + 8] = tcc_f16x2_lo(r[3]);
+      row8[2 * s + 9] = tcc_f16x2_hi(r[3]);
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t* q = static_cast<const uint32_t*>(lanes[4 * (2 * t + j) + s]);
+        col[j][2 * s] = tcc_f16x2_lo(q[4]);
+        col[j][2 * s + 1] = tcc_f16x2_hi(q[4]);
+        col[j][2 * s + 8] = tcc_f16x2_lo(q[5]);
+        col[j][2 * s + 9] = tcc_f16x2_hi(q[5]);
+      }
+    }
+    __syncwarp();  // every lane has read the others' registers before any lane's `regs` goes away
+  } else
+#endif
+  {
+    // Rows g and g+8 of A: lane 4g+s holds A[g][2s, 2s+1] (a[0]), A[g+8][2s, 2s+1] (a[1]), A[g][2s+8, 2s+9]
+    // (a[2]), A[g+8][2s+8, 2s+9] (a[3]).
+    // (CUDA shuffles scalars only: the registers travel in pairs as 64-bit values.)
+    const unsigned long long a01 = a[0] | ((unsigned long long)a[1] << 32);
+    const unsigned long long a23 = a[2] | ((unsigned long long)a[3] << 32);
+    for (int s = 0; s < 4; ++s) {
+      const unsigned long long v01 = __shfl_sync(0xffffffffu, a01, 4 * g + s);
+      const unsigned long long v23 = __shfl_sync(0xffffffffu, a23, 4 * g + s);
+      const uint32_t r0 = (uint32_t)v01, r1 = (uint32_t)(v01 >> 32), r2 = (uint32_t)v23, r3 = (uint32_t)(v23 >> 32);
+      row0[2 * s] = tcc_f16x2_lo(r0);
+      row0[2 * s + 1] = tcc_f16x2_hi(r0);
+      row8[2 * s] = tcc_f16x2_lo(r1);
+      row8[2 * s + 1] = tcc_f16x2_hi(r1);
+      row0[2 * s + 8] = tcc_f16x2_lo(r2);
+      row0[2 * s + 9] = tcc_f16x2_hi(r2);
+      row8[2 * s + 8] = tcc_f16x2_lo(r3);
+      row8[2 * s + 9] = tcc_f16x2_hi(r3);
+    }
+    // Columns 2t and 2t+1 of B: lane 4n+s holds B[2s, 2s+1][n] (b[0]) and B[2s+8, 2s+9][n] (b[1]).
+    const unsigned long long b01 = b[0] | ((unsigned long long)b[1] << 32);
+    for (int j = 0; j < 2; ++j) {
+      for (int s = 0; s < 4; ++s) {
+        const unsigned long long v = __shfl_sync(0xffffffffu, b01, 4 * (2 * t + j) + s);
+        const uint32_t r0 = (uint32_t)v, r1 = (uint32_t)(v >> 32);
+        col[j][2 * s] = tcc_f16x2_lo(r0);
+        col[j][2 * s + 1] = tcc_f16x2_hi(r0);
+        col[j][2 * s + 8] = tcc_f16x2_lo(r1);
+        col[j][2 * s + 9] = tcc_f16x2_hi(r1);
+      }
     }
   }
   // fp16 products are exact in fp32; the tensor core's accumulation order and internal precision are not
@@ -69,7 +98,7 @@ __device__ __forceinline__ void tcc_mma_m16n8k16(float d[4], const uint32_t a[4]
     const float* arow = i < 2 ? row0 : row8;
     const float* bcol = col[i & 1];
     float acc = 0.0f;
-    for (int k = 0; k < 16; ++k) acc = fmaf(arow[k], bcol[k], acc);
+    for (int k = 0; k < 16; ++k) acc += arow[k] * bcol[k];  // the product of two fp16 values is exact in fp32
     d[i] = acc + c[i];
   }
 #endif

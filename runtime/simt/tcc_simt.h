@@ -106,6 +106,7 @@ struct SmemSite {
 enum CollectiveKind {
   kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncwarp,
   kReduceAddU, kReduceMinU, kReduceMaxU, kReduceAddI, kReduceMinI, kReduceMaxI,
+  kGather,  // emulator-only: every lane of the warp sees every lane's pointer (warp_gather)
 };
 
 // One emulated thread (a fiber). The scratchpad `in`/`out` carries a collective's operand and result.
@@ -142,6 +143,10 @@ unsigned activemask();
 [[noreturn]] void smem_out_of_bounds(const SmemSite* site, int64_t index, int64_t n);
 void* shared_static(const SmemSite* site, size_t bytes, size_t align);
 void* shared_dynamic(int64_t* bytes);
+// Emulator-only fast path of the fragment helpers (runtime/tcc_cuda_ptx.h): a collective of the whole warp
+// after which table[l] is lane l's `mine`; the lanes' data stays alive until their next collective.
+const void* const* warp_gather(const void* mine, const char* file, int line);
+bool fast_fragments();  // tcc_simt_set_fast_fragments (default on)
 
 // Host-side launch.
 struct Dim { int64_t x, y, z; };

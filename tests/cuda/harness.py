@@ -206,6 +206,7 @@ class SimtLib(ctypes.CDLL):
         self.tcc_exec_error.argtypes = [ctypes.c_void_p]
         self.tcc_exec_error.restype = ctypes.c_char_p
         self.tcc_simt_set_seed.argtypes = [ctypes.c_uint64]
+        self.tcc_simt_set_fast_fragments.argtypes = [ctypes.c_int]
 
     def fn(self, name: str):
         """The launcher `name` with argtypes from its prototype (the exec is its last argument)."""
@@ -233,6 +234,10 @@ class SimtLib(ctypes.CDLL):
         with self.exec() as ex:
             self.call(ex, name, *args)
             return ex.sync()
+
+    def set_fast_fragments(self, on: bool) -> None:
+        """Whether the mma fallback reads the other lanes' registers in one exchange (default) or by shuffles."""
+        self.tcc_simt_set_fast_fragments(int(on))
 
     def set_seed(self, seed: int) -> None:
         """0: threads run in order between barriers; otherwise a shuffled order drawn from the seed."""

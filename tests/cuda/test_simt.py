@@ -216,14 +216,20 @@ def test_half_arithmetic(lib):
 
 
 # -- tensor-core helpers ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fast", [True, False], ids=["gather", "shuffles"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mma_fallback(lib, seed):
+def test_mma_fallback(lib, seed, fast):
+    """Both fallbacks (the emulator's one-exchange path and the portable __shfl_sync one) against numpy."""
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((16, 16)).astype(np.float16)
     B = rng.standard_normal((16, 8)).astype(np.float16)
     C = rng.standard_normal((16, 8)).astype(np.float32)
     D = np.zeros((16, 8), np.float32)
-    assert lib.run("simt_mma", A.view(np.uint16), B.view(np.uint16), C, D) == ""
+    lib.set_fast_fragments(fast)
+    try:
+        assert lib.run("simt_mma", A.view(np.uint16), B.view(np.uint16), C, D) == ""
+    finally:
+        lib.set_fast_fragments(True)
     A64, B64 = A.astype(np.float64), B.astype(np.float64)
     ref = A64 @ B64 + C
     # Exact fp16 products summed in fp32 (16 terms, then + C): error <= 17 * 2^-24 * (sum |a||b| + |c|).
