@@ -134,27 +134,56 @@ def _device_object(cache: str) -> str:
     return obj
 
 
+def _kernel_object(cache: str, emulator: str, name: str, text: str, src_dir: str) -> tuple[str, list[str] | None]:
+    """The cached object of one source, and the command that builds it when it is not there yet."""
+    obj = os.path.join(cache, f"{os.path.splitext(name)[0]}-{_digest(emulator, ' '.join(SIMT_FLAGS), name, text)}.o")
+    if os.path.exists(obj):
+        return obj, None
+    path = os.path.join(src_dir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return obj, [*_compiler(), *SIMT_FLAGS, "-I", RUNTIME, "-x", "c++", "-c", path, "-o", f"{obj}.{os.getpid()}.tmp.o"]
+
+
+def _compile_all(jobs: list[tuple[str, list[str]]]) -> None:
+    """Run the compiles a few at a time (each source is its own translation unit, cached on its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tcc import flags
+
+    def one(job):
+        obj, cmd = job
+        _run(cmd)
+        os.replace(cmd[-1], obj)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(flags.get("build-jobs")))) as pool:
+        list(pool.map(one, jobs))
+
+
 def build_kernels(items, tmpdir: str | None = None) -> "SimtLib":
     """Compile CUDA kernel specs or sources with the SIMT emulator into one shared library and load it."""
     tmpdir = tmpdir or tempfile.mkdtemp(prefix="tcc-simt-")
     sources = _sources(items, str(tmpdir))
+    names = [name for name, _ in sources]
+    if len(set(names)) != len(names):
+        raise SimtError(f"two sources named alike in one build: {sorted(n for n in names if names.count(n) > 1)}")
     cache = _cache_dir()
-    key = _digest(_emulator_digest(), " ".join(SIMT_FLAGS), *(t for pair in sources for t in pair))
-    lib_path = os.path.join(cache, f"kernels-{key}.so")
+    emulator = _emulator_digest()
+    src_dir = os.path.join(str(tmpdir), "simt-src")
+    os.makedirs(src_dir, exist_ok=True)
+    objects, jobs = [], []
+    for name, text in sources:
+        obj, cmd = _kernel_object(cache, emulator, name, text, src_dir)
+        objects.append(obj)
+        if cmd:
+            jobs.append((obj, cmd))
+    _compile_all(jobs)
+    device = _device_object(cache)
+    lib_path = os.path.join(cache, f"kernels-{_digest(*objects, device)}.so")
     if not os.path.exists(lib_path):
-        src_dir = os.path.join(str(tmpdir), f"simt-{key}")
-        os.makedirs(src_dir, exist_ok=True)
-        paths = []
-        for name, text in sources:
-            path = os.path.join(src_dir, name)
-            with open(path, "w") as f:
-                f.write(text)
-            paths.append(path)
         tmp = f"{lib_path}.{os.getpid()}.tmp.so"
-        _run([*_compiler(), *SIMT_FLAGS, "-shared", "-I", RUNTIME, "-x", "c++", *paths, "-x", "none",
-              _device_object(cache), "-o", tmp, "-lpthread",
-              # The library's own runtime, even if another loaded library exports tcc_exec_create & co.
-              "-Wl,-Bsymbolic"])
+        # -Bsymbolic: the library's own runtime, even if another loaded library exports tcc_exec_create & co.
+        _run([*_compiler(), "-shared", *objects, device, "-o", tmp, "-lpthread", "-Wl,-Bsymbolic"])
         os.replace(tmp, lib_path)
     protos = {}
     for _, text in sources:
