@@ -202,6 +202,7 @@ std::vector<Stack> g_stacks(kMaxThreads);
 std::vector<int> g_order;
 // Per warp of the running block: the lanes waiting at a collective, and the lanes that have finished.
 unsigned g_arrived[kMaxThreads / kWarp], g_done[kMaxThreads / kWarp];
+unsigned g_active_wait[kMaxThreads / kWarp];  // lanes waiting at __activemask
 const void* g_gather[kMaxThreads / kWarp][kWarp];  // warp_gather's tables
 bool g_fast_fragments = true;
 unsigned char* g_arena = nullptr;
@@ -252,6 +253,7 @@ const char* collective_name(int kind) {
     case kReduceMinU: case kReduceMinI: return "__reduce_min_sync";
     case kReduceMaxU: case kReduceMaxI: return "__reduce_max_sync";
     case kGather: return "warp_gather (tcc_cuda_ptx.h)";
+    case kActiveMask: return "__activemask";
     default: return "__syncthreads";
   }
 }
@@ -438,6 +440,30 @@ bool try_resolve(Thread* t) {
   return true;
 }
 
+// __activemask: once no lane of warp w can run on (each has finished or waits somewhere), the lanes waiting
+// at one __activemask are the converged group there; each gets the group's mask.
+void resolve_activemask(int w) {
+  Thread* base = &g_threads[w * kWarp];
+  for (unsigned m = warp_lanes(w); m; m &= m - 1)
+    if (base[__builtin_ctz(m)].state == Runnable) return;
+  for (unsigned waiting = g_active_wait[w]; waiting;) {
+    const Thread* first = base + __builtin_ctz(waiting);
+    unsigned group = 0;
+    for (unsigned m = waiting; m; m &= m - 1) {
+      const Thread* u = base + __builtin_ctz(m);
+      if (u->line == first->line && (u->file == first->file || strcmp(u->file, first->file) == 0)) group |= 1u << u->lane;
+    }
+    for (unsigned m = group; m; m &= m - 1) {
+      Thread* u = base + __builtin_ctz(m);
+      memcpy(u->out, &group, sizeof group);
+      u->state = Runnable;
+      --L->at_collective;
+    }
+    waiting &= ~group;
+  }
+  g_active_wait[w] = 0;
+}
+
 // ---- the block scheduler ------------------------------------------------------------------------------------------
 uint64_t next_random() {
   g_rng ^= g_rng << 13;
@@ -526,6 +552,7 @@ bool run_block() {
   L->done = L->at_barrier = L->at_collective = 0;
   memset(g_arrived, 0, sizeof g_arrived);
   memset(g_done, 0, sizeof g_done);
+  memset(g_active_wait, 0, sizeof g_active_wait);
   L->statics.clear();
   L->static_bytes = 0;
   L->arena_used = (static_cast<size_t>(L->dyn) + 15) & ~size_t(15);
@@ -539,6 +566,7 @@ bool run_block() {
       enter(t);
       ran = true;
       if (L->failed) return false;
+      if (g_active_wait[t->warp]) resolve_activemask(t->warp);
     }
     if (L->done == n) return true;
     if (ran) continue;
@@ -664,13 +692,19 @@ const void* const* warp_gather(const void* mine, const char* file, int line) {
 
 bool fast_fragments() { return g_fast_fragments; }
 
-unsigned activemask() {
-  const Thread* base = &g_threads[g_cur->warp * kWarp];
-  unsigned m = 0;
-  for (unsigned lanes = warp_lanes(g_cur->warp); lanes; lanes &= lanes - 1) {
-    const int l = __builtin_ctz(lanes);
-    if (base[l].state != Done) m |= 1u << l;
-  }
+unsigned activemask(const char* file, int line) {
+  Thread* t = g_cur;
+  t->kind = kActiveMask;
+  t->mask = 1u << t->lane;
+  t->width = kWarp;
+  t->file = file;
+  t->line = line;
+  t->state = AtCollective;
+  ++L->at_collective;
+  g_active_wait[t->warp] |= 1u << t->lane;
+  leave(t);  // the scheduler resolves it (resolve_activemask)
+  unsigned m;
+  memcpy(&m, t->out, sizeof m);
   return m;
 }
 

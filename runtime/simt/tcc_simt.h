@@ -107,6 +107,7 @@ enum CollectiveKind {
   kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncwarp,
   kReduceAddU, kReduceMinU, kReduceMaxU, kReduceAddI, kReduceMinI, kReduceMaxI,
   kGather,  // emulator-only: every lane of the warp sees every lane's pointer (warp_gather)
+  kActiveMask,
 };
 
 // One emulated thread (a fiber). The scratchpad `in`/`out` carries a collective's operand and result.
@@ -138,7 +139,7 @@ extern BlockInfo g_block;  // the running block
 // Kernel-side entry points (they run on a fiber).
 void barrier(const char* file, int line, int pred);
 void collective(int kind, unsigned mask, int arg, int width, const char* file, int line);
-unsigned activemask();
+unsigned activemask(const char* file, int line);
 [[noreturn]] void fail(const char* what);
 [[noreturn]] void smem_out_of_bounds(const SmemSite* site, int64_t index, int64_t n);
 void* shared_static(const SmemSite* site, size_t bytes, size_t align);
@@ -276,16 +277,20 @@ inline unsigned vote(int kind, unsigned mask, unsigned value, const char* file, 
 #define TCC_SIMT_CAT(a, b) TCC_SIMT_CAT2(a, b)
 
 // ---- shared memory and launches (the contract's macros; tcc_cuda.h has the nvcc ones) ---------------------
-#define TCC_SHARED(T, name, n)                                                                    \
-  static const ::tcc_simt::SmemSite TCC_SIMT_CAT(tcc_smem_site_, __LINE__) = {#name, __FILE__, __LINE__}; \
-  ::tcc_simt::smem_ptr<T> name = ::tcc_simt::shared_array<T>(&TCC_SIMT_CAT(tcc_smem_site_, __LINE__), (n))
-#define TCC_SHARED2(T, name, rows, cols)                                                          \
-  static const ::tcc_simt::SmemSite TCC_SIMT_CAT(tcc_smem_site_, __LINE__) = {#name, __FILE__, __LINE__}; \
-  ::tcc_simt::smem_ptr2<T> name =                                                                 \
-      ::tcc_simt::shared_array2<T>(&TCC_SIMT_CAT(tcc_smem_site_, __LINE__), (rows), (cols))
-#define TCC_DYN_SHARED(T, name)                                                                   \
-  static const ::tcc_simt::SmemSite TCC_SIMT_CAT(tcc_smem_site_, __LINE__) = {#name, __FILE__, __LINE__}; \
-  ::tcc_simt::smem_ptr<T> name = ::tcc_simt::dynamic_array<T>(&TCC_SIMT_CAT(tcc_smem_site_, __LINE__))
+// Each declaration gets a static site (its name, file:line for messages; its address is the per-block key).
+#define TCC_SHARED(T, name, n) TCC_SIMT_SHARED_(T, name, (n), TCC_SIMT_CAT(tcc_smem_site_, __COUNTER__))
+#define TCC_SIMT_SHARED_(T, name, n, site)                                  \
+  static const ::tcc_simt::SmemSite site = {#name, __FILE__, __LINE__};    \
+  ::tcc_simt::smem_ptr<T> name = ::tcc_simt::shared_array<T>(&site, n)
+#define TCC_SHARED2(T, name, rows, cols) \
+  TCC_SIMT_SHARED2_(T, name, (rows), (cols), TCC_SIMT_CAT(tcc_smem_site_, __COUNTER__))
+#define TCC_SIMT_SHARED2_(T, name, rows, cols, site)                        \
+  static const ::tcc_simt::SmemSite site = {#name, __FILE__, __LINE__};    \
+  ::tcc_simt::smem_ptr2<T> name = ::tcc_simt::shared_array2<T>(&site, rows, cols)
+#define TCC_DYN_SHARED(T, name) TCC_SIMT_DYN_SHARED_(T, name, TCC_SIMT_CAT(tcc_smem_site_, __COUNTER__))
+#define TCC_SIMT_DYN_SHARED_(T, name, site)                                 \
+  static const ::tcc_simt::SmemSite site = {#name, __FILE__, __LINE__};    \
+  ::tcc_simt::smem_ptr<T> name = ::tcc_simt::dynamic_array<T>(&site)
 // Runs every block of the grid before returning (the emulator has no stream: a launch is synchronous).
 #define TCC_LAUNCH(kernel, grid, block, shared_bytes, exec, ...)                                         \
   ::tcc_simt::launch_kernel(#kernel, (exec), ::tcc_simt::to_dim(grid), ::tcc_simt::to_dim(block),        \
@@ -342,7 +347,10 @@ inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE
 inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return static_cast<int>(::tcc_simt::vote(::tcc_simt::kAll, mask, pred != 0, file, line));
 }
-inline unsigned __activemask() { return ::tcc_simt::activemask(); }
+// The lanes of the warp at this __activemask once no lane of the warp can run on (docs/cuda.md).
+inline unsigned __activemask(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return ::tcc_simt::activemask(file, line);
+}
 inline unsigned __reduce_add_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return ::tcc_simt::vote(::tcc_simt::kReduceAddU, mask, v, file, line);
 }

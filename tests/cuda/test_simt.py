@@ -102,6 +102,22 @@ def test_partial_last_warp_and_votes(lib):
                 assert out[w + i, 4] == lanes.sum()
 
 
+@pytest.mark.parametrize("threads,n", [(96, 5), (64, 64), (1024, 1000)])
+def test_syncthreads_count_and_or_activemask(lib, threads, n):
+    out, out2 = np.zeros(3 * threads, np.int32), np.zeros(threads, np.uint32)
+    out3 = np.zeros(threads, np.uint16)
+    assert lib.run("simt_sync_vote", n, out, out2, out3, threads) == ""
+    out = out.reshape(threads, 3)
+    assert (out[:, 0] == (threads + 2) // 3).all()
+    assert (out[:, 1] == int(n >= threads)).all()
+    assert (out[:, 2] == int(n < threads)).all()
+    lanes = np.arange(threads) & 31
+    assert (out2[lanes < 20] == (1 << 20) - 1).all()
+    h = (0.5 * np.arange(threads)).astype(np.float16)
+    src = np.where(lanes < 31, np.arange(threads) + 1, np.arange(threads))
+    np.testing.assert_array_equal(out3, h[src].view(np.uint16))
+
+
 # -- atomics and shared memory ----------------------------------------------------------------------------
 def test_atomics(lib):
     n = 1000

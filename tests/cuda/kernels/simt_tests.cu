@@ -66,6 +66,22 @@ extern "C" void simt_vote(const int* pred, unsigned* out, int threads, tcc_exec*
   TCC_LAUNCH(vote_kernel, 1, threads, 0, exec, pred, out);
 }
 
+// out[3t..3t+2] = __syncthreads_count(t % 3 == 0), __syncthreads_and(t < n), __syncthreads_or(t == n);
+// out2[t] = __activemask() after lanes >= 20 of each warp exit; a __half shuffle (down by 1) in out3.
+__global__ void sync_vote_kernel(int n, int* out, unsigned* out2, uint16_t* out3) {
+  const int t = threadIdx.x;
+  out[3 * t] = __syncthreads_count(t % 3 == 0);
+  out[3 * t + 1] = __syncthreads_and(t < n);
+  out[3 * t + 2] = __syncthreads_or(t == n);
+  const __half h = __float2half_rn(0.5f * t);
+  out3[t] = __half_as_ushort(__shfl_down_sync(0xffffffffu, h, 1));
+  if ((t & 31) >= 20) return;
+  out2[t] = __activemask();
+}
+extern "C" void simt_sync_vote(int n, int* out, unsigned* out2, uint16_t* out3, int threads, tcc_exec* exec) {
+  TCC_LAUNCH(sync_vote_kernel, 1, threads, 0, exec, n, out, out2, out3);
+}
+
 // ---- atomics -----------------------------------------------------------------------------------------------------
 // counters: [0] atomicAdd count, [1] atomicMax of ids, [2] atomicMin of ids, [3] CAS-loop increments,
 // [4] atomicExch last; fsum: float sum of x; hist: 16-bin histogram of x's indices mod 16 via shared atomics.
