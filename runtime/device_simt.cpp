@@ -38,6 +38,19 @@
 #include <ucontext.h>
 #endif
 
+// AddressSanitizer must be told about stack switches (and a reused stack must be clean of its poison).
+#if defined(__SANITIZE_ADDRESS__)
+#define TCC_SIMT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TCC_SIMT_ASAN 1
+#endif
+#endif
+#if defined(TCC_SIMT_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 struct tcc_exec {
   int threads = 1;
   std::string error;            // the first error since the last clear
@@ -174,6 +187,8 @@ constexpr size_t kArenaBytes = 256 * 1024;
 struct Stack {
   char* lo = nullptr;  // the guard page's start
   size_t bytes = 0;
+  bool abandoned = false;  // a fiber was left mid-kernel on it (an aborted launch)
+  void* fake = nullptr;    // ASan's fake stack of the fiber while it is switched out
 };
 
 struct StaticArray {
@@ -224,6 +239,12 @@ struct sigaction g_old_segv, g_old_bus, g_old_fpe;
 stack_t g_old_altstack;
 alignas(16) char g_altstack[64 * 1024];
 
+#if defined(TCC_SIMT_ASAN)
+const void* g_sched_stack_bottom = nullptr;  // the scheduler's stack, as ASan reports it to the fibers
+size_t g_sched_stack_size = 0;
+void* g_sched_fake = nullptr;
+#endif
+
 #if !defined(TCC_SIMT_ASM_SWITCH)
 ucontext_t g_sched_uc;
 std::vector<ucontext_t> g_ucs(kMaxThreads);
@@ -238,6 +259,8 @@ std::string format(const char* fmt, ...) {
   va_end(ap);
   return buf;
 }
+
+[[noreturn]] void failf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 const char* collective_name(int kind) {
   switch (kind) {
@@ -298,6 +321,14 @@ char* stack_top(int i) {
 bool start_fiber(Thread* t) {
   char* top = stack_top(t->linear);
   if (!top) return false;
+#if defined(TCC_SIMT_ASAN)
+  Stack& s = g_stacks[t->linear];
+  // A finished fiber never returns from fiber_main, so its frame keeps ASan's redzones: clean the top of the
+  // stack (all of it after a fiber was abandoned mid-kernel).
+  if (s.abandoned) __asan_unpoison_memory_region(s.lo + g_page, kStackBytes);
+  else __asan_unpoison_memory_region(top - 16384, 16384);
+  s.abandoned = false;
+#endif
 #if defined(TCC_SIMT_ASM_SWITCH)
   t->sp = initial_frame(top - 64, &fiber_main, t);
 #else
@@ -316,36 +347,54 @@ bool start_fiber(Thread* t) {
 // Scheduler -> fiber: run t until it blocks or ends.
 void enter(Thread* t) {
   g_cur = t;
+#if defined(TCC_SIMT_ASAN)
+  __sanitizer_start_switch_fiber(&g_sched_fake, g_stacks[t->linear].lo + g_page, kStackBytes);
+#endif
 #if defined(TCC_SIMT_ASM_SWITCH)
   tcc_simt_swap(&g_sched_sp, t->sp);
 #else
   swapcontext(&g_sched_uc, static_cast<ucontext_t*>(t->uctx));
 #endif
+#if defined(TCC_SIMT_ASAN)
+  __sanitizer_finish_switch_fiber(g_sched_fake, nullptr, nullptr);
+#endif
   g_cur = nullptr;
 }
 
-// Fiber -> scheduler; returns when the scheduler enters t again.
-void leave(Thread* t) {
+// Fiber -> scheduler; returns when the scheduler enters t again (never when `final`).
+void leave(Thread* t, bool final = false) {
+#if defined(TCC_SIMT_ASAN)
+  Stack& s = g_stacks[t->linear];
+  __sanitizer_start_switch_fiber(final ? nullptr : &s.fake, g_sched_stack_bottom, g_sched_stack_size);
+#else
+  (void)final;
+#endif
 #if defined(TCC_SIMT_ASM_SWITCH)
   tcc_simt_swap(&t->sp, g_sched_sp);
 #else
   swapcontext(static_cast<ucontext_t*>(t->uctx), &g_sched_uc);
 #endif
+#if defined(TCC_SIMT_ASAN)
+  __sanitizer_finish_switch_fiber(s.fake, &g_sched_stack_bottom, &g_sched_stack_size);
+#endif
 }
 
 void fiber_main(void* arg) {
   Thread* t = static_cast<Thread*>(arg);
+#if defined(TCC_SIMT_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
+#endif
   try {
     L->thunk(L->ctx);
   } catch (...) {
     record_failure(t, "a C++ exception left the kernel");
     t->state = Aborted;
-    leave(t);
+    leave(t, true);
   }
   t->state = Done;
   ++L->done;
   g_done[t->warp] |= 1u << t->lane;
-  leave(t);
+  leave(t, true);
   abort();  // a finished fiber is never entered again
 }
 
@@ -421,16 +470,17 @@ bool try_resolve(Thread* t) {
   Thread* base = &g_threads[t->warp * kWarp];
   if ((g_arrived[t->warp] & t->mask) != t->mask) {
     if (const unsigned gone = g_done[t->warp] & t->mask) {
-      fail(format("%s (%s:%d) with mask 0x%08x: lane %d has exited", collective_name(t->kind), t->file, t->line,
-                  t->mask, __builtin_ctz(gone)).c_str());
+      failf("%s (%s:%d) with mask 0x%08x: lane %d has exited", collective_name(t->kind), t->file, t->line, t->mask,
+            __builtin_ctz(gone));
     }
     return false;
   }
   for (unsigned m = t->mask; m; m &= m - 1) {
     Thread* u = base + __builtin_ctz(m);
     if (!same_collective(t, u)) {
-      fail(format("lanes of mask 0x%08x reached different collectives: %s with mask 0x%08x here, lane %d at %s with "
-                  "mask 0x%08x", t->mask, where(t).c_str(), t->mask, u->lane, where(u).c_str(), u->mask).c_str());
+      failf("lanes of mask 0x%08x reached different collectives: %s (%s:%d) with mask 0x%08x here, lane %d at %s "
+            "(%s:%d) with mask 0x%08x", t->mask, collective_name(t->kind), t->file, t->line, t->mask, u->lane,
+            collective_name(u->kind), u->file, u->line, u->mask);
     }
   }
   exchange(base, t->mask, t->kind);
@@ -668,10 +718,10 @@ void barrier(const char* file, int line, int pred) {
 void collective(int kind, unsigned mask, int arg, int width, const char* file, int line) {
   Thread* t = g_cur;
   if (!((mask >> t->lane) & 1u))
-    fail(format("%s (%s:%d): mask 0x%08x does not name the calling lane %d", collective_name(kind), file, line, mask,
-                t->lane).c_str());
+    failf("%s (%s:%d): mask 0x%08x does not name the calling lane %d", collective_name(kind), file, line, mask,
+          t->lane);
   if (width < 1 || width > kWarp || (width & (width - 1)))
-    fail(format("%s (%s:%d): width %d is not a power of 2 in [1, 32]", collective_name(kind), file, line, width).c_str());
+    failf("%s (%s:%d): width %d is not a power of 2 in [1, 32]", collective_name(kind), file, line, width);
   t->kind = kind;
   t->mask = mask & warp_lanes(t->warp);  // lanes past the end of a partial last warp do not exist
   t->arg = arg;
@@ -716,32 +766,49 @@ void fail(const char* what) {
   }
   record_failure(t, what);
   t->state = Aborted;
-  leave(t);
+  leave(t, true);
   abort();  // an aborted fiber is never entered again
 }
 
+}  // namespace tcc_simt
+
+namespace {
+// fail() with a formatted message: formatted into a static buffer, since a failing fiber never returns to
+// destroy a std::string temporary.
+void failf(const char* fmt, ...) {
+  static char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  tcc_simt::fail(buf);
+}
+}  // namespace
+
+namespace tcc_simt {
+
 void smem_out_of_bounds(const SmemSite* site, int64_t index, int64_t n) {
-  fail(format("shared memory out of bounds: %s[%lld] outside [0, %lld) (declared at %s:%d)", site->name,
-              (long long)index, (long long)n, site->file, site->line).c_str());
+  failf("shared memory out of bounds: %s[%lld] outside [0, %lld) (declared at %s:%d)", site->name,
+        (long long)index, (long long)n, site->file, site->line);
 }
 
 void* shared_static(const SmemSite* site, size_t bytes, size_t align) {
   for (const StaticArray& a : L->statics) {
     if (a.site != site) continue;
     if (a.bytes != bytes)
-      fail(format("shared array %s (%s:%d) declared with %zu bytes here and %zu bytes by another thread", site->name,
-                  site->file, site->line, bytes, a.bytes).c_str());
+      failf("shared array %s (%s:%d) declared with %zu bytes here and %zu bytes by another thread", site->name,
+            site->file, site->line, bytes, a.bytes);
     return a.p;
   }
   const size_t off = (L->arena_used + align - 1) & ~(align - 1);
   L->static_bytes += bytes;
   if (static_cast<int64_t>(L->static_bytes) > kSharedDefault)
-    fail(format("static shared memory of %zu bytes (with %s, %s:%d) exceeds 49152 bytes", L->static_bytes, site->name,
-                site->file, site->line).c_str());
+    failf("static shared memory of %zu bytes (with %s, %s:%d) exceeds 49152 bytes", L->static_bytes, site->name,
+          site->file, site->line);
   if (static_cast<int64_t>(L->static_bytes) + L->dyn > L->limit || off + bytes > kArenaBytes)
-    fail(format("shared memory of %zu static + %lld dynamic bytes (with %s, %s:%d) exceeds the block's limit of %lld "
-                "bytes", L->static_bytes, (long long)L->dyn, site->name, site->file, site->line,
-                (long long)L->limit).c_str());
+    failf("shared memory of %zu static + %lld dynamic bytes (with %s, %s:%d) exceeds the block's limit of %lld "
+          "bytes", L->static_bytes, (long long)L->dyn, site->name, site->file, site->line,
+          (long long)L->limit);
   void* p = g_arena + off;
   memset(p, 0xff, bytes);
   L->arena_used = off + bytes;
@@ -771,7 +838,7 @@ void launch(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t sha
             void (*thunk)(void*), void* ctx) {
   tcc_exec* const ex = exec ? exec : default_exec();
   if (g_cur) {  // a kernel launching a kernel (dynamic parallelism)
-    fail(format("launches %s from device code (not supported by the emulator)", kernel).c_str());
+    failf("launches %s from device code (not supported by the emulator)", kernel);
   }
   std::lock_guard<std::mutex> lock(g_launch_mutex);
   auto attr = g_max_dyn.find(func);
@@ -818,6 +885,10 @@ void launch(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t sha
   }
   g_in_launch = false;
   remove_fault_handlers();
+  if (l->failed) {  // the fibers left mid-kernel: their stacks start clean next time (ASan's poison)
+    for (int i = 0; i < l->n; ++i)
+      if (g_threads[i].state != Done) g_stacks[i].abandoned = true;
+  }
   g_cur = nullptr;
   L = nullptr;
   if (l->failed) {

@@ -368,20 +368,22 @@ def test_nvcc_sm80_sm90(tmp_path):
 MAIN = os.path.join(os.path.dirname(KERNELS), "simt_main.cpp")
 
 
-@pytest.mark.parametrize("build", ["aarch64", "ucontext"])
+@pytest.mark.parametrize("build", ["aarch64", "ucontext", "asan"])
 def test_other_context_switches(tmp_path, build):
-    """The hand-written aarch64 switch (under qemu) and the ucontext fallback run the same checks."""
+    """The hand-written aarch64 switch (under qemu), the ucontext fallback and an AddressSanitizer build (fiber
+    switches annotated, no leak, no false stack report) run the same checks."""
     import shutil
     import subprocess
 
     from .harness import RUNTIME
 
-    cxx, run = {"aarch64": ("aarch64-linux-gnu-g++", ["qemu-aarch64"]), "ucontext": ("g++", [])}[build]
+    cxx, run = {"aarch64": ("aarch64-linux-gnu-g++", ["qemu-aarch64"]), "ucontext": ("g++", []), "asan": ("g++", [])}[build]
     missing = [t for t in (cxx, *run) if not shutil.which(t)]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (apt-get install g++-aarch64-linux-gnu qemu-user)")
     exe = str(tmp_path / "simt_main")
-    flags = ["-static"] if build == "aarch64" else ["-DTCC_SIMT_UCONTEXT"]
+    flags = {"aarch64": ["-static"], "ucontext": ["-DTCC_SIMT_UCONTEXT"],
+             "asan": ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]}[build]
     subprocess.run([cxx, "-std=c++17", "-O1", *flags, "-DTCC_SIMT", "-I", RUNTIME, "-x", "c++", KERNELS, "-x", "none",
                     os.path.join(RUNTIME, "device_simt.cpp"), MAIN, "-o", exe, "-lpthread"], check=True)
     proc = subprocess.run([*run, exe], capture_output=True, text=True, timeout=60)
