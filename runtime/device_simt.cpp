@@ -501,7 +501,8 @@ void resolve_activemask(int w) {
     unsigned group = 0;
     for (unsigned m = waiting; m; m &= m - 1) {
       const Thread* u = base + __builtin_ctz(m);
-      if (u->line == first->line && (u->file == first->file || strcmp(u->file, first->file) == 0)) group |= 1u << u->lane;
+      if (u->line == first->line && (u->file == first->file || strcmp(u->file, first->file) == 0))
+        group |= 1u << u->lane;
     }
     for (unsigned m = group; m; m &= m - 1) {
       Thread* u = base + __builtin_ctz(m);
@@ -566,11 +567,13 @@ void report_deadlock() {
     for (unsigned m = t->mask; m; m &= m - 1) {
       const Thread* u = base + __builtin_ctz(m);
       if (u->state == AtCollective && same_collective(t, u)) continue;
-      std::string why = u->state == Done          ? std::string("has exited")
-                        : u->state == AtBarrier   ? "waits at " + where(u)
-                        : u->state == AtCollective ? "waits at a different collective, " + where(u) + format(" with mask 0x%08x", u->mask)
-                                                   : std::string("cannot run");
-      record_failure(t, format("deadlock: waits at %s with mask 0x%08x for lane %d, which %s", where(t).c_str(), t->mask,
+      std::string why = "cannot run";
+      if (u->state == Done) why = "has exited";
+      if (u->state == AtBarrier) why = "waits at " + where(u);
+      if (u->state == AtCollective)
+        why = "waits at a different collective, " + where(u) + format(" with mask 0x%08x", u->mask);
+      record_failure(t, format("deadlock: waits at %s with mask 0x%08x for lane %d, which %s", where(t).c_str(),
+                               t->mask,
                                u->lane, why.c_str()));
       return;
     }
@@ -674,7 +677,8 @@ std::string fault_message(const Thread* t) {
 
 std::string check_config(Dim grid, Dim block, int64_t dyn, int64_t max_dyn) {
   const int64_t threads = block.x * block.y * block.z;
-  if (block.x < 1 || block.y < 1 || block.z < 1 || block.x > 1024 || block.y > 1024 || block.z > 64 || threads > kMaxThreads)
+  if (block.x < 1 || block.y < 1 || block.z < 1 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
+      threads > kMaxThreads)
     return format("invalid launch configuration: block (%lld,%lld,%lld) (at most 1024 threads, z at most 64)",
                   (long long)block.x, (long long)block.y, (long long)block.z);
   if (grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.x > 2147483647LL || grid.y > 65535 || grid.z > 65535)
@@ -891,16 +895,13 @@ void launch(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t sha
   }
   g_cur = nullptr;
   L = nullptr;
-  if (l->failed) {
-    g_last_error = cudaErrorLaunchFailure;
-    record_exec_error(ex, l->error);
-  }
+  if (l->failed) record_exec_error(ex, l->error);  // (not cudaGetLastError's: tcc_cuda_check_launch reads that)
   note_device_error(ex, kernel);
 }
 
 }  // namespace tcc_simt
 
-// ---- the device runtime ----------------------------------------------------------------------------------------------
+// ---- the device runtime ---------------------------------------------------------------------------------------
 extern "C" {
 
 // The harness's race detector: 0 runs a block's threads in order between barriers; any other seed runs them
@@ -981,7 +982,8 @@ tcc_cuda_error* tcc_cuda_error_slot(tcc_exec* exec) { return (exec ? exec : defa
 // runtime call (cudaFuncSetAttribute) is recorded here as on the GPU.
 void tcc_cuda_check_launch(tcc_exec* exec, const char* kernel) {
   const cudaError_t e = tcc_simt::last_error(true);
-  if (e != cudaSuccess) record_exec_error(exec ? exec : default_exec(), format("%s: %s", kernel, cudaGetErrorString(e)));
+  if (e != cudaSuccess)
+    record_exec_error(exec ? exec : default_exec(), format("%s: %s", kernel, cudaGetErrorString(e)));
 }
 
 }  // extern "C"

@@ -13,8 +13,12 @@
 #endif
 
 // The 16-bit halves of a .f16x2 register: the element with the lower index is in the low half.
-__device__ __forceinline__ float tcc_f16x2_lo(uint32_t r) { return __half2float(__ushort_as_half((unsigned short)(r & 0xffffu))); }
-__device__ __forceinline__ float tcc_f16x2_hi(uint32_t r) { return __half2float(__ushort_as_half((unsigned short)(r >> 16))); }
+__device__ __forceinline__ float tcc_f16x2_lo(uint32_t r) {
+  return __half2float(__ushort_as_half((unsigned short)(r & 0xffffu)));
+}
+__device__ __forceinline__ float tcc_f16x2_hi(uint32_t r) {
+  return __half2float(__ushort_as_half((unsigned short)(r >> 16)));
+}
 
 // D = A·B + C for one warp: A 16x16 fp16 (row-major fragment), B 16x8 fp16 (column fragment), C and D
 // 16x8 fp32; mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32. Called by all 32 lanes of a warp, converged.
@@ -22,7 +26,8 @@ __device__ __forceinline__ float tcc_f16x2_hi(uint32_t r) { return __half2float(
 //   a[0] = A[g][2t, 2t+1]     a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
 //   b[0] = B[2t, 2t+1][g]     b[1] = B[2t+8, 2t+9][g]
 //   c[0], c[1] = C[g][2t, 2t+1]                            c[2], c[3] = C[g+8][2t, 2t+1]   (D likewise)
-__device__ __forceinline__ void tcc_mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+__device__ __forceinline__ void tcc_mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                 const float c[4]) {
 #if defined(TCC_CUDA_PTX_SM80)
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

@@ -309,7 +309,8 @@ constexpr int warpSize = 32;
 #define __syncthreads_and(p) (::tcc_simt::barrier(__FILE__, __LINE__, (p) ? 1 : 0), \
                               ::tcc_simt::g_block.sync_result == static_cast<int>(blockDim.x * blockDim.y * blockDim.z))
 #define __syncthreads_or(p) (::tcc_simt::barrier(__FILE__, __LINE__, (p) ? 1 : 0), ::tcc_simt::g_block.sync_result != 0)
-inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   ::tcc_simt::collective(::tcc_simt::kSyncwarp, mask, 0, 32, file, line);
 }
 // Memory fences order nothing here: one block runs at a time on one OS thread.
@@ -338,35 +339,45 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32, co
                          int line = __builtin_LINE()) {
   return ::tcc_simt::shuffle(::tcc_simt::kShflXor, mask, var, lane_mask, width, file, line);
 }
-inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return ::tcc_simt::vote(::tcc_simt::kBallot, mask, pred != 0, file, line);
 }
-inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return static_cast<int>(::tcc_simt::vote(::tcc_simt::kAny, mask, pred != 0, file, line));
 }
-inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return static_cast<int>(::tcc_simt::vote(::tcc_simt::kAll, mask, pred != 0, file, line));
 }
 // The lanes of the warp at this __activemask once no lane of the warp can run on (docs/cuda.md).
-inline unsigned __activemask(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline unsigned __activemask(const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return ::tcc_simt::activemask(file, line);
 }
-inline unsigned __reduce_add_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline unsigned __reduce_add_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return ::tcc_simt::vote(::tcc_simt::kReduceAddU, mask, v, file, line);
 }
-inline unsigned __reduce_min_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline unsigned __reduce_min_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return ::tcc_simt::vote(::tcc_simt::kReduceMinU, mask, v, file, line);
 }
-inline unsigned __reduce_max_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return ::tcc_simt::vote(::tcc_simt::kReduceMaxU, mask, v, file, line);
 }
-inline int __reduce_add_sync(unsigned mask, int v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline int __reduce_add_sync(unsigned mask, int v, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return static_cast<int>(::tcc_simt::vote(::tcc_simt::kReduceAddI, mask, static_cast<unsigned>(v), file, line));
 }
-inline int __reduce_min_sync(unsigned mask, int v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline int __reduce_min_sync(unsigned mask, int v, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return static_cast<int>(::tcc_simt::vote(::tcc_simt::kReduceMinI, mask, static_cast<unsigned>(v), file, line));
 }
-inline int __reduce_max_sync(unsigned mask, int v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline int __reduce_max_sync(unsigned mask, int v, const char* file = __builtin_FILE(),
+                                  int line = __builtin_LINE()) {
   return static_cast<int>(::tcc_simt::vote(::tcc_simt::kReduceMaxI, mask, static_cast<unsigned>(v), file, line));
 }
 
@@ -678,7 +689,9 @@ inline __half2 __hadd2(__half2 a, __half2 b) { return __half2(__hadd(a.x, b.x), 
 inline __half2 __hsub2(__half2 a, __half2 b) { return __half2(__hsub(a.x, b.x), __hsub(a.y, b.y)); }
 inline __half2 __hmul2(__half2 a, __half2 b) { return __half2(__hmul(a.x, b.x), __hmul(a.y, b.y)); }
 inline __half2 __h2div(__half2 a, __half2 b) { return __half2(__hdiv(a.x, b.x), __hdiv(a.y, b.y)); }
-inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) { return __half2(__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)); }
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  return __half2(__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y));
+}
 inline __half2 __hneg2(__half2 a) { return __half2(__hneg(a.x), __hneg(a.y)); }
 inline __half2 __habs2(__half2 a) { return __half2(__habs(a.x), __habs(a.y)); }
 inline __half2 __hmax2(__half2 a, __half2 b) { return __half2(__hmax(a.x, b.x), __hmax(a.y, b.y)); }

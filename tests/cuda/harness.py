@@ -278,7 +278,8 @@ def nvcc_path() -> str | None:
     from tcc import flags
 
     explicit = flags.FLAGS.get("nvcc") and flags.get("nvcc")
-    return explicit or shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "/usr/local/cuda/bin/nvcc") or None
+    default = "/usr/local/cuda/bin/nvcc"
+    return explicit or shutil.which("nvcc") or (default if os.path.exists(default) else None)
 
 
 def require_nvcc() -> str:

@@ -377,7 +377,8 @@ def test_other_context_switches(tmp_path, build):
 
     from .harness import RUNTIME
 
-    cxx, run = {"aarch64": ("aarch64-linux-gnu-g++", ["qemu-aarch64"]), "ucontext": ("g++", []), "asan": ("g++", [])}[build]
+    cxx, run = {"aarch64": ("aarch64-linux-gnu-g++", ["qemu-aarch64"]), "ucontext": ("g++", []),
+                "asan": ("g++", [])}[build]
     missing = [t for t in (cxx, *run) if not shutil.which(t)]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (apt-get install g++-aarch64-linux-gnu qemu-user)")

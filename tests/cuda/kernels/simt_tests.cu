@@ -7,7 +7,8 @@
 __global__ void block_sum_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t n) {
   TCC_SHARED(float, scratch, 32);
   float v = 0.0f;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) v += x[i];
+  const int64_t stride = (int64_t)blockDim.x * gridDim.x;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride) v += x[i];
   v = tcc_block_sum(v, scratch);
   float m = tcc_block_max(v, scratch);  // every thread has the same sum: the max is the sum
   if (threadIdx.x == 0) {
@@ -47,7 +48,8 @@ __global__ void shfl_wide_kernel(const float4* in, float4* out, const double* di
 #endif
   dout[t] = __shfl_sync(0xffffffffu, din[t], src);
 }
-extern "C" void simt_shfl_wide(const float* in, float* out, const double* din, double* dout, int threads, tcc_exec* exec) {
+extern "C" void simt_shfl_wide(const float* in, float* out, const double* din, double* dout, int threads,
+                               tcc_exec* exec) {
   TCC_LAUNCH(shfl_wide_kernel, 1, threads, 0, exec, reinterpret_cast<const float4*>(in), reinterpret_cast<float4*>(out),
              din, dout);
 }
@@ -160,7 +162,8 @@ __global__ void half_convert_kernel(const float* x, uint16_t* h, const uint16_t*
   h[i] = __half_as_ushort(__float2half_rn(x[i]));
   back[i] = __half2float(__ushort_as_half(hbits[i]));
 }
-extern "C" void simt_half_convert(const float* x, uint16_t* h, const uint16_t* hbits, float* back, int n, tcc_exec* exec) {
+extern "C" void simt_half_convert(const float* x, uint16_t* h, const uint16_t* hbits, float* back, int n,
+                                  tcc_exec* exec) {
   TCC_LAUNCH(half_convert_kernel, (n + 255) / 256, 256, 0, exec, x, h, hbits, back, n);
 }
 
@@ -180,7 +183,8 @@ __global__ void half_ops_kernel(const uint16_t* a, const uint16_t* b, const uint
   out[8 * i + 6] = __half_as_ushort(__low2half(s)) ^ __half_as_ushort(__high2half(m));
   out[8 * i + 7] = __half_as_ushort(__float2half_rn(__low2float(m) + __high2float(s)));
 }
-extern "C" void simt_half_ops(const uint16_t* a, const uint16_t* b, const uint16_t* c, uint16_t* out, int n, tcc_exec* exec) {
+extern "C" void simt_half_ops(const uint16_t* a, const uint16_t* b, const uint16_t* c, uint16_t* out, int n,
+                              tcc_exec* exec) {
   TCC_LAUNCH(half_ops_kernel, (n + 127) / 128, 128, 0, exec, a, b, c, out, n);
 }
 
@@ -244,7 +248,8 @@ extern "C" void simt_ldmatrix(const uint16_t* m, uint32_t* out, tcc_exec* exec) 
 }
 
 // ---- device-side errors and races --------------------------------------------------------------------------------
-__global__ void gather_kernel(const int64_t* idx, const float* table, float* out, int n, int rows, tcc_cuda_error* err) {
+__global__ void gather_kernel(const int64_t* idx, const float* table, float* out, int n, int rows,
+                              tcc_cuda_error* err) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t r = idx[i];
