@@ -183,6 +183,7 @@ constexpr size_t kStackBytes = 256 * 1024;
 constexpr int64_t kSharedDefault = 48 * 1024;  // static + dynamic, unless the kernel raised its limit
 constexpr int64_t kSharedOptIn = 166912;       // sm_80's opt-in maximum per block (163 KiB)
 constexpr size_t kArenaBytes = 256 * 1024;
+constexpr size_t kMappedBytes = size_t(1) << 20;  // device allocations from this size are mmap'd
 
 struct Stack {
   char* lo = nullptr;  // the guard page's start
@@ -952,16 +953,24 @@ void* tcc_device_alloc(tcc_exec*, int64_t bytes, const char** why) {
     return nullptr;
   }
   const size_t size = (static_cast<size_t>(bytes) + TCC_DEVICE_ALIGN - 1) / TCC_DEVICE_ALIGN * TCC_DEVICE_ALIGN;
-  void* p = aligned_alloc(TCC_DEVICE_ALIGN, size ? size : TCC_DEVICE_ALIGN);
-  if (!p) {
-    if (why) *why = "out of memory (emulated device memory is host memory)";
-    return nullptr;
+  void* p = nullptr;
+  if (size >= kMappedBytes) {  // large (weights, the KV cache): zero pages from the kernel, touched lazily
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) p = nullptr;
+  } else {
+    p = aligned_alloc(TCC_DEVICE_ALIGN, size ? size : TCC_DEVICE_ALIGN);
+    if (p) memset(p, 0, size);
   }
-  memset(p, 0, size);
+  if (!p && why) *why = "out of memory (emulated device memory is host memory)";
   return p;
 }
 
-void tcc_device_free(tcc_exec*, void* ptr, int64_t) { free(ptr); }
+void tcc_device_free(tcc_exec*, void* ptr, int64_t bytes) {
+  if (!ptr) return;
+  const size_t size = (static_cast<size_t>(bytes) + TCC_DEVICE_ALIGN - 1) / TCC_DEVICE_ALIGN * TCC_DEVICE_ALIGN;
+  if (size >= kMappedBytes) munmap(ptr, size);
+  else free(ptr);
+}
 
 void tcc_device_copy_in(tcc_exec*, void* device_dst, const void* host_src, int64_t bytes) {
   if (bytes > 0) memcpy(device_dst, host_src, static_cast<size_t>(bytes));

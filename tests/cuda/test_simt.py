@@ -390,3 +390,29 @@ def test_other_context_switches(tmp_path, build):
     proc = subprocess.run([*run, exe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.endswith("0 failed\n"), proc.stdout + proc.stderr
     assert proc.stdout.count("ok ") == 7
+
+
+def test_device_memory(lib):
+    """tcc_device_alloc: zero-filled, aligned, small and large (mmap'd); copies in and out; not host-visible."""
+    import ctypes
+
+    lib.tcc_device_alloc.restype = ctypes.c_void_p
+    lib.tcc_device_alloc.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    lib.tcc_device_free.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    for name in ("tcc_device_copy_in", "tcc_device_copy_out"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    assert lib.tcc_device_host_visible() == 0
+    with lib.exec() as ex:
+        for size in (1, 1000, 3 << 20):
+            p = lib.tcc_device_alloc(ex.handle, size, None)
+            assert p and p % 64 == 0
+            back = np.ones(size, np.uint8)
+            lib.tcc_device_copy_out(ex.handle, back.ctypes.data, p, size)
+            assert not back.any()
+            data = np.arange(size, dtype=np.uint64).astype(np.uint8)
+            lib.tcc_device_copy_in(ex.handle, p, data.ctypes.data, size)
+            lib.tcc_device_copy_out(ex.handle, back.ctypes.data, p, size)
+            np.testing.assert_array_equal(back, data)
+            lib.tcc_device_free(ex.handle, p, size)
+        why = ctypes.c_char_p()
+        assert not lib.tcc_device_alloc(ex.handle, -1, ctypes.byref(why)) and why.value == b"negative allocation size"
