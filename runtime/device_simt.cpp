@@ -25,6 +25,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -236,6 +237,13 @@ volatile sig_atomic_t g_fault_sig = 0;
 void* volatile g_fault_addr = nullptr;
 pthread_t g_launch_thread;
 volatile bool g_in_launch = false;
+// The watchdog: a thread that signals the launching thread when no fiber switch happened for
+// g_watchdog_seconds during a launch (a thread spinning on a value that another thread or block would set:
+// the emulator runs one thread at a time, so that never ends).
+std::atomic<uint64_t> g_switches{0};
+std::atomic<int> g_watchdog_seconds{30};
+bool g_watchdog_started = false;
+int g_watchdog_signal = 0;
 struct sigaction g_old_segv, g_old_bus, g_old_fpe;
 stack_t g_old_altstack;
 alignas(16) char g_altstack[64 * 1024];
@@ -348,6 +356,7 @@ bool start_fiber(Thread* t) {
 // Scheduler -> fiber: run t until it blocks or ends.
 void enter(Thread* t) {
   g_cur = t;
+  g_switches.fetch_add(1, std::memory_order_relaxed);
 #if defined(TCC_SIMT_ASAN)
   __sanitizer_start_switch_fiber(&g_sched_fake, g_stacks[t->linear].lo + g_page, kStackBytes);
 #endif
@@ -640,10 +649,54 @@ void on_fault(int sig, siginfo_t* info, void*) {
     g_fault_addr = info->si_addr;
     siglongjmp(g_fault_jmp, 1);
   }
+  if (sig == g_watchdog_signal) return;  // the launch ended meanwhile
   // Not a kernel's fault: restore the previous handlers and return; the fault repeats under them.
   sigaction(SIGSEGV, &g_old_segv, nullptr);
   sigaction(SIGBUS, &g_old_bus, nullptr);
   sigaction(SIGFPE, &g_old_fpe, nullptr);
+}
+
+void* watchdog_main(void*) {
+  uint64_t last = 0;
+  int still_ms = 0;
+  for (;;) {
+    usleep(100 * 1000);
+    const uint64_t now = g_switches.load(std::memory_order_relaxed);
+    if (!g_in_launch || now != last) {
+      last = now;
+      still_ms = 0;
+      continue;
+    }
+    still_ms += 100;
+    if (still_ms >= 1000 * g_watchdog_seconds.load()) {
+      pthread_kill(g_launch_thread, g_watchdog_signal);
+      still_ms = 0;
+    }
+  }
+  return nullptr;
+}
+
+// Once per process: the watchdog's signal handler (kept: a signal may arrive just after a launch) and thread.
+void start_watchdog() {
+  if (g_watchdog_started) return;
+  g_watchdog_started = true;
+  g_watchdog_signal = SIGRTMIN + 7;
+  struct sigaction sa {};
+  sa.sa_sigaction = &on_fault;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  sigaction(g_watchdog_signal, &sa, nullptr);
+  pthread_t thread;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  // The watchdog must not receive the process's signals (SIGINT for Python's KeyboardInterrupt, ...).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  if (pthread_create(&thread, &attr, &watchdog_main, nullptr) != 0) g_watchdog_started = false;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  pthread_attr_destroy(&attr);
 }
 
 void install_fault_handlers() {
@@ -670,9 +723,13 @@ void remove_fault_handlers() {
 std::string fault_message(const Thread* t) {
   const char* addr = static_cast<const char*>(g_fault_addr);
   const Stack& s = g_stacks[t->linear];
-  if (g_fault_sig != SIGFPE && s.lo && addr >= s.lo - g_page && addr < s.lo + g_page)
+  if ((g_fault_sig == SIGSEGV || g_fault_sig == SIGBUS) && s.lo && addr >= s.lo - g_page && addr < s.lo + g_page)
     return format("stack overflow (the emulator gives each thread %zu KiB)", kStackBytes / 1024);
   if (g_fault_sig == SIGFPE) return "arithmetic fault (integer division by zero?)";
+  if (g_fault_sig == g_watchdog_signal)
+    return format("no progress for %d s: the thread runs without reaching a barrier, a collective or its end (is it "
+                  "spinning on a value another thread or block sets? the emulator runs one thread at a time)",
+                  g_watchdog_seconds.load());
   return format("invalid memory access at address %p", g_fault_addr);
 }
 
@@ -874,6 +931,7 @@ void launch(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t sha
   g_block.grid_dim = dim3(grid.x, grid.y, grid.z);
   g_block.block_dim = dim3(block.x, block.y, block.z);
   g_launch_thread = pthread_self();
+  start_watchdog();
   install_fault_handlers();
   g_in_launch = true;
   if (sigsetjmp(g_fault_jmp, 1) == 0) {
@@ -908,6 +966,9 @@ extern "C" {
 // The harness's race detector: 0 runs a block's threads in order between barriers; any other seed runs them
 // in a random order drawn from it, fresh for every pass of the scheduler.
 void tcc_simt_set_seed(uint64_t seed) { g_seed = seed; }
+
+// Seconds without a fiber switch before a launch fails with "no progress" (default 30).
+void tcc_simt_set_watchdog(int seconds) { g_watchdog_seconds = seconds > 0 ? seconds : 30; }
 
 // 1 (default): the mma/ldmatrix fallbacks read the other lanes' registers through one warp_gather; 0: through
 // __shfl_sync, as the portable fallback does elsewhere (both compute the same; tests run both).

@@ -236,6 +236,7 @@ class SimtLib(ctypes.CDLL):
         self.tcc_exec_error.restype = ctypes.c_char_p
         self.tcc_simt_set_seed.argtypes = [ctypes.c_uint64]
         self.tcc_simt_set_fast_fragments.argtypes = [ctypes.c_int]
+        self.tcc_simt_set_watchdog.argtypes = [ctypes.c_int]
 
     def fn(self, name: str):
         """The launcher `name` with argtypes from its prototype (the exec is its last argument)."""
@@ -267,6 +268,10 @@ class SimtLib(ctypes.CDLL):
     def set_fast_fragments(self, on: bool) -> None:
         """Whether the mma fallback reads the other lanes' registers in one exchange (default) or by shuffles."""
         self.tcc_simt_set_fast_fragments(int(on))
+
+    def set_watchdog(self, seconds: int) -> None:
+        """Fail a launch after this many seconds without a fiber switch (a spin-wait; default 30)."""
+        self.tcc_simt_set_watchdog(seconds)
 
     def set_seed(self, seed: int) -> None:
         """0: threads run in order between barriers; otherwise a shuffled order drawn from the seed."""

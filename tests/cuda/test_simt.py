@@ -338,6 +338,16 @@ def test_errors_are_reported(lib, what, threads, dyn, start, contains):
     assert lib.run("simt_block_sum", x, y, 1024, 1, 1024) == "" and y[0] == 1024
 
 
+def test_spin_wait_is_reported_not_hung(lib):
+    lib.set_watchdog(1)
+    try:
+        err = lib.run("simt_error", 11, np.zeros(32, np.float32), 32, 0)
+    finally:
+        lib.set_watchdog(30)
+    assert err.startswith("error_kernel: no progress for 1 s: the thread runs without reaching a barrier"), err
+    assert err.endswith("(block (0,0,0), thread (0,0,0))") and "\n" not in err
+
+
 @pytest.mark.parametrize("threads", [2048, 0])
 def test_bad_block_size(lib, threads):
     err = lib.run("simt_error", 0, np.zeros(4, np.float32), threads, 0)

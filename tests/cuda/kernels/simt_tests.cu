@@ -280,7 +280,8 @@ extern "C" void simt_race(float* out, int barrier, tcc_exec* exec) {
 // case 0: barrier divergence; 1: a thread exits while others wait; 2: static shared out of bounds;
 // 3: dynamic shared out of bounds; 4: 2-D shared row out of bounds; 5: lanes at different shuffles;
 // 6: deadlock (a shuffle waiting for lanes at a barrier); 7: a shuffle after a lane exited;
-// 8: stack overflow; 9: invalid global memory access; 10: shared out of bounds through a pointer.
+// 8: stack overflow; 9: invalid global memory access; 10: shared out of bounds through a pointer;
+// 11: a spin-wait on another thread (the watchdog).
 __device__ __noinline__ int recurse(volatile int* p, int depth) {
   volatile char big[4096];
   big[0] = (char)depth;
@@ -330,6 +331,14 @@ __global__ void error_kernel(int what, float* out) {
     case 10: {
       auto p = s + 16;
       p[t] = v;
+      break;
+    }
+    case 11: {  // thread 0 waits for a flag thread 1 sets: the emulator never runs thread 1 meanwhile
+      volatile float* flag = out + 1;
+      if (t == 0)
+        while (*flag != 42.0f) {
+        }
+      if (t == 1) *flag = 42.0f;
       break;
     }
   }
