@@ -30,7 +30,7 @@ RUNTIME = os.path.join(REPO, "runtime")
 DEVICE_SIMT = os.path.join(RUNTIME, "device_simt.cpp")
 # Every file an emulated build depends on besides the kernels themselves (the cache key).
 EMULATOR_FILES = ("tcc_cuda.h", "tcc_cuda_ptx.h", "tcc_device.h", "device_simt.cpp", "simt/tcc_simt.h")
-SIMT_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-DTCC_SIMT", "-Wall", "-Wno-unused-function",
+SIMT_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-DTCC_SIMT", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
               "-Wno-unused-variable", "-Wno-unused-but-set-variable")
 NVCC_FLAGS = ("-std=c++17", "-O3", "--expt-relaxed-constexpr")
 
