@@ -236,7 +236,7 @@ sigjmp_buf g_fault_jmp;
 volatile sig_atomic_t g_fault_sig = 0;
 void* volatile g_fault_addr = nullptr;
 pthread_t g_launch_thread;
-volatile bool g_in_launch = false;
+std::atomic<bool> g_in_launch{false};  // read by the watchdog thread and the signal handler
 // The watchdog: a thread that signals the launching thread when no fiber switch happened for
 // g_watchdog_seconds during a launch (a thread spinning on a value that another thread or block would set:
 // the emulator runs one thread at a time, so that never ends).
@@ -583,8 +583,7 @@ void report_deadlock() {
       if (u->state == AtCollective)
         why = "waits at a different collective, " + where(u) + format(" with mask 0x%08x", u->mask);
       record_failure(t, format("deadlock: waits at %s with mask 0x%08x for lane %d, which %s", where(t).c_str(),
-                               t->mask,
-                               u->lane, why.c_str()));
+                               t->mask, u->lane, why.c_str()));
       return;
     }
   }
