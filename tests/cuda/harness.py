@@ -265,6 +265,29 @@ class SimtLib(ctypes.CDLL):
             self.call(ex, name, *args)
             return ex.sync()
 
+    def order_dependence(self, name: str, *args, seeds=(0, 1, 2)) -> str:
+        """Run launcher `name` once per seed (0: in order, others: shuffled schedules) on fresh copies of the
+        array arguments; "" when every run succeeds with bitwise-equal arrays, else what differs. A difference
+        is a race (a read of memory another thread writes without a barrier between) or an order-dependent
+        reduction (float atomics): either way the GPU's result would vary from run to run."""
+        results = []
+        try:
+            for seed in seeds:
+                self.set_seed(seed)
+                copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+                err = self.run(name, *copies)
+                if err:
+                    return f"seed {seed}: {err}"
+                results.append([c for c in copies if isinstance(c, np.ndarray)])
+        finally:
+            self.set_seed(0)
+        for seed, arrays in zip(seeds[1:], results[1:]):
+            for i, (a, b) in enumerate(zip(results[0], arrays)):
+                if a.tobytes() != b.tobytes():
+                    return (f"{name}: array argument {i} differs between seed {seeds[0]} and seed {seed} "
+                            f"({int((a != b).sum())} elements)")
+        return ""
+
     def set_fast_fragments(self, on: bool) -> None:
         """Whether the mma fallback reads the other lanes' registers in one exchange (default) or by shuffles."""
         self.tcc_simt_set_fast_fragments(int(on))

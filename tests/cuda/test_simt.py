@@ -307,6 +307,14 @@ def test_shuffled_schedule_exposes_races(lib):
     assert not np.isnan(results[1, 0]).all()
 
 
+def test_order_dependence_helper(lib):
+    out = np.zeros(256, np.float32)
+    assert lib.order_dependence("simt_race", out, 1) == ""
+    assert lib.order_dependence("simt_race", out, 0).startswith("simt_race: array argument 0 differs between seed 0")
+    x = f32(64, 4, seed=9)
+    assert lib.order_dependence("simt_shfl_wide", x, np.zeros_like(x), np.ones(64), np.zeros(64), 64) == ""
+
+
 ERRORS = [
     (0, 64, 0, "error_kernel: barrier divergence: waits at __syncthreads (", ""),
     (1, 64, 0, "error_kernel: thread exited while other threads of its block wait at __syncthreads (",
