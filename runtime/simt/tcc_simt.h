@@ -14,6 +14,7 @@
 #if !defined(__cplusplus) || __cplusplus < 201703L
 #error "the SIMT emulator compiles CUDA sources as C++17 (g++ -std=c++17 -x c++ -DTCC_SIMT)"
 #endif
+#include <limits.h>  // INT_MAX & co., as nvcc's headers give them (not FLT_MAX: nvcc does not)
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
