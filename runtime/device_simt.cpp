@@ -244,6 +244,7 @@ std::atomic<uint64_t> g_switches{0};
 std::atomic<int> g_watchdog_seconds{30};
 bool g_watchdog_started = false;
 int g_watchdog_signal = 0;
+struct sigaction g_old_watchdog;  // another emulator library's handler in this process, chained
 struct sigaction g_old_segv, g_old_bus, g_old_fpe;
 stack_t g_old_altstack;
 alignas(16) char g_altstack[64 * 1024];
@@ -642,13 +643,17 @@ bool run_block() {
 }
 
 // ---- faults -------------------------------------------------------------------------------------------------------
-void on_fault(int sig, siginfo_t* info, void*) {
+void on_fault(int sig, siginfo_t* info, void* context) {
   if (g_in_launch && g_cur && pthread_equal(pthread_self(), g_launch_thread)) {
     g_fault_sig = sig;
     g_fault_addr = info->si_addr;
     siglongjmp(g_fault_jmp, 1);
   }
-  if (sig == g_watchdog_signal) return;  // the launch ended meanwhile
+  if (sig == g_watchdog_signal) {  // the launch ended meanwhile, or another library's launch is meant
+    if ((g_old_watchdog.sa_flags & SA_SIGINFO) && g_old_watchdog.sa_sigaction)
+      g_old_watchdog.sa_sigaction(sig, info, context);
+    return;
+  }
   // Not a kernel's fault: restore the previous handlers and return; the fault repeats under them.
   sigaction(SIGSEGV, &g_old_segv, nullptr);
   sigaction(SIGBUS, &g_old_bus, nullptr);
@@ -679,12 +684,21 @@ void* watchdog_main(void*) {
 void start_watchdog() {
   if (g_watchdog_started) return;
   g_watchdog_started = true;
+  // A real-time signal nobody handles yet: each emulator library in the process (one per test library) gets
+  // its own; should none be free, the handlers chain (on_fault).
   g_watchdog_signal = SIGRTMIN + 7;
+  for (int sig = SIGRTMIN + 7; sig <= SIGRTMAX; ++sig) {
+    struct sigaction cur {};
+    if (sigaction(sig, nullptr, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_DFL) {
+      g_watchdog_signal = sig;
+      break;
+    }
+  }
   struct sigaction sa {};
   sa.sa_sigaction = &on_fault;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
-  sigaction(g_watchdog_signal, &sa, nullptr);
+  sigaction(g_watchdog_signal, &sa, &g_old_watchdog);
   pthread_t thread;
   pthread_attr_t attr;
   pthread_attr_init(&attr);

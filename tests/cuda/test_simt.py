@@ -356,6 +356,22 @@ def test_spin_wait_is_reported_not_hung(lib):
     assert err.endswith("(block (0,0,0), thread (0,0,0))") and "\n" not in err
 
 
+def test_two_emulator_libraries_in_one_process(lib, tmp_path):
+    """Each library has its own emulator; the later one's watchdog handler passes the signal on to the earlier."""
+    x, y = np.ones(64, np.float32), np.zeros(2, np.float32)
+    assert lib.run("simt_block_sum", x, y, 64, 1, 64) == ""  # lib's watchdog handler first, then other's
+    other = build_kernels([KERNELS, 'extern "C" int simt_other(void) { return 7; }\n'], str(tmp_path))
+    assert other._name != lib._name and other.simt_other() == 7
+    assert other.run("simt_block_sum", x, y, 64, 1, 64) == "" and y[0] == 64
+    lib.set_watchdog(1)
+    try:
+        err = lib.run("simt_error", 11, np.zeros(32, np.float32), 32, 0)
+    finally:
+        lib.set_watchdog(30)
+    assert err.startswith("error_kernel: no progress for 1 s"), err
+    assert other.run("simt_block_sum", x, y, 64, 1, 64) == "" and y[0] == 64
+
+
 @pytest.mark.parametrize("threads", [2048, 0])
 def test_bad_block_size(lib, threads):
     err = lib.run("simt_error", 0, np.zeros(4, np.float32), threads, 0)
