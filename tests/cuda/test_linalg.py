@@ -143,12 +143,17 @@ def run_qlinear(lib, rng, M, N, K, group, symmetric, with_bias, ldx_pad, ldy_pad
     return y[:, :N], ref, S
 
 
-@pytest.mark.parametrize("case", QCASES, ids=lambda c: f"N{c[0]}-K{c[1]}-g{c[2]}-{'sym' if c[3] else 'asym'}"
-                                                   f"{'-bias' if c[4] else ''}")
-def test_qlinear_w4a16(lib, case):
+# A long K: a GEMV lane walks its column more than once (K > 32 lanes x 32 codes), the GEMM 35 K steps.
+QCASES_LONG = [(24, 1100, 128, False, True, 0, 0)]
+QID = lambda c: f"N{c[0]}-K{c[1]}-g{c[2]}-{'sym' if c[3] else 'asym'}{'-bias' if c[4] else ''}"
+
+
+@pytest.mark.parametrize("case,rows", [(c, range(1, 18)) for c in QCASES] + [(c, (1, 3, 8, 9, 17)) for c in QCASES_LONG],
+                         ids=lambda v: QID(v) if isinstance(v, tuple) else f"M{min(v)}-{max(v)}")
+def test_qlinear_w4a16(lib, case, rows):
     """M = 1..17: the GEMV path (M <= 8) and the tensor-core path (M > 8), the crossover on both sides."""
-    rng = np.random.default_rng(hash(case) & 0xFFFF)
-    for M in range(1, 18):
+    rng = np.random.default_rng(sum(case[:3]))
+    for M in rows:
         y, ref, S = run_qlinear(lib, rng, M, *case)
         check_f16(y, ref, S, case[1])
 
@@ -169,13 +174,14 @@ def test_tolerance_catches_one_code_off(lib, M):
 # -- gemm ---------------------------------------------------------------------------------------------
 
 # (N, K, bias, lda pad, ldc pad): K not a multiple of 8 (the packing's zero padding), of 32 (the K step).
-GCASES = [(72, 200, True, 0, 0), (33, 77, False, 5, 3), (130, 40, True, 1, 0)]
+# (600: a GEMV lane reads its column more than once, 32 lanes x 8 values at a time.)
+GCASES = [(72, 200, True, 0, 0), (33, 77, False, 5, 3), (130, 40, True, 1, 0), (20, 600, True, 0, 0)]
 
 
 @pytest.mark.parametrize("case", GCASES, ids=lambda c: f"N{c[0]}-K{c[1]}{'-bias' if c[2] else ''}")
 def test_gemm_f16(lib, case):
     N, K, with_bias, lda_pad, ldc_pad = case
-    rng = np.random.default_rng(N * K)
+    rng = np.random.default_rng(N + K)
     b = f16(rng, K, N, scale=0.3)
     bp = packing.pack("gemm_f32", b)[1]
     bias = f16(rng, N) if with_bias else None
