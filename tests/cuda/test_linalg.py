@@ -101,6 +101,12 @@ def test_gemm_layout_and_refusals():
     name, bp = packing.pack("gemm_f32", b)
     assert name == "cuda_f16_nk8" and bp.dtype == np.float16 and bp.shape == (10, 8)
     assert np.array_equal(bp[:, :3], b.T.astype(np.float16)) and not bp[:, 3:].any()
+    # Scales arrive as f32 holding fp16 values (quantize_int4), or as f16 after an fp16 pass: same bits.
+    sc = np.array([[0.5, 0.1], [3.0, 1e-3]], np.float32).astype(np.float16)
+    assert np.array_equal(packing.pack("q4_scales", sc)[1], packing.pack("q4_scales", sc.astype(np.float32))[1])
+    assert np.array_equal(packing.pack("q4_scales", sc)[1], sc.view(np.uint16))
+    with pytest.raises(ValueError, match="not fp16 values"):
+        packing.pack("q4_scales", np.array([[0.1]], np.float32))
     with pytest.raises(KeyError, match="no packing for 'q4_weight_i8'"):
         packing.pack("q4_weight_i8", np.zeros((2, 2), np.uint8))
 
