@@ -16,9 +16,6 @@ the fp32 rotation lands near a rounding boundary (2^-10 of |c x1| + |s x2|).
 """
 from __future__ import annotations
 
-import ctypes
-import re
-
 import numpy as np
 import pytest
 
@@ -40,38 +37,18 @@ def by_family(family):
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    lib = build_kernels(VARIANTS, tmp_path_factory.mktemp("cuda_attention"))
-    lib.tcc_exec_create.restype = ctypes.c_void_p
-    lib.tcc_exec_create.argtypes = [ctypes.c_int]
-    lib.tcc_exec_sync.argtypes = [ctypes.c_void_p]
-    lib.tcc_exec_error.restype = ctypes.c_char_p
-    lib.tcc_exec_error.argtypes = [ctypes.c_void_p]
-    lib.tcc_exec_clear_error.argtypes = [ctypes.c_void_p]
+    lib = build_kernels(VARIANTS, str(tmp_path_factory.mktemp("cuda_attention")))
+    lib.set_seed(7)  # threads in a shuffled order between barriers: a missing barrier shows as a wrong result
     return lib
 
 
-@pytest.fixture(scope="module")
-def exec_ctx(lib):
-    return lib.tcc_exec_create(1)
-
-
-_CT = {"int64_t": ctypes.c_int64, "int32_t": ctypes.c_int32, "float": ctypes.c_float}
-
-
-def call(lib, exec_ctx, spec, *args):
-    """Call the spec's launcher (args without the trailing exec), then sync; returns the error text or ''."""
-    params = spec.signature[spec.signature.index("(") + 1: spec.signature.rindex(")")].split(",")
-    types = [ctypes.c_void_p if "*" in p else _CT[re.sub(r"\s+\w+$", "", p).replace("const ", "").strip()]
-             for p in params]
-    fn = getattr(lib, spec.name)
-    fn.argtypes, fn.restype = types, None
+def call(lib, spec, *args):
+    """Call the spec's launcher (args without the trailing exec: numpy arrays, strided views included, go
+    by the address of their first element) on a fresh context, sync; returns the error message or ''."""
     conv = [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
-    fn(*conv, exec_ctx)
-    if lib.tcc_exec_sync(exec_ctx):
-        err = lib.tcc_exec_error(exec_ctx).decode()
-        lib.tcc_exec_clear_error(exec_ctx)
-        return err or "error"
-    return ""
+    with lib.exec() as ex:
+        lib.fn(spec.name)(*conv, ex.handle)
+        return ex.sync()
 
 
 def i64(values):
@@ -148,7 +125,7 @@ KV_CASES = {
 
 @pytest.mark.parametrize("case", list(KV_CASES), ids=str)
 @pytest.mark.parametrize("spec", by_family("kvattention"), ids=IDS)
-def test_kvattention(lib, exec_ctx, spec, case):
+def test_kvattention(lib, spec, case):
     B, Hq, Hkv, S, past, D, Dv, rd, mode, window, rows, capacity, alibi, softcap, order = KV_CASES[case]
     dt = spec.param("dtype")
     rng = np.random.default_rng(hash(case) % 2**32)
@@ -166,7 +143,7 @@ def test_kvattention(lib, exec_ctx, spec, case):
     out = layout(np.full((B, Hq, S, Dv), np.nan, np.float32), order, T)
     tab = lambda t: None if t is None else t.astype(T)  # noqa: E731
     cos_d, sin_d, sl = tab(cos), tab(sin), tab(slopes)
-    err = call(lib, exec_ctx, spec, qd, kd, vd, kc, vc, out, B, Hq, Hkv, S, past, capacity, D, Dv,
+    err = call(lib, spec, qd, kd, vd, kc, vc, out, B, Hq, Hkv, S, past, capacity, D, Dv,
                estrides(qd), estrides(kd), estrides(vd), estrides(out), cos_d, sin_d, rd, mode, scale, window, rows,
                sl, softcap)
     assert err == ""
@@ -177,12 +154,12 @@ def test_kvattention(lib, exec_ctx, spec, case):
 
 
 @pytest.mark.parametrize("spec", by_family("kvattention"), ids=IDS)
-def test_kvattention_refuses_past_capacity(lib, exec_ctx, spec):
+def test_kvattention_refuses_past_capacity(lib, spec):
     T = NP[spec.param("dtype")]
     q = np.zeros((1, 1, 2, 8), T)
     kc = np.zeros((1, 1, 4, 8), T)
     st = i64([16, 16, 8, 1])
-    err = call(lib, exec_ctx, spec, q, q, q, kc, kc.copy(), q.copy(), 1, 1, 1, 2, 3, 4, 8, 8, st, st, st, st,
+    err = call(lib, spec, q, q, q, kc, kc.copy(), q.copy(), 1, 1, 1, 2, 3, 4, 8, 8, st, st, st, st,
                None, None, 0, 0, 1.0, 0, 4, None, 0.0)
     assert "5" in err and "out of range" in err
 
@@ -201,7 +178,7 @@ ATT_CASES = {
 
 @pytest.mark.parametrize("case", list(ATT_CASES), ids=str)
 @pytest.mark.parametrize("spec", by_family("attention"), ids=IDS)
-def test_attention(lib, exec_ctx, spec, case):
+def test_attention(lib, spec, case):
     B, Hq, Hkv, Sq, Skv, D, Dv, causal, window, mask_kind, alibi, softcap, order = ATT_CASES[case]
     dt = spec.param("dtype")
     T = NP[dt]
@@ -221,7 +198,7 @@ def test_attention(lib, exec_ctx, spec, case):
     md = None if mask is None else mask.astype(T)
     mstr = i64([0, 0, 0, 0]) if md is None else i64([0 if md.shape[i] == 1 else s // md.itemsize
                                                       for i, s in enumerate(md.strides)])
-    err = call(lib, exec_ctx, spec, qd, kd, vd, md, out, B, Hq, Hkv, Sq, Skv, D, Dv, estrides(qd), estrides(kd),
+    err = call(lib, spec, qd, kd, vd, md, out, B, Hq, Hkv, Sq, Skv, D, Dv, estrides(qd), estrides(kd),
                estrides(vd), mstr, estrides(out), scale, int(causal), window,
                None if slopes is None else slopes.astype(T), softcap)
     assert err == ""
@@ -246,7 +223,7 @@ ROW_LENGTHS = (1, 7, 4099)
 
 @pytest.mark.parametrize("cols", ROW_LENGTHS)
 @pytest.mark.parametrize("spec", by_family("norm"), ids=IDS)
-def test_norm(lib, exec_ctx, spec, cols):
+def test_norm(lib, spec, cols):
     dt, rms = spec.param("dtype"), spec.param("op") == "rmsnorm"
     T = NP[dt]
     rng = np.random.default_rng(cols)
@@ -261,7 +238,7 @@ def test_norm(lib, exec_ctx, spec, cols):
         ref = c / np.sqrt((c ** 2).mean(-1, keepdims=True) + eps) * gamma + (0 if beta is None else beta)
     xd = x.astype(T)
     y = xd if cols == 4099 else np.full_like(xd, np.nan)  # the long rows run in place (y == x)
-    err = call(lib, exec_ctx, spec, xd, gamma.astype(T), None if beta is None else beta.astype(T), y, rows, cols, eps)
+    err = call(lib, spec, xd, gamma.astype(T), None if beta is None else beta.astype(T), y, rows, cols, eps)
     assert err == ""
     bound = out_rounding(ref, dt) + FP32 * (np.abs(x64) / np.sqrt(
         (x64 ** 2).mean(-1, keepdims=True) if rms else (c ** 2).mean(-1, keepdims=True) + eps) + 1) * np.abs(gamma)
@@ -274,7 +251,7 @@ SOFTMAX_SHAPES = [(3, 1, 1), (3, 7, 1), (2, 4099, 1), (2, 7, 3), (1, 1, 5)]
 
 @pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
 @pytest.mark.parametrize("spec", by_family("softmax"), ids=IDS)
-def test_softmax(lib, exec_ctx, spec, shape):
+def test_softmax(lib, spec, shape):
     dt, log = spec.param("dtype"), spec.param("op") == "logsoftmax"
     T = NP[dt]
     outer, n, inner = shape
@@ -286,7 +263,7 @@ def test_softmax(lib, exec_ctx, spec, shape):
     ref = z - lse if log else np.exp(z - lse)
     xd = x.astype(T)
     y = np.full_like(xd, np.nan)
-    assert call(lib, exec_ctx, spec, xd, y, outer, n, inner) == ""
+    assert call(lib, spec, xd, y, outer, n, inner) == ""
     # softmax: values <= 1, fp16 rounding 2^-11 relative, fp32 exp / sum ~2^-14 relative.
     # logsoftmax: |x - m - lse| rounds to 2^-11 relative; fp32 terms are ~2^-14 of |z| + lse.
     scale = (np.abs(z) + np.abs(lse)) if log else np.abs(ref)
@@ -296,7 +273,7 @@ def test_softmax(lib, exec_ctx, spec, shape):
 
 @pytest.mark.parametrize("interleaved", [0, 1])
 @pytest.mark.parametrize("spec", by_family("rope"), ids=IDS)
-def test_rope(lib, exec_ctx, spec, interleaved):
+def test_rope(lib, spec, interleaved):
     dt = spec.param("dtype")
     T = NP[dt]
     B, S, H, D, rd, max_pos = 2, 3, 2, 10, 6, 16
@@ -311,7 +288,7 @@ def test_rope(lib, exec_ctx, spec, interleaved):
         for inplace in (False, True):
             xd = x.astype(T)
             y = xd if inplace else np.full_like(xd, np.nan)
-            err = call(lib, exec_ctx, spec, xd, cos.astype(T), sin.astype(T), pos, y, B, S, H, D, rd, estrides(xd),
+            err = call(lib, spec, xd, cos.astype(T), sin.astype(T), pos, y, B, S, H, D, rd, estrides(xd),
                        max_pos, interleaved)
             assert err == ""
             bound = out_rounding(ref, dt) + FP32 * 2 * np.abs(x).max()
@@ -319,14 +296,14 @@ def test_rope(lib, exec_ctx, spec, interleaved):
 
 
 @pytest.mark.parametrize("spec", by_family("rope"), ids=IDS)
-def test_rope_position_out_of_range(lib, exec_ctx, spec):
+def test_rope_position_out_of_range(lib, spec):
     T = NP[spec.param("dtype")]
     x = np.zeros((1, 2, 1, 4), T)
     tab = np.zeros((4, 2), T)
-    err = call(lib, exec_ctx, spec, x, tab, tab, np.array([1, 4], np.int64), x.copy(), 1, 2, 1, 4, 4,
+    err = call(lib, spec, x, tab, tab, np.array([1, 4], np.int64), x.copy(), 1, 2, 1, 4, 4,
                estrides(x), 4, 0)
     assert "4" in err and "out of range" in err
 
 
 def test_nvcc_sm80_sm90(tmp_path):
-    nvcc_compile(VARIANTS, tmp_path, archs=("sm_80", "sm_90"))
+    nvcc_compile(VARIANTS, archs=("sm_80", "sm_90"), tmpdir=str(tmp_path))
