@@ -116,7 +116,7 @@ KV_CASES = {
     "prefill17_gqa4_d128": (2, 8, 2, 17, 5, 128, 128, 64, 2, 0, 24, 24, False, 0.0, "bshd"),
     "prefill64_gqa8": (1, 8, 1, 64, 0, 64, 64, 64, 1, 0, 64, 64, False, 0.0, "bhsd"),
     "prefill17_ctx1047": (1, 2, 1, 17, 1030, 64, 64, 64, 1, 0, 1047, 1047, False, 0.0, "bhsd"),
-    "norope_dv32": (1, 2, 1, 3, 4, 64, 32, 0, 0, 0, 8, 8, False, 0.0, "bhsd"),
+    "norope_d60_dv34_scalar_loads": (1, 2, 1, 3, 4, 60, 34, 0, 0, 0, 8, 8, False, 0.0, "bhsd"),
     "ring_window": (1, 4, 2, 20, 30, 64, 64, 64, 1, 8, 16, 64, False, 0.0, "bhsd"),
     "alibi": (1, 4, 2, 3, 40, 64, 64, 0, 0, 0, 48, 48, True, 0.0, "bhsd"),
     "softcap": (1, 2, 1, 5, 7, 64, 64, 64, 2, 0, 12, 12, False, 0.5, "bhsd"),
@@ -173,6 +173,7 @@ ATT_CASES = {
     "decode1100_split_gqa8": (1, 8, 1, 1, 1100, 64, 64, True, 0, None, False, 0.0, "bhsd"),
     "window_alibi_softcap": (1, 4, 2, 9, 20, 64, 64, True, 5, "full", True, 0.5, "bhsd"),
     "sq_gt_skv": (1, 2, 1, 5, 3, 64, 64, True, 0, None, False, 0.0, "bhsd"),
+    "d36_dv18_scalar_loads": (2, 4, 2, 6, 11, 36, 18, True, 0, None, False, 0.0, "bshd"),
 }
 
 
