@@ -118,6 +118,7 @@ KV_CASES = {
     "prefill17_ctx1047": (1, 2, 1, 17, 1030, 64, 64, 64, 1, 0, 1047, 1047, False, 0.0, "bhsd"),
     "norope_d60_dv34_scalar_loads": (1, 2, 1, 3, 4, 60, 34, 0, 0, 0, 8, 8, False, 0.0, "bhsd"),
     "ring_window": (1, 4, 2, 20, 30, 64, 64, 64, 1, 8, 16, 64, False, 0.0, "bhsd"),
+    "ring_window_split_decode": (1, 4, 1, 1, 3000, 64, 64, 64, 1, 1000, 1040, 4096, False, 0.0, "bhsd"),
     "alibi": (1, 4, 2, 3, 40, 64, 64, 0, 0, 0, 48, 48, True, 0.0, "bhsd"),
     "softcap": (1, 2, 1, 5, 7, 64, 64, 64, 2, 0, 12, 12, False, 0.5, "bhsd"),
 }
@@ -153,15 +154,36 @@ def test_kvattention(lib, spec, case):
     assert np.all(np.abs(kc.astype(np.float32) - kc_ref) <= (2.0 ** -10 if dt == "f16" else 2.0 ** -22) * mag)
 
 
+# (Hq, Hkv, S, past, capacity, rope_mode, rotary_dim, tables, window, cache_rows) -> the refused value
+BAD_KV = {
+    "past_plus_s_over_capacity": ((2, 1, 2, 3, 4, 0, 0, False, 0, 4), "index 5 out of range [2, 5)"),
+    "hq_not_multiple": ((3, 2, 1, 0, 4, 0, 0, False, 0, 4), "index 3 out of range [2, 2)"),
+    "odd_rotary_dim": ((2, 1, 1, 0, 4, 1, 3, True, 0, 4), "index 3 out of range [0, 9)"),
+    "rope_without_tables": ((2, 1, 1, 0, 4, 2, 4, False, 0, 4), "index 4 out of range [0, 9)"),
+    "ring_without_window": ((2, 1, 1, 0, 4, 0, 0, False, 0, 2), "index 2 out of range [4, 5)"),
+    "ring_shorter_than_window": ((2, 1, 1, 0, 4, 0, 0, False, 3, 2), "index 2 out of range [3, 5)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_KV), ids=str)
 @pytest.mark.parametrize("spec", by_family("kvattention"), ids=IDS)
-def test_kvattention_refuses_past_capacity(lib, spec):
+def test_kvattention_refuses_bad_arguments(lib, spec, case):
+    """A refused call is a one-line device error naming the value, and writes nothing."""
+    (Hq, Hkv, S, past, capacity, mode, rd, tables, window, rows), message = BAD_KV[case]
     T = NP[spec.param("dtype")]
-    q = np.zeros((1, 1, 2, 8), T)
-    kc = np.zeros((1, 1, 4, 8), T)
-    st = i64([16, 16, 8, 1])
-    err = call(lib, spec, q, q, q, kc, kc.copy(), q.copy(), 1, 1, 1, 2, 3, 4, 8, 8, st, st, st, st,
-               None, None, 0, 0, 1.0, 0, 4, None, 0.0)
-    assert "kvattention_bad_arguments: index 5 out of range" in err, err
+    D = 8
+    rng = np.random.default_rng(1)
+    q, k = rnd(rng, (1, Hq, S, D)).astype(T), rnd(rng, (1, Hkv, S, D)).astype(T)
+    kc, vc = rnd(rng, (1, Hkv, rows, D)).astype(T), rnd(rng, (1, Hkv, rows, D)).astype(T)
+    kc0, vc0 = kc.copy(), vc.copy()
+    out = np.zeros((1, Hq, S, D), T)
+    tab = np.ones((capacity, max(rd // 2, 1)), T) if tables else None
+    err = call(lib, spec, q, k, k, kc, vc, out, 1, Hq, Hkv, S, past, capacity, D, D, estrides(q), estrides(k),
+               estrides(k), estrides(out), tab, tab, rd, mode, 1.0, window, rows, None, 0.0)
+    assert f"kvattention_bad_arguments: {message}" in err, err
+    np.testing.assert_array_equal(kc, kc0)
+    np.testing.assert_array_equal(vc, vc0)
+    assert not out.any()
 
 
 # --------------------------------------------------------------------------------------------- attention
