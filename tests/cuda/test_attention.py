@@ -109,6 +109,7 @@ def kv_reference(q, k, v, kc, vc, past, cos, sin, mode, rd, scale, window, slope
 KV_CASES = {
     "ctx1_gqa4": (1, 4, 1, 1, 0, 64, 64, 64, 1, 0, 8, 8, False, 0.0, "bhsd"),
     "ctx2_mha_interleaved": (2, 2, 2, 1, 1, 64, 64, 32, 2, 0, 4, 4, False, 0.0, "bshd"),
+    "ctx41_gqa16_two_query_tiles": (1, 16, 1, 1, 40, 64, 64, 64, 1, 0, 48, 48, False, 0.0, "bhsd"),
     "ctx255_gqa8_d128": (1, 8, 1, 1, 254, 128, 128, 128, 1, 0, 256, 256, False, 0.0, "bhsd"),
     "ctx1101_split_gqa4": (1, 4, 1, 1, 1100, 64, 64, 64, 1, 0, 1104, 1104, False, 0.0, "bhsd"),
     "ctx1031_split_gqa8_d128_window": (1, 8, 1, 1, 1030, 128, 128, 128, 1, 600, 1040, 1040, False, 0.0, "bshd"),
@@ -194,6 +195,7 @@ ATT_CASES = {
     "mask_bcast_dv32": (2, 2, 2, 3, 40, 128, 32, False, 0, "bcast", False, 0.0, "bshd"),
     "decode1100_split_gqa8": (1, 8, 1, 1, 1100, 64, 64, True, 0, None, False, 0.0, "bhsd"),
     "window_alibi_softcap": (1, 4, 2, 9, 20, 64, 64, True, 5, "full", True, 0.5, "bhsd"),
+    "noncausal_window": (1, 2, 2, 4, 12, 64, 64, False, 3, None, False, 0.0, "bhsd"),
     "sq_gt_skv": (1, 2, 1, 5, 3, 64, 64, True, 0, None, False, 0.0, "bhsd"),
     "d36_dv18_scalar_loads": (2, 4, 2, 6, 11, 36, 18, True, 0, None, False, 0.0, "bshd"),
 }
