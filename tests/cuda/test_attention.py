@@ -75,7 +75,8 @@ def check(got, ref, vmax, dt, what):
     tol = ((OUT_F16 if dt == "f16" else 0.0) + FP32) * vmax
     err = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     assert np.all(np.isfinite(got)), what
-    assert err.max() <= tol, f"{what}: max error {err.max():.3g} > {tol:.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+    where = np.unravel_index(err.argmax(), err.shape)
+    assert err.max() <= tol, f"{what}: max error {err.max():.3g} > {tol:.3g} at {where}"
 
 
 # ------------------------------------------------------------------------------------------- kvattention
