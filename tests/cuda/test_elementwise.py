@@ -1,10 +1,11 @@
 """Every CUDA kernel of the elementwise and data-movement families (backends/cuda/kernels_elementwise.py) under
 the SIMT emulator against numpy, and every one compiled by nvcc for sm_80 and sm_90.
 
-All variants are built into one emulator library per session (one nvcc call for the SASS check). Sizes are
-the launchers' edges: 0, 1, 31, 33 (a warp and a vector tail), 1007 (several blocks, odd), broadcasts that
-do and do not merge, a 9-d broadcast that cannot merge (the launcher's host loop over the dims beyond 8),
-misaligned pointers (the scalar path of the vectorized kernels).
+All variants are built into one emulator library per session (one translation unit; two nvcc processes for
+the SASS check). Sizes are the launchers' edges: 0, 1, 31, 33 (a warp and a vector tail), 1007 (several
+blocks, odd), rank 0, broadcasts that do and do not merge, a 9-d broadcast that cannot merge (the
+launcher's host loop over the dims beyond 8), misaligned pointers (the scalar path of the vectorized
+kernels); the reductions also run under the emulator's shuffled thread schedule.
 
 Tolerances (u32 = 2^-24, fp32 unit roundoff; fp16 has an 11-bit significand, unit roundoff 2^-11):
 - exact: integer and bool ops, comparisons, data movement, casts, and every f16 result of + - * / max min
@@ -86,12 +87,16 @@ class Lib:
         assert err == "", f"{spec.name}: {err}"
 
 
+def sources(parts: int = 1) -> list[str]:
+    """The kernels as `parts` translation units (each kernel's code is in its own namespace, the shared helpers
+    are guarded): the emulator's and CUDA's headers are compiled once per part, not once per kernel (~5x
+    faster); nvcc gets two parts, which it compiles in parallel."""
+    return ["\n".join(render(spec) for spec in VARIANTS[i::parts]) for i in range(parts)]
+
+
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    # One translation unit for all the kernels (each kernel's code is in its own namespace, the shared
-    # helpers are guarded): the emulator headers are compiled once, not once per kernel (~5x faster).
-    source = "\n".join(render(spec) for spec in VARIANTS)
-    return Lib(harness.build_kernels([source], str(tmp_path_factory.mktemp("cuda_elem"))))
+    return Lib(harness.build_kernels(sources(), str(tmp_path_factory.mktemp("cuda_elem"))))
 
 
 def of(family: str, **params) -> list:
@@ -119,12 +124,14 @@ def f16_ulps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 def rand(dt: str, shape, rng, lo=-100, hi=100) -> np.ndarray:
     if dt in ("f32", "f16"):
-        return rng.uniform(lo / 10, hi / 10, shape).astype(NP[dt])
-    if dt == "bool":
-        return rng.integers(0, 2, shape).astype(np.uint8)
-    if dt == "u8":
-        return rng.integers(0, 200, shape).astype(np.uint8)
-    return rng.integers(lo, hi, shape).astype(NP[dt])
+        v = rng.uniform(lo / 10, hi / 10, shape)
+    elif dt == "bool":
+        v = rng.integers(0, 2, shape)
+    elif dt == "u8":
+        v = rng.integers(0, 200, shape)
+    else:
+        v = rng.integers(lo, hi, shape)
+    return np.asarray(v).astype(NP[dt])  # an array also for shape ()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,20 +170,20 @@ def _binary_ref(op: str, dt: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _binary_inputs(op: str, dt: str, sa, sb, rng):
     a, b = rand(dt, sa, rng), rand(dt, sb, rng)
     if op == "pow":
-        b = (rng.integers(0, 4, sb) if dt not in ("f32", "f16") else rng.uniform(-2, 3, sb)).astype(NP[dt])
+        b = np.asarray(rng.integers(0, 4, sb) if dt not in ("f32", "f16") else rng.uniform(-2, 3, sb)).astype(NP[dt])
         if dt in ("f32", "f16"):
             a = np.abs(a)
     if op in ("div", "mod") and dt in ("f32", "f16"):
-        b = np.where(np.abs(b) < 0.5, 1.5, b).astype(NP[dt])
+        b = np.asarray(np.where(np.abs(b) < 0.5, 1.5, b)).astype(NP[dt])
     if op in ew.COMPARE_OPS:  # ties on purpose
-        b = np.where(rng.random(sb) < 0.3, np.broadcast_to(a.reshape(-1)[:1], sb), b).astype(NP[dt])
-    return a, b
+        b = np.asarray(np.where(rng.random(sb) < 0.3, a.reshape(-1)[0] if a.size else 0, b)).astype(NP[dt])
+    return np.asarray(a), np.asarray(b)  # arrays also for shape ()
 
 
 # (a shape, b shape): same shape (the vectorized path), scalar broadcasts, a bias add ([B,S,H] + [H]),
 # a two-sided broadcast, and a 9-d one that cannot merge (host loop over the dims beyond 8).
 BINARY_SHAPES = [((n,), (n,)) for n in SIZES] + [
-    ((33,), (1,)), ((1,), (1007,)), ((2, 3, 37), (37,)), ((3, 1, 5), (1, 4, 5)),
+    ((), ()), ((33,), (1,)), ((1,), (1007,)), ((2, 3, 37), (37,)), ((3, 1, 5), (1, 4, 5)),
     ((2, 1, 2, 1, 2, 1, 2, 1, 2), (1, 2, 1, 2, 1, 2, 1, 2, 1))]
 
 
@@ -233,10 +240,10 @@ def test_where(lib, spec):
     rng = np.random.default_rng(3)
     dt = spec.param("dtype")
     for sc, sx, sy in [((n,), (n,), (n,)) for n in SIZES] + [
-            ((1,), (33,), (1,)), ((2, 1, 5), (1, 3, 5), (5,)), ((1, 1, 4, 6), (2, 1, 1, 6), (2, 3, 4, 6)),
+            ((), (), ()), ((1,), (33,), (1,)), ((2, 1, 5), (1, 3, 5), (5,)), ((1, 1, 4, 6), (2, 1, 1, 6), (2, 3, 4, 6)),
             ((2, 1, 2, 1, 2, 1, 2, 1, 2), (1, 2, 1, 2, 1, 2, 1, 2, 1), (2,))]:
         shape = np.broadcast_shapes(sc, sx, sy)
-        c, x, y = rng.integers(0, 2, sc).astype(np.uint8) * 3, rand(dt, sx, rng), rand(dt, sy, rng)
+        c, x, y = np.asarray(rand("bool", sc, rng) * 3), rand(dt, sx, rng), rand(dt, sy, rng)
         got = np.zeros(shape, NP[dt])
         lib.ok(spec, c, x, y, got, np.int32(len(shape)), i64(shape), estrides(c, shape), estrides(x, shape),
                estrides(y, shape))
@@ -383,6 +390,25 @@ def test_reduce(lib, spec):
         assert (np.abs(y.astype(np.float64) - want) <= bound + 1e-30).all(), f"{spec.name} {(outer, r, inner)}"
 
 
+def test_reductions_shuffled_schedule(lib):
+    """The warp and block reductions and the warp scan under the emulator's shuffled thread order (a missing
+    barrier or a race on the shared scratch shows up as a wrong result or an emulator error)."""
+    rng = np.random.default_rng(14)
+    lib.cdll.set_seed(20261206)
+    try:
+        for outer, r in ((2, 3000), (9, 70)):  # the block-per-row and the warp-per-row kernels
+            x = rng.integers(-1000, 1000, (outer, r, 1)).astype(np.int64)
+            y = np.zeros((outer, 1), np.int64)
+            lib.ok(of("reduce", op="sum", dtype="i64")[0], x, y, np.int64(outer), np.int64(r), np.int64(1))
+            assert (y == x.sum(1)).all()
+        x = rng.integers(-1000, 1000, (3, 1007, 1)).astype(np.int64)
+        y = np.zeros_like(x)
+        lib.ok(of("cumsum", dtype="i64")[0], x, y, np.int64(3), np.int64(1007), np.int64(1), np.int32(0), np.int32(0))
+        assert (y == np.cumsum(x, 1)).all()
+    finally:
+        lib.cdll.set_seed(0)
+
+
 @pytest.mark.parametrize("spec", of("cumsum"), ids=lambda s: s.name)
 def test_cumsum(lib, spec):
     rng = np.random.default_rng(7)
@@ -426,6 +452,7 @@ def test_copy(lib, spec):
         (np.broadcast_to(base[:1, :, :1], (6, 7, 5)), dst_base[::2, :, :5]),  # zero strides, strided dst
         (base.reshape(-1)[1:34], np.zeros(33, t)),                # misaligned contiguous
         (base.reshape(-1)[:0], np.zeros(0, t)),
+        (base.reshape(-1)[5:6].reshape(()), np.zeros((), t)),     # rank 0
         # 9 dims that cannot merge (alternating broadcast): the host loop over the dims beyond 8
         (np.broadcast_to(base.reshape(-1)[:16].reshape(1, 2, 1, 2, 1, 2, 1, 2, 1), (2,) * 9), np.zeros((2,) * 9, t)),
     ]
@@ -587,5 +614,12 @@ def test_scatternd(lib, spec):
 # ---------------------------------------------------------------------------------------------------
 
 def test_nvcc_sm80_sm90(tmp_path):
-    """Every variant compiles with nvcc for sm_80 and sm_90, SASS for both in the fatbinary (one call)."""
-    harness.nvcc_compile(VARIANTS, str(tmp_path), archs=("sm_80", "sm_90"))
+    """Every variant compiles with nvcc for sm_80 and sm_90, SASS for both in the fatbinary (two translation
+    units compiled in parallel), and each launcher is in an object."""
+    objects = harness.nvcc_compile(sources(2), archs=("sm_80", "sm_90"), tmpdir=str(tmp_path), jobs=2)
+    symbols = b""
+    for obj in objects.values():
+        with open(obj, "rb") as f:
+            symbols += f.read()  # the launchers' C names are in the objects' symbol tables
+    missing = [s.name for s in VARIANTS if s.name.encode() not in symbols]
+    assert not missing, missing
