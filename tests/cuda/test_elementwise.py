@@ -346,6 +346,25 @@ def test_cast(lib, spec):
         assert y.tobytes() == _cast_ref(src, dst, xs).tobytes(), f"{spec.name} n={n}"
 
 
+def test_cast_f16_rounding(lib):
+    """f32 -> f16 of random bit patterns around the f16 range (subnormals, ties, overflow to inf) equals
+    numpy's round-to-nearest-even; f16 -> f32 of every f16 bit pattern is exact."""
+    rng = np.random.default_rng(15)
+    bits = rng.integers(0x30000000, 0x48000000, 4099, dtype=np.int64).astype(np.uint32)
+    bits[::7] = (bits[::7] & 0xffffe000) | 0x1000  # exact ties of the 13 dropped bits (normal range)
+    x = np.concatenate([bits.view(np.float32), -bits.view(np.float32)[:100],
+                        np.array([0.0, -0.0, np.inf, -np.inf, 65519.996, 65520.0, 6e-8, 2.9e-8], np.float32)])
+    y = np.zeros(x.size, np.float16)
+    lib.ok(of("cast", src="f32", dst="f16")[0], x, y, np.int64(x.size))
+    with np.errstate(over="ignore"):
+        assert y.tobytes() == x.astype(np.float16).tobytes()
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    f = np.zeros(h.size, np.float32)
+    lib.ok(of("cast", src="f16", dst="f32")[0], h, f, np.int64(h.size))
+    nan = np.isnan(h)
+    assert np.isnan(f[nan]).all() and f[~nan].tobytes() == h[~nan].astype(np.float32).tobytes()
+
+
 # ---------------------------------------------------------------------------------------------------
 # reduce, cumsum
 
