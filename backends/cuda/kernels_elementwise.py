@@ -62,6 +62,8 @@ def _unary_ctx(spec: KernelSpec) -> dict[str, Any]:
         bounds = ew._unary_bounds(op, "f32")
     else:
         expr, bounds = ew._unary_scalar(op, dt), ew._unary_bounds(op, dt)
+        # The same values without comparing an unsigned value with 0 (nvcc warns about those).
+        expr = {("relu", "u8"): "x", ("sign", "u8"): "(uint8_t)(x > 0)"}.get((op, dt), expr)
     return {**_io(dt), "scalar_expr": expr, "bounds": bounds}
 
 
