@@ -630,6 +630,20 @@ def test_scatternd(lib, spec):
                          np.int32(1), i64([3]), np.int64(2)), -4)
 
 
+def test_refused_ranks(lib):
+    """What the launchers cannot take (a rank above 64; gathernd/gatherelements beyond the 8 dims that travel
+    by value) fails the run in one line instead of reading past the host arrays."""
+    ones = i64([1] * 65)
+    a = np.ones(1, np.float32)
+    out = np.zeros(1, np.float32)
+    _index_error(lib.run(of("binary", op="add", dtype="f32")[0], a, a, out, np.int32(65), ones, ones * 0, ones * 0), 65)
+    data, idx = np.zeros(2 ** 9, np.uint8), np.zeros(9, np.int64)
+    _index_error(lib.run(of("gathernd", esize=1)[0], data, idx, np.zeros(1, np.uint8), np.int64(1), np.int64(1),
+                         np.int32(9), i64([2] * 9), np.int64(1), np.int64(512)), 9)
+    _index_error(lib.run(of("gatherelements", esize=1)[0], data, idx, np.zeros(1, np.uint8), np.int32(9),
+                         i64([1] * 9), i64([1] * 9), np.int32(0), np.int64(2)), 9)
+
+
 # ---------------------------------------------------------------------------------------------------
 
 def test_nvcc_sm80_sm90(tmp_path):
