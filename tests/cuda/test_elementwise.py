@@ -248,6 +248,12 @@ def test_where(lib, spec):
         lib.ok(spec, c, x, y, got, np.int32(len(shape)), i64(shape), estrides(c, shape), estrides(x, shape),
                estrides(y, shape))
         assert got.tobytes() == np.where(c != 0, x, y).astype(NP[dt]).tobytes(), shape
+    # misaligned x (one element into a buffer): the element-by-element path; and out aliasing y
+    c, x, y = rand("bool", (1007,), rng), rand(dt, (1008,), rng)[1:], rand(dt, (1007,), rng)
+    for out in (np.zeros(1007, NP[dt]), y):
+        want = np.where(c != 0, x, y)
+        lib.ok(spec, c, x, y, out, np.int32(1), i64([1007]), i64([1]), i64([1]), i64([1]))
+        assert out.tobytes() == want.tobytes()
 
 
 # ---------------------------------------------------------------------------------------------------
