@@ -53,7 +53,9 @@ def argtypes_of(signature: str) -> list:
 
 class Lib:
     """The emulator library of all VARIANTS and one execution context; `run(spec, *args)` launches a kernel
-    (numpy arrays pass as pointers: device memory is host memory) and returns the context's error ("" if none)."""
+    (numpy arrays pass as pointers: device memory is host memory) and returns the context's error ("" if none).
+    Not harness.SimtLib.run: the copy tests pass strided views (negative and zero strides), which it refuses,
+    and range/fill have no context parameter."""
 
     def __init__(self, cdll):
         self.cdll = cdll
