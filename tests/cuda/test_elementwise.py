@@ -1,8 +1,8 @@
 """Every CUDA kernel of the elementwise and data-movement families (backends/cuda/kernels_elementwise.py) under
 the SIMT emulator against numpy, and every one compiled by nvcc for sm_80 and sm_90.
 
-All variants are built into one emulator library per session (one translation unit; two nvcc processes for
-the SASS check). Sizes are the launchers' edges: 0, 1, 31, 33 (a warp and a vector tail), 1007 (several
+All variants are built into one emulator library per session (two translation units, compiled in parallel;
+the same two for nvcc's SASS check). Sizes are the launchers' edges: 0, 1, 31, 33 (a warp and a vector tail), 1007 (several
 blocks, odd), rank 0, broadcasts that do and do not merge, a 9-d broadcast that cannot merge (the
 launcher's host loop over the dims beyond 8), misaligned pointers (the scalar path of the vectorized
 kernels); the reductions also run under the emulator's shuffled thread schedule.
@@ -92,13 +92,13 @@ class Lib:
 def sources(parts: int = 1) -> list[str]:
     """The kernels as `parts` translation units (each kernel's code is in its own namespace, the shared helpers
     are guarded): the emulator's and CUDA's headers are compiled once per part, not once per kernel (~5x
-    faster); nvcc gets two parts, which it compiles in parallel."""
+    faster); two parts compile in parallel."""
     return ["\n".join(render(spec) for spec in VARIANTS[i::parts]) for i in range(parts)]
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    return Lib(harness.build_kernels(sources(), str(tmp_path_factory.mktemp("cuda_elem"))))
+    return Lib(harness.build_kernels(sources(2), str(tmp_path_factory.mktemp("cuda_elem"))))
 
 
 def of(family: str, **params) -> list:
