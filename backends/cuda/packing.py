@@ -14,7 +14,7 @@ cuda_q4_n32k (kind q4_weight; int4 codes q u8 [N, K] of quantize_int4, values 0.
     K is padded to a multiple of 32 with code 8 (the kernels read zero activations there).
 cuda_q4_scales_f16 (kind q4_scales; f32 [N, G] scales holding fp16 values): fp16 bits [N, G] as is.
 cuda_q4_zeros_u8 (kind q4_zeros; u8 [N, G] zero points 0..15): as is (absent: 8, the symmetric form).
-cuda_f16_nk8 (kind gemm_f32; a Linear weight B [K, N], f16 or f32): fp16 [N, Kp], Kp = 8 * ceil(K / 8):
+cuda_f16_nk8 (kind gemm_f16; a Linear weight B [K, N], f16 or f32): fp16 [N, Kp], Kp = 8 * ceil(K / 8):
     B transposed so a column's K values are contiguous (16-byte rows of 8), zero padded to Kp; the GEMV
     path reads 8 values of a column per 128-bit load, the tensor-core path 16-byte chunks of B tiles.
 cuda_q4_rows / cuda_f16_scales / cuda_q8_rows (kinds q4_rows, q4_row_scales, q8_rows): the CPU's row
@@ -80,7 +80,7 @@ def pack_gemm_f16(b: np.ndarray) -> np.ndarray:
 
 def pack(kind: str, array: np.ndarray):
     """Reorder a constant for the CUDA kernel that reads it: returns (layout name, packed array)."""
-    if kind == "gemm_f32":
+    if kind == "gemm_f16":
         return "cuda_f16_nk8", pack_gemm_f16(array)
     if kind == "q4_weight":
         return "cuda_q4_n32k", pack_q4_weight(array)

@@ -98,7 +98,7 @@ def test_q4_weight_layout_round_trip():
 
 def test_gemm_layout_and_refusals():
     b = np.arange(3 * 10, dtype=np.float32).reshape(3, 10)
-    name, bp = packing.pack("gemm_f32", b)
+    name, bp = packing.pack("gemm_f16", b)
     assert name == "cuda_f16_nk8" and bp.dtype == np.float16 and bp.shape == (10, 8)
     assert np.array_equal(bp[:, :3], b.T.astype(np.float16)) and not bp[:, 3:].any()
     # Scales arrive as f32 holding fp16 values (quantize_int4), or as f16 after an fp16 pass: same bits.
@@ -189,7 +189,7 @@ def test_gemm_f16(lib, case):
     N, K, with_bias, lda_pad, ldc_pad = case
     rng = np.random.default_rng(N + K)
     b = f16(rng, K, N, scale=0.3)
-    bp = packing.pack("gemm_f32", b)[1]
+    bp = packing.pack("gemm_f16", b)[1]
     bias = f16(rng, N) if with_bias else None
     for M in range(1, 18):
         lda, ldc = K + lda_pad, N + ldc_pad
