@@ -22,7 +22,7 @@ from typing import Any
 
 from ...codegen.families import elementwise as ew
 from ...codegen.families import llm
-from ...codegen.kernels import FAMILIES, KernelSpec, register_target_context
+from ...codegen.kernels import KernelSpec, register_target_context
 
 TARGET = "cuda"
 VARIANT = "cuda"
@@ -88,11 +88,6 @@ def _esize_ctx(spec: KernelSpec) -> dict[str, Any]:
     return {"E": ew.ESIZE_CTYPE[spec.param("esize")]}
 
 
-def _no_exec(family: str) -> bool:
-    """Whether the family's signature lacks the execution context (range, fill): such launchers run on the
-    legacy default stream (exec null), which orders them with the context's blocking stream."""
-    return "tcc_exec* exec" not in FAMILIES[family].signature
-
 
 def _range_ctx(spec: KernelSpec) -> dict[str, Any]:
     dt = spec.param("dtype")
@@ -101,7 +96,7 @@ def _range_ctx(spec: KernelSpec) -> dict[str, Any]:
     else:
         u = UTYPE[dt]
         expr = f"({CTYPE[dt]})(({u})s + ({u})i * ({u})d)"  # wraps instead of overflowing (UB)
-    return {**_io(dt), "expr": expr, "no_exec": _no_exec("range")}
+    return {**_io(dt), "expr": expr}
 
 
 def _trilu_ctx(spec: KernelSpec) -> dict[str, Any]:
@@ -109,7 +104,7 @@ def _trilu_ctx(spec: KernelSpec) -> dict[str, Any]:
 
 
 def _fill_ctx(spec: KernelSpec) -> dict[str, Any]:
-    return {"E": ew.ESIZE_CTYPE[spec.param("esize")], "no_exec": _no_exec("fill")}
+    return {"E": ew.ESIZE_CTYPE[spec.param("esize")]}
 
 
 def _cumsum_ctx(spec: KernelSpec) -> dict[str, Any]:

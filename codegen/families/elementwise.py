@@ -265,7 +265,8 @@ def _range_context(spec: KernelSpec) -> dict[str, Any]:
     return {"T": CTYPE[dt], "expr": expr}
 
 
-register_family(KernelFamily("range", "void {name}(const {T}* start, const {T}* delta, {T}* out, int64_t n)",
+register_family(KernelFamily("range", "void {name}(const {T}* start, const {T}* delta, {T}* out, int64_t n, "
+                                      "tcc_exec* exec)",
                              _range_context, "out[i] = start + i * delta"))
 
 register_family(KernelFamily(
@@ -274,7 +275,7 @@ register_family(KernelFamily(
     lambda spec: {"E": ESIZE_CTYPE[spec.param("esize")], "upper": bool(spec.param("upper"))},
     "keep the upper (j - i >= k) or lower (j - i <= k) triangle, zero the rest"))
 
-register_family(KernelFamily("fill", "void {name}(void* out, const void* value, int64_t n)",
+register_family(KernelFamily("fill", "void {name}(void* out, const void* value, int64_t n, tcc_exec* exec)",
                              lambda spec: {"E": ESIZE_CTYPE[spec.param("esize")]}, "out[i] = *value"))
 
 # ---------------------------------------------------------------------------------------------------

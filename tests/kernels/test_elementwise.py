@@ -686,7 +686,7 @@ def test_gather_out_of_range_raises(x86_kernel_lib, spec, bad):
 # range, trilu, fill
 
 @pytest.mark.parametrize("spec", of("range"), ids=lambda s: s.name)
-def test_range(x86_kernel_lib, spec):
+def test_range(x86_kernel_lib, x86_pool, spec):
     dt = spec.param("dtype")
     fn = x86_kernel_lib.kernel(spec)
     cases = [(-3.5, 0.25), (10.0, -0.1), (0.0, 1.0)] if dt == "f32" else [(-7, 3), (100, -9), (0, 1)]
@@ -694,7 +694,7 @@ def test_range(x86_kernel_lib, spec):
         for n in SIZES:
             s, d = np.array(start, NP[dt]), np.array(delta, NP[dt])
             out = np.zeros(n, NP[dt])
-            fn(ptr(s), ptr(d), ptr(out), n)
+            fn(ptr(s), ptr(d), ptr(out), n, x86_pool)
             if dt == "f32":
                 # Exact: start + i*delta is computed with one rounding (fma); the float64 reference is
                 # exact for these small i, so rounding it to float32 gives the same bits.
@@ -721,12 +721,12 @@ def test_trilu(x86_kernel_lib, x86_pool, spec, rng):
 
 
 @pytest.mark.parametrize("spec", of("fill"), ids=lambda s: s.name)
-def test_fill(x86_kernel_lib, spec):
+def test_fill(x86_kernel_lib, x86_pool, spec):
     dtype = {1: np.uint8, 4: np.uint32, 8: np.uint64}[spec.param("esize")]
     for n in [*SIZES, 100000]:
         value = np.array(np.iinfo(dtype).max - 3, dtype)
         out = np.zeros(n + 1, dtype)  # one past the end must stay untouched
-        x86_kernel_lib.kernel(spec)(ptr(out), ptr(value), n)
+        x86_kernel_lib.kernel(spec)(ptr(out), ptr(value), n, x86_pool)
         assert_exact(out, np.r_[np.full(n, value), 0].astype(dtype), f"{spec.name} n={n}")
 
 
