@@ -117,13 +117,25 @@ def model_config_context(model) -> int | None:
     return None
 
 
+def resolve_options(opts: CompileOptions) -> CompileOptions:
+    """The options with the target's defaults filled in (no --qm: the target's baseline, Target.default_qm),
+    as a new object: the caller's is left as it was, so a cache key computed from it stays the same."""
+    if opts.qm is not None:
+        return opts
+    from dataclasses import replace
+
+    from .backends import get_backend
+
+    backend = get_backend(opts.target, cpu=opts.cpu, cuda_arch=opts.cuda_arch)
+    return replace(opts, qm=getattr(backend.target, "default_qm", "fp32"))
+
+
 def check_target(opts: CompileOptions):
+    """The backend of resolved options (resolve_options), or a TccError saying why it cannot run them."""
     from .backends import get_backend
     from .passes.schemes import check_scheme, get_scheme
 
     backend = get_backend(opts.target, cpu=opts.cpu, cuda_arch=opts.cuda_arch)
-    if opts.qm is None:
-        opts.qm = getattr(backend.target, "default_qm", "fp32")
     get_scheme(opts.qm)
     check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
     return backend
@@ -161,6 +173,7 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     from .passes.runner import run_pipeline
     from .passes.schemes import get_scheme
 
+    opts = resolve_options(opts)
     backend = check_target(opts)
     _say(progress, "importing ONNX")
     # With weights quantized, an fp16 export runs at f32 activations (its weights quantized from fp16)
@@ -192,6 +205,7 @@ def compile_model(model: str, out_dir: str, options: CompileOptions | None = Non
         if not hasattr(opts, k):
             raise TypeError(f"unknown compile option {k!r}")
         setattr(opts, k, v)
+    opts = resolve_options(opts)
     t0 = time.perf_counter()
     plan_replacement(os.path.abspath(out_dir), (), opts.force)  # refuse before the work, not after it
     if opts.tune:
@@ -628,6 +642,7 @@ def cache_key(model: str, opts: CompileOptions) -> str:
         raise TccError(f"model file {model} not found")
     from .codegen.cmake import sanitizers
 
+    opts = resolve_options(opts)  # no --qm and --qm of the target's baseline build the same artifact
     parts = {"model": _file_digest(model), "tcc": _source_digest(), "sanitize": list(sanitizers()),
              "options": {k: v for k, v in sorted(vars(opts).items()) if k not in _LOCAL_OPTIONS}}
     side = dict(_tokenizer_files(model, opts))
