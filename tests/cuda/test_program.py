@@ -130,6 +130,10 @@ def test_refused_schemes_name_what_cuda_runs(tmp_path):
             compile_model(model, str(tmp_path / qm), target="cuda", qm=qm)
     with pytest.raises(TccError, match="--cuda-arch sm_75: tcc's CUDA kernels need sm_80"):
         compile_model(model, str(tmp_path / "old"), target="cuda", cuda_arch="sm_75")
+    with pytest.raises(TccError, match="--cuda-arch 'ampere': expected sm_XY"):
+        compile_model(model, str(tmp_path / "bad"), target="cuda", cuda_arch="ampere")
+    with pytest.raises(TccError, match="--cuda-arch does not apply to target x86"):
+        compile_model(model, str(tmp_path / "x86"), target="x86", cuda_arch="sm_80")
     assert not any(os.listdir(tmp_path))
 
 
@@ -138,3 +142,12 @@ def test_manifest_records_the_architectures(compiled):
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["options"].get("cuda_arch") in (None, "sm_80,sm_90")
+
+
+def test_emulate_needs_an_emulation_build(tmp_path):
+    """--emulate in process is for GPU artifacts; a CPU artifact says so in one line (Python and CLI)."""
+    mlp = os.path.join(os.path.dirname(MODELS), "mlp.onnx")
+    out = str(tmp_path / "cpu")
+    compile_model(mlp, out)
+    with pytest.raises(TccError, match="has no build for the SIMT emulator"):
+        load(out, emulate=True)
