@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
 from . import __version__, flags
 from .errors import TccError
 from .ir.core import Graph
+from .ir.dtypes import DType
 from .runtime.artifact import FORMAT as ARTIFACT_FORMAT
 
 DEFAULT_MAX_DIM = 256
@@ -180,9 +180,9 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     graph = import_onnx(model, dims=opts.dims or None, widen_f16=get_scheme(opts.qm).weight_bits is not None)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
-    # what the weights take at fp32 (an fp16 export's counted at 4 bytes each: the ratios compare to fp32)
+    # what the weights take at fp32 (an fp16 or bf16 export's counted at 4 bytes each: the ratios compare to fp32)
     graph.meta["fp32_weight_bytes"] = sum(int(v.const.size) * 4 for v in graph.constants.values()
-                                          if v.const.dtype in (np.float32, np.float16))
+                                          if v.dtype in (DType.f32, DType.f16, DType.bf16))
     ctx = PassContext(target=backend.target, qm=opts.qm, symbol_bounds=symbol_bounds(graph, opts),
                       options={"max_context": opts.max_context or model_config_context(model),
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,

@@ -203,6 +203,8 @@ def test_bf16_export_quantizes_from_bf16(tmp_path, qm, tol):
     m = compile_model_quiet(str(d / "model.onnx"), str(tmp_path / "out"), qm)
     assert [i["dtype"] for i in m["inputs"]] == ["f32"] and [o["dtype"] for o in m["outputs"]] == ["f32"]
     assert m["quantization"]["quantized_linears"] == 4 and m["weights"]["bytes"] < 4 * D * F * 1.1
+    # the ratio compares with the model at fp32: 4 bytes per bf16 weight, int4 + scales well under 1/3 of it
+    assert m["quantization"]["fp32_weight_bytes"] >= 4 * 4 * D * F and m["quantization"]["ratio_to_fp32"] < 0.35
     _f32_copy(str(d / "model.onnx"), str(tmp_path / "f32.onnx"))
     x = np.random.default_rng(0).standard_normal((1, D)).astype(np.float32)
     ref = ort.InferenceSession(str(tmp_path / "f32.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
