@@ -69,6 +69,7 @@ declare("keep-build", False, _bool, "copy the generated sources (model.cpp, kern
 declare("cache-dir", os.path.join(os.path.expanduser("~"), ".cache", "tcc"), str,
         "where tcc keeps its build trees (one per artifact path)")
 declare("cxx", "", str, "C++ compiler to use (default: CMake's choice)")
+declare("nvcc", "", str, "nvcc for --target cuda (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc)")
 declare("build-jobs", os.cpu_count() or 1, int, "parallel jobs for the C++ build")
 declare("threads", 0, int, "default number of runtime threads (0: all cores)")
 declare("sanitize", "", lambda s: s.strip(),

@@ -83,7 +83,13 @@ def make_target(archs: str | None = None) -> Target:
 
 
 def find_nvcc() -> str | None:
-    return shutil.which("nvcc") or (shutil.which("/usr/local/cuda/bin/nvcc"))
+    """The nvcc to build with: the flag `nvcc` (TCC_NVCC), else nvcc on PATH, else the toolkit's default place."""
+    from ... import flags
+
+    explicit = flags.get("nvcc")
+    if explicit:  # the user's choice, or nothing: never another nvcc in its place
+        return shutil.which(explicit)
+    return shutil.which("nvcc") or shutil.which("/usr/local/cuda/bin/nvcc")
 
 
 TARGET = Target()

@@ -303,11 +303,9 @@ class SimtLib(ctypes.CDLL):
 
 # -- nvcc ----------------------------------------------------------------------------------------------------
 def nvcc_path() -> str | None:
-    from tcc import flags
+    from tcc.backends.cuda.target import find_nvcc
 
-    explicit = flags.FLAGS.get("nvcc") and flags.get("nvcc")
-    default = "/usr/local/cuda/bin/nvcc"
-    return explicit or shutil.which("nvcc") or (default if os.path.exists(default) else None)
+    return find_nvcc()
 
 
 def require_nvcc() -> str:
