@@ -25,6 +25,8 @@ import tempfile
 
 import numpy as np
 
+from tests.ctypes_abi import param_argtypes
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNTIME = os.path.join(REPO, "runtime")
 DEVICE_SIMT = os.path.join(RUNTIME, "device_simt.cpp")
@@ -34,12 +36,6 @@ SIMT_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-DTCC_SIMT", "-Wall", "-Wno-unknown
               "-Wno-unused-variable", "-Wno-unused-but-set-variable")
 NVCC_FLAGS = ("-std=c++17", "-O3", "--expt-relaxed-constexpr")
 
-_C_TYPES = {
-    "int64_t": ctypes.c_int64, "long long": ctypes.c_longlong, "int32_t": ctypes.c_int32, "int": ctypes.c_int,
-    "uint32_t": ctypes.c_uint32, "unsigned": ctypes.c_uint, "unsigned int": ctypes.c_uint,
-    "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t, "float": ctypes.c_float, "double": ctypes.c_double,
-    "uint16_t": ctypes.c_uint16, "uint8_t": ctypes.c_uint8, "bool": ctypes.c_bool,
-}
 _PROTOTYPE = re.compile(r'extern\s+"C"\s+([\w\s\*]+?)\s*\b(\w+)\s*\(([^)]*)\)\s*[;{]')
 
 
@@ -47,25 +43,9 @@ class SimtError(RuntimeError):
     """A build of emulated kernels failed (the compiler's output is in the message)."""
 
 
-def argtypes_of(params: str) -> list:
-    """ctypes argtypes for a C parameter list: every pointer is c_void_p, scalars map by type name."""
-    types = []
-    for param in filter(None, (p.strip() for p in params.split(","))):
-        if param == "void":
-            continue
-        if "*" in param:
-            types.append(ctypes.c_void_p)
-            continue
-        ctype = re.sub(r"\s+\w+$", "", param).replace("const ", "").strip()
-        if ctype not in _C_TYPES:
-            raise TypeError(f"no ctypes mapping for parameter {param!r}")
-        types.append(_C_TYPES[ctype])
-    return types
-
-
 def prototypes(source: str) -> dict[str, list]:
     """The `extern "C"` functions a source declares or defines: name -> argtypes."""
-    return {name: argtypes_of(params) for _, name, params in _PROTOTYPE.findall(source)}
+    return {name: param_argtypes(params) for _, name, params in _PROTOTYPE.findall(source)}
 
 
 def _sources(items, tmpdir: str) -> list[tuple[str, str]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import re
 
 import numpy as np
 import pytest
@@ -32,6 +31,7 @@ import pytest
 from tcc.backends.cuda.kernels_elementwise import VARIANTS
 from tcc.codegen.families import elementwise as ew
 from tcc.codegen.kernels import render
+from tests.ctypes_abi import argtypes_of
 
 from . import harness
 
@@ -40,22 +40,12 @@ NP = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32, "i
       "bool": np.uint8}
 EWORD = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 SIZES = [0, 1, 31, 33, 1007]
-_C = {"int64_t": ctypes.c_int64, "int32_t": ctypes.c_int32, "float": ctypes.c_float}
-
-
-def argtypes_of(signature: str) -> list:
-    params = signature[signature.index("(") + 1: signature.rindex(")")]
-    out = []
-    for p in filter(None, (q.strip() for q in params.split(","))):
-        out.append(ctypes.c_void_p if "*" in p else _C[re.sub(r"\s+\w+$", "", p).replace("const ", "").strip()])
-    return out
 
 
 class Lib:
     """The emulator library of all VARIANTS and one execution context; `run(spec, *args)` launches a kernel
     (numpy arrays pass as pointers: device memory is host memory) and returns the context's error ("" if none).
-    Not harness.SimtLib.run: the copy tests pass strided views (negative and zero strides), which it refuses,
-    and range/fill have no context parameter."""
+    Not harness.SimtLib.run: the copy tests pass strided views (negative and zero strides), which it refuses."""
 
     def __init__(self, cdll):
         self.cdll = cdll

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 
 import numpy as np
 import pytest
@@ -20,30 +19,7 @@ import pytest
 from tcc.backends.x86.target import TARGET, host_supports
 from tcc.codegen.cmake import build_library
 from tcc.codegen.kernels import KernelSpec, write_kernels
-
-_C_TYPES = {
-    "int64_t": ctypes.c_int64,
-    "int32_t": ctypes.c_int32,
-    "int": ctypes.c_int,
-    "float": ctypes.c_float,
-    "double": ctypes.c_double,
-}
-
-
-def argtypes_of(signature: str) -> list:
-    """ctypes argtypes for a C prototype: every pointer is c_void_p, scalars map by type name."""
-    params = signature[signature.index("(") + 1: signature.rindex(")")]
-    types = []
-    for param in filter(None, (p.strip() for p in params.split(","))):
-        if "*" in param:
-            types.append(ctypes.c_void_p)
-            continue
-        ctype = re.sub(r"\s+\w+$", "", param).replace("const ", "").strip()
-        if ctype not in _C_TYPES:
-            raise TypeError(f"no ctypes mapping for parameter {param!r} in {signature!r}")
-        types.append(_C_TYPES[ctype])
-    return types
-
+from tests.ctypes_abi import argtypes_of
 
 def ptr(a) -> int | None:
     """The address of a numpy array's first element (None for None), for c_void_p arguments."""
