@@ -124,7 +124,11 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
         vals[id(v)] = concrete(v.const, env)
     for name, v in graph.states.items():
         vals[id(v)] = state.arrays[name]
-    for node in graph.nodes:
+    # An intermediate is dropped after its last reader: a 7B decoder's weights are converted to f32 one
+    # MatMul at a time (calibration), never all held at once.
+    order = _schedule(graph)
+    last_use = {} if keep else _last_uses(order, graph)
+    for i, node in enumerate(order):
         args = [None if v is None else vals[id(v)] for v in node.inputs]
         if check_types:
             _check_assumptions(node, env)
@@ -136,12 +140,62 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
             if check_types:
                 _check(o, r, env, node)
             vals[id(o)] = r
+        for v in node.inputs:
+            if v is not None and last_use.get(id(v)) == i:
+                vals.pop(id(v), None)  # a node may read one value twice
+        del args, results
     if state is not None:
         state.length += seq
     if keep:
         out = {v.name: vals[id(v)] for v in graph.values() if id(v) in vals}
         return out
     return {v.name: vals[id(v)] for v in graph.outputs}
+
+
+def _schedule(graph: Graph) -> list[Node]:
+    """The nodes in an order that runs each constant-only node (a weight's Cast or Transpose, which the
+    streaming compile leaves unfolded) just before its first reader, not where topological order put it
+    (often the start): so a converted weight lives from its production to its use, one layer at a time."""
+    constant = {id(v) for v in graph.constants.values()}
+    lazy: dict[int, Node] = {}  # value id -> its constant-only producer, not yet scheduled
+    for node in graph.nodes:
+        if node.inputs and all(v is None or id(v) in constant for v in node.inputs):
+            for o in node.outputs:
+                constant.add(id(o))
+                lazy[id(o)] = node
+    order: list[Node] = []
+
+    def place(node: Node) -> None:
+        for v in node.inputs:
+            producer = lazy.pop(id(v), None) if v is not None else None
+            if producer is not None:
+                for o in producer.outputs:
+                    lazy.pop(id(o), None)
+                place(producer)
+        order.append(node)
+
+    pending = {id(o) for n in graph.nodes for o in n.outputs if id(o) in lazy}
+    for node in graph.nodes:
+        if not any(id(o) in pending for o in node.outputs):
+            place(node)
+    for node in graph.nodes:  # constant-only nodes no scheduled node reads (graph outputs)
+        if any(id(o) in lazy for o in node.outputs):
+            for o in node.outputs:
+                lazy.pop(id(o), None)
+            place(node)
+    return order
+
+
+def _last_uses(order: list[Node], graph: Graph) -> dict[int, int]:
+    """The index in `order` of each value's last reading node; graph outputs are never dropped."""
+    last: dict[int, int] = {}
+    for i, node in enumerate(order):
+        for v in node.inputs:
+            if v is not None:
+                last[id(v)] = i
+    for v in graph.outputs:
+        last.pop(id(v), None)
+    return last
 
 
 def _check_assumptions(node: Node, env: dict[str, int]) -> None:

@@ -8,8 +8,8 @@ search never does worse than it on the calibration rows. With ctx.options["awq_c
 output channel and group a clipping ratio of the weight range (1.0 down to 0.5) that minimizes the
 group's share of the output error, and clamp the weights to it.
 Runs only for schemes whose calibration is "awq" and only with calibration data (else quantize rounds to
-nearest, and the driver warns). ctx.stats["awq"] = {"groups": n, "scaled": n, "clipped": n, "error_ratio": r}
-(r: the summed calibration error after / before the search).
+nearest, and the driver warns). ctx.stats["awq"] = {"groups": n, "scaled": n, "clipped": n, "error_ratio": r,
+...seconds} (r: the summed calibration error after / before the search; the seconds: smoothing._timings).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def run(graph: Graph, ctx) -> None:
         return
     group = group_size(ctx)
     quant = Quantizer(scheme, group, bool(ctx.options.get("asym")))
-    groups, scaled, ratio = rescale_groups(graph, ctx, NAME, quant, feeds,
+    groups, scaled, ratio, seconds = rescale_groups(graph, ctx, NAME, quant, feeds,
                                            lambda g, w: awq_candidates(g.stats["mean_abs"]), "AWQ")
     clipped, spill = 0, None
     if ctx.options.get("awq_clip") and scheme.weight_bits == 4:
@@ -95,4 +95,4 @@ def run(graph: Graph, ctx) -> None:
                     clipped += n_clipped
         graph.remove_unused_constants()
     ctx.stats[NAME] = {"groups": len(groups), "scaled": scaled, "clipped": clipped,
-                       "error_ratio": ratio}
+                       "error_ratio": ratio, **seconds}

@@ -18,6 +18,7 @@ before within fp32 rounding (FOLD_RTOL): a fold that changed the function is und
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,16 +268,18 @@ def calibration_feeds(graph: Graph, ctx, pass_name: str) -> list[dict] | None:
 
 
 def rescale_groups(graph: Graph, ctx, pass_name: str, quant: Quantizer, feeds: list[dict], candidates_for,
-                   label: str) -> tuple[list[Group], int, float]:
+                   label: str) -> tuple[list[Group], int, float, dict]:
     """The shared body of awq and smoothquant: collect calibration statistics, search each group's scales
     among `candidates_for(group, w)` (alpha -> s), fold the winners, and undo every fold if the fp32
     outputs moved. Kept folds leave each group's sample rows divided by s (what the rescaled layers read).
-    Returns (groups, number rescaled, summed error after / before the search)."""
+    Returns (groups, number rescaled, summed error after / before the search, timings in seconds)."""
     from ..ir.interpreter import run_graph
 
     groups = find_groups(graph, ctx, pass_name)
+    start = time.perf_counter()
     before = run_graph(graph, feeds[0], check_types=False)
     collect(graph, groups, feeds, f"{label} calibration")
+    calibrated = time.perf_counter()
     folds = Folds(graph)
     plain_rows = {id(g): g.stats.get("rows") for g in groups}
     scaled, err_after, err_before = 0, 0.0, 0.0
@@ -292,6 +295,7 @@ def rescale_groups(graph: Graph, ctx, pass_name: str, quant: Quantizer, feeds: l
             scaled += 1
             ctx.log(pass_name, f"%{g.x.name} -> {', '.join(n.name for n in g.linears)}: alpha {alpha:.2f}, "
                                f"error {err:.3g} (without scaling {base:.3g})")
+    searched = time.perf_counter()
     bad = outputs_match(graph, feeds[0], before)
     if bad is not None:
         folds.rollback()
@@ -299,4 +303,15 @@ def rescale_groups(graph: Graph, ctx, pass_name: str, quant: Quantizer, feeds: l
         scaled = 0
         for g in groups:
             g.stats["rows"] = plain_rows[id(g)]
-    return groups, scaled, (err_after / err_before if err_before else 1.0)
+    return groups, scaled, (err_after / err_before if err_before else 1.0), _timings(graph, start, calibrated, searched)
+
+
+def _timings(graph: Graph, start: float, calibrated: float, searched: float) -> dict:
+    """Seconds spent running the model on the calibration data, searching the scales, checking the folds;
+    per decoder layer where the graph is a language model (what a 7B compile's progress is judged by)."""
+    out = {"calibration_s": round(calibrated - start, 2), "search_s": round(searched - calibrated, 2),
+           "check_s": round(time.perf_counter() - searched, 2)}
+    layers = (graph.meta.get("llm") or {}).get("layers")
+    if layers:
+        out["per_layer_s"] = round(sum(out.values()) / layers, 3)
+    return out

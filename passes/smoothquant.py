@@ -7,7 +7,8 @@ x / s has flatter channels for the per-tensor int8 activation scale and s * W st
 is searched on a grid in [0, 1) per group, keeping the s with the least error of the simulated w8a8
 product against the fp32 one on calibration rows; alpha 0 means no smoothing (s = 1), so the result is
 never worse than plain w8a8 on those rows. Runs only for schemes whose calibration is "smoothquant" and
-with calibration data. ctx.stats["smoothquant"] = {"groups": n, "smoothed": n, "error_ratio": r}.
+with calibration data. ctx.stats["smoothquant"] = {"groups": n, "smoothed": n, "error_ratio": r, and
+the seconds spent (smoothing._timings)}.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def run(graph: Graph, ctx) -> None:
     feeds = calibration_feeds(graph, ctx, NAME)
     if feeds is None:
         return
-    groups, smoothed, ratio = rescale_groups(graph, ctx, NAME, Quantizer(scheme, 0, False), feeds,
+    groups, smoothed, ratio, seconds = rescale_groups(graph, ctx, NAME, Quantizer(scheme, 0, False), feeds,
                                              lambda g, w: smoothquant_candidates(g.stats["max_abs"], w),
                                              "SmoothQuant")
-    ctx.stats[NAME] = {"groups": len(groups), "smoothed": smoothed, "error_ratio": ratio}
+    ctx.stats[NAME] = {"groups": len(groups), "smoothed": smoothed, "error_ratio": ratio, **seconds}

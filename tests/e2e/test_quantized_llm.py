@@ -23,6 +23,7 @@ Checks and why the thresholds are what they are:
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -190,7 +191,10 @@ def test_cli_quantized_compile_and_errors(texts, tmp_path):
                         "--keep-fp32", "lm_head", "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "quantized: 15 layers (w4a8, group 32, symmetric, awq), kept in fp32: 1" in r.stdout
+    assert re.search(r"calibration \(awq\): running the model [\d.]+ s, scale search [\d.]+ s, check [\d.]+ s "
+                     r"\([\d.]+ s per layer\)", r.stdout), r.stdout
     manifest = json.loads((out / "manifest.json").read_text())
+    assert {"calibration_s", "search_s", "check_s", "per_layer_s"} <= set(manifest["quantization"]["awq"])
     assert manifest["quantization"]["kept_fp32"] and manifest["ops"]["Linear"] == 1
     r = subprocess.run([sys.executable, "-m", "tcc.cli", "info", str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and "w4a8" in r.stdout
