@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import RuntimeFeedError, ShapeError, TccError
+from ..frontend.mapped import release
 from .core import Graph, Node, Value
 from .dims import Sym, bare_symbol, evaluate, symbols_of
 from .registry import node_assumptions, run_ref
@@ -142,7 +143,9 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
             vals[id(o)] = r
         for v in node.inputs:
             if v is not None and last_use.get(id(v)) == i:
-                vals.pop(id(v), None)  # a node may read one value twice
+                dropped = vals.pop(id(v), None)  # (a node may read one value twice)
+                if v.const is not None:
+                    release(dropped)  # a mapped weight's pages leave this process's RSS (the page cache keeps them)
         del args, results
     if state is not None:
         state.length += seq

@@ -13,7 +13,9 @@ optimum's flat signature `_flat_past_module`, do_constant_folding), then the ONN
 nodes are cloned for layers 2..L-1 (names, past/present I/O and the residual stream renamed), the embedding
 and lm_head get the full vocabulary, and every initializer is written to model.onnx.data one tensor at a
 time (layers 0 and 1 from the export, the rest random: normal(0, 0.02) like transformers' init, norms 1).
-Peak memory is that of the 2-layer export (about 2 GB at 7B width), whatever the layer count.
+Peak memory is that of the 2-layer export (about 2 GB at 7B width), whatever the layer count. A byte-level
+BPE tokenizer.json (trained on the demo model's text, padded to the vocabulary) is written beside it, so the
+compiled artifact chats (random weights: the replies are noise, the point is the pipeline and its speed).
 
 --check (small shapes): the same growth is applied to a 2-layer export whose weights are those of a torch
 model of the full layer count, and onnxruntime's outputs on the grown graph must equal torch's (max |diff|
@@ -288,6 +290,26 @@ def random_data(seed: int, dtype: str, names: dict):
     return data_for
 
 
+def write_tokenizer(out_dir: str, vocab: int) -> None:
+    """tokenizer.json beside the model, so `tcc compile` bundles it and `tcc chat` runs on the artifact: a
+    byte-level BPE of up to 4096 tokens trained on the demo model's calibration text (`<|endoftext|>` = 0,
+    the config's bos/eos), padded with `<|unused_N|>` tokens to the model's vocabulary so every id the random
+    weights pick decodes to something."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=min(vocab, 4096), special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train([os.path.join(HERE, "..", "models", "demo", "calib.txt")], trainer)
+    have = tok.get_vocab_size()
+    if have > vocab:
+        raise SystemExit(f"a byte-level tokenizer needs at least {have} tokens; the model has {vocab}")
+    tok.add_tokens([f"<|unused_{i}|>" for i in range(vocab - have)])
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+
+
 def make(shape: dict, out_dir: str, dtype: str, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llama-template-") as tmp:
@@ -295,9 +317,11 @@ def make(shape: dict, out_dir: str, dtype: str, seed: int = 0) -> dict:
     m, origin = grow(m, names, shape["num_hidden_layers"], shape["vocab_size"])
     size = write(m, out_dir, origin, random_data(seed, dtype, names))
     cfg = {**shape, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-           "torch_dtype": {"f16": "float16", "bf16": "bfloat16", "f32": "float32"}[dtype], "tie_word_embeddings": False}
+           "torch_dtype": {"f16": "float16", "bf16": "bfloat16", "f32": "float32"}[dtype], "tie_word_embeddings": False,
+           "bos_token_id": 0, "eos_token_id": 0}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
+    write_tokenizer(out_dir, shape["vocab_size"])
     return {"bytes": size, "seconds": round(time.perf_counter() - t0, 1), "nodes": len(m.graph.node)}
 
 
@@ -351,7 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama2-7b")
     ap.add_argument("--layers", type=int, help="override the shape's layer count")
     ap.add_argument("--dtype", choices=DTYPES, default="f16")
-    ap.add_argument("--out", help="output folder (model.onnx, model.onnx.data, config.json)")
+    ap.add_argument("--out", help="output folder (model.onnx, model.onnx.data, config.json, tokenizer.json)")
     ap.add_argument("--check", action="store_true", help="check the growth against torch (small shapes)")
     a = ap.parse_args(argv)
     shape = dict(SHAPES[a.shape])

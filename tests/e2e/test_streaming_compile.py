@@ -161,6 +161,12 @@ def test_fp16_llama_export_gets_f32_activations_and_a_kv_cache(tmp_path):
     got = tcc.load(str(tmp_path / "out")).run({"input_ids": ids})["logits"][0, -1]
     cos = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
     assert cos > 0.999 and ref.argmax() == got.argmax(), (cos, ref.argmax(), got.argmax())
+    # the generator's tokenizer (padded to the vocabulary) travels with the artifact: it chats
+    from tokenizers import Tokenizer
+    assert Tokenizer.from_file(str(tmp_path / "m" / "tokenizer.json")).get_vocab_size() == shape["vocab_size"]
+    with tcc.load(str(tmp_path / "out")) as sess:
+        reply = sess.chat("Hello there", max_new_tokens=4, temperature=0)
+    assert reply.prompt_tokens and reply.stop_reason in ("length", "eos") and len(reply.tokens) <= 4, reply
 
 
 def _f32_copy(src: str, dst: str) -> None:
