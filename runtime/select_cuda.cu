@@ -156,6 +156,55 @@ __device__ void radix_sort(uint32_t* keys0, int32_t* ids0, uint32_t* keys1, int3
   }
 }
 
+// The k smallest of keys[0..n) (0 < k < n) with their indices, in ascending index order, into (keys_out,
+// ids_out): a radix select of the k-th smallest key K (MSB first, 4 passes of 8 bits over a shared histogram,
+// the bin found by a block scan), then every key below K and, of those equal to K, the first in index order
+// that make k — the same set as the first k of the stable sort, so sorting these k gives tcc_sample's top-k.
+template <class H, class P, class S>
+__device__ void select_smallest(const uint32_t* keys, int n, int k, uint32_t* keys_out, int32_t* ids_out, H& hist,
+                                P& sel, S& scratch) {
+  const int t = threadIdx.x, T = blockDim.x;
+  uint32_t prefix = 0;
+  int rank = k;  // the rank-th smallest (1-based) among the keys whose high bits are `prefix`
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 24 - 8 * pass;
+    for (int b = t; b < 256; b += T) hist[b] = 0;
+    __syncthreads();
+    for (int i = t; i < n; i += T) {
+      const uint32_t key = keys[i];
+      if (pass == 0 || (key >> (shift + 8)) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    const int c = t < 256 ? hist[t] : 0;
+    const int before = block_exclusive_scan(c, scratch);
+    if (t < 256 && before < rank && rank <= before + c) {
+      sel[0] = (prefix << 8) | static_cast<uint32_t>(t);
+      sel[1] = static_cast<uint32_t>(rank - before);
+    }
+    __syncthreads();
+    prefix = sel[0];
+    rank = static_cast<int>(sel[1]);
+  }
+  const uint32_t K = prefix;  // rank of the keys equal to K are taken
+  const int chunk = (n + T - 1) / T;
+  const int lo = min(n, t * chunk), hi = min(n, lo + chunk);
+  int less = 0, equal = 0;
+  for (int i = lo; i < hi; ++i) less += keys[i] < K, equal += keys[i] == K;
+  const int equal_before = block_exclusive_scan(equal, scratch);
+  const int take = min(equal, max(0, rank - equal_before));
+  int at = block_exclusive_scan(less + take, scratch);
+  int taken = 0;
+  for (int i = lo; i < hi; ++i) {
+    const uint32_t key = keys[i];
+    if (key < K || (key == K && taken++ < take)) {
+      keys_out[at] = key;
+      ids_out[at] = i;
+      ++at;
+    }
+  }
+  __syncthreads();
+}
+
 struct Sampling {
   float temperature, top_p, penalty;
   int32_t top_k;
@@ -174,6 +223,8 @@ __global__ void __launch_bounds__(kThreads)
   TCC_SHARED(int, iscratch, 32);
   TCC_SHARED(double, total_sh, 1);
   TCC_SHARED(int, first_sh, 1);
+  TCC_SHARED(int, hist, 256);
+  TCC_SHARED(unsigned, sel, 2);
   const int r = blockIdx.x, t = threadIdx.x, T = blockDim.x, V = vocab;
   const int64_t row = static_cast<int64_t>(r) * V;
   const float* in = logits + static_cast<int64_t>(r) * row_stride;
@@ -208,12 +259,16 @@ __global__ void __launch_bounds__(kThreads)
   const bool sorted = cut_k || nucleus;
   uint32_t* keys0 = keys0_all + row;
   int32_t* ids0 = ids0_all + row;
+  uint32_t* keys1 = keys1_all + row;
+  int32_t* ids1 = ids1_all + row;
   float bv = __uint_as_float(0x7fffffffu);
   int bi = 0x7fffffff;
   for (int i = t; i < V; i += T) {
     const float v = __fdiv_rn(x[i], sp.temperature);
     x[i] = v;
-    if (sorted) {
+    if (cut_k) {
+      keys1[i] = order_key(v);  // select_smallest gathers the top k into keys0/ids0
+    } else if (sorted) {
       keys0[i] = order_key(v);
       ids0[i] = i;
     } else if (better(v, i, bv, bi)) {
@@ -223,7 +278,8 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   int top_id;
   if (sorted) {
-    radix_sort(keys0, ids0, keys1_all + row, ids1_all + row, counts_all + static_cast<int64_t>(r) * kDigits * T, V,
+    if (cut_k) select_smallest(keys1, V, sp.top_k, keys0, ids0, hist, sel, iscratch);
+    radix_sort(keys0, ids0, keys1, ids1, counts_all + static_cast<int64_t>(r) * kDigits * T, cut_k ? sp.top_k : V,
                iscratch);
     top_id = ids0[0];
   } else {
