@@ -20,7 +20,8 @@
 // Memory: work buffers per execution context, allocated at its first selection (sized for the rows and the
 // vocabulary; again only if a later call needs more) and freed by tcc_device_select_release. Per call: one
 // host-to-device copy (the rows' draws and the de-duplicated recent ids, from pinned memory), one launch, one
-// device-to-host copy of the ids and one sync.
+// device-to-host copy of the ids and one stream sync.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -503,10 +504,23 @@ extern "C" int tcc_device_select(tcc_exec* exec, const float* logits, int64_t ro
     return 1;
   }
 #endif
-  if (tcc_exec_sync(exec)) {  // the launch's and the copies' errors, as at a run's sync point
+#if defined(TCC_SIMT)
+  if (tcc_exec_sync(exec)) {  // the launch's errors (the emulator records them on the context)
     if (why) *why = tcc_exec_error(exec);
     return 1;
   }
+#else
+  // A stream sync, not tcc_exec_sync: the kernel never writes the device error slot, so reading it back (one
+  // more device-to-host copy per step) would tell nothing; a launch error is already on the context.
+  const cudaError_t done = cudaStreamSynchronize(tcc_cuda_stream(exec));
+  if (done != cudaSuccess || *tcc_exec_error(exec)) {
+    thread_local char text[256];
+    snprintf(text, sizeof text, "token selection failed: %s",
+             done != cudaSuccess ? cudaGetErrorString(done) : tcc_exec_error(exec));
+    if (why) *why = text;
+    return 1;
+  }
+#endif
   memcpy(ids_out, ids_host, static_cast<size_t>(rows * 8));
   return 0;
 }
