@@ -4,6 +4,7 @@ the same ids, and the generator state advanced alike (one draw per sampled row, 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from tests.cuda.harness import RUNTIME, build_kernels, nvcc_compile
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "llm")
+BATCH = 2
 
 
 class _Sampling(ctypes.Structure):
@@ -269,7 +271,8 @@ def w4a16_llama(tmp_path_factory):
 
     model = os.path.join(MODELS, "llama_past_dynamo", "model.onnx")
     out = str(tmp_path_factory.mktemp("select-program") / "llama-w4a16")
-    compile_model(model, out, _options("w4a16"))
+    # batch bound 2: also a two-row run_select (the rows' last logits rows apart in device memory)
+    compile_model(model, out, dataclasses.replace(_options("w4a16"), max_dims={"batch": BATCH}))
     return model, out
 
 
@@ -304,3 +307,40 @@ def test_program_sampling_on_the_device_equals_the_logits_path(w4a16_llama):
             assert on_device.tokens == via_logits.tokens, (seed, kw)
             outcomes.add(tuple(on_device.tokens))
     assert len(outcomes) > 1  # the seeds lead to different continuations: the comparison is not vacuous
+
+
+def test_program_two_rows_equal_run_then_sample(w4a16_llama):
+    """tcc_model_run_select on a [2, seq] batch of the emulated program: each row's id is tcc_sample's on that
+    row's last logits row (from tcc_model_run), rows drawn in order; the same generator state afterwards."""
+    from tcc.runtime.session import _Tensor, load
+
+    _, out = w4a16_llama
+    sa, sb = load(out, emulate=True), load(out, emulate=True)
+    p = ctypes.c_void_p
+    for s in (sa, sb):
+        s._lib.tcc_model_run_select.argtypes = [p, p, ctypes.c_int, p, p, ctypes.c_int64, p, p]
+        s._lib.tcc_model_set_logits_rows.argtypes = [p, ctypes.c_int64]
+        s._lib.tcc_model_set_logits_rows(s._model, 1)
+    lib = sa._lib
+    lib.tcc_sample.argtypes = [p, ctypes.c_int64, p, p, ctypes.c_int64, p]
+    lib.tcc_sample.restype = ctypes.c_int64
+    lib.tcc_rng_seed.argtypes = [ctypes.c_uint64]
+    lib.tcc_rng_seed.restype = ctypes.c_uint64
+    params = _Sampling(0.9, 20, 0.95, 1.2)
+    ra, rb = ctypes.c_uint64(lib.tcc_rng_seed(9)), ctypes.c_uint64(lib.tcc_rng_seed(9))
+    ids = np.array([[5, 17, 99, 3], [42, 250, 7, 1]], dtype=np.int64)
+    recent = np.array([5, 17, 99, 3, 3, 99], dtype=np.int64)
+    for _ in range(3):
+        t = _Tensor()
+        t.data = ids.ctypes.data
+        t.shape[0], t.shape[1] = ids.shape
+        t.ndim, t.dtype = 2, 3
+        got = np.full(BATCH, -1, dtype=np.int64)
+        assert lib.tcc_model_run_select(sa._model, ctypes.byref(t), 1, ctypes.byref(params), recent.ctypes.data,
+                                        len(recent), ctypes.byref(ra), got.ctypes.data) == 0, \
+            lib.tcc_model_last_error().decode()
+        logits = next(iter(sb.run({sb.inputs[0].name: ids}).values()))
+        want = [lib.tcc_sample(np.ascontiguousarray(row[-1]).ctypes.data, row.shape[-1], ctypes.byref(params),
+                               recent.ctypes.data, len(recent), ctypes.byref(rb)) for row in logits]
+        assert list(got) == want and ra.value == rb.value
+        ids = got.reshape(BATCH, 1).copy()
