@@ -3,7 +3,9 @@
 The program owns the KV cache (tcc_model.h): each run appends its tokens, `kv_truncate` forgets a tail.
 `Generator` keeps the token ids that are in the cache (`context`), so a chat turn only runs its new
 tokens and the cache survives between turns. Sampling is the runtime's C `tcc_sample`, shared with the
-standalone chat binary, so both pick the same tokens for the same prompt and seed.
+standalone chat binary, so both pick the same tokens for the same prompt and seed. A decode step runs
+`tcc_model_run_select` when the library has it and nothing needs the logits: the program picks the token
+itself (with tcc_sample's rules and generator stream), so a GPU program copies one id back, not the logits.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import RuntimeFeedError, TccError
+from ..ir.dtypes import DType
+from .session import DTYPE_ORDER, _Tensor
 
 # Defaults shared with the chat binary (runtime/chat/chat_main.cpp).
 DEFAULT_SAMPLING = dict(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.1)
@@ -180,6 +184,13 @@ class Generator:
         lib.tcc_sample.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(_Sampling), ctypes.c_void_p,
                                    ctypes.c_int64, ctypes.POINTER(ctypes.c_uint64)]
         lib.tcc_sample.restype = ctypes.c_int64
+        # Older artifacts lack tcc_model_run_select; a program without a KV cache refuses it (recompute).
+        self._run_select = getattr(lib, "tcc_model_run_select", None) if not self.recompute else None
+        if self._run_select is not None:
+            self._run_select.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int,
+                                         ctypes.POINTER(_Sampling), ctypes.c_void_p, ctypes.c_int64,
+                                         ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p]
+            self._run_select.restype = ctypes.c_int
         self._lib = lib
         self.reset()
 
@@ -233,6 +244,33 @@ class Generator:
         for start in range(0, len(ids), self.max_chunk):
             rows.append(self.feed(ids[start:start + self.max_chunk], logits_rows=0))
         return np.concatenate(rows, axis=0)
+
+    def feed_select(self, tok: int, params: "_Sampling", rng: ctypes.c_uint64) -> int:
+        """Append one token and return the next one, picked by the program from the last logits row with
+        the same rules and generator stream as sample() (tcc_model_run_select): on a GPU only the id is
+        copied back."""
+        self._check_ids([tok])
+        if len(self.context) + 1 > self.capacity:
+            raise RuntimeFeedError(f"context overflow: {len(self.context)} tokens in the context + 1 new exceed the "
+                                   f"model's context of {self.capacity} tokens")
+        ids = np.array([[int(tok)]], dtype=np.int64)
+        recent = np.asarray(self.context + [int(tok)], dtype=np.int64)  # as sample() sees the context after feed()
+        t = _Tensor()
+        t.data = ids.ctypes.data
+        t.shape[0], t.shape[1] = 1, 1
+        t.ndim = 2
+        t.dtype = DTYPE_ORDER.index(DType.i64)
+        out = np.zeros(1, dtype=np.int64)
+        with self.session._lock:
+            if not self.session._model:
+                raise TccError("session is closed")
+            self._lib.tcc_model_set_logits_rows(self.session._model, 1)
+            rc = self._run_select(self.session._model, ctypes.byref(t), 1, ctypes.byref(params), recent.ctypes.data,
+                                  len(recent), ctypes.byref(rng), out.ctypes.data)
+            if rc != 0:
+                raise TccError(self._lib.tcc_model_last_error().decode())
+        self.context.append(int(tok))
+        return int(out[0])
 
     # -- sampling --------------------------------------------------------------------------------
     def sample(self, logits: np.ndarray, params: _Sampling, rng: ctypes.c_uint64) -> int:
@@ -323,12 +361,15 @@ class Generator:
         logits = self.feed(new_ids)[-1]
         t1 = t_step = time.perf_counter()
         step_times: list[float] = []
+        # Decode steps select on the device unless the logits are wanted (keep_logits).
+        on_device = self._run_select is not None and not keep_logits
+        picked: int | None = None  # the token a feed_select step already chose
         interrupted = _Interrupt()
         with interrupted:
             for i in range(max_new_tokens):
                 if keep_logits:
                     kept.append(logits.copy())
-                tok = self.sample(logits, params, rng)
+                tok = picked if picked is not None else self.sample(logits, params, rng)
                 if tok in eos_ids:
                     reason = "eos"
                     break
@@ -349,7 +390,10 @@ class Generator:
                     if interrupted.fired:
                         reason = "interrupted"
                     break
-                logits = self.feed([tok])[-1]
+                if on_device:
+                    picked = self.feed_select(tok, params, rng)
+                else:
+                    logits = self.feed([tok])[-1]
                 now = time.perf_counter()
                 step_times.append(now - t_step)
                 t_step = now

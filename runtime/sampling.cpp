@@ -3,13 +3,19 @@
 //
 // Order of operations (as in HF transformers' logits processors): repetition penalty, temperature,
 // top-k, softmax, top-p, draw. Candidates are ordered by (logit descending, id ascending), so ties
-// break the same way everywhere.
+// break the same way everywhere; a NaN logit orders after every number (a strict weak order, so the sorts
+// are defined on any input) and has probability 0. The softmax is relative to the top candidate, whose
+// weight is 1 exactly: a +inf logit takes all the mass (shared by every +inf), and if every candidate is
+// -inf they share it equally. All NaN: the lowest id (as greedy). A sampled row draws from the generator
+// exactly once whatever its logits, so the stream does not depend on the data (the device selection,
+// runtime/select_cuda.cu, draws on the host before its kernel sees the logits).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "tcc_model.h"
+#include "tcc_select.h"
 
 namespace {
 
@@ -42,7 +48,28 @@ void apply_repetition_penalty(std::vector<float>& x, float penalty, const int64_
   }
 }
 
+// The candidate order: value descending, NaN last, then id ascending.
+struct Before {
+  const std::vector<float>& x;
+  bool operator()(int64_t a, int64_t b) const {
+    const float xa = x[a], xb = x[b];
+    const bool na = std::isnan(xa), nb = std::isnan(xb);
+    if (na != nb) return nb;
+    if (na) return a < b;
+    return xa > xb || (xa == xb && a < b);
+  }
+};
+
+// exp(v - top) in double; 1 for v == top (so infinite tops give 1, not NaN), 0 for NaN.
+double weight(float v, float top) {
+  if (v == top) return 1.0;
+  if (std::isnan(v)) return 0.0;
+  return std::exp(static_cast<double>(v) - top);
+}
+
 }  // namespace
+
+uint64_t tcc::rng_next(uint64_t* state) { return splitmix64(state); }
 
 extern "C" uint64_t tcc_rng_seed(uint64_t seed) {
   uint64_t s = seed;
@@ -61,23 +88,25 @@ extern "C" int64_t tcc_sample(const float* logits, int64_t vocab, const tcc_samp
   thread_local std::vector<int64_t> ids;
   ids.resize(vocab);
   for (int64_t i = 0; i < vocab; ++i) ids[i] = i;
-  auto before = [&](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  const Before before{x};
   int64_t n = vocab;
+  const bool cut_k = p->top_k > 0 && p->top_k < vocab;
   const bool nucleus = p->top_p > 0.0f && p->top_p < 1.0f;
-  if (p->top_k > 0 && p->top_k < vocab) {
+  if (cut_k) {
     n = p->top_k;
     std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), before);
   } else if (nucleus) {
     std::sort(ids.begin(), ids.end(), before);
   }
+  // The top candidate: the first after a sort, else the argmax (NaN only when every logit is NaN).
+  const float top = cut_k || nucleus ? x[ids[0]] : x[argmax(x)];
+  const double draw = uniform(rng);  // drawn whatever the logits: one draw per sampled row
+  if (std::isnan(top)) return ids[0];
   // Softmax over the candidates, in double so the cut-offs below do not depend on summation noise.
-  float top = x[ids[0]];
-  if (!(p->top_k > 0 && p->top_k < vocab) && !nucleus)
-    for (int64_t i = 0; i < n; ++i) top = std::max(top, x[ids[i]]);
   thread_local std::vector<double> prob;
   prob.resize(n);
   double total = 0.0;
-  for (int64_t i = 0; i < n; ++i) total += (prob[i] = std::exp(static_cast<double>(x[ids[i]]) - top));
+  for (int64_t i = 0; i < n; ++i) total += (prob[i] = weight(x[ids[i]], top));
   if (nucleus) {
     double cum = 0.0;
     int64_t keep = 0;
@@ -89,7 +118,7 @@ extern "C" int64_t tcc_sample(const float* logits, int64_t vocab, const tcc_samp
     total = 0.0;
     for (int64_t i = 0; i < n; ++i) total += prob[i];
   }
-  const double u = uniform(rng) * total;
+  const double u = draw * total;
   double cum = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     cum += prob[i];

@@ -43,6 +43,21 @@ void tcc_device_copy_out(tcc_exec* exec, void* host_dst, const void* device_src,
 // Whether device memory is host memory (CPU: 1), so host code may read and write it directly.
 int tcc_device_host_visible(void);
 
+// Token selection (tcc_model_run_select): pick the next token of each of `rows` logits rows (row r starts at
+// logits + r * row_stride, `vocab` floats, in device memory) with tcc_sample's rules and RNG stream (one
+// draw per sampled row, in row order, advanced on the host), writing only the ids to host memory
+// (ids_out[rows]). CPU devices: tcc_sample per row (runtime/select_cpu.cpp); CUDA and the SIMT emulator:
+// kernels (runtime/select_cuda.cu), the logits never leave the device. Returns 0 on success, else
+// non-zero and, when `why` is given, *why says why in one line (bad arguments, or the context's error:
+// valid until the next call on the context).
+struct tcc_sampling;
+int tcc_device_select(tcc_exec* exec, const float* logits, int64_t rows, int64_t row_stride, int64_t vocab,
+                      const struct tcc_sampling* params, const int64_t* recent, int64_t n_recent, uint64_t* rng,
+                      int64_t* ids_out, const char** why);
+// Free the work buffers tcc_device_select allocated for `exec` (at its first use); call before
+// tcc_exec_destroy. A no-op when there are none.
+void tcc_device_select_release(tcc_exec* exec);
+
 #ifdef __cplusplus
 }
 #endif

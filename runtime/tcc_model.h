@@ -112,6 +112,13 @@ uint64_t tcc_rng_seed(uint64_t seed);
 int64_t tcc_sample(const float* logits, int64_t vocab, const tcc_sampling* params, const int64_t* recent,
                    int64_t n_recent, uint64_t* rng);
 
+// Run (as tcc_model_run, whose inputs it takes) and pick the next token of every batch row from that row's
+// last logits row with tcc_sample's rules (same order of operations, ties and RNG stream: one splitmix64
+// draw per sampled row, in row order), copying back only the ids (ids_out[batch]). On a GPU the logits stay
+// on the device. Returns 0 on success.
+int tcc_model_run_select(tcc_model* model, const tcc_tensor* inputs, int n_inputs, const tcc_sampling* params,
+                         const int64_t* recent, int64_t n_recent, uint64_t* rng, int64_t* ids_out);
+
 #ifdef __cplusplus
 }
 #endif

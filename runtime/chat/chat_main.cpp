@@ -318,6 +318,10 @@ class Chat {
       if (name && std::string(name) == "logits") logits_index_ = i;
     }
     n_outputs_ = n_out;
+    // Decode steps pick their token in the program (tcc_model_run_select: on a GPU only the id comes back)
+    // where it has a KV cache and its logits output is the one run_select reads ("logits", or the only one).
+    const char* first = tcc_model_output_name(logits_index_);
+    select_ = use_kv_ && (n_out == 1 || (first && std::string(first) == "logits"));
   }
 
   int64_t limit() const { return limit_; }
@@ -379,16 +383,20 @@ class Chat {
     StreamDecoder sd(tok_, /*skip_special_tokens=*/true);
     std::vector<int64_t> generated;
     const char* reason = "length";
+    int64_t picked = -1;  // the token a run_select step already chose
     for (int64_t i = 0; i < opt_.max_new_tokens; ++i) {
-      int64_t id = tcc_sample(logits, vocab_, &opt_.sampling, context_.data(),
-                              static_cast<int64_t>(context_.size()), &rng_);
+      int64_t id = picked >= 0 ? picked
+                               : tcc_sample(logits, vocab_, &opt_.sampling, context_.data(),
+                                            static_cast<int64_t>(context_.size()), &rng_);
       if (std::find(cfg_.eos_token_ids.begin(), cfg_.eos_token_ids.end(), id) != cfg_.eos_token_ids.end()) {
         reason = "eos";  // an end token is neither printed nor fed
         break;
       }
       generated.push_back(id);
       write_out(sd.push(id));
-      logits = run({id});  // every printed token joins the context, the last one too
+      // every printed token joins the context, the last one too (without a selection: no draw is spent)
+      if (select_ && i + 1 < opt_.max_new_tokens) picked = run_select(id);
+      else logits = run({id});
       if (g_interrupted) {
         reason = "interrupted";
         break;
@@ -426,6 +434,26 @@ class Chat {
     return logits;
   }
 
+  // Feed one token and return the next, chosen by the program with tcc_sample's rules and generator stream.
+  int64_t run_select(int64_t id) {
+    tcc_model_set_logits_rows(model_, 1);
+    context_.push_back(id);  // the recent ids tcc_sample would see after the run
+    tcc_tensor in;
+    std::memset(&in, 0, sizeof in);
+    in.data = &id;
+    in.ndim = 2;
+    in.shape[0] = 1;
+    in.shape[1] = 1;
+    in.dtype = TCC_I64;
+    int64_t next = -1;
+    if (tcc_model_run_select(model_, &in, 1, &opt_.sampling, context_.data(), static_cast<int64_t>(context_.size()),
+                             &rng_, &next) != 0) {
+      g_generating = 0;
+      die(std::string("model run failed: ") + tcc_model_last_error());
+    }
+    return next;
+  }
+
   const float* run_once(std::vector<int64_t>& input) {
     tcc_model_set_logits_rows(model_, 1);
     tcc_tensor in;
@@ -457,6 +485,7 @@ class Chat {
   ChatConfig cfg_;
   const Options& opt_;
   bool use_kv_ = true;
+  bool select_ = false;  // decode steps through tcc_model_run_select
   int64_t limit_ = 0;
   uint64_t rng_ = 0;
   int logits_index_ = 0;

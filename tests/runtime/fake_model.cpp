@@ -10,6 +10,7 @@
 //   FAKE_DELAY_MS     sleep this long in every run (to test Ctrl-C)
 //   FAKE_LOAD_FAIL    make tcc_model_load fail with this message
 // The sampler stub is greedy (argmax, lowest id on ties) whatever the parameters; it logs them.
+// tcc_model_run_select is tcc_model_run then the stub on the last logits row (so it logs "run" then "sample").
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -218,6 +219,15 @@ int64_t tcc_sample(const float* logits, int64_t vocab, const tcc_sampling* param
   }
   *rng = tcc_rng_seed(*rng);
   return best;
+}
+
+int tcc_model_run_select(tcc_model* model, const tcc_tensor* inputs, int n_inputs, const tcc_sampling* params,
+                         const int64_t* recent, int64_t n_recent, uint64_t* rng, int64_t* ids_out) {
+  tcc_tensor out;
+  if (tcc_model_run(model, inputs, n_inputs, &out, 1) != 0) return 1;
+  const float* last = static_cast<const float*>(out.data) + (out.shape[1] - 1) * out.shape[2];
+  ids_out[0] = tcc_sample(last, out.shape[2], params, recent, n_recent, rng);
+  return 0;
 }
 
 }  // extern "C"

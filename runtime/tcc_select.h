@@ -1,0 +1,36 @@
+// Token selection internals shared by runtime/sampling.cpp (tcc_sample), the device selection
+// (runtime/select_cpu.cpp, runtime/select_cuda.cu) and the model program (tcc_model_run_select).
+// Part of the tcc runtime library; not installed API.
+#pragma once
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tcc_model.h"
+
+namespace tcc {
+// The next splitmix64 output of the generator state tcc_sample draws from (advances *state by one draw).
+uint64_t rng_next(uint64_t* state);
+
+// What is wrong with tcc_device_select's arguments, as one line; nullptr when nothing is.
+inline const char* select_check(const float* logits, int64_t rows, int64_t row_stride, int64_t vocab,
+                                const tcc_sampling* params, const int64_t* recent, int64_t n_recent,
+                                const uint64_t* rng, const int64_t* ids_out) {
+  thread_local char buf[160];
+  if (params == nullptr) return "token selection: no sampling parameters given";
+  if (rng == nullptr) return "token selection: no generator state given";
+  if (ids_out == nullptr) return "token selection: no buffer for the ids given";
+  if (n_recent > 0 && recent == nullptr) return "token selection: n_recent > 0 but no recent ids given";
+  if (logits == nullptr) return "token selection: no logits given";
+  if (vocab < 1 || vocab > INT32_MAX) {
+    snprintf(buf, sizeof buf, "token selection: a vocabulary of %lld tokens (expected 1..%d)", (long long)vocab,
+             INT32_MAX);
+    return buf;
+  }
+  if (rows < 1 || rows > INT32_MAX || (rows > 1 && row_stride < vocab)) {
+    snprintf(buf, sizeof buf, "token selection: %lld rows %lld floats apart (vocabulary %lld)", (long long)rows,
+             (long long)row_stride, (long long)vocab);
+    return buf;
+  }
+  return nullptr;
+}
+}  // namespace tcc
