@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..frontend.mapped import Spill
 from ..ir.core import Graph
 from . import register_pass
 from .schemes import get_scheme, group_size
-from .smoothing import Quantizer, _progress, calibration_feeds, rescale_groups
+from .smoothing import Folds, Quantizer, _progress, calibration_feeds, rescale_groups, weight_f32, weight_value
 
 NAME = "awq"
 CLIP_RATIOS = [1.0 - 0.05 * i for i in range(11)]
@@ -82,16 +81,16 @@ def run(graph: Graph, ctx) -> None:
     quant = Quantizer(scheme, group, bool(ctx.options.get("asym")))
     groups, scaled, ratio, seconds = rescale_groups(graph, ctx, NAME, quant, feeds,
                                            lambda g, w: awq_candidates(g.stats["mean_abs"]), "AWQ")
-    clipped, spill = 0, None
+    clipped, folds = 0, None  # (never rolled back: a Folds for its spill and half weights)
     if ctx.options.get("awq_clip") and scheme.weight_bits == 4:
         for g in _progress(groups, "AWQ clip search"):
             if not g.stats:
                 continue
             for lin in g.linears:
-                w, n_clipped = clip_weights(g.stats["rows"], lin.inputs[1].const, quant)
+                w, n_clipped = clip_weights(g.stats["rows"], weight_f32(lin), quant)
                 if n_clipped:  # the clipped weight to a mapped file, not the heap (frontend/mapped.py)
-                    spill = spill or Spill()
-                    lin.inputs[1] = graph.add_const(spill.put(w), lin.inputs[1].name + ".clipped")
+                    folds = folds or Folds(graph)
+                    folds.set_weight(lin, w, weight_value(lin).name + ".clipped")
                     clipped += n_clipped
         graph.remove_unused_constants()
     ctx.stats[NAME] = {"groups": len(groups), "scaled": scaled, "clipped": clipped,

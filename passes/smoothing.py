@@ -28,7 +28,8 @@ from ..frontend.mapped import Spill
 from ..ir.core import Graph, Node, Value
 from ..ir.ops.quant import (dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8,
                             round_f16)
-from .quantize import quantizable
+from ..ir.dtypes import DType
+from .quantize import fp16_matmul, quantizable, widened
 from .schemes import Scheme
 
 MAX_ROWS = 512  # rows kept per activation for the error search (a random sample of all calibration rows)
@@ -45,18 +46,34 @@ class Group:
     stats: dict = field(default_factory=dict)  # mean_abs [K], max_abs [K], rows [R, K]
 
 
+def rescalable(node: Node) -> bool:
+    """A linear layer the rescaling passes can scale: an f32 Linear, or a half-precision export's MatMul
+    reading f32 activations and a weight widened by a Cast (an fp16/bf16 weight of over WIDEN_EAGER
+    elements stays in its dtype behind the Cast: frontend/onnx_import.py)."""
+    return quantizable(node) or (node.op == "MatMul" and node.inputs[0].dtype == DType.f32 and fp16_matmul(node))
+
+
+def weight_value(node: Node) -> Value:
+    """The constant holding a rescalable node's W [K, N] (behind the widening Cast for a half weight)."""
+    return widened(node.inputs[1]) or node.inputs[1]
+
+
+def weight_f32(node: Node) -> np.ndarray:
+    return np.asarray(weight_value(node).const, np.float32)
+
+
 def find_groups(graph: Graph, ctx, pass_name: str) -> list[Group]:
     users = graph.users()
     outputs = {id(v) for v in graph.outputs}
     seen, groups = set(), []
     for node in graph.nodes:
-        if not quantizable(node) or id(node.inputs[0]) in seen:
+        if not rescalable(node) or id(node.inputs[0]) in seen:
             continue
         x = node.inputs[0]
         seen.add(id(x))
         readers = users.get(x, [])
-        lins = [n for n, slot in readers if slot == 0 and quantizable(n)]
-        others = [n for n, slot in readers if not (slot == 0 and quantizable(n))]
+        lins = [n for n, slot in readers if slot == 0 and rescalable(n)]
+        others = [n for n, slot in readers if not (slot == 0 and rescalable(n))]
         if others or id(x) in outputs:
             what = others[0].op if others else "the graph output"
             ctx.refuse(pass_name, node, f"input %{x.name} also feeds {what}; not rescaled")
@@ -82,7 +99,7 @@ def _fold_target(x: Value, users: dict, outputs: set) -> tuple | None:
     if p.op == "Mul":
         for v in p.inputs:
             up = v.producer
-            if (up is not None and quantizable(up) and up.inputs[1].shape[1] == k and id(v) not in outputs
+            if (up is not None and rescalable(up) and up.inputs[1].shape[1] == k and id(v) not in outputs
                     and len(users.get(v, [])) == 1 and x.shape == v.shape):
                 return ("linear", up)
     return None
@@ -186,7 +203,7 @@ def search(group: Group, w: np.ndarray, quant: Quantizer, candidates) -> tuple[n
 
 
 def weights_of(group: Group) -> np.ndarray:
-    return np.concatenate([n.inputs[1].const for n in group.linears], axis=1)
+    return np.concatenate([weight_f32(n) for n in group.linears], axis=1)
 
 
 # -- folding ---------------------------------------------------------------------------------------------
@@ -200,22 +217,37 @@ class Folds:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.undo: list[tuple[Node, int, Value]] = []
+        self.casts: list[Node] = []  # widening Casts made for rescaled half weights (removed on rollback)
         self.spill = None
 
-    def _set(self, node: Node, slot: int, data: np.ndarray, hint: str) -> None:
-        old = node.inputs[slot]
-        data = np.ascontiguousarray(data, np.float32)
+    def _store(self, data: np.ndarray) -> np.ndarray:
         if data.nbytes >= SPILL_BYTES:  # a rescaled weight goes to a mapped file, not the heap (frontend/mapped.py)
             self.spill = self.spill or Spill()
             data = self.spill.put(data)
-        node.inputs[slot] = self.graph.add_const(data, hint)
+        return data
+
+    def _set(self, node: Node, slot: int, data: np.ndarray, hint: str) -> None:
+        old = node.inputs[slot]
+        node.inputs[slot] = self.graph.add_const(self._store(np.ascontiguousarray(data, np.float32)), hint)
         self.undo.append((node, slot, old))
+
+    def set_weight(self, lin: Node, w: np.ndarray, hint: str) -> None:
+        """W of `lin` := w (f32). A half weight stays half (the export's precision, half the spill) behind a
+        new widening Cast, so the quantize pass still reads it as it reads the imported ones."""
+        src = weight_value(lin)
+        if src.dtype == DType.f32:
+            self._set(lin, 1, w, hint)
+            return
+        half = self.graph.add_const(self._store(np.ascontiguousarray(w.astype(src.dtype.np))), hint)
+        cast = self.graph.add_node("Cast", [half], {"to": "f32"}, before=lin)
+        self.casts.append(cast)
+        self.undo.append((lin, 1, lin.inputs[1]))
+        lin.inputs[1] = cast.output
 
     def apply(self, group: Group, s: np.ndarray) -> None:
         s = s.astype(np.float32)
         for lin in group.linears:  # W rows (input channels) * s
-            w = lin.inputs[1]
-            self._set(lin, 1, w.const * s[:, None], w.name + ".smoothed")
+            self.set_weight(lin, weight_f32(lin) * s[:, None], weight_value(lin).name + ".smoothed")
         kind, p = group.fold
         if kind == "norm":
             for slot in (1, 2):
@@ -223,8 +255,7 @@ class Folds:
                 if v is not None:
                     self._set(p, slot, v.const / s, v.name + ".smoothed")
         else:  # Linear_up: output columns / s
-            w = p.inputs[1]
-            self._set(p, 1, w.const / s[None, :], w.name + ".smoothed")
+            self.set_weight(p, weight_f32(p) / s[None, :], weight_value(p).name + ".smoothed")
             b = p.input(2)
             if b is not None:
                 self._set(p, 2, b.const / s, b.name + ".smoothed")
@@ -233,6 +264,8 @@ class Folds:
         for node, slot, old in reversed(self.undo):
             node.inputs[slot] = old
         self.undo.clear()
+        self.graph.remove_nodes(self.casts)
+        self.casts.clear()
         self.graph.remove_unused_constants()
 
 

@@ -286,3 +286,54 @@ def test_calibrated_compile_memory_does_not_grow_with_layers(tmp_path):
     grew = peaks[BIG] - peaks[SMALL]
     assert grew < extra // 8, (f"calibrated compile's heap peak grew by {grew / 2**20:.0f} MiB from {SMALL} to "
                                f"{BIG} layers ({extra / 2**20:.0f} MiB more fp32 weights): {peaks}")
+
+
+_AWQ_CHILD = """
+import json, sys
+import numpy as np
+import tcc.frontend.onnx_import as imp
+from tcc.driver import CompileOptions, optimize
+from tcc.ir.interpreter import run_graph
+if sys.argv[3] == "eager":
+    imp.WIDEN_EAGER = 1 << 40  # every half weight converted to f32 at import: the f32 model's AWQ
+np.savez(sys.argv[2], input_ids=np.random.default_rng(0).integers(0, 384, (2, 1, 16)).astype(np.int64))
+g, ctx, _ = optimize(sys.argv[1], CompileOptions(qm="w4a8", calib=sys.argv[2], calib_samples=2, max_context=64,
+                                    awq_clip=True))
+logits = next(iter(run_graph(g, {"input_ids": np.array([[5, 17, 99, 3]], np.int64)}).values()))
+print(json.dumps({"awq": {k: v for k, v in ctx.stats["awq"].items() if not k.endswith("_s")},
+                  "logits": logits.reshape(-1).tolist()}))
+"""
+
+
+def test_awq_rescales_the_half_weights_of_fp16_exports(tmp_path):
+    """An fp16 export's weights over 64k elements stay f16 behind a Cast (frontend/onnx_import.py): AWQ
+    must find and rescale those layers as it does f32 ones (it silently skipped them: a 7B --calib compile
+    reported `awq` with 0 groups). Same model, its weights kept half vs converted to f32 at import: the same
+    groups are rescaled with the same alphas (same error ratio), about as many weight groups are clipped (the
+    clipped half weights are rounded to f16 again), and the programs agree to fp16 rounding of
+    the rescaled weights."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
+                                                                                   "make_llama_onnx.py"))
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    # gate/up/down 256x1280: past WIDEN_EAGER and past what fold-constants converts (1 MiB of f32)
+    shape = dict(mk.SHAPES["tiny"], hidden_size=256, intermediate_size=1280, num_hidden_layers=2)
+    mk.make(shape, str(tmp_path / "m"), "f16")
+    got = {}
+    for mode in ("half", "eager"):
+        r = subprocess.run([sys.executable, "-c", _AWQ_CHILD, str(tmp_path / "m" / "model.onnx"),
+                            str(tmp_path / "calib.npz"), mode], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    half, eager = got["half"], got["eager"]
+    assert eager["awq"]["groups"] == 3 * shape["num_hidden_layers"] and eager["awq"]["scaled"] > 0, eager["awq"]
+    assert half["awq"]["groups"] == eager["awq"]["groups"] and half["awq"]["scaled"] == eager["awq"]["scaled"]
+    assert eager["awq"]["clipped"] > 0 and half["awq"]["clipped"] == pytest.approx(eager["awq"]["clipped"], rel=0.05)
+    assert half["awq"]["error_ratio"] == pytest.approx(eager["awq"]["error_ratio"], rel=1e-3)
+    a, b = np.array(half["logits"]), np.array(eager["logits"])
+    cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert cos > 0.999, cos
