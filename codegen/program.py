@@ -13,7 +13,7 @@ from ..ir.dtypes import DType
 from .kernels import declarations, environment, write_if_changed, write_kernels
 from .launch import HostArray, Step
 from .lower import Emitter, assumption_guards, c_dim, kv_ceilings, lower_node, sym_var
-from .render_cpu import decode_capture_blocker, render
+from .render_cpu import attention_reads_length, decode_capture_blocker, render
 
 DTYPE_CODES = {DType.f32: 0, DType.f16: 1, DType.f64: 2, DType.i64: 3, DType.i32: 4, DType.i8: 5, DType.u8: 6,
                DType.bool: 7}
@@ -151,6 +151,7 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
         profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled],
         device_io=device_io, scratch_bytes=scratch_bytes(steps), graphs=graphs,
         graph_capable=graphs and blocker is None, graph_why=_c_string(blocker or ""),
+        kv_length_dev=attention_reads_length(steps, kv_length),
         exec_failure=_c_string(getattr(backend.target, "exec_failure", "out of memory or threads")))
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text
     return Program(source, sorted(em.kernels, key=lambda s: s.name), weights, em.weights.entries, plan.arena_bytes,

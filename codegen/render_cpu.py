@@ -200,6 +200,21 @@ def _param_names(spec) -> list[str]:
     return [(re.findall(r"\w+", p) or [""])[-1] for p in inside.split(",")]
 
 
+def attention_reads_length(steps, kv_length: str | None) -> bool:
+    """Whether every attention call of tcc_model_run takes the cache length itself as `past`: then the program
+    may hand the kernels its device copy (tcc_exec_set_kv_length), which they read instead."""
+    if kv_length is None:
+        return False
+    for step in steps:
+        for ln in step.launches:
+            if ln.kernel.family != "kvattention" or ln.mode == "rows":
+                continue
+            past = ln.args[_param_names(ln.kernel).index("past")]
+            if _arg(past, [], _Locals(), True, kv_length).strip("()") != kv_length:
+                return False
+    return True
+
+
 def decode_capture_blocker(steps, kv_length: str | None) -> str | None:
     """Why a GPU program's decode step (seq = 1, tcc_model_run) cannot be captured once and replayed with
     the cache length read from device memory; None when it can. A replay runs the launches with the argument
@@ -208,6 +223,8 @@ def decode_capture_blocker(steps, kv_length: str | None) -> str | None:
     on it; a run-time element read back to the host, or a constant uploaded every run, cannot be replayed."""
     if kv_length is None:
         return "no KV cache: every step runs the whole sequence again, so the launches' shapes grow"
+    if not attention_reads_length(steps, kv_length):
+        return "an attention call's past is not the cache length"
     mentions = re.compile(rf"\b{re.escape(kv_length)}\b").search
     for step in steps:
         where = f"{step.op} node {step.node}"

@@ -52,6 +52,48 @@ def _greedy(sess, new=NEW):
                          keep_logits=True)
 
 
+# Every decoder family of tests/models/llm: whether its decode step is captured, and if not, why.
+DECISIONS = {
+    "llama_past_dynamo": None, "gpt2_past_dynamo": None, "gptj_past_dynamo": None,
+    "llama_tied_past_torchscript": None,
+    # positions from a mask of past + 1 ones: ConstantOfShape / CumSum / Slice shapes grow every step
+    "opt_past_dynamo": "ConstantOfShape node llm/attention_mask has launch arguments (shapes, offsets) that depend "
+                       "on the cache length",
+    "llama_nopast_dynamo": "no KV cache",
+}
+
+
+def _program(fixture: str, target: str = "cuda"):
+    from tcc.codegen.program import generate
+    from tcc.driver import optimize
+
+    opts = _options("fp16")
+    opts.target = target
+    if target != "cuda":
+        opts.qm = "fp32"
+    graph, ctx, backend = optimize(os.path.join(MODELS, fixture, "model.onnx"), opts)
+    return generate(graph, ctx.stats["plan-memory"], backend, ctx.symbol_bounds)
+
+
+@pytest.mark.parametrize("fixture", list(DECISIONS), ids=str)
+def test_which_programs_are_captured(fixture):
+    """Codegen's decision per program (no build): only the attention calls' `past` and a constant equal to
+    the length may depend on the cache length in a decode step."""
+    program = _program(fixture)
+    why = DECISIONS[fixture]
+    if why is None:
+        assert program.cuda_graph == {"decode": True}
+        assert "tcc::device_upload(m," not in program.source  # GPT-2's Range start: the device copy of the length
+    else:
+        assert program.cuda_graph["decode"] is False and program.cuda_graph["why"].startswith(why)
+
+
+def test_cpu_programs_have_no_graph_code():
+    program = _program("llama_past_dynamo", "x86")
+    assert program.cuda_graph is None
+    assert "tcc_exec_capture_begin" not in program.source and "kv_len_dev" not in program.source
+
+
 def test_manifest_says_decode_is_captured(captured):
     with open(os.path.join(captured, "manifest.json")) as f:
         assert json.load(f)["cuda_graph"] == {"decode": True}
@@ -116,6 +158,33 @@ def test_graphs_follow_the_switch_and_the_environment(captured, monkeypatch):
     assert load(captured, emulate=True).cuda_graph is False  # the flag reads TCC_CUDA_GRAPH=off
     monkeypatch.setenv("TCC_CUDA_GRAPH", "1")
     assert load(captured, emulate=True).cuda_graph is True
+
+
+def test_one_graph_per_batch_size(tmp_path):
+    """A program compiled for batch <= 2: decode steps of 2 rows and of 1 row are two shape keys (two graphs),
+    each replayed with the cache length of its run; bit-identical to graphs off."""
+    out = str(tmp_path / "llama-b2")
+    opts = _options("fp16")
+    opts.max_dims = {"batch": 2}
+    compile_model(os.path.join(MODELS, "llama_past_dynamo", "model.onnx"), out, opts)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 256, (2, 5)), rng.integers(0, 256, (1, 3))]
+    results = []
+    for graphs in (True, False):
+        sess = load(out, emulate=True, cuda_graph=graphs)
+        name = sess.inputs[0].name
+        logits = []
+        for prompt in prompts:  # batch 2, then (the cache emptied) batch 1
+            sess.generator.reset()
+            ids = prompt
+            for _ in range(4):
+                row = next(iter(sess.run({name: ids.astype(np.int64)}).values()))[:, -1]
+                logits.append(row)
+                ids = np.argmax(row, axis=-1)[:, None]
+        results.append(logits)
+        assert sess.graph_replays == (6 if graphs else 0)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_program_without_past_is_not_captured(nopast):
