@@ -20,8 +20,8 @@ from tcc.backends.cuda.kernels import VARIANTS
 from tcc.driver import compile_model
 from tcc.runtime.session import load
 from tests.cuda.harness import build_kernels
-from tests.cuda.test_attention import estrides, kv_reference, rnd, rope_tables, check
-from tests.cuda.test_program import CONTEXT, MODELS, PROMPT, _options
+from tests.cuda.test_attention import check, estrides, kv_reference, rnd, rope_tables
+from tests.cuda.test_program import MODELS, PROMPT, _options
 
 # Decoders whose decode step is captured (positions only in the attention calls; GPT-2's position Range
 # reads the length from device memory), at both schemes; and the decoder without past inputs, which is not.
