@@ -106,6 +106,11 @@ void tcc_exec_clear_error(tcc_exec* exec) {
 
 void* tcc_device_alloc(tcc_exec* exec, int64_t bytes, const char** why) {
   void* p = nullptr;
+  if (exec != nullptr && exec->capturing) {  // (the emulator refuses it too: a program must not do it)
+    record(exec, "an allocation while capturing a graph");
+    if (why) *why = "an allocation while capturing a graph";
+    return nullptr;
+  }
   const size_t size = bytes > 0 ? size_t(bytes) : 256;
   cudaError_t err = cudaMalloc(&p, size);
   if (err == cudaSuccess) err = cudaMemset(p, 0, size);
@@ -114,7 +119,6 @@ void* tcc_device_alloc(tcc_exec* exec, int64_t bytes, const char** why) {
     if (why) *why = cudaGetErrorString(err);
     return nullptr;
   }
-  (void)exec;
   return p;
 }
 

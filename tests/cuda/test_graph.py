@@ -288,3 +288,27 @@ def test_kvattention_replays_with_the_length_in_device_memory(kvlib, case, dt):
                 np.testing.assert_array_equal(vc.astype(np.float32), vc_ref)
         finally:
             kvlib.tcc_graph_destroy(ex.handle, graph)
+
+
+def test_capture_rules(kvlib):
+    """What the device refuses while capturing, as a GPU stream capture would: a second begin, a copy or an
+    allocation (then the capture fails and says why, and nothing is recorded)."""
+    kvlib.tcc_device_copy_in.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    kvlib.tcc_device_alloc.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    kvlib.tcc_device_alloc.restype = ctypes.c_void_p
+    dst, src = np.zeros(4, np.int64), np.arange(4, dtype=np.int64)
+    why = ctypes.c_char_p()
+    for offence in ("copy", "alloc"):
+        with kvlib.exec() as ex:
+            assert kvlib.tcc_exec_capture_begin(ex.handle, None) == 0
+            assert kvlib.tcc_exec_capture_begin(ex.handle, ctypes.byref(why)) != 0
+            assert why.value == b"already capturing"
+            if offence == "copy":
+                kvlib.tcc_device_copy_in(ex.handle, dst.ctypes.data, src.ctypes.data, dst.nbytes)
+            else:
+                assert not kvlib.tcc_device_alloc(ex.handle, 64, None)
+            assert not kvlib.tcc_exec_capture_end(ex.handle, ctypes.byref(why))
+            assert f"{'a copy to the device' if offence == 'copy' else 'an allocation'} while capturing a graph" \
+                in why.value.decode()
+            assert not dst.any()  # the copy did not happen
+            assert not kvlib.tcc_exec_capture_end(ex.handle, ctypes.byref(why)) and why.value == b"not capturing"
