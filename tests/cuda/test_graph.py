@@ -183,6 +183,15 @@ def test_one_graph_per_batch_size(tmp_path):
                 ids = np.argmax(row, axis=-1)[:, None]
         results.append(logits)
         assert sess.graph_replays == (6 if graphs else 0)
+        # tcc_model_run_rows (serving) runs directly, each row at its own slot's length (not the device copy
+        # of row 0's, which a replay reads): it continues the same two sequences as the batch-2 run above
+        sess.generator.reset()
+        ids = prompts[0]
+        for step in range(4):
+            row = sess.run_rows(ids, [0, 1])[:, -1]
+            np.testing.assert_allclose(row, logits[step], rtol=0, atol=2e-2)  # fp32 summation order only
+            ids = np.argmax(logits[step], axis=-1)[:, None]
+        assert sess.graph_replays == (6 if graphs else 0)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
