@@ -88,6 +88,39 @@ def test_which_programs_are_captured(fixture):
         assert program.cuda_graph["decode"] is False and program.cuda_graph["why"].startswith(why)
 
 
+def test_capture_blockers_on_a_synthetic_launch_list():
+    """decode_capture_blocker's other refusals: a host read of a device value, a constant uploaded every run
+    that is not the length, a guard on the length; what it accepts: the length as `past` and as a constant."""
+    from types import SimpleNamespace
+
+    from tcc.codegen.launch import AssumptionGuard, Buf, Elem, HostArray, Launch, Step, dim
+    from tcc.codegen.render_cpu import decode_capture_blocker
+    from tcc.ir.dims import parse_dim
+
+    past, seq, var = parse_dim("past_seq"), parse_dim("seq"), "s_past_seq"
+    kv = SimpleNamespace(family="kvattention", signature="void kv(const void* q, int64_t S, int64_t past, "
+                                                         "tcc_exec* exec)")
+    other = SimpleNamespace(family="range", signature="void r(const int64_t* start, void* y, int64_t n, "
+                                                      "tcc_exec* exec)")
+    x = Buf("device_arena", 0, "void")
+    attn = Launch(kv, (x, dim(seq), dim(past)))
+
+    def blocker(*launches, guards=()):
+        return decode_capture_blocker([Step("Op", "n", tuple(guards), (attn, *launches))], var)
+
+    assert blocker() is None
+    assert blocker(Launch(other, (HostArray((past,), "symc"), x, dim(seq)))) is None
+    assert "uploads a run-time constant" in blocker(Launch(other, (HostArray((seq,), "symc"), x, dim(seq))))
+    assert "reads a value from device memory" in blocker(Launch(other, (Elem(x), x, dim(seq))))
+    assert "launch arguments" in blocker(Launch(other, (HostArray((past,), "symc"), x, dim(past + seq))))
+    assert "launch arguments" in blocker(Launch(other, (HostArray((past,), "symc"), x.at(past), dim(seq))))
+    guard = AssumptionGuard("Op", "n", SimpleNamespace(op="<=", lhs=past, rhs=parse_dim("64")))
+    assert "checks shapes" in blocker(guards=[guard])
+    shifted = Launch(kv, (x, dim(seq), dim(past + 1)))
+    assert decode_capture_blocker([Step("Op", "n", (), (shifted,))], var) == \
+        "an attention call's past is not the cache length"
+
+
 def test_cpu_programs_have_no_graph_code():
     program = _program("llama_past_dynamo", "x86")
     assert program.cuda_graph is None
