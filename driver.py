@@ -411,6 +411,8 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "options": options_to_dict(opts),
     }
     manifest["quantization"] = _quant_manifest(graph, ctx, opts, len(program.weights))
+    if getattr(program, "cuda_graph", None) is not None:  # whether decode steps are captured (docs/cuda.md)
+        manifest["cuda_graph"] = program.cuda_graph
     llm = graph.meta.get("llm")
     if llm:
         manifest["llm"] = _llm_manifest(llm, graph, ctx, plan)

@@ -77,5 +77,7 @@ declare("sanitize", "", lambda s: s.strip(),
         "sanitized libmodel.so loads into Python only with LD_PRELOAD=$(c++ -print-file-name=libasan.so))")
 declare("verify", True, _bool, "verify an artifact's files (sizes and SHA-256) when it is loaded; 0 checks sizes only "
         "(the CLI's --no-verify)")
+declare("cuda-graph", True, _bool, "capture a CUDA artifact's decode step as a CUDA graph and replay it (read by "
+        "the program at load; 0 runs every launch directly, for debugging: the CLI's --no-cuda-graph)")
 declare("max-plan-bytes", 1 << 40, int, "the largest buffer or arena plan-memory accepts, in bytes (a bound on "
         "--max-dim mistakes)")

@@ -8,6 +8,7 @@ which turns a `TccError` into `tcc: error: ...` and its exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 
@@ -32,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "no_verify", False):
-            with flags.overridden("verify", False):
-                return args.fn(args)
-        return args.fn(args)
+        with contextlib.ExitStack() as stack:
+            if getattr(args, "no_verify", False):
+                stack.enter_context(flags.overridden("verify", False))
+            if getattr(args, "no_cuda_graph", False):
+                stack.enter_context(flags.overridden("cuda-graph", False))
+            return args.fn(args)
     except TccError as e:
         print(f"tcc: error: {e}", file=sys.stderr)
         return e.exit_code

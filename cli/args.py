@@ -120,6 +120,12 @@ def add_verify_arg(p) -> None:
                    "SHA-256 (faster to start with huge weights; damage is then not detected)")
 
 
+def add_cuda_graph_arg(p) -> None:
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="CUDA artifacts: run every decode step's launches directly instead of replaying a captured "
+                        "CUDA graph (for debugging; the cuda-graph flag, TCC_CUDA_GRAPH=0)")
+
+
 def add_shape_args(p) -> None:
     p.add_argument("--max-dim", action="append", metavar="NAME=N",
                    help="upper bound of a dynamic dim (default 256; '*=N' sets every one)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from ..errors import TccError
-from .args import add_verify_arg, write_json
+from .args import add_cuda_graph_arg, add_verify_arg, write_json
 
 
 def cmd_bench(args) -> int:
@@ -80,4 +80,5 @@ def add_bench(sub) -> None:
                    "model without --tune (cached) and time both in this run")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     add_verify_arg(b)
+    add_cuda_graph_arg(b)
     b.set_defaults(fn=cmd_bench)

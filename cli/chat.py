@@ -7,7 +7,7 @@ import sys
 
 from .. import flags
 from ..errors import TccError
-from .args import add_verify_arg, foreign_target_of, simt_emulation
+from .args import add_cuda_graph_arg, add_verify_arg, foreign_target_of, simt_emulation
 
 
 def _sampling_args(p) -> None:
@@ -60,9 +60,12 @@ def _prompt_ids(text: str) -> list[int]:
     return ids
 
 
-def _speed(g) -> str:
+def _speed(g, sess=None) -> str:
+    graph = ""
+    if sess is not None and isinstance(sess.manifest.get("cuda_graph"), dict):  # a cuda artifact
+        graph = f" | cuda graph {f'{sess.graph_replays} replays' if sess.cuda_graph else 'off'}"
     return (f"[prefill {len(g.prompt_tokens)} tok {g.prefill_tokens_per_second:.1f} tok/s | "
-            f"decode {len(g.tokens)} tok {g.decode_tokens_per_second:.1f} tok/s | {g.stop_reason}]")
+            f"decode {len(g.tokens)} tok {g.decode_tokens_per_second:.1f} tok/s | {g.stop_reason}{graph}]")
 
 
 def _echo(piece: str) -> None:
@@ -127,7 +130,7 @@ def cmd_generate(args) -> int:
         print(" ".join(map(str, g.tokens)))
     else:
         print()
-    print(_speed(g), file=sys.stderr)
+    print(_speed(g, sess), file=sys.stderr)
     return 0
 
 
@@ -174,7 +177,7 @@ def cmd_chat(args) -> int:
             print(f"tcc: error: {e}", file=sys.stderr)
             continue
         print()
-        print(_speed(g), file=sys.stderr)
+        print(_speed(g, sess), file=sys.stderr)
     return 0
 
 
@@ -188,6 +191,7 @@ def add_generate(sub) -> None:
     _sampling_args(g)
     _emulate_args(g, "generate with")
     add_verify_arg(g)
+    add_cuda_graph_arg(g)
     g.set_defaults(fn=cmd_generate)
 
 
@@ -198,4 +202,5 @@ def add_chat(sub) -> None:
     _sampling_args(ch)
     _emulate_args(ch, "chat with")
     add_verify_arg(ch)
+    add_cuda_graph_arg(ch)
     ch.set_defaults(fn=cmd_chat)

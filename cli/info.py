@@ -56,6 +56,10 @@ def _info_lines(m: dict, path: str, checked: list[str], hashes: bool) -> list[st
           f"lower bound {mib(mem['lower_bound_bytes'])})")
     print(f"kernels    {len(m['kernels'])}: {', '.join(m['kernels'])}")
     print("ops        " + ", ".join(f"{k}×{v}" for k, v in sorted(m["ops"].items())))
+    graph = m.get("cuda_graph")
+    if isinstance(graph, dict):  # a cuda artifact: whether its decode steps are captured (docs/cuda.md)
+        print("cuda graph " + ("decode steps captured and replayed (TCC_CUDA_GRAPH=0 or --no-cuda-graph: off)"
+                               if graph.get("decode") else f"decode steps run directly: {graph.get('why', '?')}"))
     if m.get("tuning"):
         from ..runtime.bench import format_tuning
 

@@ -7,7 +7,7 @@ import time
 
 from .. import flags
 from ..errors import TccError
-from .args import add_verify_arg, foreign_target_of, kv_ints, read_feeds, simt_emulation
+from .args import add_cuda_graph_arg, add_verify_arg, foreign_target_of, kv_ints, read_feeds, simt_emulation
 
 
 def _run_emulated(args):
@@ -152,4 +152,5 @@ def add_run(sub) -> None:
     r.add_argument("--emulate-cpu", metavar="CPU", help="the CPU qemu emulates with --emulate (e.g. cortex-a53: "
                    "no dotprod; default: qemu's max, which has dotprod and i8mm)")
     add_verify_arg(r)
+    add_cuda_graph_arg(r)
     r.set_defaults(fn=cmd_run)

@@ -13,7 +13,7 @@ from ..ir.dtypes import DType
 from .kernels import declarations, environment, write_if_changed, write_kernels
 from .launch import HostArray, Step
 from .lower import Emitter, assumption_guards, c_dim, kv_ceilings, lower_node, sym_var
-from .render_cpu import render
+from .render_cpu import attention_reads_length, decode_capture_blocker, render
 
 DTYPE_CODES = {DType.f32: 0, DType.f16: 1, DType.f64: 2, DType.i64: 3, DType.i32: 4, DType.i8: 5, DType.u8: 6,
                DType.bool: 7}
@@ -28,6 +28,9 @@ class Program:
     weights_entries: list[dict]
     arena_bytes: int
     steps: tuple = ()  # the launch list (codegen/launch.py Step), in program order
+    # GPU programs with device graphs (CUDA): {"decode": True} when decode steps are captured and replayed,
+    # else {"decode": False, "why": "..."} (manifest["cuda_graph"]); None for other targets
+    cuda_graph: dict | None = None
 
 
 def _c_string(s: str) -> str:
@@ -120,15 +123,20 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
     em = Emitter(graph, plan, backend.select, backend.pack, variant=variant, tuning=tuning, caps=backend.caps)
     steps = launch_list(graph, em, bounds)
     device_io = not backend.caps.host_memory
-    body, profiled = render(steps, device_io)
+    llm = graph.meta.get("llm") or {}
+    kv = bool(llm.get("kv_cache"))
+    # the device libraries with graphs (runtime/device_cuda.cu and the SIMT emulator's device_simt.cpp)
+    graphs = device_io and getattr(backend.target, "device", "") == "cuda"
+    kv_length = sym_var(llm["past"]) if graphs and kv else None
+    body, profiled = render(steps, device_io, kv_length)
+    blocker = decode_capture_blocker(steps, kv_length) if graphs else None
+    cuda_graph = ({"decode": blocker is None, **({"why": blocker} if blocker else {})} if graphs else None)
 
     def io(v, name):
         return {"cname": _c_string(name), "dtype_code": DTYPE_CODES[v.dtype], "rank": v.type.rank,
                 "max_bytes": v.type.nbytes_bound(bounds), "itemsize": v.dtype.itemsize}
 
     weights = em.weights.blob()
-    llm = graph.meta.get("llm") or {}
-    kv = bool(llm.get("kv_cache"))
     max_batch = bounds.get(llm["batch"], 1) if kv else 1
     text = environment().get_template("common/model.cpp.j2").render(
         states=[{"name": _c_string(n), "bytes": v.type.nbytes_bound(bounds)} for n, v in graph.states.items()],
@@ -141,11 +149,13 @@ def generate(graph: Graph, plan, backend, bounds: dict[str, int], variant: str |
         arena_bytes=plan.arena_bytes, weights_bytes=len(weights), weights_sha256=weights.sha256,
         bind_lines=bind_symbols(graph, bounds), body_lines=body, output_lines=output_lines(graph),
         profiled=[{"op": op, "name": _c_string(name)} for op, name in profiled],
-        device_io=device_io, scratch_bytes=scratch_bytes(steps),
+        device_io=device_io, scratch_bytes=scratch_bytes(steps), graphs=graphs,
+        graph_capable=graphs and blocker is None, graph_why=_c_string(blocker or ""),
+        kv_length_dev=attention_reads_length(steps, kv_length),
         exec_failure=_c_string(getattr(backend.target, "exec_failure", "out of memory or threads")))
     source = HEADER.format(version=__version__, source=graph.meta.get("source", graph.name)) + text
     return Program(source, sorted(em.kernels, key=lambda s: s.name), weights, em.weights.entries, plan.arena_bytes,
-                   tuple(steps))
+                   tuple(steps), cuda_graph)
 
 
 def scratch_bytes(steps) -> int:

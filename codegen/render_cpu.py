@@ -10,6 +10,12 @@ launchers, with three differences: the inputs are read from device copies (`m->i
 first launch), a symbolic constant a kernel reads as data is uploaded into the run's device scratch
 (`tcc::device_upload`), and an element read at launch (Elem) is copied back (`tcc::device_elem`). Shapes and
 strides stay host arrays: the launchers pass them to the kernels by value.
+
+A GPU program with device graphs (CUDA) keeps the KV cache's length in device memory (`m->kv_len_dev`,
+updated before every run): a symbolic constant that is just that length is read from there instead of being
+uploaded, and the attention launchers read it through the execution context (tcc_exec_kv_length). Its
+decode step can then be captured once and replayed, unless some other launch argument, guard or upload
+changes with the cache length: `decode_capture_blocker` says which (docs/cuda.md, "CUDA graphs").
 """
 from __future__ import annotations
 
@@ -78,7 +84,13 @@ def _buf(b: Buf, device_io: bool = False) -> str:
     return text
 
 
-def _arg(a, decls: list[str], names: _Locals, device_io: bool = False) -> str:
+def _is_kv_length(a: HostArray, kv_length: str | None) -> bool:
+    """Whether a symbolic constant is exactly the cache length (one int64): read from m->kv_len_dev."""
+    return (kv_length is not None and a.hint == "symc" and a.ctype == "int64_t" and len(a.values) == 1
+            and isinstance(a.offset, int) and a.offset == 0 and c_dim(a.values[0]).strip("()") == kv_length)
+
+
+def _arg(a, decls: list[str], names: _Locals, device_io: bool = False, kv_length: str | None = None) -> str:
     if a is None:
         return "nullptr"
     if isinstance(a, Buf):
@@ -86,6 +98,8 @@ def _arg(a, decls: list[str], names: _Locals, device_io: bool = False) -> str:
     if isinstance(a, Scalar):
         return c_float(a.value) if a.kind == "float" else c_dim(a.value)
     if isinstance(a, HostArray):
+        if device_io and _is_kv_length(a, kv_length):
+            return "((int64_t*)m->kv_len_dev)"
         name = names.name(a.hint)
         decls.append(f"const int64_t {name}[] = {{{', '.join(c_dim(v) for v in a.values)}}};")
         if device_io and a.hint == "symc":  # data a kernel reads: on the device
@@ -101,9 +115,9 @@ def _arg(a, decls: list[str], names: _Locals, device_io: bool = False) -> str:
     raise TypeError(f"unknown launch argument {a!r}")
 
 
-def _launch(step: Step, ln: Launch, names: _Locals, device_io: bool = False) -> list[str]:
+def _launch(step: Step, ln: Launch, names: _Locals, device_io: bool = False, kv_length: str | None = None) -> list[str]:
     decls: list[str] = []
-    args = [_arg(a, decls, names, device_io) for a in ln.args]
+    args = [_arg(a, decls, names, device_io, kv_length) for a in ln.args]
     if takes_exec(ln.kernel):
         args.append(EXEC)
     lines = decls + [f"{ln.kernel.name}({', '.join(args)});"]
@@ -156,9 +170,10 @@ def slice_check(g: SliceGuard) -> str:
             f"n, b, d, want); }}")
 
 
-def render(steps, device_io: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+def render(steps, device_io: bool = False, kv_length: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """The run body's C++ lines and the (op, node) of each timed entry, in program order; `device_io` for a
-    program whose memory is not host-visible (a GPU's)."""
+    program whose memory is not host-visible (a GPU's); `kv_length`: the cache length's C variable when the
+    program keeps a device copy of it (m->kv_len_dev: GPU programs with graphs)."""
     lines: list[str] = []
     timed: list[tuple[str, str]] = []
     names = _Locals()
@@ -173,6 +188,68 @@ def render(steps, device_io: bool = False) -> tuple[list[str], list[tuple[str, s
             if isinstance(item, SliceGuard):
                 lines.append(slice_check(item))
             else:
-                lines += ["  " + x for x in _launch(step, item, names, device_io)]
+                lines += ["  " + x for x in _launch(step, item, names, device_io, kv_length)]
         lines.append(f"  TCC_PROF_END({i});")
     return lines, timed
+
+
+def _param_names(spec) -> list[str]:
+    """The parameter names of a kernel's signature, in order."""
+    sig = spec.signature
+    inside = sig[sig.index("(") + 1:sig.rindex(")")]
+    return [(re.findall(r"\w+", p) or [""])[-1] for p in inside.split(",")]
+
+
+def attention_reads_length(steps, kv_length: str | None) -> bool:
+    """Whether every attention call of tcc_model_run takes the cache length itself as `past`: then the program
+    may hand the kernels its device copy (tcc_exec_set_kv_length), which they read instead."""
+    if kv_length is None:
+        return False
+    for step in steps:
+        for ln in step.launches:
+            if ln.kernel.family != "kvattention" or ln.mode == "rows":
+                continue
+            past = ln.args[_param_names(ln.kernel).index("past")]
+            if _arg(past, [], _Locals(), True, kv_length).strip("()") != kv_length:
+                return False
+    return True
+
+
+def decode_capture_blocker(steps, kv_length: str | None) -> str | None:
+    """Why a GPU program's decode step (seq = 1, tcc_model_run) cannot be captured once and replayed with
+    the cache length read from device memory; None when it can. A replay runs the launches with the argument
+    values of the capture and none of the host code between them, so nothing but the attention calls' `past`
+    (read through tcc_exec_kv_length) and a symbolic constant equal to the length (m->kv_len_dev) may depend
+    on it; a run-time element read back to the host, or a constant uploaded every run, cannot be replayed."""
+    if kv_length is None:
+        return "no KV cache: every step runs the whole sequence again, so the launches' shapes grow"
+    if not attention_reads_length(steps, kv_length):
+        return "an attention call's past is not the cache length"
+    mentions = re.compile(rf"\b{re.escape(kv_length)}\b").search
+    for step in steps:
+        where = f"{step.op} node {step.node}"
+        if any(mentions(assumption_check(g)) for g in step.guards):
+            return f"{where} checks shapes that depend on the cache length"
+        for item in step.body:
+            if isinstance(item, SliceGuard):
+                if mentions(slice_check(item)):
+                    return f"{where} checks a slice that depends on the cache length"
+                continue
+            if item.mode == "rows":  # tcc_model_run_rows only: it runs without graphs
+                continue
+            params = _param_names(item.kernel) if item.kernel.family == "kvattention" else []
+            for i, a in enumerate(item.args):
+                if isinstance(a, Elem):
+                    return f"{where} reads a value from device memory on the host"
+                if isinstance(a, HostArray) and a.hint == "symc" and not _is_kv_length(a, kv_length):
+                    return f"{where} uploads a run-time constant every run"
+                if isinstance(a, HostArray):
+                    text = " ".join(c_dim(v) for v in a.values) + " " + c_dim(a.offset)
+                    if _is_kv_length(a, kv_length):
+                        continue
+                else:
+                    text = _arg(a, [], _Locals(), True, kv_length)
+                if mentions(text) and not (i < len(params) and params[i] == "past"
+                                           and text.strip("()") == kv_length):
+                    return f"{where} has launch arguments (shapes, offsets) that depend on the cache length"
+    return None

@@ -57,6 +57,26 @@ struct tcc_exec {
   std::string error;            // the first error since the last clear
   tcc_cuda_error* slot = nullptr;  // kernels' device-side error slot (tcc_cuda_fail)
   bool slot_reported = false;
+  tcc_graph* recording = nullptr;  // between tcc_exec_capture_begin and _end: the launches recorded so far
+  const int64_t* kv_length = nullptr;  // tcc_exec_set_kv_length
+  std::string graph_why;           // why the last capture failed
+};
+
+// A recorded launch: what tcc_simt::launch takes, with the argument pack held on the heap.
+struct tcc_graph_launch_record {
+  const char* kernel;
+  tcc_simt::Dim grid, block;
+  int64_t shared_bytes;
+  const void* func;
+  void (*thunk)(void*);
+  void* ctx;
+  void (*destroy)(void*);
+};
+struct tcc_graph {
+  std::vector<tcc_graph_launch_record> launches;
+  ~tcc_graph() {
+    for (auto& r : launches) r.destroy(r.ctx);
+  }
 };
 
 namespace tcc_simt {
@@ -971,6 +991,17 @@ void launch(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t sha
   note_device_error(ex, kernel);
 }
 
+bool capturing(tcc_exec* exec) { return exec != nullptr && exec->recording != nullptr; }
+
+void record(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t shared_bytes, const void* func,
+            void (*thunk)(void*), void* ctx, void (*destroy)(void*)) {
+  if (g_cur) {  // a kernel launching a kernel: refused as when not capturing
+    destroy(ctx);
+    failf("launches %s from device code (not supported by the emulator)", kernel);
+  }
+  exec->recording->launches.push_back({kernel, grid, block, shared_bytes, func, thunk, ctx, destroy});
+}
+
 }  // namespace tcc_simt
 
 // ---- the device runtime ---------------------------------------------------------------------------------------
@@ -997,6 +1028,7 @@ tcc_exec* tcc_exec_create(int n_threads) {
 
 void tcc_exec_destroy(tcc_exec* exec) {
   if (!exec) return;
+  delete exec->recording;
   free(exec->slot);
   delete exec;
 }
@@ -1021,7 +1053,12 @@ void tcc_exec_clear_error(tcc_exec* exec) {
   exec->slot_reported = false;
 }
 
-void* tcc_device_alloc(tcc_exec*, int64_t bytes, const char** why) {
+void* tcc_device_alloc(tcc_exec* exec, int64_t bytes, const char** why) {
+  if (exec != nullptr && exec->recording != nullptr) {  // as on the GPU: no allocation inside a graph
+    record_exec_error(exec, "an allocation while capturing a graph");
+    if (why) *why = "an allocation while capturing a graph";
+    return nullptr;
+  }
   if (bytes < 0) {
     if (why) *why = "negative allocation size";
     return nullptr;
@@ -1046,16 +1083,62 @@ void tcc_device_free(tcc_exec*, void* ptr, int64_t bytes) {
   else free(ptr);
 }
 
-void tcc_device_copy_in(tcc_exec*, void* device_dst, const void* host_src, int64_t bytes) {
+// Copies are synchronous on the GPU device (device_cuda.cu), which a capture cannot hold: refused there too.
+void tcc_device_copy_in(tcc_exec* exec, void* device_dst, const void* host_src, int64_t bytes) {
+  if (exec != nullptr && exec->recording != nullptr)
+    return record_exec_error(exec, "a copy to the device while capturing a graph");
   if (bytes > 0) memcpy(device_dst, host_src, static_cast<size_t>(bytes));
 }
 
-void tcc_device_copy_out(tcc_exec*, void* host_dst, const void* device_src, int64_t bytes) {
+void tcc_device_copy_out(tcc_exec* exec, void* host_dst, const void* device_src, int64_t bytes) {
+  if (exec != nullptr && exec->recording != nullptr)
+    return record_exec_error(exec, "a copy from the device while capturing a graph");
   if (bytes > 0) memcpy(host_dst, device_src, static_cast<size_t>(bytes));
 }
 
 // The emulated device behaves like a GPU for the program: copies and syncs happen as they would there.
 int tcc_device_host_visible(void) { return 0; }
+
+// Graphs: the launches issued between begin and end are recorded, not run (as a CUDA stream capture), each
+// with a copy of its arguments; a replay runs them in order through the same scheduler as a direct launch.
+int tcc_exec_capture_begin(tcc_exec* exec, const char** why) {
+  if (exec == nullptr || exec->recording != nullptr) {
+    if (why) *why = exec ? "already capturing" : "no execution context";
+    return 1;
+  }
+  exec->recording = new tcc_graph();
+  return 0;
+}
+
+tcc_graph* tcc_exec_capture_end(tcc_exec* exec, const char** why) {
+  if (exec == nullptr || exec->recording == nullptr) {
+    if (why) *why = "not capturing";
+    return nullptr;
+  }
+  tcc_graph* g = exec->recording;
+  exec->recording = nullptr;
+  if (!exec->error.empty()) {  // an error recorded while capturing: the capture is invalid (nothing ran)
+    exec->graph_why = exec->error;
+    if (why) *why = exec->graph_why.c_str();
+    delete g;
+    return nullptr;
+  }
+  return g;
+}
+
+void tcc_graph_launch(tcc_exec* exec, tcc_graph* graph) {
+  if (graph == nullptr) return;
+  for (const auto& r : graph->launches)
+    tcc_simt::launch(r.kernel, exec, r.grid, r.block, r.shared_bytes, r.func, r.thunk, r.ctx);
+}
+
+void tcc_graph_destroy(tcc_exec*, tcc_graph* graph) { delete graph; }
+
+void tcc_exec_set_kv_length(tcc_exec* exec, const int64_t* device_length) {
+  if (exec) exec->kv_length = device_length;
+}
+
+const int64_t* tcc_exec_kv_length(const tcc_exec* exec) { return exec ? exec->kv_length : nullptr; }
 
 cudaStream_t tcc_cuda_stream(tcc_exec*) { return nullptr; }
 

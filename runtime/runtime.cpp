@@ -293,6 +293,21 @@ void tcc_device_copy_out(tcc_exec*, void* dst, const void* src, int64_t bytes) {
 
 int tcc_device_host_visible(void) { return 1; }
 
+// Graphs (tcc_device.h): a CPU kernel has run when its call returns, so there is nothing to record: the
+// program runs its kernels directly.
+int tcc_exec_capture_begin(tcc_exec*, const char** why) {
+  if (why) *why = "not supported on the CPU device";
+  return 1;
+}
+tcc_graph* tcc_exec_capture_end(tcc_exec*, const char** why) {
+  if (why) *why = "not supported on the CPU device";
+  return nullptr;
+}
+void tcc_graph_launch(tcc_exec*, tcc_graph*) {}
+void tcc_graph_destroy(tcc_exec*, tcc_graph*) {}
+void tcc_exec_set_kv_length(tcc_exec*, const int64_t*) {}
+const int64_t* tcc_exec_kv_length(const tcc_exec*) { return nullptr; }
+
 }  // extern "C"
 
 namespace tcc {

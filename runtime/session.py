@@ -81,7 +81,7 @@ class Session:
     dlopening anything; `verify=False` checks sizes only (faster for huge weights, no damage detection)."""
 
     def __init__(self, out_dir: str, threads: int | None = None, verify: bool | None = None,
-                 emulate: bool = False):
+                 emulate: bool = False, cuda_graph: bool | None = None):
         from .. import flags
         from .artifact import verify as verify_files
         from .generate import check_threads
@@ -110,6 +110,33 @@ class Session:
             if "Resource temporarily unavailable" in why:  # std::thread could not start a worker (EAGAIN)
                 why = f"cannot start {n_threads or 'one per core'} worker threads ({why}); use fewer threads"
             raise TccError(why)
+        self.cuda_graph = flags.get("cuda-graph") if cuda_graph is None else bool(cuda_graph)
+
+    # -- device graphs (CUDA: docs/cuda.md "CUDA graphs") ---------------------------------------------------
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether decode steps are captured as a device graph and replayed (where the program can be: see
+        manifest["cuda_graph"]); settable at any time. A no-op on targets without graphs."""
+        return self._cuda_graph
+
+    @cuda_graph.setter
+    def cuda_graph(self, on: bool) -> None:
+        with self._lock:
+            self._cuda_graph = bool(on)
+            fn = getattr(self._lib, "tcc_model_set_graphs", None)  # absent in artifacts older than graphs
+            if fn is not None and self._model:
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_int]
+                fn(self._model, int(self._cuda_graph))
+
+    @property
+    def graph_replays(self) -> int:
+        """Runs that were replays of a captured graph since load (0 where graphs are off or unsupported)."""
+        fn = getattr(self._lib, "tcc_model_graph_replays", None)
+        if fn is None or not self._model:
+            return 0
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int64
+        with self._lock:
+            return int(fn(self._model))
 
     def _bind(self) -> None:
         bind_c_api(self._lib)
@@ -441,10 +468,12 @@ def _read_manifest(path: str) -> dict:
     return manifest
 
 
-def load(out_dir: str, threads: int | None = None, verify: bool | None = None, emulate: bool = False) -> Session:
+def load(out_dir: str, threads: int | None = None, verify: bool | None = None, emulate: bool = False,
+         cuda_graph: bool | None = None) -> Session:
     """Open a compiled artifact directory (verified first; see Session). `emulate`: a GPU artifact's build for
-    the CPU SIMT emulator (manifest["emulation"]), in this process; its speed is not the GPU's."""
-    return Session(out_dir, threads=threads, verify=verify, emulate=emulate)
+    the CPU SIMT emulator (manifest["emulation"]), in this process; its speed is not the GPU's. `cuda_graph`:
+    capture and replay decode steps (CUDA; default: the cuda-graph flag, TCC_CUDA_GRAPH, on)."""
+    return Session(out_dir, threads=threads, verify=verify, emulate=emulate, cuda_graph=cuda_graph)
 
 
 def _library(manifest: dict, path: str, emulate: bool) -> str:

@@ -43,6 +43,29 @@ void tcc_device_copy_out(tcc_exec* exec, void* host_dst, const void* device_src,
 // Whether device memory is host memory (CPU: 1), so host code may read and write it directly.
 int tcc_device_host_visible(void);
 
+// Graphs: the launches of a run recorded once and replayed (a CUDA graph; the SIMT emulator records them as
+// closures holding copies of their arguments). Between capture_begin and capture_end nothing runs: each
+// launch is recorded with the argument values it had then, so whatever changes between replays must be read
+// by the kernels from device memory (the KV cache's length: tcc_exec_set_kv_length). While capturing, the
+// program issues kernel launches only: no allocation, no copy, and tcc_exec_sync returns the errors
+// recorded so far without waiting (a captured kernel's error surfaces at the sync after the replay).
+typedef struct tcc_graph tcc_graph;
+// Start recording the launches issued on `exec`. Returns 0, or non-zero with the reason in *why (the CPU
+// device: "not supported"); then nothing is recorded and the caller runs its launches directly.
+int tcc_exec_capture_begin(tcc_exec* exec, const char** why);
+// Stop recording. Returns the executable graph, or NULL (the reason in *why) when the capture failed: then
+// nothing ran and nothing is recorded, so the caller issues the launches again directly.
+tcc_graph* tcc_exec_capture_end(tcc_exec* exec, const char** why);
+// Issue the graph's launches on `exec` in order (asynchronous like a launch: errors at the next sync point).
+void tcc_graph_launch(tcc_exec* exec, tcc_graph* graph);
+// Free a graph (after the launches issued from it have finished: it waits for `exec`).
+void tcc_graph_destroy(tcc_exec* exec, tcc_graph* graph);
+// The device copy of the KV cache's length (one int64) that the attention kernels read instead of their
+// `past` argument while it is set, so that a replayed step sees the current length; NULL (the default):
+// they use the argument.
+void tcc_exec_set_kv_length(tcc_exec* exec, const int64_t* device_length);
+const int64_t* tcc_exec_kv_length(const tcc_exec* exec);
+
 // Token selection (tcc_model_run_select): pick the next token of each of `rows` logits rows (row r starts at
 // logits + r * row_stride, `vocab` floats, in device memory) with tcc_sample's rules and RNG stream (one
 // draw per sampled row, in row order, advanced on the host), writing only the ids to host memory

@@ -80,6 +80,11 @@ int64_t tcc_model_kv_length(const tcc_model* model);
 // Forget cached tokens n.. (0 empties the cache). Returns non-zero (see last_error) if n > length.
 int tcc_model_kv_truncate(tcc_model* model, int64_t n);
 void tcc_model_set_logits_rows(tcc_model* model, int64_t n);
+// Capture decode steps as a device graph and replay them (CUDA; a no-op on targets without graphs).
+// On by default; the environment variable TCC_CUDA_GRAPH=0 turns it off at load, and this call at any time.
+void tcc_model_set_graphs(tcc_model* model, int on);
+// How many runs were replays of a captured graph since load (0 where graphs are off or unsupported).
+int64_t tcc_model_graph_replays(const tcc_model* model);
 
 // Several independent sequences in one program (continuous batching; docs/serve.md). Every KV-cache state
 // holds max_batch rows (the compiled batch bound, --max-dim batch=N); each cache row ("slot") is one sequence

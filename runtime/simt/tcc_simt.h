@@ -161,6 +161,12 @@ void launch(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t sha
 cudaError_t set_max_dynamic_shared(const void* func, int bytes);
 cudaError_t last_error(bool clear);
 
+// Graphs (tcc_device.h): while `exec` captures, a launch is recorded (a heap copy of its pack, freed with
+// `destroy`) instead of run; tcc_graph_launch runs the recorded launches in order.
+bool capturing(tcc_exec* exec);
+void record(const char* kernel, tcc_exec* exec, Dim grid, Dim block, int64_t shared_bytes, const void* func,
+            void (*thunk)(void*), void* ctx, void (*destroy)(void*));
+
 template <class F, class Tuple>
 struct LaunchPack {
   F* kernel;
@@ -169,11 +175,18 @@ struct LaunchPack {
     auto* self = static_cast<LaunchPack*>(p);
     std::apply(self->kernel, self->args);  // each thread gets its own copies of the by-value arguments
   }
+  static void destroy(void* p) { delete static_cast<LaunchPack*>(p); }
 };
 template <class F, class... A>
 void launch_kernel(const char* name, tcc_exec* exec, Dim grid, Dim block, int64_t shared_bytes, F* kernel,
                    A&&... args) {
   using Tuple = std::tuple<std::decay_t<A>...>;
+  if (capturing(exec)) {  // the argument values of this moment are what every replay passes
+    auto* held = new LaunchPack<F, Tuple>{kernel, Tuple(std::forward<A>(args)...)};
+    record(name, exec, grid, block, shared_bytes, reinterpret_cast<const void*>(kernel), &LaunchPack<F, Tuple>::run,
+           held, &LaunchPack<F, Tuple>::destroy);
+    return;
+  }
   LaunchPack<F, Tuple> pack{kernel, Tuple(std::forward<A>(args)...)};
   launch(name, exec, grid, block, shared_bytes, reinterpret_cast<const void*>(kernel), &LaunchPack<F, Tuple>::run,
          &pack);
