@@ -168,6 +168,7 @@ def _calibration(model, opts: CompileOptions):
 
 def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     """Import and run the pipeline; returns (graph, ctx)."""
+    from .backends import capabilities
     from .frontend.onnx_import import import_onnx
     from .passes.context import PassContext
     from .passes.runner import run_pipeline
@@ -176,8 +177,11 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
     opts = resolve_options(opts)
     backend = check_target(opts)
     _say(progress, "importing ONNX")
-    # With weights quantized, an fp16 export runs at f32 activations (its weights quantized from fp16)
-    graph = import_onnx(model, dims=opts.dims or None, widen_f16=get_scheme(opts.qm).weight_bits is not None)
+    # With weights quantized, an fp16 export runs at f32 activations (its weights quantized from fp16). On an
+    # fp16 target too: the passes see the graph an fp32 export gives (attention fusion and the KV cache match
+    # it), and the float16 pass makes it fp16 again, the widening Casts of the f16 weights then no-ops.
+    widen = get_scheme(opts.qm).weight_bits is not None or capabilities(backend.target).activations == "f16"
+    graph = import_onnx(model, dims=opts.dims or None, widen_f16=widen)
     # Public output names, kept whatever the passes do to the values behind them.
     graph.meta["output_names"] = [v.name for v in graph.outputs]
     # what the weights take at fp32 (an fp16 or bf16 export's counted at 4 bytes each: the ratios compare to fp32)

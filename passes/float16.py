@@ -13,7 +13,10 @@ quantize pass models fp16 activations in its error simulation when the scheme's 
 - the graph's f32 inputs are cast to f16 where the graph starts, and its f32 outputs are computed in f16 and
   cast to f32 at the end, so the program's interface (and every caller) is unchanged;
 - every node's output types are then inferred again in program order, so a type that does not follow from
-  its inputs cannot survive (verify() runs after the pass).
+  its inputs cannot survive (verify() runs after the pass);
+- a Cast left converting f16 to f16 is dropped (an fp16 export is imported at f32 activations like a
+  quantized one: its weights stay f16 behind widening Casts, which this makes no-ops), and a MatMul then
+  reading a constant f16 matrix becomes the Linear canonicalize makes of an fp32 export's MatMul.
 
 A no-op for targets that compute in fp32 (the CPUs).
 """
@@ -58,7 +61,32 @@ def float16(graph: Graph, ctx) -> None:
             node.attrs[attr] = "f16"
         for out, t in zip(node.outputs, infer_types(node, len(node.outputs))):
             out.type = t
-    ctx.log("float16", f"computes in fp16 ({len(interface)} interface casts)")
+    dropped = _drop_noop_casts(graph, interface)
+    ctx.log("float16", f"computes in fp16 ({len(interface)} interface casts, {dropped} no-op casts dropped)")
+
+
+def _drop_noop_casts(graph: Graph, interface: set) -> int:
+    """Casts that now convert f16 to f16 (an fp16 export's widening Casts of its weights, its own casts to
+    f32) read their input directly: a kernel would copy, and the weight would be read twice."""
+    noop = [n for n in graph.nodes if n.op == "Cast" and id(n) not in interface
+            and n.inputs[0].dtype == n.outputs[0].dtype]
+    for n in noop:
+        graph.replace_uses(n.outputs[0], n.inputs[0])
+    graph.remove_nodes(noop)
+    _linears(graph)
+    graph.remove_unused_constants()
+    return len(noop)
+
+
+def _linears(graph: Graph) -> None:
+    """MatMul(x, W) with W now a constant f16 matrix (it was behind a widening Cast when canonicalize ran)
+    -> Linear(x, W), as canonicalize makes of an fp32 export's: the backend's Linear kernels and packing."""
+    for mm in [n for n in graph.nodes if n.op == "MatMul"]:
+        x, w = mm.inputs
+        if w.is_const and w.dtype == DType.f16 and w.type.rank == 2 and x.dtype == DType.f16 and x.type.rank >= 2:
+            lin = graph.add_node("Linear", [x, w], name=mm.name, before=mm)
+            graph.replace_uses(mm.outputs[0], lin.outputs[0])
+            graph.remove_nodes([mm])
 
 
 def _cast_interface(graph: Graph) -> set:
