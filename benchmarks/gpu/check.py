@@ -64,6 +64,8 @@ SMALL = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_ke
              intermediate_size=704, vocab_size=4096, max_position_embeddings=2048, rms_norm_eps=1e-5)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128, vocab_size=256, max_position_embeddings=256, rms_norm_eps=1e-5)
+# --source fixture (no torch): the repository's exported LLaMA decoder with past, ONNX Runtime as the reference
+FIXTURE = os.path.join(REPO, "tests", "models", "llm", "llama_past_dynamo")
 KERNEL_TESTS = ["tests/cuda/test_linalg.py", "tests/cuda/test_attention.py", "tests/cuda/test_elementwise.py"]
 # The sanitizers' subset: one GEMV and one GEMM case, decode and prefill attention (the kernels with shared
 # memory, warp shuffles and the split-K merge), a norm and a gather.
@@ -78,10 +80,14 @@ MIB = 2 ** 20
 def plan(a) -> dict:
     """Models, contexts and sizes of this run (full GPU run, or --tiny)."""
     if a.tiny:
+        tiny = {"decode_ctx": [16, 48], "prefill": [16, 40], "gen": 6, "greedy": 12, "prompt": 16, "group": 32,
+                "max_prefill": 32, "repeat": 1}
+        if a.source == "fixture":  # no torch here: the repository's exported fixture plays both roles
+            with open(os.path.join(FIXTURE, "config.json")) as f:
+                cfg = {k: v for k, v in json.load(f).items() if k in SEVEN_B or k == "num_hidden_layers"}
+            return {"models": {"7b": cfg, "small": cfg}, "fixture": FIXTURE, **tiny}
         return {"models": {"7b": {**TINY}, "short": {**TINY, "num_hidden_layers": 1}, "small": {**TINY},
-                           "tinyllama": {**TINY, "num_hidden_layers": 3, "num_key_value_heads": 1}},
-                "decode_ctx": [16, 48], "prefill": [16, 40], "gen": 6, "greedy": 12, "prompt": 16,
-                "group": 32, "max_prefill": 32, "repeat": 1}
+                           "tinyllama": {**TINY, "num_hidden_layers": 3, "num_key_value_heads": 1}}, **tiny}
     layers = a.layers
     return {"models": {"7b": {**SEVEN_B, "num_hidden_layers": layers},
                        "short": {**SEVEN_B, "num_hidden_layers": max(1, layers // 2)},
@@ -180,12 +186,15 @@ class Background:
 # ------------------------------------------------------------------------------------------------ children
 def child_build(a: dict) -> dict:
     """Make the model (HF checkpoint + ONNX export), then compile each qm. Returns paths and timings."""
-    import torch
-
-    torch.set_num_threads(a["threads"])
     t0 = time.perf_counter()
-    info = {"hf": _make_hf(a["cfg"], a["dir"])}
-    info["onnx"] = _export(a["cfg"], a["dir"], a["export_dtype"])
+    if a.get("fixture"):
+        info = {"onnx": os.path.join(a["fixture"], "model.onnx"), "source": "fixture"}
+    else:
+        import torch
+
+        torch.set_num_threads(a["threads"])
+        info = {"hf": _make_hf(a["cfg"], a["dir"]), "source": "transformers"}
+        info["onnx"] = _export(a["cfg"], a["dir"], a["export_dtype"])
     info["export_s"] = round(time.perf_counter() - t0, 1)
     info["artifacts"] = {}
     for qm in a["qms"]:
@@ -340,6 +349,16 @@ def child_reference(a: dict) -> dict:
     return {"tokens": tokens}
 
 
+def child_ort(a: dict) -> dict:
+    """Greedy tokens and logits of fp32 ONNX Runtime on the CPU (the reference where torch is missing)."""
+    sys.path.insert(0, REPO)
+    from tests.e2e.llm_oracle import OrtDecoder
+
+    tokens, logits = OrtDecoder(a["onnx"]).greedy(_prompt(a["vocab"], a["prompt"]), a["n"])
+    np.save(a["logits"], np.array(logits, np.float32))
+    return {"tokens": [int(t) for t in tokens], "dtype": "float32", "device": "cpu"}
+
+
 def _hf_model(a: dict):
     import torch
     from transformers import LlamaForCausalLM
@@ -486,7 +505,7 @@ def child_bandwidth(a: dict) -> dict:
             "memory_gib": props.total_memory / 2 ** 30}
 
 
-CHILDREN = {"build": child_build, "tcc": child_tcc, "reference": child_reference, "hf": child_hf,
+CHILDREN = {"build": child_build, "tcc": child_tcc, "reference": child_reference, "hf": child_hf, "ort": child_ort,
             "bandwidth": child_bandwidth}
 
 
@@ -522,17 +541,19 @@ def stage_env(a, res: dict) -> None:
     import tcc
 
     env["tcc"] = os.path.dirname(os.path.realpath(tcc.__file__))
-    try:
-        env["commit"] = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip() or None
-    except OSError:
-        env["commit"] = None
+    env["commit"] = a.commit
+    if not env["commit"]:  # the device machine gets the working tree without .git: pass --commit there
+        try:
+            env["commit"] = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                           text=True).stdout.strip() or None
+        except OSError:
+            pass
     res["env"] = env
 
 
 def start_builds(a, p: dict, res: dict, bg: Background) -> None:
     """Every model's build in the background; build jobs share the cores."""
-    names = [n for n in ("7b", "small", "short", "tinyllama") if n not in a.skip_models]
+    names = [n for n in ("7b", "small", "short", "tinyllama") if n in p["models"] and n not in a.skip_models]
     share = {"7b": 6, "short": 4, "tinyllama": 4, "small": 2}  # of 16: the 7b model is on the critical path
     cpus = os.cpu_count() or 2
     max_ctx = max(p["decode_ctx"]) + p["gen"] + 16
@@ -543,7 +564,8 @@ def start_builds(a, p: dict, res: dict, bg: Background) -> None:
         os.makedirs(d)
         args = {"cfg": p["models"][name], "dir": d, "qms": model_qms(name), "threads": threads,
                 "arch": "native" if not a.emulate else "sm_80", "max_context": max_ctx,
-                "max_prefill": p["max_prefill"], "group": p["group"], "export_dtype": a.export_dtype}
+                "max_prefill": p["max_prefill"], "group": p["group"], "export_dtype": a.export_dtype,
+                "fixture": p.get("fixture")}
         bg.start(name, "build", args, os.path.join(a.work, f"build-{name}.log"),
                  env={"TCC_BUILD_JOBS": str(threads), "OMP_NUM_THREADS": str(threads)})
     res["build"] = {"started": names, "max_context": max_ctx}
@@ -662,18 +684,23 @@ def stage_correct(a, p: dict, res: dict, budget: Budget) -> None:
     def limit() -> float:
         return min(240, budget.left() - a.reserve)
 
-    for model in ("7b", "tinyllama"):
-        m = res["build"].get("models", {}).get(model, {})
+    for model in [m for m in ("7b", "tinyllama") if m in res["build"].get("models", {})]:
+        m = res["build"]["models"][model]
         fp16, w4 = _artifact(res, model, "fp16"), _artifact(res, model, "w4a16")
         logits = {k: os.path.join(a.work, f"greedy-{model}-{k}.npy") for k in ("hf", "fp16", "w4a16")}
         try:
             if not fp16:
                 raise RuntimeError(f"no {model} fp16 artifact ({m.get('error', 'not built')})")
-            hf = run_child("hf", {**base, "mode": "greedy", "hf": m["hf"], "logits": logits["hf"]}, limit())
+            if "hf" in m:
+                hf = run_child("hf", {**base, "mode": "greedy", "hf": m["hf"], "logits": logits["hf"]}, limit())
+                ref = f"HF transformers {hf['dtype']} on {hf['device']}"
+            else:
+                hf = run_child("ort", {**base, "onnx": m["onnx"], "vocab": p["models"][model]["vocab_size"],
+                                       "logits": logits["hf"]}, limit())
+                ref = "ONNX Runtime float32 on cpu (no torch here)"
             t16 = run_child("tcc", {**base, "mode": "greedy", "out": fp16, "logits": logits["fp16"]}, limit())
             out[f"{model} fp16 vs HF"] = {**_divergence(t16["tokens"], hf["tokens"], np.load(logits["fp16"]),
-                                                        np.load(logits["hf"])),
-                                          "reference": f"HF transformers {hf['dtype']} on {hf['device']}"}
+                                                        np.load(logits["hf"])), "reference": ref}
             if w4:
                 t4 = run_child("tcc", {**base, "mode": "greedy", "out": w4, "logits": logits["w4a16"]}, limit())
                 out[f"{model} w4a16 vs tcc fp16"] = {
@@ -729,6 +756,9 @@ def stage_speed(a, p: dict, res: dict, budget: Budget) -> None:
             ("hf-eager", "tinyllama", "fp16", None), ("hf-static", "7b", "fp16", None)]
     for engine, model, qm, graph in runs:
         key = f"{model}:{engine}" + (f":{qm}:{'graph' if graph else 'nograph'}" if engine == "tcc" else "")
+        if model not in res["build"].get("models", {}):
+            out["skipped"].append(f"{key}: the {model} model is not part of this run")
+            continue
         left = budget.left() - a.reserve
         if left < 20:
             out["skipped"].append(f"{key}: no time left in the budget")
@@ -744,7 +774,9 @@ def stage_speed(a, p: dict, res: dict, budget: Budget) -> None:
                 r["bytes"] = {str(c): _bytes_per_step(path, c) for c in p["decode_ctx"]}
             else:
                 if "hf" not in m:
-                    raise RuntimeError(f"no {model} HF checkpoint ({m.get('error', 'not built')})")
+                    why = "torch/transformers missing: --source fixture" if m.get("source") == "fixture" else \
+                        m.get("error", "not built")
+                    raise RuntimeError(f"no {model} HF checkpoint ({why})")
                 r = run_child("hf", {**base, "mode": engine.split("-")[1], "hf": m["hf"]},
                               min(a.stage_timeout if engine == "hf-eager" else a.compile_timeout, left))
                 fp16 = _artifact(res, model, "fp16")
@@ -764,9 +796,11 @@ def per_layer(res: dict, p: dict, bw: float) -> dict:
     """The per-layer figures from the slope between the 7b and short models (same widths, fewer layers)."""
     eng = res["speed"]["engines"]
     models = res["build"].get("models", {})
+    out = {}
+    if "short" not in p["models"] or "7b" not in p["models"]:
+        return out
     L = p["models"]["7b"]["num_hidden_layers"]
     S = p["models"]["short"]["num_hidden_layers"]
-    out = {}
     for key, r in eng.items():
         if not key.startswith("7b:") or "decode_ms" not in r:
             continue
@@ -892,6 +926,8 @@ def markdown(res: dict, p: dict) -> str:
         lines.append(f"| build {name} | {desc} |")
     if res.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(res["skipped"])]
+    if res.get("errors"):
+        lines += ["", "Errors: " + "; ".join(res["errors"])]
     if sp.get("skipped"):
         lines += ["", "Skipped timings: " + "; ".join(sp["skipped"])]
     return "\n".join(lines) + "\n"
@@ -916,9 +952,13 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=4, help="layers of the 7B-dims model (>= 4; short has half)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--skip-models", default="", help="comma-separated models not to build (e.g. tinyllama)")
+    ap.add_argument("--commit", help="the commit checked (recorded; the device's copy has no .git)")
     ap.add_argument("--export-dtype", choices=("f32", "f16"), default="f32", help="the ONNX export's weights")
     ap.add_argument("--emulate", action="store_true", help="no GPU: tcc on the SIMT emulator, HF on the CPU")
     ap.add_argument("--tiny", action="store_true", help="tiny models and contexts (with --emulate)")
+    ap.add_argument("--source", choices=("auto", "transformers", "fixture"), default="auto",
+                    help="models made with transformers, or (--tiny, no torch) the repository's LLaMA fixture; "
+                         "auto: transformers where torch and transformers import")
     ap.add_argument("--measure-s", type=float, default=220,
                     help="seconds of the budget kept for the correctness and speed stages (builds end before)")
     ap.add_argument("--kernel-timeout", type=float, default=200)
@@ -935,6 +975,11 @@ def main(argv=None) -> int:
     bad = sorted(set(stages) - set(STAGES))
     if bad:
         ap.error(f"unknown stage(s) {', '.join(bad)}: choose from {', '.join(STAGES)}")
+    if a.source == "auto":
+        have = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+        a.source = "transformers" if have else "fixture"
+    if a.source == "fixture" and not a.tiny:
+        ap.error("--source fixture is for --tiny runs (the fixture is a tiny model)")
     a.work = a.work or os.path.join("/tmp", "tcc-gpucheck")
     os.makedirs(a.out, exist_ok=True)
     os.makedirs(a.work, exist_ok=True)
@@ -956,7 +1001,10 @@ def main(argv=None) -> int:
                 res["skipped"].append(f"{name}: needs a GPU (the emulator runs these tests in CI)")
                 continue
             log(f"{name} ...")
-            stage_kernels(a, res, budget) if name == "kernels" else stage_sanitize(a, res, budget, bg)
+            try:
+                stage_kernels(a, res, budget) if name == "kernels" else stage_sanitize(a, res, budget, bg)
+            except Exception as e:
+                res[name] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{name}: {json.dumps(res[name])[:400]}")
             write_json(a, res)
         if "build" in stages:
@@ -976,7 +1024,11 @@ def main(argv=None) -> int:
                 res["skipped"].append(f"{name}: no time left in the budget")
                 continue
             log(f"{name} ...")
-            fn(a, p, res, budget)
+            try:
+                fn(a, p, res, budget)
+            except Exception as e:  # one call on the GPU: report what broke and go on to the next stage
+                res.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}")
+                log(f"{name} broke: {type(e).__name__}: {e}")
             write_json(a, res)
         res["gpu"] = (res.get("speed", {}).get("bandwidth", {}).get("gpu") if not a.emulate
                       else "none (SIMT emulator)")
