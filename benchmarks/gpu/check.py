@@ -67,10 +67,10 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 # --source fixture (no torch): the repository's exported LLaMA decoder with past, ONNX Runtime as the reference
 FIXTURE = os.path.join(REPO, "tests", "models", "llm", "llama_past_dynamo")
 KERNEL_TESTS = ["tests/cuda/test_linalg.py", "tests/cuda/test_attention.py", "tests/cuda/test_elementwise.py"]
-# The sanitizers' subset: one GEMV and one GEMM case, decode and prefill attention (the kernels with shared
-# memory, warp shuffles and the split-K merge), a norm and a gather.
+# The sanitizers' subset: the W4A16 GEMV/GEMM and fp16 GEMM cases, decode and prefill attention with the KV
+# cache (the kernels with shared memory, warp shuffles and the split merge), the norms and the gathers.
 SANITIZE_TESTS = ["tests/cuda/test_linalg.py", "tests/cuda/test_attention.py"]
-SANITIZE_K = "not nvcc and not sass and (gemv or qlinear or decode or prefill or norm or qgather)"
+SANITIZE_K = "qlinear_w4a16 or gemm_f16 or kvattention or norm or qgather"
 TARGETS = {"w4a16_vs_hf": 3.5, "w4a16_vs_fp16": 3.0, "layer_roofline": 0.60, "prefill_vs_fp16": 0.8}
 STAGES = ("env", "build", "kernels", "sanitize", "correct", "speed")
 MIB = 2 ** 20
@@ -451,7 +451,7 @@ def _hf_static_times(model, dev: str, vocab: int, a: dict) -> dict:
     def step(tok, pos):
         return model(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
 
-    fn = torch.compile(step, mode="reduce-overhead", fullgraph=True) if dev == "cuda" else step
+    fn = torch.compile(step, mode="reduce-overhead") if dev == "cuda" else step
     res = {"decode_ms": {}, "compiled": dev == "cuda"}
     t0 = time.perf_counter()
     for ctx in a["decode_ctx"]:
@@ -603,7 +603,8 @@ def stage_kernels(a, res: dict, budget: Budget) -> None:
     if timeout < 20:
         res["kernels"] = {"skipped": "no time left before the models must be ready"}
         return
-    res["kernels"] = _pytest([], KERNEL_TESTS, ["-n", "4", "-k", "not nvcc"], env, timeout,
+    # one worker per module (loadfile): each module's library is built by nvcc once
+    res["kernels"] = _pytest([], KERNEL_TESTS, ["-n", "3", "--dist", "loadfile", "-k", "not nvcc"], env, timeout,
                              os.path.join(a.work, "kernels.log"))
 
 
@@ -677,39 +678,45 @@ def _divergence(got: list[int], want: list[int], got_logits: np.ndarray, want_lo
     return r
 
 
-def stage_correct(a, p: dict, res: dict, budget: Budget) -> None:
-    out = {}
+def _limit(a, budget: Budget, cap: float = 240) -> float:
+    return min(cap, budget.left() - a.reserve)
+
+
+def correct_model(a, p: dict, res: dict, budget: Budget, model: str) -> None:
+    """tcc fp16 greedy against HF (fp16 on the GPU; fp32 on the CPU when emulating; ORT fp32 without torch),
+    and tcc w4a16 against tcc fp16, on one model."""
+    out = res.setdefault("correct", {})
     base = _child_args(a, p)
+    m = res["build"]["models"][model]
+    fp16, w4 = _artifact(res, model, "fp16"), _artifact(res, model, "w4a16")
+    logits = {k: os.path.join(a.work, f"greedy-{model}-{k}.npy") for k in ("hf", "fp16", "w4a16")}
+    try:
+        if not fp16:
+            raise RuntimeError(f"no {model} fp16 artifact ({m.get('error', 'not built')})")
+        if "hf" in m:
+            hf = run_child("hf", {**base, "mode": "greedy", "hf": m["hf"], "logits": logits["hf"]}, _limit(a, budget))
+            ref = f"HF transformers {hf['dtype']} on {hf['device']}"
+        else:
+            hf = run_child("ort", {**base, "onnx": m["onnx"], "vocab": p["models"][model]["vocab_size"],
+                                   "logits": logits["hf"]}, _limit(a, budget))
+            ref = "ONNX Runtime float32 on cpu (no torch here)"
+        t16 = run_child("tcc", {**base, "mode": "greedy", "out": fp16, "logits": logits["fp16"]}, _limit(a, budget))
+        out[f"{model} fp16 vs HF"] = {**_divergence(t16["tokens"], hf["tokens"], np.load(logits["fp16"]),
+                                                    np.load(logits["hf"])), "reference": ref}
+        if w4:
+            t4 = run_child("tcc", {**base, "mode": "greedy", "out": w4, "logits": logits["w4a16"]}, _limit(a, budget))
+            out[f"{model} w4a16 vs tcc fp16"] = {
+                **_divergence(t4["tokens"], t16["tokens"], np.load(logits["w4a16"]), np.load(logits["fp16"])),
+                "reference": "tcc fp16 (int4 weights: agreement, not equality, is expected)"}
+    except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as e:
+        out[f"{model} fp16 vs HF"] = {"error": str(e)}
 
-    def limit() -> float:
-        return min(240, budget.left() - a.reserve)
 
-    for model in [m for m in ("7b", "tinyllama") if m in res["build"].get("models", {})]:
-        m = res["build"]["models"][model]
-        fp16, w4 = _artifact(res, model, "fp16"), _artifact(res, model, "w4a16")
-        logits = {k: os.path.join(a.work, f"greedy-{model}-{k}.npy") for k in ("hf", "fp16", "w4a16")}
-        try:
-            if not fp16:
-                raise RuntimeError(f"no {model} fp16 artifact ({m.get('error', 'not built')})")
-            if "hf" in m:
-                hf = run_child("hf", {**base, "mode": "greedy", "hf": m["hf"], "logits": logits["hf"]}, limit())
-                ref = f"HF transformers {hf['dtype']} on {hf['device']}"
-            else:
-                hf = run_child("ort", {**base, "onnx": m["onnx"], "vocab": p["models"][model]["vocab_size"],
-                                       "logits": logits["hf"]}, limit())
-                ref = "ONNX Runtime float32 on cpu (no torch here)"
-            t16 = run_child("tcc", {**base, "mode": "greedy", "out": fp16, "logits": logits["fp16"]}, limit())
-            out[f"{model} fp16 vs HF"] = {**_divergence(t16["tokens"], hf["tokens"], np.load(logits["fp16"]),
-                                                        np.load(logits["hf"])), "reference": ref}
-            if w4:
-                t4 = run_child("tcc", {**base, "mode": "greedy", "out": w4, "logits": logits["w4a16"]}, limit())
-                out[f"{model} w4a16 vs tcc fp16"] = {
-                    **_divergence(t4["tokens"], t16["tokens"], np.load(logits["w4a16"]), np.load(logits["fp16"])),
-                    "reference": "tcc fp16 (int4 weights: agreement, not equality, is expected)"}
-        except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as e:
-            out[f"{model} fp16 vs HF"] = {"error": str(e)}
-        write_json(a, res)
-    small = res["build"].get("models", {}).get("small", {})
+def correct_small(a, p: dict, res: dict, budget: Budget) -> None:
+    """tcc w4a16 against the reference interpreter on the same quantized IR (the small model)."""
+    out = res.setdefault("correct", {})
+    base = _child_args(a, p)
+    small = res["build"]["models"]["small"]
     try:
         if not _artifact(res, "small", "w4a16"):
             raise RuntimeError(f"no small w4a16 artifact ({small.get('error', 'not built')})")
@@ -718,15 +725,14 @@ def stage_correct(a, p: dict, res: dict, budget: Budget) -> None:
         cargs = {**base, "onnx": small["onnx"], "qm": "w4a16", "group": p["group"], "arch": "sm_80",
                  "max_context": res["build"]["max_context"], "max_prefill": p["max_prefill"], "logits": ref_path,
                  "n": n}
-        ref = run_child("reference", cargs, limit())
+        ref = run_child("reference", cargs, _limit(a, budget))
         got = run_child("tcc", {**base, "mode": "greedy", "out": _artifact(res, "small", "w4a16"), "logits": got_path,
-                                "n": n}, limit())
+                                "n": n}, _limit(a, budget))
         out["small w4a16 vs reference"] = {**_divergence(got["tokens"], ref["tokens"], np.load(got_path),
                                                          np.load(ref_path)),
                                            "reference": "tcc's reference interpreter on the same quantized IR"}
     except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as e:
         out["small w4a16 vs reference"] = {"error": str(e)}
-    res["correct"] = out
 
 
 def _bytes_per_step(out: str, ctx: int) -> dict:
@@ -736,10 +742,20 @@ def _bytes_per_step(out: str, ctx: int) -> dict:
     return decode_bytes_per_token(_read_manifest(out), ctx)
 
 
-def stage_speed(a, p: dict, res: dict, budget: Budget) -> None:
-    out = {"engines": {}, "skipped": []}
-    res["speed"] = out
-    base = _child_args(a, p)
+# (engine, model, qm, graph): in the order they run; what the budget cannot fit is skipped from the end
+SPEED_RUNS = {
+    "7b": [("tcc", "7b", "w4a16", True), ("tcc", "7b", "fp16", True), ("hf-eager", "7b", "fp16", None),
+           ("tcc", "7b", "w4a16", False), ("tcc", "7b", "fp16", False)],
+    "short": [("tcc", "short", "w4a16", True), ("tcc", "short", "fp16", True), ("hf-eager", "short", "fp16", None)],
+    "tinyllama": [("tcc", "tinyllama", "w4a16", True), ("tcc", "tinyllama", "fp16", True),
+                  ("hf-eager", "tinyllama", "fp16", None)],
+    "static": [("hf-static", "7b", "fp16", None)],
+}
+
+
+def speed_init(a, p: dict, res: dict, budget: Budget) -> None:
+    """The bandwidth the roofline is taken against: the GPU's HBM (torch), or the CPU's when emulating."""
+    out = res["speed"] = {"engines": {}, "skipped": []}
     if a.emulate:
         from tcc.runtime.roofline import measure_bandwidth
 
@@ -748,48 +764,72 @@ def stage_speed(a, p: dict, res: dict, budget: Budget) -> None:
                             "(1 thread; the emulator's times are not speed figures)"}
     else:
         out["bandwidth"] = run_child("bandwidth", {"bytes": 2 << 30}, min(60, budget.left()))
+
+
+def speed_run(a, p: dict, res: dict, budget: Budget, run: tuple) -> None:
+    engine, model, qm, graph = run
+    out = res["speed"]
     bw = out["bandwidth"]["read_gbs"]
-    runs = [("tcc", "7b", "w4a16", True), ("tcc", "7b", "fp16", True), ("hf-eager", "7b", "fp16", None),
-            ("tcc", "7b", "w4a16", False), ("tcc", "7b", "fp16", False),
-            ("tcc", "short", "w4a16", True), ("tcc", "short", "fp16", True), ("hf-eager", "short", "fp16", None),
-            ("tcc", "tinyllama", "w4a16", True), ("tcc", "tinyllama", "fp16", True),
-            ("hf-eager", "tinyllama", "fp16", None), ("hf-static", "7b", "fp16", None)]
-    for engine, model, qm, graph in runs:
-        key = f"{model}:{engine}" + (f":{qm}:{'graph' if graph else 'nograph'}" if engine == "tcc" else "")
-        if model not in res["build"].get("models", {}):
-            out["skipped"].append(f"{key}: the {model} model is not part of this run")
-            continue
-        left = budget.left() - a.reserve
-        if left < 20:
-            out["skipped"].append(f"{key}: no time left in the budget")
-            continue
-        m = res["build"].get("models", {}).get(model, {})
-        try:
-            if engine == "tcc":
-                path = _artifact(res, model, qm)
-                if not path:
-                    raise RuntimeError(f"no {model} {qm} artifact ({m.get('error', 'not built')})")
-                r = run_child("tcc", {**base, "mode": "time", "out": path}, min(a.stage_timeout, left),
-                              env={"TCC_CUDA_GRAPH": "1" if graph else "0"})
-                r["bytes"] = {str(c): _bytes_per_step(path, c) for c in p["decode_ctx"]}
-            else:
-                if "hf" not in m:
-                    why = "torch/transformers missing: --source fixture" if m.get("source") == "fixture" else \
-                        m.get("error", "not built")
-                    raise RuntimeError(f"no {model} HF checkpoint ({why})")
-                r = run_child("hf", {**base, "mode": engine.split("-")[1], "hf": m["hf"]},
-                              min(a.stage_timeout if engine == "hf-eager" else a.compile_timeout, left))
-                fp16 = _artifact(res, model, "fp16")
-                r["bytes"] = {str(c): _bytes_per_step(fp16, c) for c in p["decode_ctx"]} if fp16 else {}
-            r.update(model=model, engine=engine, qm=qm, graph=graph)
-            r["roofline"] = {c: (r["bytes"][c]["total"] / (bw * 1e9) * 1e3) / ms
-                             for c, ms in r.get("decode_ms", {}).items() if c in r["bytes"]}
-            out["engines"][key] = r
-        except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as e:
-            out["engines"][key] = {"error": str(e), "model": model, "engine": engine, "qm": qm, "graph": graph}
-        write_json(a, res)
-    out["per_layer"] = per_layer(res, p, bw)
-    out["targets"] = targets(res, p)
+    key = f"{model}:{engine}" + (f":{qm}:{'graph' if graph else 'nograph'}" if engine == "tcc" else "")
+    if model not in res["build"].get("models", {}):
+        out["skipped"].append(f"{key}: the {model} model is not part of this run")
+        return
+    left = budget.left() - a.reserve
+    if left < 20:
+        out["skipped"].append(f"{key}: no time left in the budget")
+        return
+    m = res["build"]["models"][model]
+    base = _child_args(a, p)
+    try:
+        if engine == "tcc":
+            path = _artifact(res, model, qm)
+            if not path:
+                raise RuntimeError(f"no {model} {qm} artifact ({m.get('error', 'not built')})")
+            r = run_child("tcc", {**base, "mode": "time", "out": path}, min(a.stage_timeout, left),
+                          env={"TCC_CUDA_GRAPH": "1" if graph else "0"})
+            r["bytes"] = {str(c): _bytes_per_step(path, c) for c in p["decode_ctx"]}
+        else:
+            if "hf" not in m:
+                why = "torch/transformers missing: --source fixture" if m.get("source") == "fixture" else \
+                    m.get("error", "not built")
+                raise RuntimeError(f"no {model} HF checkpoint ({why})")
+            r = run_child("hf", {**base, "mode": engine.split("-")[1], "hf": m["hf"]},
+                          min(a.stage_timeout if engine == "hf-eager" else a.compile_timeout, left))
+            fp16 = _artifact(res, model, "fp16")
+            r["bytes"] = {str(c): _bytes_per_step(fp16, c) for c in p["decode_ctx"]} if fp16 else {}
+        r.update(model=model, engine=engine, qm=qm, graph=graph)
+        r["roofline"] = {c: (r["bytes"][c]["total"] / (bw * 1e9) * 1e3) / ms
+                         for c, ms in r.get("decode_ms", {}).items() if c in r["bytes"]}
+        out["engines"][key] = r
+    except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as e:
+        out["engines"][key] = {"error": str(e), "model": model, "engine": engine, "qm": qm, "graph": graph}
+
+
+def speed_finish(a, p: dict, res: dict, budget: Budget) -> None:
+    if "speed" in res and "bandwidth" in res["speed"]:
+        res["speed"]["per_layer"] = per_layer(res, p, res["speed"]["bandwidth"]["read_gbs"])
+        res["speed"]["targets"] = targets(res, p)
+
+
+def measure_tasks(stages: list[str], models: dict) -> list[tuple]:
+    """The correctness and speed work in priority order: the 7b model's (the targets), then the per-layer slope,
+    the small model's w4a16 check, TinyLlama, and last the torch.compile baseline (the slowest to start)."""
+    c, s = "correct" in stages, "speed" in stages
+    tasks = []
+    if s:
+        tasks.append(("speed", "bandwidth", speed_init, ()))
+    if c and "7b" in models:
+        tasks.append(("correct", "7b", correct_model, ("7b",)))
+    if s:
+        tasks += [("speed", "/".join(map(str, r)), speed_run, (r,)) for r in SPEED_RUNS["7b"] + SPEED_RUNS["short"]]
+    if c and "small" in models:
+        tasks.append(("correct", "small", correct_small, ()))
+    if c and "tinyllama" in models:
+        tasks.append(("correct", "tinyllama", correct_model, ("tinyllama",)))
+    if s:
+        tasks += [("speed", "/".join(map(str, r)), speed_run, (r,)) for r in SPEED_RUNS["tinyllama"] + SPEED_RUNS["static"]]
+        tasks.append(("speed", "summary", speed_finish, ()))
+    return tasks
 
 
 def per_layer(res: dict, p: dict, bw: float) -> dict:
@@ -1017,18 +1057,18 @@ def main(argv=None) -> int:
             write_json(a, res)
         else:
             res["build"] = {"models": {}, "max_context": 0}
-        for name, fn in (("correct", stage_correct), ("speed", stage_speed)):
-            if name not in stages:
+        for stage, what, fn, args in measure_tasks(stages, res["build"]["models"]):
+            if fn is not speed_finish and budget.left() < a.reserve + 20:
+                res["skipped"].append(f"{stage} {what}: no time left in the budget")
                 continue
-            if budget.left() < a.reserve + 20:
-                res["skipped"].append(f"{name}: no time left in the budget")
-                continue
-            log(f"{name} ...")
+            if stage == "speed" and fn is not speed_init and "speed" not in res:
+                continue  # the bandwidth probe broke: reported in errors
+            log(f"{stage} {what} ...")
             try:
-                fn(a, p, res, budget)
-            except Exception as e:  # one call on the GPU: report what broke and go on to the next stage
-                res.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}")
-                log(f"{name} broke: {type(e).__name__}: {e}")
+                fn(a, p, res, budget, *args)
+            except Exception as e:  # one call on the GPU: report what broke and go on
+                res.setdefault("errors", []).append(f"{stage} {what}: {type(e).__name__}: {e}")
+                log(f"{stage} {what} broke: {type(e).__name__}: {e}")
             write_json(a, res)
         res["gpu"] = (res.get("speed", {}).get("bandwidth", {}).get("gpu") if not a.emulate
                       else "none (SIMT emulator)")
