@@ -134,6 +134,9 @@ def run_child(kind: str, args: dict, timeout: float, env: dict | None = None) ->
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise TimeoutError(f"{kind} ran past its {timeout:.0f} s") from None
+    except BaseException:  # SIGTERM's SystemExit: the child's group goes too
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     if proc.returncode != 0:
         lines = [ln for ln in (err or "").strip().splitlines() if ln.strip()]
         raise RuntimeError(f"{kind} failed (exit {proc.returncode}): {lines[-1] if lines else '?'}")
@@ -911,6 +914,8 @@ def markdown(res: dict, p: dict) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, r in sp.get("engines", {}).items():
         name = key.split(":", 1)[1].replace(":graph", " (graph)").replace(":nograph", " (no graph)")
+        if r.get("graph_replays") is not None:
+            name += f" [{r['graph_replays']} replays]"
         if "error" in r:
             lines.append(f"| {name} | {r['model']} | " + " | ".join(["–"] * (len(head) - 3)) + f" | {r['error'][:80]} |")
             continue
@@ -999,8 +1004,9 @@ def main(argv=None) -> int:
     ap.add_argument("--source", choices=("auto", "transformers", "fixture"), default="auto",
                     help="models made with transformers, or (--tiny, no torch) the repository's LLaMA fixture; "
                          "auto: transformers where torch and transformers import")
-    ap.add_argument("--measure-s", type=float, default=220,
-                    help="seconds of the budget kept for the correctness and speed stages (builds end before)")
+    ap.add_argument("--measure-s", type=float,
+                    help="seconds of the budget kept for the correctness and speed stages (the builds, kernel tests "
+                         "and sanitizers end before; default min(220, 0.45 x budget))")
     ap.add_argument("--kernel-timeout", type=float, default=200)
     ap.add_argument("--sanitize-timeout", type=float, default=90)
     ap.add_argument("--stage-timeout", type=float, default=120, help="one timing child's limit")
@@ -1009,6 +1015,9 @@ def main(argv=None) -> int:
     if a.layers < 2:
         ap.error("--layers must be at least 2 (the short model has half of them)")
     a.t0 = time.monotonic()
+    # `timeout` (or the device tool) sends SIGTERM: unwind, so the builds are killed and the report is written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    a.measure_s = a.measure_s if a.measure_s is not None else min(220.0, 0.45 * a.budget_s)
     a.build_deadline = a.t0 + a.budget_s - a.measure_s  # the builds, kernel tests and sanitizers end by then
     a.skip_models = {s for s in a.skip_models.split(",") if s}
     stages = [s for s in a.stages.split(",") if s]

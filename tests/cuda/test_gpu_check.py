@@ -87,7 +87,7 @@ def test_speed_figures(report):
     assert len(names) == 3 * len(ctx) + 1 and all(t["result"] in ("pass", "miss", "n/a") for t in sp["targets"])
     vs_fp16 = [t for t in sp["targets"] if "vs tcc fp16" in t["target"]]
     assert all(t["value"] > 0 and t["result"] != "n/a" for t in vs_fp16)
-    assert "| target | measured | wanted | result |" in md and "| tcc:w4a16 (no graph) | 7b |" in md
+    assert "| target | measured | wanted | result |" in md and "| tcc:w4a16 (no graph)" in md
     if res["build"]["models"]["7b"]["source"] == "transformers":
         for key in ("7b:hf-eager", "7b:hf-static", "short:tcc:w4a16:graph", "short:hf-eager"):
             assert "error" not in sp["engines"][key], (key, sp["engines"][key])
