@@ -72,7 +72,7 @@ KERNEL_TESTS = ["tests/cuda/test_linalg.py", "tests/cuda/test_attention.py", "te
 SANITIZE_TESTS = ["tests/cuda/test_linalg.py", "tests/cuda/test_attention.py"]
 SANITIZE_K = "qlinear_w4a16 or gemm_f16 or kvattention or norm or qgather"
 TARGETS = {"w4a16_vs_hf": 3.5, "w4a16_vs_fp16": 3.0, "layer_roofline": 0.60, "prefill_vs_fp16": 0.8}
-STAGES = ("env", "build", "kernels", "sanitize", "correct", "speed")
+STAGES = ("env", "build", "kernels", "sanitize", "correct", "speed", "profile")
 MIB = 2 ** 20
 
 
@@ -817,6 +817,77 @@ def speed_finish(a, p: dict, res: dict, budget: Budget) -> None:
         res["speed"]["targets"] = targets(res, p)
 
 
+NCU_METRICS = ("gpu__time_duration.sum", "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+               "sm__throughput.avg.pct_of_peak_sustained_elapsed", "sm__warps_active.avg.pct_of_peak_sustained_active",
+               "launch__registers_per_thread")
+
+
+def profile_ncu(a, p: dict, res: dict, budget: Budget) -> None:
+    """Nsight Compute on the 7b w4a16 model's greedy run (a 16-token prefill, then decode steps; no graph, so
+    every launch is its own kernel): per kernel its time, DRAM and SM throughput (% of peak), achieved
+    occupancy and registers -- what bounds a step that misses its target (docs/cuda.md)."""
+    if a.emulate:
+        res["profile"] = {"skipped": "needs a GPU"}
+        return
+    ncu = shutil.which("ncu") or "/usr/local/cuda/bin/ncu"
+    path = _artifact(res, "7b", "w4a16")
+    if not path or not os.path.exists(ncu):
+        res["profile"] = {"skipped": "no 7b w4a16 artifact" if not path else "ncu not found"}
+        return
+    args = {**_child_args(a, p), "mode": "greedy", "out": path, "n": 4,
+            "logits": os.path.join(a.work, "ncu-greedy.npy")}
+    cmd = [ncu, "--target-processes", "all", "--csv", "--page", "raw", "--print-units", "base",
+           "--print-kernel-base", "function", "--clock-control", "none", "--launch-count", "400",
+           "--metrics", ",".join(NCU_METRICS), *child_cmd("tcc", args)]
+    timeout = min(a.stage_timeout, budget.left() - a.reserve)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+                           env={**os.environ, "TCC_CUDA_GRAPH": "0"})
+    except subprocess.TimeoutExpired:
+        res["profile"] = {"error": f"ncu ran past {timeout:.0f} s"}
+        return
+    res["profile"] = {"exit": r.returncode, "kernels": ncu_summary(r.stdout),
+                      "tail": (r.stderr.strip().splitlines() or [""])[-1][:300]}
+
+
+def ncu_summary(text: str) -> list[dict]:
+    """Per kernel name (from ncu's raw CSV page): launches, total and mean time, mean % of peak DRAM and SM
+    throughput, achieved occupancy, registers; the most expensive first."""
+    import csv
+
+    rows = list(csv.reader(ln for ln in text.splitlines() if ln.startswith('"')))
+    head = next((r for r in rows if "Kernel Name" in r), None)
+    if head is None:
+        return []
+    col = {name: i for i, name in enumerate(head)}
+    agg: dict[str, dict] = {}
+    for r in rows:
+        if r is head or len(r) != len(head) or not r[col["ID"]].strip().isdigit():
+            continue  # the header, the units row
+
+        def num(metric):
+            try:
+                return float(r[col[metric]].replace(",", ""))
+            except (KeyError, ValueError):
+                return None
+
+        k = agg.setdefault(r[col["Kernel Name"]], {"kernel": r[col["Kernel Name"]], "launches": 0, "ns": 0.0,
+                                                    "dram": [], "sm": [], "occupancy": [], "regs": None})
+        k["launches"] += 1
+        k["ns"] += num("gpu__time_duration.sum") or 0.0
+        for key, metric in (("dram", NCU_METRICS[1]), ("sm", NCU_METRICS[2]), ("occupancy", NCU_METRICS[3])):
+            v = num(metric)
+            if v is not None:
+                k[key].append(v)
+        k["regs"] = num("launch__registers_per_thread")
+    out = []
+    for k in sorted(agg.values(), key=lambda k: -k["ns"]):
+        out.append({"kernel": k["kernel"], "launches": k["launches"], "total_us": k["ns"] / 1e3,
+                    "mean_us": k["ns"] / 1e3 / k["launches"], "regs": k["regs"],
+                    **{key: statistics.mean(k[key]) if k[key] else None for key in ("dram", "sm", "occupancy")}})
+    return out
+
+
 def measure_tasks(stages: list[str], models: dict) -> list[tuple]:
     """The correctness and speed work in priority order: the 7b model's (the targets), then the per-layer slope,
     the small model's w4a16 check, TinyLlama, and last the torch.compile baseline (the slowest to start)."""
@@ -833,7 +904,11 @@ def measure_tasks(stages: list[str], models: dict) -> list[tuple]:
     if c and "tinyllama" in models:
         tasks.append(("correct", "tinyllama", correct_model, ("tinyllama",)))
     if s:
-        tasks += [("speed", "/".join(map(str, r)), speed_run, (r,)) for r in SPEED_RUNS["tinyllama"] + SPEED_RUNS["static"]]
+        tasks += [("speed", "/".join(map(str, r)), speed_run, (r,)) for r in SPEED_RUNS["tinyllama"]]
+    if "profile" in stages and "7b" in models:
+        tasks.append(("profile", "ncu", profile_ncu, ()))
+    if s:
+        tasks += [("speed", "/".join(map(str, r)), speed_run, (r,)) for r in SPEED_RUNS["static"]]
         tasks.append(("speed", "summary", speed_finish, ()))
     return tasks
 
@@ -945,20 +1020,18 @@ def markdown(res: dict, p: dict) -> str:
         lines += ["", "| target | measured | wanted | result |", "|---|---|---|---|"]
         for t in sp["targets"]:
             lines.append(f"| {t['target']} | {_f(t['value'])} | ≥ {t['want']} | {t['result']} |")
-    cor = res.get("correct", {})
-    if cor:
-        lines += ["", "| correctness | result |", "|---|---|"]
-        for k, v in cor.items():
-            if "error" in v:
-                lines.append(f"| {k} | error: {v['error'][:100]} |")
-                continue
-            txt = f"{v['agree']}/{v['of']} tokens equal"
-            if "max_abs_logit_diff" in v:
-                txt += f", max |Δlogit| {v['max_abs_logit_diff']:.3g} before any difference"
-            if "at" in v:
-                txt += (f"; first difference at step {v['at']}: reference margin {v['ref_gap']:.3g}, tcc margin "
-                        f"{v['tcc_gap']:.3g} ({'a near-tie' if v['near_tie'] else 'NOT a near-tie'})")
-            lines.append(f"| {k} ({v.get('reference', 'tcc fp16')}) | {txt} |")
+    lines += ["", "| check | result |", "|---|---|"]
+    for k, v in res.get("correct", {}).items():
+        if "error" in v:
+            lines.append(f"| {k} | error: {v['error'][:100]} |")
+            continue
+        txt = f"{v['agree']}/{v['of']} tokens equal"
+        if "max_abs_logit_diff" in v:
+            txt += f", max |Δlogit| {v['max_abs_logit_diff']:.3g} before any difference"
+        if "at" in v:
+            txt += (f"; first difference at step {v['at']}: reference margin {v['ref_gap']:.3g}, tcc margin "
+                    f"{v['tcc_gap']:.3g} ({'a near-tie' if v['near_tie'] else 'NOT a near-tie'})")
+        lines.append(f"| {k} ({v.get('reference', 'tcc fp16')}) | {txt} |")
     for k in ("kernels", "sanitize"):
         v = res.get(k)
         if v is None:
@@ -972,11 +1045,21 @@ def markdown(res: dict, p: dict) -> str:
                      f"{name.split()[0]}: the small model's generation" if name.endswith("small model") else
                      f"{name}: kernel tests")
             lines.append(f"| {label} | {desc} |")
-    b = res.get("build", {}).get("models", {})
-    for name, m in b.items():
+    for name, m in res.get("build", {}).get("models", {}).items():
         desc = m.get("error") or (f"export {m['export_s']} s; compile " + ", ".join(
             f"{q} {x['compile_s']} s" for q, x in m["artifacts"].items()))
         lines.append(f"| build {name} | {desc} |")
+    prof = res.get("profile", {})
+    if prof.get("kernels"):
+        lines += ["", "Nsight Compute, 7b w4a16 (16-token prefill + decode steps, no graph), by total time:", "",
+                  "| kernel | launches | total µs | mean µs | DRAM % peak | SM % peak | occupancy % | regs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k in prof["kernels"][:15]:
+            lines.append(f"| {k['kernel'][:60]} | {k['launches']} | {_f(k['total_us'], '.1f')} | "
+                         f"{_f(k['mean_us'], '.1f')} | {_f(k['dram'], '.0f')} | {_f(k['sm'], '.0f')} | "
+                         f"{_f(k['occupancy'], '.0f')} | {_f(k['regs'], '.0f')} |")
+    elif prof:
+        lines += ["", f"Nsight Compute: {prof.get('skipped') or prof.get('error') or prof.get('tail')}"]
     if res.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(res["skipped"])]
     if res.get("errors"):
