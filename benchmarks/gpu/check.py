@@ -234,7 +234,7 @@ def _export(cfg: dict, d: str, dtype: str) -> str:
     from transformers import LlamaForCausalLM
 
     tdt = torch.float16 if dtype == "f16" else torch.float32
-    model = LlamaForCausalLM.from_pretrained(os.path.join(d, "hf"), torch_dtype=tdt,
+    model = LlamaForCausalLM.from_pretrained(os.path.join(d, "hf"), dtype=tdt,
                                              attn_implementation="eager").eval()
     flat = SUITE._flat_past_module(model)
     L = cfg["num_hidden_layers"]
@@ -371,7 +371,7 @@ def _hf_model(a: dict):
     torch.manual_seed(0)
     dev = "cuda" if not a["emulate"] else "cpu"
     dtype = torch.float16 if dev == "cuda" else torch.float32  # the CPU reference in fp32 (fp16 weights)
-    model = LlamaForCausalLM.from_pretrained(a["hf"], torch_dtype=dtype).to(dev).eval()
+    model = LlamaForCausalLM.from_pretrained(a["hf"], dtype=dtype).to(dev).eval()
     return model, dev, dtype
 
 
