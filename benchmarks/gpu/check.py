@@ -21,16 +21,24 @@ budget is skipped and recorded, so one call never outlives the device tool's 10-
 - correct: tcc fp16 greedy tokens against HF transformers fp16 on the GPU (32 tokens; a divergence shows both
   engines' logit gaps there), tcc w4a16 against the reference interpreter on the same quantized IR (the small
   model: the interpreter is too slow for 7B widths) and w4a16 against fp16 on the 7b model (token agreement).
-- speed (nothing else running): the HBM bandwidth (a device copy, and a read-only reduction), decode ms/token
+- speed (nothing else running, the 7b model's figures first, torch.compile last): the HBM bandwidth (a device copy, and a read-only reduction), decode ms/token
   at contexts 16/512/2048 and prefill tok/s at 128/1024 tokens for tcc w4a16 and fp16 (with and without the
   CUDA graph: TCC_CUDA_GRAPH=0), HF fp16 eager and HF with a static cache + torch.compile; the bytes a decode
   step reads (the artifact's weights + the KV cache at that context); the fraction of the roofline for the
   whole model and per layer (the slope between the 7b and short models); the issue's targets, pass or miss.
+- profile: Nsight Compute on the 7b w4a16 model's generation (per kernel: time, DRAM and SM % of peak,
+  achieved occupancy, registers), to say what bounds a missed target.
+
+The device tool's call (the next session with a GPU; timeout leaves the script time to write its report):
+    command: timeout -s TERM 585 bash benchmarks/gpu/check.sh --commit <short sha> --budget-s 540
+    timeout_s: 600, carry: none (every package the check needs is on that machine's image)
 
 --emulate --tiny runs the same end to end on a machine without a GPU: tiny models (hidden 64, 2 layers, vocab
 256), tcc on the SIMT emulator (`tcc.load(out, emulate=True)`), HF in fp32 on the CPU as the reference and
 baseline, small contexts; the GPU-only items (kernel tests on the GPU, sanitizers, the HBM probe, torch.compile)
-are recorded as skipped with the reason. Its times are not speed figures. tests/cuda/test_gpu_check.py runs it.
+are recorded as skipped with the reason. Its times are not speed figures. Without torch (CI), --source fixture
+takes the repository's exported LLaMA fixture with fp32 ONNX Runtime as the reference and no HF rows.
+tests/cuda/test_gpu_check.py runs it.
 """
 from __future__ import annotations
 
