@@ -6,6 +6,9 @@
 # which must be a Python identifier). Python packages the machine lacks can travel as wheels in .whl/ (the
 # device tool's README: name .whl in `carry`); they are installed into /tmp/site without the network.
 set -u
+# `timeout -s TERM` signals the whole group: only check.py acts on it (it kills its builds and writes the report);
+# this script and tee go on, so the output and the logs still come back.
+trap '' TERM
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$REPO/build/gpucheck}
 mkdir -p "$OUT"
