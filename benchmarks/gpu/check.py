@@ -982,6 +982,10 @@ def _f(x, fmt=".2f", none="–") -> str:
     return none if x is None else format(x, fmt)
 
 
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%" if x >= 0.01 else f"{100 * x:.2g}%"
+
+
 def markdown(res: dict, p: dict) -> str:
     env = res.get("env", {})
     lines = [f"# tcc CUDA check ({env.get('mode', '?')}): {res.get('gpu') or 'no GPU'}", "",
@@ -1009,8 +1013,8 @@ def markdown(res: dict, p: dict) -> str:
             continue
         b = r.get("bytes", {}).get(ctx[-1], {}).get("total")
         cells = ([_f(r.get("decode_ms", {}).get(c)) for c in ctx] + [_f(r.get("prefill_tok_s", {}).get(n), ".0f")
-                 for n in pre] + [_f(b / MIB if b else None, ".0f")]
-                 + [_f(100 * r["roofline"][c], ".0f") + "%" if r.get("roofline", {}).get(c) else "–" for c in ctx])
+                 for n in pre] + [_f(b / MIB if b else None, ".0f" if b and b >= 100 * MIB else ".2f")]
+                 + [_pct(r.get("roofline", {}).get(c)) for c in ctx])
         lines.append(f"| {name} | {r['model']} | " + " | ".join(cells) + " |")
     lay = sp.get("per_layer", {})
     if any(k != "layers" for k in lay):
@@ -1022,7 +1026,7 @@ def markdown(res: dict, p: dict) -> str:
             if key == "layers":
                 continue
             lines.append(f"| {key.replace(':graph', '')} | " + " | ".join(
-                f"{_f(row[c]['ms'], '.3f')} | {_f(100 * row[c]['roofline'] if row[c]['roofline'] else None, '.0f')}% | "
+                f"{_f(row[c]['ms'], '.3f')} | {_pct(row[c]['roofline'])} | "
                 f"{_f(row[c]['ms_32_layers'])}" for c in ctx) + " |")
     if sp.get("targets"):
         lines += ["", "| target | measured | wanted | result |", "|---|---|---|---|"]
@@ -1039,7 +1043,7 @@ def markdown(res: dict, p: dict) -> str:
         if "at" in v:
             txt += (f"; first difference at step {v['at']}: reference margin {v['ref_gap']:.3g}, tcc margin "
                     f"{v['tcc_gap']:.3g} ({'a near-tie' if v['near_tie'] else 'NOT a near-tie'})")
-        lines.append(f"| {k} ({v.get('reference', 'tcc fp16')}) | {txt} |")
+        lines.append(f"| {k} | {txt} (reference: {v.get('reference', 'tcc fp16')}) |")
     for k in ("kernels", "sanitize"):
         v = res.get(k)
         if v is None:

@@ -65,7 +65,7 @@ def test_correctness(report):
     ref = cor["small w4a16 vs reference"]
     assert ref["equal"] and ref["of"] == 12, ref  # the same quantized IR: the same tokens
     assert "agree" in cor["7b w4a16 vs tcc fp16"]
-    assert "| 7b fp16 vs HF (" in md and "| small w4a16 vs reference (" in md
+    assert "| 7b fp16 vs HF | " in md and "| small w4a16 vs reference | 12/12 tokens equal" in md
 
 
 def test_speed_figures(report):
