@@ -95,6 +95,7 @@ def pytest_terminal_summary(terminalreporter):
 TIERS = (
     ("kernels/", "kernel"),
     ("cuda/test_program.py", "model"),
+    ("cuda/test_gpu_check.py", "model"),
     ("cuda/", "kernel"),
     ("conformance/test_node_tests_compiled.py", "kernel"),
     ("test_ops_onnxruntime.py", "kernel"),

@@ -11,6 +11,13 @@ and returns the context's error message ("" when none); `lib.set_seed(s)` turns 
 `nvcc_compile(items, archs)` compiles the same sources with nvcc for real GPUs and checks with
 `cuobjdump --list-elf` that every object holds SASS for every arch. Without nvcc it skips with the reason on a
 developer's machine and fails in CI (CI=true).
+
+On a GPU host, `TCC_CUDA_TEST_DEVICE=gpu` runs the same tests on the GPU (benchmarks/gpu/check.py does): the
+library is built by nvcc (`-arch=native`, or TCC_CUDA_TEST_ARCH) with runtime/device_cuda.cu, and each launcher
+call lets the GPU read and write the callers' numpy arrays in place: directly where the GPU can access pageable
+host memory (HMM/ATS), else by pinning (cudaHostRegister) the host mappings that hold the call's pointer
+arguments for the call and synchronizing before releasing them. The emulator's knobs (set_seed, ...) are
+no-ops there. A test-only switch (an environment variable, like CI): the default stays the emulator.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ EMULATOR_FILES = ("tcc_cuda.h", "tcc_cuda_ptx.h", "tcc_device.h", "device_simt.c
 SIMT_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-DTCC_SIMT", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
               "-Wno-unused-variable", "-Wno-unused-but-set-variable")
 NVCC_FLAGS = ("-std=c++17", "-O3", "--expt-relaxed-constexpr")
+DEVICE = os.environ.get("TCC_CUDA_TEST_DEVICE", "simt")  # "gpu": nvcc-built kernels on this host's GPU
 
 _PROTOTYPE = re.compile(r'extern\s+"C"\s+([\w\s\*]+?)\s*\b(\w+)\s*\(([^)]*)\)\s*[;{]')
 
@@ -141,9 +149,14 @@ def _compile_all(jobs: list[tuple[str, list[str]]]) -> None:
 
 
 def build_kernels(items, tmpdir: str | None = None) -> "SimtLib":
-    """Compile CUDA kernel specs or sources with the SIMT emulator into one shared library and load it."""
+    """Compile CUDA kernel specs or sources with the SIMT emulator into one shared library and load it
+    (with TCC_CUDA_TEST_DEVICE=gpu: with nvcc, for this host's GPU)."""
     tmpdir = tmpdir or tempfile.mkdtemp(prefix="tcc-simt-")
     sources = _sources(items, str(tmpdir))
+    if DEVICE == "gpu":
+        return _build_gpu(sources, str(tmpdir))
+    if DEVICE != "simt":
+        raise SimtError(f"TCC_CUDA_TEST_DEVICE={DEVICE!r}: use simt (the default) or gpu")
     names = [name for name, _ in sources]
     if len(set(names)) != len(names):
         raise SimtError(f"two sources named alike in one build: {sorted(n for n in names if names.count(n) > 1)}")
@@ -279,6 +292,131 @@ class SimtLib(ctypes.CDLL):
     def set_seed(self, seed: int) -> None:
         """0: threads run in order between barriers; otherwise a shuffled order drawn from the seed."""
         self.tcc_simt_set_seed(seed)
+
+
+# -- the same tests on a real GPU (TCC_CUDA_TEST_DEVICE=gpu) ----------------------------------------------
+# Built into every GPU test library: no-op stand-ins for the emulator's knobs, and the host-memory helpers.
+GPU_HELPERS = r"""
+#include <cuda_runtime.h>
+#include <stdint.h>
+extern "C" {
+void tcc_simt_set_seed(uint64_t) {}
+void tcc_simt_set_fast_fragments(int) {}
+void tcc_simt_set_watchdog(int) {}
+int tcc_test_pageable_access(void) {
+  int dev = 0, on = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  return cudaDeviceGetAttribute(&on, cudaDevAttrPageableMemoryAccess, dev) == cudaSuccess ? on : 0;
+}
+// 0 registered, 1 already registered (leave it), else the CUDA error code.
+int tcc_test_host_register(void* p, size_t n) {
+  cudaError_t e = cudaHostRegister(p, n, cudaHostRegisterMapped | cudaHostRegisterPortable);
+  if (e == cudaErrorInvalidValue || e == cudaErrorNotSupported) {
+    cudaGetLastError();
+    e = cudaHostRegister(p, n, cudaHostRegisterMapped | cudaHostRegisterPortable | cudaHostRegisterReadOnly);
+  }
+  if (e == cudaErrorHostMemoryAlreadyRegistered) { cudaGetLastError(); return 1; }
+  return e == cudaSuccess ? 0 : int(e);
+}
+void tcc_test_host_unregister(void* p) { cudaHostUnregister(p); cudaGetLastError(); }
+int tcc_test_device_sync(void) { return int(cudaDeviceSynchronize()); }
+}
+"""
+
+
+def _build_gpu(sources: list[tuple[str, str]], tmpdir: str) -> "GpuLib":
+    """nvcc objects (cached by content and arch) of the sources, runtime/device_cuda.cu and the helpers, linked
+    into one shared library for this host's GPU."""
+    nvcc = require_nvcc()
+    arch = os.environ.get("TCC_CUDA_TEST_ARCH", "native")
+    flags = [*NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-I", RUNTIME]
+    cache = _cache_dir()
+    headers = _emulator_digest()
+    with open(os.path.join(RUNTIME, "device_cuda.cu")) as f:
+        items = [*sources, ("device_cuda.cu", f.read()), ("gpu_helpers.cu", GPU_HELPERS)]
+    objects, pending = [], []
+    for name, text in items:
+        obj = os.path.join(cache, f"gpu-{_digest(headers, ' '.join(flags), name, text)}.o")
+        objects.append(obj)
+        if not os.path.exists(obj):
+            path = os.path.join(tmpdir, name)
+            with open(path, "w") as f:
+                f.write(text)
+            pending.append((obj, [nvcc, *flags, "-c", path, "-o", f"{obj}.{os.getpid()}.tmp.o"]))
+    _compile_all(pending)
+    lib_path = os.path.join(cache, f"gpu-kernels-{_digest(*objects)}.so")
+    if not os.path.exists(lib_path):
+        tmp = f"{lib_path}.{os.getpid()}.tmp.so"
+        _run([nvcc, "-shared", f"-arch={arch}", *objects, "-o", tmp])
+        os.replace(tmp, lib_path)
+    protos = {}
+    for _, text in sources:
+        protos.update(prototypes(text))
+    return GpuLib(lib_path, protos)
+
+
+def _host_mappings(pointers) -> list[tuple[int, int]]:
+    """The (start, size) of each /proc/self/maps mapping holding one of the pointers."""
+    spans = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+            if any(lo <= p < hi for p in pointers):
+                spans.append((lo, hi - lo))
+    return spans
+
+
+class _GpuLauncher:
+    """A launcher of a GpuLib: the call's pointer arguments made visible to the GPU for the call (pinned
+    where the GPU cannot read pageable memory), then a device-wide sync so the arrays hold the results."""
+
+    def __init__(self, lib: "GpuLib", func):
+        object.__setattr__(self, "_lib", lib)
+        object.__setattr__(self, "_func", func)
+
+    def __getattr__(self, name):
+        return getattr(self._func, name)
+
+    def __setattr__(self, name, value):  # argtypes / restype go to the ctypes function
+        setattr(self._func, name, value)
+
+    def __call__(self, *args):
+        lib, func = self._lib, self._func
+        types = func.argtypes or []
+        ptrs = {int(a) for i, a in enumerate(args)
+                if isinstance(a, int) and a and (types[i] is ctypes.c_void_p if i < len(types) else a >= 1 << 16)}
+        pinned = []
+        if not lib.pageable:
+            for start, size in _host_mappings(ptrs):
+                err = lib.tcc_test_host_register(ctypes.c_void_p(start), ctypes.c_size_t(size))
+                if err not in (0, 1):
+                    raise SimtError(f"cudaHostRegister of a {size}-byte host mapping failed (CUDA error {err})")
+                if err == 0:
+                    pinned.append(start)
+        try:
+            result = func(*args)
+        finally:
+            lib.tcc_test_device_sync()
+            for start in pinned:
+                lib.tcc_test_host_unregister(ctypes.c_void_p(start))
+        return result
+
+
+class GpuLib(SimtLib):
+    """The kernels built by nvcc for this host's GPU behind SimtLib's interface (the launchers wrapped)."""
+
+    def __init__(self, path: str, protos: dict[str, list]):
+        super().__init__(path, protos)
+        self.tcc_test_host_register.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.tcc_test_host_unregister.argtypes = [ctypes.c_void_p]
+        self.pageable = bool(self.tcc_test_pageable_access())
+
+    def __getattr__(self, name):
+        func = super().__getattr__(name)
+        if name in self.protos:
+            func = _GpuLauncher(self, func)
+            setattr(self, name, func)
+        return func
 
 
 # -- nvcc ----------------------------------------------------------------------------------------------------
