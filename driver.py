@@ -138,6 +138,9 @@ def check_target(opts: CompileOptions):
     backend = get_backend(opts.target, cpu=opts.cpu, cuda_arch=opts.cuda_arch)
     get_scheme(opts.qm)
     check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
+    unfinished = getattr(backend.target, "unfinished", None)
+    if unfinished:  # a target whose kernels exist before its program does (metal): refuse, never half-build
+        raise TccError(f"--target {opts.target} cannot compile a model yet: {unfinished}; available now: x86, arm, cuda")
     return backend
 
 
