@@ -7,7 +7,8 @@ a rendered file holds the MSL kernels (TCC_METAL_DEVICE_CODE) and the launcher w
 (TCC_METAL_HOST_CODE), and backends/metal/msl.py adds the emulator's entries.
 
 Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), qlinear_w4a16 (fp16
-activations), qlinear_w4a32 (f32 activations) and gemm (fp16, simdgroup_matrix).
+activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
+prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap).
 """
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ def _qlinear_context(spec: KernelSpec) -> dict:
                 GEMV_ROWS=GEMV_ROWS)
 
 
+# kvattention: head dimensions up to MAX_D (a lane holds D / 32 query and output values).
+MAX_D = 256
+
+
+def _kv_context(spec: KernelSpec) -> dict:
+    return {**_float_context(spec), "MAX_D": MAX_D}
+
+
 def _gemm_context(spec: KernelSpec) -> dict:
     return dict(GEMM_TILE, MT="half")
 
@@ -67,6 +76,7 @@ register_target_context(TARGET, "binary", _binary_context)
 for _family in ("qlinear_w4a16", "qlinear_w4a32"):
     register_target_context(TARGET, _family, extended_context(_family, _qlinear_context))
 register_target_context(TARGET, "gemm", extended_context("gemm", _gemm_context))
+register_target_context(TARGET, "kvattention", extended_context("kvattention", _kv_context))
 
 DTYPES = ("f16", "f32")
 VARIANTS: list[KernelSpec] = [
@@ -77,6 +87,7 @@ VARIANTS: list[KernelSpec] = [
     KernelSpec.make(TARGET, "qlinear_w4a16", VARIANT, dtype="f16"),
     KernelSpec.make(TARGET, "qlinear_w4a32", VARIANT),
     KernelSpec.make(TARGET, "gemm", VARIANT, dtype="f16"),
+    *(KernelSpec.make(TARGET, "kvattention", VARIANT, dtype=d) for d in DTYPES),
 ]
 
 _by_key: dict[tuple, KernelSpec] = {(s.family, s.params): s for s in VARIANTS}

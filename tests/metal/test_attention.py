@@ -1,0 +1,80 @@
+"""Metal kvattention (backends/metal/kernels.py) on the SIMT emulator against ir/ops/kv.py's reference, on the
+CUDA tests' cases (tests/cuda/test_attention.py: contexts 1, 2, 41, 255 and > 1024, GQA ratios 1/4/8/16,
+prefill, ring caches with a sliding window, ALiBi, softcap, odd head sizes) and with their tolerances."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tcc.backends.metal import kernels as mk
+from tests.cuda.test_attention import BAD_KV, KV_CASES, NP, check, estrides, kv_reference, layout, rnd, rope_tables
+
+from .harness import build_metal
+
+SPECS = [s for s in mk.VARIANTS if s.family == "kvattention"]
+IDS = lambda spec: spec.name  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    lib = build_metal(SPECS, str(tmp_path_factory.mktemp("metal_attention")))
+    lib.set_seed(7)
+    return lib
+
+
+def call(lib, spec, *args):
+    conv = [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
+    with lib.exec() as ex:
+        lib.fn(spec.name)(*conv, ex.handle)
+        return ex.sync()
+
+
+CASES = [(spec, case) for spec in SPECS for case in KV_CASES]
+
+
+@pytest.mark.parametrize("spec,case", CASES, ids=lambda v: v if isinstance(v, str) else v.param("dtype"))
+def test_kvattention(lib, spec, case):
+    B, Hq, Hkv, S, past, D, Dv, rd, mode, window, rows, capacity, alibi, softcap, order = KV_CASES[case]
+    dt = spec.param("dtype")
+    rng = np.random.default_rng(sum(map(ord, case)))
+    q, k, v = rnd(rng, (B, Hq, S, D)), rnd(rng, (B, Hkv, S, D)), rnd(rng, (B, Hkv, S, Dv))
+    kc0, vc0 = rnd(rng, (B, Hkv, rows, D)), rnd(rng, (B, Hkv, rows, Dv))
+    cos, sin = rope_tables(capacity, rd, rng)
+    slopes = (-np.abs(rnd(rng, (Hq,), 0.1))) if alibi else None
+    scale = 8.0 / np.sqrt(D) if softcap else 1.0 / np.sqrt(D)
+    kc_ref, vc_ref = kc0.copy(), vc0.copy()
+    ref = kv_reference(q, k, v, kc_ref, vc_ref, past, cos, sin, mode, rd, scale, window, slopes, softcap, dt)
+    T = NP[dt]
+    qd, kd, vd = layout(q, order, T), layout(k, order, T), layout(v, order, T)
+    kc, vc = kc0.astype(T), vc0.astype(T)
+    out = layout(np.full((B, Hq, S, Dv), np.nan, np.float32), order, T)
+    tab = lambda t: None if t is None else t.astype(T)  # noqa: E731
+    err = call(lib, spec, qd, kd, vd, kc, vc, out, B, Hq, Hkv, S, past, capacity, D, Dv, estrides(qd), estrides(kd),
+               estrides(vd), estrides(out), tab(cos), tab(sin), rd, mode, scale, window, rows, tab(slopes), softcap)
+    assert err == ""
+    check(out, ref, np.abs(v).max() if past == 0 else max(np.abs(v).max(), np.abs(vc0).max()), dt, "out")
+    np.testing.assert_array_equal(vc.astype(np.float32), vc_ref)
+    mag = np.abs(kc_ref) + np.abs(k).max()
+    assert np.all(np.abs(kc.astype(np.float32) - kc_ref) <= (2.0 ** -10 if dt == "f16" else 2.0 ** -22) * mag)
+
+
+@pytest.mark.parametrize("case", list(BAD_KV), ids=str)
+def test_kvattention_refuses_bad_arguments(lib, case):
+    """A refused call is a one-line device error naming the value (as the CPU and CUDA kernels), and writes
+    nothing."""
+    spec = SPECS[0]
+    (Hq, Hkv, S, past, capacity, mode, rd, tables, window, rows), message = BAD_KV[case]
+    T = NP[spec.param("dtype")]
+    D = 8
+    rng = np.random.default_rng(1)
+    q, k = rnd(rng, (1, Hq, S, D)).astype(T), rnd(rng, (1, Hkv, S, D)).astype(T)
+    kc, vc = rnd(rng, (1, Hkv, rows, D)).astype(T), rnd(rng, (1, Hkv, rows, D)).astype(T)
+    kc0, vc0 = kc.copy(), vc.copy()
+    out = np.zeros((1, Hq, S, D), T)
+    tab = np.ones((capacity, max(rd // 2, 1)), T) if tables else None
+    err = call(lib, spec, q, k, k, kc, vc, out, 1, Hq, Hkv, S, past, capacity, D, D, estrides(q), estrides(k),
+               estrides(k), estrides(out), tab, tab, rd, mode, 1.0, window, rows, None, 0.0)
+    assert f"{spec.name}_refuse: {message}" in err, err
+    np.testing.assert_array_equal(kc, kc0)
+    np.testing.assert_array_equal(vc, vc0)
+    assert not out.any()
