@@ -8,7 +8,8 @@ a rendered file holds the MSL kernels (TCC_METAL_DEVICE_CODE) and the launcher w
 
 Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), qlinear_w4a16 (fp16
 activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
-prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap).
+prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap), unary (float
+activations), cast, copy, gather, fill, range and qgather.
 """
 from __future__ import annotations
 
@@ -70,6 +71,76 @@ def _binary_context(spec: KernelSpec) -> dict:
     return {**_float_context(spec), "T": ctype, "OUT": ctype, "expr": BINARY_OPS[spec.param("op")]}
 
 
+# The MSL type of each tcc dtype (bool is a byte), and of each element size of the copy-like families.
+MSL_TYPE = {"f32": "float", "f16": "half", "i64": "long", "i32": "int", "i8": "char", "u8": "uchar", "bool": "uchar"}
+MSL_WORD = {1: "uchar", 2: "ushort", 4: "uint", 8: "ulong"}
+ESIZES = (1, 2, 4, 8)
+
+
+def _esize_context(spec: KernelSpec) -> dict:
+    return {"MW": MSL_WORD[spec.param("esize")], "ELEM_THREADS": ELEM_THREADS}
+
+
+# unary: float ops in fp32 (MSL has no erf: erf and gelu_erf are not offered yet).
+UNARY_OPS = {
+    "neg": "-x", "abs": "fabs(x)", "exp": "precise::exp(x)", "log": "precise::log(x)", "sqrt": "precise::sqrt(x)",
+    "reciprocal": "1.0f / x", "tanh": "precise::tanh(x)", "sigmoid": "1.0f / (1.0f + precise::exp(-x))",
+    "relu": "(x < 0.0f ? 0.0f : x)", "silu": "x / (1.0f + precise::exp(-x))",
+    # 0.5 x (1 + tanh(u)) = x sigmoid(2u): no cancellation for x < 0 (the CPU kernels' form)
+    "gelu_tanh": "x / (1.0f + precise::exp(-1.5957691216057308f * x * (1.0f + 0.044715f * x * x)))",
+    "clip": "(x < alpha ? alpha : (x > beta ? beta : x))", "floor": "floor(x)", "ceil": "ceil(x)",
+    "sin": "precise::sin(x)", "cos": "precise::cos(x)", "sign": "(x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x))",
+    "identity": "x",
+}
+
+
+def _unary_context(spec: KernelSpec) -> dict:
+    from ...codegen.families.elementwise import CTYPE
+
+    return {**_float_context(spec), "T": CTYPE[spec.param("dtype")], "expr": UNARY_OPS[spec.param("op")]}
+
+
+CAST_DTYPES = ("f32", "f16", "i64", "i32", "i8", "u8", "bool")
+
+
+def _cast_expr(src: str, dst: str) -> str:
+    """The MSL expression converting `v` (src) to dst."""
+    m = MSL_TYPE[dst]
+    if dst == "bool":
+        return "uchar(float(v) != 0.0f)" if src in ("f16", "f32") else "uchar(v != 0)"
+    if src in ("f16", "f32") and dst not in ("f16", "f32"):
+        return f"{m}(long(float(v)))"  # truncation through 64 bits: narrowing wraps
+    if src == "f16":
+        return f"{m}(float(v))"
+    return f"{m}(v)"
+
+
+def _cast_context(spec: KernelSpec) -> dict:
+    src, dst = spec.param("src"), spec.param("dst")
+    from ...codegen.families.elementwise import CTYPE
+
+    return {"SRC": CTYPE[src], "DST": CTYPE[dst], "MSRC": MSL_TYPE[src], "MDST": MSL_TYPE[dst],
+            "expr": _cast_expr(src, dst), "ELEM_THREADS": ELEM_THREADS}
+
+
+def _range_context(spec: KernelSpec) -> dict:
+    from ...codegen.families.elementwise import CTYPE
+
+    return {"T": CTYPE[spec.param("dtype")], "MT": MSL_TYPE[spec.param("dtype")], "ELEM_THREADS": ELEM_THREADS}
+
+
+def _qgather_context(spec: KernelSpec) -> dict:
+    return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
+
+
+for _family in ("copy", "gather", "fill"):
+    register_target_context(TARGET, _family, extended_context(_family, _esize_context))
+# (the families' own contexts know no f16 here: these are complete)
+register_target_context(TARGET, "unary", _unary_context)
+register_target_context(TARGET, "cast", _cast_context)
+register_target_context(TARGET, "range", _range_context)
+register_target_context(TARGET, "qgather", extended_context("qgather", _qgather_context))
+
 for _family in ("norm", "softmax"):
     register_target_context(TARGET, _family, extended_context(_family, _float_context))
 register_target_context(TARGET, "binary", _binary_context)
@@ -88,6 +159,11 @@ VARIANTS: list[KernelSpec] = [
     KernelSpec.make(TARGET, "qlinear_w4a32", VARIANT),
     KernelSpec.make(TARGET, "gemm", VARIANT, dtype="f16"),
     *(KernelSpec.make(TARGET, "kvattention", VARIANT, dtype=d) for d in DTYPES),
+    *(KernelSpec.make(TARGET, "unary", VARIANT, op=op, dtype=d) for op in UNARY_OPS for d in DTYPES),
+    *(KernelSpec.make(TARGET, "cast", VARIANT, src=a, dst=b) for a in CAST_DTYPES for b in CAST_DTYPES if a != b),
+    *(KernelSpec.make(TARGET, family, VARIANT, esize=e) for family in ("copy", "gather", "fill") for e in ESIZES),
+    *(KernelSpec.make(TARGET, "range", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
+    *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b, dtype=d) for b in (4, 8) for d in DTYPES),
 ]
 
 _by_key: dict[tuple, KernelSpec] = {(s.family, s.params): s for s in VARIANTS}

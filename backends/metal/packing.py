@@ -11,6 +11,8 @@ metal_q4_simd32 (kind q4_weight; int4 codes q u8 [N, K] of quantize_int4, values
     kernel masks k >= K).
 metal_q4_scales_f16 (kind q4_scales; f32 [N, G] scales holding fp16 values): fp16 bits [N, G].
 metal_q4_zeros_u8 (kind q4_zeros; u8 [N, G] zero points 0..15): as is (absent: 8, the symmetric form).
+metal_q4_rows / metal_f16_scales / metal_q8_rows (kinds q4_rows, q4_row_scales, q8_rows): the CPU's row tables
+    of codegen/families/packing.py as they are (qgather reads whole rows).
 metal_f16_kn (kind gemm_f16; a Linear weight B [K, N], f16 or f32): fp16 [K, N] as is: the GEMM stages
     8-row tiles of B through threadgroup memory (edges zero-filled there), so it needs no padding.
 """
@@ -65,8 +67,13 @@ def pack(kind: str, array: np.ndarray):
             return "metal_f16_kn", np.ascontiguousarray(b.astype(np.float16))
     if kind == "q4_weight":
         return "metal_q4_simd32", pack_q4_weight(array)
-    if kind == "q4_scales":
-        return "metal_q4_scales_f16", packing.pack_f16_scales(np.asarray(array, np.float32))
+    if kind in ("q4_scales", "q4_row_scales"):
+        name = "metal_q4_scales_f16" if kind == "q4_scales" else "metal_f16_scales"
+        return name, packing.pack_f16_scales(np.asarray(array, np.float32))
     if kind == "q4_zeros":
         return "metal_q4_zeros_u8", np.ascontiguousarray(array, np.uint8)
+    if kind == "q4_rows":
+        return "metal_q4_rows", packing.pack_q4_rows(array)
+    if kind == "q8_rows":
+        return "metal_q8_rows", np.ascontiguousarray(array, np.int8)
     raise KeyError(f"metal backend has no packing for {kind!r}")

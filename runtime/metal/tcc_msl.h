@@ -19,13 +19,22 @@
 #error "tcc's MSL model compiles .metal sources as C++17"
 #endif
 #include <float.h>  // FLT_MAX, as MSL has it
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>  // uint, ushort, ulong: the same types as MSL's
 
 #include <type_traits>
+
+// No <math.h> here: its C++ overloads (::floor(float), ...) would make a kernel's unqualified floor(x) ambiguous
+// with metal::floor once `using namespace metal` is in force; the functions below use the compiler's builtins.
+#ifndef INFINITY
+#define INFINITY __builtin_inff()
+#endif
+#ifndef NAN
+#define NAN __builtin_nanf("")
+#endif
+#define M_PI_F 3.14159265358979323846264338327950288f
 
 // ---- qualifiers: one address space on the host -----------------------------------------------------------
 #define kernel
@@ -53,7 +62,7 @@ inline uint16_t f32_to_f16(float f) {
   if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
   if (ax < 0x38800000u) {  // below the smallest normal: a multiple of 2^-24, rounded to nearest even
     const float r = u2f(ax) * 16777216.0f;  // exact scaling into [0, 1024)
-    const float n = nearbyintf(r);  // the default rounding mode is round-to-nearest-even
+    const float n = __builtin_nearbyintf(r);  // the default rounding mode is round-to-nearest-even
     return static_cast<uint16_t>(sign | static_cast<uint32_t>(n));
   }
   const uint32_t mant = ax & 0x7fffffu, exp = (ax >> 23) - 112u;
@@ -248,63 +257,63 @@ namespace metal {
     return r;                                                                                            \
   }
 #define TCC_MSL_MATH1                                                                                    \
-  TCC_MSL_F1(exp, ::expf(x))                                                                             \
-  TCC_MSL_F1(exp2, ::exp2f(x))                                                                           \
-  TCC_MSL_F1(log, ::logf(x))                                                                             \
-  TCC_MSL_F1(log2, ::log2f(x))                                                                           \
-  TCC_MSL_F1(sqrt, ::sqrtf(x))                                                                           \
-  TCC_MSL_F1(rsqrt, 1.0f / ::sqrtf(x))                                                                   \
-  TCC_MSL_F1(tanh, ::tanhf(x))                                                                           \
-  TCC_MSL_F1(sin, ::sinf(x))                                                                             \
-  TCC_MSL_F1(cos, ::cosf(x))                                                                             \
-  TCC_MSL_F1(tan, ::tanf(x))                                                                             \
-  TCC_MSL_F1(floor, ::floorf(x))                                                                         \
-  TCC_MSL_F1(ceil, ::ceilf(x))                                                                           \
-  TCC_MSL_F1(round, ::roundf(x))                                                                         \
-  TCC_MSL_F1(rint, ::rintf(x))                                                                           \
-  TCC_MSL_F1(trunc, ::truncf(x))                                                                         \
-  TCC_MSL_F1(fabs, ::fabsf(x))                                                                           \
-  TCC_MSL_F1(fract, x - ::floorf(x))                                                                     \
+  TCC_MSL_F1(exp, __builtin_expf(x))                                                                             \
+  TCC_MSL_F1(exp2, __builtin_exp2f(x))                                                                           \
+  TCC_MSL_F1(log, __builtin_logf(x))                                                                             \
+  TCC_MSL_F1(log2, __builtin_log2f(x))                                                                           \
+  TCC_MSL_F1(sqrt, __builtin_sqrtf(x))                                                                           \
+  TCC_MSL_F1(rsqrt, 1.0f / __builtin_sqrtf(x))                                                                   \
+  TCC_MSL_F1(tanh, __builtin_tanhf(x))                                                                           \
+  TCC_MSL_F1(sin, __builtin_sinf(x))                                                                             \
+  TCC_MSL_F1(cos, __builtin_cosf(x))                                                                             \
+  TCC_MSL_F1(tan, __builtin_tanf(x))                                                                             \
+  TCC_MSL_F1(floor, __builtin_floorf(x))                                                                         \
+  TCC_MSL_F1(ceil, __builtin_ceilf(x))                                                                           \
+  TCC_MSL_F1(round, __builtin_roundf(x))                                                                         \
+  TCC_MSL_F1(rint, __builtin_rintf(x))                                                                           \
+  TCC_MSL_F1(trunc, __builtin_truncf(x))                                                                         \
+  TCC_MSL_F1(fabs, __builtin_fabsf(x))                                                                           \
+  TCC_MSL_F1(fract, x - __builtin_floorf(x))                                                                     \
   TCC_MSL_F1(recip, 1.0f / x)
 TCC_MSL_MATH1
 inline float divide(float a, float b) { return a / b; }
-inline float pow(float a, float b) { return ::powf(a, b); }
-inline float powr(float a, float b) { return ::powf(a, b); }
-inline float fmod(float a, float b) { return ::fmodf(a, b); }
-inline float copysign(float a, float b) { return ::copysignf(a, b); }
-inline float fma(float a, float b, float c) { return ::fmaf(a, b, c); }
-inline half fma(half a, half b, half c) { return half(::fmaf(float(a), float(b), float(c))); }  // one rounding
+inline float pow(float a, float b) { return __builtin_powf(a, b); }
+inline float powr(float a, float b) { return __builtin_powf(a, b); }
+inline float fmod(float a, float b) { return __builtin_fmodf(a, b); }
+inline float copysign(float a, float b) { return __builtin_copysignf(a, b); }
+inline float fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline half fma(half a, half b, half c) { return half(__builtin_fmaf(float(a), float(b), float(c))); }  // one rounding
 namespace fast {
 TCC_MSL_MATH1
 inline float divide(float a, float b) { return a / b; }
-inline float pow(float a, float b) { return ::powf(a, b); }
+inline float pow(float a, float b) { return __builtin_powf(a, b); }
 }  // namespace fast
 namespace precise {
 TCC_MSL_MATH1
 inline float divide(float a, float b) { return a / b; }
-inline float pow(float a, float b) { return ::powf(a, b); }
+inline float pow(float a, float b) { return __builtin_powf(a, b); }
 }  // namespace precise
 #undef TCC_MSL_MATH1
 #undef TCC_MSL_F1
 
 inline bool isnan(float x) { return x != x; }
-inline bool isinf(float x) { return ::fabsf(x) == INFINITY; }
+inline bool isinf(float x) { return __builtin_fabsf(x) == INFINITY; }
 inline bool isfinite(float x) { return !isnan(x) && !isinf(x); }
-inline bool signbit(float x) { return ::signbit(x); }
+inline bool signbit(float x) { return __builtin_signbit(x); }
 // fmin/fmax: MSL returns the other operand when one is NaN (as C).
-inline float fmin(float a, float b) { return ::fminf(a, b); }
-inline float fmax(float a, float b) { return ::fmaxf(a, b); }
+inline float fmin(float a, float b) { return __builtin_fminf(a, b); }
+inline float fmax(float a, float b) { return __builtin_fmaxf(a, b); }
 // min/max/clamp/abs on scalars and vectors; mixing element types is an error, as in MSL.
 template <class T, class = std::enable_if_t<std::is_arithmetic_v<T> || std::is_same_v<T, half>>>
 inline T min(T a, T b) { return b < a ? b : a; }
 template <class T, class = std::enable_if_t<std::is_arithmetic_v<T> || std::is_same_v<T, half>>>
 inline T max(T a, T b) { return a < b ? b : a; }
-inline float min(float a, float b) { return ::fminf(a, b); }
-inline float max(float a, float b) { return ::fmaxf(a, b); }
+inline float min(float a, float b) { return __builtin_fminf(a, b); }
+inline float max(float a, float b) { return __builtin_fmaxf(a, b); }
 template <class T>
 inline T clamp(T x, T lo, T hi) { return min(max(x, lo), hi); }
-inline float abs(float x) { return ::fabsf(x); }
-inline half abs(half x) { return half(::fabsf(float(x))); }
+inline float abs(float x) { return __builtin_fabsf(x); }
+inline half abs(half x) { return half(__builtin_fabsf(float(x))); }
 inline int abs(int x) { return x < 0 ? -x : x; }
 inline long abs(long x) { return x < 0 ? -x : x; }
 inline float saturate(float x) { return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.0f; }

@@ -45,5 +45,5 @@ def test_select_and_packing():
     backend = get_backend("metal")
     assert backend.select("norm", op="rmsnorm", dtype="f16").name == "tcc_norm_rmsnorm_f16__metal"
     assert backend.select("norm", op="rmsnorm", dtype="f64") is None
-    with pytest.raises(KeyError, match="no packing for 'q8_rows'"):
-        backend.pack("q8_rows", None)
+    with pytest.raises(KeyError, match="no packing for 'q4_weight_i8'"):
+        backend.pack("q4_weight_i8", None)
