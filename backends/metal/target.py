@@ -5,9 +5,9 @@ The network runs in fp16 (Capabilities.activations: passes/float16.py converts t
 accumulation in the kernels. --qm fp16 is the baseline; w4a16 is AWQ int4 weights with fp16 activations and
 w4a32 the same weights with f32 activations (TinyChatEngine's Metal schemes).
 
-Status (issue 18): the kernels of backends/metal/kernels.py exist, are type-checked and run under the emulator;
-the whole program (the macOS host program, the artifact's build recipe and its emulation build) does not exist
-yet, so `tcc compile --target metal` refuses in one line saying so (`unfinished`).
+An artifact compiled on Linux holds the generated .metal sources, the macOS host program's sources and its
+build recipe (unverified on hardware: docs/metal.md), and the emulation build (`tcc run --emulate`), which is
+the only one built here.
 """
 from __future__ import annotations
 
@@ -31,12 +31,16 @@ class Target:
         ("w4a8", "no int8-activation kernels for Metal; --qm w4a16 or w4a32 are the quantized schemes"),
     )
     alignment: int = 256  # every planned buffer starts on it (Metal buffer offsets for setBuffer: 256 is safe)
+    cxx_flags: tuple[str, ...] = ("-O2", "-fno-math-errno", "-Wno-attributes")  # the emulation build (g++)
+    cmake_toolchain: str | None = None
     device: str = "metal"
     emulation: str = "simt"
+    # The macOS program (xcrun metal, Objective-C++) cannot be built on Linux: the artifact holds its sources
+    # and recipe, and only the emulation build is built here.
+    builds_here: bool = False
     toolchain_hint: str = "on macOS install Xcode (xcrun metal, metallib); on Linux the artifact runs with --emulate"
-    # What is missing before an artifact can be built (None once the whole program works).
-    unfinished: str | None = ("the Metal backend has its kernels but not yet the whole program (the macOS host "
-                              "program and the artifact's emulation build, issue 18)")
+    # Why tcc_exec_create fails, as the loader says it.
+    exec_failure: str = "no Metal device (run a Metal artifact elsewhere than on a Mac with `tcc run --emulate`)"
 
     def capabilities(self):
         """fp16 arithmetic is native and every family has fp16 kernels; the network computes in fp16."""
