@@ -81,8 +81,9 @@ def _esize_context(spec: KernelSpec) -> dict:
     return {"MW": MSL_WORD[spec.param("esize")], "ELEM_THREADS": ELEM_THREADS}
 
 
-# unary: float ops in fp32 (MSL has no erf: erf and gelu_erf are not offered yet).
+# unary: float ops in fp32 (erf: metal/_common.metal.inc.j2, MSL has none).
 UNARY_OPS = {
+    "erf": "tcc_erff(x)", "gelu_erf": "0.5f * x * tcc_erfcf(-0.70710678118654752f * x)",
     "neg": "-x", "abs": "fabs(x)", "exp": "precise::exp(x)", "log": "precise::log(x)", "sqrt": "precise::sqrt(x)",
     "reciprocal": "1.0f / x", "tanh": "precise::tanh(x)", "sigmoid": "1.0f / (1.0f + precise::exp(-x))",
     "relu": "(x < 0.0f ? 0.0f : x)", "silu": "x / (1.0f + precise::exp(-x))",

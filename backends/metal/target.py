@@ -50,3 +50,13 @@ class Target:
 
 
 TARGET = Target()
+
+
+def metal_missing() -> str | None:
+    """Why this host cannot run a Metal artifact's own program (None never yet: the macOS program is built on the
+    Mac from the artifact's metal/ project, and tcc loads only the emulation build; docs/metal.md)."""
+    import platform
+
+    if platform.system() != "Darwin":
+        return f"this host runs {platform.system()}, not macOS"
+    return "tcc loads only its emulation build (build the macOS program from the artifact's metal/ project)"

@@ -44,7 +44,13 @@ def _gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
 
 
-REF = {"neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
+def _erf(x):
+    import math
+
+    return np.vectorize(math.erf)(x)
+
+
+REF = {"erf": _erf, "gelu_erf": lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), "neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
        "reciprocal": lambda x: 1 / x, "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
        "relu": lambda x: np.maximum(x, 0), "silu": lambda x: x / (1 + np.exp(-x)), "gelu_tanh": _gelu_tanh,
        "clip": lambda x: np.clip(x, -0.5, 1.25), "floor": np.floor, "ceil": np.ceil, "sin": np.sin, "cos": np.cos,
@@ -61,6 +67,7 @@ def test_unary(lib, spec):
     if op in ("log", "sqrt"):
         x = np.abs(x) + T(0.01)
     x[:4] = np.array([0.0, -0.0, 12.0, -12.0], T)
+    x[4:10] = np.array([1e-3, -0.3, 0.49, 0.51, -2.5, 5.0], T)  # erf's branches
     y = np.full(n, np.nan, T)
     assert call(lib, spec, x, y, n, -0.5, 1.25) == ""
     x64 = x.astype(np.float64)
