@@ -51,19 +51,21 @@ def require_clang() -> str:
     pytest.skip(reason)
 
 
-def msl_check(specs, jobs: int = 2) -> dict[str, str]:
-    """{kernel name: diagnostics} for every spec whose rendered source clang rejects through the MSL shim."""
+def msl_check(specs, jobs: int = 2, host: bool = False) -> dict[str, str]:
+    """{kernel name: diagnostics} for every spec whose rendered source clang rejects through the MSL shim; with
+    `host`, the macOS build's host half instead (the launchers without the kernels, neither TCC_SIMT nor the
+    shim: what the Objective-C++ compile of the file sees, less Objective-C)."""
     from tcc.codegen.kernels import render
 
     clang = require_clang()
     tmp = tempfile.mkdtemp(prefix="tcc-msl-")
+    shim = [] if host else ["-include", os.path.join(RUNTIME, "metal", "tcc_msl_shim.h")]
 
     def one(spec):
         path = os.path.join(tmp, spec.name + ".metal")
         with open(path, "w") as f:
             f.write(render(spec))
-        cmd = [clang, *CLANG_FLAGS, "-I", RUNTIME, "-include", os.path.join(RUNTIME, "metal", "tcc_msl_shim.h"),
-               "-x", "c++", path]
+        cmd = [clang, *CLANG_FLAGS, "-I", RUNTIME, *shim, "-x", "c++", path]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         return spec.name, (proc.stdout + proc.stderr) if proc.returncode else ""
 

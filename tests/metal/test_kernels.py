@@ -65,6 +65,13 @@ def test_every_variant_type_checks_with_clang():
     assert not failures, "\n".join(f"{name}:\n{err[:2000]}" for name, err in failures.items())
 
 
+def test_every_launcher_compiles_for_the_macos_host():
+    """The host half of every variant (its launcher against runtime/metal/tcc_metal_host.h, the kernels #if'd
+    out) compiles as the macOS build compiles it, less Objective-C."""
+    failures = msl_check(mk.VARIANTS, host=True)
+    assert not failures, "\n".join(f"{name}:\n{err[:2000]}" for name, err in failures.items())
+
+
 def test_shim_rejects_a_type_error():
     """The check is a check: a kernel that mixes element types in min() (an error in MSL) fails it."""
     import os
