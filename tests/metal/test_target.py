@@ -1,7 +1,6 @@
 """The Metal target's description and what `tcc compile --target metal` says while the whole program is missing."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,6 @@ from tcc.backends import capabilities, get_backend
 from tcc.driver import CompileOptions, check_target, resolve_options
 from tcc.errors import TccError
 
-MLP = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "mlp.onnx")
 
 
 def test_capabilities_compute_in_fp16():
@@ -27,18 +25,26 @@ def test_other_schemes_are_refused_in_one_line(qm):
         check_target(resolve_options(CompileOptions(target="metal", qm=qm)))
 
 
-@pytest.mark.parametrize("qm", [None, "w4a16", "w4a32"])
-def test_compile_refuses_until_the_program_exists(qm):
-    with pytest.raises(TccError, match="cannot compile a model yet: .*host program"):
-        check_target(resolve_options(CompileOptions(target="metal", qm=qm)))
+def _where_model(path):
+    """A model whose only op (Where) has no Metal kernel yet."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [4])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Where", ["c", "x", "x"], ["y"], name="w")], "g", [c, x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
-def test_cli_refusal_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tcc.cli", "compile", MLP, "--target", "metal", "--qm", "w4a16",
-                           "-o", str(tmp_path / "out")], capture_output=True, text=True)
-    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+def test_an_op_without_a_metal_kernel_is_a_one_line_refusal(tmp_path):
+    model = str(tmp_path / "where.onnx")
+    _where_model(model)
+    proc = subprocess.run([sys.executable, "-m", "tcc.cli", "compile", model, "--target", "metal",
+                           "-o", str(tmp_path / "out"), "-q"], capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tcc: error: --target metal cannot compile a model yet")
+    assert proc.returncode != 0 and len(lines) == 1 and "no where kernel" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_select_and_packing():
