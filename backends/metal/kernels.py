@@ -9,7 +9,8 @@ a rendered file holds the MSL kernels (TCC_METAL_DEVICE_CODE) and the launcher w
 Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), qlinear_w4a16 (fp16
 activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
 prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap), unary (float
-activations), cast, copy, gather, fill, range and qgather.
+activations), cast, copy, gather, fill, range, qgather, where and cumsum; binary has the CPU's whole domain
+(integer arithmetic, comparisons, logic) plus f16.
 """
 from __future__ import annotations
 
@@ -58,23 +59,31 @@ def _gemm_context(spec: KernelSpec) -> dict:
     return dict(GEMM_TILE, MT="half")
 
 
-# binary: float arithmetic in float, rounded once to the element type.
-BINARY_OPS = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b", "max": "tcc_maxf(a, b)",
-              "min": "tcc_minf(a, b)", "pow": "tcc_powf(a, b)"}
-
-
-def _binary_context(spec: KernelSpec) -> dict:
-    """The family's own context covers f32 and the integer types only: the float ops' context in full here."""
-    from ...codegen.families.elementwise import CTYPE
-
-    ctype = CTYPE[spec.param("dtype")]
-    return {**_float_context(spec), "T": ctype, "OUT": ctype, "expr": BINARY_OPS[spec.param("op")]}
-
-
 # The MSL type of each tcc dtype (bool is a byte), and of each element size of the copy-like families.
 MSL_TYPE = {"f32": "float", "f16": "half", "i64": "long", "i32": "int", "i8": "char", "u8": "uchar", "bool": "uchar"}
 MSL_WORD = {1: "uchar", 2: "ushort", 4: "uint", 8: "ulong"}
 ESIZES = (1, 2, 4, 8)
+
+
+# binary: the families' scalar expressions (integers wrap, ONNX Div / Mod / Pow), floats in fp32.
+def _binary_context(spec: KernelSpec) -> dict:
+    """The family's own context covers f32 and the integer types only: the f16 form computes as f32."""
+    from ...codegen.families import elementwise as ew
+
+    op, dt = spec.param("op"), spec.param("dtype")
+    bool_out = op in ew.COMPARE_OPS or op in ew.LOGIC_OPS
+    math = "f32" if dt == "f16" else dt
+    expr = ew._binary_scalar(op, math).replace("fmodf(", "fmod(")
+    return {"ELEM_THREADS": ELEM_THREADS, "T": ew.CTYPE[dt], "OUT": "uint8_t" if bool_out else ew.CTYPE[dt],
+            "MT": MSL_TYPE[dt], "MA": MSL_TYPE[math], "MOUT": "uchar" if bool_out else MSL_TYPE[dt], "expr": expr,
+            "f16": dt == "f16"}
+
+
+def _binary_domain() -> list[dict]:
+    """The CPU's binary domain (codegen/families/elementwise.py) plus f16 wherever it has f32."""
+    from ...codegen.families.elementwise import BINARY_DOMAIN
+
+    return BINARY_DOMAIN + [{**p, "dtype": "f16"} for p in BINARY_DOMAIN if p["dtype"] == "f32"]
 
 
 def _esize_context(spec: KernelSpec) -> dict:
@@ -130,6 +139,22 @@ def _range_context(spec: KernelSpec) -> dict:
     return {"T": CTYPE[spec.param("dtype")], "MT": MSL_TYPE[spec.param("dtype")], "ELEM_THREADS": ELEM_THREADS}
 
 
+def _where_context(spec: KernelSpec) -> dict:
+    from ...codegen.families.elementwise import CTYPE
+
+    return {"T": CTYPE[spec.param("dtype")], "MT": MSL_TYPE[spec.param("dtype")], "ELEM_THREADS": ELEM_THREADS}
+
+
+def _cumsum_context(spec: KernelSpec) -> dict:
+    from ...codegen.families.elementwise import CTYPE
+
+    dt = spec.param("dtype")
+    acc = {"f32": "float", "f16": "float", "i64": "long", "i32": "int"}[dt]
+    unsigned = {"long": "ulong", "int": "uint"}.get(acc)
+    add = f"{acc}({unsigned}(acc) + {unsigned}(v))" if unsigned else "acc + v"  # integers wrap
+    return {"T": CTYPE[dt], "MT": MSL_TYPE[dt], "MA": acc, "add": add, "ELEM_THREADS": ELEM_THREADS}
+
+
 def _qgather_context(spec: KernelSpec) -> dict:
     return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
 
@@ -140,6 +165,8 @@ for _family in ("copy", "gather", "fill"):
 register_target_context(TARGET, "unary", _unary_context)
 register_target_context(TARGET, "cast", _cast_context)
 register_target_context(TARGET, "range", _range_context)
+register_target_context(TARGET, "where", _where_context)
+register_target_context(TARGET, "cumsum", _cumsum_context)
 register_target_context(TARGET, "qgather", extended_context("qgather", _qgather_context))
 
 for _family in ("norm", "softmax"):
@@ -155,7 +182,7 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, "norm", VARIANT, op=op, dtype=d) for op in ("layernorm", "rmsnorm") for d in DTYPES),
     *(KernelSpec.make(TARGET, "softmax", VARIANT, op=op, dtype=d) for op in ("softmax", "logsoftmax")
       for d in DTYPES),
-    *(KernelSpec.make(TARGET, "binary", VARIANT, op=op, dtype=d) for op in BINARY_OPS for d in DTYPES),
+    *(KernelSpec.make(TARGET, "binary", VARIANT, **p) for p in _binary_domain()),
     KernelSpec.make(TARGET, "qlinear_w4a16", VARIANT, dtype="f16"),
     KernelSpec.make(TARGET, "qlinear_w4a32", VARIANT),
     KernelSpec.make(TARGET, "gemm", VARIANT, dtype="f16"),
@@ -165,6 +192,8 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, family, VARIANT, esize=e) for family in ("copy", "gather", "fill") for e in ESIZES),
     *(KernelSpec.make(TARGET, "range", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
     *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b, dtype=d) for b in (4, 8) for d in DTYPES),
+    *(KernelSpec.make(TARGET, "where", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32", "i8", "u8", "bool")),
+    *(KernelSpec.make(TARGET, "cumsum", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
 ]
 
 _by_key: dict[tuple, KernelSpec] = {(s.family, s.params): s for s in VARIANTS}

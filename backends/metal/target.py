@@ -31,7 +31,8 @@ class Target:
         ("w4a8", "no int8-activation kernels for Metal; --qm w4a16 or w4a32 are the quantized schemes"),
     )
     alignment: int = 256  # every planned buffer starts on it (Metal buffer offsets for setBuffer: 256 is safe)
-    cxx_flags: tuple[str, ...] = ("-O2", "-fno-math-errno", "-Wno-attributes")  # the emulation build (g++)
+    # The emulation build (g++): MSL's char is signed, as on x86 but not on aarch64 hosts.
+    cxx_flags: tuple[str, ...] = ("-O2", "-fno-math-errno", "-Wno-attributes", "-fsigned-char")
     cmake_toolchain: str | None = None
     device: str = "metal"
     emulation: str = "simt"

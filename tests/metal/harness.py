@@ -25,7 +25,7 @@ RUNTIME = cuda_harness.RUNTIME
 BRIDGE = os.path.join(RUNTIME, "simt", "metal_bridge.cpp")
 METAL_FILES = ("metal/tcc_msl.h", "metal/tcc_metal.h", "metal/tcc_metal_host.h", "metal/tcc_msl_shim.h",
                "simt/tcc_simt_metal.h", "simt/metal_bridge.cpp")
-FLAGS = (*cuda_harness.SIMT_FLAGS, "-Wno-attributes")
+FLAGS = (*cuda_harness.SIMT_FLAGS, "-Wno-attributes", "-fsigned-char")  # MSL's char is signed
 CLANG_FLAGS = ("-fsyntax-only", "-std=c++17", "-Wall", "-Wno-unknown-attributes", "-Wno-unused-function",
                "-Wno-unused-variable")
 

@@ -1,5 +1,5 @@
 """Metal element-wise and data-movement kernels (backends/metal/kernels.py: unary, cast, copy, gather, fill,
-range, qgather) on the SIMT emulator against numpy.
+range, qgather, where, cumsum) on the SIMT emulator against numpy.
 
 Tolerances: unary computes in fp32 and rounds once: the output's rounding (2^-11 relative for fp16, 2^-24 for
 f32) plus fp32 libm-class error, 2^-20 of |ref| + |x| (a wrong function errs by far more). Everything else
@@ -17,7 +17,7 @@ from .harness import build_metal
 
 NP = {"f16": np.float16, "f32": np.float32, "i64": np.int64, "i32": np.int32, "i8": np.int8, "u8": np.uint8,
       "bool": np.uint8}
-FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather")
+FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum")
 SPECS = [s for s in mk.VARIANTS if s.family in FAMILIES]
 IDS = lambda spec: spec.name  # noqa: E731
 
@@ -193,3 +193,46 @@ def test_qgather(lib, spec):
     np.testing.assert_array_equal(out, deq[ids % V].astype(T))
     assert f"index {V} out of range [-{V}, {V})" in call(lib, spec, table, sc, zp, np.array([V], np.int64), out, 1,
                                                          V, K, group)
+
+
+@pytest.mark.parametrize("spec", by_family("where"), ids=IDS)
+def test_where(lib, spec):
+    T = NP[spec.param("dtype")]
+    rng = np.random.default_rng(3)
+    for sc, sx, sy in [((4, 5), (4, 5), (4, 5)), ((4, 1), (1, 5), (5,)), ((1,), (2, 3, 4), (3, 1))]:
+        shape = np.broadcast_shapes(sc, sx, sy)
+        c = rng.integers(0, 2, sc).astype(np.uint8)
+        x, y = (rng.standard_normal(sx) * 50).astype(T), (rng.standard_normal(sy) * 50).astype(T)
+        out = np.zeros(shape, T)
+        strides = [_bstrides(s_, shape) for s_ in (sc, sx, sy)]
+        assert call(lib, spec, c, x, y, out, len(shape), np.array(shape, np.int64), *strides) == ""
+        np.testing.assert_array_equal(out, np.where(np.broadcast_to(c, shape) != 0, np.broadcast_to(x, shape),
+                                                    np.broadcast_to(y, shape)))
+
+
+def _bstrides(shape_a, out_shape):
+    pad = (1,) * (len(out_shape) - len(shape_a)) + tuple(shape_a)
+    dense, st = 1, []
+    for d in reversed(pad):
+        st.append(dense if d != 1 else 0)
+        dense *= d
+    return np.array(st[::-1], np.int64)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 1), (3, 5, 4), (1, 40, 1)], ids=str)
+@pytest.mark.parametrize("spec", by_family("cumsum"), ids=IDS)
+def test_cumsum(lib, spec, shape):
+    dt = spec.param("dtype")
+    T = NP[dt]
+    rng = np.random.default_rng(shape[1])
+    x = (rng.integers(-9, 10, shape)).astype(T)  # small integers: every float sum is exact
+    for exclusive in (0, 1):
+        for reverse in (0, 1):
+            y = np.zeros_like(x)
+            assert call(lib, spec, x, y, *shape, exclusive, reverse) == ""
+            xs = x[:, ::-1] if reverse else x
+            ref = np.cumsum(xs.astype(np.int64), axis=1)
+            if exclusive:
+                ref = ref - xs.astype(np.int64)
+            ref = ref[:, ::-1] if reverse else ref
+            np.testing.assert_array_equal(y, ref.astype(T))

@@ -144,7 +144,8 @@ def test_softmax(lib, spec, shape):
 # -- binary ----------------------------------------------------------------------------------------------------
 
 NUMPY_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
-                "min": np.minimum, "pow": np.power}
+                "min": np.minimum, "pow": np.power, "mod": np.fmod}
+NPI = {"i64": np.int64, "i32": np.int32, "i8": np.int8, "u8": np.uint8, "bool": np.uint8}
 # (shape of a, shape of b): equal, scalar, row and column broadcasts, size-1 dims, a rank that merges.
 BCASTS = [((5, 7), (5, 7)), ((3, 1, 4), (1,)), ((2, 3, 4), (4,)), ((2, 3, 1), (2, 1, 5)), ((1,), (6, 1)),
           ((2, 1, 3, 1, 2, 1, 2, 1, 3), (2, 1, 3, 1, 2, 1, 2, 1, 3))]
@@ -160,26 +161,74 @@ def strides_of(shape_a, out_shape):
     return np.array(st[::-1], np.int64)
 
 
+def _int_op(op, a, b, bits, signed):
+    """The ONNX / CPU kernels' integer semantics on Python ints, wrapped to the type."""
+    def wrap(v):
+        v &= (1 << bits) - 1
+        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+    if op in ("add", "sub", "mul"):
+        return wrap({"add": a + b, "sub": a - b, "mul": a * b}[op])
+    if op == "div":
+        return 0 if b == 0 else wrap(-a if b == -1 else int(a / b) if abs(a) < 2 ** 52 else a // b)
+    if op == "mod":
+        return 0 if b == 0 or (signed and b == -1) else a % b  # Python's %: the divisor's sign
+    if op == "max":
+        return max(a, b)
+    if op == "min":
+        return min(a, b)
+    if b < 0:
+        return 1 if a == 1 else ((-1 if b & 1 else 1) if a == -1 else 0)
+    return wrap(pow(a, b, 1 << bits))
+
+
+CMP = {"equal": np.equal, "less": np.less, "less_equal": np.less_equal, "greater": np.greater,
+       "greater_equal": np.greater_equal, "and": np.logical_and, "or": np.logical_or, "xor": np.logical_xor}
+
+
+def _operand(rng, shape, dt, op):
+    if dt in ("f16", "f32"):
+        a = rnd(rng, shape, 2.0).astype(NP[dt])
+        return np.abs(a) + NP[dt](0.5) if op == "pow" else a
+    if dt == "bool":
+        return rng.integers(0, 2, shape).astype(np.uint8)
+    info = np.iinfo(NPI[dt])
+    hi = 6 if op == "pow" else min(info.max, 100)
+    lo = -3 if op == "pow" and info.min < 0 else max(info.min, -100)
+    return rng.integers(lo, hi + 1, shape).astype(NPI[dt])
+
+
 @pytest.mark.parametrize("spec", by_family("binary"), ids=IDS)
 def test_binary(lib, spec):
     dt, op = spec.param("dtype"), spec.param("op")
-    T = NP[dt]
-    rng = np.random.default_rng(len(op))
+    rng = np.random.default_rng(len(op) + len(dt))
     for sa, sb in BCASTS:
         out_shape = np.broadcast_shapes(sa, sb)
-        a = rnd(rng, sa, 2.0).astype(T)
-        b = rnd(rng, sb, 2.0).astype(T)
-        if op == "pow":
-            a = np.abs(a) + T(0.5)
-        out = np.full(out_shape, np.nan, T)
+        a, b = _operand(rng, sa, dt, op), _operand(rng, sb, dt, op)
+        if op in ("div", "mod") and dt not in ("f16", "f32"):
+            b.reshape(-1)[:1] = 0  # x / 0 and x % 0 are 0
+            if np.iinfo(b.dtype).min < 0 and b.size > 1:
+                b.reshape(-1)[1:2] = -1
+        cmp = op in CMP
+        out = np.full(out_shape, 77, np.uint8 if cmp else a.dtype)
         shape = np.array(out_shape, np.int64)
         err = call(lib, spec, a, b, out, len(out_shape), shape, strides_of(sa, out_shape), strides_of(sb, out_shape))
         assert err == ""
-        with np.errstate(all="ignore"):
-            ref = NUMPY_BINARY[op](a.astype(np.float32), b.astype(np.float32)).astype(T)
-        ulps = 2 if op == "pow" else 0
-        tol = ulps * np.spacing(np.abs(ref).astype(T)).astype(np.float64)
-        assert np.all(np.abs(out.astype(np.float64) - ref.astype(np.float64)) <= tol), (sa, sb)
+        A, B = np.broadcast_to(a, out_shape), np.broadcast_to(b, out_shape)
+        if cmp:
+            ref = CMP[op](A.astype(np.float32) if dt == "f16" else A, B.astype(np.float32) if dt == "f16" else B)
+            np.testing.assert_array_equal(out, ref.astype(np.uint8), err_msg=str((sa, sb)))
+        elif dt in ("f16", "f32"):
+            T = NP[dt]
+            with np.errstate(all="ignore"):
+                ref = NUMPY_BINARY[op](A.astype(np.float32), B.astype(np.float32)).astype(T)
+            ulps = 2 if op == "pow" else 0
+            tol = ulps * np.spacing(np.abs(ref).astype(T)).astype(np.float64)
+            assert np.all(np.abs(out.astype(np.float64) - ref.astype(np.float64)) <= tol), (sa, sb)
+        else:
+            info = np.iinfo(a.dtype)
+            ref = np.array([_int_op(op, int(x), int(y), info.bits, info.min < 0) for x, y in zip(A.ravel(), B.ravel())],
+                           np.int64).astype(a.dtype).reshape(out_shape)
+            np.testing.assert_array_equal(out, ref, err_msg=str((sa, sb)))
 
 
 def test_binary_refuses_a_rank_that_does_not_merge(lib):
