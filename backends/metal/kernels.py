@@ -10,7 +10,7 @@ Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), 
 activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
 prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap), unary (float
 activations), cast, copy, gather, fill, range, qgather, where and cumsum; binary has the CPU's whole domain
-(integer arithmetic, comparisons, logic) plus f16.
+(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache) and gathernd.
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def _qgather_context(spec: KernelSpec) -> dict:
     return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
 
 
-for _family in ("copy", "gather", "fill"):
+for _family in ("copy", "gather", "fill", "gathernd"):
     register_target_context(TARGET, _family, extended_context(_family, _esize_context))
 # (the families' own contexts know no f16 here: these are complete)
 register_target_context(TARGET, "unary", _unary_context)
@@ -176,6 +176,7 @@ for _family in ("qlinear_w4a16", "qlinear_w4a32"):
     register_target_context(TARGET, _family, extended_context(_family, _qlinear_context))
 register_target_context(TARGET, "gemm", extended_context("gemm", _gemm_context))
 register_target_context(TARGET, "kvattention", extended_context("kvattention", _kv_context))
+register_target_context(TARGET, "attention", extended_context("attention", _kv_context))
 
 DTYPES = ("f16", "f32")
 VARIANTS: list[KernelSpec] = [
@@ -189,7 +190,9 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, "kvattention", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "unary", VARIANT, op=op, dtype=d) for op in UNARY_OPS for d in DTYPES),
     *(KernelSpec.make(TARGET, "cast", VARIANT, src=a, dst=b) for a in CAST_DTYPES for b in CAST_DTYPES if a != b),
-    *(KernelSpec.make(TARGET, family, VARIANT, esize=e) for family in ("copy", "gather", "fill") for e in ESIZES),
+    *(KernelSpec.make(TARGET, family, VARIANT, esize=e) for family in ("copy", "gather", "fill", "gathernd")
+      for e in ESIZES),
+    *(KernelSpec.make(TARGET, "attention", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "range", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
     *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b, dtype=d) for b in (4, 8) for d in DTYPES),
     *(KernelSpec.make(TARGET, "where", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32", "i8", "u8", "bool")),

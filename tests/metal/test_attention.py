@@ -1,4 +1,4 @@
-"""Metal kvattention (backends/metal/kernels.py) on the SIMT emulator against ir/ops/kv.py's reference, on the
+"""Metal kvattention and attention (backends/metal/kernels.py) on the SIMT emulator against ir/ops/kv.py's reference, on the
 CUDA tests' cases (tests/cuda/test_attention.py: contexts 1, 2, 41, 255 and > 1024, GQA ratios 1/4/8/16,
 prefill, ring caches with a sliding window, ALiBi, softcap, odd head sizes) and with their tolerances."""
 from __future__ import annotations
@@ -7,17 +7,20 @@ import numpy as np
 import pytest
 
 from tcc.backends.metal import kernels as mk
-from tests.cuda.test_attention import BAD_KV, KV_CASES, NP, check, estrides, kv_reference, layout, rnd, rope_tables
+from tcc.ir.ops.fused import attention_reference
+from tests.cuda.test_attention import (ATT_CASES, BAD_KV, KV_CASES, NP, check, estrides, i64, kv_reference, layout, rnd,
+                                       rope_tables)
 
 from .harness import build_metal
 
 SPECS = [s for s in mk.VARIANTS if s.family == "kvattention"]
+ATT_SPECS = [s for s in mk.VARIANTS if s.family == "attention"]
 IDS = lambda spec: spec.name  # noqa: E731
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    lib = build_metal(SPECS, str(tmp_path_factory.mktemp("metal_attention")))
+    lib = build_metal(SPECS + ATT_SPECS, str(tmp_path_factory.mktemp("metal_attention")))
     lib.set_seed(7)
     return lib
 
@@ -78,3 +81,34 @@ def test_kvattention_refuses_bad_arguments(lib, case):
     np.testing.assert_array_equal(kc, kc0)
     np.testing.assert_array_equal(vc, vc0)
     assert not out.any()
+
+
+@pytest.mark.parametrize("case", list(ATT_CASES), ids=str)
+@pytest.mark.parametrize("spec", ATT_SPECS, ids=IDS)
+def test_attention(lib, spec, case):
+    """tests/cuda/test_attention.py's cases: causal with Sq = Skv and Sq > Skv, a broadcast mask with fully masked
+    keys, a long decode row, window + ALiBi + softcap, a non-causal window, odd head sizes."""
+    B, Hq, Hkv, Sq, Skv, D, Dv, causal, window, mask_kind, alibi, softcap, order = ATT_CASES[case]
+    dt = spec.param("dtype")
+    T = NP[dt]
+    rng = np.random.default_rng(sum(map(ord, case)))
+    q, k, v = rnd(rng, (B, Hq, Sq, D)), rnd(rng, (B, Hkv, Skv, D)), rnd(rng, (B, Hkv, Skv, Dv))
+    mask = None
+    if mask_kind == "bcast":
+        mask = rnd(rng, (1, 1, Sq, Skv))
+        mask[..., ::3] = -np.inf
+    elif mask_kind == "full":
+        mask = rnd(rng, (B, Hq, Sq, Skv))
+    slopes = (-np.abs(rnd(rng, (Hq,), 0.1))) if alibi else None
+    scale = 8.0 / np.sqrt(D) if softcap else 1.0 / np.sqrt(D)
+    ref = attention_reference(q, k, v, mask, scale, causal, window, slopes, softcap)
+    qd, kd, vd = layout(q, order, T), layout(k, "bhsd", T), layout(v, "bshd", T)
+    out = layout(np.full((B, Hq, Sq, Dv), np.nan, np.float32), order, T)
+    md = None if mask is None else mask.astype(T)
+    mstr = i64([0, 0, 0, 0]) if md is None else i64([0 if md.shape[i] == 1 else s // md.itemsize
+                                                      for i, s in enumerate(md.strides)])
+    err = call(lib, spec, qd, kd, vd, md, out, B, Hq, Hkv, Sq, Skv, D, Dv, estrides(qd), estrides(kd),
+               estrides(vd), mstr, estrides(out), scale, int(causal), window,
+               None if slopes is None else slopes.astype(T), softcap)
+    assert err == ""
+    check(out, ref, np.abs(v).max(), dt, "out")

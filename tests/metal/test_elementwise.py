@@ -1,5 +1,5 @@
 """Metal element-wise and data-movement kernels (backends/metal/kernels.py: unary, cast, copy, gather, fill,
-range, qgather, where, cumsum) on the SIMT emulator against numpy.
+range, qgather, where, cumsum, gathernd) on the SIMT emulator against numpy.
 
 Tolerances: unary computes in fp32 and rounds once: the output's rounding (2^-11 relative for fp16, 2^-24 for
 f32) plus fp32 libm-class error, 2^-20 of |ref| + |x| (a wrong function errs by far more). Everything else
@@ -17,7 +17,7 @@ from .harness import build_metal
 
 NP = {"f16": np.float16, "f32": np.float32, "i64": np.int64, "i32": np.int32, "i8": np.int8, "u8": np.uint8,
       "bool": np.uint8}
-FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum")
+FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd")
 SPECS = [s for s in mk.VARIANTS if s.family in FAMILIES]
 IDS = lambda spec: spec.name  # noqa: E731
 
@@ -236,3 +236,18 @@ def test_cumsum(lib, spec, shape):
                 ref = ref - xs.astype(np.int64)
             ref = ref[:, ::-1] if reverse else ref
             np.testing.assert_array_equal(y, ref.astype(T))
+
+
+@pytest.mark.parametrize("spec", by_family("gathernd"), ids=IDS)
+def test_gathernd(lib, spec):
+    W = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[spec.param("esize")]
+    data = np.arange(2 * 4 * 3 * 5).astype(W).reshape(2, 4, 3, 5)  # batch 2, indexed dims (4, 3), slice 5
+    idx = np.array([[[0, 0], [3, -1], [-4, 2]], [[1, 1], [2, 0], [3, 2]]], np.int64)  # [batch, n_idx, k]
+    out = np.zeros((2, 3, 5), W)
+    dims = np.array([4, 3], np.int64)
+    assert call(lib, spec, data, idx, out, 2, 3, 2, dims, 5, 4 * 3 * 5) == ""
+    ref = np.stack([np.stack([data[b, i % 4, j % 3] for i, j in idx[b]]) for b in range(2)])
+    np.testing.assert_array_equal(out, ref)
+    bad = idx.copy()
+    bad[1, 2, 1] = 3
+    assert "index 3 out of range [-3, 3)" in call(lib, spec, data, bad, out, 2, 3, 2, dims, 5, 60)
