@@ -10,7 +10,7 @@ Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), 
 activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
 prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap), unary (float
 activations), cast, copy, gather, fill, range, qgather, where and cumsum; binary has the CPU's whole domain
-(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache) and gathernd.
+(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache), gathernd and gatherelements.
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def _qgather_context(spec: KernelSpec) -> dict:
     return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
 
 
-for _family in ("copy", "gather", "fill", "gathernd"):
+for _family in ("copy", "gather", "fill", "gathernd", "gatherelements"):
     register_target_context(TARGET, _family, extended_context(_family, _esize_context))
 # (the families' own contexts know no f16 here: these are complete)
 register_target_context(TARGET, "unary", _unary_context)
@@ -190,8 +190,8 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, "kvattention", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "unary", VARIANT, op=op, dtype=d) for op in UNARY_OPS for d in DTYPES),
     *(KernelSpec.make(TARGET, "cast", VARIANT, src=a, dst=b) for a in CAST_DTYPES for b in CAST_DTYPES if a != b),
-    *(KernelSpec.make(TARGET, family, VARIANT, esize=e) for family in ("copy", "gather", "fill", "gathernd")
-      for e in ESIZES),
+    *(KernelSpec.make(TARGET, family, VARIANT, esize=e)
+      for family in ("copy", "gather", "fill", "gathernd", "gatherelements") for e in ESIZES),
     *(KernelSpec.make(TARGET, "attention", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "range", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
     *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b, dtype=d) for b in (4, 8) for d in DTYPES),

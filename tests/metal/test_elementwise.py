@@ -1,5 +1,5 @@
 """Metal element-wise and data-movement kernels (backends/metal/kernels.py: unary, cast, copy, gather, fill,
-range, qgather, where, cumsum, gathernd) on the SIMT emulator against numpy.
+range, qgather, where, cumsum, gathernd, gatherelements) on the SIMT emulator against numpy.
 
 Tolerances: unary computes in fp32 and rounds once: the output's rounding (2^-11 relative for fp16, 2^-24 for
 f32) plus fp32 libm-class error, 2^-20 of |ref| + |x| (a wrong function errs by far more). Everything else
@@ -17,7 +17,7 @@ from .harness import build_metal
 
 NP = {"f16": np.float16, "f32": np.float32, "i64": np.int64, "i32": np.int32, "i8": np.int8, "u8": np.uint8,
       "bool": np.uint8}
-FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd")
+FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd", "gatherelements")
 SPECS = [s for s in mk.VARIANTS if s.family in FAMILIES]
 IDS = lambda spec: spec.name  # noqa: E731
 
@@ -124,10 +124,10 @@ def test_copy_strided(lib, spec):
                         (np.broadcast_to(src[:1, :1, :], (3, 2, 6)), (3, 2, 6)), (src, (4, 5, 6))]:
         strides = np.array([s // e for s in view.strides], np.int64)
         base = src.ctypes.data + (view.__array_interface__["data"][0] - src.ctypes.data)
-        dst = np.zeros(shape, W)
+        dst, dims = np.zeros(shape, W), np.array(shape, np.int64)  # (named: alive during the call)
         with lib.exec() as ex:
-            lib.fn(spec.name)(base, dst.ctypes.data, len(shape), np.array(shape, np.int64).ctypes.data,
-                              strides.ctypes.data, None, ex.handle)
+            lib.fn(spec.name)(base, dst.ctypes.data, len(shape), dims.ctypes.data, strides.ctypes.data, None,
+                              ex.handle)
             assert ex.sync() == ""
         np.testing.assert_array_equal(dst, view)
 
@@ -251,3 +251,39 @@ def test_gathernd(lib, spec):
     bad = idx.copy()
     bad[1, 2, 1] = 3
     assert "index 3 out of range [-3, 3)" in call(lib, spec, data, bad, out, 2, 3, 2, dims, 5, 60)
+
+
+@pytest.mark.parametrize("spec", by_family("gatherelements"), ids=IDS)
+def test_gatherelements(lib, spec):
+    e = spec.param("esize")
+    W = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[e]
+    data = np.arange(3 * 4 * 5).astype(W).reshape(3, 4, 5)[:, ::-1]  # strided data (a negative stride)
+    rng = np.random.default_rng(e)
+    for axis in (0, 1, 2):
+        out_shape = (3, 2, 5) if axis == 1 else (2, 4, 3) if axis == 0 else (3, 4, 2)
+        idx = rng.integers(-data.shape[axis], data.shape[axis], out_shape).astype(np.int64)
+        out = np.zeros(out_shape, W)
+        strides, dims = np.array([s // e for s in data.strides], np.int64), np.array(out_shape, np.int64)
+        base = data.__array_interface__["data"][0]
+        with lib.exec() as ex:
+            lib.fn(spec.name)(base, idx.ctypes.data, out.ctypes.data, 3, dims.ctypes.data, strides.ctypes.data, axis,
+                              data.shape[axis], ex.handle)
+            assert ex.sync() == ""
+        np.testing.assert_array_equal(out, _take(data, idx, axis))
+    idx, one, ones = np.array([[[4]]], np.int64), np.zeros(1, W), np.array([1, 1, 1], np.int64)
+    strides = np.array([s // e for s in data.strides], np.int64)
+    with lib.exec() as ex:  # (every array the call reads is kept alive by a name)
+        lib.fn(spec.name)(data.__array_interface__["data"][0], idx.ctypes.data, one.ctypes.data, 3, ones.ctypes.data,
+                          strides.ctypes.data, 1, 4, ex.handle)
+        assert "index 4 out of range [-4, 4)" in ex.sync()
+    assert not one.any()
+
+
+def _take(data, idx, axis):
+    """ONNX GatherElements: out[i] = data[i with coordinate `axis` replaced by idx[i]]."""
+    out = np.empty(idx.shape, data.dtype)
+    for pos in np.ndindex(*idx.shape):
+        src = list(pos)
+        src[axis] = idx[pos] % data.shape[axis]
+        out[pos] = data[tuple(src)]
+    return out
