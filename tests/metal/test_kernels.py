@@ -305,14 +305,15 @@ def test_qlinear(lib, spec, case):
         check_linear(y, ref, S, case[1], act)
 
 
+@pytest.mark.parametrize("M", [3, 12])  # the GEMV and the simdgroup_matrix path
 @pytest.mark.parametrize("spec", QLIN, ids=IDS)
-def test_qlinear_tolerance_catches_one_code_off(lib, spec):
+def test_qlinear_tolerance_catches_one_code_off(lib, spec, M):
     N, K, group = 9, 165, 128
     q0, _, _ = quantize_int4(np.random.default_rng(5).standard_normal((K, N)).astype(np.float32) * 0.5, group,
                              symmetric=True)
     bad = q0.copy()
     bad[4, K - 1] = bad[4, K - 1] + 1 if bad[4, K - 1] < 15 else 14
-    y, ref, S, act = run_qlinear(lib, spec, np.random.default_rng(5), 3, N, K, group, True, False, 0, 0, q=bad)
+    y, ref, S, act = run_qlinear(lib, spec, np.random.default_rng(5), M, N, K, group, True, False, 0, 0, q=bad)
     with pytest.raises(AssertionError, match="outputs off"):
         check_linear(y, ref, S, K, act)
 
@@ -347,6 +348,19 @@ def test_gemm_f16(lib, case):
         ref = a64 @ b64 + (0 if bias is None else bias.astype(np.float64))
         check_linear(c[:, :N], ref, np.abs(a64) @ np.abs(b64), K, "f16")
         assert np.all(c[:, N:] == np.float16(7.0))
+
+
+@pytest.mark.parametrize("spec", QLIN, ids=IDS)
+def test_qlinear_tiles_have_no_race(lib, spec):
+    """The prefill path (M > 8) gives the same bits in order and in two shuffled schedules."""
+    rng = np.random.default_rng(4)
+    M, N, K, group = 20, 40, 64, 32
+    T = np.float16 if spec.family == "qlinear_w4a16" else np.float32
+    q, scales, _ = quantize_int4(rng.standard_normal((K, N)).astype(np.float32), group, symmetric=True)
+    x, y = rnd(rng, (M, K)).astype(T), np.zeros((M, N), T)
+    wp, sp = packing.pack("q4_weight", q)[1], packing.pack("q4_scales", scales)[1]
+    assert lib.order_dependence(spec.name, x, K, wp, sp, None, None, y, N, M, N, K, group) == ""
+    lib.set_seed(7)
 
 
 def test_gemm_has_no_race(lib):
