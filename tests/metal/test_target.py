@@ -25,25 +25,25 @@ def test_other_schemes_are_refused_in_one_line(qm):
         check_target(resolve_options(CompileOptions(target="metal", qm=qm)))
 
 
-def _where_model(path):
-    """A model whose only op (Where) has no Metal kernel yet."""
+def _reduce_model(path):
+    """A model whose only op (ReduceMean: the reduce family) has no Metal kernel yet."""
     import onnx
     from onnx import TensorProto, helper
 
-    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [4])
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
-    graph = helper.make_graph([helper.make_node("Where", ["c", "x", "x"], ["y"], name="w")], "g", [c, x], [y])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    node = helper.make_node("ReduceMean", ["x"], ["y"], name="r", axes=[0], keepdims=0)
+    graph = helper.make_graph([node], "g", [x], [y])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def test_an_op_without_a_metal_kernel_is_a_one_line_refusal(tmp_path):
-    model = str(tmp_path / "where.onnx")
-    _where_model(model)
+    model = str(tmp_path / "reduce.onnx")
+    _reduce_model(model)
     proc = subprocess.run([sys.executable, "-m", "tcc.cli", "compile", model, "--target", "metal",
                            "-o", str(tmp_path / "out"), "-q"], capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1 and "no where kernel" in lines[0], proc.stderr
+    assert proc.returncode != 0 and len(lines) == 1 and "no reduce kernel" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
 
 
