@@ -10,7 +10,7 @@ Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), 
 activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
 prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap), unary (float
 activations), cast, copy, gather, fill, range, qgather, where and cumsum; binary has the CPU's whole domain
-(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache), gathernd and gatherelements.
+(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache), gathernd, gatherelements, reduce, trilu and matmul.
 """
 from __future__ import annotations
 
@@ -155,6 +155,21 @@ def _cumsum_context(spec: KernelSpec) -> dict:
     return {"T": CTYPE[dt], "MT": MSL_TYPE[dt], "MA": acc, "add": add, "ELEM_THREADS": ELEM_THREADS}
 
 
+def _reduce_context(spec: KernelSpec) -> dict:
+    """The family's identity / combine / finish (f16 computes as f32: its f32 expressions, rounded at the end)."""
+    from ...codegen.families import elementwise as ew
+
+    dt = spec.param("dtype")
+    fam = ew._reduce_context(KernelSpec.make("", "reduce", "", op=spec.param("op"), dtype="f32" if dt == "f16" else dt))
+    return {"T": ew.CTYPE[dt], "MT": MSL_TYPE[dt], "MA": "float" if dt in ("f16", "f32") else "long",
+            "identity": fam["identity"], "combine": fam["scalar_combine"], "finish": fam["finish"],
+            "ELEM_THREADS": ELEM_THREADS}
+
+
+def _trilu_context(spec: KernelSpec) -> dict:
+    return {**_esize_context(spec), "upper": bool(spec.param("upper"))}
+
+
 def _qgather_context(spec: KernelSpec) -> dict:
     return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
 
@@ -167,6 +182,10 @@ register_target_context(TARGET, "cast", _cast_context)
 register_target_context(TARGET, "range", _range_context)
 register_target_context(TARGET, "where", _where_context)
 register_target_context(TARGET, "cumsum", _cumsum_context)
+register_target_context(TARGET, "reduce", _reduce_context)
+register_target_context(TARGET, "trilu", extended_context("trilu", _trilu_context))
+register_target_context(TARGET, "matmul", extended_context("matmul", lambda spec: {
+    **_float_context(spec), "ELEM_THREADS": ELEM_THREADS}))
 register_target_context(TARGET, "qgather", extended_context("qgather", _qgather_context))
 
 for _family in ("norm", "softmax"):
@@ -197,6 +216,10 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b, dtype=d) for b in (4, 8) for d in DTYPES),
     *(KernelSpec.make(TARGET, "where", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32", "i8", "u8", "bool")),
     *(KernelSpec.make(TARGET, "cumsum", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
+    *(KernelSpec.make(TARGET, "reduce", VARIANT, op=op, dtype=d) for op in ("sum", "mean", "max", "min", "prod")
+      for d in ("f32", "f16", "i64")),
+    *(KernelSpec.make(TARGET, "trilu", VARIANT, upper=u, esize=e) for u in (0, 1) for e in ESIZES),
+    *(KernelSpec.make(TARGET, "matmul", VARIANT, dtype=d) for d in DTYPES),
 ]
 
 _by_key: dict[tuple, KernelSpec] = {(s.family, s.params): s for s in VARIANTS}

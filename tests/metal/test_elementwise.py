@@ -1,5 +1,5 @@
 """Metal element-wise and data-movement kernels (backends/metal/kernels.py: unary, cast, copy, gather, fill,
-range, qgather, where, cumsum, gathernd, gatherelements) on the SIMT emulator against numpy.
+range, qgather, where, cumsum, gathernd, gatherelements, reduce, trilu) on the SIMT emulator against numpy.
 
 Tolerances: unary computes in fp32 and rounds once: the output's rounding (2^-11 relative for fp16, 2^-24 for
 f32) plus fp32 libm-class error, 2^-20 of |ref| + |x| (a wrong function errs by far more). Everything else
@@ -17,7 +17,7 @@ from .harness import build_metal
 
 NP = {"f16": np.float16, "f32": np.float32, "i64": np.int64, "i32": np.int32, "i8": np.int8, "u8": np.uint8,
       "bool": np.uint8}
-FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd", "gatherelements")
+FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd", "gatherelements", "reduce", "trilu")
 SPECS = [s for s in mk.VARIANTS if s.family in FAMILIES]
 IDS = lambda spec: spec.name  # noqa: E731
 
@@ -287,3 +287,31 @@ def _take(data, idx, axis):
         src[axis] = idx[pos] % data.shape[axis]
         out[pos] = data[tuple(src)]
     return out
+
+
+REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 1), (2, 5, 4), (1, 1, 3)], ids=str)
+@pytest.mark.parametrize("spec", by_family("reduce"), ids=IDS)
+def test_reduce(lib, spec, shape):
+    op, dt = spec.param("op"), spec.param("dtype")
+    T = NP[dt]
+    rng = np.random.default_rng(shape[1])
+    x = rng.integers(-3, 4, shape).astype(T) if op != "prod" else rng.choice([-1, 1, 2], shape).astype(T)
+    y = np.zeros((shape[0], shape[2]), T)
+    assert call(lib, spec, x, y, *shape) == ""
+    ref = REDUCE[op](x.astype(np.float64), axis=1)  # small integers: every result is exact
+    if op == "mean" and dt == "i64":
+        ref = np.trunc(ref)
+    np.testing.assert_allclose(y.astype(np.float64), ref, rtol=2.0 ** -11 if op == "mean" else 0, atol=0)
+
+
+@pytest.mark.parametrize("spec", by_family("trilu"), ids=IDS)
+def test_trilu(lib, spec):
+    W = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[spec.param("esize")]
+    x = (np.arange(2 * 5 * 7) + 1).astype(W).reshape(2, 5, 7)
+    for k in (-2, 0, 3):
+        y = np.zeros_like(x)
+        assert call(lib, spec, x, y, 2, 5, 7, k) == ""
+        np.testing.assert_array_equal(y, np.triu(x, k) if spec.param("upper") else np.tril(x, k))

@@ -34,7 +34,7 @@ def by_family(family):
 
 
 # The families this file runs (test_attention.py and test_elementwise.py build the others).
-FAMILIES = ("norm", "softmax", "binary", "qlinear_w4a16", "qlinear_w4a32", "gemm")
+FAMILIES = ("norm", "softmax", "binary", "qlinear_w4a16", "qlinear_w4a32", "gemm", "matmul")
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +376,22 @@ def test_gemm_has_no_race(lib):
     c = np.zeros((M, N), np.float16)
     assert lib.order_dependence(spec.name, a, K, b, None, c, N, M, N, K) == ""
     lib.set_seed(7)
+
+
+@pytest.mark.parametrize("spec", by_family("matmul"), ids=IDS)
+def test_matmul_batched_broadcast_strided(lib, spec):
+    """C[b0, b1] = A[b0, b1] @ B[b1] with A's last two dims transposed (strided) and B broadcast over b0."""
+    dt = spec.param("dtype")
+    T = NP[dt]
+    rng = np.random.default_rng(11)
+    M, N, K = 5, 7, 9
+    a = rnd(rng, (2, 3, K, M)).astype(T)  # stored [.., K, M]: A = a^T per batch
+    b = rnd(rng, (3, K, N)).astype(T)
+    c = np.full((2, 3, M, N), np.nan, T)
+    e = a.itemsize
+    shape, a_bs, b_bs = (np.array(v, np.int64) for v in ([2, 3], [a.strides[0] // e, a.strides[1] // e],
+                                                          [0, b.strides[0] // e]))
+    assert call(lib, spec, a, b, c, M, N, K, 1, M, N, 1, 2, shape, a_bs, b_bs) == ""
+    a64, b64 = np.swapaxes(a, -1, -2).astype(np.float64), b.astype(np.float64)
+    ref = a64 @ b64
+    check_linear(c.reshape(-1, N), ref.reshape(-1, N), (np.abs(a64) @ np.abs(b64)).reshape(-1, N), K, dt)
