@@ -10,7 +10,7 @@ Families so far: norm (rmsnorm, layernorm), softmax, binary (float arithmetic), 
 activations), qlinear_w4a32 (f32 activations), gemm (fp16, simdgroup_matrix) and kvattention (decode and
 prefill over an in-place KV cache with RoPE, GQA, sliding window / ring cache, ALiBi, softcap), unary (float
 activations), cast, copy, gather, fill, range, qgather, where and cumsum; binary has the CPU's whole domain
-(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache), gathernd, gatherelements, reduce, trilu and matmul.
+(integer arithmetic, comparisons, logic) plus f16; attention (no KV cache), gathernd, gatherelements, reduce, trilu, matmul, rope and scatternd.
 """
 from __future__ import annotations
 
@@ -170,6 +170,18 @@ def _trilu_context(spec: KernelSpec) -> dict:
     return {**_esize_context(spec), "upper": bool(spec.param("upper"))}
 
 
+def _scatternd_context(spec: KernelSpec) -> dict:
+    from ...codegen.families.elementwise import CTYPE
+
+    op, dt = spec.param("op"), spec.param("dtype")
+    acc = {"f32": "float", "f16": "float", "i64": "long", "i32": "int"}[dt]
+    combine = {"none": "u", "add": "o + u", "mul": "o * u", "max": "(u > o ? u : o)", "min": "(u < o ? u : o)"}[op]
+    if acc in ("long", "int") and op in ("add", "mul"):  # integers wrap
+        combine = f"{acc}(u{acc}(o) {'+' if op == 'add' else '*'} u{acc}(u))"
+    return {"T": CTYPE[dt], "MT": MSL_TYPE[dt], "MA": acc, "combine": combine, "reduction": op,
+            "ELEM_THREADS": ELEM_THREADS}
+
+
 def _qgather_context(spec: KernelSpec) -> dict:
     return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
 
@@ -183,6 +195,8 @@ register_target_context(TARGET, "range", _range_context)
 register_target_context(TARGET, "where", _where_context)
 register_target_context(TARGET, "cumsum", _cumsum_context)
 register_target_context(TARGET, "reduce", _reduce_context)
+register_target_context(TARGET, "scatternd", _scatternd_context)
+register_target_context(TARGET, "rope", extended_context("rope", _float_context))
 register_target_context(TARGET, "trilu", extended_context("trilu", _trilu_context))
 register_target_context(TARGET, "matmul", extended_context("matmul", lambda spec: {
     **_float_context(spec), "ELEM_THREADS": ELEM_THREADS}))
@@ -220,6 +234,9 @@ VARIANTS: list[KernelSpec] = [
       for d in ("f32", "f16", "i64")),
     *(KernelSpec.make(TARGET, "trilu", VARIANT, upper=u, esize=e) for u in (0, 1) for e in ESIZES),
     *(KernelSpec.make(TARGET, "matmul", VARIANT, dtype=d) for d in DTYPES),
+    *(KernelSpec.make(TARGET, "rope", VARIANT, dtype=d) for d in DTYPES),
+    *(KernelSpec.make(TARGET, "scatternd", VARIANT, op=o, dtype=d) for o in ("none", "add", "mul", "max", "min")
+      for d in ("f32", "f16", "i64", "i32")),
 ]
 
 _by_key: dict[tuple, KernelSpec] = {(s.family, s.params): s for s in VARIANTS}

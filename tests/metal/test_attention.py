@@ -1,4 +1,4 @@
-"""Metal kvattention and attention (backends/metal/kernels.py) on the SIMT emulator against ir/ops/kv.py's reference, on the
+"""Metal kvattention, attention and rope (backends/metal/kernels.py) on the SIMT emulator against ir/ops/kv.py's reference, on the
 CUDA tests' cases (tests/cuda/test_attention.py: contexts 1, 2, 41, 255 and > 1024, GQA ratios 1/4/8/16,
 prefill, ring caches with a sliding window, ALiBi, softcap, odd head sizes) and with their tolerances."""
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 
 from tcc.backends.metal import kernels as mk
 from tcc.ir.ops.fused import attention_reference
+from tcc.ir.ops.kv import apply_rope
 from tests.cuda.test_attention import (ATT_CASES, BAD_KV, KV_CASES, NP, check, estrides, i64, kv_reference, layout, rnd,
                                        rope_tables)
 
@@ -15,12 +16,14 @@ from .harness import build_metal
 
 SPECS = [s for s in mk.VARIANTS if s.family == "kvattention"]
 ATT_SPECS = [s for s in mk.VARIANTS if s.family == "attention"]
+ROPE_SPECS = [s for s in mk.VARIANTS if s.family == "rope"]
+FP32 = 2.0 ** -14
 IDS = lambda spec: spec.name  # noqa: E731
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    lib = build_metal(SPECS + ATT_SPECS, str(tmp_path_factory.mktemp("metal_attention")))
+    lib = build_metal(SPECS + ATT_SPECS + ROPE_SPECS, str(tmp_path_factory.mktemp("metal_attention")))
     lib.set_seed(7)
     return lib
 
@@ -112,3 +115,35 @@ def test_attention(lib, spec, case):
                None if slopes is None else slopes.astype(T), softcap)
     assert err == ""
     check(out, ref, np.abs(v).max(), dt, "out")
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("spec", ROPE_SPECS, ids=IDS)
+def test_rope(lib, spec, interleaved):
+    """tests/cuda/test_attention.py's rope case: positions given or implied, in place or not, pass-through dims."""
+    dt = spec.param("dtype")
+    T = NP[dt]
+    B, S, H, D, rd, max_pos = 2, 3, 2, 10, 6, 16
+    rng = np.random.default_rng(interleaved)
+    x = rnd(rng, (B, S, H, D))
+    cos, sin = rope_tables(max_pos, rd, rng)
+    for pos in (None, np.array([[5, 0, 15], [2, 2, 9]], np.int64)):
+        p = np.arange(B * S).reshape(B, S) if pos is None else pos
+        ref = np.stack([apply_rope(x[b].transpose(1, 0, 2), p[b], cos, sin, 2 if interleaved else 1, rd)
+                        .transpose(1, 0, 2) for b in range(B)])
+        for inplace in (False, True):
+            xd = x.astype(T)
+            y = xd if inplace else np.full_like(xd, np.nan)
+            err = call(lib, spec, xd, cos.astype(T), sin.astype(T), pos, y, B, S, H, D, rd, estrides(xd),
+                       max_pos, interleaved)
+            assert err == ""
+            rounding = np.abs(ref) * (2.0 ** -11 if dt == "f16" else 2.0 ** -22) + 2.0 ** -25
+            assert np.all(np.abs(y.astype(np.float64) - ref) <= rounding + FP32 * 2 * np.abs(x).max())
+
+
+@pytest.mark.parametrize("spec", ROPE_SPECS, ids=IDS)
+def test_rope_position_out_of_range(lib, spec):
+    T = NP[spec.param("dtype")]
+    x, tab, pos = np.zeros((1, 2, 1, 4), T), np.zeros((4, 2), T), np.array([1, 4], np.int64)
+    y = x.copy()
+    assert "index 4 out of range [0, 4)" in call(lib, spec, x, tab, tab, pos, y, 1, 2, 1, 4, 4, estrides(x), 4, 0)

@@ -1,5 +1,5 @@
 """Metal element-wise and data-movement kernels (backends/metal/kernels.py: unary, cast, copy, gather, fill,
-range, qgather, where, cumsum, gathernd, gatherelements, reduce, trilu) on the SIMT emulator against numpy.
+range, qgather, where, cumsum, gathernd, gatherelements, reduce, trilu, scatternd) on the SIMT emulator against numpy.
 
 Tolerances: unary computes in fp32 and rounds once: the output's rounding (2^-11 relative for fp16, 2^-24 for
 f32) plus fp32 libm-class error, 2^-20 of |ref| + |x| (a wrong function errs by far more). Everything else
@@ -17,7 +17,8 @@ from .harness import build_metal
 
 NP = {"f16": np.float16, "f32": np.float32, "i64": np.int64, "i32": np.int32, "i8": np.int8, "u8": np.uint8,
       "bool": np.uint8}
-FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd", "gatherelements", "reduce", "trilu")
+FAMILIES = ("unary", "cast", "copy", "gather", "fill", "range", "qgather", "where", "cumsum", "gathernd", "gatherelements", "reduce", "trilu",
+            "scatternd")
 SPECS = [s for s in mk.VARIANTS if s.family in FAMILIES]
 IDS = lambda spec: spec.name  # noqa: E731
 
@@ -315,3 +316,40 @@ def test_trilu(lib, spec):
         y = np.zeros_like(x)
         assert call(lib, spec, x, y, 2, 5, 7, k) == ""
         np.testing.assert_array_equal(y, np.triu(x, k) if spec.param("upper") else np.tril(x, k))
+
+
+@pytest.mark.parametrize("spec", by_family("scatternd"), ids=IDS)
+def test_scatternd(lib, spec):
+    """tests/cuda/test_elementwise.py's cases: duplicates combine in order with a reduction, negative indices."""
+    rng = np.random.default_rng(13)
+    op, dt = spec.param("op"), spec.param("dtype")
+    T = NP[dt]
+    for dims, slice_, n_idx in [((4,), 1, 3), ((3, 5), 8, 6), ((6,), 33, 10), ((2, 3), 4, 0)]:
+        k = len(dims)
+        data = rng.integers(-20, 21, (*dims, slice_)).astype(T)
+        if op == "none":  # duplicates are undefined without a reduction: distinct indices
+            n_idx = min(n_idx, int(np.prod(dims)))
+            flat = rng.permutation(int(np.prod(dims)))[:n_idx]
+            coords = np.stack(np.unravel_index(flat, dims), -1) if n_idx else np.zeros((0, k), np.int64)
+        else:
+            coords = np.stack([rng.integers(0, d, n_idx) for d in dims], -1)
+        idx = np.ascontiguousarray(np.where(rng.random(coords.shape) < 0.3, coords - np.array(dims), coords), np.int64)
+        upd = rng.integers(-20, 21, (n_idx, slice_)).astype(T)
+        if op == "mul":
+            upd = ((np.sign(upd) + (upd == 0)) * (2 if dt not in ("f32", "f16") else 1.5)).astype(T)
+        out, dims_a = np.zeros_like(data), np.array(dims, np.int64)
+        assert call(lib, spec, data, idx, upd, out, data.size, n_idx, k, dims_a, slice_) == ""
+        want = data.copy()
+        for i in range(n_idx):
+            pos = tuple(int(c) for c in coords[i])
+            o, u = want[pos], upd[i]
+            if dt in ("f32", "f16"):
+                o, u = o.astype(np.float32), u.astype(np.float32)
+            with np.errstate(all="ignore"):
+                r = {"none": lambda: u, "add": lambda: o + u, "mul": lambda: o * u,
+                     "max": lambda: np.maximum(o, u), "min": lambda: np.minimum(o, u)}[op]()
+            want[pos] = r.astype(T)
+        assert out.tobytes() == want.tobytes(), f"{spec.name} {dims}"
+    data, out = np.zeros((3, 2), T), np.zeros((3, 2), T)
+    idx, upd, dims_a = np.array([[1], [-4]], np.int64), np.zeros((2, 2), T), np.array([3], np.int64)
+    assert "index -4 out of range [-3, 3)" in call(lib, spec, data, idx, upd, out, 6, 2, 1, dims_a, 2)

@@ -25,27 +25,24 @@ def test_other_schemes_are_refused_in_one_line(qm):
         check_target(resolve_options(CompileOptions(target="metal", qm=qm)))
 
 
-def _scatter_model(path):
-    """A model whose only op (ScatterND: the scatternd family) has no Metal kernel yet."""
+def _int_neg_model(path):
+    """A model whose only op (Neg on int64: the unary family's integer forms) has no Metal kernel yet."""
     import onnx
     from onnx import TensorProto, helper
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
-    u = helper.make_tensor_value_info("u", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
-    idx = helper.make_tensor("i", TensorProto.INT64, [1, 1], [2])
-    graph = helper.make_graph([helper.make_node("ScatterND", ["x", "i", "u"], ["y"], name="s")], "g", [x, u], [y],
-                              [idx])
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [4])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"], name="n")], "g", [x], [y])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def test_an_op_without_a_metal_kernel_is_a_one_line_refusal(tmp_path):
-    model = str(tmp_path / "scatter.onnx")
-    _scatter_model(model)
+    model = str(tmp_path / "neg.onnx")
+    _int_neg_model(model)
     proc = subprocess.run([sys.executable, "-m", "tcc.cli", "compile", model, "--target", "metal",
                            "-o", str(tmp_path / "out"), "-q"], capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1 and "no scatternd kernel" in lines[0], proc.stderr
+    assert proc.returncode != 0 and len(lines) == 1 and "no unary kernel" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
 
 
