@@ -56,7 +56,7 @@ def _kv_context(spec: KernelSpec) -> dict:
 
 
 def _gemm_context(spec: KernelSpec) -> dict:
-    return dict(GEMM_TILE, MT="half")
+    return dict(GEMM_TILE, MT=_MTYPE[spec.param("dtype")])
 
 
 # The MSL type of each tcc dtype (bool is a byte), and of each element size of the copy-like families.
@@ -183,7 +183,8 @@ def _scatternd_context(spec: KernelSpec) -> dict:
 
 
 def _qgather_context(spec: KernelSpec) -> dict:
-    return {"MT": MSL_TYPE[spec.param("dtype")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
+    # (no dtype: the f32 form an f32 program selects, named as on the CPUs)
+    return {"MT": MSL_TYPE[spec.param("dtype", "f32")], "MS": "ushort" if spec.param("bits") == 4 else "float"}
 
 
 for _family in ("copy", "gather", "fill", "gathernd", "gatherelements"):
@@ -219,7 +220,7 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, "binary", VARIANT, **p) for p in _binary_domain()),
     KernelSpec.make(TARGET, "qlinear_w4a16", VARIANT, dtype="f16"),
     KernelSpec.make(TARGET, "qlinear_w4a32", VARIANT),
-    KernelSpec.make(TARGET, "gemm", VARIANT, dtype="f16"),
+    *(KernelSpec.make(TARGET, "gemm", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "kvattention", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "unary", VARIANT, op=op, dtype=d) for op in UNARY_OPS for d in DTYPES),
     *(KernelSpec.make(TARGET, "cast", VARIANT, src=a, dst=b) for a in CAST_DTYPES for b in CAST_DTYPES if a != b),
@@ -228,6 +229,7 @@ VARIANTS: list[KernelSpec] = [
     *(KernelSpec.make(TARGET, "attention", VARIANT, dtype=d) for d in DTYPES),
     *(KernelSpec.make(TARGET, "range", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
     *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b, dtype=d) for b in (4, 8) for d in DTYPES),
+    *(KernelSpec.make(TARGET, "qgather", VARIANT, bits=b) for b in (4, 8)),  # f32 programs (w4a32)
     *(KernelSpec.make(TARGET, "where", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32", "i8", "u8", "bool")),
     *(KernelSpec.make(TARGET, "cumsum", VARIANT, dtype=d) for d in ("f32", "f16", "i64", "i32")),
     *(KernelSpec.make(TARGET, "reduce", VARIANT, op=op, dtype=d) for op in ("sum", "mean", "max", "min", "prod")

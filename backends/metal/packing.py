@@ -13,8 +13,8 @@ metal_q4_scales_f16 (kind q4_scales; f32 [N, G] scales holding fp16 values): fp1
 metal_q4_zeros_u8 (kind q4_zeros; u8 [N, G] zero points 0..15): as is (absent: 8, the symmetric form).
 metal_q4_rows / metal_f16_scales / metal_q8_rows (kinds q4_rows, q4_row_scales, q8_rows): the CPU's row tables
     of codegen/families/packing.py as they are (qgather reads whole rows).
-metal_f16_kn (kind gemm_f16; a Linear weight B [K, N], f16 or f32): fp16 [K, N] as is: the GEMM stages
-    8-row tiles of B through threadgroup memory (edges zero-filled there), so it needs no padding.
+metal_f16_kn / metal_f32_kn (kinds gemm_f16, gemm_f32: a Linear weight B [K, N]): fp16 / f32 [K, N] as is: the
+    GEMM stages 16-row tiles of B through threadgroup memory (edges zero-filled there), so it needs no padding.
 """
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ def unpack_q4_weight(words: np.ndarray, K: int) -> np.ndarray:
 
 def pack(kind: str, array: np.ndarray):
     """Reorder a constant for the Metal kernel that reads it: returns (layout name, packed array)."""
-    if kind == "gemm_f16":
+    if kind in ("gemm_f16", "gemm_f32"):
         b = np.asarray(array)
         if b.ndim != 2:
             raise ValueError(f"gemm weights must be [K, N], got shape {b.shape}")
+        dtype = np.float16 if kind == "gemm_f16" else np.float32
         with np.errstate(over="ignore"):
-            return "metal_f16_kn", np.ascontiguousarray(b.astype(np.float16))
+            return f"metal_{kind[-3:]}_kn", np.ascontiguousarray(b.astype(dtype))
     if kind == "q4_weight":
         return "metal_q4_simd32", pack_q4_weight(array)
     if kind in ("q4_scales", "q4_row_scales"):

@@ -43,6 +43,10 @@ class Target:
     # Why tcc_exec_create fails, as the loader says it.
     exec_failure: str = "no Metal device (run a Metal artifact elsewhere than on a Mac with `tcc run --emulate`)"
 
+    def activations_for(self, qm: str) -> str:
+        """w4a32 keeps the network in f32 (its point: f32 activations); the others compute in fp16."""
+        return "f32" if qm == "w4a32" else "f16"
+
     def capabilities(self):
         """fp16 arithmetic is native and every family has fp16 kernels; the network computes in fp16."""
         from .. import Capabilities

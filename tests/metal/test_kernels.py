@@ -336,22 +336,24 @@ GCASES = [(72, 200, True, 0, 0), (33, 77, False, 5, 3), (8, 8, True, 0, 0)]
 
 
 @pytest.mark.parametrize("case", GCASES, ids=lambda c: f"N{c[0]}-K{c[1]}{'-bias' if c[2] else ''}")
-def test_gemm_f16(lib, case):
-    spec = by_family("gemm")[0]
+@pytest.mark.parametrize("spec", by_family("gemm"), ids=IDS)
+def test_gemm(lib, spec, case):
+    dt = spec.param("dtype")
+    T = NP[dt]
     N, K, with_bias, lda_pad, ldc_pad = case
     rng = np.random.default_rng(N + K)
-    b = rnd(rng, (K, N), 0.3).astype(np.float16)
-    bp = packing.pack("gemm_f16", b)[1]
-    bias = rnd(rng, (N,)).astype(np.float16) if with_bias else None
+    b = rnd(rng, (K, N), 0.3).astype(T)
+    bp = packing.pack(f"gemm_{dt}", b)[1]
+    bias = rnd(rng, (N,)).astype(T) if with_bias else None
     for M in (1, 2, 7, 8, 9, 17, 33):
         lda, ldc = K + lda_pad, N + ldc_pad
-        a = rnd(rng, (M, lda)).astype(np.float16)
-        c = np.full((M, ldc), np.float16(7.0))
+        a = rnd(rng, (M, lda)).astype(T)
+        c = np.full((M, ldc), T(7.0))
         assert call(lib, spec, a, lda, bp, bias, c, ldc, M, N, K) == ""
         a64, b64 = a[:, :K].astype(np.float64), b.astype(np.float64)
         ref = a64 @ b64 + (0 if bias is None else bias.astype(np.float64))
-        check_linear(c[:, :N], ref, np.abs(a64) @ np.abs(b64), K, "f16")
-        assert np.all(c[:, N:] == np.float16(7.0))
+        check_linear(c[:, :N], ref, np.abs(a64) @ np.abs(b64), K, dt)
+        assert np.all(c[:, N:] == T(7.0))
 
 
 @pytest.mark.parametrize("spec", QLIN, ids=IDS)

@@ -1,6 +1,6 @@
 """Whole Metal programs: the repository's LLM fixtures compiled with `--target metal` (the generated .metal
 kernels, the macOS project, and the emulation build) and run on the CPU SIMT emulator against the reference
-interpreter on the same fp16 / w4a16 IR (pattern: tests/cuda/test_program.py)."""
+interpreter on the same fp16 / w4a16 / w4a32 IR (pattern: tests/cuda/test_program.py)."""
 from __future__ import annotations
 
 import json
@@ -21,13 +21,14 @@ MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "llm
 # file stays near 3 minutes); one decoder without past inputs (generation recomputes the sequence: attention
 # without a KV cache).
 CONFIGS = (("llama_past_dynamo", "fp16"), ("llama_past_dynamo", "w4a16"), ("gpt2_past_dynamo", "w4a16"),
-           ("gptj_past_dynamo", "fp16"), ("opt_past_dynamo", "w4a16"), ("llama_nopast_dynamo", "fp16"))
+           ("gptj_past_dynamo", "fp16"), ("opt_past_dynamo", "w4a16"), ("llama_nopast_dynamo", "fp16"),
+           ("llama_past_dynamo", "w4a32"))
 CONTEXT = 64
 
 
 def _options(qm: str) -> CompileOptions:
     # group 32: the fixtures' hidden size is 64 (the default 128 would be one group wider than a row)
-    return CompileOptions(target="metal", qm=qm, max_context=CONTEXT, group_size=32 if qm == "w4a16" else None,
+    return CompileOptions(target="metal", qm=qm, max_context=CONTEXT, group_size=32 if qm != "fp16" else None,
                           round_to_nearest=True)
 
 
