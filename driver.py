@@ -261,11 +261,20 @@ def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuni
     executables = {"run": [run_cpp]}
     if chat:
         executables["chat"] = _chat_sources(build_dir)  # needs only the C++ compiler (no JSON library)
-    lib = build_library(sources, build_dir, backend.target, "model", extra_executables=executables,
-                        jobs=flags.get("build-jobs"))
-    files.update({"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}})
+    if getattr(backend.target, "builds_here", True):
+        lib = build_library(sources, build_dir, backend.target, "model", extra_executables=executables,
+                            jobs=flags.get("build-jobs"))
+        files.update({"libmodel.so": lib, **{exe: os.path.join(build_dir, exe) for exe in executables}})
     if getattr(backend.target, "emulation", None):
         files.update(_build_emulated(sources, executables, build_dir, backend.target, progress, manifest))
+    if not getattr(backend.target, "builds_here", True):
+        # (metal) the program for the target's own platform is built there from the artifact's sources and recipe;
+        # here only the emulation build exists, which is then the artifact's library.
+        from .codegen.metal_host import write_macos_project
+
+        files.update(write_macos_project(sources, executables, build_dir, manifest))
+        manifest["library"] = manifest["emulation"]["library"]
+        manifest["binaries"] = dict(manifest["emulation"]["binaries"])
     if flags.get("keep-build"):
         files["src"] = os.path.join(build_dir, "src")
     manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
@@ -288,6 +297,10 @@ def _build_emulated(sources, executables, build_dir, target, progress, manifest)
     emu_dir = os.path.join(build_dir, device)
     if "chat" in executables:
         _chat_sources(emu_dir)  # its generated header beside this build's CMakeLists.txt
+    if any(s.endswith(".metal") for s in sources):  # Metal kernels reach the emulator through its Metal bridge
+        from .codegen.cmake import RUNTIME_DIR
+
+        sources = [*sources, os.path.join(RUNTIME_DIR, "simt", "metal_bridge.cpp")]
     lib = build_library(sources, emu_dir, replace(target, device=device), "model", extra_executables=executables,
                         jobs=flags.get("build-jobs"))
     names = {"library": f"libmodel-{device}.so", "binaries": {exe: f"{exe}-{device}" for exe in executables}}

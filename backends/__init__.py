@@ -86,7 +86,7 @@ def get_backend(name: str, cpu: str | None = None, cuda_arch: str | None = None)
     module = importlib.import_module(f"{__package__}.{name}")
     make = getattr(module, "backend", None)
     if make is None:
-        raise TccError(f"target {name!r} is not implemented yet; available now: x86, arm, cuda")
+        raise TccError(f"target {name!r} is not implemented yet; available now: x86, arm, cuda, metal")
     if cuda_arch is not None:
         if name != "cuda":
             raise TccError(f"--cuda-arch does not apply to target {name}")
@@ -105,6 +105,11 @@ def foreign_target(name: str) -> str | None:
 
         why = gpu_missing()
         return f"it was built for cuda and {why}" if why else None
+    if name == "metal":
+        from .metal.target import metal_missing
+
+        why = metal_missing()
+        return f"it was built for metal and {why}" if why else None
     host = platform.machine().lower()
     machines = MACHINES.get(name)
     if machines is None or host in machines:

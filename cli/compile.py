@@ -70,7 +70,8 @@ def add_compile(sub) -> None:
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.add_argument("--target", default="x86", help="x86 (default) | arm (aarch64; cross-compiled on other "
                    "hosts, run there with `tcc run --emulate`) | cuda (NVIDIA GPUs, sm_80+; without a GPU run it "
-                   "with `tcc run --emulate`)")
+                   "with `tcc run --emulate`) | metal (Apple GPUs; builds the emulation program and the macOS "
+                   "project, run it here with `tcc run --emulate`)")
     c.add_argument("--cuda-arch", metavar="ARCHS", help="cuda: the GPU architectures to build for, comma "
                    "separated sm_XY (default: sm_80,sm_90), or native")
     c.add_argument("--cpu", metavar="CPU", help="arm: the baseline CPU (-mcpu), e.g. cortex-a53, cortex-a76, "

@@ -7,7 +7,8 @@ import time
 
 from .. import flags
 from ..errors import TccError
-from .args import add_cuda_graph_arg, add_verify_arg, foreign_target_of, kv_ints, read_feeds, simt_emulation
+from .args import (add_cuda_graph_arg, add_verify_arg, artifact_manifest, foreign_target_of, kv_ints, read_feeds,
+                   simt_emulation)
 
 
 def _run_emulated(args):
@@ -51,7 +52,8 @@ def cmd_run(args) -> int:
         raise TccError(f"cannot run {args.artifact} here: {why}; run it under emulation with --emulate")
     else:
         if simt:
-            print("tcc: running the cuda artifact on the CPU SIMT emulator; its time is not a speed figure",
+            target = (artifact_manifest(args.artifact) or {}).get("target", "cuda")
+            print(f"tcc: running the {target} artifact on the CPU SIMT emulator; its time is not a speed figure",
                   file=sys.stderr, flush=True)
         sess = load(args.artifact, threads=args.threads, emulate=simt)
         feeds = read_feeds(args.input)

@@ -102,7 +102,7 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         f"target_compile_features({name}_objects PUBLIC cxx_std_17)",
         f'target_compile_options({name}_objects PUBLIC "$<$<COMPILE_LANGUAGE:CXX>:${{TCC_TARGET_FLAGS}}>" '
         "${TCC_SANITIZE_FLAGS})",
-        *_device_lines(device, name, cu_sources),
+        *_device_lines(device, name, cu_sources, [s for s in sources if s.endswith(".metal")]),
         f"target_include_directories({name}_objects PUBLIC {_q(RUNTIME_DIR)} ${{CMAKE_CURRENT_SOURCE_DIR}})",
         f"target_link_libraries({name}_objects PUBLIC tcc_runtime)",
         "",
@@ -131,16 +131,23 @@ def cuda_flags(target) -> list[str]:
     return [*target.nvcc_flags, *target.gencode_flags()]
 
 
-def _device_lines(device: str, name: str, cu_sources: list[str]) -> list[str]:
-    """How the kernels' .cu files are built: by nvcc for a GPU, as C++ against the SIMT shim for the emulator."""
+def _device_lines(device: str, name: str, cu_sources: list[str], metal_sources: list[str] = ()) -> list[str]:
+    """How the kernels' .cu and .metal files are built: .cu by nvcc for a GPU; both as C++ against the SIMT shims
+    for the emulator."""
     if device == "cuda":
         return [f'target_compile_options({name}_objects PUBLIC "$<$<COMPILE_LANGUAGE:CUDA>:${{TCC_CUDA_FLAGS}}>")']
+    lines = []
     if device == "simt" and cu_sources:
         files = " ".join(_q(os.path.abspath(s)) for s in cu_sources)
-        return ["# The CUDA kernels compiled as C++ against runtime/simt/tcc_simt.h (the CPU SIMT emulator).",
-                # g++ takes an unknown suffix for a linker input: -x c++ names the language
-                f'set_source_files_properties({files} PROPERTIES LANGUAGE CXX COMPILE_OPTIONS "-xc++")']
-    return []
+        lines += ["# The CUDA kernels compiled as C++ against runtime/simt/tcc_simt.h (the CPU SIMT emulator).",
+                  # g++ takes an unknown suffix for a linker input: -x c++ names the language
+                  f'set_source_files_properties({files} PROPERTIES LANGUAGE CXX COMPILE_OPTIONS "-xc++")']
+    if device == "simt" and metal_sources:
+        files = " ".join(_q(os.path.abspath(s)) for s in metal_sources)
+        lines += ["# The Metal kernels compiled as C++ against tcc's MSL model (runtime/simt/tcc_simt_metal.h); their",
+                  "# [[attributes]] are for Apple's compiler (backends/metal/msl.py reads them).",
+                  f'set_source_files_properties({files} PROPERTIES LANGUAGE CXX COMPILE_OPTIONS "-xc++;-Wno-attributes")']
+    return lines
 
 
 def _exe_link_lines(exe: str, target) -> list[str]:

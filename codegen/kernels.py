@@ -77,8 +77,12 @@ def _family_context(spec: "KernelSpec") -> dict[str, Any]:
 
 
 # The source languages a kernel template may be written in (its name ends in <suffix>.j2), and the runtime
-# header every kernel of that language includes: C++ for the CPUs, CUDA for the NVIDIA GPUs.
-SOURCE_HEADERS = {".cpp": "tcc_kernel.h", ".cu": "tcc_cuda.h"}
+# header every kernel of that language includes: C++ for the CPUs, CUDA for the NVIDIA GPUs, Metal Shading
+# Language for the Apple GPUs.
+SOURCE_HEADERS = {".cpp": "tcc_kernel.h", ".cu": "tcc_cuda.h", ".metal": "metal/tcc_metal.h"}
+# Languages whose rendered file is assembled by their backend: suffix -> finish(header, include, signature,
+# body) -> source (Metal: backends/metal/msl.py checks kernel signatures and adds the emulator's entries).
+SOURCE_FINISHERS: dict[str, Callable[[str, str, str, str], str]] = {}
 
 
 def template_path(target: str, family: str, variant: str) -> str:
@@ -195,6 +199,9 @@ def render(spec: KernelSpec) -> str:
     header = GENERATED_HEADER.format(version=__version__, template=spec.template, name=spec.name)
     # The prototype first gives the definition C linkage whatever the template writes.
     include = SOURCE_HEADERS[spec.source_suffix]
+    finish = SOURCE_FINISHERS.get(spec.source_suffix)
+    if finish is not None:
+        return finish(header, include, spec.signature, body)
     return header + f'#include "{include}"\n\nextern "C" ' + spec.signature + ";\n\n" + body
 
 

@@ -48,6 +48,9 @@ def to_f16(data: np.ndarray) -> np.ndarray:
 def float16(graph: Graph, ctx) -> None:
     if capabilities(ctx.target).activations != "f16":
         return
+    per_scheme = getattr(ctx.target, "activations_for", None)  # a target whose schemes differ (metal: w4a32)
+    if per_scheme is not None and per_scheme(ctx.qm) != "f16":
+        return
     interface = _cast_interface(graph)
     keep = {id(n.inputs[i]) for n in graph.nodes for i in KEEP_F32_INPUTS.get(n.op, ()) if i < len(n.inputs)}
     for v in [*graph.constants.values(), *graph.states.values()]:

@@ -478,9 +478,15 @@ def load(out_dir: str, threads: int | None = None, verify: bool | None = None, e
 
 def _library(manifest: dict, path: str, emulate: bool) -> str:
     """The library to load: the artifact's own, or with `emulate` its SIMT emulation build."""
-    if not emulate:
-        return manifest["library"]
     emu = manifest.get("emulation")
+    if not emulate:
+        if isinstance(emu, dict) and manifest["library"] == emu.get("library"):
+            # (metal) the artifact's own program is built on its platform; here it has only the emulation build
+            from ..backends import foreign_target
+
+            why = foreign_target(manifest.get("target", "x86")) or "it has only its emulation build"
+            raise TccError(f"cannot load {path} here: {why}; load it with emulate=True (`tcc run --emulate`)")
+        return manifest["library"]
     if not isinstance(emu, dict) or emu.get("library") not in manifest.get("files", {}):
         raise TccError(f"{path} has no build for the SIMT emulator (built for {manifest.get('target', 'x86')}; "
                        "--emulate runs a cuda artifact in this process, an arm one under qemu)")
