@@ -5,33 +5,22 @@ Before, `--qm fp16` compiled the f16 graph as exported: no KV cache ("past input
 node") and a refusal for its rotary Cast ("no cast kernel for dst=f16, src=f16")."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from tcc.driver import CompileOptions, compile_model, optimize
 from tcc.ir.interpreter import ProgramState, run_graph
 from tcc.runtime.session import load
+from tests.llama_export import make_llama_onnx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PROMPT = [5, 17, 99, 3, 250, 7]
 NEW = 6
-
-
-def _make_llama_onnx():
-    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(HERE, "..", "..", "tools",
-                                                                                   "make_llama_onnx.py"))
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
-    return mk
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     pytest.importorskip("transformers")
-    mk = _make_llama_onnx()
+    mk = make_llama_onnx()
     # attention weights 256x256 are converted at import; gate/up/down 256x1280 stay f16 behind Casts
     shape = dict(mk.SHAPES["tiny"], hidden_size=256, intermediate_size=1280, num_hidden_layers=2)
     d = tmp_path_factory.mktemp("f16export")

@@ -21,6 +21,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from tests.llama_export import make_llama_onnx
+
 D, F = 512, 2048  # one layer: D*F*2 weights = 8 MB of fp32
 BF16 = ml_dtypes.bfloat16
 CODES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
@@ -127,13 +129,7 @@ def tiny_llama_compiled_at_w8a8(tmp_path, dtype: str) -> dict:
     """tools/make_llama_onnx.py's tiny shape exported at `dtype` into tmp_path/m, compiled at w8a8 into
     tmp_path/out with attention fused and a KV cache; returns the shape."""
     pytest.importorskip("transformers")
-    import importlib.util
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
-                                                                                   "make_llama_onnx.py"))
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
+    mk = make_llama_onnx()
     shape = dict(mk.SHAPES["tiny"])
     mk.make(shape, str(tmp_path / "m"), dtype)
     m = compile_model_quiet(str(tmp_path / "m" / "model.onnx"), str(tmp_path / "out"), "w8a8")
@@ -313,13 +309,7 @@ def test_awq_rescales_the_half_weights_of_fp16_exports(tmp_path):
     clipped half weights are rounded to f16 again), and the programs agree to fp16 rounding of
     the rescaled weights."""
     pytest.importorskip("transformers")
-    import importlib.util
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("make_llama_onnx", os.path.join(here, "..", "..", "tools",
-                                                                                   "make_llama_onnx.py"))
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
+    mk = make_llama_onnx()
     # gate/up/down 256x1280: past WIDEN_EAGER and past what fold-constants converts (1 MiB of f32)
     shape = dict(mk.SHAPES["tiny"], hidden_size=256, intermediate_size=1280, num_hidden_layers=2)
     mk.make(shape, str(tmp_path / "m"), "f16")
