@@ -32,29 +32,12 @@ def q4_words(K: int) -> int:
 
 def pack_q4_weight(q: np.ndarray) -> np.ndarray:
     """q u8 [N, K] (0..15) -> uint32 [N, q4_words(K)] (metal_q4_simd32)."""
-    q = np.asarray(q)
-    if q.ndim != 2:
-        raise ValueError(f"q4 weights must be [N, K], got shape {q.shape}")
-    if q.size and (q.min() < 0 or q.max() > 15):
-        raise ValueError("q4 weight codes must lie in 0..15")
-    n, k = q.shape
-    kp = q4_words(k) * 8
-    codes = np.full((n, kp), 8, np.uint32)
-    codes[:, :k] = q
-    codes = codes.reshape(n, kp // 8, 8)
-    words = np.zeros((n, kp // 8), np.uint32)
-    for i in range(8):
-        words |= codes[:, :, i] << np.uint32(4 * i)
-    return np.ascontiguousarray(words)
+    return packing.pack_q4_words(q, Q4_CHUNK)
 
 
 def unpack_q4_weight(words: np.ndarray, K: int) -> np.ndarray:
     """Inverse of pack_q4_weight: the u8 [N, K] codes."""
-    words = np.asarray(words, np.uint32)
-    codes = np.empty((words.shape[0], words.shape[1], 8), np.uint8)
-    for i in range(8):
-        codes[:, :, i] = (words >> np.uint32(4 * i)) & np.uint32(15)
-    return codes.reshape(words.shape[0], -1)[:, :K]
+    return packing.unpack_q4_words(words, K)
 
 
 def pack(kind: str, array: np.ndarray):

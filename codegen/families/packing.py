@@ -19,6 +19,10 @@ Quantized row tables (QGather: embeddings): rows are read one at a time, so they
                (an odd K pads the last high nibble with 0)
     q4 scales: fp16 bits [V, G]; zeros u8 [V, G] (absent: 8)
     q8 rows:   q [V, K] int8 as is; scales f32 [V]
+
+GPU int4 columns (the CUDA and Metal GEMVs): column n of the codes q [N, K] as uint32 words of 8 codes, K padded
+with the code 8 (zero after the symmetric offset) to a multiple of `chunk`; the nibble slot of each of a word's
+8 codes is the backend's (`nibble_of`), chosen for its dequantization.
 """
 from __future__ import annotations
 
@@ -75,3 +79,30 @@ def pack_f16_scales(scales: np.ndarray) -> np.ndarray:
     if not np.array_equal(h.astype(np.float32), s):
         raise ValueError("scales are not fp16 values (quantize_int4 rounds them; these were changed since)")
     return np.ascontiguousarray(h.view(np.uint16))
+
+
+def pack_q4_words(q: np.ndarray, chunk: int, nibble_of=range(8)) -> np.ndarray:
+    """q u8 [N, K] (0..15) -> uint32 [N, 4 * ceil(K / chunk)]: code k0+i of a word in nibble nibble_of[i]."""
+    q = np.asarray(q)
+    if q.ndim != 2:
+        raise ValueError(f"q4 weights must be [N, K], got shape {q.shape}")
+    if q.size and (q.min() < 0 or q.max() > 15):
+        raise ValueError("q4 weight codes must lie in 0..15")
+    n, k = q.shape
+    kp = -(-k // chunk) * chunk
+    codes = np.full((n, kp), 8, np.uint32)
+    codes[:, :k] = q
+    codes = codes.reshape(n, kp // 8, 8)
+    words = np.zeros((n, kp // 8), np.uint32)
+    for i, slot in enumerate(nibble_of):
+        words |= codes[:, :, i] << np.uint32(4 * slot)
+    return np.ascontiguousarray(words)
+
+
+def unpack_q4_words(words: np.ndarray, K: int, nibble_of=range(8)) -> np.ndarray:
+    """Inverse of pack_q4_words: the u8 [N, K] codes."""
+    words = np.asarray(words, np.uint32)
+    codes = np.empty((words.shape[0], words.shape[1], 8), np.uint8)
+    for i, slot in enumerate(nibble_of):
+        codes[:, :, i] = (words >> np.uint32(4 * slot)) & np.uint32(15)
+    return codes.reshape(words.shape[0], -1)[:, :K]
