@@ -91,6 +91,8 @@ def cmakelists(sources, build_dir: str, target, name: str, extra_executables=Non
         "# Sanitizers (flag `sanitize`): compile and link flags of every target, the runtime's included.",
         f'set(TCC_SANITIZE_FLAGS "{san_list}")',
         f"set(TCC_DEVICE {device})",
+        *(["# Metal kernels on the emulator: token selection is the MSL kernel too (runtime/metal/select.metal).",
+           "set(TCC_SELECT metal)"] if device == "simt" and any(s.endswith(".metal") for s in sources) else []),
         *([f'set(TCC_CUDA_FLAGS "{";".join(cuda_flags(target))}")'] if device == "cuda" else []),
         f"add_subdirectory({_q(REPO_ROOT)} tcc_runtime_build)",
         "find_package(Threads REQUIRED)",
