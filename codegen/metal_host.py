@@ -4,7 +4,8 @@ that builds the program on a Mac (docs/metal.md, "Building on a Mac").
 `tcc compile --target metal` on Linux cannot run Apple's metal compiler, so the artifact carries this project in
 `metal/` (and says so in manifest["macos"]) besides its emulation build. On a Mac, `cmake -S metal -B build &&
 cmake --build build` compiles every kernel .metal file with `xcrun metal` into `model.metallib`, the same files
-as Objective-C++ for their launchers, the model program, the runtime and runtime/metal/device_metal.mm into
+as Objective-C++ for their launchers, the model program, the runtime (its token selection: the kernel of
+runtime/metal/select.metal, compiled into the same library) and runtime/metal/device_metal.mm into
 `libmodel.dylib` and `run`. UNVERIFIED: no Mac was at hand when this was written.
 """
 from __future__ import annotations
@@ -32,7 +33,9 @@ endif()
 set(RT ${CMAKE_CURRENT_SOURCE_DIR}/runtime)
 file(GLOB KERNELS ${CMAKE_CURRENT_SOURCE_DIR}/src/kernels/*.metal)
 file(GLOB RUNTIME_SOURCES ${RT}/*.cpp)
-list(FILTER RUNTIME_SOURCES EXCLUDE REGEX "/(runtime|device_[A-Za-z0-9_]+)\\.cpp$")
+# Token selection is the Metal kernel's (runtime/metal/select.metal, select_metal.cpp), not select_cpu.cpp.
+list(FILTER RUNTIME_SOURCES EXCLUDE REGEX "/(runtime|device_[A-Za-z0-9_]+|select_[A-Za-z0-9_]+)\\.cpp$")
+list(APPEND RUNTIME_SOURCES ${RT}/metal/select_metal.cpp)
 
 # The kernels: every .metal file through Apple's compiler into one library beside libmodel.dylib.
 set(AIRS)
@@ -45,6 +48,13 @@ foreach(k ${KERNELS})
     DEPENDS ${k} VERBATIM)
   list(APPEND AIRS ${air})
 endforeach()
+# The runtime's token selection kernel: IEEE float (-fno-fast-math), for its double-float sums and NaN rules.
+set(SELECT_AIR ${CMAKE_CURRENT_BINARY_DIR}/air/tcc_select.air)
+add_custom_command(OUTPUT ${SELECT_AIR}
+  COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/air
+  COMMAND xcrun -sdk macosx metal -std=metal3.0 -O2 -fno-fast-math -I ${RT} -c ${RT}/metal/select.metal -o ${SELECT_AIR}
+  DEPENDS ${RT}/metal/select.metal VERBATIM)
+list(APPEND AIRS ${SELECT_AIR})
 add_custom_command(OUTPUT ${CMAKE_CURRENT_SOURCE_DIR}/model.metallib
   COMMAND xcrun -sdk macosx metallib ${AIRS} -o ${CMAKE_CURRENT_SOURCE_DIR}/model.metallib
   DEPENDS ${AIRS} VERBATIM)
@@ -52,9 +62,10 @@ add_custom_target(metallib ALL DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/model.metalli
 
 # The host program: the same .metal files as Objective-C++ (their launchers; the kernels are #if'd out), the
 # model program, the runtime and the Metal device.
-set_source_files_properties(${KERNELS} PROPERTIES LANGUAGE OBJCXX COMPILE_OPTIONS "-xobjective-c++")
+set_source_files_properties(${KERNELS} ${RT}/metal/select.metal PROPERTIES LANGUAGE OBJCXX
+                            COMPILE_OPTIONS "-xobjective-c++")
 add_library(model SHARED ${CMAKE_CURRENT_SOURCE_DIR}/src/model.cpp ${KERNELS} ${RUNTIME_SOURCES}
-            ${RT}/metal/device_metal.mm)
+            ${RT}/metal/select.metal ${RT}/metal/device_metal.mm)
 target_include_directories(model PRIVATE ${RT} ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_compile_options(model PRIVATE -O2 -fno-math-errno "$<$<COMPILE_LANGUAGE:OBJCXX>:-fobjc-arc>")
 target_link_libraries(model PRIVATE "-framework Metal" "-framework Foundation")
@@ -87,7 +98,8 @@ def write_macos_project(sources, executables, build_dir: str, manifest: dict) ->
     os.makedirs(os.path.join(runtime, "metal"))
     for path in glob.glob(os.path.join(RUNTIME_DIR, "*.cpp")) + glob.glob(os.path.join(RUNTIME_DIR, "*.h")):
         shutil.copy2(path, runtime)
-    for name in ("tcc_metal.h", "tcc_metal_host.h", "device_metal.mm"):
+    for name in ("tcc_metal.h", "tcc_metal_host.h", "device_metal.mm", "select.metal", "select_metal.cpp",
+                 "tcc_metal_select.h"):
         shutil.copy2(os.path.join(RUNTIME_DIR, "metal", name), os.path.join(runtime, "metal"))
     exes = []
     for exe, exe_sources in sorted(executables.items()):

@@ -29,6 +29,11 @@ struct tcc_select_params {  // setBytes: the same layout on the host (runtime/me
 };
 
 #define TCC_SEL_THREADS 1024
+#if defined(__METAL_VERSION__)  // the compiler must fit 1024 threads (spilling if it has to): the launch size
+#define TCC_SEL_KERNEL [[max_total_threads_per_threadgroup(1024)]] kernel
+#else
+#define TCC_SEL_KERNEL kernel
+#endif
 #define TCC_SEL_RADIX_BITS 4
 #define TCC_SEL_DIGITS 16
 #define TCC_SEL_PASSES 8  // even: the sorted keys end in buffer 0
@@ -159,30 +164,30 @@ inline tcc_df tcc_df_scan(tcc_df v, uint lane, uint sg, uint sgs, threadgroup fl
 
 // One row per threadgroup: logits + row * row_stride (vocab floats) -> ids_out[row]. Work buffers (vocab
 // elements per row): x, keys0/ids0, keys1/ids1, w; counts: TCC_SEL_DIGITS * 1024 ints per row.
-// Threadgroup memory: tf (66 floats: the double-float scans), ti (64 ints: argmax ids, int scans), tk (32 uints: argmax keys),
-// hist (256 atomic ints: the radix select's histogram, then 2 words of its result).
-kernel void tcc_select_rows(device const float* logits [[buffer(0)]],
-                            constant tcc_select_params& p [[buffer(1)]],
-                            device const ulong* draws [[buffer(2)]],
-                            device const int* recent [[buffer(3)]],
-                            device float* x_all [[buffer(4)]],
-                            device uint* keys0_all [[buffer(5)]],
-                            device int* ids0_all [[buffer(6)]],
-                            device uint* keys1_all [[buffer(7)]],
-                            device int* ids1_all [[buffer(8)]],
-                            device int* counts_all [[buffer(9)]],
-                            device float* w_all [[buffer(10)]],
-                            device long* ids_out [[buffer(11)]],
-                            threadgroup float* tf [[TCC_MSL_ATTR_THREADGROUP(0)]],
-                            threadgroup int* ti [[TCC_MSL_ATTR_THREADGROUP(1)]],
-                            threadgroup uint* tk [[TCC_MSL_ATTR_THREADGROUP(2)]],
-                            threadgroup atomic_int* hist [[TCC_MSL_ATTR_THREADGROUP(3)]],
-                            uint r [[threadgroup_position_in_grid]],
-                            uint t [[thread_index_in_threadgroup]],
-                            uint T [[threads_per_threadgroup]],
-                            uint lane [[thread_index_in_simdgroup]],
-                            uint sg [[simdgroup_index_in_threadgroup]],
-                            uint sgs [[simdgroups_per_threadgroup]]) {
+// Threadgroup memory: tf (66 floats: the double-float scans), ti (64 ints: argmax ids, int scans and minima),
+// tk (32 uints: argmax keys, then the radix select's 2 result words), hist (256 atomic ints: its histogram).
+TCC_SEL_KERNEL void tcc_select_rows(device const float* logits [[buffer(0)]],
+                                    constant tcc_select_params& p [[buffer(1)]],
+                                    device const ulong* draws [[buffer(2)]],
+                                    device const int* recent [[buffer(3)]],
+                                    device float* x_all [[buffer(4)]],
+                                    device uint* keys0_all [[buffer(5)]],
+                                    device int* ids0_all [[buffer(6)]],
+                                    device uint* keys1_all [[buffer(7)]],
+                                    device int* ids1_all [[buffer(8)]],
+                                    device int* counts_all [[buffer(9)]],
+                                    device float* w_all [[buffer(10)]],
+                                    device long* ids_out [[buffer(11)]],
+                                    threadgroup float* tf [[TCC_MSL_ATTR_THREADGROUP(0)]],
+                                    threadgroup int* ti [[TCC_MSL_ATTR_THREADGROUP(1)]],
+                                    threadgroup uint* tk [[TCC_MSL_ATTR_THREADGROUP(2)]],
+                                    threadgroup atomic_int* hist [[TCC_MSL_ATTR_THREADGROUP(3)]],
+                                    uint r [[threadgroup_position_in_grid]],
+                                    uint t [[thread_index_in_threadgroup]],
+                                    uint T [[threads_per_threadgroup]],
+                                    uint lane [[thread_index_in_simdgroup]],
+                                    uint sg [[simdgroup_index_in_threadgroup]],
+                                    uint sgs [[simdgroups_per_threadgroup]]) {
   const int V = p.vocab;
   const long row = long(r) * V;
   device const float* in = logits + long(r) * p.row_stride;

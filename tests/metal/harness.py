@@ -51,10 +51,15 @@ def require_clang() -> str:
     pytest.skip(reason)
 
 
+# The runtime's own Metal sources (fixed kernels, not generated): msl_check checks them with every call.
+RUNTIME_METAL = ("metal/select.metal",)
+
+
 def msl_check(specs, jobs: int = 2, host: bool = False) -> dict[str, str]:
     """{kernel name: diagnostics} for every spec whose rendered source clang rejects through the MSL shim; with
     `host`, the macOS build's host half instead (the launchers without the kernels, neither TCC_SIMT nor the
-    shim: what the Objective-C++ compile of the file sees, less Objective-C)."""
+    shim: what the Objective-C++ compile of the file sees, less Objective-C). The runtime's RUNTIME_METAL files
+    are checked too (keyed by their path under runtime/)."""
     from tcc.codegen.kernels import render
 
     clang = require_clang()
@@ -62,16 +67,19 @@ def msl_check(specs, jobs: int = 2, host: bool = False) -> dict[str, str]:
     shim = [] if host else ["-include", os.path.join(RUNTIME, "metal", "tcc_msl_shim.h")]
 
     def one(spec):
-        path = os.path.join(tmp, spec.name + ".metal")
-        with open(path, "w") as f:
-            f.write(render(spec))
+        if isinstance(spec, str):  # a RUNTIME_METAL file, checked where it is
+            name, path = spec, os.path.join(RUNTIME, spec)
+        else:
+            name, path = spec.name, os.path.join(tmp, spec.name + ".metal")
+            with open(path, "w") as f:
+                f.write(render(spec))
         cmd = [clang, *CLANG_FLAGS, "-I", RUNTIME, *shim, "-x", "c++", path]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        return spec.name, (proc.stdout + proc.stderr) if proc.returncode else ""
+        return name, (proc.stdout + proc.stderr) if proc.returncode else ""
 
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            return {name: err for name, err in pool.map(one, specs) if err}
+            return {name: err for name, err in pool.map(one, [*specs, *RUNTIME_METAL]) if err}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

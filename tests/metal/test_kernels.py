@@ -64,7 +64,8 @@ def out_rounding(ref, dt):
 
 
 def test_every_variant_type_checks_with_clang():
-    """Every kernel variant is accepted by clang through runtime/metal/tcc_msl_shim.h."""
+    """Every kernel variant, and the runtime's own .metal files (harness.RUNTIME_METAL: the token selection), is
+    accepted by clang through runtime/metal/tcc_msl_shim.h."""
     failures = msl_check(mk.VARIANTS)
     assert not failures, "\n".join(f"{name}:\n{err[:2000]}" for name, err in failures.items())
 

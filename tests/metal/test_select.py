@@ -6,7 +6,7 @@ Then a Metal w4a16 LLaMA program under --emulate, whose decode steps select with
 from __future__ import annotations
 
 import ctypes
-import dataclasses
+import json
 import os
 
 import pytest
@@ -14,16 +14,15 @@ import pytest
 from tests.cuda import harness as cuda_harness
 from tests.cuda.test_select import _Sampling
 # The CUDA selection's cases: collected in this module, so they run with the Metal `lib` and `ex` below.
-from tests.cuda.test_select import (test_bad_arguments, test_batch_rows_advance_the_generator_in_row_order,  # noqa: F401
-                                    test_large_vocab_default_and_temperature, test_many_seeds_identical,
-                                    test_nan_and_infinities, test_no_race, test_repetition_penalty_duplicates_and_out_of_range,
-                                    test_row_stride, test_ties_and_all_equal, test_top_k_edges, test_top_p_edges,
-                                    test_vocab_sizes_every_mode)
+from tests.cuda.test_select import (  # noqa: F401
+    test_bad_arguments, test_batch_rows_advance_the_generator_in_row_order, test_large_vocab_default_and_temperature,
+    test_many_seeds_identical, test_nan_and_infinities, test_no_race,
+    test_repetition_penalty_duplicates_and_out_of_range, test_row_stride, test_ties_and_all_equal, test_top_k_edges,
+    test_top_p_edges, test_vocab_sizes_every_mode)
 
-from .harness import CLANG_FLAGS, FLAGS, RUNTIME, _bridge_object, _metal_digest, require_clang
+from .harness import FLAGS, RUNTIME, _bridge_object, _metal_digest, msl_check
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "llm")
-SELECT = os.path.join(RUNTIME, "metal", "select.metal")
 # The selection's own sources, and the headers they include (the cache key).
 SOURCES = ("metal/select.metal", "metal/select_metal.cpp", "sampling.cpp")
 HEADERS = ("metal/tcc_metal_select.h", "tcc_select.h", "tcc_model.h")
@@ -83,26 +82,25 @@ def ex(lib):
     lib.tcc_exec_destroy(handle)
 
 
-def test_the_library_selects_with_the_msl_kernel(lib):
-    """The build under test is the Metal one: its tcc_device_select dispatches the MSL kernel."""
+def _selects_with_the_msl_kernel(library: str) -> None:
+    """The library's tcc_device_select dispatches the MSL kernel, not the CUDA one."""
     import subprocess
 
-    syms = subprocess.run(["nm", "-C", lib._name], capture_output=True, text=True).stdout
+    syms = subprocess.run(["nm", "-C", library], capture_output=True, text=True, check=True).stdout
     assert "tcc_metal_select_launch" in syms and "tcc_select_rows" in syms
-    assert "tcc_select_kernel" not in syms  # not the CUDA kernel
+    assert "tcc_select_kernel" not in syms  # select_cuda.cu's kernel
+
+
+def test_the_library_selects_with_the_msl_kernel(lib):
+    _selects_with_the_msl_kernel(lib._name)
 
 
 def test_msl_type_check():
-    """select.metal's kernel through clang and tcc's MSL shim (as tests/metal/test_kernels.py checks the
-    generated ones), and its host half as the macOS Objective-C++ compile sees it (less Objective-C)."""
-    import subprocess
-
-    clang = require_clang()
-    shim = ["-include", os.path.join(RUNTIME, "metal", "tcc_msl_shim.h")]
-    for extra in (shim, []):
-        proc = subprocess.run([clang, *CLANG_FLAGS, "-I", RUNTIME, *extra, "-x", "c++", SELECT], capture_output=True,
-                              text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    """select.metal's kernel through clang and tcc's MSL shim (also part of tests/metal/test_kernels.py's check),
+    and its host half (the launcher) as the macOS Objective-C++ compile sees it, less Objective-C."""
+    for host in (False, True):
+        failures = msl_check([], host=host)
+        assert not failures, failures
 
 
 # -- a whole program: the MSL selection linked into a Metal artifact's emulation build ----------------------
@@ -123,6 +121,8 @@ def test_program_greedy_equals_the_reference(metal_llama):
     from tests.metal.test_program import NEW, PROMPT, _reference_greedy_metal
 
     model, out = metal_llama
+    with open(os.path.join(out, "manifest.json")) as f:
+        _selects_with_the_msl_kernel(os.path.join(out, json.load(f)["emulation"]["library"]))
     want, _ = _reference_greedy_metal(model, "w4a16")
     sess = load(out, emulate=True)
     assert Generator(sess)._run_select is not None  # the decode steps below select with the MSL kernel
