@@ -70,7 +70,8 @@ const int64_t* tcc_exec_kv_length(const tcc_exec* exec);
 // logits + r * row_stride, `vocab` floats, in device memory) with tcc_sample's rules and RNG stream (one
 // draw per sampled row, in row order, advanced on the host), writing only the ids to host memory
 // (ids_out[rows]). CPU devices: tcc_sample per row (runtime/select_cpu.cpp); CUDA and the SIMT emulator:
-// kernels (runtime/select_cuda.cu), the logits never leave the device. Returns 0 on success, else
+// kernels (runtime/select_cuda.cu); Metal (and a Metal artifact's emulation build): an MSL kernel
+// (runtime/metal/select.metal, select_metal.cpp). On a GPU the logits never leave the device. Returns 0 on success, else
 // non-zero and, when `why` is given, *why says why in one line (bad arguments, or the context's error:
 // valid until the next call on the context).
 struct tcc_sampling;

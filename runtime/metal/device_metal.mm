@@ -15,6 +15,8 @@
 // dispatch: each sees the previous one's writes); tcc_exec_sync commits it and waits, so a decode step is one
 // command buffer. Errors: a command buffer's error, a binding of memory that is not a device buffer, a missing
 // pipeline, or an index a kernel found out of range (the error record) fail the next sync with one line.
+// Token selection (tcc_device_select) is runtime/metal/select_metal.cpp: its kernel (select.metal, in the same
+// .metallib) is encoded through tcc_mtl_dispatch below like any other, after the step's kernels.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 
