@@ -13,10 +13,11 @@
 // One threadgroup of 1024 threads (32 SIMD-groups) per row; reductions are simd_shuffle_xor / simd_sum-style
 // SIMD-group steps plus threadgroup-memory scans over the SIMD-groups.
 //
-// Differences from tcc_sample: MSL has no double, so the weights, their sums and the draw are float (the draw
-// keeps the top 24 of tcc_sample's 53 bits). A sampled token can differ from the CPU's only when u (or top_p)
-// falls within about 1e-6 (relative) of a cumulative boundary; the candidate order, and so every tie and every
-// greedy token, is exactly the CPU's. The comparisons use order-preserving integer keys and bit tests, not
+// Differences from tcc_sample: MSL has no double, so the weights are float (exp in float); their sums, the
+// top-p cut (cum >= top_p * total) and the 53-bit draw are double-float (about 48 bits). A sampled token can
+// differ from the CPU's only when u falls within about a float ulp of a weight of a cumulative boundary, or
+// when a top-p cut lies exactly on a boundary (decided exactly here, by tcc_sample's rounded left-to-right
+// double sum there: as for the CUDA kernel); the candidate order, and so every greedy token, is the CPU's. The comparisons use order-preserving integer keys and bit tests, not
 // float compares, so Metal's default fast math cannot drop the NaN and infinity rules; the divisions are
 // precise::divide (IEEE, as the CPU's).
 #include "tcc_metal.h"
