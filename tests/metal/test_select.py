@@ -147,3 +147,17 @@ def test_program_sampling_equals_the_logits_path(metal_llama):
             assert on_device.tokens == via_logits.tokens, (seed, kw)
             outcomes.add(tuple(on_device.tokens))
     assert len(outcomes) > 1  # the seeds lead to different continuations: the comparison is not vacuous
+
+
+def test_macos_project_builds_the_selection_kernel(metal_llama):
+    """The artifact's macOS project carries the selection sources, compiles select.metal into the .metallib (IEEE
+    float) and links select_metal.cpp, not select_cpu.cpp."""
+    _, out = metal_llama
+    project = os.path.join(out, "metal")
+    for name in ("select.metal", "select_metal.cpp", "tcc_metal_select.h"):
+        assert os.path.isfile(os.path.join(project, "runtime", "metal", name)), name
+    with open(os.path.join(project, "CMakeLists.txt")) as f:
+        recipe = f.read()
+    assert "-fno-fast-math -I ${RT} -c ${RT}/metal/select.metal" in recipe
+    assert "list(APPEND RUNTIME_SOURCES ${RT}/metal/select_metal.cpp)" in recipe
+    assert "|select_[A-Za-z0-9_]+)\\.cpp$" in recipe  # select_cpu.cpp filtered out of the runtime's sources
