@@ -160,4 +160,4 @@ def test_macos_project_builds_the_selection_kernel(metal_llama):
         recipe = f.read()
     assert "-fno-fast-math -I ${RT} -c ${RT}/metal/select.metal" in recipe
     assert "list(APPEND RUNTIME_SOURCES ${RT}/metal/select_metal.cpp)" in recipe
-    assert "|select_[A-Za-z0-9_]+)\\.cpp$" in recipe  # select_cpu.cpp filtered out of the runtime's sources
+    assert r"|select_[A-Za-z0-9_]+)\\.cpp$" in recipe  # select_cpu.cpp filtered out of the runtime's sources
