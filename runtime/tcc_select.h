@@ -1,5 +1,6 @@
 // Token selection internals shared by runtime/sampling.cpp (tcc_sample), the device selection
-// (runtime/select_cpu.cpp, runtime/select_cuda.cu) and the model program (tcc_model_run_select).
+// (runtime/select_cpu.cpp, runtime/select_cuda.cu, runtime/metal/select_metal.cpp) and the model program
+// (tcc_model_run_select).
 // Part of the tcc runtime library; not installed API.
 #pragma once
 #include <stdint.h>
