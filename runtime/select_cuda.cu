@@ -370,8 +370,7 @@ struct Workspace {
   int64_t* ids_dev = nullptr;
   char* stage = nullptr;  // host (pinned on a GPU): what in_dev receives, then the ids
   int64_t stage_bytes = 0;
-  std::vector<uint32_t> seen;  // host: de-duplicating the recent ids (a stamp per call, no clearing)
-  uint32_t stamp = 0;
+  tcc::RecentIds recent_ids;  // host: de-duplicating the recent ids
 };
 
 std::mutex g_mu;
@@ -432,27 +431,10 @@ Workspace* workspace(tcc_exec* exec, int64_t rows, int64_t vocab, const char** w
   ws->w = carve<double>(p, n);
   ws->in_dev = carve<char>(p, input_bytes(rows, vocab));
   ws->ids_dev = carve<int64_t>(p, rows);
-  ws->seen.assign(static_cast<size_t>(vocab), 0u);
-  ws->stamp = 0;
+  ws->recent_ids.reset(vocab);
   ws->rows = rows;
   ws->vocab = vocab;
   return ws;
-}
-
-// The distinct recent ids within [0, vocab), in first-occurrence order, into out; their count.
-int de_duplicate(Workspace* ws, const int64_t* recent, int64_t n_recent, int64_t vocab, int32_t* out) {
-  if (++ws->stamp == 0) {  // wrapped: old stamps could match again
-    std::fill(ws->seen.begin(), ws->seen.end(), 0u);
-    ws->stamp = 1;
-  }
-  int k = 0;
-  for (int64_t j = 0; j < n_recent; ++j) {
-    const int64_t id = recent[j];
-    if (id < 0 || id >= vocab || ws->seen[static_cast<size_t>(id)] == ws->stamp) continue;
-    ws->seen[static_cast<size_t>(id)] = ws->stamp;
-    out[k++] = static_cast<int32_t>(id);
-  }
-  return k;
 }
 
 const char* device_failure(tcc_exec* exec, const char* what) {
@@ -477,7 +459,8 @@ extern "C" int tcc_device_select(tcc_exec* exec, const float* logits, int64_t ro
   for (int64_t r = 0; r < rows; ++r) draws[r] = greedy ? 0 : tcc::rng_next(rng);
   int n_rec = 0;
   const bool penalize = p->repetition_penalty != 1.0f && recent != nullptr;
-  if (penalize) n_rec = de_duplicate(ws, recent, n_recent, vocab, reinterpret_cast<int32_t*>(ws->stage + rows * 8));
+  if (penalize)
+    n_rec = ws->recent_ids.collect(recent, n_recent, vocab, reinterpret_cast<int32_t*>(ws->stage + rows * 8));
   const int64_t in_bytes = rows * 8 + int64_t(n_rec) * 4;
   const uint64_t* draws_dev = reinterpret_cast<const uint64_t*>(ws->in_dev);
   const int32_t* recent_dev = reinterpret_cast<const int32_t*>(ws->in_dev + rows * 8);

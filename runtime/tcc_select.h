@@ -6,6 +6,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "tcc_model.h"
 
 namespace tcc {
@@ -34,4 +37,33 @@ inline const char* select_check(const float* logits, int64_t rows, int64_t row_s
   }
   return nullptr;
 }
+
+// The distinct recent ids within [0, vocab), in first-occurrence order: what a device selection kernel
+// penalizes (each id once, as tcc_sample does). A stamp per call instead of clearing the table.
+class RecentIds {
+ public:
+  void reset(int64_t vocab) {
+    seen_.assign(static_cast<size_t>(vocab), 0u);
+    stamp_ = 0;
+  }
+  // Writes them to out (room for n_recent); returns their count.
+  int collect(const int64_t* recent, int64_t n_recent, int64_t vocab, int32_t* out) {
+    if (++stamp_ == 0) {  // wrapped: old stamps could match again
+      std::fill(seen_.begin(), seen_.end(), 0u);
+      stamp_ = 1;
+    }
+    int k = 0;
+    for (int64_t j = 0; j < n_recent; ++j) {
+      const int64_t id = recent[j];
+      if (id < 0 || id >= vocab || seen_[static_cast<size_t>(id)] == stamp_) continue;
+      seen_[static_cast<size_t>(id)] = stamp_;
+      out[k++] = static_cast<int32_t>(id);
+    }
+    return k;
+  }
+
+ private:
+  std::vector<uint32_t> seen_;
+  uint32_t stamp_ = 0;
+};
 }  // namespace tcc

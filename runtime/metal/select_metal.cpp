@@ -44,8 +44,7 @@ struct Workspace {
   int64_t dev_bytes = 0;
   tcc_metal_select_args a{};     // the buffers carved from dev
   char* in_dev = nullptr;        // the rows' draws, then the recent ids
-  std::vector<uint32_t> seen;    // host: de-duplicating the recent ids (a stamp per call, no clearing)
-  uint32_t stamp = 0;
+  tcc::RecentIds recent_ids;  // host: de-duplicating the recent ids
 };
 
 std::mutex g_mu;
@@ -84,27 +83,10 @@ Workspace* workspace(tcc_exec* exec, int64_t rows, int64_t vocab, const char** w
   ws->a.w = carve<float>(p, n);
   ws->in_dev = carve<char>(p, input_bytes(rows, vocab));
   ws->a.ids_out = carve<int64_t>(p, rows);
-  ws->seen.assign(static_cast<size_t>(vocab), 0u);
-  ws->stamp = 0;
+  ws->recent_ids.reset(vocab);
   ws->rows = rows;
   ws->vocab = vocab;
   return ws;
-}
-
-// The distinct recent ids within [0, vocab), in first-occurrence order, into out; their count.
-int de_duplicate(Workspace* ws, const int64_t* recent, int64_t n_recent, int64_t vocab, int32_t* out) {
-  if (++ws->stamp == 0) {  // wrapped: old stamps could match again
-    std::fill(ws->seen.begin(), ws->seen.end(), 0u);
-    ws->stamp = 1;
-  }
-  int k = 0;
-  for (int64_t j = 0; j < n_recent; ++j) {
-    const int64_t id = recent[j];
-    if (id < 0 || id >= vocab || ws->seen[static_cast<size_t>(id)] == ws->stamp) continue;
-    ws->seen[static_cast<size_t>(id)] = ws->stamp;
-    out[k++] = static_cast<int32_t>(id);
-  }
-  return k;
 }
 
 }  // namespace
@@ -124,7 +106,7 @@ extern "C" int tcc_device_select(tcc_exec* exec, const float* logits, int64_t ro
   for (int64_t r = 0; r < rows; ++r) draws[r] = greedy ? 0 : tcc::rng_next(rng);
   int32_t* recent_dev = reinterpret_cast<int32_t*>(ws->in_dev + rows * 8);
   const bool penalize = p->repetition_penalty != 1.0f && recent != nullptr;
-  const int n_rec = penalize ? de_duplicate(ws, recent, n_recent, vocab, recent_dev) : 0;
+  const int n_rec = penalize ? ws->recent_ids.collect(recent, n_recent, vocab, recent_dev) : 0;
   tcc_metal_select_args a = ws->a;
   a.logits = logits;
   a.params = tcc_metal_select_params{row_stride, static_cast<int32_t>(vocab), p->top_k, n_rec, 0, p->temperature,
