@@ -453,18 +453,12 @@ extern "C" int tcc_device_select(tcc_exec* exec, const float* logits, int64_t ro
   }
   Workspace* ws = workspace(exec, rows, vocab, why);
   if (ws == nullptr) return 1;
-  // The host's part, in tcc_sample's order: one draw per sampled row, then the distinct recent ids.
-  const bool greedy = !(p->temperature > 0.0f);
-  uint64_t* draws = reinterpret_cast<uint64_t*>(ws->stage);
-  for (int64_t r = 0; r < rows; ++r) draws[r] = greedy ? 0 : tcc::rng_next(rng);
-  int n_rec = 0;
-  const bool penalize = p->repetition_penalty != 1.0f && recent != nullptr;
-  if (penalize)
-    n_rec = ws->recent_ids.collect(recent, n_recent, vocab, reinterpret_cast<int32_t*>(ws->stage + rows * 8));
+  // staged in pinned host memory, then one copy to the device
+  const int n_rec = tcc::select_stage(p, rows, rng, recent, n_recent, vocab, &ws->recent_ids, ws->stage);
   const int64_t in_bytes = rows * 8 + int64_t(n_rec) * 4;
   const uint64_t* draws_dev = reinterpret_cast<const uint64_t*>(ws->in_dev);
   const int32_t* recent_dev = reinterpret_cast<const int32_t*>(ws->in_dev + rows * 8);
-  const Sampling sp{p->temperature, p->top_p, penalize ? p->repetition_penalty : 1.0f, p->top_k};
+  const Sampling sp{p->temperature, p->top_p, n_rec > 0 ? p->repetition_penalty : 1.0f, p->top_k};
 #if defined(TCC_SIMT)
   memcpy(ws->in_dev, ws->stage, static_cast<size_t>(in_bytes));
 #else

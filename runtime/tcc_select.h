@@ -66,4 +66,16 @@ class RecentIds {
   std::vector<uint32_t> seen_;
   uint32_t stamp_ = 0;
 };
+
+// The host's part of a device selection, in tcc_sample's order, into `stage` (what the kernel reads): one
+// splitmix64 draw per sampled row (u64 [rows]; 0 for greedy, which takes none), then the distinct recent ids to
+// penalize (i32, after the draws). Returns how many ids.
+inline int select_stage(const tcc_sampling* p, int64_t rows, uint64_t* rng, const int64_t* recent, int64_t n_recent,
+                        int64_t vocab, RecentIds* ids, char* stage) {
+  const bool greedy = !(p->temperature > 0.0f);
+  uint64_t* draws = reinterpret_cast<uint64_t*>(stage);
+  for (int64_t r = 0; r < rows; ++r) draws[r] = greedy ? 0 : rng_next(rng);
+  const bool penalize = p->repetition_penalty != 1.0f && recent != nullptr;
+  return penalize ? ids->collect(recent, n_recent, vocab, reinterpret_cast<int32_t*>(stage + rows * 8)) : 0;
+}
 }  // namespace tcc

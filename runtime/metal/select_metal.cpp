@@ -100,19 +100,14 @@ extern "C" int tcc_device_select(tcc_exec* exec, const float* logits, int64_t ro
   }
   Workspace* ws = workspace(exec, rows, vocab, why);
   if (ws == nullptr) return 1;
-  // The host's part, in tcc_sample's order: one draw per sampled row, then the distinct recent ids.
-  const bool greedy = !(p->temperature > 0.0f);
-  uint64_t* draws = reinterpret_cast<uint64_t*>(ws->in_dev);
-  for (int64_t r = 0; r < rows; ++r) draws[r] = greedy ? 0 : tcc::rng_next(rng);
-  int32_t* recent_dev = reinterpret_cast<int32_t*>(ws->in_dev + rows * 8);
-  const bool penalize = p->repetition_penalty != 1.0f && recent != nullptr;
-  const int n_rec = penalize ? ws->recent_ids.collect(recent, n_recent, vocab, recent_dev) : 0;
+  // shared memory: the host writes the draws and recent ids where the kernel reads them
+  const int n_rec = tcc::select_stage(p, rows, rng, recent, n_recent, vocab, &ws->recent_ids, ws->in_dev);
   tcc_metal_select_args a = ws->a;
   a.logits = logits;
   a.params = tcc_metal_select_params{row_stride, static_cast<int32_t>(vocab), p->top_k, n_rec, 0, p->temperature,
-                                     p->top_p, penalize ? p->repetition_penalty : 1.0f, 0.0f};
-  a.draws = draws;
-  a.recent = recent_dev;
+                                     p->top_p, n_rec > 0 ? p->repetition_penalty : 1.0f, 0.0f};
+  a.draws = reinterpret_cast<const uint64_t*>(ws->in_dev);
+  a.recent = reinterpret_cast<const int32_t*>(ws->in_dev + rows * 8);
   a.rows = rows;
   tcc_metal_select_launch(exec, &a);
   if (tcc_exec_sync(exec)) {  // the dispatch's errors (and the step's: one command buffer)
