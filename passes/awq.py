@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..frontend.mapped import release
 from ..ir.core import Graph
 from . import register_pass
 from .schemes import get_scheme, group_size
-from .smoothing import Folds, Quantizer, _progress, calibration_feeds, rescale_groups, weight_f32, weight_value
+from .smoothing import (Folds, Quantizer, _progress, calibration_feeds, rescale_groups,
+                        slice_step, weight_value)
 
 NAME = "awq"
 CLIP_RATIOS = [1.0 - 0.05 * i for i in range(11)]
@@ -34,13 +36,24 @@ def awq_candidates(mean_abs: np.ndarray):
 
 
 def clip_weights(x: np.ndarray, w: np.ndarray, quant: Quantizer) -> tuple[np.ndarray, int]:
-    """W [K, N] with each (group, column) range clamped to the ratio that minimizes that group's output
-    error on rows x; returns (new W, number of clipped groups)."""
+    """W [K, N] (any float dtype, read in column slices) with each (group, column) range clamped to the ratio
+    that minimizes that group's output error on rows x; returns (new W in f32, number of clipped groups)."""
+    out = np.empty(w.shape, np.float32)
+    x64 = x.astype(np.float64)
+    step = slice_step(w.shape[0])
+    clipped = 0
+    for c0 in range(0, w.shape[1], step):
+        out[:, c0:c0 + step], n = _clip_slice(x64, np.asarray(w[:, c0:c0 + step], np.float32), quant)
+        clipped += n
+    return out, clipped
+
+
+def _clip_slice(x64: np.ndarray, w: np.ndarray, quant: Quantizer) -> tuple[np.ndarray, int]:
+    """clip_weights on whole output columns (each column's groups are chosen on their own)."""
     k, n = w.shape
     gs = quant.group
     g_count = -(-k // gs)
     errs = np.empty((len(CLIP_RATIOS), g_count, n))
-    x64 = x.astype(np.float64)
     lo_all, hi_all = _ranges(w, gs)
     for ri, r in enumerate(CLIP_RATIOS):
         wq = quant.weight(_clamp(w, lo_all * r, hi_all * r, gs))
@@ -87,7 +100,9 @@ def run(graph: Graph, ctx) -> None:
             if not g.stats:
                 continue
             for lin in g.linears:
-                w, n_clipped = clip_weights(g.stats["rows"], weight_f32(lin), quant)
+                src = weight_value(lin).const
+                w, n_clipped = clip_weights(g.stats["rows"], src, quant)
+                release(src)  # a mapped weight's pages leave the RSS (the page cache keeps them)
                 if n_clipped:  # the clipped weight to a mapped file, not the heap (frontend/mapped.py)
                     folds = folds or Folds(graph)
                     folds.set_weight(lin, w, weight_value(lin).name + ".clipped")

@@ -180,20 +180,23 @@ class Quantizer:
         xq, xs, _ = quantize_activations(x, gs)
         return dequantize_activations(xq, xs, x.shape[-1], gs)
 
-    def error(self, x: np.ndarray, w: np.ndarray, s: np.ndarray, ref: np.ndarray) -> float:
-        """Mean squared error of the quantized (x / s) @ (s * W) against the fp32 product `ref`."""
-        xs = (x / s).astype(np.float32)
-        ws = (w * s[:, None]).astype(np.float32)
-        y = self.acts(xs) @ self.weight(ws)
-        return float(np.mean((y - ref) ** 2))
+    def error(self, x: np.ndarray, w: "GroupWeights", s: np.ndarray, ref: np.ndarray) -> float:
+        """Mean squared error of the quantized (x / s) @ (s * W) against the fp32 product `ref`, summed over
+        column slices of W (each output column is quantized on its own, so the slices add up exactly)."""
+        xq = self.acts((x / s).astype(np.float32))
+        total = 0.0
+        for c0, wc in w.columns():
+            y = xq @ self.weight((wc * s[:, None]).astype(np.float32))
+            total += float(np.sum((y - ref[:, c0:c0 + wc.shape[1]]) ** 2))
+        return total / ref.size if ref.size else 0.0
 
 
-def search(group: Group, w: np.ndarray, quant: Quantizer, candidates) -> tuple[np.ndarray, float, float, float]:
+def search(group: Group, w: "GroupWeights", quant: Quantizer, candidates) -> tuple[np.ndarray, float, float, float]:
     """The scale vector among `candidates` (alpha -> s) with the least output error on the sample rows:
     (s, alpha, error, error without scaling)."""
     x = group.stats["rows"]
-    ref = x.astype(np.float64) @ w.astype(np.float64)
-    ones = np.ones(w.shape[0], np.float32)
+    ref = w.product(x)
+    ones = np.ones(w.rows, np.float32)
     base = quant.error(x, w, ones, ref)
     best = (ones, 0.0, base)
     for alpha in GRID[1:]:
@@ -206,8 +209,48 @@ def search(group: Group, w: np.ndarray, quant: Quantizer, candidates) -> tuple[n
     return best[0], best[1], best[2], base
 
 
-def weights_of(group: Group) -> np.ndarray:
-    return np.concatenate([weight_f32(n) for n in group.linears], axis=1)
+# Weights simulated at once (whole output columns). A search or clip over a whole 32000 x 4096 lm_head in f32
+# and float64 took 3.4 GiB; slices of 2048 columns of a 4096-row weight keep the working set near 200 MB.
+SLICE_ELEMENTS = 2048 * 4096
+
+
+def slice_step(rows: int) -> int:
+    """Output columns per slice of a weight with `rows` input channels."""
+    return max(1, SLICE_ELEMENTS // max(rows, 1))
+
+
+class GroupWeights:
+    """The weights [K, N_i] of a group's linear layers side by side ([K, sum N_i]), read in column slices
+    converted to f32 one at a time: a half-precision or mapped weight is never copied whole."""
+
+    def __init__(self, linears: list[Node]):
+        self.parts = [weight_value(n).const for n in linears]
+        self.rows = int(self.parts[0].shape[0])
+        self.cols = sum(int(p.shape[1]) for p in self.parts)
+        self.step = slice_step(self.rows)
+
+    def columns(self):
+        """(first column, f32 slice [K, c]) over every column of the group."""
+        base = 0
+        for part in self.parts:
+            for c0 in range(0, part.shape[1], self.step):
+                yield base + c0, np.asarray(part[:, c0:c0 + self.step], np.float32)
+            base += part.shape[1]
+
+    def product(self, x: np.ndarray) -> np.ndarray:
+        """x @ W in float64 ([R, sum N_i])."""
+        x64 = x.astype(np.float64)
+        out = np.empty((x.shape[0], self.cols))
+        for c0, wc in self.columns():
+            out[:, c0:c0 + wc.shape[1]] = x64 @ wc.astype(np.float64)
+        return out
+
+    def row_abs_max(self) -> np.ndarray:
+        """max |W| over every output column, per input channel ([K] f32)."""
+        m = np.zeros(self.rows, np.float32)
+        for _, wc in self.columns():
+            np.maximum(m, np.abs(wc).max(axis=1), out=m)
+        return m
 
 
 # -- folding ---------------------------------------------------------------------------------------------
@@ -329,7 +372,7 @@ def rescale_groups(graph: Graph, ctx, pass_name: str, quant: Quantizer, feeds: l
         if not g.stats:
             continue
         read = _weights_read(g)
-        w = weights_of(g)
+        w = GroupWeights(g.linears)
         s, alpha, err, base = search(g, w, quant, candidates_for(g, w))
         err_after, err_before = err_after + err, err_before + base
         if alpha:

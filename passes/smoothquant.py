@@ -22,9 +22,10 @@ from .smoothing import Quantizer, calibration_feeds, rescale_groups
 NAME = "smoothquant"
 
 
-def smoothquant_candidates(x_max: np.ndarray, w: np.ndarray):
+def smoothquant_candidates(x_max: np.ndarray, w_abs_max: np.ndarray):
+    """alpha -> s from the per-channel maxima of the activations and of the weights' rows."""
     a = np.maximum(x_max.astype(np.float64), 1e-5)
-    b = np.maximum(np.abs(w).max(axis=1).astype(np.float64), 1e-5)
+    b = np.maximum(w_abs_max.astype(np.float64), 1e-5)
 
     def cand(alpha: float) -> np.ndarray:
         return (a ** alpha / b ** (1 - alpha)).astype(np.float32)
@@ -40,6 +41,6 @@ def run(graph: Graph, ctx) -> None:
     if feeds is None:
         return
     groups, smoothed, ratio, seconds = rescale_groups(graph, ctx, NAME, Quantizer(scheme, 0, False), feeds,
-                                             lambda g, w: smoothquant_candidates(g.stats["max_abs"], w),
+                                             lambda g, w: smoothquant_candidates(g.stats["max_abs"], w.row_abs_max()),
                                              "SmoothQuant")
     ctx.stats[NAME] = {"groups": len(groups), "smoothed": smoothed, "error_ratio": ratio, **seconds}

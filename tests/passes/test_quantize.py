@@ -303,6 +303,81 @@ def test_awq_clip_search_lowers_the_error():
     assert _output_error(g, ref, calib[0]) < _output_error(plain, ref, calib[0])
 
 
+def _half_linears(rng, k: int, widths: list[int]) -> list:
+    """MatMul(x f32, Cast(W f16)) nodes: an fp16 export's layers as the calibration passes see them."""
+    g = Graph()
+    x = g.add_input("x", t("f32", 4, k))
+    nodes = []
+    for i, n in enumerate(widths):
+        w = g.add_const((rng.standard_normal((k, n)) / 8).astype(np.float16), f"w{i}")
+        cast = g.add_node("Cast", [w], {"to": "f32"}).output
+        nodes.append(g.add_node("MatMul", [x, cast], name=f"lin{i}"))
+    g.outputs = [n.output for n in nodes]
+    return nodes
+
+
+@pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
+def test_scale_search_in_column_slices_equals_the_whole_weight(qm, monkeypatch):
+    """A 7B lm_head's search runs in column slices; each column is quantized alone, so the error is the same."""
+    from tcc.passes import smoothing
+    from tcc.passes.schemes import get_scheme
+
+    rng = np.random.default_rng(11)
+    lins = _half_linears(rng, K, [20, 28])  # a group of two layers (gate and up), slices crossing them
+    quant = smoothing.Quantizer(get_scheme(qm), 32, False)
+    x = rng.standard_normal((16, K)).astype(np.float32)
+    s = rng.uniform(0.5, 2.0, K).astype(np.float32)
+    w = np.concatenate([np.asarray(smoothing.weight_value(n).const, np.float32) for n in lins], axis=1)
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    whole = np.mean((quant.acts((x / s).astype(np.float32)) @ quant.weight((w * s[:, None]).astype(np.float32)) - ref) ** 2)
+    monkeypatch.setattr(smoothing, "SLICE_ELEMENTS", 7 * K)  # 7 columns a slice: 20 + 28 split unevenly
+    gw = smoothing.GroupWeights(lins)
+    assert gw.step == 7
+    np.testing.assert_allclose(gw.product(x), ref, rtol=1e-12)
+    np.testing.assert_allclose(quant.error(x, gw, s, ref), whole, rtol=1e-10)
+    np.testing.assert_array_equal(gw.row_abs_max(), np.abs(w).max(axis=1))
+
+
+def test_clip_search_in_column_slices_equals_the_whole_weight(monkeypatch):
+    from tcc.passes import awq, smoothing
+    from tcc.passes.schemes import get_scheme
+
+    rng = np.random.default_rng(12)
+    w = (rng.standard_normal((K, 45)) / 8).astype(np.float16)
+    x = rng.standard_normal((32, K)).astype(np.float32)
+    quant = smoothing.Quantizer(get_scheme("w4a8"), 32, False)
+    whole, n_whole = awq.clip_weights(x, w, quant)
+    monkeypatch.setattr(smoothing, "SLICE_ELEMENTS", 8 * K)
+    sliced, n_sliced = awq.clip_weights(x, w, quant)
+    assert n_whole > 0 and n_sliced == n_whole
+    np.testing.assert_array_equal(sliced, whole)
+
+
+def test_scale_search_memory_stays_below_one_weight_copy(monkeypatch):
+    """The search never holds its group's weights whole in f32 (a 32000 x 4096 lm_head: 524 MB, and float64
+    copies of it: the 3.4 GiB peak measured at 7B)."""
+    import tracemalloc
+
+    from tcc.passes import smoothing
+    from tcc.passes.awq import awq_candidates
+    from tcc.passes.schemes import get_scheme
+
+    rng = np.random.default_rng(13)
+    (lin,) = _half_linears(rng, 256, [4096])
+    rows = rng.standard_normal((64, 256)).astype(np.float32)
+    group = smoothing.Group(lin.inputs[0], [lin], ("norm", None), {"rows": rows, "mean_abs": np.abs(rows).mean(0)})
+    quant = smoothing.Quantizer(get_scheme("w4a8"), 32, False)
+    monkeypatch.setattr(smoothing, "SLICE_ELEMENTS", 256 * 256)
+    f32_bytes = 256 * 4096 * 4
+    tracemalloc.start()
+    try:
+        smoothing.search(group, smoothing.GroupWeights([lin]), quant, awq_candidates(group.stats["mean_abs"]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < f32_bytes, f"search peaked at {peak / 2**20:.1f} MiB, one f32 copy is {f32_bytes / 2**20:.1f} MiB"
+
+
 def test_groups_without_a_fold_target_are_left_alone():
     rng = np.random.default_rng(7)
     g = Graph()
