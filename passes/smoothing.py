@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import TccError
 from ..frontend.mapped import Spill, release
 from ..ir.core import Graph, Node, Value
-from ..ir.ops.quant import (dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8,
+from ..ir.ops.quant import (dequantize_activations, fake_quantize_int4, quantize_activations, quantize_int8,
                             round_f16)
 from ..ir.dtypes import DType
 from .quantize import fp16_matmul, quantizable, widened
@@ -164,13 +164,12 @@ class Quantizer:
     asym: bool
 
     def weight(self, w: np.ndarray) -> np.ndarray:
-        """Dequantized W [K, N] in float64."""
+        """Dequantized W [K, N] in f32 (exact for int4; int8 codes times their f32 scale rounded once)."""
         if self.scheme.weight_bits == 4:
-            q, s, z = quantize_int4(w, self.group, symmetric=not self.asym)
-            wd = dequantize(q, s, z, 4, self.group)
-            return (round_f16(wd) if self.scheme.act == "f16" else wd).T
+            wd = fake_quantize_int4(w, self.group, symmetric=not self.asym)
+            return round_f16(wd).astype(np.float32) if self.scheme.act == "f16" else wd
         q, s = quantize_int8(w)
-        return dequantize(q, s, None, 8, w.shape[0]).T
+        return q.T.astype(np.float32) * s[:, 0]
 
     def acts(self, x: np.ndarray) -> np.ndarray:
         act = self.scheme.act
@@ -183,11 +182,11 @@ class Quantizer:
     def error(self, x: np.ndarray, w: "GroupWeights", s: np.ndarray, ref: np.ndarray) -> float:
         """Mean squared error of the quantized (x / s) @ (s * W) against the fp32 product `ref`, summed over
         column slices of W (each output column is quantized on its own, so the slices add up exactly)."""
-        xq = self.acts((x / s).astype(np.float32))
-        total = 0.0
+        xq = self.acts((x / s).astype(np.float32)).astype(np.float32)  # f32 products: the search ranks
+        total = 0.0  # candidates whose errors differ by far more than f32 rounding of sums over K
         for c0, wc in w.columns():
             y = xq @ self.weight((wc * s[:, None]).astype(np.float32))
-            total += float(np.sum((y - ref[:, c0:c0 + wc.shape[1]]) ** 2))
+            total += float(np.sum((y - ref[:, c0:c0 + wc.shape[1]]) ** 2, dtype=np.float64))
         return total / ref.size if ref.size else 0.0
 
 

@@ -73,6 +73,25 @@ def quantize_int4(w: np.ndarray, group_size: int, symmetric: bool = True, clip: 
     in 15 steps with an integer zero point. Scales are rounded to fp16 values (the CPU layouts store
     fp16 scales), and q is computed with the rounded scale. `clip` [N, G] in (0, 1] shrinks each group's
     range (AWQ's clipping search)."""
+    q, d, z = _int4_codes(w, group_size, symmetric, clip)
+    k, n = np.shape(w)
+    q = np.ascontiguousarray(q.reshape(-1, n)[:k].astype(np.uint8).T)
+    d, z = np.ascontiguousarray(d.T), np.ascontiguousarray(z.T)
+    return q, d.astype(np.float32), (None if symmetric else z.astype(np.uint8))
+
+
+def fake_quantize_int4(w: np.ndarray, group_size: int, symmetric: bool = True) -> np.ndarray:
+    """The weight [K, N] f32 that quantize_int4(w) stands for: dequantize(...).T, computed without transposing
+    (what the calibration searches simulate, tens of times per weight). Exact in float32: (q - z) has 5 bits
+    and the scale is an fp16 value, so each product fits the 24-bit mantissa."""
+    q, d, z = _int4_codes(w, group_size, symmetric, None)
+    q -= z[:, None, :].astype(np.float32)
+    q *= d[:, None, :]
+    return q.reshape(-1, q.shape[-1])[:np.shape(w)[0]]
+
+
+def _int4_codes(w: np.ndarray, group_size: int, symmetric: bool, clip: np.ndarray | None):
+    """quantize_int4's arithmetic, K-major: (codes f32 [G, gs, N], scales f32 [G, N], zero points i32 [G, N])."""
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
         raise ValueError(f"quantize_int4 expects a 2-D [K, N] weight, got shape {w.shape}")
@@ -111,9 +130,7 @@ def quantize_int4(w: np.ndarray, group_size: int, symmetric: bool = True, clip: 
     if zero.any():
         gi, ni = np.nonzero(zero)
         q[gi, :, ni] = z[gi, ni][:, None]
-    q = np.ascontiguousarray(q.reshape(g * group_size, n)[:k].astype(np.uint8).T)
-    d, z = np.ascontiguousarray(d.T), np.ascontiguousarray(z.T)
-    return q, d.astype(np.float32), (None if symmetric else z.astype(np.uint8))
+    return q, d, z
 
 
 def quantize_int8(w: np.ndarray):

@@ -316,6 +316,23 @@ def _half_linears(rng, k: int, widths: list[int]) -> list:
     return nodes
 
 
+@pytest.mark.parametrize("asym", [False, True])
+def test_fake_quantize_int4_is_the_dequantized_weight_exactly(asym):
+    """The searches simulate int4 weights with fake_quantize_int4 (no transposes, f32): it must be exactly
+    dequantize(quantize_int4(w)) — ragged K (a padded last group), an all-zero group, a tie |max| == |min|."""
+    from tcc.ir.ops.quant import fake_quantize_int4
+
+    rng = np.random.default_rng(14)
+    w = (rng.standard_normal((72, 9)) / 8).astype(np.float32)
+    w[32:64, 2] = 0
+    w[0, 3], w[5, 3] = 0.9, -0.9
+    q, s, z = quantize_int4(w, 32, symmetric=not asym)
+    want = dequantize(q, s, z, 4, 32).T
+    got = fake_quantize_int4(w, 32, symmetric=not asym)
+    assert got.dtype == np.float32 and got.shape == w.shape
+    np.testing.assert_array_equal(got.astype(np.float64), want)
+
+
 @pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
 def test_scale_search_in_column_slices_equals_the_whole_weight(qm, monkeypatch):
     """A 7B lm_head's search runs in column slices; each column is quantized alone, so the error is the same."""
@@ -329,12 +346,13 @@ def test_scale_search_in_column_slices_equals_the_whole_weight(qm, monkeypatch):
     s = rng.uniform(0.5, 2.0, K).astype(np.float32)
     w = np.concatenate([np.asarray(smoothing.weight_value(n).const, np.float32) for n in lins], axis=1)
     ref = x.astype(np.float64) @ w.astype(np.float64)
-    whole = np.mean((quant.acts((x / s).astype(np.float32)) @ quant.weight((w * s[:, None]).astype(np.float32)) - ref) ** 2)
+    xq = quant.acts((x / s).astype(np.float32)).astype(np.float32)  # the search's f32 products
+    whole = np.mean((xq @ quant.weight((w * s[:, None]).astype(np.float32)) - ref) ** 2)
     monkeypatch.setattr(smoothing, "SLICE_ELEMENTS", 7 * K)  # 7 columns a slice: 20 + 28 split unevenly
     gw = smoothing.GroupWeights(lins)
     assert gw.step == 7
     np.testing.assert_allclose(gw.product(x), ref, rtol=1e-12)
-    np.testing.assert_allclose(quant.error(x, gw, s, ref), whole, rtol=1e-10)
+    np.testing.assert_allclose(quant.error(x, gw, s, ref), whole, rtol=1e-6)  # f32 sums over K, blocked apart
     np.testing.assert_array_equal(gw.row_abs_max(), np.abs(w).max(axis=1))
 
 
