@@ -28,7 +28,14 @@ other work cannot afford. This writes the same model one tensor at a time:
 `bench` drives the result the way benchmarks/llm_suite.py drives ORT (its OrtDecoder: CPU provider, all
 graph optimizations, presents fed back as ORT-owned OrtValues): warm-up, then per repeat a prompt of
 --prompt-len tokens and --gen greedy tokens; prints one JSON line (load time, prefill tok/s, decode
-ms/token, peak RSS, the load average before and after).
+ms/token, peak RSS, the load average before and after). `--max-rss-mib` stops it (exit 3) if its RSS passes
+a limit; `--layers N` benches the model cut to its first N decoder layers (model-L<N>.onnx beside it, the
+same weights file), for projecting a session too big for the machine.
+
+Memory, measured with onnxruntime 1.32 on x86 (AVX-512): at accuracy_level 4 the CPU provider prepacks each
+MatMulNBits weight for its int8 kernels into about 1.6x its int4 file size (codes + f32 scales), so the 7B
+model's 3.85 GiB of MatMulNBits weights take about 5.7 GiB once loaded; at accuracy_level 0 it keeps the
+mapped codes (about 1x) but computes by dequantizing each weight to f32 per call, which is slow.
 """
 from __future__ import annotations
 
@@ -373,11 +380,71 @@ class RssGuard:
             time.sleep(0.05)
 
 
-def bench(model: str, prompt_len: int, gen: int, threads: int, repeat: int, max_rss_mib: int = 0) -> dict:
-    """ORT on `model` (a folder or .onnx) driven as llm_suite drives it; the figures tcc bench prints."""
+def _layer_of(name: str) -> int | None:
+    """The decoder layer a node of the exporter's graph belongs to (/model/layers.<i>/...), else None."""
+    parts = name.split("/")
+    if len(parts) > 2 and parts[1] == "model" and parts[2].startswith("layers."):
+        return int(parts[2].split(".")[1])
+    return None
+
+
+def truncate_layers(model: str, layers: int) -> str:
+    """The model cut to its first `layers` decoder layers, written as model-L<layers>.onnx beside it (same
+    external-data file, so no weights are copied): the final norm reads layer layers-1's residual output,
+    the later layers' nodes and past/present I/O are dropped, unused nodes and initializers pruned. For
+    projecting the time and memory of a session too big for the machine (per layer, linear in layers)."""
+    import onnx
+
+    m = load_graph(model)
+    g = m.graph
+    total = 1 + max((_layer_of(n.name) for n in g.node if _layer_of(n.name) is not None), default=-1)
+    if not 1 <= layers < total:
+        raise NbitsInputError(f"--layers {layers}: the model has {total} decoder layers (keep 1..{total - 1})")
+    cut = f"/model/layers.{total - 1}/Add_1_output_0"
+    keep = f"/model/layers.{layers - 1}/Add_1_output_0"
+    if not any(cut in n.output for n in g.node):
+        raise NbitsInputError(f"{model!r} is not in the exporter's layer form (no {cut!r})")
+    nodes = [n for n in g.node if (_layer_of(n.name) or 0) < layers]
+    for n in nodes:
+        for i, x in enumerate(n.input):
+            if x == cut:
+                n.input[i] = keep
+
+    def dropped(name: str) -> bool:
+        p = name.split(".")
+        return p[0] in ("past_key_values", "present") and len(p) > 1 and p[1].isdigit() and int(p[1]) >= layers
+
+    outputs = [o for o in g.output if not dropped(o.name)]
+    inputs = [i for i in g.input if not dropped(i.name)]
+    needed = {o.name for o in outputs}
+    live = []
+    for n in reversed(nodes):  # the graph is topologically sorted: prune what nothing needs
+        if any(o in needed for o in n.output):
+            live.append(n)
+            needed.update(n.input)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    needed.update(x for sub in a.g.node for x in sub.input)
+    live.reverse()
+    inits = [t for t in g.initializer if t.name in needed]
+    for field, items in (("node", live), ("output", outputs), ("input", inputs), ("initializer", inits)):
+        del getattr(g, field)[:]
+        getattr(g, field).extend(items)
+    del g.value_info[:]
+    dst = os.path.join(os.path.dirname(os.path.abspath(model)), f"model-L{layers}.onnx")
+    onnx.save(m, dst)
+    return dst
+
+
+def bench(model: str, prompt_len: int, gen: int, threads: int, repeat: int, max_rss_mib: int = 0,
+          layers: int = 0) -> dict:
+    """ORT on `model` (a folder or .onnx) driven as llm_suite drives it; the figures tcc bench prints.
+    layers > 0: on the model cut to its first `layers` decoder layers (truncate_layers)."""
     if os.path.isdir(model):
         model = os.path.join(model, "model.onnx")
     load_graph(model)  # a missing or broken file is a one-line error, not ORT's traceback
+    if layers:
+        model = truncate_layers(model, layers)
     if prompt_len < 1 or gen < 2 or repeat < 1 or threads < 1:
         raise NbitsInputError("--prompt-len, --threads and --repeat must be >= 1 and --gen >= 2")
     guard = RssGuard(max_rss_mib << 20)
@@ -406,7 +473,7 @@ def bench(model: str, prompt_len: int, gen: int, threads: int, repeat: int, max_
         prefill.append(prompt_len / (t2 - t1))
         decode.append(1e3 * (t3 - t2) / (gen - 1))
         tokens = tokens or out
-    return {"model": model, "threads": threads, "prompt_len": prompt_len, "gen": gen, "repeat": repeat,
+    return {"model": model, "layers": layers or "all", "threads": threads, "prompt_len": prompt_len, "gen": gen, "repeat": repeat,
             "load_seconds": round(load_s, 2), "load_peak_rss_mib": round(load_peak / 2**20),
             "prefill_tok_s": round(statistics.median(prefill), 2), "prefill_tok_s_best": round(max(prefill), 2),
             "ttft_s": round(statistics.median(ttft), 3),
@@ -439,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--max-rss-mib", type=int, default=0, help="stop (exit 3) if the RSS passes this; 0: no limit")
+    b.add_argument("--layers", type=int, default=0, help="bench the model cut to its first N decoder layers "
+                   "(model-L<N>.onnx beside it, same weights file): for projecting a session too big to load")
     a = p.parse_args(argv)
     try:
         if a.cmd == "quantize":
@@ -446,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                            log=lambda m: print(f"[ort-nbits {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr,
                                                flush=True))
         else:
-            res = bench(a.model, a.prompt_len, a.gen, a.threads, a.repeat, a.max_rss_mib)
+            res = bench(a.model, a.prompt_len, a.gen, a.threads, a.repeat, a.max_rss_mib, a.layers)
     except NbitsInputError as e:
         print(f"ort_nbits_stream: error: {e}", file=sys.stderr)
         return 2

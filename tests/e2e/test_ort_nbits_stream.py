@@ -165,3 +165,34 @@ def test_bad_inputs_are_one_line_errors(exports, tmp_path):
         assert r.returncode == 2 and r.stdout == "", (args, r)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ort_nbits_stream: error: ") and words in lines[0], r.stderr
+
+
+def test_truncated_model_keeps_the_first_layers(exports, tmp_path):
+    """bench --layers N (projecting a session too big for the machine) runs the model's first N decoder layers:
+    its presents are the full model's for those layers, the later layers' I/O is gone, and the weights file
+    is shared (nothing copied)."""
+    import onnxruntime as ort
+
+    src, shape = exports["f32"]
+    stream = _stream()
+    full = stream.quantize(src, str(tmp_path / "q"), 4)["model"]
+    cut = stream.truncate_layers(full, 2)
+    assert os.path.dirname(cut) == os.path.dirname(full) and os.path.getsize(cut) < os.path.getsize(full)
+    hd = shape["hidden_size"] // shape["num_attention_heads"]
+    ids = np.array([[5, 17, 99, 3]], np.int64)
+    res = {}
+    for name, path in (("full", full), ("cut", cut)):
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": ids, "attention_mask": np.ones(ids.shape, np.int64), "position_ids": np.arange(4)[None]}
+        feeds.update({i.name: np.zeros((1, shape["num_key_value_heads"], 0, hd), np.float32)
+                      for i in sess.get_inputs() if i.name.startswith("past")})
+        outs = [o.name for o in sess.get_outputs()]
+        res[name] = dict(zip(outs, sess.run(outs, feeds)))
+    assert sorted(res["cut"]) == ["logits"] + [f"present.{i}.{k}" for i in range(2) for k in ("key", "value")]
+    for k in res["cut"]:
+        if k.startswith("present"):
+            assert np.array_equal(res["cut"][k], res["full"][k]), k
+    assert res["cut"]["logits"].shape == res["full"]["logits"].shape
+    assert not np.allclose(res["cut"]["logits"], res["full"]["logits"])
+    with pytest.raises(stream.NbitsInputError, match="4 decoder layers"):
+        stream.truncate_layers(full, 4)
