@@ -447,7 +447,7 @@ def bench(model: str, prompt_len: int, gen: int, threads: int, repeat: int, max_
         model = truncate_layers(model, layers)
     if prompt_len < 1 or gen < 2 or repeat < 1 or threads < 1:
         raise NbitsInputError("--prompt-len, --threads and --repeat must be >= 1 and --gen >= 2")
-    guard = RssGuard(max_rss_mib << 20)
+    RssGuard(max_rss_mib << 20)  # its daemon thread watches until the process ends
     suite = _suite()
     la0 = loadavg()
     base = 1024 * _rss_kib("VmRSS")
