@@ -68,40 +68,48 @@ def rounding_for(scheme, group: int, asym: bool) -> Rounding:
     return Rounding(scheme.weight_bits, group, not asym, scheme.act == "f16")
 
 
-def inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """U upper triangular with H^-1 = U^T U, from H symmetric positive definite (np.linalg.LinAlgError if
-    not). With J the row reversal, J H J = M M^T (M lower) gives H = R R^T with R = J M J upper, so
-    H^-1 = R^-T R^-1 and U = R^-1 = J M^-1 J: one Cholesky factorization and one triangular inverse."""
-    m = np.linalg.cholesky(h[::-1, ::-1])
-    u = np.linalg.inv(m)
-    del m
-    return np.ascontiguousarray(u[::-1, ::-1])
-
-
-def _prepare(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(W as float32 with dead rows zeroed, U float32, the dampening used)."""
-    w = np.array(w, np.float32)  # a copy: the algorithm updates it
-    h = np.array(h, np.float64)
+def hessian_factor(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U float32 upper triangular with (H + damp I)^-1 = U^T U, the dead channels [K] bool, the dampening
+    used) from H = X^T X float64, which is modified in place (dead channels get H_kk = 1) and dropped as
+    soon as it is factored: a caller that hands over its only reference lets the [K, K] go early.
+    With J the row reversal, J H J = M M^T (M lower) gives H = R R^T with R = J M J upper, so
+    H^-1 = R^-T R^-1 and U = R^-1 = J M^-1 J: one Cholesky factorization and one triangular inverse.
+    np.linalg.LinAlgError if H is not finite or H + DAMP_MAX * mean(diag H) I is still not positive definite."""
+    if not np.isfinite(h).all():  # inf / nan activations: no factorization means anything
+        raise np.linalg.LinAlgError("X^T X is not finite")
     diag = np.einsum("ii->i", h)  # a view: writes go to h
     dead = diag == 0
     diag[dead] = 1.0
-    w[dead] = 0.0
     base, mean = diag.copy(), float(np.mean(diag))
     damp = DAMP
     while True:
         diag[:] = base + damp * mean
         try:
-            return w, inverse_cholesky(h).astype(np.float32), damp
+            m = np.linalg.cholesky(h[::-1, ::-1])
+            break
         except np.linalg.LinAlgError:
             if damp * 10 > DAMP_MAX:
                 raise
             damp *= 10
+    del h, diag
+    u = np.linalg.inv(m)
+    del m
+    return np.ascontiguousarray(u[::-1, ::-1], dtype=np.float32), dead, damp
 
 
 def gptq_round(w: np.ndarray, h: np.ndarray, rnd: Rounding) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """w [K, N], h = X^T X [K, K] -> (q [N, K], scales [N, G], zeros [N, G] or None) in the QLinear layout
-    (ir/ops/quant.py: u8 0..15 for int4, i8 for int8). np.linalg.LinAlgError if H stays singular."""
-    wc, u, _ = _prepare(w, h)
+    """w [K, N], h = X^T X [K, K] (not modified) -> (q [N, K], scales [N, G], zeros [N, G] or None) in the
+    QLinear layout (ir/ops/quant.py: u8 0..15 for int4, i8 for int8). np.linalg.LinAlgError if H stays
+    singular."""
+    u, dead, _ = hessian_factor(np.array(h, np.float64))
+    return gptq_round_factored(w, u, dead, rnd)
+
+
+def gptq_round_factored(w: np.ndarray, u: np.ndarray, dead: np.ndarray,
+                        rnd: Rounding) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """gptq_round with H already factored (hessian_factor): the layers reading one input share it."""
+    wc = np.array(w, np.float32)  # a copy: the algorithm updates it
+    wc[dead] = 0.0
     k, n = wc.shape
     gs = rnd.qlinear_group(k)
     block = max(gs, BLOCK // gs * gs) if rnd.bits == 4 else BLOCK
@@ -240,21 +248,27 @@ def run(graph: Graph, ctx) -> None:
             if not grp.stats:
                 continue
             rows = max(rows, grp.stats["n"])
+            try:  # H handed over (popped): its [K, K] goes once factored
+                u, dead, damp = hessian_factor(grp.stats.pop("xtx"))
+            except np.linalg.LinAlgError:
+                ctx.refuse(NAME, grp.linears[0], f"X^T X of %{grp.x.name} is not finite, or not positive definite "
+                                                 f"even dampened by {DAMP_MAX} x its mean diagonal; rounded to nearest")
+                grp.stats.clear()
+                continue
+            if damp != DAMP:
+                ctx.log(NAME, f"%{grp.x.name}: X^T X dampened by {damp} x its mean diagonal")
+            sample = grp.stats["rows"]
             for lin in grp.linears:
                 w = weight_f32(lin)
-                try:
-                    q, s, z = gptq_round(w, grp.stats["xtx"], rnd)
-                except np.linalg.LinAlgError:
-                    ctx.refuse(NAME, lin, "X^T X is not positive definite even dampened; rounded to nearest")
-                    continue
-                sample = grp.stats["rows"]
+                q, s, z = gptq_round_factored(w, u, dead, rnd)
                 eg = output_error(sample, w, dequantized(q, s, z, rnd))
                 er = output_error(sample, w, dequantized(*rtn_round(w, rnd), rnd))
                 err_gptq, err_rtn = err_gptq + eg, err_rtn + er
                 ctx.log(NAME, f"{lin.name}: output error {eg:.3g} (round to nearest {er:.3g})")
                 done.append((lin, weight_value(lin), tuple(_stored(spill, a) for a in (q, s, z))))
                 release(weight_value(lin).const)
-            grp.stats.clear()  # the [K, K] H goes now
+            del u
+            grp.stats.clear()
         t_round += time.perf_counter() - t1
     for lin, wv, (q, s, z) in done:
         emit_qlinear(graph, lin, wv, q, s, z, rnd.bits, rnd.qlinear_group(q.shape[1]), scheme.act)

@@ -231,6 +231,21 @@ def test_pass_is_a_noop_unless_asked_and_keeps_fp32_layers():
     assert sorted(_qlinears(g)) == ["a", "b"] and ctx.stats["gptq"]["linears"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_layers_with_a_non_finite_hessian_are_left_to_round_to_nearest():
+    rng = np.random.default_rng(10)
+    g = _graph(rng)
+    feeds = _feeds(rng)
+    feeds[1]["x"][3, 5] = np.inf  # x's H is not finite (and so is h's, through a)
+    ctx = run_pass("gptq", g, ctx_for("w4a8", calibration=feeds, quant_method="gptq"))
+    assert ctx.stats["gptq"]["linears"] == 0 and not _qlinears(g)
+    assert any("is not finite" in m for m in ctx.messages)
+    run_pass("quantize", g, ctx_for("w4a8"))
+    assert sorted(_qlinears(g)) == ["a", "b", "c"]
+    with pytest.raises(np.linalg.LinAlgError):
+        G.hessian_factor(np.full((4, 4), np.nan))
+
+
 # -- --quant-method ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,message", [
