@@ -115,7 +115,7 @@ def add_quant_args(p) -> None:
                    "rounding on the calibration data; awq+gptq / smoothquant+gptq: both). Default: the scheme's "
                    "rescaling with --calib, else rtn")
     p.add_argument("--awq-clip", action=argparse.BooleanOptionalAction, default=None,
-                   help="AWQ's weight-clipping search (default: on whenever AWQ runs)")
+                   help="AWQ's weight-clipping search (slower compile; default: off)")
 
 
 def quant_options(args) -> dict:

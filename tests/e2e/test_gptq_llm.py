@@ -82,7 +82,7 @@ def test_cli_awq_gptq_summary_and_errors(data, tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "tcc.cli", "compile", MODEL, "-o", str(out), "--qm", "w4a8",
                         "--max-context", str(CONTEXT), "--calib", calib, "--calib-samples", "2",
-                        "--quant-method", "awq+gptq", "-q"], capture_output=True, text=True)
+                        "--quant-method", "awq+gptq", "--awq-clip", "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "quantized: 16 layers (w4a8, group 32, symmetric, awq+gptq)" in r.stdout, r.stdout
     assert re.search(r"calibration \(awq\): running the model [\d.]+ s, scale search", r.stdout), r.stdout
@@ -90,7 +90,7 @@ def test_cli_awq_gptq_summary_and_errors(data, tmp_path):
                      r"calibration rows 0\.\d+x round-to-nearest's; running the model [\d.]+ s \(1 run\(s\), 192 "
                      r"rows\), rounding [\d.]+ s", r.stdout), r.stdout
     q = json.loads((out / "manifest.json").read_text())["quantization"]
-    # AWQ's clipping search is on by default; 192 rows: 2 samples of 256 tokens capped at the context (96)
+    # 192 rows: 2 samples of 256 tokens capped at the context (96)
     assert q["awq"]["clipped"] > 0 and q["gptq"]["linears"] == 15 and q["gptq"]["rows"] == 192
     for args, message in [
         (["--qm", "w4a8", "--quant-method", "gptq"], "tcc: error: --quant-method gptq needs calibration data"),

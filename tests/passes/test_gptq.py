@@ -268,13 +268,15 @@ def test_quant_method_errors(kw, message):
 
 
 def test_quant_method_defaults():
-    from tcc.driver import CompileOptions, awq_clip, quant_method
+    from tcc.driver import AWQ_CLIP_DEFAULT, CompileOptions, awq_clip, quant_method
 
-    cases = [(dict(qm="w4a8"), "rtn", False), (dict(qm="w4a8", calib="c"), "awq", True),
+    clip = AWQ_CLIP_DEFAULT
+    cases = [(dict(qm="w4a8"), "rtn", False), (dict(qm="w4a8", calib="c"), "awq", clip),
              (dict(qm="w4a8", calib="c", awq_clip=False), "awq", False),
+             (dict(qm="w4a8", calib="c", awq_clip=True), "awq", True),
              (dict(qm="w8a8", calib="c"), "smoothquant", False), (dict(qm="w4a32", calib="c", quant_method="gptq"),
                                                                    "gptq", False),
-             (dict(qm="w4a8", calib="c", quant_method="awq+gptq"), "awq+gptq", True), (dict(qm="fp32"), None, False)]
+             (dict(qm="w4a8", calib="c", quant_method="awq+gptq"), "awq+gptq", clip), (dict(qm="fp32"), None, False)]
     for kw, method, clip in cases:
         opts = CompileOptions(**kw)
         assert (quant_method(opts), awq_clip(opts, quant_method(opts))) == (method, clip), kw
