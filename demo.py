@@ -49,11 +49,16 @@ class Variant:
     """One way to compile a model for the quality table."""
 
     qm: str
-    method: str  # "-" (fp32), "RTN", "AWQ", "SmoothQuant"
+    method: str  # "-" (fp32), "RTN", "AWQ", "SmoothQuant", "GPTQ", "AWQ+GPTQ", "SmoothQuant+GPTQ"
 
     @property
     def calibrated(self) -> bool:
-        return self.method in ("AWQ", "SmoothQuant")
+        return self.method not in ("-", "RTN")
+
+    @property
+    def quant_method(self) -> str | None:
+        """--quant-method (None: the default, the scheme's rescaling when calibrated)."""
+        return self.method.lower() if "GPTQ" in self.method else None
 
     @property
     def label(self) -> str:
@@ -61,7 +66,9 @@ class Variant:
 
 
 COMPARE_VARIANTS = (Variant("fp32", "-"), Variant("w8a8", "RTN"), Variant("w8a8", "SmoothQuant"),
-                    Variant("w4a32", "RTN"), Variant("w4a32", "AWQ"), Variant("w4a8", "RTN"), Variant("w4a8", "AWQ"))
+                    Variant("w8a8", "GPTQ"), Variant("w8a8", "SmoothQuant+GPTQ"),
+                    Variant("w4a32", "RTN"), Variant("w4a32", "AWQ"), Variant("w4a8", "RTN"), Variant("w4a8", "AWQ"),
+                    Variant("w4a8", "GPTQ"), Variant("w4a8", "AWQ+GPTQ"))
 
 
 def artifact_dir(model: str, label: str) -> str:
@@ -85,6 +92,7 @@ def compile_variant(model: str, variant: Variant, calib: str | None, max_context
     opts = CompileOptions(target=host_target(), qm=variant.qm, max_context=max_context, group_size=group_size,
                           max_dims={"batch": max_batch} if max_batch > 1 else {},
                           calib=calib if variant.calibrated else None, round_to_nearest=not variant.calibrated,
+                          quant_method=variant.quant_method,
                           dump_ir=out + "-ir" if dump_ir else None)
     if variant.calibrated and not calib:
         raise TccError(f"{variant.label} needs calibration text (--calib FILE)")

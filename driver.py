@@ -52,8 +52,11 @@ class CompileOptions:
     calib: str | None = None  # text file (tokenized with the model's tokenizer) or .npz of inputs
     calib_samples: int = 16
     calib_seq_len: int = 256
-    awq_clip: bool = False  # AWQ's optional weight-clipping search
+    awq_clip: bool | None = None  # AWQ's weight-clipping search (None: AWQ_CLIP_DEFAULT whenever AWQ runs)
     round_to_nearest: bool = False  # no calibration on purpose (RTN rows of a comparison): no warning
+    # How the weights are rounded (QUANT_METHODS; None: the scheme's rescaling, awq or smoothquant, with
+    # --calib, else round to nearest).
+    quant_method: str | None = None
     # --tune: measure the kernels' free parameters on this machine for `tune_threads` threads (default:
     # the runtime's default thread count) and build the fastest (codegen/tuning.py).
     tune: bool = False
@@ -141,12 +144,62 @@ def check_target(opts: CompileOptions):
     return backend
 
 
+# --quant-method: round to nearest; the scheme's rescaling (AWQ for the int4 schemes, SmoothQuant for w8a8)
+# then nearest; GPTQ's error-compensating rounding (passes/gptq.py), alone or after the rescaling.
+QUANT_METHODS = ("rtn", "awq", "smoothquant", "gptq", "awq+gptq", "smoothquant+gptq")
+RESCALING = ("awq", "smoothquant")
+# AWQ's clipping search is off unless asked for. On the demo's held-out text (w4a8) it gains little within
+# the 256 tokens the model was trained on (windows of 256: AWQ +1.92% -> +1.87% over fp32, AWQ+GPTQ +1.47% ->
+# +1.25%), loses much beyond them (windows of 1024: AWQ +3.92% -> +5.12%, AWQ+GPTQ +2.29% -> +4.47%) and
+# makes AWQ's compile ~4x slower (issue 23's measurements).
+AWQ_CLIP_DEFAULT = False
+
+
+def quant_method(opts: CompileOptions) -> str | None:
+    """The --quant-method a compile of resolved options uses (None: nothing is quantized), or a TccError
+    naming a bad combination."""
+    from .passes.schemes import get_scheme
+
+    scheme = get_scheme(opts.qm)
+    m = opts.quant_method
+    if m is not None and m not in QUANT_METHODS:
+        raise TccError(f"unknown --quant-method {m!r}; known: {', '.join(QUANT_METHODS)}")
+    if scheme.weight_bits is None:
+        if m is not None:
+            raise TccError(f"--quant-method does not apply to --qm {opts.qm}: it quantizes no weights")
+        if opts.awq_clip:
+            raise TccError(f"--awq-clip does not apply to --qm {opts.qm}: it quantizes no weights")
+        return None
+    if m is None:
+        m = scheme.calibration if opts.calib else "rtn"
+    rescale = next((p for p in m.split("+") if p in RESCALING), None)
+    if rescale is not None and rescale != scheme.calibration:
+        raise TccError(f"--quant-method {m} does not apply to --qm {opts.qm}: its weights are rescaled by "
+                       f"{scheme.calibration} (--quant-method {scheme.calibration} or {scheme.calibration}+gptq)")
+    if m == "rtn" and opts.calib:
+        raise TccError("--quant-method rtn uses no calibration data; leave out --calib")
+    if m != "rtn" and not opts.calib:
+        raise TccError(f"--quant-method {m} needs calibration data (--calib FILE)")
+    if opts.awq_clip and "awq" not in m.split("+"):
+        raise TccError(f"--awq-clip needs AWQ (--qm {opts.qm} rounds with {m}"
+                       + ("; give --calib FILE)" if not opts.calib else ")"))
+    return m
+
+
+def awq_clip(opts: CompileOptions, method: str | None) -> bool:
+    """Whether AWQ's clipping search runs: where AWQ runs, --awq-clip / --no-awq-clip, else AWQ_CLIP_DEFAULT."""
+    if not (method and "awq" in method.split("+")):
+        return False
+    return AWQ_CLIP_DEFAULT if opts.awq_clip is None else bool(opts.awq_clip)
+
+
 def warn(message: str) -> None:
     print(f"tcc: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _calibration(model, opts: CompileOptions):
-    """The calibration source for the quantization passes (None: round to nearest, with a warning)."""
+    """The calibration source for the quantization passes (None: round to nearest, with a warning unless
+    asked for)."""
     from .passes.schemes import get_scheme
 
     scheme = get_scheme(opts.qm)
@@ -155,7 +208,7 @@ def _calibration(model, opts: CompileOptions):
             warn(f"--calib is ignored for --qm {opts.qm}")
         return None
     if not opts.calib:
-        if opts.round_to_nearest:
+        if opts.round_to_nearest or opts.quant_method == "rtn":
             return None
         warn(f"--qm {opts.qm} without --calib: weights are rounded to nearest; {scheme.calibration} needs "
              "calibration data (--calib FILE)")
@@ -176,6 +229,9 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
 
     opts = resolve_options(opts)
     backend = check_target(opts)
+    method = quant_method(opts)
+    # the rescaling pass the method leaves out does not run (the other one is a no-op for the scheme)
+    skip = tuple(p for p in RESCALING if method is None or p not in method.split("+"))
     _say(progress, "importing ONNX")
     # With weights quantized, an fp16 export runs at f32 activations (its weights quantized from fp16). On an
     # fp16 target too: the passes see the graph an fp32 export gives (attention fusion and the KV cache match
@@ -191,10 +247,11 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
                       options={"max_context": opts.max_context or model_config_context(model),
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,
                                "asym": opts.asym, "keep_fp32": tuple(opts.keep_fp32),
-                               "awq_clip": opts.awq_clip, "calibration": _calibration(model, opts), "max_plan_bytes": flags.get("max-plan-bytes"),
+                               "awq_clip": awq_clip(opts, method), "quant_method": method,
+                               "calibration": _calibration(model, opts), "max_plan_bytes": flags.get("max-plan-bytes"),
                                "require_kv_cache": opts.require_kv_cache, "model_config": model_config(model)})
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
-                 disable=opts.disable_passes, progress=lambda name: _say(progress, f"pass {name}"))
+                 disable=(*opts.disable_passes, *skip), progress=lambda name: _say(progress, f"pass {name}"))
     return graph, ctx, backend
 
 
@@ -458,12 +515,13 @@ def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) 
            "fp32_weight_bytes": fp32, "ratio_to_fp32": round(weight_bytes / fp32, 4) if fp32 else None}
     if scheme.weight_bits is not None:
         q = ctx.stats.get("quantize") or {}
-        method = next((m for m in ("awq", "smoothquant") if m in ctx.stats), "round-to-nearest")
+        ran = [m for m in ("awq", "smoothquant", "gptq") if m in ctx.stats]
+        gptq = ctx.stats.get("gptq") or {}
         out.update(group_size=(opts.group_size or ctx.target.default_group_size) if scheme.grouped else "per-channel",
-                   zero_points=bool(opts.asym), calibration=method, quantized_linears=q.get("linears", 0),
-                   kept_fp32=q.get("kept_fp32", []))
-        if method in ctx.stats:
-            out[method] = ctx.stats[method]
+                   zero_points=bool(opts.asym), calibration="+".join(ran) or "round-to-nearest",
+                   quantized_linears=q.get("linears", 0) + gptq.get("linears", 0), kept_fp32=q.get("kept_fp32", []))
+        for m in ran:
+            out[m] = ctx.stats[m]
     return out
 
 

@@ -92,6 +92,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def add_quant_args(p) -> None:
+    import argparse
+
+    from ..driver import QUANT_METHODS
     from ..passes.schemes import SCHEMES
 
     p.add_argument("--qm", default=None, choices=tuple(SCHEMES),
@@ -102,17 +105,24 @@ def add_quant_args(p) -> None:
     p.add_argument("--asym", action="store_true", help="int4 weights with zero points (default: symmetric)")
     p.add_argument("--keep-fp32", metavar="PATTERNS", help="comma-separated Linear layers to leave in fp32: "
                    "fnmatch patterns on node or weight names, or lm_head")
-    p.add_argument("--calib", metavar="FILE", help="calibration data for AWQ / SmoothQuant: a text file "
+    p.add_argument("--calib", metavar="FILE", help="calibration data for AWQ / SmoothQuant / GPTQ: a text file "
                    "(tokenized with the model's tokenizer) or an .npz of inputs [samples, ...]")
     p.add_argument("--calib-samples", type=int, default=16, metavar="N", help="calibration samples (16)")
     p.add_argument("--calib-seq-len", type=int, default=256, metavar="N", help="tokens per text sample (256)")
-    p.add_argument("--awq-clip", action="store_true", help="AWQ's weight-clipping search (slower compile)")
+    p.add_argument("--quant-method", choices=QUANT_METHODS, metavar="METHOD",
+                   help="how the weights are rounded: " + " | ".join(QUANT_METHODS) + " (rtn: to nearest; awq / "
+                   "smoothquant: the scheme's rescaling (int4 / w8a8), then to nearest; gptq: error-compensating "
+                   "rounding on the calibration data; awq+gptq / smoothquant+gptq: both). Default: the scheme's "
+                   "rescaling with --calib, else rtn")
+    p.add_argument("--awq-clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="AWQ's weight-clipping search (slower compile; default: off)")
 
 
 def quant_options(args) -> dict:
     keep = tuple(p.strip() for p in (args.keep_fp32 or "").split(",") if p.strip())
     return dict(group_size=args.group_size, asym=args.asym, keep_fp32=keep, calib=args.calib,
-                calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, awq_clip=args.awq_clip)
+                calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, awq_clip=args.awq_clip,
+                quant_method=args.quant_method)
 
 
 def add_verify_arg(p) -> None:

@@ -27,11 +27,17 @@ def cmd_compile(args) -> int:
         print(f"quantized: {q['quantized_linears']} layers ({q['scheme']}, group {q['group_size']}, "
               f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "
               f"{len(q['kept_fp32'])}; weights {mib(q['weight_bytes'])}{ratio}")
-    calib = q.get(q.get("calibration", ""))
-    if isinstance(calib, dict) and "calibration_s" in calib:
-        per_layer = f" ({calib['per_layer_s']:.2f} s per layer)" if "per_layer_s" in calib else ""
-        print(f"calibration ({q['calibration']}): running the model {calib['calibration_s']:.1f} s, scale search "
-              f"{calib['search_s']:.1f} s, check {calib['check_s']:.1f} s{per_layer}")
+    for method in q.get("calibration", "").split("+"):
+        calib = q.get(method)
+        if isinstance(calib, dict) and "search_s" in calib:
+            per_layer = f" ({calib['per_layer_s']:.2f} s per layer)" if "per_layer_s" in calib else ""
+            print(f"calibration ({method}): running the model {calib['calibration_s']:.1f} s, scale search "
+                  f"{calib['search_s']:.1f} s, check {calib['check_s']:.1f} s{per_layer}")
+        elif isinstance(calib, dict) and "rounding_s" in calib:  # gptq
+            print(f"calibration (gptq): {calib['linears']} layers rounded with error compensation, output error on "
+                  f"the calibration rows {calib['error_ratio']:.3f}x round-to-nearest's; running the model "
+                  f"{calib['calibration_s']:.1f} s ({calib['runs']} run(s), {calib['rows']} rows), rounding "
+                  f"{calib['rounding_s']:.1f} s")
     llm = manifest.get("llm")
     if llm and llm.get("kv_cache"):
         print(f"language model: {llm['layers']} KV-cache attention layers, context {llm['capacity']} tokens "

@@ -130,6 +130,22 @@ def _back_to(graph: Graph, y: Value, dtype: DType, before: Node) -> Value:
     return graph.add_node("Cast", [y], {"to": str(dtype)}, before=before).output
 
 
+def emit_qlinear(graph: Graph, node: Node, w: Value, q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
+                 bits: int, group: int, act: str) -> Node:
+    """Linear (or an fp16 export's MatMul) `node` with weight constant `w` -> QLinear(x, q, scales, zeros?, b?):
+    the node this pass makes, for a pass that rounds the weights itself (passes/gptq.py). This pass leaves
+    the QLinear alone."""
+    qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
+           None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
+    ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
+    while ins[-1] is None:
+        ins.pop()
+    new = graph.add_node("QLinear", ins, {"bits": bits, "group_size": group, "act": act}, name=node.name, before=node)
+    replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
+    graph.remove_nodes([node])
+    return new
+
+
 def band_ranges(k: int, n: int, align: int) -> list[tuple[int, int]]:
     """[lo, hi) row bands of a [K, N] weight: about CHUNK_ELEMENTS weights each, `align` rows a multiple."""
     rows = max(align, CHUNK_ELEMENTS // max(n, 1) // align * align)

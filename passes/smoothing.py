@@ -50,7 +50,7 @@ class Group:
     x: Value
     linears: list[Node]
     fold: tuple  # ("norm", node) or ("linear", node)
-    stats: dict = field(default_factory=dict)  # mean_abs [K], max_abs [K], rows [R, K]
+    stats: dict = field(default_factory=dict)  # mean_abs [K], max_abs [K], rows [R, K]; xtx [K, K], n (collect)
 
 
 def rescalable(node: Node) -> bool:
@@ -114,8 +114,9 @@ def _fold_target(x: Value, users: dict, outputs: set) -> tuple | None:
 
 # -- calibration data -----------------------------------------------------------------------------------
 
-def collect(graph: Graph, groups: list[Group], feeds: list[dict], progress: str) -> None:
-    """Fill each group's stats from interpreter runs on the calibration feeds."""
+def collect(graph: Graph, groups: list[Group], feeds: list[dict], progress: str, xtx: bool = False) -> None:
+    """Fill each group's stats from interpreter runs on the calibration feeds. xtx: also X^T X [K, K] over
+    every calibration row, summed in float64 ("xtx", with the row count "n": GPTQ's Hessian)."""
     from ..ir.interpreter import run_graph
 
     want = {id(g.x): g for g in groups}
@@ -133,6 +134,12 @@ def collect(graph: Graph, groups: list[Group], feeds: list[dict], progress: str)
             st["sum"] += np.abs(rows).sum(axis=0, dtype=np.float64)
             st["max"] = np.maximum(st["max"], np.abs(rows).max(axis=0))
             st["n"] += rows.shape[0]
+            if xtx:
+                r64 = rows.astype(np.float64)
+                if "xtx" in st:
+                    st["xtx"] += r64.T @ r64
+                else:
+                    st["xtx"] = r64.T @ r64
             take = min(rows.shape[0], MAX_ROWS)
             st["rows"].append(rows[rng.choice(rows.shape[0], take, replace=False)])
 
@@ -147,6 +154,8 @@ def collect(graph: Graph, groups: list[Group], feeds: list[dict], progress: str)
             rows = rows[rng.choice(rows.shape[0], MAX_ROWS, replace=False)]
         g.stats = {"mean_abs": (st["sum"] / max(st["n"], 1)).astype(np.float32), "max_abs": st["max"],
                    "rows": rows}
+        if xtx:
+            g.stats.update(xtx=st["xtx"], n=st["n"])
 
 
 def _progress(items, desc: str):

@@ -43,6 +43,12 @@ QUALITY_BOUND = {
     ("w4a32", "AWQ"): 0.030,
     ("w4a8", "RTN"): 0.040,
     ("w4a8", "AWQ"): 0.030,
+    # GPTQ rounding (issue 23; measured the same way: w8a8 GPTQ +0.33%, SmoothQuant+GPTQ +0.21%; w4a8 GPTQ
+    # +1.83%, AWQ+GPTQ +1.47%)
+    ("w8a8", "GPTQ"): 0.010,
+    ("w8a8", "SmoothQuant+GPTQ"): 0.010,
+    ("w4a8", "GPTQ"): 0.030,
+    ("w4a8", "AWQ+GPTQ"): 0.025,
 }
 
 
@@ -130,6 +136,12 @@ def test_fp32_perplexity_equals_onnxruntime(heldout):
 def test_awq_beats_round_to_nearest_at_w4a8(compare_rows):
     rtn, awq = compare_rows[("w4a8", "RTN")], compare_rows[("w4a8", "AWQ")]
     assert awq["perplexity"] < rtn["perplexity"], (awq["perplexity"], rtn["perplexity"])
+
+
+def test_gptq_beats_its_base_method_at_w4a8(compare_rows):
+    """Measured: GPTQ 28.854 vs RTN 29.017, AWQ+GPTQ 28.754 vs AWQ 28.881 (gaps of 0.56% and 0.44%)."""
+    for ours, base in ((("w4a8", "GPTQ"), ("w4a8", "RTN")), (("w4a8", "AWQ+GPTQ"), ("w4a8", "AWQ"))):
+        assert compare_rows[ours]["perplexity"] < compare_rows[base]["perplexity"], (ours, base)
 
 
 @pytest.mark.parametrize("case", sorted(QUALITY_BOUND))
