@@ -53,6 +53,9 @@ class CompileOptions:
     calib_samples: int = 16
     calib_seq_len: int = 256
     awq_clip: bool = False  # AWQ's optional weight-clipping search
+    # --budget-bits: which layers of a 4-bit scheme get 8-bit weights (passes/bit_allocation.py): None (the
+    # embeddings and LM head), "pure" (every layer 4-bit) or average bits per weight, scales included.
+    budget_bits: float | str | None = None
     round_to_nearest: bool = False  # no calibration on purpose (RTN rows of a comparison): no warning
     # --tune: measure the kernels' free parameters on this machine for `tune_threads` threads (default:
     # the runtime's default thread count) and build the fastest (codegen/tuning.py).
@@ -138,7 +141,20 @@ def check_target(opts: CompileOptions):
     backend = get_backend(opts.target, cpu=opts.cpu, cuda_arch=opts.cuda_arch)
     get_scheme(opts.qm)
     check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
+    _check_budget(opts)
     return backend
+
+
+def _check_budget(opts: CompileOptions) -> None:
+    """--budget-bits: a number or 'pure' (passes/bit_allocation.py), and only for a scheme with 4-bit weights."""
+    from .passes.bit_allocation import check_budget
+    from .passes.schemes import get_scheme
+
+    check_budget(opts.budget_bits)
+    bits = get_scheme(opts.qm).weight_bits
+    if opts.budget_bits is not None and bits != 4:
+        raise TccError(f"--budget-bits applies to the schemes with 4-bit weights (w4a8, w4a32, w4a16), not "
+                       f"--qm {opts.qm}")
 
 
 def warn(message: str) -> None:
@@ -191,7 +207,7 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
                       options={"max_context": opts.max_context or model_config_context(model),
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,
                                "asym": opts.asym, "keep_fp32": tuple(opts.keep_fp32),
-                               "awq_clip": opts.awq_clip, "calibration": _calibration(model, opts), "max_plan_bytes": flags.get("max-plan-bytes"),
+                               "awq_clip": opts.awq_clip, "budget_bits": opts.budget_bits, "calibration": _calibration(model, opts), "max_plan_bytes": flags.get("max-plan-bytes"),
                                "require_kv_cache": opts.require_kv_cache, "model_config": model_config(model)})
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
                  disable=opts.disable_passes, progress=lambda name: _say(progress, f"pass {name}"))
@@ -464,6 +480,11 @@ def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) 
                    kept_fp32=q.get("kept_fp32", []))
         if method in ctx.stats:
             out[method] = ctx.stats[method]
+        alloc = ctx.stats.get("bit-allocation")
+        if alloc:  # per layer weight bits of a 4-bit scheme (passes/bit_allocation.py)
+            out["bit_allocation"] = {k: alloc[k] for k in ("criterion", "budget_bits", "bits_per_weight",
+                                                             "weight_bytes", "weights", "eight_bit", "eight_bit_act",
+                                                             "layers")}
     return out
 
 

@@ -27,6 +27,10 @@ def cmd_compile(args) -> int:
         print(f"quantized: {q['quantized_linears']} layers ({q['scheme']}, group {q['group_size']}, "
               f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "
               f"{len(q['kept_fp32'])}; weights {mib(q['weight_bytes'])}{ratio}")
+    alloc = q.get("bit_allocation")
+    if alloc:
+        print(f"bit allocation: 8-bit: {', '.join(alloc['eight_bit']) or 'none'}; "
+              f"{alloc['bits_per_weight']:.2f} bits/weight ({alloc['criterion']})")
     calib = q.get(q.get("calibration", ""))
     if isinstance(calib, dict) and "calibration_s" in calib:
         per_layer = f" ({calib['per_layer_s']:.2f} s per layer)" if "per_layer_s" in calib else ""
