@@ -15,9 +15,15 @@ The choice (ctx.options["budget_bits"]):
     output at 6 bits for the same reason: they are the most sensitive layers of a small model);
   - "pure": every layer at 4 bits (llama.cpp's --pure);
   - a number B: average bits per weight over the quantized weights, scales and zero points included
-    (quantize.layer_bytes: what weights.bin stores for them). Starting from all 4-bit, layers are upgraded
-    greedily by measured benefit per extra byte while the total stays within B; a layer that does not fit
-    is skipped and smaller ones are still tried. B below the all-4-bit figure is an error.
+    (quantize.layer_bytes: what weights.bin stores for them). Starting from all 4-bit, the LM head and then
+    the embeddings are upgraded where they fit, then the other layers greedily by measured benefit per
+    extra byte while the total stays within B; a layer that does not fit is skipped and smaller ones are
+    still tried. B below the all-4-bit figure is an error.
+    Why the LM head and embeddings first: per layer errors do not say how much of them reaches the model's
+    output, and these two reach it directly. Measured on the demo model (w4a8 AWQ, held-out perplexity vs
+    fp32, windows of 256): all 4-bit +1.92% (3.53 MiB); the embedding and LM head at 8 bits +0.68% (4.44
+    MiB); the greedy choice alone at 4.8 / 5.2 bits (the attention projections: small layers with the largest
+    relative gain) +1.56% (3.73 MiB) / +1.53% (4.03 MiB).
 
 The measured benefit of a layer is the drop of its relative error from 4 to 8 bits:
   - with calibration data (--calib): on the calibration rows X of the layer's input (collected with
@@ -147,7 +153,7 @@ def _calibration_rows(graph: Graph, ctx, layers: list[Layer]) -> dict[int, np.nd
 def measure(graph: Graph, ctx, layers: list[Layer], scheme: Scheme, act8: str | None, group: int,
             asym: bool) -> str:
     """Fill each upgradable layer's benefit; returns the criterion used for the Linear layers."""
-    from .smoothing import Quantizer, weight_f32
+    from .smoothing import Quantizer
 
     rows = _calibration_rows(graph, ctx, layers)
     q4 = Quantizer(scheme, group, asym)
@@ -159,8 +165,7 @@ def measure(graph: Graph, ctx, layers: list[Layer], scheme: Scheme, act8: str | 
             table = np.asarray(weight_of(layer.node).const, np.float32).T  # [K, V]: rows quantized along K
             layer.benefit = (_rel_weight_error(table, 4, group, asym) - _rel_weight_error(table, 8, group, asym))
             continue
-        w = weight_f32(layer.node) if not fp16_matmul(layer.node) else np.asarray(weight_of(layer.node).const,
-                                                                                   np.float32)
+        w = np.asarray(weight_of(layer.node).const, np.float32)  # [K, N], from f16 / bf16 too
         x = rows.get(id(layer.node))
         if x is not None:
             x = np.asarray(x, np.float32)
@@ -170,18 +175,25 @@ def measure(graph: Graph, ctx, layers: list[Layer], scheme: Scheme, act8: str | 
     return "calibration" if rows else "weight-error"
 
 
-def greedy(layers: list[Layer], limit: float) -> set[int]:
-    """ids of the layers upgraded to 8 bits: by benefit per extra byte, while the total stays <= limit."""
+def greedy(layers: list[Layer], limit: float, first: tuple[Layer, ...] = ()) -> set[int]:
+    """ids of the layers upgraded to 8 bits: `first` (each where it fits), then the others by benefit per
+    extra byte, while the total stays <= limit."""
     total = sum(layer.bytes4 for layer in layers)
     chosen = set()
-    order = sorted((layer for layer in layers if layer.can8 and layer.benefit > 0),
+    order = sorted((layer for layer in layers if layer.can8 and layer.benefit > 0 and layer not in first),
                    key=lambda layer: -layer.benefit / max(layer.bytes8 - layer.bytes4, 1))
-    for layer in order:
+    for layer in [*first, *order]:
         extra = layer.bytes8 - layer.bytes4
         if total + extra <= limit:
             chosen.add(id(layer.node))
             total += extra
     return chosen
+
+
+def protected(layers: list[Layer], heads: set[int]) -> list[Layer]:
+    """The layers the default keeps at 8 bits and a budget upgrades first: the LM head, then the embeddings."""
+    head = [layer for layer in layers if layer.can8 and id(layer.node) in heads]
+    return head + [layer for layer in layers if layer.can8 and layer.is_embedding]
 
 
 @register_pass(NAME)
@@ -205,8 +217,7 @@ def run(graph: Graph, ctx) -> None:
     if budget == PURE or not layers:
         chosen, criterion = set(), PURE
     elif budget is None:
-        chosen = {id(layer.node) for layer in layers
-                  if layer.can8 and (layer.is_embedding or id(layer.node) in heads)}
+        chosen = {id(layer.node) for layer in protected(layers, heads)}
         criterion = "default"
     else:
         floor_bits = 8 * floor / weights
@@ -215,7 +226,7 @@ def run(graph: Graph, ctx) -> None:
                               f"{floor_bits:.3f} bits per weight at group {group} (every layer at 4 bits, scales "
                               "included)")
         criterion = measure(graph, ctx, layers, scheme, act8, group, asym)
-        chosen = greedy(layers, budget * weights / 8)
+        chosen = greedy(layers, budget * weights / 8, tuple(protected(layers, heads)))
     nbytes = sum(layer.bytes8 if id(layer.node) in chosen else layer.bytes4 for layer in layers)
     names = [layer.node.name for layer in layers if id(layer.node) in chosen]
     ctx.stats[NAME] = {
