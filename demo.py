@@ -73,7 +73,7 @@ COMPARE_VARIANTS = (Variant("fp32", "-"), Variant("w8a8", "RTN"), Variant("w8a8"
                     Variant("w4a32", "RTN"), Variant("w4a32", "AWQ"), Variant("w4a8", "RTN"), Variant("w4a8", "AWQ"),
                     # every layer 4-bit, and layers at 8 bits chosen under a budget (passes/bit_allocation.py)
                     Variant("w4a8", "RTN", "pure"), Variant("w4a8", "AWQ", "pure"), Variant("w4a8", "AWQ", "4.8"),
-                    Variant("w4a8", "AWQ", "5.2"))
+                    Variant("w4a8", "AWQ", "6.0"))
 
 
 def artifact_dir(model: str, label: str) -> str:
