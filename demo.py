@@ -50,6 +50,7 @@ class Variant:
 
     qm: str
     method: str  # "-" (fp32), "RTN", "AWQ", "SmoothQuant", "GPTQ", "AWQ+GPTQ", "SmoothQuant+GPTQ"
+    budget: str | None = None  # 4-bit schemes' --budget-bits: None (embedding and LM head at 8 bits), "pure", "4.8"
 
     @property
     def calibrated(self) -> bool:
@@ -62,13 +63,24 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return self.qm if self.method == "-" else f"{self.qm}-{self.method.lower()}"
+        budget = "" if self.budget is None else "-pure" if self.budget == "pure" else f"-b{self.budget}"
+        return self.qm if self.method == "-" else f"{self.qm}-{self.method.lower()}{budget}"
+
+    @property
+    def row_method(self) -> str:
+        """The comparison table's method column: the method, and the bit budget where one is given."""
+        if self.budget is None:
+            return self.method
+        return f"{self.method} {'4-bit only' if self.budget == 'pure' else self.budget + ' bits'}"
 
 
 COMPARE_VARIANTS = (Variant("fp32", "-"), Variant("w8a8", "RTN"), Variant("w8a8", "SmoothQuant"),
                     Variant("w8a8", "GPTQ"), Variant("w8a8", "SmoothQuant+GPTQ"),
                     Variant("w4a32", "RTN"), Variant("w4a32", "AWQ"), Variant("w4a8", "RTN"), Variant("w4a8", "AWQ"),
-                    Variant("w4a8", "GPTQ"), Variant("w4a8", "AWQ+GPTQ"))
+                    Variant("w4a8", "GPTQ"), Variant("w4a8", "AWQ+GPTQ"),
+                    # every layer 4-bit, and layers at 8 bits chosen under a budget (passes/bit_allocation.py)
+                    Variant("w4a8", "RTN", "pure"), Variant("w4a8", "AWQ", "pure"), Variant("w4a8", "AWQ", "4.8"),
+                    Variant("w4a8", "AWQ", "6.0"))
 
 
 def artifact_dir(model: str, label: str) -> str:
@@ -93,6 +105,7 @@ def compile_variant(model: str, variant: Variant, calib: str | None, max_context
                           max_dims={"batch": max_batch} if max_batch > 1 else {},
                           calib=calib if variant.calibrated else None, round_to_nearest=not variant.calibrated,
                           quant_method=variant.quant_method,
+                          budget_bits=variant.budget if variant.budget in (None, "pure") else float(variant.budget),
                           dump_ir=out + "-ir" if dump_ir else None)
     if variant.calibrated and not calib:
         raise TccError(f"{variant.label} needs calibration text (--calib FILE)")
@@ -182,7 +195,7 @@ def compare_quantization(model: str, text: str, calib: str | None, context: int 
     rows = []
     for v in variants:
         if v.calibrated and not calib:
-            rows.append({"qm": v.qm, "method": v.method, "skipped": "needs --calib FILE"})
+            rows.append({"qm": v.qm, "method": v.row_method, "skipped": "needs --calib FILE"})
             continue
         if progress:
             progress(f"compiling {v.label}")
@@ -192,8 +205,8 @@ def compare_quantization(model: str, text: str, calib: str | None, context: int 
         with load(art, threads=threads) as sess:
             p = evaluate(sess, text, context=context, stride=stride, max_tokens=max_tokens, progress=bar)
         q = manifest.get("quantization") or {}
-        rows.append({"qm": v.qm, "method": v.method, "artifact": art, "weight_bytes": manifest["weights"]["bytes"],
-                     "group_size": q.get("group_size"), **p.as_dict()})
+        rows.append({"qm": v.qm, "method": v.row_method, "artifact": art, "weight_bytes": manifest["weights"]["bytes"],
+                     "group_size": q.get("group_size"), "bit_allocation": q.get("bit_allocation"), **p.as_dict()})
     base = next((r for r in rows if r["qm"] == "fp32" and "perplexity" in r), None)
     for r in rows:
         if base and "perplexity" in r:

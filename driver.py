@@ -53,6 +53,9 @@ class CompileOptions:
     calib_samples: int = 16
     calib_seq_len: int = 256
     awq_clip: bool | None = None  # AWQ's weight-clipping search (None: AWQ_CLIP_DEFAULT whenever AWQ runs)
+    # --budget-bits: which layers of a 4-bit scheme get 8-bit weights (passes/bit_allocation.py): None (the
+    # embeddings and LM head), "pure" (every layer 4-bit) or average bits per weight, scales included.
+    budget_bits: float | str | None = None
     round_to_nearest: bool = False  # no calibration on purpose (RTN rows of a comparison): no warning
     # How the weights are rounded (QUANT_METHODS; None: the scheme's rescaling, awq or smoothquant, with
     # --calib, else round to nearest).
@@ -141,6 +144,7 @@ def check_target(opts: CompileOptions):
     backend = get_backend(opts.target, cpu=opts.cpu, cuda_arch=opts.cuda_arch)
     get_scheme(opts.qm)
     check_scheme(opts.qm, backend.target, opts.group_size, opts.asym)
+    _check_budget(opts)
     return backend
 
 
@@ -191,6 +195,18 @@ def awq_clip(opts: CompileOptions, method: str | None) -> bool:
     if not (method and "awq" in method.split("+")):
         return False
     return AWQ_CLIP_DEFAULT if opts.awq_clip is None else bool(opts.awq_clip)
+
+
+def _check_budget(opts: CompileOptions) -> None:
+    """--budget-bits: a number or 'pure' (passes/bit_allocation.py), and only for a scheme with 4-bit weights."""
+    from .passes.bit_allocation import check_budget
+    from .passes.schemes import get_scheme
+
+    check_budget(opts.budget_bits)
+    bits = get_scheme(opts.qm).weight_bits
+    if opts.budget_bits is not None and bits != 4:
+        raise TccError(f"--budget-bits applies to the schemes with 4-bit weights (w4a8, w4a32, w4a16), not "
+                       f"--qm {opts.qm}")
 
 
 def warn(message: str) -> None:
@@ -248,6 +264,7 @@ def optimize(model, opts: CompileOptions, progress: Callable | None = None):
                                "explicit_bounds": tuple(opts.max_dims), "group_size": opts.group_size,
                                "asym": opts.asym, "keep_fp32": tuple(opts.keep_fp32),
                                "awq_clip": awq_clip(opts, method), "quant_method": method,
+                               "budget_bits": opts.budget_bits,
                                "calibration": _calibration(model, opts), "max_plan_bytes": flags.get("max-plan-bytes"),
                                "require_kv_cache": opts.require_kv_cache, "model_config": model_config(model)})
     run_pipeline(graph, opts.pipeline, ctx, dump_dir=opts.dump_ir, print_after=opts.print_after,
@@ -522,6 +539,11 @@ def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) 
                    quantized_linears=q.get("linears", 0) + gptq.get("linears", 0), kept_fp32=q.get("kept_fp32", []))
         for m in ran:
             out[m] = ctx.stats[m]
+        alloc = ctx.stats.get("bit-allocation")
+        if alloc:  # per layer weight bits of a 4-bit scheme (passes/bit_allocation.py)
+            out["bit_allocation"] = {k: alloc[k] for k in ("criterion", "budget_bits", "bits_per_weight",
+                                                             "weight_bytes", "weights", "eight_bit", "eight_bit_act",
+                                                             "layers")}
     return out
 
 

@@ -116,13 +116,25 @@ def add_quant_args(p) -> None:
                    "rescaling with --calib, else rtn")
     p.add_argument("--awq-clip", action=argparse.BooleanOptionalAction, default=None,
                    help="AWQ's weight-clipping search (slower compile; default: off)")
+    p.add_argument("--budget-bits", metavar="B", help="4-bit schemes: average bits per weight (scales included, "
+                   "e.g. 4.6) within which the layers that gain most (measured on --calib data, else by weight "
+                   "error) get 8-bit weights; 'pure': every layer 4-bit (default: the embedding and LM head at 8 bits)")
 
 
 def quant_options(args) -> dict:
     keep = tuple(p.strip() for p in (args.keep_fp32 or "").split(",") if p.strip())
     return dict(group_size=args.group_size, asym=args.asym, keep_fp32=keep, calib=args.calib,
                 calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, awq_clip=args.awq_clip,
-                quant_method=args.quant_method)
+                quant_method=args.quant_method, budget_bits=budget_arg(getattr(args, "budget_bits", None)))
+
+
+def budget_arg(text: str | None) -> float | str | None:
+    """--budget-bits B: a number of bits per weight, or 'pure' (a one-line error otherwise)."""
+    from ..passes.bit_allocation import PURE, check_budget
+
+    if text is None or text.strip() == PURE:
+        return None if text is None else PURE
+    return check_budget(text.strip())
 
 
 def add_verify_arg(p) -> None:

@@ -27,6 +27,10 @@ def cmd_compile(args) -> int:
         print(f"quantized: {q['quantized_linears']} layers ({q['scheme']}, group {q['group_size']}, "
               f"{'asymmetric' if q['zero_points'] else 'symmetric'}, {q['calibration']}), kept in fp32: "
               f"{len(q['kept_fp32'])}; weights {mib(q['weight_bytes'])}{ratio}")
+    alloc = q.get("bit_allocation")
+    if alloc:
+        print(f"bit allocation: 8-bit: {', '.join(alloc['eight_bit']) or 'none'}; "
+              f"{alloc['bits_per_weight']:.2f} bits/weight ({alloc['criterion']})")
     for method in q.get("calibration", "").split("+"):
         calib = q.get(method)
         if isinstance(calib, dict) and "search_s" in calib:

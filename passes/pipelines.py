@@ -21,10 +21,12 @@ OPTIMIZE = [
 LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "eliminate-dead-code"]
 
 # --qm: calibration (AWQ for int4 schemes, SmoothQuant for w8a8; no-ops without calibration data or for
-# other schemes) rescales the fp32 weights, GPTQ rounds them with error compensation where --quant-method
-# asks, then quantize rounds the rest to nearest; int8 activations are quantized
+# other schemes) rescales the fp32 weights, bit-allocation picks the layers of a 4-bit scheme kept at 8 bits,
+# GPTQ rounds the others with error compensation where --quant-method asks, then quantize rounds the rest
+# to nearest; int8 activations are quantized
 # once per input, and in the normalization kernel where a norm feeds only them. All no-ops at fp32.
-QUANTIZE = ["awq", "smoothquant", "gptq", "quantize", "quantize-activations", "fuse-norm-quantize", "eliminate-dead-code"]
+QUANTIZE = ["awq", "smoothquant", "bit-allocation", "gptq", "quantize", "quantize-activations", "fuse-norm-quantize",
+            "eliminate-dead-code"]
 
 # Targets that compute in fp16 (the GPUs: Capabilities.activations) convert the quantized graph; a no-op on
 # the CPUs.

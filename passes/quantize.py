@@ -18,7 +18,11 @@ or `embed`: every quantizable Gather. Weights
 are rounded to nearest (ir/ops/quant.py: quantize_int4 / quantize_int8); calibration passes that run
 before (awq, smoothquant) have already rescaled and clipped them in fp32. Options (ctx.options):
 group_size (default: the target's), asym (zero points), keep_fp32 (patterns).
-ctx.stats["quantize"] = {"linears": n (Linear and Gather nodes), "kept_fp32": [names], "weight_bytes": bytes}.
+Per layer precision: the layers the bit-allocation pass chose (ctx.stats["bit-allocation"]["eight_bit"])
+get 8-bit weights inside a 4-bit scheme: int8 rows (QGather bits 8) for a table, a QLinear {bits 8, act:
+the allocation's eight_bit_act} for a Linear.
+ctx.stats["quantize"] = {"linears": n (Linear and Gather nodes), "kept_fp32": [names], "weight_bytes": bytes
+(codes, scales and zero points as weights.bin stores them: `layer_bytes`), "bits": {name: bits}}.
 """
 from __future__ import annotations
 
@@ -152,6 +156,16 @@ def band_ranges(k: int, n: int, align: int) -> list[tuple[int, int]]:
     return [(lo, min(k, lo + rows)) for lo in range(0, k, rows)]
 
 
+def layer_bytes(n: int, k: int, bits: int, group: int, asym: bool) -> int:
+    """Bytes weights.bin stores for a [N, K] weight (N output channels or table rows) at `bits`: int4 codes
+    two a byte, one fp16 scale per group of K (and a u8 zero point with --asym); int8 codes and one f32
+    scale per row."""
+    if bits == 8:
+        return n * k + 4 * n
+    g = -(-k // group)
+    return (n * k + 1) // 2 + 2 * n * g + (n * g if asym else 0)
+
+
 def int8_scales(amax: np.ndarray) -> np.ndarray:
     """Per output channel scales [N, 1] from max |W| over K: ir/ops/quant.py quantize_int8's arithmetic."""
     return (amax / np.float32(127.0)).astype(np.float32)[:, None]
@@ -186,8 +200,11 @@ def run(graph: Graph, ctx) -> None:
     asym = bool(opts.get("asym"))
     patterns = tuple(opts.get("keep_fp32") or ())
     heads = lm_head_nodes(graph)
-    count, kept_names, nbytes = 0, [], 0
-    jobs = []  # collect: (node, is_embedding, weight value, data to quantize)
+    alloc = ctx.stats.get("bit-allocation") or {}
+    eight = set(alloc.get("eight_bit") or ())
+    act8 = alloc.get("eight_bit_act")
+    count, kept_names, nbytes, bits_of = 0, [], 0, {}
+    jobs = []  # collect: (node, is_embedding, weight value, data to quantize, bits)
     for node in list(graph.nodes):
         is_embedding = embedding(node)
         if not (is_embedding or quantizable(node) or fp16_matmul(node)):
@@ -198,45 +215,47 @@ def run(graph: Graph, ctx) -> None:
             ctx.log(NAME, f"{node.name}: kept in fp32 (--keep-fp32 {why})")
             continue
         w = weight_of(node)
-        jobs.append((node, is_embedding, w, w.const.T if is_embedding else w.const))  # tables: along rows
+        bits = 8 if node.name in eight and (is_embedding or act8 is not None) else scheme.weight_bits
+        jobs.append((node, is_embedding, w, w.const.T if is_embedding else w.const, bits))  # tables: along rows
 
     spill = Spill()
 
-    def part(data):
-        if scheme.weight_bits == 4:
+    def part(data, bits):
+        if bits == 4:
             q, scales, zeros = quantize_int4(data, group, symmetric=not asym)
             return q, scales, zeros
         q, scales = quantize_int8(data)
         return q, scales, None
 
-    def quantize(data):
+    def quantize(job):
         """One weight, its codes and scales written to the spill file and the source's mapped pages released
         as it goes: the fp32 copy of a tensor (or of a slice of a large one) lives only while it is being
         quantized. A slice is a contiguous part of the source, so each byte of a mapped file is read once in
         order: row bands of a [K, N] weight (whole groups of K), row ranges of an embedding table."""
+        data, bits = job[3], job[4]
         if data.flags.c_contiguous and data.shape[0] > 1:
-            return quantize_by_rows(data)
+            return quantize_by_rows(data, bits)
         k, n = data.shape  # a table's transpose: its columns are the table's rows, contiguous
         step = max(1, CHUNK_ELEMENTS // max(k, 1))
         writers = [spill.rows(n) for _ in range(3)]
         for lo in range(0, n, step):
             chunk = data[:, lo:lo + step]
-            for w, out in zip(writers, part(chunk)):
+            for w, out in zip(writers, part(chunk, bits)):
                 if out is not None:
                     w.write(out)
             release(chunk)
         release(data)
         outs = [None if w.off is None else w.array() for w in writers]
-        return (*outs, group if scheme.weight_bits == 4 else k)
+        return (*outs, group if bits == 4 else k)
 
-    def quantize_by_rows(data):
+    def quantize_by_rows(data, bits):
         """W [K, N] a band of rows at a time. int4 bands are whole groups, so each is quantized exactly as
         the whole would be; int8 scales need the whole column, so its bands are read twice (amax, then
         codes): the second reading finds them in the page cache. A band's outputs ([N, rows] codes, [N, g]
         scales) are columns of the results: they are kept (in memory, or for a large weight in a staging
         file of its own) and assembled into the results' rows a slice at a time."""
         k, n = data.shape
-        bits4 = scheme.weight_bits == 4
+        bits4 = bits == 4
         bands = band_ranges(k, n, group if bits4 else 1)
         scales8 = None
         if not bits4:
@@ -270,11 +289,12 @@ def run(graph: Graph, ctx) -> None:
 
     # numpy releases the GIL in the array loops, so layers quantize in parallel on all cores.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
-        results = pool.map(quantize, [job[3] for job in jobs])
-        for (node, is_embedding, w, _), (q, scales, zeros, gs) in zip(jobs, results):  # commit, in order
+        results = pool.map(quantize, jobs)
+        for (node, is_embedding, w, _, bits), (q, scales, zeros, gs) in zip(jobs, results):  # commit, in order
             qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
                    None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
-            attrs = {"bits": scheme.weight_bits, "group_size": gs}
+            attrs = {"bits": bits, "group_size": gs}
+            act = act8 if bits != scheme.weight_bits else scheme.act
             if is_embedding:
                 ins = [node.inputs[1], *qin]
                 new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
@@ -283,13 +303,14 @@ def run(graph: Graph, ctx) -> None:
                 ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
                 while ins[-1] is None:
                     ins.pop()
-                new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
+                new = graph.add_node("QLinear", ins, {**attrs, "act": act}, name=node.name, before=node)
             replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
             graph.remove_nodes([node])
-            nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)
+            nbytes += layer_bytes(q.shape[0], q.shape[1], bits, gs, zeros is not None)
+            bits_of[node.name] = bits
             count += 1
     widen_leftovers(graph, spill)
     graph.remove_unused_constants()
-    ctx.stats[NAME] = {"linears": count, "kept_fp32": kept_names, "weight_bytes": nbytes}
+    ctx.stats[NAME] = {"linears": count, "kept_fp32": kept_names, "weight_bytes": nbytes, "bits": bits_of}
     ctx.log(NAME, f"{count} Linear/Gather -> QLinear/QGather ({scheme.name}, group {group if scheme.grouped else 'per channel'}"
                   f"{', asymmetric' if asym else ''}); {len(kept_names)} kept in fp32")

@@ -80,7 +80,8 @@ def test_search_space_candidates_include_the_defaults():
 def test_linear_problems_of_a_quantized_llm():
     from tcc.driver import optimize
 
-    graph, ctx, _ = optimize(LLAMA, CompileOptions(qm="w4a8", round_to_nearest=True))
+    # every layer 4-bit (the default mix runs its LM head on the w8a8 kernel: passes/bit_allocation.py)
+    graph, ctx, _ = optimize(LLAMA, CompileOptions(qm="w4a8", round_to_nearest=True, budget_bits="pure"))
     problems = {x86_tuning.linear_problem(n, ctx.symbol_bounds) for n in graph.nodes} - {None}
     assert problems and all(p.family == "qlinear_w4a8" for p in problems)
     bound = max(ctx.symbol_bounds.values())
@@ -141,13 +142,14 @@ def test_a_chosen_combination_reaches_the_program(tmp_path, own_cache, monkeypat
     search, compare = _forced(choice, 0.5)
     monkeypatch.setattr(x86_tuning, "search", search)
     monkeypatch.setattr(x86_tuning, "compare", compare)
-    m = compile_model(LLAMA, str(tmp_path / "t"), CompileOptions(qm="w4a8", round_to_nearest=True, tune=True))
+    pure = {"budget_bits": "pure"}  # every layer on the w4a8 kernel (the default mix's LM head is w8a8)
+    m = compile_model(LLAMA, str(tmp_path / "t"), CompileOptions(qm="w4a8", round_to_nearest=True, tune=True, **pure))
     name = "tcc_qlinear_w4a8__all_gemmmc32_gemvmaxm6_prefetchbytes0"
     assert m["kernels"].count(name) == 1 and "tcc_qlinear_w4a8__all" not in m["kernels"]
     assert all(p["choice"] == choice and p["kernel"] == name for p in m["tuning"]["problems"])
     program = open(os.path.join(flags_build_dir(tmp_path / "t"), "src", "model.cpp")).read()
     assert f"{name}(" in program and "tcc_qlinear_w4a8__all(" not in program
-    default = compile_model(LLAMA, str(tmp_path / "d"), CompileOptions(qm="w4a8", round_to_nearest=True))
+    default = compile_model(LLAMA, str(tmp_path / "d"), CompileOptions(qm="w4a8", round_to_nearest=True, **pure))
     assert default["kernels"].count("tcc_qlinear_w4a8__all") == 1
     ids = list(range(7, 30))
     a, b = _logits(str(tmp_path / "d"), ids), _logits(str(tmp_path / "t"), ids)

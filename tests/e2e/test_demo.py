@@ -151,7 +151,26 @@ def test_quantized_perplexity_within_bound_of_fp32(compare_rows, case):
     assert 0 <= row["ppl_vs_fp32"] + 0.005, "quantization improving perplexity by >0.5% is suspicious"
     assert row["ppl_vs_fp32"] <= QUALITY_BOUND[case], (case, row["perplexity"], fp32["perplexity"])
     ratio = row["weight_bytes"] / fp32["weight_bytes"]
-    assert ratio < (0.32 if row["qm"] == "w8a8" else 0.20), ratio
+    # 4-bit schemes: 0.20 at 4.5 bits per weight (every layer 4-bit), in proportion where layers are kept at 8
+    # bits (passes/bit_allocation.py)
+    bound = 0.32 if row["qm"] == "w8a8" else 0.20 * row["bit_allocation"]["bits_per_weight"] / 4.5
+    assert ratio < bound, (ratio, bound)
+
+
+def test_default_mix_beats_all_4_bit(compare_rows):
+    """The default 4-bit form keeps the embedding and LM head at 8 bits: lower perplexity than every layer at
+    4 bits, and the bytes the allocation adds are all the difference in weights.bin."""
+    for method in ("RTN", "AWQ"):
+        mix, pure = compare_rows[("w4a8", method)], compare_rows[("w4a8", f"{method} 4-bit only")]
+        assert mix["perplexity"] < pure["perplexity"], (method, mix["perplexity"], pure["perplexity"])
+        a, b = mix["bit_allocation"], pure["bit_allocation"]
+        assert sorted(a["eight_bit"]) == ["/m/lm_head/MatMul", "/m/model/embed_tokens/Gather"] and not b["eight_bit"]
+        assert mix["weight_bytes"] - pure["weight_bytes"] == a["weight_bytes"] - b["weight_bytes"] > 0
+    for budget in ("4.8", "6.0"):
+        a = compare_rows[("w4a8", f"AWQ {budget} bits")]["bit_allocation"]
+        assert a["criterion"] == "calibration" and 4.5 < a["bits_per_weight"] <= float(budget)
+        # the LM head (+0.60 bits per weight at 8 bits) first where it fits, then the measured choice
+        assert ("/m/lm_head/MatMul" in a["eight_bit"]) == (budget == "6.0") and len(a["eight_bit"]) > 2
 
 
 def test_eval_cli_prints_perplexity_and_writes_json(tmp_path, capsys):
@@ -177,7 +196,7 @@ def test_eval_compare_prints_one_table(capsys, compare_rows, heldout):
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(COMPARE_VARIANTS)
     for v in COMPARE_VARIANTS:
-        assert any(line.startswith(f"| {v.qm} | {v.method} |") for line in table), v
+        assert any(line.startswith(f"| {v.qm} | {v.row_method} |") for line in table), v
     with load(compare_rows[("w4a8", "AWQ")]["artifact"]) as sess:
         p = evaluate(sess, heldout, context=CONTEXT, stride=STRIDE, max_tokens=512)
     awq = next(line for line in table if line.startswith("| w4a8 | AWQ |"))
