@@ -267,7 +267,8 @@ def run(graph: Graph, ctx) -> None:
                 ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
                 while ins[-1] is None:
                     ins.pop()
-                new = graph.add_node("QLinear", ins, {**attrs, "act": scheme.act}, name=node.name, before=node)
+                act = {"act": scheme.act, **({"act_group": scheme.act_group} if scheme.act_group else {})}
+                new = graph.add_node("QLinear", ins, {**attrs, **act}, name=node.name, before=node)
             replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
             graph.remove_nodes([node])
             nbytes += q.size * scheme.weight_bits // 8 + scales.size * 2 + (0 if zeros is None else zeros.size)

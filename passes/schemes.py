@@ -4,7 +4,8 @@ target description's business (`Target.qms`).
 
   fp32   no quantization
   fp16   no quantization, fp16 weights and activations (the GPU targets' baseline: passes/float16.py)
-  w8a8   int8 weights per output channel (symmetric), int8 activations per tensor at run time; SmoothQuant
+  w8a8   int8 weights per output channel (symmetric), int8 activations per row and group of 32 at run time
+         (the int32 sum of each activation group is scaled by its activation scale); SmoothQuant
   w4a32  int4 group-wise weights, fp32 activations (the kernel dequantizes); AWQ
   w4a16  int4 group-wise weights, fp16 activations and fp16 arithmetic in the Linear layers (arm); AWQ
   w4a8   int4 group-wise weights, int8 activations per row and group at run time (int8 dot products); AWQ
@@ -16,6 +17,11 @@ from dataclasses import dataclass
 from ..errors import TccError
 
 
+# w8a8's activation group along K. Measured on the demo model (perplexity vs fp32, RTN / SmoothQuant) and
+# the x86 decode kernels: docs/quantization.md.
+W8A8_ACT_GROUP = 32
+
+
 @dataclass(frozen=True)
 class Scheme:
     name: str
@@ -25,13 +31,15 @@ class Scheme:
     grouped: bool  # group-wise weights (--group-size applies); else one group per output channel
     zero_point: bool  # whether --asym (zero points) is available
     summary: str
+    act_group: int = 0  # i8_group: activation group along K (QLinear's act_group); 0: the weight's group
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("fp32", None, "f32", None, False, False, "no quantization"),
     Scheme("fp16", None, "f16", None, False, False, "no quantization, fp16 weights and activations (cuda)"),
-    Scheme("w8a8", 8, "i8_tensor", "smoothquant", False, False,
-           "int8 per-channel weights, int8 per-tensor activations at run time (SmoothQuant)"),
+    Scheme("w8a8", 8, "i8_group", "smoothquant", False, False,
+           "int8 per-channel weights, int8 activations per row and group of 32 at run time (SmoothQuant)",
+           act_group=W8A8_ACT_GROUP),
     Scheme("w4a32", 4, "f32", "awq", True, True, "int4 group-wise weights, fp32 activations (AWQ)"),
     Scheme("w4a16", 4, "f16", "awq", True, True, "int4 group-wise weights, fp16 activations and arithmetic in the Linear layers (AWQ; arm, cuda)"),
     Scheme("w4a8", 4, "i8_group", "awq", True, True,

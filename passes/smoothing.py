@@ -176,7 +176,7 @@ class Quantizer:
         act = self.scheme.act
         if act in ("f32", "f16"):
             return x.astype(np.float64) if act == "f32" else round_f16(x)
-        gs = self.group if act == "i8_group" else None
+        gs = (self.scheme.act_group or self.group) if act == "i8_group" else None
         xq, xs, _ = quantize_activations(x, gs)
         return dequantize_activations(xq, xs, x.shape[-1], gs)
 
