@@ -34,7 +34,7 @@ from ..ir.ops.quant import quantize_int4, quantize_int8
 from ..frontend.mapped import Spill, release, spill_converted
 from . import register_pass
 from .rewrite_utils import replace_value
-from .schemes import get_scheme, group_size
+from .schemes import act_group_for, get_scheme, group_size
 
 NAME = "quantize"
 _FLOATS = (DType.f32, DType.f16, DType.bf16)  # weights quantized from their own precision, a slice at a time
@@ -267,7 +267,8 @@ def run(graph: Graph, ctx) -> None:
                 ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
                 while ins[-1] is None:
                     ins.pop()
-                act = {"act": scheme.act, **({"act_group": scheme.act_group} if scheme.act_group else {})}
+                ag = act_group_for(scheme, q.shape[1])
+                act = {"act": scheme.act, **({"act_group": ag} if ag else {})}
                 new = graph.add_node("QLinear", ins, {**attrs, **act}, name=node.name, before=node)
             replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
             graph.remove_nodes([node])

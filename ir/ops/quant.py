@@ -10,7 +10,8 @@ QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act, act_group}
     act "f32":       X(x) = x (the weight is dequantized; w4a32);
     act "i8_group":  X(x) = the int8 quantization of x per row and group of A = act_group along K, or of the
                      weight's group_size when act_group is 0 (w4a8: A = group_size; w8a8: per-channel
-                     weights, A = 32; see quantize_activations; an A of K or more is one scale per row);
+                     weights, A = K rounded up to 32, one scale per row; see quantize_activations; an A
+                     of K or more is one group per row);
     act "i8_tensor": X(x) = the int8 quantization of the whole x with one scale (the w8a8 of old: no scheme
                      makes it now, and no kernel runs it);
     act "f16":       fp16 arithmetic (w4a16): X(x) = fp16(x) and W is rounded once more, to fp16 after

@@ -125,8 +125,9 @@ def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
         bits = 4 if qm.startswith("w4") else 8
         acts = {"w4a32": "f32", "w4a8": "i8_group", "w8a8": "i8_group", "w4a16": "f16"}
         assert n.attrs["bits"] == bits and n.attrs["act"] == acts[qm]
-        # w8a8: per-channel weights, activations per row and group of 32; w4a8: the weight groups
-        assert n.attrs.get("act_group", 0) == (32 if qm == "w8a8" else 0)
+        # w8a8: per-channel weights, one activation scale per row (a group of K rounded up to 32); w4a8: the
+        # weight groups
+        assert n.attrs.get("act_group", 0) == (-(-w.shape[0] // 32) * 32 if qm == "w8a8" else 0)
         assert (n.input(3) is not None) == asym
         if bits == 4:
             qq, s, z = quantize_int4(w, group, symmetric=not asym)
@@ -142,7 +143,7 @@ def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
         elif qm == "w4a16":  # both operands rounded to fp16 (ir/ops/quant.py, act f16)
             xd, wd = x.astype(np.float16).astype(np.float64), wd.astype(np.float16).astype(np.float64)
         else:
-            gs = group if qm == "w4a8" else 32  # w8a8: activation groups of 32 under per-channel weights
+            gs = group if qm == "w4a8" else x.shape[-1]  # w8a8: one activation scale per row
             xq, xs, _ = quantize_activations(x, gs)
             xd = xq.astype(np.float64) * np.repeat(xs, gs, axis=-1)[..., :x.shape[-1]]
         want = xd @ wd.T + (0 if bias is None else bias.const)
@@ -240,8 +241,12 @@ def test_quantize_activations_is_exact_and_shared(qm):
     # q, k, gate, up share the norm output; down reads its own input: two QuantizeActs for five QLinearI8
     assert g.ops()["QuantizeActs"] == 2 == ctx.stats["quantize-activations"] and g.ops()["QLinearI8"] == 5
     qa = [n for n in g.nodes if n.op == "QuantizeActs"]
-    assert all(n.attrs["pad_to"] == 64 and n.attrs["per_tensor"] == 0 and n.attrs["group_size"] == 32 for n in qa)
-    assert all(n.attrs["act_group"] == (32 if qm == "w8a8" else 0) for n in g.nodes if n.op == "QLinearI8")
+    # w4a8: the weight groups of 32; w8a8: one scale per row, a group of K rounded up to 32
+    group = (lambda k: -(-k // 32) * 32) if qm == "w8a8" else (lambda k: 32)
+    assert all(n.attrs["pad_to"] == 64 and n.attrs["per_tensor"] == 0
+               and n.attrs["group_size"] == group(n.inputs[0].shape[-1]) for n in qa)
+    assert all(n.attrs["act_group"] == (group(n.inputs[3].shape[1]) if qm == "w8a8" else 0)
+               for n in g.nodes if n.op == "QLinearI8")
     after = run_graph(g, f)
     for name in before:
         np.testing.assert_array_equal(after[name], before[name])  # the same arithmetic, bit for bit
@@ -249,8 +254,8 @@ def test_quantize_activations_is_exact_and_shared(qm):
 
 @pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
 def test_fuse_norm_quantize_is_exact(qm):
-    """RMSNorm feeding only a per-group QuantizeActs (w4a8's weight groups, w8a8's groups of 32) becomes one
-    NormQuantize, bit for bit the same."""
+    """RMSNorm feeding only a per-group QuantizeActs (w4a8's weight groups, w8a8's one group per row) becomes
+    one NormQuantize, bit for bit the same."""
     rng = np.random.default_rng(5)
     g = mlp_graph(rng)
     run_pass("quantize", g, ctx_for(qm))
@@ -261,7 +266,8 @@ def test_fuse_norm_quantize_is_exact(qm):
     assert ctx.stats["fuse-norm-quantize"] == 1
     assert g.ops().get("NormQuantize", 0) == 1 and g.ops().get("RMSNorm", 0) == 0
     (n,) = [n for n in g.nodes if n.op == "NormQuantize"]
-    assert n.attrs == {"norm": "rmsnorm", "axis": -1, "eps": 1e-6, "group_size": 32, "pad_to": 64}
+    assert n.attrs == {"norm": "rmsnorm", "axis": -1, "eps": 1e-6, "group_size": 64 if qm == "w8a8" else 32,
+                       "pad_to": 64}
     assert [u.op for u, _ in g.users()[n.outputs[0]]] == ["QLinearI8"] * 4
     after = run_graph(g, f)
     for name in before:
