@@ -109,7 +109,10 @@ class _Problem:
         elif qm == "w8a8":
             w = pq.pack_q8(rng.integers(-127, 128, (n, k), dtype=np.int8))
             self.ws = pq.pack_q8_scales(rng.random(n).astype(np.float32) * 0.01)
-            # activations per row and group of `group` (w8a8's activation group)
+            # activations as the w8a8 scheme quantizes them (one group per row), whatever `group` says
+            from ..passes.schemes import act_group_for, get_scheme
+
+            self.group = group = act_group_for(get_scheme("w8a8"), k)
             self.xq, self.xs, self.xsum = (np.ascontiguousarray(a) for a in quantize_activations(x, group, pad_to=pq.KPAD))
         else:
             g = -(-k // group)
@@ -165,7 +168,8 @@ def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: 
                      variants=ORDER, budget_s: float = 3.0, build_dir: str | None = None) -> list[dict]:
     """Time the qlinear_<qm> variants on y[m, n] = x[m, k] @ W^T; one dict per variant (see module doc).
 
-    qm is "w4a8", "w4a32" or "w8a8"; `group` is the int4 group size (w8a8: the activation group). Each variant gets
+    qm is "w4a8", "w4a32" or "w8a8"; `group` is the int4 group size (w8a8: its scheme's activation groups,
+    one per row). Each variant gets
     `repeat` timed calls, fewer when one call is slow (at least one, about `budget_s` seconds in all)."""
     if qm not in QMODES:
         raise ValueError(f"qm must be one of {', '.join(QMODES)}, got {qm!r}")
@@ -182,7 +186,7 @@ def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: 
             times = _time(_fn(lib, specs[v]), problem, pool, repeat, budget_s)
             best = min(times)
             rows.append({
-                "variant": v, "qm": qm, "m": m, "k": k, "n": n, "group": group,
+                "variant": v, "qm": qm, "m": m, "k": k, "n": n, "group": problem.group,
                 "threads": threads, "repeats": len(times), "best_ms": best * 1e3,
                 "median_ms": statistics.median(times) * 1e3, "gbps": problem.weight_bytes / best / 1e9,
                 "gops": 2.0 * m * n * k / best / 1e9,
