@@ -191,6 +191,12 @@ def act_group_of(attrs) -> int:
     return int(attrs.get("act_group") or attrs["group_size"])
 
 
+def _check_act_group(attrs, where: str) -> None:
+    ag = attrs.get("act_group", 0)
+    if not isinstance(ag, int) or ag < 0:
+        raise ShapeError(f"{where}: act_group must be a non-negative int (0: the weight's group), got {ag!r}")
+
+
 def qlinear_reference(x: np.ndarray, q, scales, zeros, bias, bits: int, group_size: int, act: str,
                       act_group: int = 0) -> np.ndarray:
     """QLinear in float64 from exactly dequantized operands, rounded once to f32."""
@@ -244,6 +250,7 @@ def _qlinear_infer(ins, attrs):
     zeros, bias = (ins[3] if len(ins) > 3 else None), (ins[4] if len(ins) > 4 else None)
     if attrs["act"] not in ACTS:
         raise ShapeError(f"QLinear: act must be one of {', '.join(ACTS)}, got {attrs['act']!r}")
+    _check_act_group(attrs, "QLinear")
     # f16 activations (a GPU program, passes/float16.py) only with fp16 arithmetic; the bias and the output
     # have the activations' type, the scales stay f32 (holding fp16 values) whatever the activations
     dt = DType.f16 if attrs["act"] == "f16" and x.dtype == DType.f16 else DType.f32
@@ -298,6 +305,7 @@ def _qlinear_i8_infer(ins, attrs):
     xq, xs, xsum, q, scales = ins[:5]
     zeros, bias = (ins[5] if len(ins) > 5 else None), (ins[6] if len(ins) > 6 else None)
     n, k = _check_weight(q, scales, zeros, bias, attrs["bits"], attrs["group_size"], "QLinearI8")
+    _check_act_group(attrs, "QLinearI8")
     if xq.dtype != DType.i8 or xs.dtype != DType.f32 or xsum.dtype != DType.i32:
         raise ShapeError(f"QLinearI8: activations must be i8/f32/i32, got {xq.type}, {xs.type}, {xsum.type}")
     if isinstance(xq.shape[-1], int) and isinstance(k, int) and xq.shape[-1] < k:

@@ -230,6 +230,17 @@ def test_w8a8_reference_quantizes_activations_per_row_and_group():
     assert err("i8_group", 32) < err("i8_group", 0) < err("i8_tensor", 0)  # groups < per row < per tensor
 
 
+def test_a_bad_act_group_is_refused():
+    from tcc.errors import ShapeError
+
+    g = Graph()
+    x = g.add_input("x", t("f32", 2, K))
+    q = g.add_const(np.zeros((N, K), np.int8), "q")
+    s = g.add_const(np.ones((N, 1), np.float32), "s")
+    with pytest.raises(ShapeError, match="act_group must be a non-negative int"):
+        g.add_node("QLinear", [x, q, s], {"bits": 8, "group_size": K, "act": "i8_group", "act_group": -32})
+
+
 @pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
 def test_quantize_activations_is_exact_and_shared(qm):
     rng = np.random.default_rng(3)
