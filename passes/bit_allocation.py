@@ -50,7 +50,7 @@ from ..ir.core import Graph, Node
 from ..ir.ops.quant import dequantize, quantize_int4, quantize_int8
 from . import register_pass
 from .quantize import embedding, fp16_matmul, kept, layer_bytes, lm_head_nodes, quantizable, weight_of
-from .schemes import SCHEMES, Scheme, get_scheme, group_size
+from .schemes import ACT_ROW, SCHEMES, Scheme, get_scheme, group_size
 
 NAME = "bit-allocation"
 PURE = "pure"
@@ -157,7 +157,7 @@ def measure(graph: Graph, ctx, layers: list[Layer], scheme: Scheme, act8: str | 
 
     rows = _calibration_rows(graph, ctx, layers)
     q4 = Quantizer(scheme, group, asym)
-    q8 = Quantizer(dataclasses.replace(scheme, weight_bits=8, act=act8 or scheme.act), group, asym)
+    q8 = Quantizer(dataclasses.replace(scheme, weight_bits=8, act=act8 or scheme.act, act_group=ACT_ROW), group, asym)
     for layer in layers:
         if not layer.can8:
             continue

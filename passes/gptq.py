@@ -41,7 +41,7 @@ from ..frontend.mapped import Spill, release
 from ..ir.core import Graph, Node
 from ..ir.ops.quant import n_groups, quantize_int4, quantize_int8, round_f16
 from . import register_pass
-from .quantize import emit_qlinear, int8_codes, kept, lm_head_nodes
+from .quantize import act_attrs, emit_qlinear, int8_codes, kept, lm_head_nodes
 from .schemes import get_scheme, group_size
 from .smoothing import SPILL_BYTES, Group, _progress, calibration_feeds, collect, rescalable, weight_f32, weight_value
 
@@ -273,7 +273,8 @@ def run(graph: Graph, ctx) -> None:
             grp.stats.clear()
         t_round += time.perf_counter() - t1
     for lin, wv, (q, s, z) in done:
-        emit_qlinear(graph, lin, wv, q, s, z, rnd.bits, rnd.qlinear_group(q.shape[1]), scheme.act)
+        emit_qlinear(graph, lin, wv, q, s, z, {"bits": rnd.bits, "group_size": rnd.qlinear_group(q.shape[1]),
+                                               **act_attrs(scheme, rnd.bits, scheme.act, q.shape[1])})
     graph.remove_unused_constants()
     ctx.stats[NAME] = {"linears": len(done), "error_ratio": err_gptq / err_rtn if err_rtn else 1.0, "rows": rows,
                        "runs": runs, "calibration_s": round(t_calib, 2), "rounding_s": round(t_round, 2)}

@@ -26,6 +26,7 @@ ctx.stats["quantize"] = {"linears": n (Linear and Gather nodes), "kept_fp32": [n
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ from ..ir.ops.quant import quantize_int4, quantize_int8
 from ..frontend.mapped import Spill, release, spill_converted
 from . import register_pass
 from .rewrite_utils import replace_value
-from .schemes import get_scheme, group_size
+from .schemes import ACT_ROW, act_group_for, get_scheme, group_size
 
 NAME = "quantize"
 _FLOATS = (DType.f32, DType.f16, DType.bf16)  # weights quantized from their own precision, a slice at a time
@@ -135,19 +136,29 @@ def _back_to(graph: Graph, y: Value, dtype: DType, before: Node) -> Value:
 
 
 def emit_qlinear(graph: Graph, node: Node, w: Value, q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
-                 bits: int, group: int, act: str) -> Node:
-    """Linear (or an fp16 export's MatMul) `node` with weight constant `w` -> QLinear(x, q, scales, zeros?, b?):
-    the node this pass makes, for a pass that rounds the weights itself (passes/gptq.py). This pass leaves
-    the QLinear alone."""
+                 attrs: dict) -> Node:
+    """Linear (or an fp16 export's MatMul) `node` with weight constant `w` -> QLinear(x, q, scales, zeros?, b?)
+    {attrs: bits, group_size and act_attrs'}: the node this pass makes, also for a pass that rounds the weights
+    itself (passes/gptq.py). This pass leaves the QLinear alone. An fp16 model's MatMul: the quantized layer
+    runs at f32 activations between Casts."""
     qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
            None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
     ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
     while ins[-1] is None:
         ins.pop()
-    new = graph.add_node("QLinear", ins, {"bits": bits, "group_size": group, "act": act}, name=node.name, before=node)
+    new = graph.add_node("QLinear", ins, attrs, name=node.name, before=node)
     replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
     graph.remove_nodes([node])
     return new
+
+
+def act_attrs(scheme, bits: int, act: str, k: int) -> dict:
+    """QLinear's activation attributes: the scheme's (act_group_for), or for an 8-bit layer of a 4-bit
+    scheme (bit-allocation) the 8-bit kernels' int8 activations, one scale per row as w8a8's."""
+    if bits != scheme.weight_bits and act == "i8_group":
+        scheme = dataclasses.replace(scheme, act_group=ACT_ROW)
+    ag = act_group_for(scheme, k)
+    return {"act": act, **({"act_group": ag} if ag else {})}
 
 
 def band_ranges(k: int, n: int, align: int) -> list[tuple[int, int]]:
@@ -291,21 +302,18 @@ def run(graph: Graph, ctx) -> None:
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
         results = pool.map(quantize, jobs)
         for (node, is_embedding, w, _, bits), (q, scales, zeros, gs) in zip(jobs, results):  # commit, in order
-            qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
-                   None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
             attrs = {"bits": bits, "group_size": gs}
-            act = act8 if bits != scheme.weight_bits else scheme.act
             if is_embedding:
+                qin = [graph.add_const(q, w.name + ".q"), graph.add_const(scales, w.name + ".scales"),
+                       None if zeros is None else graph.add_const(zeros, w.name + ".zeros")]
                 ins = [node.inputs[1], *qin]
                 new = graph.add_node("QGather", ins if ins[-1] is not None else ins[:-1], attrs, name=node.name,
                                      before=node)
-            else:  # an fp16 model's MatMul: the quantized layer runs at f32 activations between Casts
-                ins = [_as_f32(graph, node.inputs[0], node), *qin, _as_f32(graph, node.input(2), node)]
-                while ins[-1] is None:
-                    ins.pop()
-                new = graph.add_node("QLinear", ins, {**attrs, "act": act}, name=node.name, before=node)
-            replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
-            graph.remove_nodes([node])
+                replace_value(graph, node.output, _back_to(graph, new.output, node.output.dtype, node))
+                graph.remove_nodes([node])
+            else:
+                act = act8 if bits != scheme.weight_bits else scheme.act
+                emit_qlinear(graph, node, w, q, scales, zeros, {**attrs, **act_attrs(scheme, bits, act, q.shape[1])})
             nbytes += layer_bytes(q.shape[0], q.shape[1], bits, gs, zeros is not None)
             bits_of[node.name] = bits
             count += 1

@@ -33,7 +33,7 @@ from ..ir.ops.quant import (dequantize_activations, fake_quantize_int4, quantize
                             round_f16)
 from ..ir.dtypes import DType
 from .quantize import fp16_matmul, quantizable, widened
-from .schemes import Scheme
+from .schemes import Scheme, act_group_for
 
 MAX_ROWS = 512  # rows kept per activation for the error search (a random sample of all calibration rows)
 GRID = [i / 20 for i in range(20)]  # alpha in [0, 1): alpha 0 (s = 1) keeps the plain quantization
@@ -187,7 +187,7 @@ class Quantizer:
         act = self.scheme.act
         if act in ("f32", "f16"):
             return x.astype(np.float64) if act == "f32" else round_f16(x)
-        gs = self.group if act == "i8_group" else None
+        gs = (act_group_for(self.scheme, x.shape[-1]) or self.group) if act == "i8_group" else None
         xq, xs, _ = quantize_activations(x, gs)
         return dequantize_activations(xq, xs, x.shape[-1], gs)
 

@@ -3,11 +3,11 @@
 For each group of Linear layers sharing an input x (passes/smoothing.py finds them and where 1/s folds):
     s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
 (max over the calibration rows, and over every output of the group's weights for input channel j), so
-x / s has flatter channels for the per-tensor int8 activation scale and s * W stays int8-friendly. alpha
+x / s has flatter channels for each row's int8 activation scale and s * W stays int8-friendly. alpha
 is searched on a grid in [0, 1) per group, keeping the s with the least error of the simulated w8a8
-product against the fp32 one on calibration rows; alpha 0 means no smoothing (s = 1), so the result is
-never worse than plain w8a8 on those rows. Runs only for schemes whose calibration is "smoothquant" and
-with calibration data. ctx.stats["smoothquant"] = {"groups": n, "smoothed": n, "error_ratio": r, and
+product (smoothing.Quantizer, with the scheme's activation groups) against the fp32 one on calibration
+rows; alpha 0 means no smoothing (s = 1), so the result is never worse than plain w8a8 on those rows.
+Runs only for schemes whose calibration is "smoothquant" and with calibration data. ctx.stats["smoothquant"] = {"groups": n, "smoothed": n, "error_ratio": r, and
 the seconds spent (smoothing._timings)}.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ fp16 scales, symmetric, for w4a8 / w4a32; int8 per-channel for w8a8) and times e
 call warms pages and the thread pool, then `repeat` timed calls (slow variants get fewer, so that one
 variant takes about `budget_s`). Figures per variant: best and median ms, GB/s of packed weights read
 (codes + scales + zeros, at the best time), GOPS (2*M*N*K / best) and the speedup of the best time over
-naive's. The activations are quantized beforehand (w4a8: per row and group; w8a8: per tensor), so only
+naive's. The activations are quantized beforehand (per row and group), so only
 the qlinear kernel is timed. `threads` sizes the pool given to every variant (naive, unroll and simd
 ignore it).
 """
@@ -78,7 +78,7 @@ def _fn(lib, spec):
     elif spec.family == "qlinear_w4a32":
         fn.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P]
     elif spec.family == "qlinear_w8a8":
-        fn.argtypes = [_P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P]
+        fn.argtypes = [_P, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P]
     elif spec.family == "gemm":
         fn.argtypes = [_P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _P]
     else:
@@ -109,8 +109,11 @@ class _Problem:
         elif qm == "w8a8":
             w = pq.pack_q8(rng.integers(-127, 128, (n, k), dtype=np.int8))
             self.ws = pq.pack_q8_scales(rng.random(n).astype(np.float32) * 0.01)
-            self.xq, self.xs, _ = quantize_activations(x, None, pad_to=pq.KPAD)
-            self.xs = np.asarray(self.xs, np.float32)
+            # activations as the w8a8 scheme quantizes them (one group per row), whatever `group` says
+            from ..passes.schemes import act_group_for, get_scheme
+
+            self.group = group = act_group_for(get_scheme("w8a8"), k)
+            self.xq, self.xs, self.xsum = (np.ascontiguousarray(a) for a in quantize_activations(x, group, pad_to=pq.KPAD))
         else:
             g = -(-k // group)
             codes = rng.integers(0, 16, (n, k), dtype=np.uint8)
@@ -142,7 +145,8 @@ class _Problem:
         elif self.qm == "w4a32":
             fn(p(self.x), k, p(w), p(self.ws), p(self.wz), p(self.bias), p(self.y), n, m, n, k, self.group, pool)
         elif self.qm == "w8a8":
-            fn(p(self.xq), p(self.xs), self.xq.shape[1], p(w), p(self.ws), p(self.bias), p(self.y), n, m, n, k, pool)
+            fn(p(self.xq), p(self.xs), p(self.xsum), self.xq.shape[1], p(w), p(self.ws), p(self.bias), p(self.y), n, m,
+               n, k, self.group, pool)
         else:
             fn(p(self.x), k, p(w), p(self.bias), p(self.y), n, m, n, k, pool)
 
@@ -164,7 +168,8 @@ def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: 
                      variants=ORDER, budget_s: float = 3.0, build_dir: str | None = None) -> list[dict]:
     """Time the qlinear_<qm> variants on y[m, n] = x[m, k] @ W^T; one dict per variant (see module doc).
 
-    qm is "w4a8", "w4a32" or "w8a8"; `group` is the int4 group size (ignored by w8a8). Each variant gets
+    qm is "w4a8", "w4a32" or "w8a8"; `group` is the int4 group size (w8a8: its scheme's activation groups,
+    one per row). Each variant gets
     `repeat` timed calls, fewer when one call is slow (at least one, about `budget_s` seconds in all)."""
     if qm not in QMODES:
         raise ValueError(f"qm must be one of {', '.join(QMODES)}, got {qm!r}")
@@ -181,7 +186,7 @@ def qlinear_ablation(qm: str, m: int, k: int, n: int, threads: int = 2, repeat: 
             times = _time(_fn(lib, specs[v]), problem, pool, repeat, budget_s)
             best = min(times)
             rows.append({
-                "variant": v, "qm": qm, "m": m, "k": k, "n": n, "group": None if qm == "w8a8" else group,
+                "variant": v, "qm": qm, "m": m, "k": k, "n": n, "group": problem.group,
                 "threads": threads, "repeats": len(times), "best_ms": best * 1e3,
                 "median_ms": statistics.median(times) * 1e3, "gbps": problem.weight_bytes / best / 1e9,
                 "gops": 2.0 * m * n * k / best / 1e9,

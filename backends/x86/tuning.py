@@ -85,7 +85,7 @@ def linear_problem(node, bounds: dict[str, int]) -> Problem | None:
     """The tunable kernel problem of a lowered node (as codegen/lower.py lowers it), or None."""
     if node.op == "QLinearI8":
         bits, per_tensor = node.attrs["bits"], node.attrs["per_tensor"]
-        family = "qlinear_w4a8" if (bits, per_tensor) == (4, False) else "qlinear_w8a8" if (bits, per_tensor) == (8, True) else None
+        family = "qlinear_w4a8" if (bits, per_tensor) == (4, False) else "qlinear_w8a8" if (bits, per_tensor) == (8, False) else None
         n, k = node.inputs[3].shape
         group = node.attrs["group_size"] if bits == 4 else 0
     elif node.op == "QLinear" and node.attrs["act"] == "f32" and node.attrs["bits"] == 4:

@@ -8,7 +8,8 @@ activation quantization contract); the arithmetic is `ir/ops/quant.py`.
   `quantize_activations`.
 - qlinear_w4a8: int4 weights x int8 activations per row and group.
 - qlinear_w4a32: int4 weights x f32 activations (the weight is dequantized in registers).
-- qlinear_w8a8: int8 per-channel weights x int8 per-tensor activations.
+- qlinear_w8a8: int8 per-channel weights x int8 activations per row and group (the group's int32 sum times
+  its activation scale).
 - qlinear_w4a16: int4 weights x f32 activations rounded to fp16, fp16 arithmetic (the signature of w4a32).
 
 The packed layouts differ per target (column tile NT, K block KB, q8 chunk Q8B, padding KPAD: x86's in
@@ -39,9 +40,11 @@ QLINEAR_W4A32_SIGNATURE = (
 # w4a16: w4a32's operands with the activations, bias and output of type T (f32 on the CPUs, which round x to
 # fp16 inside the kernel; fp16 on the GPUs).
 QLINEAR_W4A16_SIGNATURE = QLINEAR_W4A32_SIGNATURE.replace("float*", "{T}*")
+# w8a8: xs and xsum [M][G] per row and activation group (G = ceil(K / group)), ws one scale per column.
 QLINEAR_W8A8_SIGNATURE = (
-    "void {name}(const int8_t* xq, const float* xs, int64_t ldq, const int8_t* w, const float* ws, "
-    "const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, tcc_exec* exec)"
+    "void {name}(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t ldq, const int8_t* w, "
+    "const float* ws, const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int64_t group, "
+    "tcc_exec* exec)"
 )
 
 NORM_QUANTIZE_SIGNATURE = (
@@ -81,7 +84,7 @@ QLINEAR_SIGNATURES = (
     ("qlinear_w4a32", QLINEAR_W4A32_SIGNATURE,
      "y = f32 activations x packed int4 weights dequantized in registers + bias"),
     ("qlinear_w8a8", QLINEAR_W8A8_SIGNATURE,
-     "y = int8 per-tensor activations x packed int8 per-channel weights + bias"),
+     "y = int8 activations (per row and group) x packed int8 per-channel weights + bias"),
     ("qlinear_w4a16", QLINEAR_W4A16_SIGNATURE,
      "y = activations (f32 on the CPUs) rounded to fp16 x packed int4 weights dequantized to fp16, fp16 products and block "
      "sums (ir/ops/quant.py, act f16) + bias"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...errors import UnsupportedError
 from ...ir.core import Node
 from ...ir.dims import product
+from ...ir.ops.quant import act_group_of
 from ..launch import dim, flt
 from .emitter import DTYPE_CODE, Emitter, activation_dtype, broadcast_strides, dense_strides, lowering
 
@@ -53,17 +54,17 @@ def _qlinear_i8(node: Node, em: Emitter) -> None:
     m = product(xq.shape[:-1])
     out = em.ptr(node.output)
     bits, per_tensor = node.attrs["bits"], node.attrs["per_tensor"]
-    if bits == 4 and not per_tensor:
+    if bits == 4 and not per_tensor and act_group_of(node.attrs) == node.attrs["group_size"]:
         em.call(node, "qlinear_w4a8", [em.ptr(xq), em.ptr(xs), em.ptr(xsum), dim(xq.shape[-1]),
                                        em.packed_ptr(q, "q4_weight_i8", "uint8_t"),
                                        em.packed_ptr(scales, "q4_scales", "uint16_t"),
                                        em.packed_ptr(zeros, "q4_zeros", "uint8_t"), em.ptr(bias), out, dim(n),
                                        dim(m), dim(n), dim(k), dim(node.attrs["group_size"])])
-    elif bits == 8 and per_tensor:
-        em.call(node, "qlinear_w8a8", [em.ptr(xq), em.ptr(xs), dim(xq.shape[-1]),
+    elif bits == 8 and not per_tensor:  # per-channel weights, activations per row and group of act_group
+        em.call(node, "qlinear_w8a8", [em.ptr(xq), em.ptr(xs), em.ptr(xsum), dim(xq.shape[-1]),
                                        em.packed_ptr(q, "q8_weight", "int8_t"),
                                        em.packed_ptr(scales, "q8_scales", "float"), em.ptr(bias), out, dim(n),
-                                       dim(m), dim(n), dim(k)])
+                                       dim(m), dim(n), dim(k), dim(act_group_of(node.attrs))])
     else:
         raise UnsupportedError(f"QLinearI8 node {node.name!r}: no kernel for {bits}-bit weights with "
                                f"{'per-tensor' if per_tensor else 'per-group'} int8 activations")

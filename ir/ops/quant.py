@@ -1,6 +1,6 @@
 """Quantized linear layers: the ops the quantize pass produces, and the exact arithmetic they stand for.
 
-QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act}
+QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act, act_group}
     y[..., n] = sum_k X(x)[..., k] * W[n, k] + bias[n], with the weight dequantized group-wise along K:
       W[n, k] = (q[n, k] - z[n, g]) * scales[n, g],   g = k // group_size
     bits 4: q u8 [N, K] in 0..15, zeros u8 [N, G] in 0..15 (absent: 8, the symmetric form);
@@ -8,8 +8,12 @@ QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act}
             group_size = K);
     scales f32 [N, G], G = ceil(K / group_size).
     act "f32":       X(x) = x (the weight is dequantized; w4a32);
-    act "i8_group":  X(x) = the int8 quantization of x per row and group (w4a8, see quantize_activations);
-    act "i8_tensor": X(x) = the int8 quantization of the whole x with one scale (w8a8);
+    act "i8_group":  X(x) = the int8 quantization of x per row and group of A = act_group along K, or of the
+                     weight's group_size when act_group is 0 (w4a8: A = group_size; w8a8: per-channel
+                     weights, A = K rounded up to 32, one scale per row; see quantize_activations; an A
+                     of K or more is one group per row);
+    act "i8_tensor": X(x) = the int8 quantization of the whole x with one scale (the w8a8 of old: no scheme
+                     makes it now, and no kernel runs it);
     act "f16":       fp16 arithmetic (w4a16): X(x) = fp16(x) and W is rounded once more, to fp16 after
                      dequantization, Wh[n, k] = fp16((q[n, k] - z[n, g]) * scales[n, g]) (round to nearest
                      even; the product is exact before it). y = sum_k X(x)[k] * Wh[n, k] + bias: fp16
@@ -19,9 +23,12 @@ QLinear(x, q, scales, zeros?, bias?)  {bits, group_size, act}
 QuantizeActs(x) {group_size, per_tensor, pad_to} -> xq i8 [..., Kp], xs f32 [..., G] (per_tensor: [1]),
     xsum i32 [..., G]: x quantized once so that several QLinearI8 sharing x reuse it; Kp = K rounded up
     to pad_to (the target's weight block), zero filled.
-QLinearI8(xq, xs, xsum, q, scales, zeros?, bias?) {bits, group_size, per_tensor}
-    QLinear on already quantized activations: y = sum_g xs[g] * scales[n, g] * sum_{k in g} (q - z) * xq.
-    (xsum = sum_{k in g} xq lets a kernel apply the zero point once per group: sum q*xq - z*xsum.)
+QLinearI8(xq, xs, xsum, q, scales, zeros?, bias?) {bits, group_size, per_tensor, act_group}
+    QLinear on already quantized activations: y = sum_g xs[g] * scales[n, g] * sum_{k in g} (q - z) * xq
+    when the activation groups are the weight's (act_group 0: w4a8). (xsum = sum_{k in g} xq lets a kernel
+    apply the zero point once per group: sum q*xq - z*xsum.) w8a8 (bits 8, one weight scale per output
+    channel, act_group A): y = scales[n] * sum_a xs[a] * sum_{k in a} q * xq, an exact int32 sum per
+    activation group of A.
 
 The arithmetic is fixed here so that every kernel reproduces it: activations round with
     amax = max|x| over the group (f32), d = amax / 127 (f32), inv = 127 / amax (f32; 0 when amax = 0),
@@ -196,7 +203,19 @@ def round_f16(a: np.ndarray) -> np.ndarray:
         return np.asarray(a).astype(np.float16).astype(np.float64)
 
 
-def qlinear_reference(x: np.ndarray, q, scales, zeros, bias, bits: int, group_size: int, act: str) -> np.ndarray:
+def act_group_of(attrs) -> int:
+    """The activation group along K of an i8_group QLinear / QLinearI8: act_group, else the weight's group."""
+    return int(attrs.get("act_group") or attrs["group_size"])
+
+
+def _check_act_group(attrs, where: str) -> None:
+    ag = attrs.get("act_group", 0)
+    if not isinstance(ag, int) or ag < 0:
+        raise ShapeError(f"{where}: act_group must be a non-negative int (0: the weight's group), got {ag!r}")
+
+
+def qlinear_reference(x: np.ndarray, q, scales, zeros, bias, bits: int, group_size: int, act: str,
+                      act_group: int = 0) -> np.ndarray:
     """QLinear in float64 from exactly dequantized operands, rounded once to f32."""
     k = q.shape[1]
     if act == "f16":
@@ -205,7 +224,7 @@ def qlinear_reference(x: np.ndarray, q, scales, zeros, bias, bits: int, group_si
     if act == "f32":
         xd = np.asarray(x, np.float64)
     else:
-        gs = group_size if act == "i8_group" else None
+        gs = (act_group or group_size) if act == "i8_group" else None
         xq, xs, _ = quantize_activations(x, gs)
         xd = dequantize_activations(xq, xs, k, gs)
     return _finish(xd, dequantize(q, scales, zeros, bits, group_size), bias)
@@ -248,6 +267,7 @@ def _qlinear_infer(ins, attrs):
     zeros, bias = (ins[3] if len(ins) > 3 else None), (ins[4] if len(ins) > 4 else None)
     if attrs["act"] not in ACTS:
         raise ShapeError(f"QLinear: act must be one of {', '.join(ACTS)}, got {attrs['act']!r}")
+    _check_act_group(attrs, "QLinear")
     # f16 activations (a GPU program, passes/float16.py) only with fp16 arithmetic; the bias and the output
     # have the activations' type, the scales stay f32 (holding fp16 values) whatever the activations
     dt = DType.f16 if attrs["act"] == "f16" and x.dtype == DType.f16 else DType.f32
@@ -261,12 +281,12 @@ def _qlinear_ref(xs, attrs):
     x, q, scales = xs[:3]
     zeros, bias = (xs[3] if len(xs) > 3 else None), (xs[4] if len(xs) > 4 else None)
     y = qlinear_reference(np.asarray(x, np.float32), q, scales, zeros, bias, attrs["bits"], attrs["group_size"],
-                          attrs["act"])
+                          attrs["act"], attrs["act_group"])
     return [y.astype(np.asarray(x).dtype)]
 
 
 register_op("QLinear", infer=_qlinear_infer, ref=_qlinear_ref, kind="opaque", inputs=(3, 5),
-            attrs={"bits": REQUIRED, "group_size": REQUIRED, "act": REQUIRED},
+            attrs={"bits": REQUIRED, "group_size": REQUIRED, "act": REQUIRED, "act_group": 0},
             doc="quantized Linear: group-wise int4/int8 weights, f32, fp16 or run-time int8 activations")
 
 
@@ -302,6 +322,7 @@ def _qlinear_i8_infer(ins, attrs):
     xq, xs, xsum, q, scales = ins[:5]
     zeros, bias = (ins[5] if len(ins) > 5 else None), (ins[6] if len(ins) > 6 else None)
     n, k = _check_weight(q, scales, zeros, bias, attrs["bits"], attrs["group_size"], "QLinearI8")
+    _check_act_group(attrs, "QLinearI8")
     if xq.dtype != DType.i8 or xs.dtype != DType.f32 or xsum.dtype != DType.i32:
         raise ShapeError(f"QLinearI8: activations must be i8/f32/i32, got {xq.type}, {xs.type}, {xsum.type}")
     if isinstance(xq.shape[-1], int) and isinstance(k, int) and xq.shape[-1] < k:
@@ -312,13 +333,13 @@ def _qlinear_i8_infer(ins, attrs):
 def _qlinear_i8_ref(xs, attrs):
     xq, x_scale, _, q, scales = xs[:5]
     zeros, bias = (xs[5] if len(xs) > 5 else None), (xs[6] if len(xs) > 6 else None)
-    gs = None if attrs["per_tensor"] else attrs["group_size"]
+    gs = None if attrs["per_tensor"] else act_group_of(attrs)
     xd = dequantize_activations(xq, x_scale, q.shape[1], gs)
     return [_finish(xd, dequantize(q, scales, zeros, attrs["bits"], attrs["group_size"]), bias)]
 
 
 register_op("QLinearI8", infer=_qlinear_i8_infer, ref=_qlinear_i8_ref, kind="opaque", inputs=(5, 7),
-            attrs={"bits": REQUIRED, "group_size": REQUIRED, "per_tensor": 0},
+            attrs={"bits": REQUIRED, "group_size": REQUIRED, "per_tensor": 0, "act_group": 0},
             doc="quantized Linear on int8 activations from QuantizeActs (int8 dot products)")
 
 

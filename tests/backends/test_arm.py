@@ -7,7 +7,8 @@ All kernel calls of this module run in ONE harness binary per CPU (tests/backend
 whole module is three qemu launches. Tolerances are those of tests/kernels/test_qlinear.py (derived there):
 |y - ref| <= C * n_add * u * (|Xd| @ |Wd|^T + |bias|) with n_add = G + 4 (w4a8: per group one term
 (xs*s) * (dot - z*xsum), two roundings, G terms and the bias summed; the NEON epilogue's FMA rounds once
-less), 5 (w8a8: (xs*s) * float(dot) + bias) and group + G + 4 (w4a32, the portable variants: products
+less), G + 5 (w8a8: per activation group xs * float(dot), the G terms summed, times s, plus the bias) and
+group + G + 4 (w4a32, the portable variants: products
 summed sequentially per group, the group sum scaled and added to the others and the bias).
 quantize_acts must be bit-exact; w4a16's bounds (fp16 and f32 paths) are derived at `_w4a16_check`. The
 portable elementwise / linear-algebra kernels are the templates the x86 kernel tests cover; under arm they
@@ -54,8 +55,13 @@ QA_CASES = [(1, 1, 32), (1, 31, 32), (1, 32, 32), (3, 33, 32), (1, 64, 128), (3,
 W4_CASES = [(1, 8, 64, 32), (1, 1, 10, 32), (3, 17, 100, 32), (1, 33, 128, 128), (17, 9, 300, 128),
             (2, 16, 40, 128), (1, 40, 1000, 128), (6, 31, 257, 64), (7, 1, 64, 64), (9, 23, 200, 32),
             (70, 5, 96, 96), (1, 7, 2048, 128)]
-W8_CASES = [(1, 8, 64), (1, 1, 10), (3, 17, 100), (17, 9, 300), (2, 16, 40), (1, 40, 1000), (6, 31, 257),
-            (7, 1, 64), (9, 23, 200), (70, 5, 17), (1, 7, 2048)]
+# w8a8 adds the activation group: 32 (the scheme's), 16 (one kQ8B chunk), 48 (three chunks) and per row (a
+# group of K or more, G = 1).
+ROW = 1 << 20
+W8_CASES = [(1, 8, 64, 32), (1, 1, 10, 32), (3, 17, 100, 32), (17, 9, 300, 32), (2, 16, 40, 32), (1, 40, 1000, 32),
+            (6, 31, 257, 32), (7, 1, 64, 32), (9, 23, 200, 32), (70, 5, 17, 32), (1, 7, 2048, 32),
+            (1, 8, 64, 16), (5, 17, 100, 16), (4, 9, 300, 48), (1, 40, 1000, 48), (3, 17, 100, ROW), (1, 7, 2048, ROW),
+            (70, 5, 17, ROW), (6, 31, 257, ROW)]
 
 
 def _special_rows(rng, M, K, group):
@@ -184,21 +190,24 @@ def _build_cases():
                              group, pool)
                 cases.append((f"{spec.name}-{tag}", idx, _w4a16_check(spec, x16, wd, bias, K)))
 
-    for j, (M, N, K) in enumerate(W8_CASES):
+    for j, (M, N, K, group) in enumerate(W8_CASES):
         W = rng.standard_normal((K, N)).astype(np.float32)
         q, s = quantize_int8(W)
         x = rng.standard_normal((M, K)).astype(np.float32)
+        x[0, 0] = 50.0  # an outlier: its group's other codes are small
+        x[M - 1, K // 2:] *= 1e-3  # groups of very different scale within a row
         bias = rng.standard_normal(N).astype(np.float32) if j % 2 else None
-        xq, xs, _ = quantize_activations(x, None, pad_to=ap.KPAD)
-        xs = np.asarray(xs, np.float32).reshape(-1)
+        xq, xs, xsum = quantize_activations(x, group, pad_to=ap.KPAD)
         ldq, ldy = xq.shape[1] + 16, N + 3
         xqb = np.zeros((M, ldq), np.int8)
         xqb[:, :xq.shape[1]] = xq
-        ref, tol = _expected(dequantize_activations(xq, xs, K, None), dequantize(q, s, None, 8, K), bias, 5)
+        ref, tol = _expected(dequantize_activations(xq, xs, K, group), dequantize(q, s, None, 8, K), bias,
+                             xs.shape[-1] + 5)
         for spec in VARIANTS["qlinear_w8a8"]:
-            idx = h.call(spec, xqb, xs, ldq, ap.pack_q8(q), ap.pack_q8_scales(s), bias,
-                         np.full((M, ldy), np.nan, np.float32), ldy, M, N, K, POOL if j % 2 else None)
-            cases.append((f"{spec.name}-M{M}N{N}K{K}", idx, lambda res, N=N, r=ref, t=tol: _check_y(res[6], N, r, t)))
+            idx = h.call(spec, xqb, xs, xsum, ldq, ap.pack_q8(q), ap.pack_q8_scales(s), bias,
+                         np.full((M, ldy), np.nan, np.float32), ldy, M, N, K, group, POOL if j % 2 else None)
+            cases.append((f"{spec.name}-M{M}N{N}K{K}g{group}", idx,
+                          lambda res, N=N, r=ref, t=tol: _check_y(res[7], N, r, t)))
     return h, cases
 
 

@@ -120,9 +120,9 @@ def test_quantized_decoder(qm, calibrated, texts, fp32_logits, compiled):
     if qm == "w4a32":
         assert ops["QLinear"] == 15 and "QuantizeActs" not in ops
     else:
-        # q/k/v share one quantization, gate/up share one; w4a8 quantizes the 4 norms' outputs in the norm
-        # kernel (fuse-norm-quantize; w8a8's per-tensor scale cannot be fused)
-        fused = 4 if qm == "w4a8" else 0
+        # q/k/v share one quantization, gate/up share one; the 4 norms' outputs are quantized in the norm
+        # kernel (fuse-norm-quantize: w4a8 per row and group, w8a8 per row)
+        fused = 4
         assert ops["QLinearI8"] == 15 and ops["QuantizeActs"] == 9 - fused and ops.get("NormQuantize", 0) == fused
 
     got = _logits(out, ids)

@@ -14,7 +14,10 @@ additions plus roundings per term:
     |y - ref| <= C * n_add * u * (|Xd| @ |Wd|^T + |bias|),   C = 2 (covers the second-order terms)
 - w4a8: per group one term (xs*s) * (dot - z*xsum) (two roundings; dot - z*xsum is exact, < 2^24), G
   terms and the bias summed: n_add = G + 4.
-- w8a8: one term (xs*s) * float(dot) (three roundings: float(dot) may exceed 2^24) plus the bias: n_add = 5.
+- w8a8: per activation group a term xs * float(dot) (two roundings: float(dot) may exceed 2^24 when the
+  group is K); the `all` GEMV with several groups adds one term per 32-k chunk instead (each chunk's int32
+  lanes converted exactly and FMA'd with the group's scale); these terms summed, times s (one rounding),
+  plus the bias: n_add = ceil(K / 32) + 5 bounds every kernel.
 - w4a32: the dequantized weight q - z is exact (an integer, or the exponent-bias trick's exact
   difference) and a product rounds once; the naive, unroll, threads, simd variants and the `all` GEMV sum
   each group's products (sequentially, or in 4 / 8 interleaved chains + a 2-3 level add tree: <= group
@@ -261,9 +264,17 @@ W4_CASES = [
     # w4a8: the GEMV's largest row group (4, batched decode), the GEMM just past it (5), two groups' worth (8)
     (4, 19, 160, 32), (5, 8, 64, 64), (8, 33, 320, 32),
 ]
+# w8a8 adds the activation group: 32 (the scheme's), 64, 96 (a group of three 32-k chunks: the GEMV's inner
+# loop and the GEMM's group K range are not the 64-k padding), and per row (G = 1: a group of K or more,
+# the `all` kernel's path without per-group epilogues).
+ROW = 1 << 20
 W8_CASES = [
-    (1, 8, 64), (1, 1, 10), (3, 17, 100), (17, 9, 300), (2, 16, 40), (1, 40, 1000), (17, 50, 513),
-    (100, 20, 70), (1, 7, 4096), (6, 31, 257), (7, 1, 64), (9, 23, 200), (10, 8, 129),
+    (1, 8, 64, 32), (1, 1, 10, 32), (3, 17, 100, 32), (17, 9, 300, 32), (2, 16, 40, 32), (1, 40, 1000, 32),
+    (17, 50, 513, 32), (100, 20, 70, 32), (1, 7, 4096, 32), (6, 31, 257, 32), (7, 1, 64, 32), (9, 23, 200, 32),
+    (10, 8, 129, 32), (4, 19, 160, 32), (8, 33, 320, 32),
+    (1, 8, 64, 64), (3, 17, 100, 64), (17, 50, 513, 64), (1, 40, 1000, 96), (9, 23, 200, 96), (2, 16, 40, 96),
+    (1, 8, 64, ROW), (1, 1, 10, ROW), (3, 17, 100, ROW), (17, 50, 513, ROW), (100, 20, 70, ROW), (1, 7, 4096, ROW),
+    (6, 31, 257, ROW), (9, 23, 200, 256),
 ]
 
 
@@ -363,29 +374,53 @@ def test_qlinear_w4a32(x86_kernel_lib, spec, isa, M, N, K, group, sym, with_bias
     check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K} group={group}")
 
 
-def run_w8a8(lib, spec, xq, xs, K, wp, sp, bias, N, pool, ldy_pad=3):
+def run_w8a8(lib, spec, xq, xs, xsum, K, group, wp, sp, bias, N, pool, ldy_pad=3):
     M = xq.shape[0]
     y = np.full((M, N + ldy_pad), np.nan, np.float32)
-    lib.kernel(spec)(ptr(xq), ptr(xs), xq.shape[1], ptr(wp), ptr(sp), ptr(bias), ptr(y), N + ldy_pad, M, N, K, pool)
+    lib.kernel(spec)(ptr(xq), ptr(xs), ptr(xsum), xq.shape[1], ptr(wp), ptr(sp), ptr(bias), ptr(y), N + ldy_pad, M, N,
+                     K, group, pool)
     assert np.isnan(y[:, N:]).all(), "wrote past N into the ldy padding"
     return y[:, :N]
 
 
 @pytest.mark.parametrize("spec,isa", variants("qlinear_w8a8"))
-@pytest.mark.parametrize("M,N,K", W8_CASES)
+@pytest.mark.parametrize("M,N,K,group", W8_CASES)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
-def test_qlinear_w8a8(x86_kernel_lib, spec, isa, M, N, K, with_bias, x86_pool, rng, isa_guard):
+def test_qlinear_w8a8(x86_kernel_lib, spec, isa, M, N, K, group, with_bias, x86_pool, rng, isa_guard):
     set_isa(x86_kernel_lib, spec, isa)
+    x, q, s, bias = w8_problem(rng, M, N, K, with_bias)
+    xq, xs, xsum = quantize_activations(x, group, pad_to=pq.KPAD)
+    y = run_w8a8(x86_kernel_lib, spec, xq, xs, xsum, K, group, pq.pack_q8(q), pq.pack_q8_scales(s), bias, N, x86_pool)
+    ref, tol = expected(dequantize_activations(xq, xs, K, group), dequantize(q, s, None, 8, K), bias, -(-K // 32) + 5)
+    check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K} group={group}")
+
+
+def w8_problem(rng, M, N, K, with_bias):
     W = rng.standard_normal((K, N)).astype(np.float32)
     q, s = quantize_int8(W)
     q[0, :] = np.where(np.arange(K) % 2, 127, -127)  # extreme codes: the sign trick's limits
     x = rng.standard_normal((M, K)).astype(np.float32)
-    x[0, 0] = 50.0  # one outlier, so most codes are small and some are +-127
+    x[0, 0] = 50.0  # one outlier, so most codes of its group are small and some are +-127
+    x[M - 1, K // 2:] *= 1e-3  # groups of very different scale within a row
     bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    xq, xs, _ = quantize_activations(x, None, pad_to=pq.KPAD)
-    y = run_w8a8(x86_kernel_lib, spec, xq, xs, K, pq.pack_q8(q), pq.pack_q8_scales(s), bias, N, x86_pool)
-    ref, tol = expected(dequantize_activations(xq, xs, K, None), dequantize(q, s, None, 8, K), bias, 5)
-    check_close(y, ref, tol, f"{spec.name} M={M} N={N} K={K}")
+    return x, q, s, bias
+
+
+@pytest.mark.parametrize("spec,isa", variants("qlinear_w8a8"))
+def test_qlinear_w8a8_uses_each_group_scale(x86_kernel_lib, spec, isa, x86_pool, rng, isa_guard):
+    """Swapping two groups' activation scales moves the outputs far beyond the bound: a kernel that read one
+    scale per row (or per tensor) would not see it."""
+    set_isa(x86_kernel_lib, spec, isa)
+    for M in (1, 5):  # the GEMV and the GEMM paths
+        x, q, s, _ = w8_problem(rng, M, 16, 128, False)
+        x[:, 32:64] *= 8.0
+        xq, xs, xsum = quantize_activations(x, 32, pad_to=pq.KPAD)
+        swapped = xs.copy()
+        swapped[:, [0, 1]] = swapped[:, [1, 0]]
+        y = run_w8a8(x86_kernel_lib, spec, xq, swapped, xsum, 128, 32, pq.pack_q8(q), pq.pack_q8_scales(s), None, 16,
+                     x86_pool)
+        ref, tol = expected(dequantize_activations(xq, xs, 128, 32), dequantize(q, s, None, 8, 128), None, 4 + 5)
+        assert (np.abs(y - ref) > 100 * tol).mean() > 0.9, spec.name
 
 
 @pytest.mark.parametrize("family", list(FAMILY))
@@ -399,7 +434,7 @@ def test_empty_shapes(x86_kernel_lib, family, x86_pool):
             elif family == "qlinear_w4a32":
                 fn(None, 64, None, None, None, None, None, 8, M, N, 64, 32, x86_pool)
             else:
-                fn(None, None, 64, None, None, None, None, 8, M, N, 64, x86_pool)
+                fn(None, None, None, 64, None, None, None, None, 8, M, N, 64, 32, x86_pool)
 
 
 @pytest.mark.parametrize("family", ["qlinear_w4a8", "qlinear_w4a32"])
@@ -424,6 +459,23 @@ def test_bad_group_raises(x86_kernel_lib, family, rng):
     lib.kernel(spec)(ptr(x), 64, ptr(xq), 64, ptr(xs), ptr(xsum), 2, 64, 16, 0, None)
     assert lib.tcc_error_pending() and b"multiple of 32" in lib.tcc_error_message()
     lib.tcc_clear_error()
+
+
+def test_w8a8_bad_group_raises(x86_kernel_lib, rng):
+    """w8a8's activation group: the vectorized variants need a multiple of 32, the portable ones a positive
+    group; another is reported (before anything is written), not computed wrongly."""
+    lib = x86_kernel_lib
+    x, q, s, _ = w8_problem(rng, 2, 8, 64, False)
+    xq, xs, xsum = quantize_activations(x, 32, pad_to=pq.KPAD)
+    wp, sp = pq.pack_q8(q), pq.pack_q8_scales(s)
+    for spec in FAMILY["qlinear_w8a8"]:
+        for group in ((16, 0) if spec.variant in ("simd", "all") else (0, -32)):
+            y = np.full((2, 8), 7.0, np.float32)
+            lib.kernel(spec)(ptr(xq), ptr(xs), ptr(xsum), 64, ptr(wp), ptr(sp), None, ptr(y), 8, 2, 8, 64, group, None)
+            want = b"multiple of 32" if spec.variant in ("simd", "all") else b"not positive"
+            assert lib.tcc_error_pending() and want in lib.tcc_error_message(), (spec.name, group)
+            assert (y == 7.0).all(), spec.name
+            lib.tcc_clear_error()
 
 
 def test_vnni_dispatch_reported(x86_kernel_lib, isa_guard):

@@ -102,7 +102,9 @@ def test_default_keeps_embedding_and_lm_head_at_8_bits():
     ctx = allocate(g, ctx_for("w4a8"))
     q = qnodes(g)
     assert q["embed"].op == "QGather" and q["embed"].attrs["bits"] == 8 and q["embed"].attrs["group_size"] == K
-    assert (q["lm_head"].attrs["bits"], q["lm_head"].attrs["act"]) == (8, "i8_tensor")
+    # the w8a8 kernels' activations: int8, one scale per row (a group of K rounded up to the kernels' 32)
+    lm = q["lm_head"].attrs
+    assert (lm["bits"], lm["act"], lm["act_group"]) == (8, "i8_group", -(-K // 32) * 32)
     assert [(q[n].attrs["bits"], q[n].attrs["act"]) for n in ("up", "down")] == [(4, "i8_group")] * 2
     a = ctx.stats["bit-allocation"]
     assert a["criterion"] == "default" and sorted(a["eight_bit"]) == ["embed", "lm_head"]
@@ -114,7 +116,7 @@ def test_default_keeps_embedding_and_lm_head_at_8_bits():
     # after quantize-activations, the LM head runs on the w8a8 kernel's operands
     run_pass("quantize-activations", g, ctx)
     (lm,) = [n for n in g.nodes if n.op == "QLinearI8" and n.name == "lm_head"]
-    assert lm.attrs["per_tensor"] == 1 and lm.attrs["bits"] == 8
+    assert lm.attrs["bits"] == 8 and not lm.attrs.get("per_tensor") and lm.attrs["act_group"] == K
 
 
 def inputs_of(g: Graph, f: dict, name: str) -> list:
@@ -138,8 +140,8 @@ def test_mixed_graph_computes_the_dequantized_products():
     lm, emb = q["lm_head"], q["embed"]
     x = np.asarray(inputs_of(g, f, "lm_head")[0], np.float32)
     wd = dequantize(lm.inputs[1].const, lm.inputs[2].const, None, 8, K)
-    xq, xs, _ = quantize_activations(x, None)  # per tensor: the w8a8 kernel's activations
-    want = dequantize_activations(xq, xs, K, None) @ wd.T
+    xq, xs, _ = quantize_activations(x, K)  # per row (K = 64): the w8a8 kernel's activations
+    want = dequantize_activations(xq, xs, K, K) @ wd.T
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
     table = dequantize(emb.inputs[1].const, emb.inputs[2].const, None, 8, K)
     np.testing.assert_array_equal(inputs_of(g, f, "up")[0], table[f["ids"]].astype(np.float32))
@@ -153,7 +155,7 @@ def test_w4a32_has_no_8_bit_f32_kernel_so_only_the_embedding_moves():
     assert all((q[n].attrs["bits"], q[n].attrs["act"]) == (4, "f32") for n in ("up", "down", "lm_head"))
     assert ctx.stats["bit-allocation"]["eight_bit"] == ["embed"]
     assert eight_bit_act(SCHEMES["w4a32"], _Target()) is None
-    assert eight_bit_act(SCHEMES["w4a8"], _Target()) == "i8_tensor"
+    assert eight_bit_act(SCHEMES["w4a8"], _Target()) == "i8_group"
     assert eight_bit_act(SCHEMES["w4a8"], _NoInt8Target()) is None  # asks the target: no w8a8, no 8-bit Linear
     g = lm_graph(np.random.default_rng(2))
     allocate(g, ctx_for("w4a8", _NoInt8Target()))
@@ -244,7 +246,7 @@ def g_k(g: Graph, name: str) -> int:
 
 def _rel_out(x, w, bits):
     ref = x.astype(np.float64) @ w.astype(np.float64)
-    gs = 32 if bits == 4 else None
+    gs = 32 if bits == 4 else -(-x.shape[-1] // 32) * 32  # the 8-bit kernels': one scale per row
     xq, xs, _ = quantize_activations(x, gs)
     xd = dequantize_activations(xq, xs, x.shape[-1], gs)
     if bits == 4:
@@ -257,7 +259,7 @@ def _rel_out(x, w, bits):
 
 
 def test_budget_with_calibration_measures_the_output_error():
-    """An outlier channel into `down`: per-tensor int8 activations (the 8-bit kernel's) are worse there than
+    """An outlier channel into `down`: per-row int8 activations (the 8-bit kernel's) are worse there than
     4-bit weights with int8 activations per group, so the measured benefit is negative and `down` stays
     4-bit whatever the budget; the data-free proxy, blind to activations, would upgrade it."""
     rng = np.random.default_rng(5)

@@ -123,8 +123,11 @@ def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
     for n in q_nodes:
         w, bias = weights[n.name]
         bits = 4 if qm.startswith("w4") else 8
-        acts = {"w4a32": "f32", "w4a8": "i8_group", "w8a8": "i8_tensor", "w4a16": "f16"}
+        acts = {"w4a32": "f32", "w4a8": "i8_group", "w8a8": "i8_group", "w4a16": "f16"}
         assert n.attrs["bits"] == bits and n.attrs["act"] == acts[qm]
+        # w8a8: per-channel weights, one activation scale per row (a group of K rounded up to 32); w4a8: the
+        # weight groups
+        assert n.attrs.get("act_group", 0) == (-(-w.shape[0] // 32) * 32 if qm == "w8a8" else 0)
         assert (n.input(3) is not None) == asym
         if bits == 4:
             qq, s, z = quantize_int4(w, group, symmetric=not asym)
@@ -140,9 +143,9 @@ def test_quantize_replaces_linears_with_the_scheme(qm, asym, group):
         elif qm == "w4a16":  # both operands rounded to fp16 (ir/ops/quant.py, act f16)
             xd, wd = x.astype(np.float16).astype(np.float64), wd.astype(np.float16).astype(np.float64)
         else:
-            gs = group if qm == "w4a8" else None
+            gs = group if qm == "w4a8" else x.shape[-1]  # w8a8: one activation scale per row
             xq, xs, _ = quantize_activations(x, gs)
-            xd = xq.astype(np.float64) * (np.repeat(xs, gs, axis=-1)[..., :x.shape[-1]] if gs else xs[0])
+            xd = xq.astype(np.float64) * np.repeat(xs, gs, axis=-1)[..., :x.shape[-1]]
         want = xd @ wd.T + (0 if bias is None else bias.const)
         np.testing.assert_allclose(vals[n.output.name], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
     assert ctx.stats["quantize"]["linears"] == 5
@@ -201,6 +204,43 @@ def test_fp32_is_untouched():
 
 # -- quantize-activations ---------------------------------------------------------------------------------
 
+def test_w8a8_reference_quantizes_activations_per_row_and_group():
+    """QLinear {bits 8, act i8_group, act_group 32}: y = s[n] * sum_a xs[m, a] * sum_{k in a} q * xq + bias,
+    written out here with integer dots per group; per-tensor and per-row activations give other results."""
+    from tcc.ir.ops.quant import qlinear_reference
+
+    rng = np.random.default_rng(8)
+    M, K, N = 64, 100, 5
+    x = rng.standard_normal((M, K)).astype(np.float32) * np.float32(10.0) ** rng.uniform(-1, 1, (M, 1)).astype(np.float32)
+    x[np.arange(M), rng.integers(0, K, M)] *= 30.0  # one outlier channel per row
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    q, s = quantize_int8(w)
+    bias = rng.standard_normal(N).astype(np.float32)
+    y = qlinear_reference(x, q, s, None, bias, 8, K, "i8_group", 32)
+    xq, xs, _ = quantize_activations(x, 32)
+    assert xs.shape == (M, 4)  # the last group: k 96..99
+    want = np.zeros((M, N))
+    for a in range(4):
+        dots = xq[:, 32 * a:32 * (a + 1)].astype(np.int64) @ q[:, 32 * a:32 * (a + 1)].T.astype(np.int64)
+        want += xs[:, a:a + 1].astype(np.float64) * dots
+    want = want * s[:, 0].astype(np.float64) + bias
+    np.testing.assert_array_equal(y, want.astype(np.float32))
+    exact = x.astype(np.float64) @ w.astype(np.float64) + bias
+    err = lambda act, g: np.mean((qlinear_reference(x, q, s, None, bias, 8, K, act, g) - exact) ** 2)
+    assert err("i8_group", 32) < err("i8_group", 0) < err("i8_tensor", 0)  # groups < per row < per tensor
+
+
+def test_a_bad_act_group_is_refused():
+    from tcc.errors import ShapeError
+
+    g = Graph()
+    x = g.add_input("x", t("f32", 2, K))
+    q = g.add_const(np.zeros((N, K), np.int8), "q")
+    s = g.add_const(np.ones((N, 1), np.float32), "s")
+    with pytest.raises(ShapeError, match="act_group must be a non-negative int"):
+        g.add_node("QLinear", [x, q, s], {"bits": 8, "group_size": K, "act": "i8_group", "act_group": -32})
+
+
 @pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
 def test_quantize_activations_is_exact_and_shared(qm):
     rng = np.random.default_rng(3)
@@ -212,7 +252,12 @@ def test_quantize_activations_is_exact_and_shared(qm):
     # q, k, gate, up share the norm output; down reads its own input: two QuantizeActs for five QLinearI8
     assert g.ops()["QuantizeActs"] == 2 == ctx.stats["quantize-activations"] and g.ops()["QLinearI8"] == 5
     qa = [n for n in g.nodes if n.op == "QuantizeActs"]
-    assert all(n.attrs["pad_to"] == 64 and n.attrs["per_tensor"] == (qm == "w8a8") for n in qa)
+    # w4a8: the weight groups of 32; w8a8: one scale per row, a group of K rounded up to 32
+    group = (lambda k: -(-k // 32) * 32) if qm == "w8a8" else (lambda k: 32)
+    assert all(n.attrs["pad_to"] == 64 and n.attrs["per_tensor"] == 0
+               and n.attrs["group_size"] == group(n.inputs[0].shape[-1]) for n in qa)
+    assert all(n.attrs["act_group"] == (group(n.inputs[3].shape[1]) if qm == "w8a8" else 0)
+               for n in g.nodes if n.op == "QLinearI8")
     after = run_graph(g, f)
     for name in before:
         np.testing.assert_array_equal(after[name], before[name])  # the same arithmetic, bit for bit
@@ -220,8 +265,8 @@ def test_quantize_activations_is_exact_and_shared(qm):
 
 @pytest.mark.parametrize("qm", ["w4a8", "w8a8"])
 def test_fuse_norm_quantize_is_exact(qm):
-    """RMSNorm feeding only a per-group QuantizeActs becomes one NormQuantize, bit for bit the same; w8a8's
-    per-tensor activations (the tensor's amax needs every row first) and a norm with another reader stay."""
+    """RMSNorm feeding only a per-group QuantizeActs (w4a8's weight groups, w8a8's one group per row) becomes
+    one NormQuantize, bit for bit the same."""
     rng = np.random.default_rng(5)
     g = mlp_graph(rng)
     run_pass("quantize", g, ctx_for(qm))
@@ -229,13 +274,12 @@ def test_fuse_norm_quantize_is_exact(qm):
     f = feeds(rng, rows=9)
     before = run_graph(g, f)
     ctx = run_pass("fuse-norm-quantize", g, ctx_for(qm))
-    fused = qm == "w4a8"
-    assert ctx.stats["fuse-norm-quantize"] == int(fused)
-    assert g.ops().get("NormQuantize", 0) == int(fused) and g.ops().get("RMSNorm", 0) == int(not fused)
-    if fused:
-        (n,) = [n for n in g.nodes if n.op == "NormQuantize"]
-        assert n.attrs == {"norm": "rmsnorm", "axis": -1, "eps": 1e-6, "group_size": 32, "pad_to": 64}
-        assert [u.op for u, _ in g.users()[n.outputs[0]]] == ["QLinearI8"] * 4
+    assert ctx.stats["fuse-norm-quantize"] == 1
+    assert g.ops().get("NormQuantize", 0) == 1 and g.ops().get("RMSNorm", 0) == 0
+    (n,) = [n for n in g.nodes if n.op == "NormQuantize"]
+    assert n.attrs == {"norm": "rmsnorm", "axis": -1, "eps": 1e-6, "group_size": 64 if qm == "w8a8" else 32,
+                       "pad_to": 64}
+    assert [u.op for u, _ in g.users()[n.outputs[0]]] == ["QLinearI8"] * 4
     after = run_graph(g, f)
     for name in before:
         np.testing.assert_array_equal(after[name], before[name])
