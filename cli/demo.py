@@ -69,7 +69,7 @@ def add_demo(sub) -> None:
 
     d = sub.add_parser("demo", help="compile the bundled demo LLM for this machine (cached) and generate from it")
     d.add_argument("--qm", default=DEMO_QM, choices=tuple(dict.fromkeys(v.qm for v in COMPARE_VARIANTS)),
-                   help=f"quantization ({DEMO_QM}, with AWQ; w8a8 uses SmoothQuant)")
+                   help=f"quantization ({DEMO_QM}; how each is calibrated: tcc.demo.DEMO_METHODS)")
     d.add_argument("--prompt", "-p", default=None, help="the text to continue (default: a fixed prompt)")
     d.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate (96)")
     d.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (0.7)")

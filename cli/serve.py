@@ -15,11 +15,11 @@ def cmd_serve(args) -> int:
                        else "give an artifact directory to serve, or --demo for the bundled model")
     artifact, name = args.artifact, None
     if args.demo:
-        from ..demo import DEMO_CALIB, DEMO_QM, Variant, compile_variant, demo_model
+        from ..demo import DEMO_CALIB, compile_variant, demo_model, demo_variant
         from ..driver import progress_printer
 
         # one KV-cache row per slot: the slots' decode steps run as one batched run (continuous batching)
-        artifact, _, _ = compile_variant(demo_model(), Variant(DEMO_QM, "AWQ"), DEMO_CALIB,
+        artifact, _, _ = compile_variant(demo_model(), demo_variant(), DEMO_CALIB,
                                          progress=progress_printer(True), max_batch=args.slots)
         name = "tcc-demo"
     serve(artifact, host=args.host, port=args.port, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
