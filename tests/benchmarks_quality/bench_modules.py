@@ -11,6 +11,7 @@ if BENCH not in sys.path:
 
 import gguf_export  # noqa: E402
 import llama_cpp_peer  # noqa: E402
+import llm_suite  # noqa: E402
 import quality_suite  # noqa: E402
 
-__all__ = ["gguf_export", "llama_cpp_peer", "quality_suite"]
+__all__ = ["gguf_export", "llama_cpp_peer", "llm_suite", "quality_suite"]
