@@ -284,6 +284,21 @@ def tensor_bytes(gguf_path: str) -> int:
     return int(sum(t.n_bytes for t in gguf.GGUFReader(gguf_path).tensors))
 
 
+def tensor_types(gguf_path: str) -> str:
+    """Which GGML type each weight got, summarized: `Q4_K ×30, Q6_K ×13 (attn_v, ffn_down, token_embd)`
+    (norms, always F32, left out; the tensors of a type listed when it is not the most common one)."""
+    gguf = _gguf()
+    by: dict[str, list] = {}
+    for t in gguf.GGUFReader(gguf_path).tensors:
+        if len(t.shape) < 2:
+            continue
+        stem = t.name.split(".")[-2] if t.name.startswith("blk.") else t.name.split(".")[0]
+        by.setdefault(gguf.GGMLQuantizationType(int(t.tensor_type)).name, []).append(stem)
+    order = sorted(by, key=lambda k: -len(by[k]))
+    return ", ".join(f"{k} ×{len(by[k])}" + (f" ({', '.join(sorted(set(by[k])))})" if i else "")
+                     for i, k in enumerate(order))
+
+
 def main(argv=None) -> int:
     import argparse
     import sys

@@ -44,7 +44,7 @@ import gguf_export  # noqa: E402
 import llama_cpp_peer as llama_cpp  # noqa: E402
 
 DEFAULT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q4_0-pure")
-DESCRIBE = {"Q4_0": "Q4_0 (embedding/LM head at Q6_K)", "Q4_0-pure": "Q4_0 `--pure` (everything 4-bit)"}
+DESCRIBE = {"Q4_0-pure": "Q4_0 `--pure`"}
 MB = 1e6
 
 
@@ -146,7 +146,8 @@ def llama_rows(lc, model: str, text_file: str, ids: list[int], context: int, thr
         p = llama_cpp.perplexity(lc, path, text_file, context, threads)
         meta["commands"].append(p["cmd"])
         rows.append({"engine": "llama.cpp", "format": t, "weight_bytes": gguf_export.tensor_bytes(path),
-                     "perplexity": p["perplexity"], "windows": p["chunks"], "baseline": t == "F32"})
+                     "perplexity": p["perplexity"], "windows": p["chunks"], "baseline": t == "F32",
+                     "tensor_types": gguf_export.tensor_types(path)})
     return rows, meta
 
 
@@ -178,6 +179,10 @@ def format_table(rows: list[dict], parameters: int | None = None) -> str:
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['engine']} | {r['format']} | | | | ({r['skipped']}) |")
+    typed = [r for r in done if r.get("tensor_types")]
+    if typed:
+        lines += ["", "What llama-quantize made of each type (matrices per GGML type; the norms stay F32):", ""]
+        lines += [f"- {DESCRIBE.get(r['format'], r['format'])}: {r['tensor_types']}" for r in typed]
     return "\n".join(lines)
 
 

@@ -142,6 +142,8 @@ def test_demo_tokenizer_round_trip(tmp_path):
     gguf_export.export_gguf(os.path.join(DEMO, "model.onnx"), out)
     r, t = _read(out)
     assert "output.weight" not in t  # the demo ties its embeddings
+    assert gguf_export.tensor_bytes(out) == 4 * 5_278_976  # models/demo/README.md: 5.28M parameters, in f32
+    assert gguf_export.tensor_types(out) == "F32 ×43"  # 6 layers x 7 projections + the embedding
     tokens, merges = _field(r, "tokenizer.ggml.tokens"), _field(r, "tokenizer.ggml.merges")
     assert _field(r, "tokenizer.ggml.model") == "gpt2" and _field(r, "tokenizer.ggml.pre") == "gpt-2"
     assert not _field(r, "tokenizer.ggml.add_bos_token")  # tcc's tokenizer adds no BOS

@@ -76,24 +76,26 @@ FAKE_ROWS = [
     {"engine": "tcc", "format": "w4a8-gptq", "skipped": "needs --calib"},
     {"engine": "llama.cpp", "format": "F32", "weight_bytes": 21_115_904, "perplexity": 30.003, "baseline": True},
     {"engine": "llama.cpp", "format": "Q8_0", "weight_bytes": 5_750_000, "perplexity": 30.015},
-    {"engine": "llama.cpp", "format": "Q4_K_M", "weight_bytes": 3_660_000, "perplexity": 30.114},
+    {"engine": "llama.cpp", "format": "Q4_K_M", "weight_bytes": 3_660_000, "perplexity": 30.114,
+     "tensor_types": "Q4_K ×30, Q6_K ×13 (attn_v, ffn_down)"},
     {"engine": "llama.cpp", "format": "Q4_0-pure", "weight_bytes": 3_120_000, "perplexity": 30.663},
 ]
 
 
 def test_table_against_each_engines_own_fp32():
     table = quality_suite.format_table(FAKE_ROWS, parameters=5_278_976).splitlines()
+    assert table[-1] == "- Q4_K_M: Q4_K ×30, Q6_K ×13 (attn_v, ffn_down)"
+    table = table[:table.index("")]
     assert table[0] == "| engine | format | weights | bits/weight | perplexity | vs own fp32 |"
     body = [ln.split(" | ") for ln in table[2:]]
     # baselines first, then by bytes, largest first; skipped rows last
     assert [(r[0].strip("| "), r[1]) for r in body] == [
         ("llama.cpp", "F32"), ("tcc", "fp32"), ("tcc", "w8a8-smoothquant"), ("llama.cpp", "Q8_0"),
-        ("tcc", "w4a8-awq"), ("llama.cpp", "Q4_K_M"), ("llama.cpp", "Q4_0 `--pure` (everything 4-bit)"),
-        ("tcc", "w4a8-gptq")]
+        ("tcc", "w4a8-awq"), ("llama.cpp", "Q4_K_M"), ("llama.cpp", "Q4_0 `--pure`"), ("tcc", "w4a8-gptq")]
     by = {r[1]: r for r in body}
     assert by["w8a8-smoothquant"][5].startswith("+0.27%")  # 30.081 / 30.0
     assert by["Q8_0"][5].startswith("+0.04%")  # 30.015 / 30.003, not / tcc's 30.0
-    assert by["Q4_K_M"][5].startswith("+0.37%") and by["Q4_0 `--pure` (everything 4-bit)"][5].startswith("+2.20%")
+    assert by["Q4_K_M"][5].startswith("+0.37%") and by["Q4_0 `--pure`"][5].startswith("+2.20%")
     assert by["F32"][5].startswith("—") and by["Q4_K_M"][2] == "3.66 MB"
     assert by["Q4_K_M"][3] == f"{8 * 3_660_000 / 5_278_976:.2f}"
     assert "needs --calib" in table[-1]
