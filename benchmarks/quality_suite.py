@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quality of every tcc quantized format against llama.cpp's types, at their bytes (issue 23's table).
 
-    python benchmarks/quality_suite.py [--llama-cpp DIR] [--context 512] [--threads 2]
+    python benchmarks/quality_suite.py [--llama-cpp DIR] [--context 256] [--threads 2]
         [--types Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q4_0-pure] [--workdir build/quality]
         [--out benchmarks/results/quality.md] [--model M.onnx --text T.txt --calib C.txt]
 
@@ -169,7 +169,7 @@ def format_table(rows: list[dict], parameters: int | None = None) -> str:
     rows = relative(rows)
     done = sorted((r for r in rows if "skipped" not in r), key=lambda r: (not r.get("baseline"), -r["weight_bytes"],
                                                                           r["engine"]))
-    lines = ["| engine | format | weights | bits/weight | perplexity | vs own fp32 |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| engine | format | weights | bits/parameter | perplexity | vs own fp32 |", "|---|---|---:|---:|---:|---:|"]
     for r in done:
         bpw = f"{8 * r['weight_bytes'] / parameters:.2f}" if parameters else ""
         delta = "—" if r.get("baseline") else (f"{100 * r['vs_fp32']:+.2f}%" if "vs_fp32" in r else "")
@@ -193,7 +193,8 @@ def header(meta: dict) -> list[str]:
              f"tokens ({meta['scored']} scored), identical for both engines (llama-perplexity's layout)."]
     lc = meta.get("llama_cpp")
     if lc is None:
-        lines.append(f"No llama.cpp build was found, so only tcc's rows: {llama_cpp.HOW_TO_GET}.")
+        lines.append(f"No llama.cpp build was found, so only tcc's rows. {llama_cpp.HOW_TO_GET[0].upper()}"
+                     f"{llama_cpp.HOW_TO_GET[1:]}.")
         return lines
     tok = lc.get("tokens")
     if tok is None:
@@ -207,7 +208,8 @@ def header(meta: dict) -> list[str]:
                      f"({100 * (f['llama.cpp'] / f['tcc'] - 1):+.4f}%).")
     lines.append(f"llama.cpp {lc['version']}, CPU build; KV cache f32 in both engines; each format against its "
                  f"own engine's fp32. Weights: tensor bytes (tcc: weights.bin; llama.cpp: the GGUF's tensor data, "
-                 f"vocabulary and metadata left out); MB = 10^6 bytes.")
+                 f"vocabulary and metadata left out); MB = 10^6 bytes; bits/parameter = 8 x bytes / parameters "
+                 f"(a tied embedding counted once).")
     return lines
 
 
@@ -257,7 +259,7 @@ def run_suite(args) -> dict:
     base = next(r for r in rows if r.get("baseline"))
     cfg = gguf_export.read_config(os.path.join(os.path.dirname(os.path.abspath(model)), "config.json"))
     params = _parameters(cfg)
-    meta = {"model": os.path.relpath(model), "text": os.path.relpath(text_path), "tokens": len(tok["ids"]),
+    meta = {"model": _shown(model), "text": _shown(text_path), "tokens": len(tok["ids"]),
             "windows": len(spans), "context": args.context, "scored": sum(e - f for _, e, f in spans),
             "parameters": params, "threads": args.threads, "machine": machine_info(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -271,6 +273,15 @@ def run_suite(args) -> dict:
         meta["llama_cpp"] = lmeta
         meta["fp32"] = {"tcc": base["perplexity"], "llama.cpp": next(r for r in lrows if r["baseline"])["perplexity"]}
     return {"meta": meta, "rows": rows}
+
+
+def _shown(path: str) -> str:
+    """A path as the table prints it: the bundled files relative to the repository, others as given."""
+    import tcc
+
+    root = os.path.dirname(os.path.abspath(tcc.__file__))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
 
 
 def _parameters(cfg: dict) -> int:
@@ -292,7 +303,9 @@ def main(argv=None) -> int:
     ap.add_argument("--text", help="held-out text (default: models/demo/heldout.txt)")
     ap.add_argument("--calib", help="calibration text for AWQ/SmoothQuant (default: models/demo/calib.txt)")
     ap.add_argument("--no-calib", action="store_true", help="skip the calibrated tcc formats")
-    ap.add_argument("--context", type=int, default=512, help="window length in tokens (default 512)")
+    ap.add_argument("--context", type=int, default=256,
+                    help="window length in tokens (default 256: the demo model was trained on 256-token sequences, "
+                         "and positions past its training length score far worse)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES),
                     help="llama.cpp types to quantize to (Q4_0-pure: llama-quantize --pure Q4_0)")

@@ -86,7 +86,7 @@ def test_table_against_each_engines_own_fp32():
     table = quality_suite.format_table(FAKE_ROWS, parameters=5_278_976).splitlines()
     assert table[-1] == "- Q4_K_M: Q4_K ×30, Q6_K ×13 (attn_v, ffn_down)"
     table = table[:table.index("")]
-    assert table[0] == "| engine | format | weights | bits/weight | perplexity | vs own fp32 |"
+    assert table[0] == "| engine | format | weights | bits/parameter | perplexity | vs own fp32 |"
     body = [ln.split(" | ") for ln in table[2:]]
     # baselines first, then by bytes, largest first; skipped rows last
     assert [(r[0].strip("| "), r[1]) for r in body] == [
