@@ -2,7 +2,7 @@
 """Quality of every tcc quantized format against llama.cpp's types, at their bytes (issue 23's table).
 
     python benchmarks/quality_suite.py [--llama-cpp DIR] [--context 256] [--threads 2]
-        [--types Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q4_0-pure] [--workdir build/quality]
+        [--types Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q4_0-pure] [--formats w8a8-smoothquant,...] [--workdir build/quality]
         [--out benchmarks/results/quality.md] [--model M.onnx --text T.txt --calib C.txt]
 
 What one run does, on the bundled demo model (models/demo) by default:
@@ -85,15 +85,30 @@ def score_windows(gen, ids: list[int], spans: list[tuple[int, int, int]]) -> dic
 
 
 # --------------------------------------------------------------------------------------------- tcc
-def tcc_rows(model: str, text: str, calib: str | None, context: int, threads: int | None) -> tuple[list, dict]:
-    """One row per demo.COMPARE_VARIANTS entry (whatever it holds), scored in llama.cpp's windows; and
-    the token ids of the text."""
-    from tcc.demo import COMPARE_VARIANTS, compile_variant
+def select_variants(formats: str | None) -> list:
+    """demo.COMPARE_VARIANTS (whatever it holds), or those whose label --formats names; fp32 always (every
+    row is measured against it)."""
+    from tcc.demo import COMPARE_VARIANTS
+
+    if not formats:
+        return list(COMPARE_VARIANTS)
+    want = {f.strip() for f in formats.split(",") if f.strip()}
+    labels = [v.label for v in COMPARE_VARIANTS]
+    bad = sorted(want - set(labels))
+    if bad:
+        raise TccError(f"--formats: unknown {', '.join(bad)}; choose from {', '.join(labels)}")
+    return [v for v in COMPARE_VARIANTS if v.label in want or v.qm == "fp32"]
+
+
+def tcc_rows(model: str, text: str, calib: str | None, context: int, threads: int | None,
+             variants: list) -> tuple[list, dict]:
+    """One row per variant, scored in llama.cpp's windows; and the token ids of the text."""
+    from tcc.demo import compile_variant
     from tcc.runtime.perplexity import tokenize
     from tcc.runtime.session import load
 
     rows, ids, spans = [], None, None
-    for v in COMPARE_VARIANTS:
+    for v in variants:
         if v.calibrated and not calib:
             rows.append({"engine": "tcc", "format": v.label, "skipped": "needs --calib"})
             continue
@@ -245,6 +260,7 @@ def run_suite(args) -> dict:
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     if args.threads < 1:
         raise TccError(f"--threads must be at least 1, got {args.threads}")
+    variants = select_variants(args.formats)
     lc = llama_cpp.find_llama_cpp(args.llama_cpp, ("llama-perplexity", "llama-quantize"))
     if lc is not None and types:
         gguf_export._gguf()  # the one-line error about the gguf package before any compiling
@@ -254,7 +270,7 @@ def run_suite(args) -> dict:
     text_file = os.path.join(args.workdir, "text.txt")
     with open(text_file, "w", encoding="utf-8", newline="") as f:
         f.write(text)
-    rows, tok = tcc_rows(model, text, calib, args.context, args.threads)
+    rows, tok = tcc_rows(model, text, calib, args.context, args.threads, variants)
     spans = chunk_windows(len(tok["ids"]), args.context)
     base = next(r for r in rows if r.get("baseline"))
     cfg = gguf_export.read_config(os.path.join(os.path.dirname(os.path.abspath(model)), "config.json"))
@@ -303,6 +319,8 @@ def main(argv=None) -> int:
     ap.add_argument("--text", help="held-out text (default: models/demo/heldout.txt)")
     ap.add_argument("--calib", help="calibration text for AWQ/SmoothQuant (default: models/demo/calib.txt)")
     ap.add_argument("--no-calib", action="store_true", help="skip the calibrated tcc formats")
+    ap.add_argument("--formats", help="comma-separated tcc formats (labels of `tcc eval --compare`, e.g. "
+                                      "w4a8-awq; default: all of them; fp32 is always included)")
     ap.add_argument("--context", type=int, default=256,
                     help="window length in tokens (default 256: the demo model was trained on 256-token sequences, "
                          "and positions past its training length score far worse)")

@@ -101,6 +101,13 @@ def test_table_against_each_engines_own_fp32():
     assert "needs --calib" in table[-1]
 
 
+def test_formats_select_from_the_compare_variants():
+    from tcc.demo import COMPARE_VARIANTS
+
+    assert quality_suite.select_variants(None) == list(COMPARE_VARIANTS)
+    assert [v.label for v in quality_suite.select_variants("w4a8-rtn")] == ["fp32", "w4a8-rtn"]
+
+
 def test_header_says_what_is_compared():
     meta = {"model": "models/demo/model.onnx", "parameters": 5_278_976, "text": "models/demo/heldout.txt",
             "tokens": 27000, "windows": 52, "context": 512, "scored": 52 * 255, "llama_cpp": None}
@@ -153,6 +160,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["--llama-cpp", str(empty)], "no llama-perplexity in it, its bin/ or build/bin/"),
         (["--llama-cpp", str(tmp_path / "missing")], "--llama-cpp: no such directory"),
         (["--threads", "0"], "--threads must be at least 1"),
+        (["--formats", "w4a8-awq,w9a9"], "--formats: unknown w9a9; choose from fp32, "),
     ]
     for argv, msg in cases:
         assert quality_suite.main([*argv, "--out", "-", "--workdir", str(tmp_path / "w")]) == 2, argv
@@ -169,7 +177,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_against_llama_cpp(tmp_path):
     """The whole suite with a real llama.cpp: same token ids, same windows, and llama.cpp's F32 perplexity
     of the converted demo model equal to tcc's fp32 (the converter's end-to-end proof)."""
-    args = ["--llama-cpp", LLAMA_CPP_BUILD, "--types", "Q8_0", "--no-calib", "--out", str(tmp_path / "q.md"),
+    args = ["--llama-cpp", LLAMA_CPP_BUILD, "--types", "Q8_0", "--formats", "w8a8-rtn", "--out", str(tmp_path / "q.md"),
             "--json", str(tmp_path / "q.json"), "--workdir", str(tmp_path / "w")]
     assert quality_suite.main(args) == 0
     import json
