@@ -95,20 +95,27 @@ def quantize(lc: LlamaCpp, src: str, dst: str, qtype: str, threads: int) -> str:
     return " ".join(["llama-quantize"] + cmd[1:])
 
 
-def perplexity(lc: LlamaCpp, model: str, text_file: str, context: int, threads: int) -> dict:
+def perplexity(lc: LlamaCpp, model: str, text_file: str, context: int, threads: int, attempts: int = 3) -> dict:
     """llama-perplexity over non-overlapping windows of `context` tokens, each scoring its second half,
     KV cache in f32 (as tcc's). Returns {perplexity, chunks, cmd}."""
     cmd = [lc.need("llama-perplexity"), "-m", model, "-f", text_file, "-c", str(context), "-b", str(context),
            "-t", str(threads), "-ctk", "f32", "-ctv", "f32", "--no-warmup"]
-    out = run(cmd, f"llama-perplexity on {os.path.basename(model)}")
-    ppl = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
-    chunks = re.search(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)", out)
-    if not ppl or not chunks:
-        raise TccError(f"llama-perplexity on {os.path.basename(model)}: no final estimate in its output")
-    if int(chunks.group(2)) != context:
-        raise TccError(f"llama-perplexity used a context of {chunks.group(2)} tokens, not {context}")
-    return {"perplexity": float(ppl.group(1)), "chunks": int(chunks.group(1)),
-            "cmd": " ".join(["llama-perplexity"] + cmd[1:])}
+    what = f"llama-perplexity on {os.path.basename(model)}"
+    for _ in range(attempts):
+        out = run(cmd, what)
+        chunks = re.search(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)", out)
+        if not chunks:
+            raise TccError(f"{what}: no 'calculating perplexity over N chunks' line in its output")
+        if int(chunks.group(2)) != context:
+            raise TccError(f"llama-perplexity used a context of {chunks.group(2)} tokens, not {context}")
+        # The running perplexity after each window, `[i]ppl,`: the last is the result (Final estimate repeats
+        # it). The tail of the output is sometimes lost although the tool exits 0 (seen on this build with
+        # its output on a pipe or a file): then it runs again.
+        running = re.findall(r"\[(\d+)\]([0-9.]+),", out)
+        if running and int(running[-1][0]) == int(chunks.group(1)):
+            return {"perplexity": float(running[-1][1]), "chunks": int(chunks.group(1)),
+                    "cmd": " ".join(["llama-perplexity"] + cmd[1:])}
+    raise TccError(f"{what}: its output ended before the last window {attempts} times")
 
 
 def tokenize(lc: LlamaCpp, model: str, text_file: str) -> list[int]:

@@ -131,14 +131,15 @@ def test_llama_cpp_tools_through_stand_ins(tmp_path, monkeypatch):
     """Finding a build (a folder, its bin/, or PATH) and reading each tool's output."""
     b = tmp_path / "build" / "bin"
     b.mkdir(parents=True)
-    _tool(b, "llama-perplexity", 'echo "perplexity: calculating perplexity over 52 chunks, n_ctx=512, batch_size='
-                                 '512, n_seq=1"\necho "Final estimate: PPL = 30.0031 +/- 0.41"\n')
+    _tool(b, "llama-perplexity", 'echo "perplexity: calculating perplexity over 3 chunks, n_ctx=512, batch_size='
+                                 '512, n_seq=1"\necho "[1]19.0708,[2]12.0164,[3]30.0031,"\n'
+                                 'echo "Final estimate: PPL = 30.0031 +/- 0.41"\n')
     _tool(b, "llama-quantize", 'echo "$@" > "$(dirname "$0")/quantize.args"\n')
     _tool(b, "llama-tokenize", 'echo "[1, 22, 333]"\n')
     lc = llama_cpp_peer.find_llama_cpp(str(tmp_path / "build"), ("llama-perplexity", "llama-quantize"))
     assert lc.bin_dir == str(b)
     p = llama_cpp_peer.perplexity(lc, "m.gguf", "t.txt", 512, 2)
-    assert p["perplexity"] == 30.0031 and p["chunks"] == 52 and "-ctk f32 -ctv f32" in p["cmd"]
+    assert p["perplexity"] == 30.0031 and p["chunks"] == 3 and "-ctk f32 -ctv f32" in p["cmd"]
     with pytest.raises(TccError, match="used a context of 512 tokens, not 256"):
         llama_cpp_peer.perplexity(lc, "m.gguf", "t.txt", 256, 2)
     llama_cpp_peer.quantize(lc, "a.gguf", "b.gguf", "Q4_0-pure", 2)
@@ -146,6 +147,12 @@ def test_llama_cpp_tools_through_stand_ins(tmp_path, monkeypatch):
     assert llama_cpp_peer.tokenize(lc, "m.gguf", "t.txt") == [1, 22, 333]
     monkeypatch.setenv("PATH", f"{b}{os.pathsep}{os.environ['PATH']}")
     assert llama_cpp_peer.find_llama_cpp(None, ("llama-perplexity", "llama-quantize")).bin_dir == str(b)
+    # output cut before the last window (and no Final estimate): run again, then a one-line error
+    _tool(b, "llama-perplexity", 'echo "$0" >> "$(dirname "$0")/runs"\necho "calculating perplexity over 3 chunks, '
+                                 'n_ctx=512"\necho "[1]19.0708,[2]12.0164,"\n')
+    with pytest.raises(TccError, match="its output ended before the last window 3 times"):
+        llama_cpp_peer.perplexity(lc, "m.gguf", "t.txt", 512, 2)
+    assert len((b / "runs").read_text().splitlines()) == 3
     _tool(b, "llama-perplexity", 'echo "error: failed to load model" >&2\nexit 1\n')
     with pytest.raises(TccError, match="llama-perplexity exited with 1: error: failed to load model"):
         llama_cpp_peer.perplexity(lc, "m.gguf", "t.txt", 512, 2)
