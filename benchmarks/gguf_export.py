@@ -84,9 +84,14 @@ def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
         raise TccError(f"{model_path}: not an ONNX model ({type(e).__name__})") from None
     base = os.path.dirname(os.path.abspath(model_path))
     inits = {t.name: t for t in m.graph.initializer}
+    # torch's exporter keeps one copy of equal parameters (freshly initialized norms are all ones) and names
+    # the others with Identity nodes: those names read the copy
+    alias = {n.output[0]: n.input[0] for n in m.graph.node
+             if n.op_type == "Identity" and len(n.input) == 1 and n.input[0] in inits}
+    names = set(inits) | set(alias)
 
     def array(name: str) -> np.ndarray:
-        t = inits[name]
+        t = inits[alias.get(name, name)]
         if any(e.key == "location" for e in t.external_data):
             from onnx.external_data_helper import load_external_data_for_tensor
 
@@ -106,7 +111,7 @@ def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
 
     def by_suffix(suffix: str) -> str:
-        hits = [n for n in inits if n == suffix or n.endswith("." + suffix)]
+        hits = [n for n in names if n == suffix or n.endswith("." + suffix)]
         if len(hits) != 1:
             raise TccError(f"{model_path}: expected one initializer named *{suffix}, found {len(hits)} "
                            f"(is this a LLaMA decoder exported from transformers with torch's exporter?)")
@@ -118,7 +123,7 @@ def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
         out[f"blk.{i}.attn_norm.weight"] = array(by_suffix(f"layers.{i}.input_layernorm.weight"))
         out[f"blk.{i}.ffn_norm.weight"] = array(by_suffix(f"layers.{i}.post_attention_layernorm.weight"))
     for n in m.graph.node:
-        if n.op_type != "MatMul" or len(n.input) != 2 or n.input[1] not in inits:
+        if n.op_type != "MatMul" or len(n.input) != 2 or n.input[1] not in names:
             continue
         s = _SCOPE.search(n.name)
         if s:

@@ -829,10 +829,16 @@ def main(argv=None) -> int:
             ort_models[v] = ensure_ort_variant(model, v, big)
     lc_models = {}
     if lc is not None:
-        for q in qms:
-            t = LLAMA_CPP_EQUIV[q]
-            if t not in lc_models:
-                lc_models[t] = ensure_gguf(lc, model, t, max(threads))
+        from tcc.errors import TccError
+
+        try:
+            for q in qms:
+                t = LLAMA_CPP_EQUIV[q]
+                if t not in lc_models:
+                    lc_models[t] = ensure_gguf(lc, model, t, max(threads))
+        except TccError as e:
+            print(f"llm_suite: error: {e}", file=sys.stderr)
+            return 2
     prompt = _prompt(cfg["vocab_size"], args.prompt_len)
     check_dir = os.path.join(os.path.abspath(args.workdir), "check")
     os.makedirs(check_dir, exist_ok=True)

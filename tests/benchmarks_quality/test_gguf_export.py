@@ -97,6 +97,23 @@ def test_weights_round_trip(tmp_path, name, tied):
     assert len(_field(r, "tokenizer.ggml.tokens")) == V  # the placeholder vocabulary has the model's size
 
 
+def test_parameters_shared_through_identity_nodes(tmp_path):
+    """Equal parameters (fresh norms are all ones) are one initializer that Identity nodes rename; each
+    name reads it (llm_suite's random-weight exports look like this)."""
+    d = _copy_fixture(tmp_path)
+    m = onnx.load(str(d / "model.onnx"))
+    inits = {t.name: t for t in m.graph.initializer}
+    keep = next(n for n in inits if n.endswith("layers.0.input_layernorm.weight"))
+    gone = next(n for n in inits if n.endswith("model.norm.weight"))
+    m.graph.initializer.remove(inits[gone])
+    m.graph.node.insert(0, onnx.helper.make_node("Identity", [keep], [gone], name="Identity_norm"))
+    onnx.save(m, str(d / "model.onnx"))
+    out = str(tmp_path / "m.gguf")
+    gguf_export.export_gguf(str(d / "model.onnx"), out, tokenizer_path=None)
+    _, t = _read(out)
+    np.testing.assert_array_equal(_array(t["output_norm.weight"]), numpy_helper.to_array(inits[keep]))
+
+
 def _rope_half(x: np.ndarray, pos: int, theta: float = 10000.0) -> np.ndarray:
     """Hugging Face's rotate-half RoPE on one head: pairs (i, i + d/2)."""
     d = x.shape[-1]
