@@ -48,8 +48,8 @@ class LlamaCpp:
         if exe is None:
             return "?"
         r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
-        m = re.search(r"version: (\S+) \((\w+)\)", r.stdout + r.stderr)
-        return f"{m.group(1)} ({m.group(2)})" if m else "?"
+        m = re.search(r"version: ([^\n]+)", r.stdout + r.stderr)
+        return m.group(1).strip() if m else "?"
 
 
 def find_llama_cpp(given: str | None, needs: tuple[str, ...]) -> LlamaCpp | None:

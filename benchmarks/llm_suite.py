@@ -670,7 +670,7 @@ def markdown(res: dict) -> str:
     cfg = CONFIGS[a["config"]]
     exp = res["export"]
     bw = ", ".join(f"{t} thread(s) {g:.1f} GB/s" for t, g in sorted(res["bandwidth_gbs"].items(), key=lambda x: int(x[0])))
-    lines = [f"# tcc vs ONNX Runtime: `{a['config']}`", "",
+    lines = [f"# tcc vs ONNX Runtime{' and llama.cpp' if lcpp else ''}: `{a['config']}`", "",
              f"LLaMA, random weights (seed 0): hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, "
              f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} KV heads, intermediate "
              f"{cfg['intermediate_size']}, vocab {cfg['vocab_size']}"

@@ -153,6 +153,8 @@ def test_llama_cpp_tools_through_stand_ins(tmp_path, monkeypatch):
     with pytest.raises(TccError, match="its output ended before the last window 3 times"):
         llama_cpp_peer.perplexity(lc, "m.gguf", "t.txt", 512, 2)
     assert len((b / "runs").read_text().splitlines()) == 3
+    _tool(b, "llama-perplexity", 'echo "version: 0.5.0-dev (build 0, commit unknown)" >&2\n')
+    assert lc.version() == "0.5.0-dev (build 0, commit unknown)"
     _tool(b, "llama-perplexity", 'echo "error: failed to load model" >&2\nexit 1\n')
     with pytest.raises(TccError, match="llama-perplexity exited with 1: error: failed to load model"):
         llama_cpp_peer.perplexity(lc, "m.gguf", "t.txt", 512, 2)
