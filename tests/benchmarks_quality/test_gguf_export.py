@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import gguf  # in the test extra (pyproject.toml)
 import numpy as np
 import onnx
 import pytest
@@ -14,8 +15,6 @@ from onnx import numpy_helper
 from tcc.errors import TccError
 
 from .bench_modules import gguf_export
-
-gguf = pytest.importorskip("gguf")  # in the test extra; the skip only spares a bare checkout
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 LLM = os.path.join(REPO, "tests", "models", "llm")
