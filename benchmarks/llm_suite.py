@@ -4,6 +4,7 @@
     python benchmarks/llm_suite.py [--config 110m|tinyllama|tiny] [--qm fp32,w8a8,w4a32,w4a8]
         [--threads 1,2] [--prompt-len 128] [--gen 32] [--repeat 3] [--workdir build/bench]
         [--out benchmarks/results] [--ort-io iobinding|plain] [--external-data auto|always|never]
+        [--llama-cpp DIR | --no-llama-cpp]
 
 What one run does (docs/benchmarks.md explains how to read the result):
 
@@ -23,7 +24,13 @@ What one run does (docs/benchmarks.md explains how to read the result):
    (IOBinding by default: presents stay ORT-owned OrtValues; `--ort-io plain` uses `InferenceSession.run`
    with numpy feeds), greedy argmax, `intra_op_num_threads` = threads, all graph optimizations.
 5. Checks that tcc fp32 and ORT fp32 pick the same first greedy tokens for the same prompt.
-6. Writes `<out>/<config>.md`, `<config>.json` and (with matplotlib) `<config>.png`.
+6. When a llama.cpp build is found (--llama-cpp DIR, else llama-bench on PATH; benchmarks/llama_cpp_peer.py
+   says how to build one), adds it as the third engine: the same ONNX written as an F32 GGUF
+   (benchmarks/gguf_export.py), quantized with llama-quantize to the type of each qm (LLAMA_CPP_EQUIV:
+   Q8_0 for w8a8, Q4_0 for w4a8 and w4a32), timed with llama-bench at the same lengths: prefill as its
+   `pp<prompt-len>` test, decode as `tg<gen>` at a depth of prompt-len tokens (the KV cache holding the
+   prompt, as tcc's and ORT's decode steps do); medians of --repeat samples, llama.cpp's defaults otherwise.
+7. Writes `<out>/<config>.md`, `<config>.json` and (with matplotlib) `<config>.png`.
 
 Run it under `nice` on a shared machine and only trust 2-thread figures taken with the machine idle.
 """
@@ -81,6 +88,10 @@ ORT_EQUIV = {
     "w4a32": ("int4_acc0", "ORT MatMulNBits int4 b32 sym, accuracy_level 0"),
     "w4a8": ("int4_acc4", "ORT MatMulNBits int4 b32 sym, accuracy_level 4"),
 }
+
+# tcc qm -> the llama.cpp type it is timed against (llama.cpp has no int4 path with fp32 activations: its Q4_0
+# kernels quantize activations to 8 bits, so w4a32 meets the same Q4_0 as w4a8)
+LLAMA_CPP_EQUIV = {"fp32": "F32", "w8a8": "Q8_0", "w4a32": "Q4_0", "w4a8": "Q4_0"}
 
 
 def log(msg: str) -> None:
@@ -344,6 +355,58 @@ def compile_tcc(model: str, workdir: str, qm: str, max_context: int, max_seq: in
     return out, info
 
 
+# ----------------------------------------------------------------------------------- llama.cpp
+def _peer_modules():
+    """benchmarks/gguf_export.py and llama_cpp_peer.py (shared with quality_suite.py), also when this file is
+    loaded by path (tools/make_llama_onnx.py)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import gguf_export
+    import llama_cpp_peer
+
+    return gguf_export, llama_cpp_peer
+
+
+def ensure_gguf(lc, model: str, qtype: str, threads: int) -> tuple[str, dict]:
+    """The ONNX as a GGUF of `qtype` (cached beside the export: <onnx dir>/gguf/model-<type>.gguf)."""
+    gguf_export, llama_cpp_peer = _peer_modules()
+    d = os.path.join(os.path.dirname(model), "gguf")
+    os.makedirs(d, exist_ok=True)
+    f32 = os.path.join(d, "model-F32.gguf")
+    if not os.path.isfile(f32):
+        log(f"writing the ONNX as GGUF: {f32}")
+        gguf_export.export_gguf(model, f32)
+    path = f32 if qtype == "F32" else os.path.join(d, f"model-{qtype}.gguf")
+    if not os.path.isfile(path):
+        log(f"llama-quantize {qtype}")
+        tmp = f"{path}.tmp-{os.getpid()}.gguf"
+        llama_cpp_peer.quantize(lc, f32, tmp, qtype, threads)
+        os.replace(tmp, path)
+    return path, {"type": qtype, "bytes": gguf_export.tensor_bytes(path)}
+
+
+def bench_llama_cpp(lc, gguf_path: str, prompt_len: int, gen: int, threads: int, repeat: int) -> dict:
+    """llama-bench: prefill as pp<prompt_len> from an empty cache, decode as tg<gen> after prompt_len tokens
+    (-d), medians of the samples."""
+    _, llama_cpp_peer = _peer_modules()
+    exe = lc.need("llama-bench")
+    res = {}
+    for what, args in (("prefill", ["-p", str(prompt_len), "-n", "0", "-d", "0"]),
+                       ("decode", ["-p", "0", "-n", str(gen), "-d", str(prompt_len)])):
+        out = llama_cpp_peer.run([exe, "-m", gguf_path, *args, "-t", str(threads), "-r", str(repeat), "-o", "json"],
+                                 f"llama-bench {what}")
+        start = out.find("[")
+        try:
+            tests = json.loads(out[start:out.rindex("]") + 1])
+        except ValueError:
+            raise RuntimeError(f"llama-bench {what}: no JSON in its output") from None
+        samples = tests[0]["samples_ts"]
+        res[what] = statistics.median(samples)
+        res[f"{what}_samples_ts"] = samples
+    return {"prefill_tok_s": res["prefill"], "decode_ms": 1e3 / res["decode"],
+            "samples": {k: v for k, v in res.items() if k.endswith("_samples_ts")}}
+
+
 # ----------------------------------------------------------------------------------- ORT timing
 class OrtDecoder:
     """Drives an optimum-style decoder-with-past the way a user does: prompt with an empty past, then
@@ -543,11 +606,14 @@ def _f(x, fmt: str = ".1f") -> str:
 
 
 def row_figures(r: dict) -> dict:
-    t, o = r["tcc"], r.get("ort") or {}
+    t, o, lc = r["tcc"], r.get("ort") or {}, r.get("llama_cpp") or {}
     budget = (t["weights_bytes"] + t["kv_cache_bytes"]) * 1.10 + 50 * MIB
     return {
         "prefill_ratio": t["prefill_tok_s"] / o["prefill_tok_s"] if o.get("prefill_tok_s") else None,
         "decode_ratio": o["decode_ms"] / t["decode_ms"] if o.get("decode_ms") and t.get("decode_ms") else None,
+        "prefill_ratio_llama_cpp": t["prefill_tok_s"] / lc["prefill_tok_s"] if lc.get("prefill_tok_s") else None,
+        "decode_ratio_llama_cpp": (lc["decode_ms"] / t["decode_ms"] if lc.get("decode_ms") and t.get("decode_ms")
+                                   else None),
         "rss_budget_bytes": budget, "rss_ok": t["peak_rss_bytes"] <= budget,
         "arena_ratio": t["arena_bytes"] / t["lower_bound_bytes"] if t["lower_bound_bytes"] else 1.0,
     }
@@ -592,12 +658,19 @@ def targets(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
     return out
 
 
+def _llama_cells(r: dict) -> str:
+    lc, f = r.get("llama_cpp") or {}, r["fig"]
+    return (f" {LLAMA_CPP_EQUIV[r['qm']]} | {_f(lc.get('prefill_tok_s'))} | {_f(f.get('prefill_ratio_llama_cpp'), '.2f')} | "
+            f"{_f(lc.get('decode_ms'), '.2f')} | {_f(f.get('decode_ratio_llama_cpp'), '.2f')} |")
+
+
 def markdown(res: dict) -> str:
     m, a, rows = res["machine"], res["args"], res["rows"]
+    lcpp = res.get("llama_cpp")
     cfg = CONFIGS[a["config"]]
     exp = res["export"]
     bw = ", ".join(f"{t} thread(s) {g:.1f} GB/s" for t, g in sorted(res["bandwidth_gbs"].items(), key=lambda x: int(x[0])))
-    lines = [f"# tcc vs ONNX Runtime: `{a['config']}`", "",
+    lines = [f"# tcc vs ONNX Runtime{' and llama.cpp' if lcpp else ''}: `{a['config']}`", "",
              f"LLaMA, random weights (seed 0): hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, "
              f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} KV heads, intermediate "
              f"{cfg['intermediate_size']}, vocab {cfg['vocab_size']}"
@@ -612,8 +685,10 @@ def markdown(res: dict) -> str:
              f"{res['load_after']}{' — ' + a['note'] if a.get('note') else ''}.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", "",
              "| tcc qm / ORT equivalent | threads | prefill tok/s tcc | ORT | ×ORT | decode ms/token tcc | ORT | ×ORT "
-             "| tcc roofline achieved | tcc peak RSS / budget MiB | arena / lower bound | compile s | greedy = ORT fp32 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+             "| tcc roofline achieved | tcc peak RSS / budget MiB | arena / lower bound | compile s | greedy = ORT fp32 |"
+             + (" llama.cpp type | prefill tok/s llama.cpp | ×llama.cpp | decode ms/token llama.cpp | ×llama.cpp |"
+                if lcpp else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|" + ("---|---:|---:|---:|---:|" if lcpp else "")]
     for r in rows:
         t, o, f = r["tcc"], r.get("ort") or {}, r["fig"]
         ach = t.get("achieved")
@@ -624,7 +699,7 @@ def markdown(res: dict) -> str:
             f"{_f(o.get('prefill_tok_s'))} | {_f(f['prefill_ratio'], '.2f')} | {_f(t['decode_ms'], '.2f')} | "
             f"{_f(o.get('decode_ms'), '.2f')} | {_f(f['decode_ratio'], '.2f')} | {roof} | "
             f"{t['peak_rss_bytes'] / MIB:.0f} / {f['rss_budget_bytes'] / MIB:.0f} {'✓' if f['rss_ok'] else '✗'} | "
-            f"{f['arena_ratio']:.3f} | {r['compile']['compile_seconds']:.1f} | {check} |")
+            f"{f['arena_ratio']:.3f} | {r['compile']['compile_seconds']:.1f} | {check} |" + (_llama_cells(r) if lcpp else ""))
     lines += ["", "×ORT is tcc's speed over ORT's (prefill tok/s ratio; decode ORT ms / tcc ms). The roofline is "
               "the measured read bandwidth over the bytes a decode step reads (weights, less gathered embedding "
               "rows, plus the KV cache at the mean context). The RSS budget is weights + KV cache + 10% + 50 MiB; "
@@ -637,6 +712,15 @@ def markdown(res: dict) -> str:
               + ("; " if res["ort_models"] else "") + "tcc weights: " + "; ".join(
                   f"{r['qm']} {r['tcc']['weights_bytes'] / MIB:.1f} MiB"
                   for r in {r['qm']: r for r in rows}.values()) + ".", ""]
+    if lcpp:
+        lines += [f"llama.cpp {lcpp['version']} (CPU build), timed with llama-bench: prefill is its pp{a['prompt_len']} "
+                  f"test (random tokens, empty cache), decode its tg{a['gen']} test after {a['prompt_len']} tokens "
+                  f"(`-d {a['prompt_len']}`); medians of {a['repeat']} samples; its defaults otherwise (f16 KV cache). "
+                  "×llama.cpp is tcc's speed over llama.cpp's. GGUF from the same ONNX (benchmarks/gguf_export.py), "
+                  "quantized with llama-quantize: " + "; ".join(
+                      f"{t} {v['bytes'] / MIB:.1f} MiB" for t, v in lcpp["models"].items()) + ".", ""]
+    elif not a.get("no_llama_cpp"):
+        lines += [f"No llama.cpp rows (no build found): {_peer_modules()[1].HOW_TO_GET}.", ""]
     chk = next((r.get("check") for r in rows if r["qm"] == "fp32" and r.get("check")), None)
     if chk:
         lines += [f"Greedy check (fp32): the first {chk['n']} tokens of tcc {chk['tcc']} and ORT {chk['ort']}: "
@@ -707,6 +791,8 @@ def main(argv=None) -> int:
     ap.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
                     help="ONNX weights in an external file: when over 2 GB (auto), always, or never")
     ap.add_argument("--no-ort", action="store_true", help="time tcc only")
+    ap.add_argument("--llama-cpp", metavar="DIR", help="a llama.cpp build folder (default: llama-bench on PATH)")
+    ap.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out even when a build is found")
     ap.add_argument("--note", default="", help="a remark printed under the machine line (e.g. 'machine busy')")
     args = ap.parse_args(argv)
     qms = [q.strip() for q in args.qm.split(",") if q.strip()]
@@ -716,6 +802,16 @@ def main(argv=None) -> int:
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
     if args.prompt_len < 5 or args.gen < 2:
         ap.error("--prompt-len must be >= 5 and --gen >= 2")
+    lc = None
+    if not args.no_llama_cpp:
+        from tcc.errors import TccError
+
+        try:
+            lc = _peer_modules()[1].find_llama_cpp(args.llama_cpp, ("llama-bench", "llama-quantize"))
+            if lc is not None:
+                _peer_modules()[0]._gguf()  # the one-line error about the gguf package before any work
+        except TccError as e:
+            ap.error(str(e))
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
     load_before = _load()
@@ -731,6 +827,18 @@ def main(argv=None) -> int:
         for q in qms:
             v = ORT_EQUIV[q][0]
             ort_models[v] = ensure_ort_variant(model, v, big)
+    lc_models = {}
+    if lc is not None:
+        from tcc.errors import TccError
+
+        try:
+            for q in qms:
+                t = LLAMA_CPP_EQUIV[q]
+                if t not in lc_models:
+                    lc_models[t] = ensure_gguf(lc, model, t, max(threads))
+        except TccError as e:
+            print(f"llm_suite: error: {e}", file=sys.stderr)
+            return 2
     prompt = _prompt(cfg["vocab_size"], args.prompt_len)
     check_dir = os.path.join(os.path.abspath(args.workdir), "check")
     os.makedirs(check_dir, exist_ok=True)
@@ -764,6 +872,13 @@ def main(argv=None) -> int:
                                                   "save_logits": tsave})
                     row["check"] = greedy_check(g["tokens"], o["tokens"][:CHECK_TOKENS], np.load(tsave), np.load(save))
                     log(f"  greedy check: {row['check']['mark']} (tcc {g['tokens']}, ORT {o['tokens'][:CHECK_TOKENS]})")
+            if lc is not None:
+                t = LLAMA_CPP_EQUIV[q]
+                log(f"timing llama.cpp {t}, {th} thread(s)")
+                row["llama_cpp"] = {"type": t, **bench_llama_cpp(lc, lc_models[t][0], args.prompt_len, args.gen, th,
+                                                                  args.repeat)}
+                log(f"  llama.cpp: prefill {row['llama_cpp']['prefill_tok_s']:.1f} tok/s, "
+                    f"decode {row['llama_cpp']['decode_ms']:.2f} ms/token")
             rows.append(row)
     # One bandwidth per thread count, the best the probe saw in the run (a probe that ran while the machine
     # was busy reads low and would put decode above its roofline).
@@ -777,7 +892,9 @@ def main(argv=None) -> int:
     res = {"args": {**vars(args), "config": args.config}, "machine": machine, "config": cfg, "export": export,
            "max_context": max_context, "bandwidth_gbs": bandwidth, "load_before": load_before,
            "load_after": _load(), "rows": rows,
-           "ort_models": {k: v[1] for k, v in ort_models.items()}}
+           "ort_models": {k: v[1] for k, v in ort_models.items()},
+           "llama_cpp": None if lc is None else {"version": lc.version(), "bin_dir": lc.bin_dir,
+                                                 "models": {k: v[1] for k, v in lc_models.items()}}}
     res["args"].pop("workdir", None)
     res["args"].pop("out", None)
     res["targets"] = [{"target": n, "ok": ok, "value": v} for n, ok, v in targets(rows)]
