@@ -127,7 +127,7 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
         vals[id(v)] = state.arrays[name]
     # An intermediate is dropped after its last reader: a 7B decoder's weights are converted to f32 one
     # MatMul at a time (calibration), never all held at once.
-    order = _schedule(graph)
+    order = _schedule(graph, keep)
     last_use = {} if keep else _last_uses(order, graph)
     for i, node in enumerate(order):
         args = [None if v is None else vals[id(v)] for v in node.inputs]
@@ -155,10 +155,13 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], check_types: bool = Tr
     return {v.name: vals[id(v)] for v in graph.outputs}
 
 
-def _schedule(graph: Graph) -> list[Node]:
+def _schedule(graph: Graph, keep: bool = False) -> list[Node]:
     """The nodes in an order that runs each constant-only node (a weight's Cast or Transpose, which the
     streaming compile leaves unfolded) just before its first reader, not where topological order put it
-    (often the start): so a converted weight lives from its production to its use, one layer at a time."""
+    (often the start): so a converted weight lives from its production to its use, one layer at a time.
+    A constant-only node nothing reads is not run unless it makes a graph output (or `keep` wants every
+    value): the calibration passes replace a weight's Cast by a rescaled one and leave the old one for dead
+    code elimination, and running those held an f32 copy of every rescaled weight to the end (10 GB at 7B)."""
     constant = {id(v) for v in graph.constants.values()}
     lazy: dict[int, Node] = {}  # value id -> its constant-only producer, not yet scheduled
     for node in graph.nodes:
@@ -181,8 +184,9 @@ def _schedule(graph: Graph) -> list[Node]:
     for node in graph.nodes:
         if not any(id(o) in pending for o in node.outputs):
             place(node)
-    for node in graph.nodes:  # constant-only nodes no scheduled node reads (graph outputs)
-        if any(id(o) in lazy for o in node.outputs):
+    outputs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:  # constant-only nodes no scheduled node reads: graph outputs only
+        if any(id(o) in lazy for o in node.outputs) and (keep or any(id(o) in outputs for o in node.outputs)):
             for o in node.outputs:
                 lazy.pop(id(o), None)
             place(node)
