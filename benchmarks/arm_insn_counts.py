@@ -76,9 +76,10 @@ def _operands(rng, M, N, K, group=32):
     q4, s4, _ = quantize_int4(w, group)
     q8, s8 = quantize_int8(w)
     xg = quantize_activations(x, group, pad_to=ap.KPAD)
-    xt = quantize_activations(x, None, pad_to=ap.KPAD)
+    row = -(-K // 32) * 32  # w8a8's activations: one scale per row (a group of K rounded up to 32)
+    xr = quantize_activations(x, row, pad_to=ap.KPAD)
     return dict(x=x, q4=ap.pack_q4(q4), s4=ap.pack_q4_scales(s4), q8=ap.pack_q8(q8), s8=ap.pack_q8_scales(s8),
-                xg=xg, xt=(xt[0], np.asarray(xt[1], np.float32).reshape(-1)), group=group)
+                xg=xg, xr=xr, row=row, group=group)
 
 
 def _queue(h: Harness, M: int, N: int, K: int, rng) -> list[tuple[str, int, int]]:
@@ -95,8 +96,8 @@ def _queue(h: Harness, M: int, N: int, K: int, rng) -> list[tuple[str, int, int]
                                          M, K, g, 0, None)),
         ("qlinear_w4a8", h.call(spec["qlinear_w4a8"], xq, xs, xsum, kp, o["q4"], o["s4"], None, None, y.copy(), N,
                                 M, N, K, g, None)),
-        ("qlinear_w8a8", h.call(spec["qlinear_w8a8"], o["xt"][0], o["xt"][1], kp, o["q8"], o["s8"], None, y.copy(),
-                                N, M, N, K, None)),
+        ("qlinear_w8a8", h.call(spec["qlinear_w8a8"], *o["xr"], kp, o["q8"], o["s8"], None, y.copy(),
+                                N, M, N, K, o["row"], None)),
         ("qlinear_w4a32", h.call(spec["qlinear_w4a32"], o["x"], K, o["q4"], o["s4"], None, None, y.copy(), N, M, N,
                                  K, g, None)),
         ("qlinear_w4a16", h.call(spec["qlinear_w4a16"], o["x"], K, o["q4"], o["s4"], None, None, y.copy(), N, M, N,

@@ -335,7 +335,7 @@ def test_int8_paths_agree_bitwise(arm_results):
     dots and share the float epilogue, so the neon int8 kernels' outputs must match bit for bit."""
     for name, idx, _ in CASES:
         if "__neon" in name and ("w4a8" in name or "w8a8" in name):
-            y_arg = 8 if "w4a8" in name else 6
+            y_arg = 8 if "w4a8" in name else 7  # y: after (xq, xs, xsum, ldq, w, ws, bias)
             outs = [arm_results[cpu][idx][y_arg] for cpu in CPUS]
             for cpu, o in zip(CPUS[1:], outs[1:]):
                 assert np.array_equal(outs[0].view(np.uint32), o.view(np.uint32)), (name, cpu)
