@@ -42,6 +42,7 @@ PROJECTIONS = (("self_attn/q_proj", "attn_q"), ("self_attn/k_proj", "attn_k"), (
 _SCOPE = re.compile(r"/layers\.(\d+)/(self_attn/[qkvo]_proj|mlp/(?:gate|up|down)_proj)/MatMul$")
 _LM_HEAD = re.compile(r"(^|/)lm_head/MatMul$")
 FILE_TYPE_ALL_F32 = 0  # llama_ftype LLAMA_FTYPE_ALL_F32
+FILE_TYPE_MOSTLY_F16 = 1  # LLAMA_FTYPE_MOSTLY_F16
 
 
 def _gguf():
@@ -70,9 +71,34 @@ def permute_rope(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, out // heads // 2, *rest).swapaxes(1, 2).reshape(w.shape)
 
 
+class Lazy:
+    """A tensor of the ONNX file read only when written (a 7B's weights never all in memory): its shape in
+    GGUF's numpy order, its dtype (f16 stays f16, everything else f32), and the steps that make it."""
+
+    def __init__(self, read, shape: tuple, dtype, steps: tuple = ()):
+        self.read, self.shape, self.dtype, self.steps = read, tuple(shape), np.dtype(dtype), steps
+
+    def then(self, step, shape: tuple | None = None) -> "Lazy":
+        return Lazy(self.read, self.shape if shape is None else shape, self.dtype, (*self.steps, step))
+
+    def load(self) -> np.ndarray:
+        a = self.read()
+        for step in self.steps:
+            a = step(a)
+        return np.ascontiguousarray(a, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
 def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
-    """{GGUF tensor name: float32 array in GGUF's numpy order} from the ONNX file (external data read
-    lazily, one tensor at a time)."""
+    """{GGUF tensor name: float32 array in GGUF's numpy order} from the ONNX file."""
+    return {k: v.load().astype(np.float32) for k, v in read_lazy(model_path, cfg).items()}
+
+
+def read_lazy(model_path: str, cfg: dict) -> dict[str, Lazy]:
+    """{GGUF tensor name: Lazy} from the ONNX file (external data read one tensor at a time, when written)."""
     import onnx
     from onnx import numpy_helper
 
@@ -90,16 +116,13 @@ def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
              if n.op_type == "Identity" and len(n.input) == 1 and n.input[0] in inits}
     names = set(inits) | set(alias)
 
-    def array(name: str) -> np.ndarray:
-        t = inits[alias.get(name, name)]
-        if any(e.key == "location" for e in t.external_data):
-            from onnx.external_data_helper import load_external_data_for_tensor
+    def read(t) -> np.ndarray:  # external data: read from the file beside the model (t itself stays as it is)
+        return numpy_helper.to_array(t, base_dir=base)
 
-            t2 = onnx.TensorProto()
-            t2.CopyFrom(t)
-            load_external_data_for_tensor(t2, base)
-            t = t2
-        return numpy_helper.to_array(t).astype(np.float32)
+    def array(name: str) -> Lazy:
+        t = inits[alias.get(name, name)]
+        dtype = np.float16 if t.data_type == onnx.TensorProto.FLOAT16 else np.float32
+        return Lazy(lambda t=t: read(t), tuple(t.dims), dtype)
 
     L, H = cfg["num_hidden_layers"], cfg["hidden_size"]
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
@@ -134,7 +157,8 @@ def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
             continue
         if name in out:
             raise TccError(f"{model_path}: two MatMuls map to {name}")
-        out[name] = np.ascontiguousarray(array(n.input[1]).T)  # ONNX MatMul B is [in, out]
+        b = array(n.input[1])
+        out[name] = b.then(np.transpose, b.shape[::-1])  # ONNX MatMul B is [in, out]
     for i in range(L):
         for stem, shape in want.items():
             name = f"blk.{i}.{stem}.weight"
@@ -149,16 +173,16 @@ def read_weights(model_path: str, cfg: dict) -> dict[str, np.ndarray]:
     if out["token_embd.weight"].shape != (vocab, H):
         raise TccError(f"{model_path}: embedding is {list(out['token_embd.weight'].shape)}, config.json says "
                        f"vocab {vocab} x hidden {H}")
-    if cfg.get("tie_word_embeddings") and "output.weight" in out and np.array_equal(out["output.weight"],
-                                                                                    out["token_embd.weight"]):
+    if cfg.get("tie_word_embeddings") and "output.weight" in out and np.array_equal(out["output.weight"].load(),
+                                                                                    out["token_embd.weight"].load()):
         del out["output.weight"]  # a folded transpose of the tied table: llama.cpp reuses token_embd itself
     if "output.weight" not in out and not cfg.get("tie_word_embeddings", False):
         raise TccError(f"{model_path}: no lm_head MatMul and config.json does not tie the embeddings")
     if "output.weight" in out and out["output.weight"].shape != (vocab, H):
         raise TccError(f"{model_path}: lm_head is {list(out['output.weight'].shape)}, expected {[vocab, H]}")
     for i in range(L):
-        out[f"blk.{i}.attn_q.weight"] = permute_rope(out[f"blk.{i}.attn_q.weight"], heads)
-        out[f"blk.{i}.attn_k.weight"] = permute_rope(out[f"blk.{i}.attn_k.weight"], kv)
+        out[f"blk.{i}.attn_q.weight"] = out[f"blk.{i}.attn_q.weight"].then(lambda w: permute_rope(w, heads))
+        out[f"blk.{i}.attn_k.weight"] = out[f"blk.{i}.attn_k.weight"].then(lambda w: permute_rope(w, kv))
     return out
 
 
@@ -224,16 +248,19 @@ def read_config(path: str) -> dict:
 
 
 def export_gguf(model_path: str, out_path: str, config_path: str | None = None,
-                tokenizer_path: str | None = "auto", name: str | None = None) -> dict:
-    """Write `model_path` (ONNX) as an F32 GGUF at out_path. config.json (and tokenizer.json, when
-    tokenizer_path is "auto") are read from the model's folder. Returns a summary."""
+                tokenizer_path: str | None = "auto", name: str | None = None, keep_f16: bool = False) -> dict:
+    """Write `model_path` (ONNX) as an F32 GGUF at out_path (keep_f16: an fp16 export's matrices stay F16,
+    half the file: a 7B's F32 GGUF is 27 GB). config.json (and tokenizer.json, when tokenizer_path is "auto")
+    are read from the model's folder. Tensors are read and written one at a time. Returns a summary."""
     gguf = _gguf()
     d = os.path.dirname(os.path.abspath(model_path))
     cfg = read_config(config_path or os.path.join(d, "config.json"))
     if tokenizer_path == "auto":
         tokenizer_path = os.path.join(d, "tokenizer.json")
         tokenizer_path = tokenizer_path if os.path.isfile(tokenizer_path) else None
-    weights = read_weights(model_path, cfg)
+    weights = read_lazy(model_path, cfg)
+    if not keep_f16:
+        weights = {k: Lazy(v.load, v.shape, np.float32) for k, v in weights.items()}
     vocab = read_vocab(tokenizer_path, cfg["vocab_size"], cfg.get("bos_token_id"), cfg.get("eos_token_id"))
     heads = cfg["num_attention_heads"]
     hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
@@ -254,7 +281,8 @@ def export_gguf(model_path: str, out_path: str, config_path: str | None = None,
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(float(theta))
     w.add_vocab_size(cfg["vocab_size"])
-    w.add_file_type(FILE_TYPE_ALL_F32)
+    f16 = any(v.dtype == np.float16 for v in weights.values())
+    w.add_file_type(FILE_TYPE_MOSTLY_F16 if f16 else FILE_TYPE_ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(vocab["tokens"])
@@ -265,12 +293,16 @@ def export_gguf(model_path: str, out_path: str, config_path: str | None = None,
     if vocab["eos"] is not None:
         w.add_eos_token_id(int(vocab["eos"]))
     w.add_add_bos_token(False)  # tcc's tokenizer adds no BOS (post-processor ByteLevel); neither may llama.cpp
-    for k, a in weights.items():
-        w.add_tensor(k, a)
+    for k, a in weights.items():  # norms (1-D) stay F32 whatever the matrices are, as llama.cpp's converter
+        if len(a.shape) == 1:
+            weights[k] = a = Lazy(a.load, a.shape, np.float32)
+        w.add_tensor_info(k, a.shape, a.dtype, a.nbytes)
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for a in weights.values():
+            w.write_tensor_data(a.load())
         w.close()
         os.replace(tmp, out_path)
     except OSError as e:
@@ -278,7 +310,7 @@ def export_gguf(model_path: str, out_path: str, config_path: str | None = None,
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return {"path": out_path, "tensors": len(weights), "parameters": int(sum(a.size for a in weights.values())),
+    return {"path": out_path, "tensors": len(weights), "parameters": int(sum(np.prod(a.shape) for a in weights.values())),
             "tied_embeddings": "output.weight" not in weights, "tokenizer": tokenizer_path,
             "placeholder_vocab": vocab["placeholder"], "bytes": os.path.getsize(out_path)}
 
@@ -311,9 +343,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="gguf_export.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="ONNX LLaMA decoder (config.json, and tokenizer.json if any, beside it)")
     ap.add_argument("out", help="the GGUF file to write")
+    ap.add_argument("--f16", action="store_true", help="an fp16 export's matrices stay F16 (half the file)")
     args = ap.parse_args(argv)
     try:
-        info = export_gguf(args.model, args.out)
+        info = export_gguf(args.model, args.out, keep_f16=args.f16)
     except TccError as e:
         print(f"gguf_export: error: {e}", file=sys.stderr)
         return 2

@@ -223,3 +223,32 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert not os.path.exists(out)
     # the script's own front door: a one-line error and exit status 2
     assert gguf_export.main([str(tmp_path / "nope.onnx"), out]) == 2
+
+
+def test_fp16_export_streams_as_f16(tmp_path):
+    """keep_f16 (a 7B's F32 GGUF would be 27 GB): an fp16 export's matrices are written F16, with exactly the
+    ONNX values (transposed, Q/K in RoPE order), the norms F32, file type MOSTLY_F16; without it the same values
+    in F32. Tensors are read one at a time from the external data."""
+    from tests.llama_export import make_llama_onnx
+
+    mk = make_llama_onnx()
+    d = tmp_path / "m"
+    mk.make(mk.SHAPES["tiny"], str(d), "f16")
+    model = str(d / "model.onnx")
+    cfg = json.load(open(d / "config.json"))
+    half, full = str(tmp_path / "h.gguf"), str(tmp_path / "f.gguf")
+    gguf_export.export_gguf(model, half, keep_f16=True)
+    gguf_export.export_gguf(model, full)
+    rh, th = _read(half)
+    _, tf = _read(full)
+    assert set(th) == set(tf) and _field(rh, "general.file_type") == gguf_export.FILE_TYPE_MOSTLY_F16
+    for k, v in th.items():
+        want = gguf.GGMLQuantizationType.F16 if len(v.shape) == 2 else gguf.GGMLQuantizationType.F32
+        assert v.tensor_type == want and tf[k].tensor_type == gguf.GGMLQuantizationType.F32, k
+        np.testing.assert_array_equal(_array(v).astype(np.float32), _array(tf[k]), err_msg=k)
+    m = onnx.load(model)
+    node = next(n for n in m.graph.node if n.op_type == "MatMul" and n.name.endswith("layers.1/self_attn/k_proj/MatMul"))
+    init = next(t for t in m.graph.initializer if t.name == node.input[1])  # (onnx.load read the external data)
+    k_proj = gguf_export.permute_rope(numpy_helper.to_array(init).T, cfg["num_key_value_heads"])
+    assert k_proj.dtype == np.float16
+    np.testing.assert_array_equal(_array(th["blk.1.attn_k.weight"]), k_proj)
