@@ -40,6 +40,7 @@ mapped codes (about 1x) but computes by dequantizing each weight to f32 per call
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import mmap
@@ -76,6 +77,7 @@ class NbitsInputError(ModelFormatError):
     """The model to quantize or bench is missing, not ONNX, or its external data does not match it."""
 
 
+@functools.lru_cache(maxsize=None)
 def _suite():
     spec = importlib.util.spec_from_file_location("llm_suite", os.path.join(HERE, "llm_suite.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -84,14 +86,7 @@ def _suite():
 
 
 def _rss_kib(field: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _suite()._rss_kib(field)  # llm_suite's reader of /proc/self/status (no tcc import needed)
 
 
 def peak_rss_bytes() -> int:
