@@ -83,6 +83,33 @@ class Variant:
         return f"{self.method} {'4-bit only' if self.budget == 'pure' else self.budget + ' bits'}"
 
 
+METHODS = ("RTN", "AWQ", "SmoothQuant", "GPTQ", "AWQ+GPTQ", "SmoothQuant+GPTQ")
+
+
+def parse_variant(label: str) -> Variant:
+    """The Variant a label names (`Variant.label`'s form: fp32, w8a8-rtn, w4a8-awq+gptq-pure, w4a8-awq-b5.3);
+    a one-line TccError otherwise."""
+    from .passes.bit_allocation import check_budget
+    from .passes.schemes import SCHEMES
+
+    qm, _, rest = label.partition("-")
+    if qm == "fp32" and not rest:
+        return Variant("fp32", "-")
+    method, _, budget = rest.partition("-")
+    by_name = {m.lower(): m for m in METHODS}
+    if qm not in SCHEMES or qm == "fp32" or method not in by_name:
+        raise TccError(f"format {label!r}: expected <qm>-<method>[-pure|-b<bits>] with a qm of "
+                       f"{', '.join(q for q in SCHEMES if q != 'fp32')} and a method of {', '.join(by_name)}")
+    if budget and budget != "pure":
+        try:
+            ok = budget.startswith("b") and check_budget(budget[1:]) is not None
+        except TccError:
+            ok = False
+        if not ok:
+            raise TccError(f"format {label!r}: the budget is 'pure' or b<bits per weight>, e.g. b5.3")
+    return Variant(qm, by_name[method], None if not budget else "pure" if budget == "pure" else budget[1:])
+
+
 COMPARE_VARIANTS = (Variant("fp32", "-"), Variant("w8a8", "RTN"), Variant("w8a8", "SmoothQuant"),
                     Variant("w8a8", "GPTQ"), Variant("w8a8", "SmoothQuant+GPTQ"),
                     Variant("w4a32", "RTN"), Variant("w4a32", "AWQ"), Variant("w4a8", "RTN"), Variant("w4a8", "AWQ"),

@@ -433,6 +433,7 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
         "binaries": {"run": "run"},
         "weights": {"file": "weights.bin", "bytes": len(program.weights),
                     "decode_bytes": decode_weight_bytes(graph, program.weights_entries),
+                    "position_table_bytes": position_table_bytes(graph, program.weights_entries),
                     "sha256": program.weights.sha256},
         "memory": {"arena_bytes": plan.arena_bytes, "intermediates_bytes": plan.total_bytes,
                    "lower_bound_bytes": plan.lower_bound},
@@ -452,17 +453,32 @@ def _manifest(model, graph: Graph, ctx, opts: CompileOptions, program, seconds: 
     return manifest
 
 
-# Input slots through which a node reads only the rows its indices select (embedding tables).
-GATHERED_SLOTS = {"Gather": (0,), "QGather": (1, 2, 3)}
+# Input slots of per-position tables (RoPE cos/sin, [positions, rotary_dim/2]): values derived from the model's
+# constants (passes/rope_tables.py), read a row per position.
+POSITION_SLOTS = {"KVAttention": (6, 7), "RotaryEmbedding": (1, 2)}
+# Input slots through which a node reads only the rows its indices select (embedding and position tables).
+GATHERED_SLOTS = {"Gather": (0,), "QGather": (1, 2, 3), **POSITION_SLOTS}
+
+
+def _read_only_through(graph: Graph, slots: dict) -> set[str]:
+    """Names of the constants every use of which is one of `slots`."""
+    users = graph.users()
+    return {v.name for v in graph.constants.values()
+            if users.get(v) and all(slot in slots.get(n.op, ()) for n, slot in users[v])}
 
 
 def decode_weight_bytes(graph: Graph, entries: list[dict]) -> int:
     """Bytes of weights one decode step reads in full: every stored constant except tables that are only
     gathered from (one row per token). The decode roofline's numerator (runtime/roofline.py)."""
-    users = graph.users()
-    gathered = {v.name for v in graph.constants.values()
-                if users.get(v) and all(slot in GATHERED_SLOTS.get(n.op, ()) for n, slot in users[v])}
+    gathered = _read_only_through(graph, GATHERED_SLOTS)
     return sum(e["bytes"] for e in entries if e["name"] not in gathered)
+
+
+def position_table_bytes(graph: Graph, entries: list[dict]) -> int:
+    """Bytes of weights.bin that are position tables, not parameters (a RoPE cos/sin cache: llama.cpp
+    computes these values as it runs); the quality suite compares formats on the bytes of the rest."""
+    tables = _read_only_through(graph, POSITION_SLOTS)
+    return sum(e["bytes"] for e in entries if e["name"] in tables)
 
 
 def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) -> dict:
@@ -481,11 +497,13 @@ def _quant_manifest(graph: Graph, ctx, opts: CompileOptions, weight_bytes: int) 
                    quantized_linears=q.get("linears", 0) + gptq.get("linears", 0), kept_fp32=q.get("kept_fp32", []))
         for m in ran:
             out[m] = ctx.stats[m]
+        if "tie-tables" in ctx.stats:  # tables read out of their LM head's weights, stored once
+            out["tied_tables"] = ctx.stats["tie-tables"]
         alloc = ctx.stats.get("bit-allocation")
         if alloc:  # per layer weight bits of a 4-bit scheme (passes/bit_allocation.py)
             out["bit_allocation"] = {k: alloc[k] for k in ("criterion", "budget_bits", "bits_per_weight",
                                                              "weight_bytes", "weights", "eight_bit", "eight_bit_act",
-                                                             "layers")}
+                                                             "tied", "layers")}
     return out
 
 

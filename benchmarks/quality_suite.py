@@ -86,18 +86,14 @@ def score_windows(gen, ids: list[int], spans: list[tuple[int, int, int]]) -> dic
 
 # --------------------------------------------------------------------------------------------- tcc
 def select_variants(formats: str | None) -> list:
-    """demo.COMPARE_VARIANTS (whatever it holds), or those whose label --formats names; fp32 always (every
-    row is measured against it)."""
-    from tcc.demo import COMPARE_VARIANTS
+    """demo.COMPARE_VARIANTS (whatever it holds), or the formats --formats names (those labels, or any
+    <qm>-<method>[-pure|-b<bits>]: demo.parse_variant); fp32 always first (every row is measured against it)."""
+    from tcc.demo import COMPARE_VARIANTS, parse_variant
 
     if not formats:
         return list(COMPARE_VARIANTS)
-    want = {f.strip() for f in formats.split(",") if f.strip()}
-    labels = [v.label for v in COMPARE_VARIANTS]
-    bad = sorted(want - set(labels))
-    if bad:
-        raise TccError(f"--formats: unknown {', '.join(bad)}; choose from {', '.join(labels)}")
-    return [v for v in COMPARE_VARIANTS if v.label in want or v.qm == "fp32"]
+    want = [parse_variant(f.strip()) for f in formats.split(",") if f.strip()]
+    return [COMPARE_VARIANTS[0], *dict.fromkeys(v for v in want if v.qm != "fp32")]
 
 
 def tcc_rows(model: str, text: str, calib: str | None, context: int, threads: int | None,
@@ -125,8 +121,9 @@ def tcc_rows(model: str, text: str, calib: str | None, context: int, threads: in
                                f"{sess.generator.capacity} tokens")
             log(f"tcc {v.label}: scoring {len(spans)} windows")
             s = score_windows(sess.generator, ids, spans)
-        rows.append({"engine": "tcc", "format": v.label, "weight_bytes": manifest["weights"]["bytes"],
-                     "baseline": v.qm == "fp32", **s})
+        w = manifest["weights"]
+        rows.append({"engine": "tcc", "format": v.label, "file_bytes": w["bytes"],
+                     "weight_bytes": w["bytes"] - w.get("position_table_bytes", 0), "baseline": v.qm == "fp32", **s})
     return rows, {"ids": ids or [], "windows": len(spans or [])}
 
 
@@ -184,16 +181,18 @@ def format_table(rows: list[dict], parameters: int | None = None) -> str:
     rows = relative(rows)
     done = sorted((r for r in rows if "skipped" not in r), key=lambda r: (not r.get("baseline"), -r["weight_bytes"],
                                                                           r["engine"]))
-    lines = ["| engine | format | weights | bits/parameter | perplexity | vs own fp32 |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| engine | format | weights | bits/parameter | perplexity | vs own fp32 | weights.bin |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in done:
         bpw = f"{8 * r['weight_bytes'] / parameters:.2f}" if parameters else ""
         delta = "—" if r.get("baseline") else (f"{100 * r['vs_fp32']:+.2f}%" if "vs_fp32" in r else "")
         name = DESCRIBE.get(r["format"], r["format"]) if r["engine"] == "llama.cpp" else r["format"]
+        file = f"{r['file_bytes'] / MB:.2f} MB" if "file_bytes" in r else ""
         lines.append(f"| {r['engine']} | {name} | {r['weight_bytes'] / MB:.2f} MB | {bpw} | {r['perplexity']:.4f} "
-                     f"| {delta} |")
+                     f"| {delta} | {file} |")
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['engine']} | {r['format']} | | | | ({r['skipped']}) |")
+            lines.append(f"| {r['engine']} | {r['format']} | | | | ({r['skipped']}) | |")
     typed = [r for r in done if r.get("tensor_types")]
     if typed:
         lines += ["", "What llama-quantize made of each type (matrices per GGML type; the norms stay F32):", ""]
@@ -222,8 +221,9 @@ def header(meta: dict) -> list[str]:
         lines.append(f"fp32 agreement: tcc fp32 {f['tcc']:.4f}, llama.cpp F32 {f['llama.cpp']:.4f} "
                      f"({100 * (f['llama.cpp'] / f['tcc'] - 1):+.4f}%).")
     lines.append(f"llama.cpp {lc['version']}, CPU build; KV cache f32 in both engines; each format against its "
-                 f"own engine's fp32. Weights: tensor bytes (tcc: weights.bin; llama.cpp: the GGUF's tensor data, "
-                 f"vocabulary and metadata left out); MB = 10^6 bytes; bits/parameter = 8 x bytes / parameters "
+                 f"own engine's fp32. Weights: tensor bytes (tcc: weights.bin less its RoPE cos/sin tables, a cache "
+                 f"of values derived from the model that llama.cpp computes as it runs; the whole file in the last column); llama.cpp: "
+                 f"the GGUF's tensor data, vocabulary and metadata left out); MB = 10^6 bytes; bits/parameter = 8 x bytes / parameters "
                  f"(a tied embedding counted once).")
     return lines
 

@@ -51,6 +51,7 @@ from ..ir.ops.quant import dequantize, quantize_int4, quantize_int8
 from . import register_pass
 from .quantize import embedding, fp16_matmul, kept, layer_bytes, lm_head_nodes, quantizable, weight_of
 from .schemes import ACT_ROW, SCHEMES, Scheme, get_scheme, group_size
+from .tie_tables import same_table
 
 NAME = "bit-allocation"
 PURE = "pure"
@@ -196,6 +197,22 @@ def protected(layers: list[Layer], heads: set[int]) -> list[Layer]:
     return head + [layer for layer in layers if layer.can8 and layer.is_embedding]
 
 
+def tied_pairs(layers: list[Layer], heads: set[int], target, budget) -> list[tuple[Layer, Layer]]:
+    """(embedding, LM head) pairs of one tied matrix that the target stores once (passes/tie_tables.py):
+    the embedding takes its head's bits and its bytes are not counted again. Only where the head can have
+    the bits the embedding would get on its own (8 unless pure): a head without an 8-bit kernel (w4a32)
+    leaves its table untied at 8 bits by default."""
+    if not getattr(target, "tied_tables", False):
+        return []
+    pairs = []
+    for head in (layer for layer in layers if id(layer.node) in heads and (layer.can8 or budget == PURE)):
+        emb = next((layer for layer in layers if layer.is_embedding and (layer.n, layer.k) == (head.n, head.k)
+                    and same_table(weight_of(layer.node), weight_of(head.node))), None)
+        if emb is not None and all(emb is not e for e, _ in pairs):
+            pairs.append((emb, head))
+    return pairs
+
+
 @register_pass(NAME)
 def run(graph: Graph, ctx) -> None:
     scheme = get_scheme(ctx.qm)
@@ -212,6 +229,10 @@ def run(graph: Graph, ctx) -> None:
         layer.can8 = layer.is_embedding or act8 is not None
         layer.bytes4 = layer_bytes(layer.n, layer.k, 4, group, asym)
         layer.bytes8 = layer_bytes(layer.n, layer.k, 8, group, asym)
+    ties = tied_pairs(layers, heads, ctx.target, budget)
+    shadows = {id(emb.node) for emb, _ in ties}
+    every = layers
+    layers = [layer for layer in layers if id(layer.node) not in shadows]  # a tied table is its head's bytes
     weights = sum(layer.n * layer.k for layer in layers)
     floor = sum(layer.bytes4 for layer in layers)
     if budget == PURE or not layers:
@@ -228,10 +249,12 @@ def run(graph: Graph, ctx) -> None:
         criterion = measure(graph, ctx, layers, scheme, act8, group, asym)
         chosen = greedy(layers, budget * weights / 8, tuple(protected(layers, heads)))
     nbytes = sum(layer.bytes8 if id(layer.node) in chosen else layer.bytes4 for layer in layers)
-    names = [layer.node.name for layer in layers if id(layer.node) in chosen]
+    chosen |= {id(emb.node) for emb, head in ties if id(head.node) in chosen}  # a tied table: its head's bits
+    names = [layer.node.name for layer in every if id(layer.node) in chosen]
     ctx.stats[NAME] = {
         "eight_bit": names,
-        "layers": {layer.node.name: 8 if id(layer.node) in chosen else 4 for layer in layers},
+        "tied": [[emb.node.name, head.node.name] for emb, head in ties],
+        "layers": {layer.node.name: 8 if id(layer.node) in chosen else 4 for layer in every},
         "benefit": {layer.node.name: layer.benefit for layer in layers if layer.benefit},
         "bits_per_weight": round(8 * nbytes / weights, 4) if weights else 0.0,
         "weight_bytes": nbytes, "weights": weights, "budget_bits": budget if budget != PURE else None,

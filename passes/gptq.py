@@ -189,13 +189,16 @@ def output_error(x: np.ndarray, w: np.ndarray, wq: np.ndarray) -> float:
 
 def layers(graph: Graph, ctx) -> list[Group]:
     """The Linear layers quantize would quantize at the scheme's bits, grouped by the input they read (one H
-    per input). The layers bit-allocation keeps at 8 bits are left to quantize (rounded to nearest at 8 bits)."""
+    per input). The layers bit-allocation keeps at 8 bits are left to quantize (rounded to nearest at 8 bits),
+    and so is an LM head tied to the embedding (stored once, passes/tie_tables.py): its codes are the table's
+    too, and rows read on their own want the nearest codes, not codes fitted to the head's inputs."""
     heads = lm_head_nodes(graph)
     patterns = tuple(ctx.options.get("keep_fp32") or ())
-    eight_bit = set((ctx.stats.get("bit-allocation") or {}).get("eight_bit") or ())
+    alloc = ctx.stats.get("bit-allocation") or {}
+    skip = set(alloc.get("eight_bit") or ()) | {head for _, head in alloc.get("tied") or ()}
     by_input: dict[int, Group] = {}
     for node in graph.nodes:
-        if not rescalable(node) or kept(node, patterns, heads) is not None or node.name in eight_bit:
+        if not rescalable(node) or kept(node, patterns, heads) is not None or node.name in skip:
             continue
         grp = by_input.setdefault(id(node.inputs[0]), Group(node.inputs[0], [], ("none", None)))
         grp.linears.append(node)

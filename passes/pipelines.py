@@ -23,10 +23,11 @@ LLM_AFTER = ["kv-cache", "fuse-rope", "slice-logits", "fold-constants", "elimina
 # --qm: calibration (AWQ for int4 schemes, SmoothQuant for w8a8; no-ops without calibration data or for
 # other schemes) rescales the fp32 weights, bit-allocation picks the layers of a 4-bit scheme kept at 8 bits,
 # GPTQ rounds the others with error compensation where --quant-method asks, then quantize rounds the rest
-# to nearest; int8 activations are quantized
+# to nearest, and a tied embedding whose quantized table equals the LM head's reads the head's weights
+# (tie-tables: stored once, on targets that can); int8 activations are quantized
 # once per input, and in the normalization kernel where a norm feeds only them. All no-ops at fp32.
-QUANTIZE = ["awq", "smoothquant", "bit-allocation", "gptq", "quantize", "quantize-activations", "fuse-norm-quantize",
-            "eliminate-dead-code"]
+QUANTIZE = ["awq", "smoothquant", "bit-allocation", "gptq", "quantize", "tie-tables", "quantize-activations",
+            "fuse-norm-quantize", "eliminate-dead-code"]
 
 # Targets that compute in fp16 (the GPUs: Capabilities.activations) convert the quantized graph; a no-op on
 # the CPUs.

@@ -45,14 +45,14 @@ def _qlinear_tiles(spec: KernelSpec) -> dict:
             "GEMM_MR": GEMM_MR, "MMLA_PAIRS": MMLA_PAIRS}
 
 
-for _family in QLINEAR_FAMILIES:
+for _family in (*QLINEAR_FAMILIES, "qgather"):  # qgather: a tied table read from a QLinear's packed weights
     register_target_context(TARGET, _family, extended_context(_family, _qlinear_tiles))
 for _family in ("quantize_acts", "norm_quantize"):
     register_target_context(TARGET, _family, extended_context(_family, lambda spec: {"KPAD": KPAD}))
 
 
 def _variants() -> list[KernelSpec]:
-    portable = families.specs(TARGET, families.PORTABLE)
+    portable = families.specs(TARGET, families.PORTABLE + families.llm.TIED_TABLES)
     portable += [KernelSpec.make(TARGET, "qlinear_w4a16", v) for v in QLINEAR_W4A16_PORTABLE]
     neon = [KernelSpec.make(TARGET, family, "neon", **params) for family, params in NEON]
     return portable + neon

@@ -67,6 +67,9 @@ class Target:
     toolchain_hint: str = "apt-get install g++-aarch64-linux-gnu qemu-user"
     static_executables: bool = True  # `run` / `chat` copy to any aarch64 Linux (a Raspberry Pi) as they are
     alignment: int = 64  # bytes: planned buffers and weights (a cache line)
+    # Whether the qgather kernels read a table from a quantized Linear's packed weights (QGather layout
+    # "linear"), so a tied embedding and LM head are stored once (passes/tie_tables.py).
+    tied_tables: bool = True
 
     def capabilities(self):
         """What generic code may assume of this target (backends.Capabilities): the CPU facts. The fp16

@@ -32,6 +32,7 @@ class Target:
     qms: tuple[str, ...] = ("fp16", "w4a16")
     default_qm: str = "fp16"
     default_group_size: int = 128
+    tied_tables: bool = False  # qgather reads its own row tables only (passes/tie_tables.py)
     k_block: int = 1
     qm_refusals: tuple[tuple[str, str], ...] = (
         ("fp32", "the GPU program computes in fp16; --qm fp16 is its unquantized baseline"),

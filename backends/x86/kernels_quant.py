@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from ...codegen.families.quant import NORM_OPS, QLINEAR_FAMILIES, QLINEAR_PORTABLE
 from ...codegen.kernels import KernelSpec, extended_context, register_target_context
-from .packing_quant import KB, KPAD, NT
+from .packing_quant import KB, KPAD, NT, Q8B
 
 TARGET = "x86"
 QLINEAR_VARIANTS = (*QLINEAR_PORTABLE, "simd", "all")
@@ -75,10 +75,15 @@ PREFETCH_BYTES = 2048   # GEMV: prefetch this far ahead of the weight stream (8 
 W32_MR, W32_KC = 6, 256
 
 
+def packed_layout(q4_quad: bool = True) -> dict:
+    """The packed-weight geometry the portable layout helpers index with (common/_qlinear_scalar.inc.j2):
+    every x86 int4 weight is in the quad layout (k-quad major, packing_quant.pack_q4_quad); the families
+    that read no int4 weights (w8a8) render the plain helper unused."""
+    return {"NT": NT, "KB": KB, "Q8B": Q8B, "KPAD": KPAD, "Q4_QUAD": q4_quad}
+
+
 def _qlinear_tiles(spec: KernelSpec) -> dict:
-    # w4a8 reads its int4 weights in the quad layout (k-quad major, packing_quant.pack_q4_quad), w4a32 in
-    # the plain one.
-    ctx = {"NT": NT, "KB": KB, "Q8B": 32, "KPAD": KPAD, "Q4_QUAD": spec.family in ("qlinear_w4a8", "qlinear_w4a32")}
+    ctx = packed_layout(spec.family in ("qlinear_w4a8", "qlinear_w4a32"))
     if spec.variant == "all":
         assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
         assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"

@@ -31,6 +31,7 @@ import numpy as np
 NT = 8    # column tile: output channels per tile (one ymm of 8 floats in the epilogue)
 KB = 64   # q4 K block: 64 weights per column in one 32-byte vector
 KPAD = 64  # K is padded to this for both q4 and q8 (the activations' `pad_to`)
+Q8B = 32   # q8 K chunk: 32 codes of a column in one 32-byte vector
 
 
 def padded_k(K: int) -> int:
@@ -177,8 +178,8 @@ def pack_q8(q: np.ndarray) -> np.ndarray:
     if q.size and q.min() < -127:
         raise ValueError("pack_q8: codes must be -127..127 (the AVX2 sign trick has no -128)")
     N, K = q.shape
-    T, J = padded_n(N) // NT, padded_k(K) // 32
-    p = _pad2(q, T * NT, J * 32).reshape(T, NT, J, 32)
+    T, J = padded_n(N) // NT, padded_k(K) // Q8B
+    p = _pad2(q, T * NT, J * Q8B).reshape(T, NT, J, Q8B)
     return np.ascontiguousarray(p.transpose(0, 2, 1, 3)).reshape(-1)
 
 
@@ -187,8 +188,8 @@ def unpack_q8(packed: np.ndarray, N: int, K: int, padded: bool = False) -> np.nd
     packed = np.asarray(packed).reshape(-1).view(np.int8)
     if packed.size != q8_packed_size(N, K):
         raise ValueError(f"packed q8 has {packed.size} bytes, expected {q8_packed_size(N, K)} for N={N}, K={K}")
-    T, J = padded_n(N) // NT, padded_k(K) // 32
-    q = packed.reshape(T, J, NT, 32).transpose(0, 2, 1, 3).reshape(T * NT, J * 32)
+    T, J = padded_n(N) // NT, padded_k(K) // Q8B
+    q = packed.reshape(T, J, NT, Q8B).transpose(0, 2, 1, 3).reshape(T * NT, J * Q8B)
     return np.ascontiguousarray(q if padded else q[:N, :K])
 
 

@@ -30,6 +30,9 @@ class Target:
     # Why a scheme the target lacks cannot run (shown in the error), by scheme name.
     qm_refusals: tuple[tuple[str, str], ...] = ()
     alignment: int = 64  # bytes: planned buffers and weights (a cache line; the widest vector load)
+    # Whether the qgather kernels read a table from a quantized Linear's packed weights (QGather layout
+    # "linear"), so a tied embedding and LM head are stored once (passes/tie_tables.py).
+    tied_tables: bool = True
 
     def capabilities(self):
         """What generic code may assume of this target (backends.Capabilities): the CPU facts."""

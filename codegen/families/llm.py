@@ -45,8 +45,11 @@ register_family(KernelFamily(
     "qgather",
     "void {name}(const void* q, const {S}* scales, const uint8_t* zeros, const int64_t* ids, {T}* out, "
     "int64_t n_ids, int64_t rows, int64_t K, int64_t group, tcc_exec* exec)",
-    context=lambda spec: {"S": "uint16_t" if spec.param("bits") == 4 else "float", "bits": spec.param("bits")},
-    doc="out[i] = dequantized row ids[i] of a quantized table (codegen/families/packing.py); out of range raises"))
+    context=lambda spec: {"S": "uint16_t" if spec.param("bits") == 4 else "float", "bits": spec.param("bits"),
+                          "layout": spec.param("layout", "rows")},
+    doc="out[i] = dequantized row ids[i] of a quantized table: its own rows (codegen/families/packing.py) or, "
+        "layout tiles, column ids[i] of a quantized Linear's packed weights (the backend's layout: a tied "
+        "embedding stored once); out of range raises"))
 
 SCATTER_OPS = ("none", "add", "mul", "max", "min")
 
@@ -59,3 +62,8 @@ PORTABLE: list[tuple[str, str, dict]] = [
     *(("scatternd", "scalar", {"op": o, "dtype": d}) for o in SCATTER_OPS for d in ("f32", "i64", "i32")),
     *(("qgather", "scalar", {"bits": b}) for b in (4, 8)),
 ]
+
+# The qgather kernels of a CPU backend whose target has `tied_tables`: the table is a QLinear's packed weights
+# (QGather layout "linear"), read through the backend's qlinear layout helpers (its NT/KB/Q8B/KPAD/Q4_QUAD
+# context, common/_qlinear_scalar.inc.j2).
+TIED_TABLES: list[tuple[str, str, dict]] = [("qgather", "scalar", {"bits": b, "layout": "tiles"}) for b in (4, 8)]

@@ -29,11 +29,28 @@ def _qgather(node: Node, em: Emitter) -> None:
     zeros = node.input(3)
     rows, k = q.shape
     bits = node.attrs["bits"]
+    if node.attrs.get("layout", "rows") == "linear":
+        # A tied table: the QLinear's packed weights, packed under the same kinds (and so the same layout
+        # names) as the QLinear's lowering asks for, so weights.bin holds them once.
+        table, sc, zp = _linear_table(q, scales, zeros, bits, em)
+        em.call(node, "qgather", [table, sc, zp, em.ptr(idx), em.ptr(node.output), dim(idx.type.numel),
+                                  dim(rows), dim(k), dim(node.attrs["group_size"])], check_error=True, bits=bits,
+                layout="tiles", **activation_dtype(node.output))
+        return
     table = em.packed_ptr(q, "q4_rows" if bits == 4 else "q8_rows", "void")
     sc = em.packed_ptr(scales, "q4_row_scales", "uint16_t") if bits == 4 else em.ptr(scales)
     em.call(node, "qgather", [table, sc, em.ptr(zeros), em.ptr(idx), em.ptr(node.output), dim(idx.type.numel),
                               dim(rows), dim(k), dim(node.attrs["group_size"])], check_error=True, bits=bits,
             **activation_dtype(node.output))
+
+
+def _linear_table(q, scales, zeros, bits: int, em: Emitter) -> tuple:
+    """The packed weights of the QLinear (or QLinearI8) that `q` feeds, as its lowering packs them."""
+    if bits == 8:
+        return em.packed_ptr(q, "q8_weight", "void"), em.packed_ptr(scales, "q8_scales", "float"), None
+    int8_acts = any(n.op == "QLinearI8" and n.inputs[3] is q for n in em.graph.nodes)
+    weight = em.packed_ptr(q, "q4_weight_i8" if int8_acts else "q4_weight", "void")
+    return weight, em.packed_ptr(scales, "q4_scales", "uint16_t"), em.packed_ptr(zeros, "q4_zeros", "uint8_t")
 
 
 @lowering("GatherND")

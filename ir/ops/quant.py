@@ -351,6 +351,8 @@ def _qgather_infer(ins, attrs):
         raise ShapeError(f"QGather: indices %{idx.name} must be i64, got {idx.type}")
     if attrs["dtype"] not in ("f32", "f16"):
         raise ShapeError(f"QGather: dtype must be f32 or f16, got {attrs['dtype']!r}")
+    if attrs["layout"] not in GATHER_LAYOUTS:
+        raise ShapeError(f"QGather: layout must be one of {', '.join(GATHER_LAYOUTS)}, got {attrs['layout']!r}")
     return [TensorType(DType(attrs["dtype"]), (*idx.shape, k))]
 
 
@@ -367,10 +369,15 @@ def _qgather_ref(xs, attrs):
     return [table[np.where(idx < 0, idx + rows, idx)]]
 
 
+# How the backend stores a QGather's table: "rows" (its own row-major table, codegen/families/packing.py) or
+# "linear" (the table is a quantized Linear's weights, stored once in the Linear's packed layout: a tied
+# embedding and LM head, passes/tie_tables.py). The values, and so the reference, are the same.
+GATHER_LAYOUTS = ("rows", "linear")
+
 register_op("QGather", infer=_qgather_infer, ref=_qgather_ref, kind="opaque", inputs=(3, 4),
-            attrs={"bits": REQUIRED, "group_size": REQUIRED, "dtype": "f32"},
+            attrs={"bits": REQUIRED, "group_size": REQUIRED, "dtype": "f32", "layout": "rows"},
             doc="rows of a quantized table (an embedding): QGather(indices, q, scales, zeros?) = "
-                "dequantize(q)[indices], in f32 (or f16: attr dtype)")
+                "dequantize(q)[indices], in f32 (or f16: attr dtype); layout linear: q is a QLinear's weight")
 
 
 # -- norm + activation quantization, fused (passes/fuse_norm_quantize.py) ----------------------------

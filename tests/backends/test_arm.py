@@ -45,6 +45,8 @@ CPU_IDS = ["qemu-max", "cortex-a76", "cortex-a53"]
 BACKEND = get_backend("arm")
 VARIANTS = {f: [s for s in BACKEND.variants if s.family == f]
             for f in ("quantize_acts", "qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32", "qlinear_w4a16")}
+# qgather reading a tied table out of a QLinear's packed weights: the arm layout, so tested here too.
+VARIANTS["qgather"] = [s for s in BACKEND.variants if s.family == "qgather" and s.param("layout") == "tiles"]
 HAS_FP16 = {None: True, "cortex-a76": True, "cortex-a53": False}  # FEAT_FP16 (asimdhp) of each emulated CPU
 
 QA_CASES = [(1, 1, 32), (1, 31, 32), (1, 32, 32), (3, 33, 32), (1, 64, 128), (3, 100, 32), (17, 128, 128),
@@ -189,6 +191,7 @@ def _build_cases():
                 idx = h.call(spec, xb, K + 5, wp, sp, zp, bias, np.full((M, ldy), np.nan, np.float32), ldy, M, N, K,
                              group, pool)
                 cases.append((f"{spec.name}-{tag}", idx, _w4a16_check(spec, x16, wd, bias, K)))
+            _tied_table_cases(h, cases, 4, tag, (wp, sp, zp), wd, N, K, group, pool)
 
     for j, (M, N, K, group) in enumerate(W8_CASES):
         W = rng.standard_normal((K, N)).astype(np.float32)
@@ -208,7 +211,19 @@ def _build_cases():
                          np.full((M, ldy), np.nan, np.float32), ldy, M, N, K, group, POOL if j % 2 else None)
             cases.append((f"{spec.name}-M{M}N{N}K{K}g{group}", idx,
                           lambda res, N=N, r=ref, t=tol: _check_y(res[7], N, r, t)))
+        _tied_table_cases(h, cases, 8, f"N{N}K{K}", (ap.pack_q8(q), ap.pack_q8_scales(s), None),
+                          dequantize(q, s, None, 8, K), N, K, K, POOL if j % 2 else None)
     return h, cases
+
+
+def _tied_table_cases(h, cases, bits, tag, packed, wd, N, K, group, pool):
+    """qgather of rows of a QLinear's packed [N, K] weights (a tied embedding): exact, every row, negative
+    ids wrapping, in any order."""
+    ids = np.array([N - 1, 0, -1, *range(N), -N], np.int64)
+    want = wd[np.where(ids < 0, ids + N, ids)].astype(np.float32)
+    for spec in (s for s in VARIANTS["qgather"] if s.param("bits") == bits):
+        idx = h.call(spec, *packed, ids, np.full((ids.size, K), np.nan, np.float32), ids.size, N, K, group, pool)
+        cases.append((f"{spec.name}-{tag}", idx, lambda res, w=want: np.testing.assert_array_equal(res[4], w)))
 
 
 def _check_y(yb, N, ref, tol):

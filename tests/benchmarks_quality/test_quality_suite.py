@@ -72,7 +72,7 @@ def test_score_windows_scores_the_second_half_of_each_window():
 FAKE_ROWS = [
     {"engine": "tcc", "format": "fp32", "weight_bytes": 21_115_904, "perplexity": 30.0, "baseline": True},
     {"engine": "tcc", "format": "w8a8-smoothquant", "weight_bytes": 6_560_000, "perplexity": 30.081},
-    {"engine": "tcc", "format": "w4a8-awq", "weight_bytes": 3_700_000, "perplexity": 30.537},
+    {"engine": "tcc", "format": "w4a8-awq", "weight_bytes": 3_700_000, "file_bytes": 3_831_072, "perplexity": 30.537},
     {"engine": "tcc", "format": "w4a8-gptq", "skipped": "needs --calib"},
     {"engine": "llama.cpp", "format": "F32", "weight_bytes": 21_115_904, "perplexity": 30.003, "baseline": True},
     {"engine": "llama.cpp", "format": "Q8_0", "weight_bytes": 5_750_000, "perplexity": 30.015},
@@ -86,7 +86,7 @@ def test_table_against_each_engines_own_fp32():
     table = quality_suite.format_table(FAKE_ROWS, parameters=5_278_976).splitlines()
     assert table[-1] == "- Q4_K_M: Q4_K ×30, Q6_K ×13 (attn_v, ffn_down)"
     table = table[:table.index("")]
-    assert table[0] == "| engine | format | weights | bits/parameter | perplexity | vs own fp32 |"
+    assert table[0] == "| engine | format | weights | bits/parameter | perplexity | vs own fp32 | weights.bin |"
     body = [ln.split(" | ") for ln in table[2:]]
     # baselines first, then by bytes, largest first; skipped rows last
     assert [(r[0].strip("| "), r[1]) for r in body] == [
@@ -98,6 +98,8 @@ def test_table_against_each_engines_own_fp32():
     assert by["Q4_K_M"][5].startswith("+0.37%") and by["Q4_0 `--pure`"][5].startswith("+2.20%")
     assert by["F32"][5].startswith("—") and by["Q4_K_M"][2] == "3.66 MB"
     assert by["Q4_K_M"][3] == f"{8 * 3_660_000 / 5_278_976:.2f}"
+    # tcc's weights.bin beside its weights (less the RoPE tables); llama.cpp's rows have none
+    assert by["w4a8-awq"][2] == "3.70 MB" and by["w4a8-awq"][6] == "3.83 MB |" and by["Q8_0"][6] == " |"
     assert "needs --calib" in table[-1]
 
 
@@ -106,6 +108,10 @@ def test_formats_select_from_the_compare_variants():
 
     assert quality_suite.select_variants(None) == list(COMPARE_VARIANTS)
     assert [v.label for v in quality_suite.select_variants("w4a8-rtn")] == ["fp32", "w4a8-rtn"]
+    # any format `tcc eval --compare`'s labels spell, not only its list: a budget, a method mix
+    got = quality_suite.select_variants("w4a8-awq+gptq-b5.3,w8a8-rtn,w4a8-awq+gptq-b5.3,w4a32-gptq-pure")
+    assert [v.label for v in got] == ["fp32", "w4a8-awq+gptq-b5.3", "w8a8-rtn", "w4a32-gptq-pure"]
+    assert got[1].budget == "5.3" and got[1].quant_method == "awq+gptq" and got[3].budget == "pure"
 
 
 def test_header_says_what_is_compared():
@@ -169,7 +175,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["--llama-cpp", str(empty)], "no llama-perplexity in it, its bin/ or build/bin/"),
         (["--llama-cpp", str(tmp_path / "missing")], "--llama-cpp: no such directory"),
         (["--threads", "0"], "--threads must be at least 1"),
-        (["--formats", "w4a8-awq,w9a9"], "--formats: unknown w9a9; choose from fp32, "),
+        (["--formats", "w4a8-awq,w9a9"], "format 'w9a9': expected <qm>-<method>[-pure|-b<bits>]"),
+        (["--formats", "w4a8-awq-b2x"], "format 'w4a8-awq-b2x': the budget is 'pure' or b<bits per weight>"),
     ]
     for argv, msg in cases:
         assert quality_suite.main([*argv, "--out", "-", "--workdir", str(tmp_path / "w")]) == 2, argv

@@ -28,15 +28,21 @@ import tcc
 V, K, H, SEQ = 256, 64, 128, 16
 
 
-def _model(path: str) -> str:
+def _model(path: str, tied: bool = False) -> str:
+    """tied: the LM head's weight is the embedding's transpose, a second initializer (as exporters write a
+    tied embedding)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((V, K)).astype(np.float32), "embed.weight"),
-             numpy_helper.from_array((rng.standard_normal((K, H)) / np.sqrt(K)).astype(np.float32), "up.weight"),
-             numpy_helper.from_array((rng.standard_normal((H, K)) / np.sqrt(H)).astype(np.float32), "down.weight"),
-             numpy_helper.from_array((rng.standard_normal((K, V)) / np.sqrt(K)).astype(np.float32), "lm_head.weight")]
+    table = rng.standard_normal((V, K)).astype(np.float32)
+    up = (rng.standard_normal((K, H)) / np.sqrt(K)).astype(np.float32)
+    down = (rng.standard_normal((H, K)) / np.sqrt(H)).astype(np.float32)
+    head = (rng.standard_normal((K, V)) / np.sqrt(K)).astype(np.float32)
+    if tied:
+        head = np.ascontiguousarray(table.T)
+    inits = [numpy_helper.from_array(table, "embed.weight"), numpy_helper.from_array(up, "up.weight"),
+             numpy_helper.from_array(down, "down.weight"), numpy_helper.from_array(head, "lm_head.weight")]
     nodes = [helper.make_node("Gather", ["embed.weight", "ids"], ["h"], name="embed", axis=0),
              helper.make_node("MatMul", ["h", "up.weight"], ["u"], name="up"),
              helper.make_node("Relu", ["u"], ["r"], name="relu"),

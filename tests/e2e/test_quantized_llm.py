@@ -228,9 +228,13 @@ def test_bench_cli(compiled, tmp_path):
     res = json.loads(js.read_text())
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert res["weights_bytes"] == manifest["weights"]["bytes"] and res["bandwidth_gbs"] > 0
-    # One decode step reads every weight but the quantized embedding table (rows are gathered), plus the KV
-    # cache of ~10 positions.
-    assert res["bytes_per_token"]["weights"] == manifest["weights"]["decode_bytes"] < manifest["weights"]["bytes"]
+    # One decode step reads every weight but the tables it gathers rows from (the quantized embedding unless
+    # tied to the LM head, the RoPE cos/sin tables: [capacity, head_dim / 2] each), plus the KV cache of ~10
+    # positions.
+    w = manifest["weights"]
+    assert res["bytes_per_token"]["weights"] == w["decode_bytes"] <= w["bytes"] - w["position_table_bytes"]
+    head_dim = json.load(open(os.path.join(MODEL_DIR, "config.json")))["head_dim"]
+    assert w["position_table_bytes"] == 2 * manifest["llm"]["capacity"] * head_dim // 2 * 4
     kv_per_pos = manifest["llm"]["kv_cache_bytes"] / manifest["llm"]["capacity"]
     assert res["bytes_per_token"]["kv_cache"] == pytest.approx(kv_per_pos * (8 + 4 / 2))
     assert len(res["step_ms"]) == 3 and res["peak_rss_bytes"] > res["baseline_rss_bytes"] > 0

@@ -363,7 +363,7 @@ def test_variant_list():
     want |= {(f, (("esize", e),)) for f in ("gathernd", "gatherelements") for e in (1, 4, 8)}
     want |= {("cumsum", (("dtype", d),)) for d in NP}
     want |= {("scatternd", (("dtype", d), ("op", o))) for d in NP for o in SCATTER_OPS}
-    want |= {("qgather", (("bits", b),)) for b in (4, 8)}
+    want |= {("qgather", (("bits", b),)) for b in (4, 8)} | {("qgather", (("bits", b), ("layout", "tiles"))) for b in (4, 8)}
     assert {(s.family, s.params) for s in VARIANTS} == want
     assert set(SCATTER_OPS) == set(SCATTER_FNS) and all(s.variant == "scalar" for s in VARIANTS)
 
@@ -378,17 +378,25 @@ QGATHER_CASES = [(1, 32, False), (31, 32, True), (64, 32, False), (70, 64, True)
                                                if s.param("bits") == 4 or not c[2]],  # int8 tables: symmetric
                          ids=lambda v: v.name if hasattr(v, "name") else str(v))
 def test_qgather(x86_kernel_lib, x86_pool, spec, k, group, asym, rng):
+    """Row tables (layout rows), and a tied table read out of a QLinear's packed weights (layout tiles: 37
+    rows are not a whole number of 8-column tiles, K not of 64-blocks)."""
+    from tcc.backends.x86 import packing_quant as pq
     from tcc.codegen.families.packing import pack_f16_scales, pack_q4_rows
     from tcc.ir.ops.quant import dequantize, quantize_int4, quantize_int8
 
     rows = 37
     table = rng.standard_normal((rows, k)).astype(np.float32)
+    tiles = spec.param("layout") == "tiles"
     if spec.param("bits") == 4:
         q, s, z = quantize_int4(table.T, group, symmetric=not asym)
         packed, sc, zp, gs = pack_q4_rows(q), pack_f16_scales(s), z, group
+        if tiles:
+            packed, sc, zp = pq.pack_q4_quad(q), pq.pack_q4_scales(s), None if z is None else pq.pack_q4_zeros(z)
     else:
         q, s = quantize_int8(table.T)
         z, packed, sc, zp, gs = None, q, np.ascontiguousarray(s[:, 0]), None, k
+        if tiles:
+            packed, sc = pq.pack_q8(q), pq.pack_q8_scales(s)
     want = dequantize(q, s, z, spec.param("bits"), gs).astype(np.float32)
     fn = x86_kernel_lib.kernel(spec)
     for ids in ([0], [rows - 1, -1, -rows, 5, 5], list(range(-rows, rows)), []):
