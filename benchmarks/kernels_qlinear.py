@@ -8,8 +8,8 @@ The work is runtime/kernel_bench.py: qlinear_ablation (timing, GB/s of packed we
 over naive) and format_table (markdown). Slow variants (naive, unroll, threads on the big shapes take
 0.1 - 10 s a call) get as few repeats as fit in --budget seconds, at least one. The int4 weights are
 symmetric with group --group; activations are quantized before timing. The `all` variants of w4a8 and
-w8a8 use AVX-VNNI when the CPU has it (--no-vnni forces their AVX2 path), w4a8 and w4a32 AVX-512 (--avx2
-forces the AVX2 path of all three). A small layer's weights stay in the caches between calls (TinyLlama's
+w8a8 use AVX-512 VNNI or AVX-VNNI when the CPU has them (--no-vnni forces their AVX2 path), w4a32 AVX-512
+(--avx2 forces the AVX2 path of all three). A small layer's weights stay in the caches between calls (TinyLlama's
 2048 x 2048 is 2 MiB at 4 bits): the GB/s of such a shape is the kernel's compute rate, not the memory's.
 """
 from __future__ import annotations

@@ -25,6 +25,11 @@ The choice (ctx.options["budget_bits"]):
     MiB); the greedy choice alone at 4.8 / 5.2 bits (the attention projections: small layers with the largest
     relative gain) +1.56% (3.73 MiB) / +1.53% (4.03 MiB).
 
+A tied embedding (its table equal to the LM head's weight transposed) on a target that stores it once
+(`tied_tables`, passes/tie_tables.py) is planned as part of its head: it takes the head's bits and its bytes and
+weights are not counted again (ctx.stats "tied": [[embedding, head]]). Only where the head can have the bits the
+embedding would get on its own (8, unless pure): w4a32's head has no 8-bit kernel, so its table stays apart.
+
 The measured benefit of a layer is the drop of its relative error from 4 to 8 bits:
   - with calibration data (--calib): on the calibration rows X of the layer's input (collected with
     passes/smoothing.collect, after AWQ's folds), the output error of the quantized product, activations
@@ -34,7 +39,7 @@ The measured benefit of a layer is the drop of its relative error from 4 to 8 bi
 Relative errors make layers of different scales comparable; dividing by the extra bytes lets a small
 sensitive layer win over a large one.
 
-ctx.stats["bit-allocation"] = {"eight_bit": [names], "layers": {name: bits}, "bits_per_weight": b,
+ctx.stats["bit-allocation"] = {"eight_bit": [names], "tied": [[embedding, head]], "layers": {name: bits}, "bits_per_weight": b,
 "weight_bytes": bytes, "weights": n, "budget_bits": B or None, "criterion": "default" | "pure" |
 "calibration" | "weight-error"}.
 """
@@ -49,7 +54,8 @@ from ..errors import TccError
 from ..ir.core import Graph, Node
 from ..ir.ops.quant import dequantize, quantize_int4, quantize_int8
 from . import register_pass
-from .quantize import embedding, fp16_matmul, kept, layer_bytes, lm_head_nodes, quantizable, weight_of
+from .quantize import (embedding, fp16_matmul, kept, layer_bytes, lm_head_nodes, quantizable, scale_search,
+                       weight_of)
 from .schemes import ACT_ROW, SCHEMES, Scheme, get_scheme, group_size
 from .tie_tables import same_table
 
@@ -157,7 +163,7 @@ def measure(graph: Graph, ctx, layers: list[Layer], scheme: Scheme, act8: str | 
     from .smoothing import Quantizer
 
     rows = _calibration_rows(graph, ctx, layers)
-    q4 = Quantizer(scheme, group, asym)
+    q4 = Quantizer(scheme, group, asym, search=scale_search(ctx))  # as the quantize pass will round
     q8 = Quantizer(dataclasses.replace(scheme, weight_bits=8, act=act8 or scheme.act, act_group=ACT_ROW), group, asym)
     for layer in layers:
         if not layer.can8:

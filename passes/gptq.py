@@ -41,7 +41,8 @@ from ..frontend.mapped import Spill, release
 from ..ir.core import Graph, Node
 from ..ir.ops.quant import n_groups, quantize_int4, quantize_int8, round_f16
 from . import register_pass
-from .quantize import act_attrs, emit_qlinear, int8_codes, kept, lm_head_nodes
+from .quantize import act_attrs, emit_qlinear, int8_codes, kept, lm_head_nodes, scale_search
+from .tie_tables import tied_heads
 from .schemes import get_scheme, group_size
 from .smoothing import SPILL_BYTES, Group, _progress, calibration_feeds, collect, rescalable, weight_f32, weight_value
 
@@ -59,13 +60,14 @@ class Rounding:
     group: int  # int4 group size along K (int8: ignored, one group of K)
     symmetric: bool = True
     f16: bool = False  # w4a16: the kernels round the dequantized weight to fp16 once more
+    search: bool = True  # int4: quantize_int4's scale search (off where AWQ clipped the weights for c = 1)
 
     def qlinear_group(self, k: int) -> int:
         return self.group if self.bits == 4 else k
 
 
-def rounding_for(scheme, group: int, asym: bool) -> Rounding:
-    return Rounding(scheme.weight_bits, group, not asym, scheme.act == "f16")
+def rounding_for(scheme, group: int, asym: bool, search: bool = True) -> Rounding:
+    return Rounding(scheme.weight_bits, group, not asym, scheme.act == "f16", search)
 
 
 def hessian_factor(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -126,7 +128,7 @@ def gptq_round_factored(w: np.ndarray, u: np.ndarray, dead: np.ndarray,
         errs = np.empty((b1 - b0, n), np.float32)
         for r in range(b0, b1):
             if rnd.bits == 4 and r % gs == 0:  # a group starts: its grid from its current weights
-                _, dg, zg = quantize_int4(wc[r:r + gs], gs, symmetric=rnd.symmetric)
+                _, dg, zg = quantize_int4(wc[r:r + gs], gs, symmetric=rnd.symmetric, search=rnd.search)
                 d = dg[:, 0]
                 z = np.full(n, 8, np.int32) if zg is None else zg[:, 0].astype(np.int32)
                 scales[r // gs] = d
@@ -166,7 +168,7 @@ def _int4_codes(row: np.ndarray, d: np.ndarray, z: np.ndarray) -> np.ndarray:
 def rtn_round(w: np.ndarray, rnd: Rounding) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """What the quantize pass makes of w: round to nearest."""
     if rnd.bits == 4:
-        return quantize_int4(w, rnd.group, symmetric=rnd.symmetric)
+        return quantize_int4(w, rnd.group, symmetric=rnd.symmetric, search=rnd.search)
     q, s = quantize_int8(w)
     return q, s, None
 
@@ -194,8 +196,9 @@ def layers(graph: Graph, ctx) -> list[Group]:
     too, and rows read on their own want the nearest codes, not codes fitted to the head's inputs."""
     heads = lm_head_nodes(graph)
     patterns = tuple(ctx.options.get("keep_fp32") or ())
-    alloc = ctx.stats.get("bit-allocation") or {}
-    skip = set(alloc.get("eight_bit") or ()) | {head for _, head in alloc.get("tied") or ()}
+    alloc = ctx.stats.get("bit-allocation")  # the 4-bit schemes; w8a8's tied heads are found here
+    skip = (set(alloc.get("eight_bit") or ()) | {head for _, head in alloc.get("tied") or ()} if alloc is not None
+            else tied_heads(graph, ctx.target))
     by_input: dict[int, Group] = {}
     for node in graph.nodes:
         if not rescalable(node) or kept(node, patterns, heads) is not None or node.name in skip:
@@ -236,7 +239,7 @@ def run(graph: Graph, ctx) -> None:
     feeds = calibration_feeds(graph, ctx, NAME)
     if feeds is None:
         return
-    rnd = rounding_for(scheme, group_size(ctx), bool(ctx.options.get("asym")))
+    rnd = rounding_for(scheme, group_size(ctx), bool(ctx.options.get("asym")), scale_search(ctx))
     groups = layers(graph, ctx)
     spill = Spill()
     done: list[tuple[Node, object, tuple]] = []  # (node, weight value, (q, scales, zeros)): emitted at the end

@@ -29,8 +29,8 @@ import numpy as np
 from ..errors import TccError
 from ..frontend.mapped import Spill, release
 from ..ir.core import Graph, Node, Value
-from ..ir.ops.quant import (dequantize_activations, fake_quantize_int4, quantize_activations, quantize_int8,
-                            round_f16)
+from ..ir.ops.quant import (dequantize, dequantize_activations, fake_quantize_int4, quantize_activations,
+                            quantize_int4, quantize_int8, round_f16)
 from ..ir.dtypes import DType
 from .quantize import fp16_matmul, quantizable, widened
 from .schemes import Scheme, act_group_for
@@ -174,11 +174,18 @@ class Quantizer:
     scheme: Scheme
     group: int
     asym: bool
+    # int4: quantize_int4's scale search, as the quantize pass rounds (bit-allocation's one measurement per
+    # layer); off for AWQ's searches, which simulate each weight tens of times (7x the cost).
+    search: bool = False
 
     def weight(self, w: np.ndarray) -> np.ndarray:
         """Dequantized W [K, N] in f32 (exact for int4; int8 codes times their f32 scale rounded once)."""
         if self.scheme.weight_bits == 4:
-            wd = fake_quantize_int4(w, self.group, symmetric=not self.asym)
+            if self.search:
+                q, s, z = quantize_int4(w, self.group, symmetric=not self.asym)
+                wd = dequantize(q, s, z, 4, self.group).T.astype(np.float32)
+            else:
+                wd = fake_quantize_int4(w, self.group, symmetric=not self.asym)
             return round_f16(wd).astype(np.float32) if self.scheme.act == "f16" else wd
         q, s = quantize_int8(w)
         return q.T.astype(np.float32) * s[:, 0]

@@ -27,7 +27,7 @@ import numpy as np
 from ..frontend.mapped import release
 from ..ir.core import Graph, Node, Value
 from . import register_pass
-from .quantize import layer_bytes
+from .quantize import embedding, layer_bytes, lm_head_nodes, weight_of
 
 NAME = "tie-tables"
 # Elements compared at a time: a large vocabulary's codes (a mapped spill file) are read in bounded slices.
@@ -70,6 +70,16 @@ def same_table(table: Value, weight: Value) -> bool:
         if not same:
             return False
     return True
+
+
+def tied_heads(graph: Graph, target) -> set[str]:
+    """Names of the LM heads (float Linears, before quantization) whose weight is an embedding table's
+    transpose, on a target that stores such a matrix once (gptq leaves them to round-to-nearest)."""
+    if not getattr(target, "tied_tables", False):
+        return set()
+    heads = lm_head_nodes(graph)
+    tables = [weight_of(n) for n in graph.nodes if embedding(n)]
+    return {n.name for n in graph.nodes if id(n) in heads and any(same_table(t, weight_of(n)) for t in tables)}
 
 
 def tied_linear(gather: Node, linears: list[Node]) -> Node | None:

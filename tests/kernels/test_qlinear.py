@@ -56,16 +56,16 @@ QA = [s for s in VARIANTS if s.family == "quantize_acts"]
 FAMILY = {f: [s for s in [*VARIANTS, *corner_specs()] if s.family == f]
           for f in ("qlinear_w4a8", "qlinear_w4a32", "qlinear_w8a8")}
 # Every variant, and the `all` variants once more with their run-time ISA dispatch capped at a lower path:
-# the plain run tests the best path the CPU has (w4a8: AVX-512 VNNI, then AVX-VNNI; w8a8: AVX-VNNI; w4a32:
-# AVX-512), "all-avx2" the AVX2 path and, for w4a8, "all-vnni" the AVX-VNNI path (the same as AVX2 on a CPU
-# without AVX-VNNI). On an AVX2-only CPU both runs test the AVX2 path.
+# the plain run tests the best path the CPU has (w4a8, w8a8: AVX-512 VNNI, then AVX-VNNI; w4a32: AVX-512),
+# "all-avx2" the AVX2 path and, for w4a8 and w8a8, "all-vnni" the AVX-VNNI path (the same as AVX2 on a CPU
+# without AVX-VNNI). On an AVX2-only CPU every run tests the AVX2 path.
 ISA_BEST, ISA_AVX2, ISA_VNNI, ISA_AVX512 = 99, 0, 1, 2
 DISPATCHED = ("qlinear_w4a8", "qlinear_w8a8", "qlinear_w4a32")  # the families whose `all` picks an ISA
 
 
 def variants(family):
     out = [pytest.param(s, ISA_BEST, id=IDS(s)) for s in FAMILY[family]]
-    capped = [(ISA_AVX2, "all-avx2")] + ([(ISA_VNNI, "all-vnni")] if family == "qlinear_w4a8" else [])
+    capped = [(ISA_AVX2, "all-avx2")] + ([(ISA_VNNI, "all-vnni")] if family in ("qlinear_w4a8", "qlinear_w8a8") else [])
     if family in DISPATCHED:
         out += [pytest.param(s, isa, id=IDS(s).replace("all", name, 1))
                 for isa, name in capped for s in FAMILY[family] if s.variant == "all"]
@@ -275,6 +275,8 @@ W8_CASES = [
     (1, 8, 64, 64), (3, 17, 100, 64), (17, 50, 513, 64), (1, 40, 1000, 96), (9, 23, 200, 96), (2, 16, 40, 96),
     (1, 8, 64, ROW), (1, 1, 10, ROW), (3, 17, 100, ROW), (17, 50, 513, ROW), (100, 20, 70, ROW), (1, 7, 4096, ROW),
     (6, 31, 257, ROW), (9, 23, 200, 256),
+    # the AVX-512 GEMM's 8-row tile: with the cases above every remainder 1..7 (13, 14, 15, 11: 5, 6, 7, 3 rows), three whole tiles
+    (13, 19, 96, 32), (14, 9, 200, ROW), (15, 33, 129, 64), (11, 17, 100, 32), (24, 16, 64, 32),
 ]
 
 
@@ -479,8 +481,8 @@ def test_w8a8_bad_group_raises(x86_kernel_lib, rng):
 
 
 def test_vnni_dispatch_reported(x86_kernel_lib, isa_guard):
-    """The `all` kernels use the best path the CPU has (w4a8: AVX-512 VNNI, then AVX-VNNI; w8a8: AVX-VNNI;
-    w4a32: AVX-512), and can be capped at a lower one."""
+    """The `all` kernels use the best path the CPU has (w4a8 and w8a8: AVX-512 VNNI, then AVX-VNNI; w4a32:
+    AVX-512), and can be capped at a lower one."""
     from tcc.backends.x86.target import cpu_flags
 
     flags = cpu_flags()
@@ -492,7 +494,8 @@ def test_vnni_dispatch_reported(x86_kernel_lib, isa_guard):
     assert set_isa(x86_kernel_lib, spec, ISA_VNNI) == vnni
     assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
     spec = next(s for s in FAMILY["qlinear_w8a8"] if s.variant == "all")
-    assert set_isa(x86_kernel_lib, spec, ISA_BEST) == vnni  # no AVX-512 path
+    assert set_isa(x86_kernel_lib, spec, ISA_BEST) == (2 if avx512 else vnni)
+    assert set_isa(x86_kernel_lib, spec, ISA_VNNI) == vnni
     assert set_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
     # w4a32 has no VNNI level (f32 activations) and its AVX-512 path needs no VNNI: AVX-512 F/VL/BW/DQ
     avx512f = all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512dq"))

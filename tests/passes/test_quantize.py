@@ -342,8 +342,8 @@ def test_awq_clip_search_lowers_the_error():
     ctx = run_pass("awq", g, ctx_for("w4a8", calibration=calib, awq_clip=True))
     assert ctx.stats["awq"]["clipped"] > 0
     ref = run_graph(mlp_graph(np.random.default_rng(6)), calib[0])
-    for graph in (g, plain):
-        run_pass("quantize", graph, ctx_for("w4a8"))
+    for graph in (g, plain):  # awq_clip: both rounded as the clip search assumed (no scale search, c = 1)
+        run_pass("quantize", graph, ctx_for("w4a8", awq_clip=True))
     assert _output_error(g, ref, calib[0]) < _output_error(plain, ref, calib[0])
 
 
@@ -363,14 +363,15 @@ def _half_linears(rng, k: int, widths: list[int]) -> list:
 @pytest.mark.parametrize("asym", [False, True])
 def test_fake_quantize_int4_is_the_dequantized_weight_exactly(asym):
     """The searches simulate int4 weights with fake_quantize_int4 (no transposes, f32): it must be exactly
-    dequantize(quantize_int4(w)) — ragged K (a padded last group), an all-zero group, a tie |max| == |min|."""
+    dequantize(quantize_int4(w, search=False)) — ragged K (a padded last group), an all-zero group, a tie
+    |max| == |min|."""
     from tcc.ir.ops.quant import fake_quantize_int4
 
     rng = np.random.default_rng(14)
     w = (rng.standard_normal((72, 9)) / 8).astype(np.float32)
     w[32:64, 2] = 0
     w[0, 3], w[5, 3] = 0.9, -0.9
-    q, s, z = quantize_int4(w, 32, symmetric=not asym)
+    q, s, z = quantize_int4(w, 32, symmetric=not asym, search=False)
     want = dequantize(q, s, z, 4, 32).T
     got = fake_quantize_int4(w, 32, symmetric=not asym)
     assert got.dtype == np.float32 and got.shape == w.shape
@@ -521,3 +522,37 @@ def test_calibration_npz_and_errors(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(TccError, match="not a readable .npz"):
         Calibration(str(bad)).feeds(g, {})
+
+
+def test_scale_search_takes_each_groups_least_error():
+    """quantize_int4's symmetric scales: per group the factor of SCALE_SEARCH with the least squared error
+    (the first of equal ones), checked by brute force group by group; never worse than c = 1; search=False
+    and asymmetric groups keep c = 1 (m / -8)."""
+    from tcc.ir.ops.quant import SCALE_SEARCH
+
+    rng = np.random.default_rng(21)
+    w = rng.standard_t(3, (72, 11)).astype(np.float32)  # heavy tails: clipping pays in some groups
+    w[32:64, 2] = 0
+    w[0, 3], w[5, 3] = 0.9, -0.9
+    q, s, _ = quantize_int4(w, 32)
+    wd = dequantize(q, s, None, 4, 32)  # [N, K]
+    q1, s1, _ = quantize_int4(w, 32, search=False)
+    wd1 = dequantize(q1, s1, None, 4, 32)
+    factors = set()
+    for n in range(w.shape[1]):
+        for g0 in range(0, 72, 32):
+            grp = w[g0:g0 + 32, n].astype(np.float64)
+            m = grp[np.argmax(np.abs(grp))]
+            errs = []
+            for c in SCALE_SEARCH:
+                d = float(np.float16(np.float32(m) * np.float32(c) / np.float32(-8)))
+                codes = np.clip(np.rint(grp / d), -8, 7) if d else np.zeros_like(grp)
+                errs.append(float(np.sum((codes * d - grp) ** 2)))
+            c = SCALE_SEARCH[int(np.argmin(errs))]
+            factors.add(c)
+            got = wd[n, g0:g0 + 32]
+            assert np.sum((got - grp) ** 2) == pytest.approx(min(errs), rel=1e-12, abs=1e-30)
+            assert np.sum((got - grp) ** 2) <= np.sum((wd1[n, g0:g0 + 32] - grp) ** 2)
+            assert s[n, g0 // 32] == np.float32(np.float16(np.float32(m) * np.float32(c) / np.float32(-8)))
+    assert len(factors) > 2  # the search chose more than one factor here
+    assert np.array_equal(s1, quantize_int4(w, 32, clip=np.ones((11, 3), np.float32))[1])

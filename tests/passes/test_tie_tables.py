@@ -156,3 +156,14 @@ def test_gptq_leaves_a_tied_head_to_round_to_nearest():
     assert names == {"up", "down"}
     ctx.stats["bit-allocation"]["tied"] = []
     assert {n.name for grp in layers(g, ctx) for n in grp.linears} == {"up", "down", "lm_head"}
+
+
+def test_gptq_leaves_a_tied_w8a8_head_to_round_to_nearest():
+    """w8a8 has no bit allocation: gptq finds the tied head itself (and not on a target storing both)."""
+    from tcc.passes.gptq import layers
+
+    g = lm_graph(np.random.default_rng(5))
+    assert {n.name for grp in layers(g, ctx_for("w8a8")) for n in grp.linears} == {"up", "down"}
+    assert {n.name for grp in layers(g, ctx_for("w8a8", _GpuLike())) for n in grp.linears} == {"up", "down", "lm_head"}
+    g = lm_graph(np.random.default_rng(5), tied=False)
+    assert {n.name for grp in layers(g, ctx_for("w8a8")) for n in grp.linears} == {"up", "down", "lm_head"}
