@@ -16,6 +16,7 @@ from __future__ import annotations
 from ...codegen.families.linalg import LINALG_FAMILIES, MIN_PARALLEL_FLOPS
 from ...codegen.kernels import KernelSpec, extended_context, register_target_context
 from .kernels_kv import TILES as KV_TILES
+from .kernels_quant import ISA_LEVEL
 
 TARGET = "x86"
 
@@ -23,10 +24,17 @@ TARGET = "x86"
 GEMV_PF = 4096  # measured (TinyLlama shapes, 2 threads): 12.8 -> 16.4 and 16.7 -> 18.2 GB/s
 
 
+# gemm's AVX-512 F path (run-time dispatched, levels as the qlinear `all` kernels': 0 AVX2, 2 AVX-512): the
+# M > 1 tiles only; the decode GEMV is memory bound and stays AVX2.
+GEMM_ISAS = ("avx2", "avx512")
+GEMM_AVX512_FEATURES = ("avx512f",)
+
+
 def _gemm_tiles(spec: KernelSpec) -> dict:
     if spec.variant != "avx2":
         return {}
-    return dict(MR=6, KC=256, MC=144, PB=32, GEMV_KU=4, GEMV_PF=GEMV_PF)
+    return dict(MR=6, KC=256, MC=144, PB=32, GEMV_KU=4, GEMV_PF=GEMV_PF, ISAS=GEMM_ISAS, ISA_LEVEL=ISA_LEVEL,
+                AVX512_FEATURES=GEMM_AVX512_FEATURES)
 
 
 def _matmul_tiles(spec: KernelSpec) -> dict:

@@ -13,6 +13,7 @@ ulp) and a convex combination over Skv keys; its bound is derived the same way i
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 
 import numpy as np
@@ -30,6 +31,30 @@ GEMM = [s for s in [*VARIANTS, *corner_specs()] if s.family == "gemm"]
 MATMUL = [s for s in VARIANTS if s.family == "matmul"]
 ATTENTION = [s for s in VARIANTS if s.family == "attention"]
 IDS = lambda spec: spec.name.split("__", 1)[1]  # noqa: E731  (the variant, and tuned parameters)
+
+# gemm's avx2 variant picks its M > 1 tiles at run time (AVX-512 F where the CPU has it); each test runs the
+# best path and, capped with <name>_isa(0), the AVX2 one ("-isa-avx2": the same path on an AVX2-only CPU).
+ISA_BEST, ISA_AVX2 = 99, 0
+GEMM_PARAMS = [pytest.param(s, ISA_BEST, id=IDS(s)) for s in GEMM] + [
+    pytest.param(s, ISA_AVX2, id=IDS(s) + "-isa-avx2") for s in GEMM if s.variant == "avx2"]
+
+
+def set_gemm_isa(lib, spec, isa) -> int:
+    """Cap the avx2 gemm's ISA path (0 AVX2, 2 AVX-512); returns the path in use (0 for the scalar variant)."""
+    if spec.variant != "avx2":
+        return 0
+    fn = getattr(lib, spec.name + "_isa")
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn(isa)
+
+
+@pytest.fixture
+def gemm_isa(x86_kernel_lib, request):
+    """Sets the test's ISA cap (its `isa` parameter) and restores the automatic choice after it."""
+    spec, isa = request.getfixturevalue("spec"), request.getfixturevalue("isa")
+    set_gemm_isa(x86_kernel_lib, spec, isa)
+    yield
+    set_gemm_isa(x86_kernel_lib, spec, ISA_BEST)
 
 MS = [1, 2, 5, 6, 7, 13, 64]
 NS = [1, 15, 16, 17, 33, 100]
@@ -76,9 +101,9 @@ def run_gemm(lib, spec, A, B, bias, pool, lda_pad=3, ldc_pad=2):
     return c_buf[:, :N]
 
 
-@pytest.mark.parametrize("spec", GEMM, ids=IDS)
+@pytest.mark.parametrize("spec,isa", GEMM_PARAMS)
 @pytest.mark.parametrize("M", MS)
-def test_gemm(x86_kernel_lib, spec, M, x86_pool, rng):
+def test_gemm(x86_kernel_lib, spec, M, x86_pool, rng, isa, gemm_isa):
     for N, K in itertools.product(NS, KS):
         A = rng.standard_normal((M, K)).astype(np.float32)
         B = rng.standard_normal((K, N)).astype(np.float32)
@@ -90,8 +115,8 @@ def test_gemm(x86_kernel_lib, spec, M, x86_pool, rng):
                   f"{spec.name} M={M} N={N} K={K} bias={bias is not None}")
 
 
-@pytest.mark.parametrize("spec", GEMM, ids=IDS)
-def test_gemm_large(x86_kernel_lib, spec, x86_pool, rng):
+@pytest.mark.parametrize("spec,isa", GEMM_PARAMS)
+def test_gemm_large(x86_kernel_lib, spec, x86_pool, rng, isa, gemm_isa):
     """Several K blocks, several row groups, panels split over threads."""
     for M, N, K in [(1, 1000, 1100), (150, 70, 600), (300, 33, 40)]:
         A = rng.standard_normal((M, K)).astype(np.float32)
@@ -102,20 +127,34 @@ def test_gemm_large(x86_kernel_lib, spec, x86_pool, rng):
         check_dot(got, A64 @ B64 + bias, np.abs(A64) @ np.abs(B64) + np.abs(bias), K, f"{spec.name} M={M} N={N} K={K}")
 
 
-@pytest.mark.parametrize("spec", GEMM, ids=IDS)
-def test_gemm_empty_k_gives_bias(x86_kernel_lib, spec):
+@pytest.mark.parametrize("spec,isa", GEMM_PARAMS)
+def test_gemm_empty_k_gives_bias(x86_kernel_lib, spec, isa, gemm_isa):
     bias = np.arange(5, dtype=np.float32)
     got = run_gemm(x86_kernel_lib, spec, np.zeros((3, 0), np.float32), np.zeros((0, 5), np.float32), bias, None)
     np.testing.assert_array_equal(got, np.broadcast_to(bias, (3, 5)))
 
 
-@pytest.mark.parametrize("spec", GEMM, ids=IDS)
-def test_gemm_propagates_nan_and_inf(x86_kernel_lib, spec):
+@pytest.mark.parametrize("spec,isa", GEMM_PARAMS)
+def test_gemm_propagates_nan_and_inf(x86_kernel_lib, spec, isa, gemm_isa):
     A = np.ones((2, 4), np.float32)
     A[0, 1] = np.nan
     A[1, 2] = np.inf
     got = run_gemm(x86_kernel_lib, spec, A, np.ones((4, 3), np.float32), None, None)
     assert np.isnan(got[0]).all() and np.isposinf(got[1]).all()
+
+
+def test_gemm_dispatch_reported(x86_kernel_lib):
+    """The avx2 gemm uses AVX-512 F tiles where the CPU has avx512f, and can be capped at AVX2."""
+    from tcc.backends.x86.target import cpu_flags
+
+    spec = next(s for s in GEMM if s.variant == "avx2")
+    best = 2 if "avx512f" in cpu_flags() else 0
+    try:
+        assert set_gemm_isa(x86_kernel_lib, spec, ISA_BEST) == best
+        assert set_gemm_isa(x86_kernel_lib, spec, 1) == 0  # no AVX-VNNI level: the next lower one
+        assert set_gemm_isa(x86_kernel_lib, spec, ISA_AVX2) == 0
+    finally:
+        set_gemm_isa(x86_kernel_lib, spec, ISA_BEST)
 
 
 # ---------------------------------------------------------------------------------------- matmul
