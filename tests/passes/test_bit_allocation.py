@@ -29,17 +29,13 @@ from tcc.passes.bit_allocation import check_budget, eight_bit_act
 from tcc.passes.context import PassContext
 from tcc.passes.schemes import SCHEMES
 
-from .helpers import run_pass, t
+from .helpers import CpuTarget, run_pass, t
 
 V, K, H = 256, 64, 128  # vocabulary, hidden, MLP width
 
 
-class _Target:
-    name = "x86"
-    default_group_size = 32
-    k_block = 64
-    qms = ("fp32", "w8a8", "w4a32", "w4a8")
-    qm_refusals = ()
+class _Target(CpuTarget):
+    tied_tables = False  # a tied head's planning is tests/passes/test_tie_tables.py's
 
 
 class _NoInt8Target(_Target):

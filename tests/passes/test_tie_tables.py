@@ -22,21 +22,15 @@ from tcc.passes import tie_tables
 from tcc.passes.context import PassContext
 from tcc.passes.quantize import layer_bytes
 
-from .helpers import run_pass, t
+from .helpers import CpuTarget, run_pass, t
 
 V, K, H = 200, 64, 96
 
 
-class _Target:
-    name = "x86"
-    default_group_size = 32
-    k_block = 64
-    qms = ("fp32", "w8a8", "w4a32", "w4a8")
-    qm_refusals = ()
-    tied_tables = True
+_Target = CpuTarget
 
 
-class _GpuLike(_Target):
+class _GpuLike(CpuTarget):
     tied_tables = False
 
 
