@@ -1,10 +1,10 @@
-"""The decode roofline (runtime/roofline.py) and the bytes a decode step reads (driver.decode_weight_bytes)."""
+"""The decode roofline (runtime/roofline.py) and the bytes a decode step reads (codegen/manifest.py: decode_weight_bytes)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tcc.driver import decode_weight_bytes
+from tcc.codegen.manifest import decode_weight_bytes
 from tcc.errors import TccError
 from tcc.ir.core import Graph, TensorType
 from tcc.ir.dtypes import DType
