@@ -21,6 +21,14 @@ from tcc.codegen.cmake import build_library
 from tcc.codegen.kernels import KernelSpec, write_kernels
 from tests.ctypes_abi import argtypes_of
 
+def cap_isa(lib, spec: KernelSpec, level: int) -> int:
+    """Cap a run-time dispatched x86 kernel's ISA path through its <name>_isa (x86/_isa_dispatch.inc.j2: 0 AVX2,
+    1 AVX-VNNI, 2 AVX-512; a large level: the best); returns the path in use."""
+    fn = getattr(lib, spec.name + "_isa")
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn(level)
+
+
 def ptr(a) -> int | None:
     """The address of a numpy array's first element (None for None), for c_void_p arguments."""
     return None if a is None else a.ctypes.data

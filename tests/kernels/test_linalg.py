@@ -13,7 +13,6 @@ ulp) and a convex combination over Skv keys; its bound is derived the same way i
 """
 from __future__ import annotations
 
-import ctypes
 import itertools
 
 import numpy as np
@@ -22,7 +21,7 @@ from tcc.backends.x86.kernels import VARIANTS
 from tcc.backends.x86.tuning import corner_specs
 from tcc.codegen.families.packing import pack_f32_panels, packed_size, unpack_f32_panels
 
-from .conftest import elem_strides, i64, ptr
+from .conftest import cap_isa, elem_strides, i64, ptr
 
 FP32_TOL = 8 * 2.0 ** -24
 
@@ -43,9 +42,7 @@ def set_gemm_isa(lib, spec, isa) -> int:
     """Cap the avx2 gemm's ISA path (0 AVX2, 2 AVX-512); returns the path in use (0 for the scalar variant)."""
     if spec.variant != "avx2":
         return 0
-    fn = getattr(lib, spec.name + "_isa")
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return fn(isa)
+    return cap_isa(lib, spec, isa)
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ scales and rows whose K is not a multiple of the group.
 """
 from __future__ import annotations
 
-import ctypes
 
 import numpy as np
 import pytest
@@ -45,7 +44,7 @@ from tcc.backends.x86.kernels_quant import W32_KC
 from tcc.backends.x86.tuning import corner_specs
 from tcc.ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
 
-from .conftest import ptr
+from .conftest import cap_isa, ptr
 
 U = 2.0 ** -24
 C = 2
@@ -77,9 +76,7 @@ def set_isa(lib, spec, isa) -> int:
     2 AVX-512)."""
     if spec.variant != "all" or spec.family not in DISPATCHED:
         return 0
-    fn = getattr(lib, spec.name + "_isa")
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return fn(isa)
+    return cap_isa(lib, spec, isa)
 
 
 @pytest.fixture
