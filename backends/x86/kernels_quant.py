@@ -45,19 +45,19 @@ QUANTIZE_ACTS_VARIANTS = ("scalar", "avx2")
 
 # `all`: the ISA paths rendered; "vnni" is used when the CPU has AVX-VNNI (checked once at run time).
 ISAS = ("avx2", "vnni")
-GEMM_MR = {"avx2": 4, "vnni": 6, "avx512": 8}  # avx512: qlinear_w8a8's zmm tile (w4a8's is MR512)
-# qlinear_w4a8 also has an AVX-512 VNNI path (run-time dispatched like AVX-VNNI: used where the CPU has
-# avx512_vnni/bw/vl/dq): its GEMM tiles are MR512 rows x 16 columns, one zmm per row (a tile pair's k-quad
-# is 64 contiguous bytes of the unpacked buffer), MR512 accumulators + MR512 epilogue sums in 32 zmm; its
-# GEMV is the AVX-VNNI one with the EVEX encoding of vpdpbusd.
+GEMM_MR = {"avx2": 4, "vnni": 6}  # rows of the 256-bit GEMM tiles (16 columns); AVX-512: TILES512
+# qlinear_w4a8 and qlinear_w8a8 also have an AVX-512 VNNI path (run-time dispatched like AVX-VNNI: used where the
+# CPU has avx512_vnni/bw/vl/dq): the GEMV is the AVX-VNNI one with the EVEX encoding of vpdpbusd; the GEMM tile is
+# TILES512[family] = (rows, zmm): each zmm is 16 columns (two tiles, a k-quad of both = 64 contiguous bytes of
+# the unpacked block), one accumulator per row and zmm. w4a8: 8 x 1 (its per-group epilogue reads the weight
+# scales of the tile pair). w8a8: 6 x 4, 64 columns (x86/_int8_tiles512.inc.j2): per k-quad 6 broadcasts + 4
+# loads feed 24 vpdpbusd, where 8 x 1 needs 9 loads for 8 and keeps too few chains to hide vpdpbusd's latency.
+# Measured (the bare tile, 96 rows x K 4096 in L2, 1 thread, Intel Xeon Ice Lake-SP; noisy VM, two runs):
+# 8 x 1 263-316 GOPS, 6 x 3 444-510, 8 x 3 484-615, 7 x 3 491-589, 9 x 3 468-622, 5 x 4 441-468, 6 x 4 507-570.
+# On CPUs with AVX-512 VNNI but no AVX-VNNI (AMD Zen 4) it replaces maddubs+madd (w8a8 128 x 4096 -> 4096,
+# 2 threads, Zen 4, the 8 x 1 tile: AVX2 17.0 ms, AVX-512 5.37 ms).
+TILES512 = {"qlinear_w4a8": (8, 1), "qlinear_w8a8": (6, 4)}
 W4A8_ISAS = ("avx2", "vnni", "avx512")
-MR512 = 8
-# qlinear_w8a8's AVX-512 VNNI path (the same CPUs): the AVX-VNNI GEMV with EVEX vpdpbusd, and a GEMM tile of
-# GEMM_MR["avx512"] rows x 16 columns, one zmm accumulator per row; on CPUs with AVX-512 VNNI but no AVX-VNNI
-# (AMD Zen 4) it replaces maddubs+madd. 8 rows: each row has its own activation pointer, and past 8 they no
-# longer fit the 16 general registers beside the loop's. Measured (128 x 4096 -> 4096, per-row activations,
-# 2 threads, AMD EPYC Zen 4): AVX2 17.0 ms; AVX-512 with 6 / 8 / 10 / 12 / 16 rows 5.42 / 5.37 / 5.92 / 7.87 /
-# 12.9 ms.
 W8A8_ISAS = ("avx2", "vnni", "avx512")
 # qlinear_w4a32 has no integer dots, so no VNNI level: its AVX-512 path (AVX-512 F/VL/BW/DQ, no VNNI needed)
 # dequantizes with one vpternlogd per 8 weights where AVX2 needs an AND and an OR.
@@ -102,7 +102,9 @@ def _qlinear_tiles(spec: KernelSpec) -> dict:
         assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
         isas = {"qlinear_w4a8": W4A8_ISAS, "qlinear_w8a8": W8A8_ISAS, "qlinear_w4a32": W4A32_ISAS}.get(spec.family, ISAS)
         assert isas[0] == "avx2" and set(isas) <= set(ISA_LEVEL), "AVX2 is the fallback of every `all`"
-        ctx.update(ISAS=isas, ISAS256=tuple(i for i in isas if i != "avx512"), MR512=MR512, ISA_LEVEL=ISA_LEVEL,
+        mr512, nz512 = TILES512.get(spec.family, (1, 1))
+        ctx.update(ISAS=isas, ISAS256=tuple(i for i in isas if i != "avx512"), MR512=mr512, NZ512=nz512,
+                   BLOCK_TILES={"avx2": 2, "vnni": 2, "avx512": 2 * nz512}, ISA_LEVEL=ISA_LEVEL,
                    AVX512_FEATURES=AVX512_FEATURES.get(spec.family, ()),
                    GEMV_MAX_M=W4A8_GEMV_MAX_M if spec.family == "qlinear_w4a8" else GEMV_MAX_M,
                    GEMV_ROWS=GEMV_ROWS, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,

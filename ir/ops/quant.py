@@ -236,7 +236,9 @@ def quantize_activations(x: np.ndarray, group_size: int | None, pad_to: int = 1)
     kp = -(-k // pad_to) * pad_to
     if kp != k:
         xq = np.concatenate([xq, np.zeros(x.shape[:-1] + (kp - k,), np.int8)], axis=-1)
-    return xq, d, xsum.astype(np.int32)
+    # contiguous: with a group past K the slice above is a view whose rows are a whole group apart, and the
+    # kernels this feeds read rows Kp apart
+    return np.ascontiguousarray(xq), d, xsum.astype(np.int32)
 
 
 def dequantize_activations(xq: np.ndarray, xs: np.ndarray, k: int, group_size: int | None) -> np.ndarray:

@@ -272,8 +272,11 @@ W8_CASES = [
     (1, 8, 64, 64), (3, 17, 100, 64), (17, 50, 513, 64), (1, 40, 1000, 96), (9, 23, 200, 96), (2, 16, 40, 96),
     (1, 8, 64, ROW), (1, 1, 10, ROW), (3, 17, 100, ROW), (17, 50, 513, ROW), (100, 20, 70, ROW), (1, 7, 4096, ROW),
     (6, 31, 257, ROW), (9, 23, 200, 256),
-    # the AVX-512 GEMM's 8-row tile: with the cases above every remainder 1..7 (13, 14, 15, 11: 5, 6, 7, 3 rows), three whole tiles
+    # the AVX-512 GEMM's 6-row x 64-column tile: with the cases above every row remainder 1..5 (13, 14, 15, 11,
+    # 10: 1, 2, 3, 5, 4 rows) and whole tiles (24); column blocks of 8 tiles: a last block of 1 tile (130: 17
+    # tiles), of 7 (120: an absent tile in the last zmm), of 5 (100: 3 zmm), whole blocks (128)
     (13, 19, 96, 32), (14, 9, 200, ROW), (15, 33, 129, 64), (11, 17, 100, 32), (24, 16, 64, 32),
+    (13, 130, 96, 32), (10, 120, 64, ROW), (7, 100, 200, 64), (24, 128, 160, ROW), (98, 72, 64, 32),
 ]
 
 
