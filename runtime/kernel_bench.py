@@ -211,3 +211,58 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['repeats']} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | {r['gbps']:.2f} | "
                      f"{r['gops']:.1f} | {speed} |")
     return "\n".join(lines)
+
+
+ISA_NAMES = {0: "avx2", 1: "vnni", 2: "avx512"}
+
+
+def isa_paths(qm: str, m: int, k: int, n: int, threads: int = 2, rounds: int = 7, *, group: int = 128,
+              calls: int = 3, build_dir: str | None = None) -> list[dict]:
+    """Time the `all` variant of qlinear_<qm> on every ISA path this CPU has (AVX2, AVX-VNNI, AVX-512: the
+    kernel's run-time levels), interleaved: each round calls every path `calls` times, so a machine that
+    slows down slows all of them alike and the ratios are side by side. One dict per path (median and best
+    of the rounds' mean call time, GOPS at the median)."""
+    if qm not in QMODES:
+        raise ValueError(f"qm must be one of {', '.join(QMODES)}, got {qm!r}")
+    from ..backends.x86.kernels_quant import VARIANTS
+    from ..codegen.cmake import REPO_ROOT
+
+    lib = _load(build_dir or os.path.join(REPO_ROOT, "build", "bench-qlinear"))
+    spec = next(s for s in VARIANTS if s.family == f"qlinear_{qm}" and s.variant == "all")
+    fn, set_isa = _fn(lib, spec), getattr(lib, spec.name + "_isa")
+    set_isa.argtypes, set_isa.restype = [ctypes.c_int], ctypes.c_int
+    levels = sorted({set_isa(level) for level in ISA_NAMES})
+    problem = _Problem(qm, m, k, n, group)
+    pool = lib.tcc_exec_create(threads) if threads > 1 else None
+    times: dict[int, list[float]] = {level: [] for level in levels}
+    try:
+        for level in levels:  # warm every path
+            set_isa(level)
+            problem.call(fn, pool)
+        for _ in range(rounds):
+            for level in levels:
+                set_isa(level)
+                t = time.perf_counter()
+                for _ in range(calls):
+                    problem.call(fn, pool)
+                times[level].append((time.perf_counter() - t) / calls)
+    finally:
+        set_isa(99)
+        if pool:
+            lib.tcc_exec_destroy(pool)
+    base = statistics.median(times[levels[0]])
+    return [{"qm": qm, "m": m, "k": k, "n": n, "group": problem.group, "threads": threads, "isa": ISA_NAMES[level],
+             "median_ms": statistics.median(t) * 1e3, "best_ms": min(t) * 1e3,
+             "gops": 2.0 * m * n * k / statistics.median(t) / 1e9, "vs_avx2": base / statistics.median(t)}
+            for level, t in times.items()]
+
+
+def format_isa_table(rows: list[dict]) -> str:
+    """A markdown table of isa_paths rows."""
+    lines = ["| kernel | M x K -> N | ISA path | threads | median ms | best ms | GOPS | vs AVX2 |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['qm']}, g{r['group']} | {r['m']} x {r['k']} -> {r['n']} | {r['isa']} | {r['threads']} | "
+                     f"{r['median_ms']:.3f} | {r['best_ms']:.3f} | {r['gops']:.1f} | {r['vs_avx2']:.2f}x |")
+    return "\n".join(lines)
+

@@ -86,6 +86,11 @@ GEMM_MC = 96            # rows per task: 96 x 4096 int8 activations = 384 KiB, i
 PREFETCH_BYTES = 2048   # GEMV: prefetch this far ahead of the weight stream (8 q4 blocks of a tile; measured
                         # 10-20% faster than none on one thread, weights read from DRAM)
 W32_MR, W32_KC = 6, 256
+# w4a32's AVX-512 GEMM: W32_MR512 rows x W32_NZ512 zmm (64 columns) over K blocks of W32_KC512 (a 128 x 64 f32
+# slice = 32 KiB, in L1 beside the activation rows). Measured (the bare f32 tile over an L1 slice, 96 rows,
+# 1 thread, Intel Xeon Ice Lake-SP, zmm FMA peak 150 GFLOP/s): 6 x 2 (the f32 gemm's) 84-89 GFLOP/s, 6 x 4 107-111,
+# 8 x 3 111-119, 5 x 4 101-111, 12 x 2 100-112, 4 x 4 93-95; K blocks of 256 (64 KiB, past L1) lose 5-20%.
+W32_MR512, W32_NZ512, W32_KC512 = 6, 4, 128
 
 
 def packed_layout(q4_quad: bool = True) -> dict:
@@ -99,7 +104,7 @@ def _qlinear_tiles(spec: KernelSpec) -> dict:
     ctx = packed_layout(spec.family in ("qlinear_w4a8", "qlinear_w4a32"))
     if spec.variant == "all":
         assert NT == 8, "the `all` epilogues reduce one tile into one 8-lane vector"
-        assert W32_KC % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
+        assert W32_KC % 64 == 0 and W32_KC512 % 64 == 0, "w4a32 K blocks start on 64-blocks (and quads of one group)"
         isas = {"qlinear_w4a8": W4A8_ISAS, "qlinear_w8a8": W8A8_ISAS, "qlinear_w4a32": W4A32_ISAS}.get(spec.family, ISAS)
         assert isas[0] == "avx2" and set(isas) <= set(ISA_LEVEL), "AVX2 is the fallback of every `all`"
         mr512, nz512 = TILES512.get(spec.family, (1, 1))
@@ -108,7 +113,8 @@ def _qlinear_tiles(spec: KernelSpec) -> dict:
                    AVX512_FEATURES=AVX512_FEATURES.get(spec.family, ()),
                    GEMV_MAX_M=W4A8_GEMV_MAX_M if spec.family == "qlinear_w4a8" else GEMV_MAX_M,
                    GEMV_ROWS=GEMV_ROWS, GEMM_MR=GEMM_MR, GEMM_MC=GEMM_MC, PREFETCH_BYTES=PREFETCH_BYTES,
-                   W32_MR=W32_MR, W32_KC=W32_KC, W32_GEMV_ACC=W32_GEMV_ACC)
+                   W32_MR=W32_MR, W32_KC=W32_KC, W32_GEMV_ACC=W32_GEMV_ACC,
+                   W32_MR512=W32_MR512, W32_NZ512=W32_NZ512, W32_KC512=W32_KC512)
     return ctx
 
 

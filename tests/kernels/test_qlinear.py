@@ -260,6 +260,9 @@ W4_CASES = [
     (1, 7, 4096, 128), (6, 31, 257, 64), (7, 1, 64, 64), (9, 23, 200, 32), (10, 8, 129, 128),
     # w4a8: the GEMV's largest row group (4, batched decode), the GEMM just past it (5), two groups' worth (8)
     (4, 19, 160, 32), (5, 8, 64, 64), (8, 33, 320, 32),
+    # the AVX-512 GEMMs' column blocks (w4a32: 8 tiles, K blocks of 128): a last block of 1, 5 and 7 tiles,
+    # several K blocks with a partial last 64-block, and K below one half-block (no second group)
+    (13, 130, 96, 32), (7, 100, 300, 64), (10, 120, 256, 128), (6, 70, 20, 32),
 ]
 # w8a8 adds the activation group: 32 (the scheme's), 64, 96 (a group of three 32-k chunks: the GEMV's inner
 # loop and the GEMM's group K range are not the 64-k padding), and per row (G = 1: a group of K or more,
