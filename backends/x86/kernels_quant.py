@@ -49,14 +49,14 @@ GEMM_MR = {"avx2": 4, "vnni": 6}  # rows of the 256-bit GEMM tiles (16 columns);
 # qlinear_w4a8 and qlinear_w8a8 also have an AVX-512 VNNI path (run-time dispatched like AVX-VNNI: used where the
 # CPU has avx512_vnni/bw/vl/dq): the GEMV is the AVX-VNNI one with the EVEX encoding of vpdpbusd; the GEMM tile is
 # TILES512[family] = (rows, zmm): each zmm is 16 columns (two tiles, a k-quad of both = 64 contiguous bytes of
-# the unpacked block), one accumulator per row and zmm. w4a8: 8 x 1 (its per-group epilogue reads the weight
-# scales of the tile pair). w8a8: 6 x 4, 64 columns (x86/_int8_tiles512.inc.j2): per k-quad 6 broadcasts + 4
-# loads feed 24 vpdpbusd, where 8 x 1 needs 9 loads for 8 and keeps too few chains to hide vpdpbusd's latency.
+# the unpacked block), one accumulator per row and zmm. 6 x 4, 64 columns (x86/_int8_tiles512.inc.j2): per
+# k-quad 6 broadcasts + 4 loads feed 24 vpdpbusd, where 8 x 1 needs 9 loads for 8 and keeps too few chains to
+# hide vpdpbusd's latency.
 # Measured (the bare tile, 96 rows x K 4096 in L2, 1 thread, Intel Xeon Ice Lake-SP; noisy VM, two runs):
 # 8 x 1 263-316 GOPS, 6 x 3 444-510, 8 x 3 484-615, 7 x 3 491-589, 9 x 3 468-622, 5 x 4 441-468, 6 x 4 507-570.
 # On CPUs with AVX-512 VNNI but no AVX-VNNI (AMD Zen 4) it replaces maddubs+madd (w8a8 128 x 4096 -> 4096,
 # 2 threads, Zen 4, the 8 x 1 tile: AVX2 17.0 ms, AVX-512 5.37 ms).
-TILES512 = {"qlinear_w4a8": (8, 1), "qlinear_w8a8": (6, 4)}
+TILES512 = {"qlinear_w4a8": (6, 4), "qlinear_w8a8": (6, 4)}
 W4A8_ISAS = ("avx2", "vnni", "avx512")
 W8A8_ISAS = ("avx2", "vnni", "avx512")
 # qlinear_w4a32 has no integer dots, so no VNNI level: its AVX-512 path (AVX-512 F/VL/BW/DQ, no VNNI needed)

@@ -42,8 +42,9 @@ _PREFETCH = Knob("PREFETCH_BYTES", (0, 512, 1024, 2048, 4096), "decode")
 _QMC = Knob("GEMM_MC", (32, 48, 64, 96, 128, 192), "prefill")
 _CROSSOVER = Knob("GEMV_MAX_M", (1, 2, 3, 4, 5, 6), "crossover")
 SPACE: dict[str, tuple[Knob, ...]] = {
-    # MR512: rows of the AVX-512 GEMM register tile (MR512 accumulators in 32 zmm).
-    "qlinear_w4a8": (_PREFETCH, _QMC, Knob("MR512", (4, 8, 12), "prefill"), _CROSSOVER),
+    # MR512: rows of the AVX-512 GEMM register tile (MR512 x 4 accumulators + 4 weight vectors + a broadcast in
+    # 32 zmm).
+    "qlinear_w4a8": (_PREFETCH, _QMC, Knob("MR512", (4, 5, 6), "prefill"), _CROSSOVER),
     "qlinear_w8a8": (_PREFETCH, _QMC, _CROSSOVER),
     "qlinear_w4a32": (_PREFETCH, _QMC, Knob("W32_KC", (128, 256, 512), "prefill"), _CROSSOVER),
     # MC candidates are multiples of the 6-row register tile; GEMV_KU keeps 2 * KU accumulators in 16 ymm.
