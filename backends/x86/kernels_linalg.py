@@ -25,20 +25,23 @@ GEMV_PF = 4096  # measured (TinyLlama shapes, 2 threads): 12.8 -> 16.4 and 16.7 
 
 
 # gemm's AVX-512 F path (run-time dispatched, levels as the qlinear `all` kernels': 0 AVX2, 2 AVX-512): the
-# M > 1 tiles only; the decode GEMV is memory bound and stays AVX2. The tile is MR rows x two panels (one zmm
-# each). Measured (benchmarks/kernels_gemm.py, M=128, K=N=4096, Intel Xeon Ice Lake-SP, 2 cores): AVX2 77-79 /
-# 124-126 GFLOP/s on 1 / 2 threads, AVX-512 100 / 159-162 (1.28-1.30x). One panel per tile with even and odd k
-# in separate accumulators (14 loads per 12 FMAs) measured 0.85x the AVX2 tile; 8, 12 or 14 rows x two panels
-# ran no faster than 6 (110-120 GFLOP/s in an L1-resident loop on one core, about 70% of its zmm FMA peak).
+# M > 1 tiles only; the decode GEMV is memory bound and stays AVX2. The tile is MR rows x up to GEMM_NZ512
+# panels (one zmm each), so one A broadcast feeds GEMM_NZ512 FMAs. Measured (benchmarks/kernels_gemm.py, M=128,
+# K=N=4096, Intel Xeon Ice Lake-SP (zmm FMA peak about 150 GFLOP/s per core), AVX2 and AVX-512 interleaved):
+# 2 panels 1.25-1.28x the AVX2 tile on 2 threads (202 vs 161 GFLOP/s), 3 panels 1.36-1.47x, 4 panels 1.42-1.51x
+# (1 thread 116-121 vs 80-82, 2 threads 217-237 vs 156-161). K blocks of 128 / 192 / 256 for the 4-panel tile:
+# 210-217 / 229-242 / 237 GFLOP/s, so it keeps KC. One panel per tile with even and odd k in separate
+# accumulators (14 loads per 12 FMAs) measured 0.85x the AVX2 tile.
 GEMM_ISAS = ("avx2", "avx512")
 GEMM_AVX512_FEATURES = ("avx512f",)
+GEMM_NZ512 = 4
 
 
 def _gemm_tiles(spec: KernelSpec) -> dict:
     if spec.variant != "avx2":
         return {}
     return dict(MR=6, KC=256, MC=144, PB=32, GEMV_KU=4, GEMV_PF=GEMV_PF, ISAS=GEMM_ISAS, ISA_LEVEL=ISA_LEVEL,
-                AVX512_FEATURES=GEMM_AVX512_FEATURES)
+                AVX512_FEATURES=GEMM_AVX512_FEATURES, NZ512=GEMM_NZ512)
 
 
 def _matmul_tiles(spec: KernelSpec) -> dict:
