@@ -4,7 +4,7 @@
 documentation (tools/train_demo_model.py; model card in models/demo/README.md), exported as users
 export (ONNX with past key/values), with its tokenizer, a held-out text and a calibration text.
 Artifacts are compiled into the cache directory (`TCC_CACHE_DIR`) and reused while the model, the
-options and tcc itself are unchanged (driver.compile_cached).
+options and tcc itself are unchanged (compile_cache.compile_cached).
 """
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def compile_variant(model: str, variant: Variant, calib: str | None, max_context
                     progress: Callable | None = None, max_batch: int = 1) -> tuple[str, dict, bool]:
     """Compile (or reuse) `model` as `variant` for the host; returns (artifact dir, manifest, reused).
     max_batch > 1: a KV cache of that many independent sequences (`tcc serve --slots N`)."""
-    from .driver import CompileOptions, compile_cached
+    from .compile_cache import compile_cached
+    from .driver import CompileOptions
     from .passes.schemes import get_scheme
 
     if not get_scheme(variant.qm).grouped:

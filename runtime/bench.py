@@ -166,7 +166,8 @@ def format_tuning(tuning: dict) -> str:
 def untuned_twin(out: str, progress=None) -> str:
     """The artifact of the same model and options without --tune (compiled once into the cache)."""
     from .. import flags
-    from ..driver import compile_cached, options_from_dict
+    from ..compile_cache import compile_cached
+    from ..driver import options_from_dict
     from .session import _read_manifest
 
     manifest = _read_manifest(out)

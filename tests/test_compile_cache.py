@@ -1,4 +1,4 @@
-"""driver.compile_cached / cache_key: what an artifact depends on, and reuse (tcc demo, tcc eval --compare)."""
+"""compile_cache.compile_cached / cache_key: what an artifact depends on, and reuse (tcc demo, tcc eval --compare)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tcc.driver import CompileOptions, cache_key, compile_cached
+from tcc.compile_cache import cache_key, compile_cached
+from tcc.driver import CompileOptions
 from tests.conftest import MODELS_DIR
 
 MLP = os.path.join(MODELS_DIR, "mlp.onnx")
