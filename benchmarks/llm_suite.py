@@ -332,7 +332,8 @@ def ensure_ort_variant(src: str, variant: str, external: bool) -> tuple[str, dic
 
 # ----------------------------------------------------------------------------------- tcc compile
 def child_compile(a: dict) -> dict:
-    from tcc.driver import CompileOptions, compile_cached
+    from tcc.compile_cache import compile_cached
+    from tcc.driver import CompileOptions
 
     opts = CompileOptions(qm=a["qm"], max_context=a["max_context"], max_dims={"seq": a["max_seq"]},
                           round_to_nearest=a["qm"] != "fp32")
