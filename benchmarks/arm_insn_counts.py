@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tcc.backends import get_backend  # noqa: E402
 from tcc.backends.arm import packing as ap  # noqa: E402
 from tcc.backends.arm.target import cross_toolchain_missing  # noqa: E402
-from tcc.ir.ops.quant import quantize_activations, quantize_int4, quantize_int8  # noqa: E402
+from tcc.ir.quant_arith import quantize_activations, quantize_int4, quantize_int8  # noqa: E402
 
 from tests.backends.arm_harness import Harness  # noqa: E402
 

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..errors import TccError
 from ..ir.core import Graph, Node
-from ..ir.ops.quant import dequantize, quantize_int4, quantize_int8
+from ..ir.quant_arith import dequantize, quantize_int4, quantize_int8
 from . import register_pass
 from .quantize import (embedding, fp16_matmul, kept, layer_bytes, lm_head_nodes, quantizable, scale_search,
                        weight_of)

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..frontend.mapped import Spill, release
 from ..ir.core import Graph, Node
-from ..ir.ops.quant import n_groups, quantize_int4, quantize_int8, round_f16
+from ..ir.quant_arith import n_groups, quantize_int4, quantize_int8, round_f16
 from . import register_pass
 from .quantize import act_attrs, emit_qlinear, int8_codes, kept, lm_head_nodes, scale_search
 from .tie_tables import tied_heads
@@ -175,7 +175,7 @@ def rtn_round(w: np.ndarray, rnd: Rounding) -> tuple[np.ndarray, np.ndarray, np.
 
 def dequantized(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, rnd: Rounding) -> np.ndarray:
     """The weight [K, N] the kernels multiply by, float64."""
-    from ..ir.ops.quant import dequantize
+    from ..ir.quant_arith import dequantize
 
     w = dequantize(q, scales, zeros, rnd.bits, rnd.qlinear_group(q.shape[1]))
     return (round_f16(w) if rnd.f16 else w).T

@@ -15,7 +15,7 @@ weight, rows of a table), so a mapped export is read once, in order. A pattern
 is an fnmatch pattern matched against the node's name and its weight's name, or `lm_head`: the Linear
 whose result is the model's output (found by structure: through views and slices to a graph output),
 or `embed`: every quantizable Gather. Weights
-are rounded to nearest (ir/ops/quant.py: quantize_int4 / quantize_int8; symmetric int4 groups with its scale
+are rounded to nearest (ir/quant_arith.py: quantize_int4 / quantize_int8; symmetric int4 groups with its scale
 search, unless AWQ's clipping search ran: `scale_search`); calibration passes that run before (awq,
 smoothquant) have already rescaled and clipped them in fp32. Options (ctx.options):
 group_size (default: the target's), asym (zero points), keep_fp32 (patterns).
@@ -36,7 +36,7 @@ import numpy as np
 
 from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType
-from ..ir.ops.quant import quantize_int4, quantize_int8
+from ..ir.quant_arith import quantize_int4, quantize_int8
 from ..frontend.mapped import Spill, release, spill_converted
 from . import register_pass
 from .rewrite_utils import replace_value
@@ -191,7 +191,7 @@ def scale_search(ctx) -> bool:
 
 
 def int8_scales(amax: np.ndarray) -> np.ndarray:
-    """Per output channel scales [N, 1] from max |W| over K: ir/ops/quant.py quantize_int8's arithmetic."""
+    """Per output channel scales [N, 1] from max |W| over K: ir/quant_arith.py quantize_int8's arithmetic."""
     return (amax / np.float32(127.0)).astype(np.float32)[:, None]
 
 

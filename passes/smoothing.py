@@ -29,8 +29,7 @@ import numpy as np
 from ..errors import TccError
 from ..frontend.mapped import Spill, release
 from ..ir.core import Graph, Node, Value
-from ..ir.ops.quant import (dequantize, dequantize_activations, fake_quantize_int4, quantize_activations,
-                            quantize_int4, quantize_int8, round_f16)
+from ..ir.quant_arith import dequantize, dequantize_activations, fake_quantize_int4, quantize_activations, quantize_int4, quantize_int8, round_f16
 from ..ir.dtypes import DType
 from .quantize import fp16_matmul, quantizable, widened
 from .schemes import Scheme, act_group_for

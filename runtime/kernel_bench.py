@@ -95,7 +95,7 @@ class _Problem:
 
     def __init__(self, qm: str, m: int, k: int, n: int, group: int, seed: int = 0, copies: int = 1):
         from ..backends.x86 import packing_quant as pq
-        from ..ir.ops.quant import quantize_activations
+        from ..ir.quant_arith import quantize_activations
 
         rng = np.random.default_rng(seed)
         self.qm, self.m, self.k, self.n, self.group = qm, m, k, n, group

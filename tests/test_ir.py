@@ -143,7 +143,7 @@ def _kv_graph():
 def _quant_graph():
     """Quantized layers: an int4 embedding, QLinear (fp32 activations, zero points, bias), and a shared
     QuantizeActs feeding int4 and int8 QLinearI8."""
-    from tcc.ir.ops.quant import quantize_int4, quantize_int8
+    from tcc.ir.quant_arith import quantize_int4, quantize_int8
 
     g = Graph("quant")
     rng = np.random.default_rng(0)

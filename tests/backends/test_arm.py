@@ -24,13 +24,7 @@ from tcc.backends import get_backend
 from tcc.backends.arm import packing as ap
 from tcc.backends.arm.target import cross_toolchain_missing
 from tcc.errors import TccError
-from tcc.ir.ops.quant import (
-    dequantize,
-    dequantize_activations,
-    quantize_activations,
-    quantize_int4,
-    quantize_int8,
-)
+from tcc.ir.quant_arith import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
 
 from .arm_harness import POOL, Harness, shared_dir
 

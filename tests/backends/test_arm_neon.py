@@ -228,7 +228,7 @@ def _norm_quantize(c: Cases, rng):
     """The fused norm + int8 activations: bit-exact with quantize_activations (which quantize_acts-neon matches
     bit for bit, test_arm.py) of the NEON norm kernel's own output for the same rows, run in the same harness."""
     from tcc.backends.arm.packing import KPAD
-    from tcc.ir.ops.quant import quantize_activations
+    from tcc.ir.quant_arith import quantize_activations
 
     eps = 1e-5
     for spec in of("norm_quantize"):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from tcc.backends.cuda import kernels_linalg as kl
 from tcc.backends.cuda import packing
-from tcc.ir.ops.quant import dequantize, qlinear_reference, quantize_int4, quantize_int8, round_f16
+from tcc.ir.quant_arith import dequantize, qlinear_reference, quantize_int4, quantize_int8, round_f16
 
 from .harness import build_kernels, nvcc_compile, sass
 

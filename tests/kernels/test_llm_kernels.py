@@ -382,7 +382,7 @@ def test_qgather(x86_kernel_lib, x86_pool, spec, k, group, asym, rng):
     rows are not a whole number of 8-column tiles, K not of 64-blocks)."""
     from tcc.backends.x86 import packing_quant as pq
     from tcc.codegen.families.packing import pack_f16_scales, pack_q4_rows
-    from tcc.ir.ops.quant import dequantize, quantize_int4, quantize_int8
+    from tcc.ir.quant_arith import dequantize, quantize_int4, quantize_int8
 
     rows = 37
     table = rng.standard_normal((rows, k)).astype(np.float32)

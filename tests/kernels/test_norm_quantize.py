@@ -2,7 +2,7 @@
 
 The fused kernel runs the norm kernel's row function and then quantize_acts' row function on a per-thread
 row buffer, so it must be bit-exact with the unfused pair: its xq, xs and xsum are compared bit for bit
-with ir/ops/quant.py: quantize_activations (which quantize_acts matches bit for bit, test_qlinear.py)
+with ir/quant_arith.py: quantize_activations (which quantize_acts matches bit for bit, test_qlinear.py)
 applied to the norm kernel's own output. The norm kernel itself is checked against float64 in
 test_elementwise.py; no tolerance is involved here. Also: the int8 row padding [K, Kp) is zero, the ldq
 padding beyond Kp is never written, bad groups are reported.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tcc.backends.x86 import packing_quant as pq
 from tcc.backends.x86.kernels import VARIANTS, select
-from tcc.ir.ops.quant import quantize_activations
+from tcc.ir.quant_arith import quantize_activations
 
 from .conftest import ptr
 

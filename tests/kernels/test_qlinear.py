@@ -42,7 +42,7 @@ from tcc.backends.x86 import packing_quant as pq
 from tcc.backends.x86.kernels import VARIANTS, select
 from tcc.backends.x86.kernels_quant import W32_KC
 from tcc.backends.x86.tuning import corner_specs
-from tcc.ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
+from tcc.ir.quant_arith import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
 
 from .conftest import cap_isa, ptr
 

@@ -11,7 +11,7 @@ import pytest
 
 from tcc.backends.metal import kernels as mk
 from tcc.codegen.families import packing as cpu_packing
-from tcc.ir.ops.quant import quantize_int4
+from tcc.ir.quant_arith import quantize_int4
 
 from .harness import build_metal
 

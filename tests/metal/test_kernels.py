@@ -19,7 +19,7 @@ import pytest
 
 from tcc.backends.metal import kernels as mk
 from tcc.backends.metal import packing
-from tcc.ir.ops.quant import dequantize, qlinear_reference, quantize_int4, round_f16
+from tcc.ir.quant_arith import dequantize, qlinear_reference, quantize_int4, round_f16
 
 from .harness import build_metal, msl_check
 

@@ -24,7 +24,7 @@ import pytest
 from tcc.errors import TccError
 from tcc.ir.core import Graph
 from tcc.ir.interpreter import run_graph
-from tcc.ir.ops.quant import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
+from tcc.ir.quant_arith import dequantize, dequantize_activations, quantize_activations, quantize_int4, quantize_int8
 from tcc.passes.bit_allocation import check_budget, eight_bit_act
 from tcc.passes.context import PassContext
 from tcc.passes.schemes import SCHEMES

@@ -23,7 +23,7 @@ import pytest
 from tcc.errors import TccError
 from tcc.ir.core import Graph
 from tcc.ir.interpreter import run_graph
-from tcc.ir.ops.quant import quantize_int4
+from tcc.ir.quant_arith import quantize_int4
 from tcc.passes import gptq as G
 from tcc.passes.schemes import get_scheme
 from tcc.passes.gptq import Rounding, dequantized, gptq_round, output_error, rtn_round

@@ -20,7 +20,7 @@ import pytest
 from tcc.errors import TccError
 from tcc.ir.core import Graph
 from tcc.ir.interpreter import run_graph
-from tcc.ir.ops.quant import dequantize, quantize_activations, quantize_int4, quantize_int8
+from tcc.ir.quant_arith import dequantize, quantize_activations, quantize_int4, quantize_int8
 from tcc.passes.context import PassContext
 
 from .helpers import run_pass, t
@@ -207,7 +207,7 @@ def test_fp32_is_untouched():
 def test_w8a8_reference_quantizes_activations_per_row_and_group():
     """QLinear {bits 8, act i8_group, act_group 32}: y = s[n] * sum_a xs[m, a] * sum_{k in a} q * xq + bias,
     written out here with integer dots per group; per-tensor and per-row activations give other results."""
-    from tcc.ir.ops.quant import qlinear_reference
+    from tcc.ir.quant_arith import qlinear_reference
 
     rng = np.random.default_rng(8)
     M, K, N = 64, 100, 5
@@ -365,7 +365,7 @@ def test_fake_quantize_int4_is_the_dequantized_weight_exactly(asym):
     """The searches simulate int4 weights with fake_quantize_int4 (no transposes, f32): it must be exactly
     dequantize(quantize_int4(w, search=False)) — ragged K (a padded last group), an all-zero group, a tie
     |max| == |min|."""
-    from tcc.ir.ops.quant import fake_quantize_int4
+    from tcc.ir.quant_arith import fake_quantize_int4
 
     rng = np.random.default_rng(14)
     w = (rng.standard_normal((72, 9)) / 8).astype(np.float32)
@@ -528,7 +528,7 @@ def test_scale_search_takes_each_groups_least_error():
     """quantize_int4's symmetric scales: per group the factor of SCALE_SEARCH with the least squared error
     (the first of equal ones), checked by brute force group by group; never worse than c = 1; search=False
     and asymmetric groups keep c = 1 (m / -8)."""
-    from tcc.ir.ops.quant import SCALE_SEARCH
+    from tcc.ir.quant_arith import SCALE_SEARCH
 
     rng = np.random.default_rng(21)
     w = rng.standard_t(3, (72, 11)).astype(np.float32)  # heavy tails: clipping pays in some groups

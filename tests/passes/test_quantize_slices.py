@@ -12,7 +12,7 @@ import pytest
 
 from tcc.ir.core import Graph
 from tcc.ir.dtypes import DType
-from tcc.ir.ops.quant import quantize_int4, quantize_int8
+from tcc.ir.quant_arith import quantize_int4, quantize_int8
 from tcc.passes import quantize as qpass
 
 from .helpers import run_pass, t
