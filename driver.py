@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import contextlib
 import dataclasses
@@ -295,7 +294,9 @@ def _build_and_assemble(model, out_dir, opts, graph, ctx, backend, program, tuni
         files["src"] = os.path.join(build_dir, "src")
     manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
     manifest["compile_peak_rss_bytes"] = peak_rss_bytes()
-    _assemble(out_dir, files, program.weights, manifest, texts, force=opts.force)
+    from .runtime.artifact import write_artifact
+
+    write_artifact(out_dir, files, program.weights, manifest, texts, force=opts.force)
     _say(progress, f"wrote {out_dir}")
     return manifest
 
@@ -465,88 +466,6 @@ def _llm_texts(manifest: dict, files: dict, opts: CompileOptions) -> dict[str, s
     texts = {"chat.json": json.dumps(cc, indent=2) + "\n"}
     write_native_chat_files(manifest, files, texts)
     return texts
-
-
-def _assemble(out_dir: str, files: dict[str, str], weights, manifest: dict,
-              texts: dict[str, str] | None = None, force: bool = False) -> None:
-    """Write the artifact beside `out_dir`, list its files with their checksums in the manifest, then put
-    it in place (runtime/artifact.py: plan_replacement says how, so that no file of the user's is lost).
-    `files` maps artifact names to paths to copy (directories too); `texts` artifact names to contents."""
-    from .runtime.artifact import MANIFEST, describe, plan_replacement
-
-    out_dir = os.path.abspath(out_dir)
-    texts = texts or {}
-    names = {*files, "weights.bin", *texts}
-    mode, stale = plan_replacement(out_dir, names, force)
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        for name, src in files.items():
-            if os.path.isdir(src):
-                shutil.copytree(src, os.path.join(tmp, name))
-            else:
-                shutil.copy2(src, os.path.join(tmp, name))
-        if isinstance(weights, (bytes, bytearray)):
-            with open(os.path.join(tmp, "weights.bin"), "wb") as f:
-                f.write(weights)
-        else:  # a WeightsBlob (codegen/weights.py): copied from its file, never whole in memory
-            weights.write_to(os.path.join(tmp, "weights.bin"))
-        for name, text in texts.items():
-            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        manifest["files"] = describe(tmp, [n for n in names if os.path.isfile(os.path.join(tmp, n))])
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-        if mode == "merge":
-            _merge_into(tmp, out_dir, names, stale)
-        else:
-            _swap_into(tmp, out_dir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise TccError(f"cannot write the artifact {out_dir}: {e.strerror or e} ({e.filename or out_dir}); "
-                       "an artifact already there is unchanged") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _swap_into(tmp: str, out_dir: str) -> None:
-    """Replace the whole folder (it held nothing but an earlier artifact): two renames, atomic."""
-    old = f"{out_dir}.old-{os.getpid()}"
-    moved = os.path.exists(out_dir)
-    if moved:
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if moved:  # put the earlier artifact back: the error must leave it as it was
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _merge_into(tmp: str, out_dir: str, names: set[str], stale: set[str]) -> None:
-    """Replace the artifact's files one by one in a folder that also holds the user's files. The old
-    manifest goes first and the new one last, so an interrupted merge leaves a folder that load refuses
-    ("no manifest.json") rather than a mix that loads."""
-    from .runtime.artifact import MANIFEST
-
-    for name in (MANIFEST, *sorted(stale)):
-        victim = os.path.join(out_dir, name)
-        if os.path.isdir(victim) and not os.path.islink(victim):
-            shutil.rmtree(victim)
-        elif os.path.lexists(victim):
-            os.unlink(victim)
-    for name in sorted(names):
-        dst = os.path.join(out_dir, name)
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        os.replace(os.path.join(tmp, name), dst)
-    os.replace(os.path.join(tmp, MANIFEST), os.path.join(out_dir, MANIFEST))
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def progress_printer(enabled: bool = True) -> Callable | None:

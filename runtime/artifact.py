@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 
 from ..errors import TccError
@@ -192,3 +193,81 @@ def plan_replacement(out_dir: str, new_names, force: bool) -> tuple[str, set[str
         raise TccError(f"output folder {out_dir} already holds {', '.join(clash)}, which tcc did not write and "
                        "the artifact needs: move them, or compile into a new folder")
     return "merge", (own or set()) - set(new_names) - {MANIFEST, *LOCAL_FILES}
+
+
+def write_artifact(out_dir: str, files: dict[str, str], weights, manifest: dict,
+                   texts: dict[str, str] | None = None, force: bool = False) -> None:
+    """Write the artifact beside `out_dir`, list its files with their checksums in the manifest, then put
+    it in place (plan_replacement says how, so that no file of the user's is lost).
+    `files` maps artifact names to paths to copy (directories too); `texts` artifact names to contents."""
+    out_dir = os.path.abspath(out_dir)
+    texts = texts or {}
+    names = {*files, "weights.bin", *texts}
+    mode, stale = plan_replacement(out_dir, names, force)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name, src in files.items():
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(tmp, name))
+            else:
+                shutil.copy2(src, os.path.join(tmp, name))
+        if isinstance(weights, (bytes, bytearray)):
+            with open(os.path.join(tmp, "weights.bin"), "wb") as f:
+                f.write(weights)
+        else:  # a WeightsBlob (codegen/weights.py): copied from its file, never whole in memory
+            weights.write_to(os.path.join(tmp, "weights.bin"))
+        for name, text in texts.items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        manifest["files"] = describe(tmp, [n for n in names if os.path.isfile(os.path.join(tmp, n))])
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        if mode == "merge":
+            _merge_into(tmp, out_dir, names, stale)
+        else:
+            _swap_into(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TccError(f"cannot write the artifact {out_dir}: {e.strerror or e} ({e.filename or out_dir}); "
+                       "an artifact already there is unchanged") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_into(tmp: str, out_dir: str) -> None:
+    """Replace the whole folder (it held nothing but an earlier artifact): two renames, atomic."""
+    old = f"{out_dir}.old-{os.getpid()}"
+    moved = os.path.exists(out_dir)
+    if moved:
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if moved:  # put the earlier artifact back: the error must leave it as it was
+            os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _merge_into(tmp: str, out_dir: str, names: set[str], stale: set[str]) -> None:
+    """Replace the artifact's files one by one in a folder that also holds the user's files. The old
+    manifest goes first and the new one last, so an interrupted merge leaves a folder that load refuses
+    ("no manifest.json") rather than a mix that loads."""
+    for name in (MANIFEST, *sorted(stale)):
+        victim = os.path.join(out_dir, name)
+        if os.path.isdir(victim) and not os.path.islink(victim):
+            shutil.rmtree(victim)
+        elif os.path.lexists(victim):
+            os.unlink(victim)
+    for name in sorted(names):
+        dst = os.path.join(out_dir, name)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(os.path.join(tmp, name), dst)
+    os.replace(os.path.join(tmp, MANIFEST), os.path.join(out_dir, MANIFEST))
+    shutil.rmtree(tmp, ignore_errors=True)
