@@ -213,8 +213,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-ISA_NAMES = {0: "avx2", 1: "vnni", 2: "avx512"}
-
 
 def isa_paths(qm: str, m: int, k: int, n: int, threads: int = 2, rounds: int = 7, *, group: int = 128,
               calls: int = 3, build_dir: str | None = None) -> list[dict]:
@@ -224,14 +222,15 @@ def isa_paths(qm: str, m: int, k: int, n: int, threads: int = 2, rounds: int = 7
     of the rounds' mean call time, GOPS at the median)."""
     if qm not in QMODES:
         raise ValueError(f"qm must be one of {', '.join(QMODES)}, got {qm!r}")
-    from ..backends.x86.kernels_quant import VARIANTS
+    from ..backends.x86.kernels_quant import ISA_LEVEL, VARIANTS
     from ..codegen.cmake import REPO_ROOT
 
+    isa_names = {level: name for name, level in ISA_LEVEL.items()}
     lib = _load(build_dir or os.path.join(REPO_ROOT, "build", "bench-qlinear"))
     spec = next(s for s in VARIANTS if s.family == f"qlinear_{qm}" and s.variant == "all")
     fn, set_isa = _fn(lib, spec), getattr(lib, spec.name + "_isa")
     set_isa.argtypes, set_isa.restype = [ctypes.c_int], ctypes.c_int
-    levels = sorted({set_isa(level) for level in ISA_NAMES})
+    levels = sorted({set_isa(level) for level in isa_names})
     problem = _Problem(qm, m, k, n, group)
     pool = lib.tcc_exec_create(threads) if threads > 1 else None
     times: dict[int, list[float]] = {level: [] for level in levels}
@@ -251,7 +250,7 @@ def isa_paths(qm: str, m: int, k: int, n: int, threads: int = 2, rounds: int = 7
         if pool:
             lib.tcc_exec_destroy(pool)
     base = statistics.median(times[levels[0]])
-    return [{"qm": qm, "m": m, "k": k, "n": n, "group": problem.group, "threads": threads, "isa": ISA_NAMES[level],
+    return [{"qm": qm, "m": m, "k": k, "n": n, "group": problem.group, "threads": threads, "isa": isa_names[level],
              "median_ms": statistics.median(t) * 1e3, "best_ms": min(t) * 1e3,
              "gops": 2.0 * m * n * k / statistics.median(t) / 1e9, "vs_avx2": base / statistics.median(t)}
             for level, t in times.items()]
